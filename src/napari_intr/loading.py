@@ -1,0 +1,77 @@
+"""`load_model`: one entry point for our checkpoints, official INTR files, zoo names and the sample."""
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CheckpointError, load_checkpoint
+from .model import INTR
+from .official import load_official
+
+SAMPLE_MODEL = "sample"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def sample_data_dir() -> Path:
+    return Path(str(files("napari_intr").joinpath("sample_data")))
+
+
+def sample_model_path() -> Path:
+    return sample_data_dir() / "intr_tiny_synthetic.safetensors"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None) picks CUDA, then Apple's MPS, then the CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but Apple's MPS is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR:
+    """Load an INTR model for inference (eval mode).
+
+    source: "sample" (the bundled tiny model), a zoo name (intr-cub, intr-birds525,
+    intr-butterfly; downloaded on first use), a napari-intr `.safetensors` checkpoint, or an
+    official INTR `.pth` checkpoint. class_names: a list, or a text file with one name per line.
+    device: "auto" (default), "cpu", "cuda", "mps".
+    """
+    from . import zoo
+    device = resolve_device(device)
+    name = os.fspath(source)
+    if name == SAMPLE_MODEL:
+        path = sample_model_path()
+        if not path.exists():
+            raise CheckpointError(f"the bundled sample model is missing from {path}; reinstall napari-intr")
+        return load_checkpoint(path, class_names, device)
+    if name in zoo.ZOO:
+        if zoo.ZOO[name].kind != "intr":
+            raise CheckpointError(f"{name} holds DETR's COCO detection weights, not a classifier; use it "
+                                  f"to initialise training: intr train --init {name}")
+        return load_official(zoo.fetch(name), class_names, device)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no model at {path}: give a checkpoint file, '{SAMPLE_MODEL}', "
+                                f"or a zoo name ({', '.join(zoo.ZOO)})")
+    if path.is_dir():
+        candidate = path / "model.safetensors"
+        if not candidate.exists():
+            raise FileNotFoundError(f"{path} is a folder without model.safetensors; give the checkpoint file")
+        path = candidate
+    with open(path, "rb") as stream:
+        head = stream.read(16)
+    # A .safetensors file starts with an 8-byte header length, then JSON; torch files are zip or pickle.
+    if path.suffix == ".safetensors" or head[8:9] == b"{":
+        return load_checkpoint(path, class_names, device)
+    return load_official(path, class_names, device)

@@ -1,0 +1,53 @@
+"""Multi-head attention (Eq. 3-5, 8) that materialises its weights only when asked to."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiheadAttention(nn.Module):
+    """Batch-first multi-head attention.
+
+    Parameter names and shapes match `torch.nn.MultiheadAttention`, so DETR and INTR state
+    dicts load unchanged. With `need_weights=False` it runs `scaled_dot_product_attention`
+    and never builds the [B, heads, Nq, Nk] weight tensor (training); with `need_weights=True`
+    it returns the post-softmax weights per head (the explanation).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, -1).transpose(1, 2)  # [B, heads, N, d]
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Tensor | None = None,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """query [B, Nq, D], key/value [B, Nk, D], key_padding_mask [B, Nk] (True = ignore)."""
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q = self._heads(F.linear(query, w_q, b_q))
+        k = self._heads(F.linear(key, w_k, b_k))
+        v = self._heads(F.linear(value, w_v, b_v))
+        dropout = self.dropout if self.training else 0.0
+
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+            if key_padding_mask is not None:
+                scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            weights = scores.softmax(dim=-1)  # [B, heads, Nq, Nk]
+            out = F.dropout(weights, dropout, self.training) @ v
+        else:
+            allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+            weights = None
+        out = out.transpose(1, 2).flatten(2)  # [B, Nq, D]
+        return self.out_proj(out), weights

@@ -1,0 +1,90 @@
+"""Feature extractor f_theta (Fig. 2, left): a CNN whose last feature map becomes the image tokens."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import IntrConfig
+from .position_encoding import PositionEmbeddingSine
+
+
+def _frozen_batch_norm():
+    # torchvision.ops pulls in its compiled extension; import it only when a ResNet is built.
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    return FrozenBatchNorm2d
+
+
+class ResNetBody(nn.Module):
+    """torchvision ResNet up to layer4 (stride 32), frozen batch norm, as DETR-R50's backbone.
+
+    Attribute names (conv1, bn1, layer1..4) match DETR's state dict under `backbone.0.body`.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        from torchvision.models import resnet
+        net = getattr(resnet, name)(weights=None, norm_layer=_frozen_batch_norm())
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        # DETR trains layer2-4 only; the stem and layer1 keep their pretrained weights.
+        for module in (self.conv1, self.bn1, self.layer1):
+            module.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class TinyBody(nn.Sequential):
+    """A small CNN for CPU work. Stride 8 rather than 32 so that the ~128 px images it is
+    meant for still give a 16x16 attention grid worth looking at."""
+
+    def __init__(self):
+        widths = (32, 64, 128)
+        layers, c_in = [], 3
+        for width in widths:
+            layers += [_conv_block(c_in, width, 2), _conv_block(width, width, 1)]
+            c_in = width
+        super().__init__(*layers)
+
+
+BODY_CHANNELS = {"resnet50": 2048, "resnet34": 512, "resnet18": 512, "tiny": 128}
+BODY_STRIDES = {"resnet50": 32, "resnet34": 32, "resnet18": 32, "tiny": 8}
+
+
+class Backbone(nn.Module):
+    def __init__(self, name: str):
+        super().__init__()
+        self.body = TinyBody() if name == "tiny" else ResNetBody(name)
+        self.num_channels = BODY_CHANNELS[name]
+        self.stride = BODY_STRIDES[name]
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """images [B, 3, H, W], mask [B, H, W] (True = padding) -> features [B, C, h, w], mask [B, h, w]."""
+        features = self.body(images)
+        feature_mask = F.interpolate(mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)
+        return features, feature_mask
+
+
+class Joiner(nn.Sequential):
+    """Backbone and positional encoding side by side, as DETR keeps them (keys `backbone.0.*`)."""
+
+    def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine):
+        super().__init__(backbone, position_embedding)
+        self.num_channels = backbone.num_channels
+        self.stride = backbone.stride
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features, feature_mask = self[0](images, mask)
+        pos = self[1](feature_mask).to(features.dtype)
+        return features, feature_mask, pos
+
+
+def build_backbone(config: IntrConfig) -> Joiner:
+    return Joiner(Backbone(config.backbone), PositionEmbeddingSine(config.hidden_dim // 2))

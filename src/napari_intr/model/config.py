@@ -1,0 +1,63 @@
+"""Architecture config: everything needed to rebuild an INTR model, stored in checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+BACKBONES = ("resnet50", "resnet34", "resnet18", "tiny")
+
+
+@dataclass(frozen=True)
+class IntrConfig:
+    num_classes: int
+    backbone: str = "resnet50"
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    # Resize policy shared by preprocessing, training and the plugin (DETR's 800/1333 for resnet50).
+    short_side: int = 800
+    max_side: int = 1333
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {self.num_classes}")
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by nheads {self.nheads}")
+        if self.short_side < 32 or self.max_side < self.short_side:
+            raise ValueError(f"need 32 <= short_side <= max_side, got {self.short_side}/{self.max_side}")
+
+    @classmethod
+    def tiny(cls, num_classes: int, **overrides) -> "IntrConfig":
+        """CPU-sized model for tests, the demo and the bundled sample (well under 2 M parameters)."""
+        values = dict(backbone="tiny", hidden_dim=64, nheads=4, enc_layers=2, dec_layers=2,
+                      dim_feedforward=256, short_side=128, max_side=224)
+        values.update(overrides)
+        return cls(num_classes=num_classes, **values)
+
+    @classmethod
+    def for_backbone(cls, backbone: str, num_classes: int, **overrides) -> "IntrConfig":
+        if backbone == "tiny":
+            return cls.tiny(num_classes, **overrides)
+        return cls(num_classes=num_classes, backbone=backbone, **overrides)
+
+    def replace(self, **changes) -> "IntrConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "IntrConfig":
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"checkpoint config has unknown fields {sorted(unknown)}; "
+                             "it was written by a newer napari-intr: upgrade the package")
+        return cls(**values)

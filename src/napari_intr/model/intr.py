@@ -1,0 +1,160 @@
+"""INTR (Fig. 2): backbone -> projection -> encoder -> decoder with one query per class -> presence vector."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..preprocess import MIN_IMAGE_SIZE, to_model_input
+from .backbone import build_backbone
+from .config import IntrConfig
+from .transformer import Transformer
+
+DECODE_MODES = ("drop", "zero")
+
+
+@dataclass
+class EncodedImages:
+    """Encoder memory of a batch: computed once per image, reused for every class set."""
+    memory: Tensor        # [B, h*w, D]
+    padding_mask: Tensor  # [B, h*w], True on padding
+    grid: tuple[int, int]  # (h, w) of the feature map
+    input_size: tuple[int, int]  # (H, W) of the (padded) model input
+
+    def to(self, device) -> "EncodedImages":
+        return EncodedImages(self.memory.to(device), self.padding_mask.to(device), self.grid, self.input_size)
+
+
+@dataclass
+class IntrOutput:
+    logits: Tensor            # [B, C'] for the classes asked for, in that order
+    attention: Tensor | None  # [layers, B, heads, C', h, w], each map sums to 1 over h*w
+    classes: list[int]        # indices into model.class_names of the C' columns
+    input_size: tuple[int, int]
+
+    def probabilities(self) -> Tensor:
+        return self.logits.softmax(dim=-1)
+
+
+class INTR(nn.Module):
+    def __init__(self, config: IntrConfig, class_names: Sequence[str] | None = None):
+        super().__init__()
+        self.config = config
+        self.backbone = build_backbone(config)
+        self.input_proj = nn.Conv2d(self.backbone.num_channels, config.hidden_dim, kernel_size=1)
+        self.transformer = Transformer(config)
+        self.query_embed = nn.Embedding(config.num_classes, config.hidden_dim)  # Z_in, one per class
+        self.presence_vector = nn.Linear(config.hidden_dim, 1)  # w in Eq. 6
+        self.class_names = list(class_names) if class_names is not None else [
+            f"class {i}" for i in range(config.num_classes)]
+        if len(self.class_names) != config.num_classes:
+            raise ValueError(f"the model has {config.num_classes} classes but {len(self.class_names)} "
+                             "class names were given; give one name per class")
+
+    @property
+    def device(self) -> torch.device:
+        return self.query_embed.weight.device
+
+    @property
+    def feature_stride(self) -> int:
+        return self.backbone.stride
+
+    def preprocess(self, image: np.ndarray) -> Tensor:
+        """A numpy image (H×W, H×W×3, H×W×4; uint8, uint16 or float) -> normalised [1, 3, H', W']."""
+        return to_model_input(image, self.config.short_side, self.config.max_side).to(self.device)
+
+    def encode(self, images: Tensor, mask: Tensor | None = None) -> EncodedImages:
+        """Backbone and encoder: images [B, 3, H, W] (normalised), mask [B, H, W] True on padding."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {list(images.shape)}")
+        height, width = images.shape[-2:]
+        if min(height, width) < MIN_IMAGE_SIZE:
+            raise ValueError(f"image is {height}×{width} px; INTR needs at least "
+                             f"{MIN_IMAGE_SIZE} px on each side")
+        if mask is None:
+            mask = torch.zeros(images.shape[0], height, width, dtype=torch.bool, device=images.device)
+        features, feature_mask, pos = self.backbone(images, mask)
+        src = self.input_proj(features)
+        grid = tuple(src.shape[-2:])
+        src, pos = src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2)  # [B, hw, D]
+        padding_mask = feature_mask.flatten(1)
+        memory = self.transformer.encoder(src, padding_mask, pos)
+        return EncodedImages(memory, padding_mask, grid, (height, width))
+
+    def decode(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None,
+               mode: str = "drop", return_attention: bool = True) -> IntrOutput:
+        """Decoder and presence vector for the candidate classes only, in the order given.
+
+        mode "drop": only the candidates' queries enter the decoder (they attend among
+        themselves). mode "zero": all queries enter, the others' embeddings set to zero
+        vectors, as the paper's Fig. 6.
+        """
+        if mode not in DECODE_MODES:
+            raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
+        indices = self.class_indices(classes)
+        index_tensor = torch.as_tensor(indices, device=self.device)
+        queries = self.query_embed.weight
+        if mode == "drop":
+            queries = queries[index_tensor]
+        else:
+            keep = torch.zeros(len(queries), 1, dtype=queries.dtype, device=self.device)
+            keep[index_tensor] = 1
+            queries = queries * keep
+        batch = encoded.memory.shape[0]
+        z_out, weights = self.transformer.decoder(
+            queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, encoded.padding_mask,
+            return_attention)
+        logits = self.presence_vector(z_out).squeeze(-1)  # Eq. 6: w^T z_out per class
+        if mode == "zero":
+            logits = logits[:, index_tensor]
+            weights = None if weights is None else weights[:, :, :, index_tensor]
+        attention = None if weights is None else weights.unflatten(-1, encoded.grid)
+        return IntrOutput(logits, attention, indices, encoded.input_size)
+
+    def forward(self, images: Tensor, mask: Tensor | None = None,
+                return_attention: bool = True) -> IntrOutput:
+        return self.decode(self.encode(images, mask), return_attention=return_attention)
+
+    def class_indices(self, classes: Iterable[int | str] | None) -> list[int]:
+        """Class names or indices -> indices, with a clear message for anything unknown."""
+        if classes is None:
+            return list(range(self.config.num_classes))
+        if isinstance(classes, (str, int)):
+            classes = [classes]
+        indices = []
+        for item in classes:
+            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not 0 <= item < self.config.num_classes:
+                    raise ValueError(f"class index {item} is out of range: the model has "
+                                     f"{self.config.num_classes} classes (0..{self.config.num_classes - 1})")
+                indices.append(int(item))
+            elif isinstance(item, str):
+                indices.append(self._index_of_name(item))
+            else:
+                raise TypeError(f"classes must be names or indices, got {item!r}")
+        if not indices:
+            raise ValueError("no candidate classes given: name at least one class")
+        if len(set(indices)) != len(indices):
+            repeated = sorted({self.class_names[i] for i in indices if indices.count(i) > 1})
+            raise ValueError(f"candidate classes repeat: {', '.join(repeated)}")
+        return indices
+
+    def _index_of_name(self, name: str) -> int:
+        try:
+            return self.class_names.index(name)
+        except ValueError:
+            pass
+        folded = [n.casefold() for n in self.class_names]
+        if name.casefold() in folded:
+            return folded.index(name.casefold())
+        close = difflib.get_close_matches(name, self.class_names, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown class {name!r}: the model has no class of that name{hint}")
+
+
+def build_model(config: IntrConfig, class_names: Sequence[str] | None = None) -> INTR:
+    return INTR(config, class_names)

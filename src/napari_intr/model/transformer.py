@@ -1,0 +1,102 @@
+"""Transformer encoder and decoder (Fig. 2, middle), post-norm as DETR.
+
+INTR departs from DETR in the decoder's cross-attention: its keys get no positional
+encoding (§4, "Model"), so class queries are not tied to grid locations.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiheadAttention
+from .config import IntrConfig
+
+
+class TransformerEncoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, src: Tensor, padding_mask: Tensor, pos: Tensor) -> Tensor:
+        q = k = src + pos
+        src = self.norm1(src + self.dropout(self.self_attn(q, k, src, padding_mask)[0]))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout(ffn))
+
+
+class TransformerDecoderLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tgt: Tensor, memory: Tensor, padding_mask: Tensor, query_pos: Tensor,
+                need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        # Class queries exchange context among themselves ...
+        q = k = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt)[0]))
+        # ... then each class looks for itself in the image (Eq. 5); keys without position.
+        found, weights = self.multihead_attn(tgt + query_pos, memory, memory, padding_mask, need_weights)
+        tgt = self.norm2(tgt + self.dropout(found))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout(ffn)), weights
+
+
+def _clones(layer: nn.Module, n: int) -> nn.ModuleList:
+    return nn.ModuleList(copy.deepcopy(layer) for _ in range(n))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layer: TransformerEncoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = _clones(layer, num_layers)
+
+    def forward(self, src: Tensor, padding_mask: Tensor, pos: Tensor) -> Tensor:
+        for layer in self.layers:
+            src = layer(src, padding_mask, pos)
+        return src
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, layer: TransformerDecoderLayer, num_layers: int, d_model: int):
+        super().__init__()
+        self.layers = _clones(layer, num_layers)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, query_pos: Tensor, memory: Tensor, padding_mask: Tensor,
+                need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """query_pos [B, Q, D] class queries, memory [B, hw, D] -> Z_out [B, Q, D], weights
+        [layers, B, heads, Q, hw] (or None)."""
+        tgt = torch.zeros_like(query_pos)  # the decoder input starts at zero (DETR)
+        all_weights = []
+        for layer in self.layers:
+            tgt, weights = layer(tgt, memory, padding_mask, query_pos, need_weights)
+            all_weights.append(weights)
+        stacked = torch.stack(all_weights) if need_weights else None
+        return self.norm(tgt), stacked
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: IntrConfig):
+        super().__init__()
+        d, h, ff, p = config.hidden_dim, config.nheads, config.dim_feedforward, config.dropout
+        self.encoder = TransformerEncoder(TransformerEncoderLayer(d, h, ff, p), config.enc_layers)
+        self.decoder = TransformerDecoder(TransformerDecoderLayer(d, h, ff, p), config.dec_layers, d)
+        self.d_model, self.nhead = d, h
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)

@@ -1,0 +1,106 @@
+"""Released INTR checkpoints (.pth) and DETR's COCO weights, read without unpickling code.
+
+Both are pickled dicts; `torch.load(weights_only=True)` admits tensors and plain containers
+only, and we allow exactly one more type: the `argparse.Namespace` of training arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CheckpointError, load_state
+from .model import INTR, IntrConfig, build_model
+
+DETR_NUM_QUERIES = 100
+
+
+def read_pickled_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error) or "unsupported" in str(error).lower():
+            raise CheckpointError(
+                f"{path} was refused: it contains Python objects other than weights, which could run "
+                "code when loaded. Only INTR/DETR checkpoints (weights plus training arguments) are "
+                "accepted; if you trust the file, re-save its state dict with plain torch.save") from error
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({error})") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint; it may be truncated "
+                              f"or another kind of file ({error}): download or copy it again") from error
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"{path} is a PyTorch file but not an INTR/DETR checkpoint: "
+                              "it has no 'model' state dict")
+    return data
+
+
+def _state_dict(data: dict) -> dict[str, torch.Tensor]:
+    # Frozen batch norm keeps no step counter; some exports still carry one.
+    return {key: value for key, value in data["model"].items() if not key.endswith("num_batches_tracked")}
+
+
+def config_from_official(data: dict, path) -> IntrConfig:
+    state = data["model"]
+    if "query_embed.weight" not in state:
+        raise CheckpointError(f"{path} has no query_embed.weight, so its class count is unknown; "
+                              "it is not an INTR checkpoint")
+    args = data.get("args")
+    arg = (lambda name, default: getattr(args, name, default)) if args is not None else (
+        lambda name, default: default)
+    if arg("pre_norm", False) or arg("dilation", False):
+        raise CheckpointError(f"{path} was trained with pre-norm or a dilated backbone, "
+                              "which this package does not implement")
+    return IntrConfig(
+        num_classes=state["query_embed.weight"].shape[0],
+        backbone=arg("backbone", "resnet50"),
+        hidden_dim=arg("hidden_dim", 256), nheads=arg("nheads", 8),
+        enc_layers=arg("enc_layers", 6), dec_layers=arg("dec_layers", 6),
+        dim_feedforward=arg("dim_feedforward", 2048), dropout=arg("dropout", 0.1))
+
+
+def load_official(path: str | os.PathLike, class_names=None, device=None) -> INTR:
+    """An `intr_checkpoint_*_detr_r50.pth` file as an INTR model."""
+    from .class_names import check_class_count, read_class_names
+    data = read_pickled_checkpoint(path)
+    config = config_from_official(data, path)
+    names = None
+    if class_names is not None:
+        names = read_class_names(class_names)
+        check_class_count(names, config.num_classes)
+    model = build_model(config, names)
+    load_state(model, _state_dict(data), path)
+    model.provenance = {"source": str(path), "format": "official INTR checkpoint"}
+    return model.to(device or "cpu").eval()
+
+
+def detr_initial_state(path: str | os.PathLike, model: INTR, generator: torch.Generator | None = None
+                       ) -> dict[str, torch.Tensor]:
+    """DETR-R50 COCO weights mapped onto `model` (the paper's initialisation).
+
+    Detection heads are dropped; the class queries start from DETR's first C object queries
+    (repeated with small noise when C > 100); the presence vector keeps its fresh init.
+    """
+    if model.config.backbone != "resnet50" or model.config.hidden_dim != 256:
+        raise CheckpointError("DETR-R50 weights fit only the resnet50 backbone with hidden_dim 256")
+    detr = {key: value for key, value in _state_dict(read_pickled_checkpoint(path)).items()
+            if not key.startswith(("class_embed.", "bbox_embed."))}
+    queries = detr.pop("query_embed.weight", None)
+    if queries is None or queries.shape[-1] != 256:
+        raise CheckpointError(f"{path} has no DETR query embedding; it is not a DETR-R50 checkpoint")
+    num_classes = model.config.num_classes
+    repeats = math.ceil(num_classes / len(queries))
+    initial = queries.repeat(repeats, 1)[:num_classes].clone()
+    if repeats > 1:
+        noise = torch.randn(initial.shape, generator=generator) * queries.std() * 0.01
+        initial[len(queries):] += noise[len(queries):]
+    state = model.state_dict()
+    detr["query_embed.weight"] = initial
+    detr["presence_vector.weight"] = state["presence_vector.weight"]
+    detr["presence_vector.bias"] = state["presence_vector.bias"]
+    return detr

@@ -1,0 +1,95 @@
+"""Named, downloadable models. Files land in a user cache; a file copied there by hand is used
+as it is (firewalls), and every file's sha256 is checked on each use."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_ENV = "NAPARI_INTR_CACHE"
+_HF = "https://huggingface.co/imageomics/INTR/resolve/main/"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    filename: str
+    url: str
+    num_classes: int | None
+    kind: str  # "intr": a classifier; "detr": DETR's COCO weights, an initialisation for training
+    sha256_prefix: str | None = None  # DETR's file name carries its hash prefix
+
+
+ZOO = {
+    "intr-cub": ZooEntry("intr_checkpoint_cub_detr_r50.pth", _HF + "intr_checkpoint_cub_detr_r50.pth", 200, "intr"),
+    "intr-birds525": ZooEntry("intr_checkpoint_bird_detr_r50.pth", _HF + "intr_checkpoint_bird_detr_r50.pth", 525, "intr"),
+    "intr-butterfly": ZooEntry("intr_checkpoint_butterfly_detr_r50.pth",
+                               _HF + "intr_checkpoint_butterfly_detr_r50.pth", 65, "intr"),
+    "detr-r50": ZooEntry("detr-r50-e632da11.pth", "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
+                         None, "detr", sha256_prefix="e632da11"),
+}
+
+
+class ZooError(RuntimeError):
+    """A zoo file that could not be had or failed its check; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    import pooch
+    return Path(pooch.os_cache("napari-intr"))
+
+
+def cached_path(name: str) -> Path:
+    return cache_dir() / entry(name).filename
+
+
+def entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise ZooError(f"unknown zoo model {name!r}; known: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(name: str, path: Path) -> None:
+    """DETR: hash prefix from its name. Others: the hash recorded at first use must still hold."""
+    item, actual = entry(name), _sha256(path)
+    if item.sha256_prefix is not None:
+        if not actual.startswith(item.sha256_prefix):
+            raise ZooError(f"{path} is damaged: its sha256 does not start with {item.sha256_prefix}. "
+                           "Delete it and download again")
+        return
+    record = path.with_name(path.name + ".sha256")
+    if record.exists():
+        expected = record.read_text().strip()
+        if actual != expected:
+            raise ZooError(f"{path} changed since it was first used (sha256 {actual[:12]}… ≠ recorded "
+                           f"{expected[:12]}…). Delete it and {record.name}, then download again")
+    else:
+        record.write_text(actual + "\n")
+
+
+def fetch(name: str, progressbar=True) -> Path:
+    """Path of zoo file `name`, downloading it (with progress) only if it is not in the cache."""
+    item, target = entry(name), cached_path(name)
+    if not target.exists():
+        import pooch
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pooch.retrieve(item.url, known_hash=None, fname=item.filename, path=target.parent,
+                           progressbar=progressbar)
+        except Exception as error:  # requests' and OS errors alike: offline, proxy, disk
+            raise ZooError(f"could not download {name} from {item.url} ({type(error).__name__}: {error}). "
+                           f"Offline or behind a firewall? Download that URL by other means and copy "
+                           f"the file to {target}; it will be picked up from there") from error
+    verify(name, target)
+    return target

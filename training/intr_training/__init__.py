@@ -1,0 +1,1 @@
+"""Headless INTR training: image folders in, napari-intr checkpoints out (CLI: `intr`)."""

@@ -1,0 +1,40 @@
+"""The `intr` command. Each subcommand lives in its own module with `add_arguments(parser)`
+and `run(args) -> int`; heavy imports happen inside `run`, so `intr --help` stays quick."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import import_module
+
+COMMANDS = {
+    "train": ("intr_training.train", "train or fine-tune an INTR model on an image folder"),
+    "eval": ("intr_training.evaluate", "accuracy, per-class accuracy and confusion matrix of a model"),
+    "synth": ("intr_training.synth_cli", "draw synthetic mimic-ring specimens (offline test data)"),
+    "explain": ("napari_intr.batch", "explain images or a folder: CSV of predictions, TIFF attention maps"),
+    "demo": ("napari_intr.demo", "open napari on a bundled specimen with the bundled model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intr", description="INTR: interpretable fine-grained classification")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, summary) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=summary, description=summary)
+        import_module(module).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return import_module(COMMANDS[args.command][0]).run(args) or 0
+    except KeyboardInterrupt:
+        print(f"intr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, ImportError) as error:
+        # Users get the message, not a traceback; INTR_DEBUG=1 shows where it came from.
+        if os.environ.get("INTR_DEBUG"):
+            raise
+        print(f"intr {args.command}: error: {error}", file=sys.stderr)
+        return 2
