@@ -160,8 +160,9 @@ class Pose:
 
 def _random_colour(rng: np.random.Generator) -> RGB:
     # Muted colours only, so the background never looks like a wing pattern.
-    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.1, 0.45), rng.uniform(0.35, 0.85)
-    rgb = val * (1 - sat * np.clip(np.abs((hue * 6 - np.array([3, 2, 4])) % 6 - 3) - 1, 0, 1))
+    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.1, 0.55), rng.uniform(0.35, 0.85)
+    k = (np.array([5, 3, 1]) + hue * 6) % 6  # HSV -> RGB
+    rgb = val * (1 - sat * np.clip(np.minimum(k, 4 - k), 0, 1))
     return tuple(int(round(c * 255)) for c in rgb)
 
 
@@ -171,7 +172,7 @@ def sample_pose(rng: np.random.Generator, size: int = 128) -> Pose:
     if size < 32:
         raise ValueError(f"size must be at least 32 px (got {size}); attributes vanish below that")
     scale = rng.uniform(0.6, 0.9)
-    room = max(0.0, 0.5 - 0.5 * scale) * 0.8  # keep the wings (mostly) in frame
+    room = max(0.0, 0.5 - 0.5 * scale) * 0.6  # keep the attribute sites in frame
     return Pose(
         angle_deg=rng.uniform(-30, 30), scale=scale,
         offset=(rng.uniform(-room, room), rng.uniform(-room, room)),
@@ -257,7 +258,7 @@ def _rasterise(species: Species, pose: Pose, size: int):
 
     def down(a):  # average each supersample block
         return a.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, *a.shape[2:]).mean(axis=(1, 3))
-    return down(colour), down(cover.astype(float)), down(attribute.astype(float)) >= 0.5
+    return down(colour), down(cover.astype(float)), down(attribute.astype(float)) > 0
 
 
 def _background(pose: Pose, size: int) -> np.ndarray:
@@ -279,7 +280,9 @@ def render(species_name: str, pose: Pose, size: int = 128) -> tuple[np.ndarray, 
     colour, cover, mask = _rasterise(_BY_NAME[species_name], pose, size)
     # colour is premultiplied by coverage (block average), so edges blend with the background
     image = colour + _background(pose, size) * (1 - cover[..., None])
-    image = gaussian(image, sigma=pose.blur * size / 128, channel_axis=-1, preserve_range=True)
+    # truncate=3: the blur spreads an attribute edit by at most ~3 px beyond its mask
+    image = gaussian(image, sigma=pose.blur * size / 128, truncate=3, channel_axis=-1,
+                     preserve_range=True)
     image = (image - 0.5) * pose.contrast + 0.5
     image = image * pose.brightness * np.array([1 + pose.temperature, 1, 1 - pose.temperature])
     image += np.random.default_rng(pose.noise_seed).normal(0, pose.noise_sigma, image.shape)
