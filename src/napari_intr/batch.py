@@ -1,0 +1,187 @@
+"""Batch explain: a folder of images -> predictions.csv plus one float32 TIFF of head maps per image.
+
+Also the `intr explain` subcommand (`add_arguments`, `run`). Files are written image by image
+(TIFF first, then its flushed CSV row), so a cancelled or crashed run leaves consistent output.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .io import find_images, read_image
+
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def csv_columns(top_k: int) -> list[str]:
+    ranked = [f"top{rank}_{what}" for rank in range(1, top_k + 1) for what in ("class", "probability")]
+    return ["file", *ranked, "map_class", "attention_file", "error"]
+
+
+def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top_k: int = 5,
+                   layer: int = -1, class_for_maps: str | None = None, model_name: str = "model",
+                   progress: Callable[[int, int, Path], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
+    """Explain every image in `inputs` (files and/or folders) and write the results to `out_dir`.
+
+    layer: decoder layer of the saved maps, a Python index (-1 = last). class_for_maps: the class
+    whose head maps are saved (default: each image's top-1). Unreadable images are skipped and
+    reported. Returns a summary: done, skipped [(file, reason)], notes, cancelled, seconds, paths.
+    """
+    from .explanation import Explainer
+    start = time.perf_counter()
+    files = find_images(inputs)
+    candidates = model.class_indices(classes)
+    num_layers = model.config.dec_layers
+    if not -num_layers <= layer < num_layers:
+        raise ValueError(f"layer {layer} is out of range: the decoder has {num_layers} layers")
+    if top_k < 1:
+        raise ValueError(f"top-k must be at least 1, got {top_k}")
+    if class_for_maps is not None:
+        index = model.class_indices([class_for_maps])[0]
+        if index not in candidates:
+            raise ValueError(f"the class for the maps, {class_for_maps!r}, is not among the candidate classes")
+        class_for_maps = model.class_names[index]
+    top_k = min(top_k, len(candidates))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output {out_dir} is a file; give a folder for the results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    explainer = Explainer(model, model_name)
+    summary = {"total": len(files), "done": 0, "skipped": [], "notes": [], "cancelled": False,
+               "predictions": out_dir / PREDICTIONS_FILE, "attention_files": []}
+    used_names: set[str] = set()
+    with open(summary["predictions"], "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, csv_columns(top_k))
+        writer.writeheader()
+        for position, path in enumerate(files):
+            if should_stop is not None and should_stop():
+                summary["cancelled"] = True
+                break
+            row = {"file": str(path)}
+            try:
+                explanation = explainer.explain(read_image(path), path.stem, candidates, mode)
+            except (ValueError, OSError, RuntimeError, MemoryError) as error:
+                # One bad image (damaged file, too small, out of memory) must not end the batch.
+                summary["skipped"].append((str(path), str(error)))
+                row["error"] = str(error)
+            else:
+                for rank, entry in enumerate(explanation.table()[:top_k], start=1):
+                    row[f"top{rank}_class"] = entry["name"]
+                    row[f"top{rank}_probability"] = f"{entry['probability']:.6g}"
+                shown = class_for_maps or explanation.top_class()
+                target = out_dir / _unique_name(f"{path.stem}_attention", used_names)
+                _write_maps(target, explanation, shown, layer, path)
+                row.update(map_class=shown, attention_file=target.name)
+                summary["attention_files"].append(target)
+                summary["notes"].extend((str(path), note) for note in explanation.notes)
+                summary["done"] += 1
+            writer.writerow(row)
+            stream.flush()
+            if progress is not None:
+                progress(position + 1, len(files), path)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    """Two inputs with the same stem (e.g. class folders) get `_2`, `_3`, ... rather than overwrite."""
+    name, count = f"{stem}.tif", 1
+    while name.casefold() in used:
+        count += 1
+        name = f"{stem}_{count}.tif"
+    used.add(name.casefold())
+    return name
+
+
+def _write_maps(target: Path, explanation, class_name: str, layer: int, source: Path) -> None:
+    """heads × h × w float32 raw attention weights (natural head order), metadata as JSON."""
+    import tifffile
+    scale, translate = explanation.grid_to_image()
+    maps = explanation.head_maps(class_name, layer, normalization="none").astype(np.float32)
+    metadata = {
+        "class": class_name, "layer": layer % explanation.num_layers + 1,
+        "heads": explanation.num_heads, "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
+        "rank": explanation.rank_of(class_name),
+        "probability": float(explanation.probabilities[explanation.class_names.index(class_name)]),
+        "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
+        "image_file": str(source), "image_shape": list(explanation.image_shape),
+        "scale": list(scale), "translate": list(translate), "notes": explanation.notes,
+    }
+    partial = target.with_name(target.name + ".part")
+    with open(partial, "wb") as stream:  # written aside, then renamed: never a half TIFF
+        tifffile.imwrite(stream, maps, photometric="minisblack", metadata=metadata)
+    os.replace(partial, target)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR",
+                        help="image files and/or folders (searched recursively)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--model", default="sample",
+                        help="'sample' (default), a zoo name, or a checkpoint file")
+    parser.add_argument("--classes", metavar="A,B,...",
+                        help="candidate classes, comma-separated (default: all the model's classes)")
+    parser.add_argument("--mode", choices=("drop", "zero"), default="drop",
+                        help="how non-candidate queries are left out: drop them (default) or zero them (paper Fig. 6)")
+    parser.add_argument("--top-k", type=int, default=5, help="predictions per image in the CSV (default 5)")
+    parser.add_argument("--layer", type=int, help="decoder layer of the saved maps, 1-based (default: the last)")
+    parser.add_argument("--class", dest="map_class", metavar="NAME",
+                        help="save this class's maps for every image (default: each image's top-1)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .loading import load_model
+    files = find_images(args.inputs)  # before the model loads: a typo should fail at once
+    model = load_model(args.model, device=args.device)
+    classes = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else None
+    if args.classes is not None and not classes:
+        raise ValueError("--classes is empty; give class names separated by commas")
+    model.class_indices(classes)  # unknown names fail here, before any warning or progress bar
+    if classes is not None and len(classes) == 1:
+        print("intr explain: warning: with a single candidate class every probability is 1; "
+              "the maps still show where that class's query looks", file=sys.stderr)
+    num_layers = model.config.dec_layers
+    layer = num_layers if args.layer is None else args.layer
+    if not 1 <= layer <= num_layers:
+        raise ValueError(f"--layer {args.layer} is out of range: the model's decoder has "
+                         f"{num_layers} layers (1..{num_layers})")
+    bars = []  # opened at the first image, so that argument errors print without a bar
+
+    def progress(done: int, total: int, path: Path) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="image", desc="explain"))
+        bars[0].set_postfix_str(path.name, refresh=False)
+        bars[0].update(1)
+
+    try:
+        summary = explain_folder(model, files, args.out, classes, args.mode, args.top_k,
+                                 layer - 1, args.map_class, os.fspath(args.model), progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    _print_summary(summary)
+    if summary["done"] == 0:
+        raise ValueError(f"none of the {summary['total']} images could be explained (reasons above)")
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"explained {summary['done']} of {summary['total']} images in {summary['seconds']:.1f} s")
+    print(f"predictions: {summary['predictions']}")
+    if summary["attention_files"]:
+        print(f"attention maps: {len(summary['attention_files'])} TIFF files in {summary['predictions'].parent}")
+    for path, note in summary["notes"]:
+        print(f"note: {path}: {note}")
+    for path, reason in summary["skipped"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)

@@ -1,0 +1,223 @@
+"""One image's explanation: predictions plus each class query's cross-attention maps (Qt-free).
+
+`Explainer.encode` runs the backbone and encoder once; `Explainer.decode` runs only the decoder,
+so switching the class shown, the layer, or the candidate set never repeats the expensive part.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .model import INTR, EncodedImages
+from .preprocess import resized_shape
+
+NORMALIZATIONS = ("per_map", "shared", "none")
+# Images this many times larger (per side) than the model input are block-averaged in numpy
+# first: converting a 20 000 px RGB image to float32 in one go needs gigabytes.
+SHRINK_FACTOR_THRESHOLD = 2
+_SHRINK_BAND_ROWS = 64  # output rows per block-averaging pass, bounds the temporary memory
+
+
+def layer_name(image: str, class_name: str, layer: int, head: int | None) -> str:
+    """Layer and file names, 1-based as in the paper (L6 is the last of 6 layers)."""
+    what = "mean" if head is None else f"H{head}"
+    return f"{image} · {class_name} · L{layer} {what}"
+
+
+@dataclass(eq=False)  # holds tensors: identity, not element-wise, comparison
+class EncodedImage:
+    """Encoder memory of one image plus what is needed to place its maps on the original image."""
+    encoded: EncodedImages
+    image_name: str
+    image_shape: tuple[int, int]  # (H, W) of the original image
+    input_shape: tuple[int, int]  # (H', W') fed to the model
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False)  # holds arrays: identity, not element-wise, comparison
+class Explanation:
+    image_name: str
+    class_names: list[str]     # the decoded classes, in decode order
+    class_indices: list[int]   # their indices in model.class_names
+    logits: np.ndarray         # [C'] float32
+    probabilities: np.ndarray  # [C'] softmax over the decoded classes
+    attention: np.ndarray      # [layers, heads, C', h, w] float32, each map sums to 1
+    image_shape: tuple[int, int]
+    input_shape: tuple[int, int]
+    feature_stride: int
+    mode: str
+    model_name: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        return self.attention.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.attention.shape[1]
+
+    def order(self) -> list[int]:
+        """Columns sorted by probability, highest first."""
+        return [int(i) for i in np.argsort(-self.probabilities, kind="stable")]
+
+    def top_class(self) -> str:
+        return self.class_names[self.order()[0]]
+
+    def rank_of(self, class_name: str) -> int:
+        """1-based rank of a decoded class: 1 means the model picks it."""
+        return self.order().index(self._column(class_name)) + 1
+
+    def head_maps(self, class_name: str, layer: int = -1, normalization: str = "per_map") -> np.ndarray:
+        """[heads, h, w]. per_map: each map min-max scaled to [0, 1], as the paper's figures;
+        shared: divided by the largest weight of any head (compares heads); none: raw weights."""
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        maps = self.attention[self._layer(layer), :, self._column(class_name)]
+        if normalization == "none":
+            return maps.copy()
+        if normalization == "shared":
+            peak = maps.max()
+            return maps / peak if peak > 0 else np.zeros_like(maps)
+        low = maps.min(axis=(1, 2), keepdims=True)
+        span = maps.max(axis=(1, 2), keepdims=True) - low
+        return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+
+    def mean_map(self, class_name: str, layer: int = -1) -> np.ndarray:
+        return self.attention[self._layer(layer), :, self._column(class_name)].mean(axis=0)
+
+    def head_order(self, class_name: str, layer: int = -1) -> list[int]:
+        """Heads by their peak attention weight, highest first (the paper's "top maps")."""
+        peaks = self.attention[self._layer(layer), :, self._column(class_name)].max(axis=(1, 2))
+        return [int(i) for i in np.argsort(-peaks, kind="stable")]
+
+    def cell_size(self) -> tuple[float, float]:
+        """Original-image pixels covered by one attention cell, per axis."""
+        (height, width), (input_height, input_width) = self.image_shape, self.input_shape
+        return (self.feature_stride * height / input_height, self.feature_stride * width / input_width)
+
+    def grid_to_image(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """napari (scale, translate) placing an [h, w] map on the original image's pixel grid.
+
+        napari puts pixel centres at integer coordinates, so the centre of a cell covering k
+        image pixels sits at (k - 1) / 2."""
+        cell = self.cell_size()
+        return cell, tuple((k - 1) / 2 for k in cell)
+
+    def upsample(self, maps: np.ndarray) -> np.ndarray:
+        """[..., h, w] -> [..., H, W] bilinear on the original grid, consistent with grid_to_image.
+
+        For large images prefer showing the [h, w] map with grid_to_image's scale/translate."""
+        maps = np.asarray(maps, dtype=np.float32)
+        rows = _interpolation_matrix(self.image_shape[0], maps.shape[-2], self.cell_size()[0])
+        cols = _interpolation_matrix(self.image_shape[1], maps.shape[-1], self.cell_size()[1])
+        return np.einsum("Yy,...yx,Xx->...YX", rows, maps, cols, optimize=True)
+
+    def table(self) -> list[dict]:
+        return [{"rank": rank, "name": self.class_names[column],
+                 "probability": float(self.probabilities[column]), "logit": float(self.logits[column]),
+                 "index": self.class_indices[column]}
+                for rank, column in enumerate(self.order(), start=1)]
+
+    def _column(self, class_name: str) -> int:
+        try:
+            return self.class_names.index(class_name)
+        except ValueError:
+            raise ValueError(f"{class_name!r} is not among the decoded classes "
+                             f"({', '.join(self.class_names[:10])}{', …' if len(self.class_names) > 10 else ''}); "
+                             "decode it as a candidate first") from None
+
+    def _layer(self, layer: int) -> int:
+        if not -self.num_layers <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} is out of range: the decoder has {self.num_layers} layers "
+                             f"(0..{self.num_layers - 1}, or -1 for the last)")
+        return layer % self.num_layers
+
+
+def _interpolation_matrix(size: int, cells: int, cell: float) -> np.ndarray:
+    """[size, cells] linear-interpolation weights: pixel y sits at (y + 0.5) / cell - 0.5 in cells."""
+    position = np.clip((np.arange(size) + 0.5) / cell - 0.5, 0, cells - 1)
+    lower = np.floor(position).astype(int)
+    upper = np.minimum(lower + 1, cells - 1)
+    fraction = (position - lower).astype(np.float32)
+    matrix = np.zeros((size, cells), dtype=np.float32)
+    np.add.at(matrix, (np.arange(size), lower), 1 - fraction)
+    np.add.at(matrix, (np.arange(size), upper), fraction)
+    return matrix
+
+
+def shrink_huge_image(image: np.ndarray, short_side: int, max_side: int) -> tuple[np.ndarray, str | None]:
+    """Block-average an image far larger than the model input, band by band; returns (image, note).
+
+    uint8/uint16/bool are scaled to [0, 1] floats as preprocessing would; other types keep their
+    values (preprocessing stretches them to [0, 1] anyway)."""
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        return image, None  # preprocessing explains what is wrong with the image
+    height, width = image.shape[:2]
+    if min(height, width) < SHRINK_FACTOR_THRESHOLD * 32:
+        return image, None
+    target_height, target_width = resized_shape(height, width, short_side, max_side)
+    factor = min(height // target_height, width // target_width)
+    if factor < SHRINK_FACTOR_THRESHOLD:
+        return image, None
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
+    out_height, out_width = height // factor, width // factor
+    shrunk = np.empty((out_height, out_width, *image.shape[2:]), dtype=np.float32)
+    for start in range(0, out_height, _SHRINK_BAND_ROWS):
+        stop = min(start + _SHRINK_BAND_ROWS, out_height)
+        band = image[start * factor: stop * factor, : out_width * factor]
+        blocks = band.reshape(stop - start, factor, out_width, factor, *image.shape[2:])
+        shrunk[start:stop] = blocks.mean(axis=(1, 3), dtype=np.float32) / scale
+    note = (f"image is {height}×{width} px: block-averaged {factor}× to {out_height}×{out_width} "
+            "before the model's resize, to save memory")
+    return shrunk, note
+
+
+class Explainer:
+    """Runs a model for explanations; caches nothing, callers keep the EncodedImage they want."""
+
+    def __init__(self, model: INTR, model_name: str = "model"):
+        self.model = model.eval()
+        self.model_name = model_name
+
+    def encode(self, image: np.ndarray, name: str = "image") -> EncodedImage:
+        """Preprocess (the model's resize policy) and run backbone + encoder."""
+        image = np.asarray(image)
+        if image.ndim < 2:
+            raise ValueError(f"expected a 2-D grey, RGB or RGBA image, got shape {image.shape}")
+        config = self.model.config
+        shrunk, note = shrink_huge_image(image, config.short_side, config.max_side)
+        with torch.inference_mode():
+            inputs = self.model.preprocess(shrunk)
+            encoded = self.model.encode(inputs)
+        return EncodedImage(encoded, name, tuple(image.shape[:2]), tuple(inputs.shape[-2:]),
+                            [note] if note else [])
+
+    def decode(self, encoded: EncodedImage, classes: Iterable[int | str] | None = None,
+               mode: str = "drop") -> Explanation:
+        """Decoder only (no backbone pass): for class, layer and candidate-set switches."""
+        with torch.inference_mode():
+            output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True)
+        logits = output.logits[0].float()
+        return Explanation(
+            image_name=encoded.image_name,
+            class_names=[self.model.class_names[i] for i in output.classes],
+            class_indices=list(output.classes),
+            logits=logits.cpu().numpy(),
+            probabilities=logits.softmax(-1).cpu().numpy(),
+            attention=output.attention[:, 0].float().cpu().numpy(),  # [layers, heads, C', h, w]
+            image_shape=encoded.image_shape,
+            input_shape=encoded.input_shape,
+            feature_stride=self.model.feature_stride,
+            mode=mode,
+            model_name=self.model_name,
+            notes=list(encoded.notes),
+        )
+
+    def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
+                mode: str = "drop") -> Explanation:
+        return self.decode(self.encode(image, name), classes, mode)
