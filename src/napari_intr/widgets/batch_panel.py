@@ -1,0 +1,84 @@
+"""Batch box: explain every image of a folder into an output folder (predictions.csv plus one
+TIFF of head maps per image), in a worker with progress and cancel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QPushButton, QSpinBox, QVBoxLayout
+
+from . import messages
+from .text_label import TextLabel
+from .file_field import FileField
+from .state import ExplorerState
+from .task_bar import TaskBar
+from .workers import batch_job
+
+
+class BatchPanel(QGroupBox):
+    def __init__(self, state: ExplorerState, parent=None):
+        super().__init__("Batch: a folder of images", parent)
+        self.state = state
+        self.inputs = FileField("folder of images (searched recursively)", "Choose the image folder",
+                                folder=True)
+        self.output = FileField("new folder for the results", "Choose the output folder", folder=True)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 50)
+        self.top_k.setValue(5)
+        self.top_k.setToolTip("Classes per image in predictions.csv")
+        self.run_button = QPushButton("Explain folder")
+        self.run_button.clicked.connect(self.run)
+        self.task = TaskBar()
+        self.task.busy_changed.connect(lambda busy: self.run_button.setEnabled(not busy))
+        self.summary = TextLabel("")
+        form = QFormLayout()
+        form.addRow("Images", self.inputs)
+        form.addRow("Output", self.output)
+        form.addRow("Top-k", self.top_k)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.task)
+        layout.addWidget(self.summary)
+
+    def run(self) -> None:
+        problem = self._problem()
+        if problem:
+            messages.notify(problem, "warning")
+            return
+        self.summary.setText("")
+        self.task.start(batch_job, self.state.model, self.inputs.path, self.output.path, self.top_k.value(),
+                        doing=f"Explaining the images in '{Path(self.inputs.path).name}'",
+                        with_cancel_event=True, show_in_activity=True, on_result=self._report)
+
+    def _problem(self) -> str | None:
+        from napari_intr.batch import PREDICTIONS_FILE
+        if self.state.model is None:
+            return "No model loaded yet: press 'Load model' in the Model box"
+        if not self.inputs.path or not Path(self.inputs.path).is_dir():
+            return f"Choose an existing folder of images (got '{self.inputs.path}')"
+        if not self.output.path:
+            return "Choose an output folder for predictions.csv and the attention TIFFs"
+        output = Path(self.output.path)
+        if output.is_file():
+            return f"'{output}' is a file; choose a folder for the results"
+        if (output / PREDICTIONS_FILE).exists():
+            return (f"'{output}' already holds the results of an earlier run ({PREDICTIONS_FILE}); "
+                    "choose a new output folder so they are not overwritten")
+        return None
+
+    def _report(self, summary: dict) -> None:
+        done, total = summary["done"], summary["total"]
+        parts = [f"Explained {done} of {total} images in {summary['seconds']:.1f} s"]
+        if summary["cancelled"]:
+            parts.append("cancelled before the end")
+        if summary["skipped"]:
+            first_file, first_reason = summary["skipped"][0]
+            parts.append(f"{len(summary['skipped'])} skipped, e.g. {Path(first_file).name}: {first_reason}")
+        parts.append(f"results in {summary['predictions'].parent}")
+        text = "; ".join(parts)
+        self.summary.setText(text)
+        level = "info" if done == total else "warning"
+        if total == 0:
+            text, level = f"No images found in '{self.inputs.path}' (PNG, JPEG, TIFF…)", "warning"
+            self.summary.setText(text)
+        messages.notify(text, level)

@@ -1,0 +1,111 @@
+"""Image box: choose an image layer and Explain it (encode + decode in a worker, cancellable)."""
+from __future__ import annotations
+
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout
+
+from . import messages
+from .text_label import TextLabel
+from .image_input import InputError, explainable_plane
+from .layer_set import ATTENTION_TAG
+from .state import ExplorerState
+from .task_bar import TaskBar
+from .workers import explain_job
+
+
+def _is_image(layer) -> bool:
+    return isinstance(layer, Image) and not isinstance(layer, Labels)
+
+
+class ExplainPanel(QGroupBox):
+    def __init__(self, viewer, state: ExplorerState, parent=None):
+        super().__init__("Image", parent)
+        self.viewer, self.state = viewer, state
+        self.image = QComboBox()
+        self.image.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.image.setMinimumContentsLength(12)
+        self.image.setToolTip("2-D image, RGB(A) or grey; for a stack, the current slice")
+        self.explain_button = QPushButton("Explain")
+        self.explain_button.setToolTip("Classify the image and show each head's attention for the "
+                                       "predicted class")
+        self.explain_button.clicked.connect(self.explain)
+        self.task = TaskBar()
+        self.task.busy_changed.connect(self._busy_changed)
+        self.notes = TextLabel("")
+        form = QFormLayout()
+        form.addRow("Image layer", self.image)
+        row = QHBoxLayout()
+        row.addWidget(self.explain_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row)
+        layout.addWidget(self.task)
+        layout.addWidget(self.notes)
+        viewer.layers.events.inserted.connect(self._refresh)
+        viewer.layers.events.removed.connect(self._refresh)
+        viewer.layers.events.moved.connect(self._refresh)
+        viewer.layers.selection.events.active.connect(self._follow_active)
+        self._refresh()
+        self._follow_active()
+
+    def selected_layer(self):
+        name = self.image.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def explain(self) -> None:
+        """Explain the chosen image layer; with none, say what to choose instead."""
+        layer = self.selected_layer()
+        if layer is None and self.viewer.layers.selection.active is not None:
+            layer = self.viewer.layers.selection.active  # e.g. a Labels layer: say why not
+        try:
+            plane, source = explainable_plane(layer, self.viewer)
+        except InputError as error:
+            messages.notify(str(error), "warning")
+            return
+        if self.state.model is None:
+            messages.notify("No model loaded yet: press 'Load model' in the Model box "
+                            "(the bundled sample is preselected)", "warning")
+            return
+        self._pending = (source, self.state.model)
+        self.notes.setText("")
+        self.task.start(explain_job, self.state.model, self.state.model_name, plane, source.name,
+                        doing=f"Explaining '{source.name}'", on_result=self._publish)
+
+    def _publish(self, result) -> None:
+        encoded, explanation = result
+        state, (source, model) = self.state, self._pending
+        if state.model is not model:
+            messages.notify(f"'{source.name}' was explained with the previous model; press Explain "
+                            "again for the new one", "info")
+            return
+        state.source = source
+        state.encoded = encoded
+        state.explanation = explanation  # last: listeners read source and encoded too
+        notes = [*source.notes, *explanation.notes]
+        self.notes.setText("\n".join(f"Note: {note}" for note in notes))
+        for note in notes:
+            messages.notify(note, "info")
+
+    def _busy_changed(self, *_) -> None:
+        self.explain_button.setEnabled(not self.task.busy)
+        self.image.setEnabled(not self.task.busy)
+
+    def _refresh(self, *_) -> None:
+        current = self.image.currentText()
+        names = [layer.name for layer in self.viewer.layers if _is_image(layer)
+                 and ATTENTION_TAG not in layer.metadata]
+        self.image.blockSignals(True)
+        self.image.clear()
+        self.image.addItems(names)
+        if current in names:
+            self.image.setCurrentText(current)
+        self.image.blockSignals(False)
+        for layer in self.viewer.layers:
+            if _is_image(layer):
+                # renamed layers must stay in the list; connecting twice is harmless in psygnal
+                layer.events.name.connect(self._refresh)
+
+    def _follow_active(self, *_) -> None:
+        active = self.viewer.layers.selection.active
+        if _is_image(active) and ATTENTION_TAG not in active.metadata:
+            self.image.setCurrentText(active.name)

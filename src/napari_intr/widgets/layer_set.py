@@ -1,0 +1,126 @@
+"""The live attention layers of one explained image: one per head, in rank order, plus the mean.
+
+Switching class, decoder layer or display option rewrites these layers in place (same layer
+objects; name, data, scale and translate replaced). `keep()` renames the set with a
+" (kept N)" suffix and lets go of it, so the next update creates new live layers. Nothing here
+ever touches the input image layer or removes a layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_intr.explanation import layer_name
+
+from .state import ImageSource
+
+OPACITY = 0.5
+ATTENTION_TAG = "napari_intr_attention"  # metadata key marking our layers (not inputs)
+
+
+@dataclass(frozen=True)
+class DisplayOptions:
+    normalization: str = "per_map"  # or "shared"
+    upsample: bool = False          # False: feature grid placed with scale/translate
+    colormap: str = "inferno"
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """What one live layer shows."""
+    name: str
+    data: np.ndarray
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    visible_by_default: bool  # the mean only: additive heads on top of it wash the image out
+    metadata: dict
+
+
+def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
+                options: DisplayOptions) -> list[LayerView]:
+    """Mean first, then heads from the strongest to the weakest peak (Explanation.head_order)."""
+    image, layer_number = source.name, layer % explanation.num_layers + 1
+    maps = explanation.head_maps(class_name, layer, options.normalization)
+    mean = _scaled_mean(explanation, class_name, layer, options.normalization)
+    order = explanation.head_order(class_name, layer)
+    if options.upsample:
+        maps, mean = explanation.upsample(maps), explanation.upsample(mean)
+        cell_scale, cell_translate = (1.0, 1.0), (0.0, 0.0)
+    else:
+        cell_scale, cell_translate = explanation.grid_to_image()
+    scale = tuple(float(s * c) for s, c in zip(source.plane_scale, cell_scale))
+    translate = tuple(float(t + s * c) for t, s, c in zip(source.plane_translate, source.plane_scale,
+                                                          cell_translate))
+    common = {ATTENTION_TAG: True, "image": image, "class": class_name, "decoder_layer": layer_number,
+              "model": explanation.model_name, "normalization": options.normalization,
+              "probability": float(explanation.probabilities[explanation.class_names.index(class_name)]),
+              "rank": explanation.rank_of(class_name)}
+    views = [LayerView(layer_name(image, class_name, layer_number, None), mean.astype(np.float32),
+                       scale, translate, True, {**common, "head": "mean"})]
+    for rank, head in enumerate(order, start=1):
+        views.append(LayerView(layer_name(image, class_name, layer_number, head + 1),
+                               maps[head].astype(np.float32), scale, translate, False,
+                               {**common, "head": head + 1, "head_rank": rank}))
+    return views
+
+
+def _scaled_mean(explanation, class_name: str, layer: int, normalization: str) -> np.ndarray:
+    """per_map: min-max to [0, 1]; shared: on the heads' common scale (their largest weight)."""
+    mean = explanation.mean_map(class_name, layer)
+    if normalization == "shared":
+        peak = explanation.head_maps(class_name, layer, "none").max()
+        return mean / peak if peak > 0 else np.zeros_like(mean)
+    low, span = mean.min(), np.ptp(mean)
+    return (mean - low) / span if span > 0 else np.zeros_like(mean)
+
+
+class LiveLayerSet:
+    """Live attention layers per image name, in a viewer."""
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self._live: dict[str, list] = {}
+        self._kept = 0
+
+    def live_layers(self, image: str) -> list:
+        return [layer for layer in self._live.get(image, []) if layer in self.viewer.layers]
+
+    def show(self, views: list[LayerView], image: str, colormap: str) -> list:
+        layers = self._live.get(image, [])
+        if len(layers) != len(views) or any(layer not in self.viewer.layers for layer in layers):
+            if layers:  # another head count (new model) or a layer deleted by hand: keep the rest
+                self._freeze(layers)
+            # added weakest first, so the mean and the strongest head top the layer list
+            layers = [self._add(view, colormap) for view in reversed(views)][::-1]
+            self._live[image] = layers
+            return layers
+        for layer, view in zip(layers, views):
+            layer.data = view.data
+            layer.scale = view.scale
+            layer.translate = view.translate
+            layer.name = view.name
+            layer.metadata = dict(view.metadata)
+            layer.colormap = colormap
+            layer.contrast_limits = (0.0, 1.0)
+        return layers
+
+    def keep(self, image: str) -> list:
+        """Freeze the live set of `image`; returns the kept layers (empty if none)."""
+        layers = self.live_layers(image)
+        self._live.pop(image, None)
+        if layers:
+            self._freeze(layers)
+        return layers
+
+    def _freeze(self, layers) -> None:
+        self._kept += 1
+        for layer in layers:
+            if layer in self.viewer.layers:
+                layer.name = f"{layer.name} (kept {self._kept})"
+
+    def _add(self, view: LayerView, colormap: str):
+        return self.viewer.add_image(
+            view.data, name=view.name, scale=view.scale, translate=view.translate,
+            colormap=colormap, blending="additive", opacity=OPACITY, contrast_limits=(0.0, 1.0),
+            visible=view.visible_by_default, metadata=dict(view.metadata))

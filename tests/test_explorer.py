@@ -1,0 +1,320 @@
+"""The INTR Explorer dock widget in a real napari viewer, with the bundled model.
+
+As in real use the viewer (and its OpenGL) exists before torch: nothing here imports torch or
+napari_intr.model at module level; model code is imported inside the tests, after the viewer."""
+import csv
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """Every notification the plugin shows, as (level, text)."""
+    from napari.utils import notifications
+    shown = []
+    for level in ("info", "warning", "error"):
+        monkeypatch.setattr(notifications, f"show_{level}",
+                            lambda text, level=level: shown.append((level, str(text))))
+    return shown
+
+
+@pytest.fixture
+def explorer(make_napari_viewer, qtbot, messages):
+    """A viewer with the spotted specimen, the Explorer docked through the manifest, the
+    bundled model loaded by the widget itself."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-intr", "heliconia-alba")
+    from napari_intr.widgets.state import shared_state
+    shared_state().model = None  # each test starts from an Explorer that loads the sample
+    _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
+    qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_picker.task.busy,
+                    timeout=TIMEOUT_MS)
+    return viewer, widget
+
+
+def explain(qtbot, widget, layer_name=None):
+    if layer_name is not None:
+        widget.explain_panel.image.setCurrentText(layer_name)
+    widget.explain()
+    qtbot.waitUntil(lambda: not widget.explain_panel.task.busy, timeout=TIMEOUT_MS)
+    assert widget.explain_panel.explain_button.isEnabled()
+
+
+def reference(image, name="image"):
+    from napari_intr import load_model
+    from napari_intr.explanation import Explainer
+    return Explainer(load_model("sample"), "sample").explain(image, name)
+
+
+def attention_layers(viewer, live_only=True):
+    return [layer for layer in viewer.layers if "napari_intr_attention" in layer.metadata
+            and not (live_only and "(kept" in layer.name)]
+
+
+def assert_aligned(viewer, image_layer, layers, explanation):
+    cell = max(explanation.cell_size()) * max(image_layer.scale[-2:])
+    image_extent = np.asarray(image_layer.extent.world)[:, -2:]
+    for layer in layers:
+        assert np.allclose(np.asarray(layer.extent.world)[:, -2:], image_extent, atol=cell), layer.name
+
+
+def test_explain_shows_one_layer_per_head_plus_mean(explorer, qtbot):
+    viewer, widget = explorer
+    image = viewer.layers[0]
+    pixels_before = np.array(image.data, copy=True)
+    explain(qtbot, widget)
+    explanation = widget.state.explanation
+    expected = reference(np.asarray(image.data), image.name)
+    # the table is the model's own answer on the same image: same order, same probabilities
+    rows = widget.results.rows()
+    assert [row[1] for row in rows] == [entry["name"] for entry in expected.table()]
+    assert np.allclose([float(row[2]) for row in rows],
+                       [entry["probability"] for entry in expected.table()], atol=1e-4)
+    assert np.allclose(explanation.probabilities, expected.probabilities, atol=1e-5)
+    assert rows[0][0].startswith("★")
+    top = expected.top_class()
+    layers = attention_layers(viewer)
+    heads, decoder_layers = widget.state.model.config.nheads, widget.state.model.config.dec_layers
+    assert len(layers) == heads + 1
+    from napari_intr.explanation import layer_name
+    assert {layer.name for layer in layers} == {
+        layer_name(image.name, top, decoder_layers, head) for head in [None, *range(1, heads + 1)]}
+    assert_aligned(viewer, image, layers, explanation)
+    assert all(layer.blending == "additive" and layer.opacity == 0.5 for layer in layers)
+    # heads in the layer list are ordered by peak attention, strongest first (under the mean)
+    head_layers = [layer for layer in reversed(list(viewer.layers)) if layer in layers][1:]
+    assert [layer.metadata["head"] - 1 for layer in head_layers] == explanation.head_order(top)
+    assert widget.attention.ranking.count() == heads
+    assert "Yes" in widget.results.answer.full_text
+    # the input layer is never modified or hidden
+    assert np.array_equal(image.data, pixels_before) and image.visible and image.opacity == 1
+
+
+def test_class_and_layer_switches_update_layers_in_place(explorer, qtbot):
+    viewer, widget = explorer
+    explain(qtbot, widget)
+    layers = attention_layers(viewer)
+    count = len(viewer.layers)
+    before = [(layer.name, np.array(layer.data)) for layer in layers]
+    second = widget.results.rows()[1][1]
+    widget.results.select_class(second)
+    assert attention_layers(viewer) == layers and len(viewer.layers) == count
+    assert all(second in layer.name for layer in layers)
+    assert all(layer.name != name for layer, (name, _) in zip(layers, before))
+    assert any(not np.array_equal(layer.data, data) for layer, (_, data) in zip(layers, before))
+    assert "No: rank 2" in widget.results.answer.full_text
+    before = [(layer.name, np.array(layer.data)) for layer in layers]
+    widget.attention.decoder_layer.setValue(1)
+    assert attention_layers(viewer) == layers and len(viewer.layers) == count
+    assert all(" · L1 " in layer.name for layer in layers)
+    assert any(not np.array_equal(layer.data, data) for layer, (_, data) in zip(layers, before))
+
+
+def test_keep_freezes_the_set_and_the_next_switch_makes_new_layers(explorer, qtbot, messages):
+    viewer, widget = explorer
+    explain(qtbot, widget)
+    live = attention_layers(viewer)
+    kept_data = [np.array(layer.data) for layer in live]
+    widget.attention.keep()
+    assert all(layer.name.endswith(" (kept 1)") for layer in live)
+    widget.results.select_class(widget.results.rows()[1][1])
+    new = attention_layers(viewer)
+    assert len(new) == len(live) and not set(map(id, new)) & set(map(id, live))
+    assert all(np.array_equal(layer.data, data) for layer, data in zip(live, kept_data))
+    assert len(viewer.layers) == 1 + 2 * len(live)
+    # explaining again updates the live set, the kept one stays
+    explain(qtbot, widget)
+    assert attention_layers(viewer) == new and len(viewer.layers) == 1 + 2 * len(live)
+
+
+def test_filter_upsampling_and_shared_normalisation(explorer, qtbot):
+    viewer, widget = explorer
+    explain(qtbot, widget)
+    widget.results.filter.setText("morphoides")
+    visible = widget.results.visible_classes()
+    assert visible and all("morphoides" in name.lower() for name in visible)
+    widget.attention.placement.setCurrentIndex(1)  # upsampled to the image grid
+    image = viewer.layers[0]
+    for layer in attention_layers(viewer):
+        assert layer.data.shape == image.data.shape[:2]
+        assert np.allclose(np.asarray(layer.extent.world), np.asarray(image.extent.world))
+    widget.attention.normalization.setCurrentIndex(1)  # shared across heads
+    heads = [layer for layer in attention_layers(viewer) if layer.metadata["head"] != "mean"]
+    assert np.isclose(max(layer.data.max() for layer in heads), 1.0, atol=0.02)
+
+
+def test_stack_explains_the_current_slice(explorer, qtbot, messages):
+    viewer, widget = explorer
+    rng = np.random.default_rng(0)
+    stack = (rng.random((4, 64, 80)) * 60000).astype(np.uint16)
+    layer = viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 2)
+    explain(qtbot, widget, "stack")
+    assert widget.state.source.name == "stack [2]"
+    assert np.allclose(widget.state.explanation.probabilities, reference(stack[2]).probabilities, atol=1e-5)
+    assert any("current slice" in text for _, text in messages)
+    assert_aligned(viewer, layer, attention_layers(viewer), widget.state.explanation)
+
+
+def test_channel_first_stack_is_read_as_rgb(explorer, qtbot, messages):
+    viewer, widget = explorer
+    rgb = np.asarray(viewer.layers[0].data)
+    viewer.add_image(np.moveaxis(rgb, -1, 0), name="channels first")
+    explain(qtbot, widget, "channels first")
+    assert any("channel-first" in text for _, text in messages)
+    assert np.allclose(widget.state.explanation.probabilities, reference(rgb).probabilities, atol=1e-5)
+
+
+def test_very_long_image_is_downscaled_with_a_note(explorer, qtbot, messages):
+    viewer, widget = explorer
+    long_image = np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (20000, 1))
+    layer = viewer.add_image(long_image, name="long")
+    explain(qtbot, widget, "long")
+    assert widget.state.explanation is not None and widget.state.source.name == "long"
+    assert any("block-averaged" in text for _, text in messages)
+    assert_aligned(viewer, layer, attention_layers(viewer), widget.state.explanation)
+
+
+@pytest.mark.parametrize("size", [1, 10])
+def test_tiny_images_are_refused(explorer, qtbot, messages, size):
+    viewer, widget = explorer
+    viewer.add_image(np.zeros((size, size), np.uint8), name="tiny")
+    widget.explain_panel.image.setCurrentText("tiny")
+    widget.explain()
+    assert ("warning", f"'tiny' is {size}×{size} px; INTR needs at least 32 px on each side: "
+            "choose a larger image") in messages
+    assert widget.explain_panel.explain_button.isEnabled() and widget.state.explanation is None
+
+
+def test_nan_image_reports_and_stays_usable(explorer, qtbot, messages):
+    viewer, widget = explorer
+    bad = np.ones((64, 64), np.float32)
+    bad[5, 5] = np.nan
+    viewer.add_image(bad, name="nan")
+    explain(qtbot, widget, "nan")
+    assert any(level == "error" and "NaN" in text for level, text in messages)
+    assert widget.state.explanation is None
+    explain(qtbot, widget, viewer.layers[0].name)  # still usable
+    assert widget.state.explanation is not None
+
+
+def test_non_image_layers_are_refused(make_napari_viewer, qtbot, messages):
+    viewer = make_napari_viewer()
+    from napari_intr.widgets.state import shared_state
+    shared_state().model = None
+    _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
+    qtbot.waitUntil(lambda: not widget.model_picker.task.busy, timeout=TIMEOUT_MS)
+    widget.explain()
+    assert any(level == "warning" and "no image layer" in text for level, text in messages)
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="cells")
+    widget.explain()
+    assert any("'cells' is a Labels layer" in text for _, text in messages), messages
+    viewer.add_points([[1, 1]], name="spots")
+    widget.explain()
+    assert any("'spots' is a Points layer" in text for _, text in messages)
+    assert widget.explain_panel.explain_button.isEnabled()
+
+
+def test_cancel_leaves_no_result_and_reenables(explorer, qtbot, messages):
+    viewer, widget = explorer
+    widget.explain()
+    widget.explain_panel.task.cancel()
+    qtbot.waitUntil(lambda: not widget.explain_panel.task.busy, timeout=TIMEOUT_MS)
+    assert widget.state.explanation is None and not attention_layers(viewer)
+    assert widget.explain_panel.explain_button.isEnabled()
+    assert "cancelled" in widget.explain_panel.task.status.full_text
+
+
+def test_wrong_class_names_file_is_reported(explorer, qtbot, messages, tmp_path):
+    viewer, widget = explorer
+    model = widget.state.model
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\nc\n")
+    widget.model_picker.class_names.path = names
+    widget.model_picker.load()
+    qtbot.waitUntil(lambda: not widget.model_picker.task.busy, timeout=TIMEOUT_MS)
+    errors = [text for level, text in messages if level == "error"]
+    assert errors and "names.txt" in errors[-1]
+    assert re.search(r"\b3\b", errors[-1]) and re.search(rf"\b{len(model.class_names)}\b", errors[-1])
+    assert widget.state.model is model and widget.model_picker.load_button.isEnabled()
+
+
+def test_offline_zoo_download_names_url_and_path(explorer, qtbot, messages, tmp_path, monkeypatch):
+    viewer, widget = explorer
+    from napari_intr import zoo
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path))
+    url = "http://127.0.0.1:9/intr_checkpoint_cub_detr_r50.pth"  # nothing listens on port 9
+    monkeypatch.setitem(zoo.ZOO, "intr-cub", zoo.ZooEntry(zoo.ZOO["intr-cub"].filename, url, 200, "intr"))
+    picker = widget.model_picker
+    picker.source.setCurrentIndex(picker.source.findData("intr-cub"))
+    picker.load()
+    qtbot.waitUntil(lambda: not picker.task.busy, timeout=TIMEOUT_MS)
+    error = [text for level, text in messages if level == "error"][-1]
+    assert url in error and str(zoo.cached_path("intr-cub")) in error
+    assert picker.load_button.isEnabled()
+
+
+def test_model_published_by_another_widget_is_used(explorer, qtbot):
+    viewer, widget = explorer
+    explain(qtbot, widget)
+    from napari_intr import load_model
+    from napari_intr.widgets.state import publish_model
+    publish_model(load_model("sample"), "fine-tuned")
+    assert widget.state.explanation is None and "fine-tuned" in widget.model_picker.loaded.full_text
+    explain(qtbot, widget)
+    assert widget.state.explanation.model_name == "fine-tuned"
+
+
+def test_batch_panel_writes_readable_results(explorer, qtbot, messages, tmp_path):
+    viewer, widget = explorer
+    import tifffile
+
+    from napari_intr.widgets.samples import specimens_dir
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(specimens_dir().glob("*.png"))[:3]:
+        (images / path.name).write_bytes(path.read_bytes())
+    batch = widget.batch
+    batch.inputs.path, batch.output.path = images, tmp_path / "out"
+    batch.run()
+    qtbot.waitUntil(lambda: not batch.task.busy, timeout=TIMEOUT_MS)
+    assert "Explained 3 of 3" in batch.summary.full_text
+    with open(tmp_path / "out" / "predictions.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 3
+    model = widget.state.model
+    for row in rows:
+        maps = tifffile.imread(tmp_path / "out" / row["attention_file"])
+        grid = reference(np.asarray(viewer.layers[0].data)).attention.shape[-2:]  # same 160 px size
+        assert maps.shape == (model.config.nheads, *grid)
+        assert row["top1_class"] in model.class_names
+    batch.run()  # the same output folder again: refused, nothing overwritten
+    assert any("earlier run" in text for _, text in messages)
+
+
+def test_viewer_first_then_torch_does_not_crash(tmp_path):
+    """A fresh process: GL first (a shown viewer with an image), then the plugin and torch."""
+    script = textwrap.dedent("""
+        import numpy as np, napari
+        viewer = napari.Viewer()
+        viewer.add_image(np.zeros((64, 64), np.uint8))
+        viewer.window._qt_window.repaint()
+        import napari_intr.widgets
+        from napari_intr import load_model
+        from napari_intr.explanation import Explainer
+        explanation = Explainer(load_model("sample")).explain(np.zeros((64, 64), np.uint8))
+        print("explained", explanation.top_class())
+        viewer.close()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, env={**os.environ})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "explained" in result.stdout
