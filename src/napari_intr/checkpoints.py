@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 import torch
@@ -25,15 +26,20 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(temporary_path), then rename over `path`: a crash leaves the old file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        write(temporary)
+        with open(temporary, "xb"):
+            pass
+        # The mode this process gives new files; safetensors (like mkstemp) writes 0600, which would
+        # hide a saved model from the rest of a lab's group.
+        mode = stat.S_IMODE(temporary.stat().st_mode)
+        write(str(temporary))
+        os.chmod(temporary, mode)
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 
@@ -71,31 +77,47 @@ def read_metadata(path: str | os.PathLike) -> dict:
             "class_names": json.loads(metadata["class_names"]),
             "provenance": json.loads(metadata.get("provenance", "{}")),
         }
-    except (KeyError, json.JSONDecodeError, TypeError) as error:
-        raise CheckpointError(f"{path} has damaged napari-intr metadata ({error})") from error
+    except (KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON or an unusable config
+        raise CheckpointError(f"{path} has damaged or unsupported napari-intr metadata ({error})") from error
 
 
 def load_checkpoint(path: str | os.PathLike, class_names=None, device=None) -> INTR:
-    from .class_names import check_class_count, read_class_names
+    from .class_names import check_class_count, describe_source, read_class_names
     path = Path(path)
     info = read_metadata(path)
     config = info["config"]
     names = info["class_names"] if class_names is None else read_class_names(class_names)
-    check_class_count(names, config.num_classes)
-    model = build_model(config, names)
+    check_class_count(names, config.num_classes,
+                      "the checkpoint's class names" if class_names is None else describe_source(class_names))
     try:
         with safe_open(str(path), framework="pt") as reader:
             state = {key: reader.get_tensor(key) for key in reader.keys()}
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} could not be read ({error}); it may be truncated: "
                               "save or download it again") from error
-    load_state(model, state, path)
+    model = model_from_state(config, names, state, path)
     model.provenance = info["provenance"]
     return model.to(device or "cpu").eval()
 
 
 def load_state(model: INTR, state: dict[str, torch.Tensor], origin) -> None:
     """Load weights, listing every missing, unexpected or mis-shaped key in one message."""
+    _check_state(model, state, origin)
+    model.load_state_dict(state)
+
+
+def model_from_state(config: IntrConfig, class_names, state: dict[str, torch.Tensor], origin) -> INTR:
+    """A model holding `state`, built on the meta device: no time goes into a random
+    initialisation that the weights would overwrite (seconds for a ResNet-50)."""
+    with torch.device("meta"):
+        model = build_model(config, class_names)
+    _check_state(model, state, origin)
+    state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    model.load_state_dict(state, assign=True)  # keeps each parameter's requires_grad
+    return model
+
+
+def _check_state(model: INTR, state: dict[str, torch.Tensor], origin) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -109,4 +131,3 @@ def load_state(model: INTR, state: dict[str, torch.Tensor], origin) -> None:
                 parts.append(f"{label} keys: {shown}")
         raise CheckpointError(f"{origin} does not match the {model.config.backbone} INTR architecture; "
                               + "; ".join(parts))
-    model.load_state_dict(state)

@@ -38,7 +38,12 @@ def read_class_names(source: Sequence[str] | str | os.PathLike) -> list[str]:
     return names
 
 
+def describe_source(source) -> str:
+    """How error messages name a class-names source: the file, or "the class names" for a list."""
+    return f"class-names file {source}" if isinstance(source, (str, os.PathLike)) else "the class names"
+
+
 def check_class_count(names: list[str], num_classes: int, origin: str = "the class names") -> None:
     if len(names) != num_classes:
-        raise ValueError(f"{origin} list {len(names)} classes but the model has {num_classes}; "
-                         "give a class-names file with exactly one line per class")
+        raise ValueError(f"{origin}: {len(names)} class names were given but the model has "
+                         f"{num_classes} classes; give a class-names file with exactly one line per class")

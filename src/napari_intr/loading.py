@@ -1,6 +1,7 @@
 """`load_model`: one entry point for our checkpoints, official INTR files, zoo names and the sample."""
 from __future__ import annotations
 
+import difflib
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -59,11 +60,19 @@ def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR
         if zoo.ZOO[name].kind != "intr":
             raise CheckpointError(f"{name} holds DETR's COCO detection weights, not a classifier; use it "
                                   f"to initialise training: intr train --init {name}")
-        return load_official(zoo.fetch(name), class_names, device)
+        model = load_official(zoo.fetch(name), class_names, device)
+        expected = zoo.ZOO[name].num_classes
+        if expected is not None and model.config.num_classes != expected:
+            raise CheckpointError(f"{zoo.cached_path(name)} has {model.config.num_classes} classes, but "
+                                  f"{name} has {expected}: it is another model's file. Delete it (and its "
+                                  ".sha256 record) and download again")
+        return model
     path = Path(name).expanduser()
     if not path.exists():
+        close = difflib.get_close_matches(name, [*zoo.ZOO, SAMPLE_MODEL], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise FileNotFoundError(f"no model at {path}: give a checkpoint file, '{SAMPLE_MODEL}', "
-                                f"or a zoo name ({', '.join(zoo.ZOO)})")
+                                f"or a zoo name ({', '.join(zoo.ZOO)}).{hint}")
     if path.is_dir():
         candidate = path / "model.safetensors"
         if not candidate.exists():

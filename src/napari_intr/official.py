@@ -9,31 +9,50 @@ import argparse
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, load_state
-from .model import INTR, IntrConfig, build_model
+from .checkpoints import CheckpointError, model_from_state
+from .model import INTR, IntrConfig
 
 DETR_NUM_QUERIES = 100
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (since 1.6) or, in the legacy format, a pickle (protocol 2)."""
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def read_pickled_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+                              "give an INTR .pth file or a napari-intr .safetensors file")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error) or "unsupported" in str(error).lower():
+        # The weights-only unpickler names what it refused as "GLOBAL module.name".
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused and not refused.group(1).startswith("torch."):
             raise CheckpointError(
-                f"{path} was refused: it contains Python objects other than weights, which could run "
-                "code when loaded. Only INTR/DETR checkpoints (weights plus training arguments) are "
-                "accepted; if you trust the file, re-save its state dict with plain torch.save") from error
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({error})") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+                f"{path} was refused: it contains Python objects other than weights "
+                f"({refused.group(1)}), which could run code when loaded. Only INTR/DETR checkpoints "
+                "(weights plus training arguments) are accepted; if you trust the file, re-save its "
+                "state dict with plain torch.save") from error
+        # torch's own names are allowed, so a broken one means a damaged stream.
+        raise CheckpointError(f"{path} is damaged (truncated?) or not a PyTorch checkpoint; "
+                              "download or copy it again") from error
+    except Exception as error:  # truncated zip, bad pickle stream, I/O: all mean "not usable"
         raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint; it may be truncated "
-                              f"or another kind of file ({error}): download or copy it again") from error
+                              f"or another kind of file ({type(error).__name__}: {error}): download or "
+                              "copy it again") from error
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError(f"{path} is a PyTorch file but not an INTR/DETR checkpoint: "
                               "it has no 'model' state dict")
@@ -56,25 +75,28 @@ def config_from_official(data: dict, path) -> IntrConfig:
     if arg("pre_norm", False) or arg("dilation", False):
         raise CheckpointError(f"{path} was trained with pre-norm or a dilated backbone, "
                               "which this package does not implement")
-    return IntrConfig(
-        num_classes=state["query_embed.weight"].shape[0],
-        backbone=arg("backbone", "resnet50"),
-        hidden_dim=arg("hidden_dim", 256), nheads=arg("nheads", 8),
-        enc_layers=arg("enc_layers", 6), dec_layers=arg("dec_layers", 6),
-        dim_feedforward=arg("dim_feedforward", 2048), dropout=arg("dropout", 0.1))
+    try:
+        return IntrConfig(
+            num_classes=state["query_embed.weight"].shape[0],
+            backbone=arg("backbone", "resnet50"),
+            hidden_dim=arg("hidden_dim", 256), nheads=arg("nheads", 8),
+            enc_layers=arg("enc_layers", 6), dec_layers=arg("dec_layers", 6),
+            dim_feedforward=arg("dim_feedforward", 2048), dropout=arg("dropout", 0.1))
+    except ValueError as error:
+        raise CheckpointError(f"{path} was trained with settings this package does not "
+                              f"implement: {error}") from error
 
 
 def load_official(path: str | os.PathLike, class_names=None, device=None) -> INTR:
     """An `intr_checkpoint_*_detr_r50.pth` file as an INTR model."""
-    from .class_names import check_class_count, read_class_names
+    from .class_names import check_class_count, describe_source, read_class_names
     data = read_pickled_checkpoint(path)
     config = config_from_official(data, path)
     names = None
     if class_names is not None:
         names = read_class_names(class_names)
-        check_class_count(names, config.num_classes)
-    model = build_model(config, names)
-    load_state(model, _state_dict(data), path)
+        check_class_count(names, config.num_classes, describe_source(class_names))
+    model = model_from_state(config, names, _state_dict(data), path)
     model.provenance = {"source": str(path), "format": "official INTR checkpoint"}
     return model.to(device or "cpu").eval()
 

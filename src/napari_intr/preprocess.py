@@ -12,11 +12,15 @@ MIN_IMAGE_SIZE = 32
 
 
 def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:
-    """DETR's rule: short side to `short_side` unless the long side would exceed `max_side`."""
+    """DETR's rule: short side to `short_side` unless the long side would exceed `max_side`.
+
+    Unlike DETR, the shrunken short side is rounded down so that the long side never exceeds
+    `max_side`; only the 32 px minimum of the short side can override that (extreme aspect ratios).
+    """
     short, long = min(height, width), max(height, width)
     size = short_side
     if long / short * size > max_side:
-        size = int(round(max_side * short / long))
+        size = int(max_side * short / long)
     size = max(size, MIN_IMAGE_SIZE)
     if height <= width:
         return size, max(MIN_IMAGE_SIZE, int(size * width / height))
@@ -76,6 +80,11 @@ def to_model_input(image: np.ndarray, short_side: int, max_side: int) -> Tensor:
 
 def pad_batch(images: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Images [3, H_i, W_i] of different sizes -> batch [B, 3, H, W] and mask [B, H, W] (True = padding)."""
+    if not images:
+        raise ValueError("pad_batch needs at least one image")
+    shapes = [list(image.shape) for image in images]
+    if any(len(shape) != 3 or shape[0] != 3 for shape in shapes):
+        raise ValueError(f"pad_batch takes images of shape [3, H, W], got {shapes}")
     height = max(image.shape[-2] for image in images)
     width = max(image.shape[-1] for image in images)
     batch = images[0].new_zeros(len(images), 3, height, width)

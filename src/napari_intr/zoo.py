@@ -68,7 +68,7 @@ def verify(name: str, path: Path) -> None:
             raise ZooError(f"{path} is damaged: its sha256 does not start with {item.sha256_prefix}. "
                            "Delete it and download again")
         return
-    record = path.with_name(path.name + ".sha256")
+    record = _record(path)
     if record.exists():
         expected = record.read_text().strip()
         if actual != expected:
@@ -78,18 +78,31 @@ def verify(name: str, path: Path) -> None:
         record.write_text(actual + "\n")
 
 
+def _record(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def fetch(name: str, progressbar=True) -> Path:
     """Path of zoo file `name`, downloading it (with progress) only if it is not in the cache."""
     item, target = entry(name), cached_path(name)
-    if not target.exists():
-        import pooch
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            pooch.retrieve(item.url, known_hash=None, fname=item.filename, path=target.parent,
-                           progressbar=progressbar)
-        except Exception as error:  # requests' and OS errors alike: offline, proxy, disk
-            raise ZooError(f"could not download {name} from {item.url} ({type(error).__name__}: {error}). "
-                           f"Offline or behind a firewall? Download that URL by other means and copy "
-                           f"the file to {target}; it will be picked up from there") from error
+    if target.exists():
+        verify(name, target)
+        return target
+    import pooch
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _record(target).unlink(missing_ok=True)  # it described a file that is gone
+    try:
+        pooch.retrieve(item.url, known_hash=None, fname=item.filename, path=target.parent,
+                       progressbar=progressbar)
+    except Exception as error:  # requests' and OS errors alike: offline, proxy, disk
+        raise ZooError(f"could not download {name} from {item.url} ({type(error).__name__}: {error}). "
+                       f"Offline or behind a firewall? Download that URL by other means and copy "
+                       f"the file to {target}; it will be picked up from there") from error
+    if item.sha256_prefix is not None and not _sha256(target).startswith(item.sha256_prefix):
+        # a proxy's error page or a cut transfer: remove it so that the next try downloads again
+        target.unlink(missing_ok=True)
+        raise ZooError(f"the download of {name} from {item.url} is damaged (its sha256 does not start "
+                       f"with {item.sha256_prefix}) and was removed. Try again, or download that URL by "
+                       f"other means and copy the file to {target}")
     verify(name, target)
     return target

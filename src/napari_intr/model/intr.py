@@ -77,6 +77,9 @@ class INTR(nn.Module):
                              f"{MIN_IMAGE_SIZE} px on each side")
         if mask is None:
             mask = torch.zeros(images.shape[0], height, width, dtype=torch.bool, device=images.device)
+        elif mask.shape != (images.shape[0], height, width) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor [B, H, W] = {[images.shape[0], height, width]}, "
+                             f"got {mask.dtype} {list(mask.shape)}")
         features, feature_mask, pos = self.backbone(images, mask)
         src = self.input_proj(features)
         grid = tuple(src.shape[-2:])
@@ -123,7 +126,7 @@ class INTR(nn.Module):
         """Class names or indices -> indices, with a clear message for anything unknown."""
         if classes is None:
             return list(range(self.config.num_classes))
-        if isinstance(classes, (str, int)):
+        if isinstance(classes, (str, int, np.integer)):
             classes = [classes]
         indices = []
         for item in classes:
