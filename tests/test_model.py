@@ -192,6 +192,19 @@ def test_decode_of_encode_equals_forward(model, images, encoded):
     assert split.classes == direct.classes
 
 
+def test_cached_cross_attention_keys_and_values_change_nothing(model, images):
+    """Inference projects the memory's keys/values once per image; results must not move."""
+    with torch.no_grad():
+        encoded = model.encode(images)
+        first = model.decode(encoded, CANDIDATES)
+        assert encoded.cross_key_values is not None
+        cached = model.decode(encoded, CANDIDATES)
+    fresh = model.decode(model.encode(images), CANDIDATES)  # gradients on: nothing cached
+    torch.testing.assert_close(cached.logits, first.logits)
+    torch.testing.assert_close(fresh.logits.detach(), first.logits)
+    torch.testing.assert_close(fresh.attention.detach(), cached.attention)
+
+
 CANDIDATES = [4, 1, 2]
 
 

@@ -28,15 +28,20 @@ class MultiheadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, -1).transpose(1, 2)  # [B, heads, N, d]
 
+    def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """key/value [B, Nk, D] -> per-head projections [B, heads, Nk, d]."""
+        _, w_k, w_v = self.in_proj_weight.chunk(3)
+        _, b_k, b_v = self.in_proj_bias.chunk(3)
+        return self._heads(F.linear(key, w_k, b_k)), self._heads(F.linear(value, w_v, b_v))
+
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
-                key_padding_mask: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """query [B, Nq, D], key/value [B, Nk, D], key_padding_mask [B, Nk] (True = ignore)."""
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+                key_padding_mask: Tensor | None = None, need_weights: bool = False,
+                key_value: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """query [B, Nq, D], key/value [B, Nk, D], key_padding_mask [B, Nk] (True = ignore).
+        key_value: `project_key_value(key, value)` computed earlier, to reuse it."""
+        w_q, b_q = self.in_proj_weight.chunk(3)[0], self.in_proj_bias.chunk(3)[0]
         q = self._heads(F.linear(query, w_q, b_q))
-        k = self._heads(F.linear(key, w_k, b_k))
-        v = self._heads(F.linear(value, w_v, b_v))
+        k, v = key_value if key_value is not None else self.project_key_value(key, value)
         dropout = self.dropout if self.training else 0.0
 
         if need_weights:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -24,6 +24,9 @@ class EncodedImages:
     padding_mask: Tensor  # [B, h*w], True on padding
     grid: tuple[int, int]  # (h, w) of the feature map
     input_size: tuple[int, int]  # (H, W) of the (padded) model input
+    # Per decoder layer, the cross-attention keys and values of `memory`: they do not depend
+    # on the class queries, so inference computes them once per image, not once per class set.
+    cross_key_values: list | None = field(default=None, repr=False)
 
     def to(self, device) -> "EncodedImages":
         return EncodedImages(self.memory.to(device), self.padding_mask.to(device), self.grid, self.input_size)
@@ -108,9 +111,14 @@ class INTR(nn.Module):
             keep[index_tensor] = 1
             queries = queries * keep
         batch = encoded.memory.shape[0]
+        key_values = None
+        if not torch.is_grad_enabled():
+            if encoded.cross_key_values is None:
+                encoded.cross_key_values = self.transformer.decoder.cross_key_values(encoded.memory)
+            key_values = encoded.cross_key_values
         z_out, weights = self.transformer.decoder(
             queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, encoded.padding_mask,
-            return_attention)
+            return_attention, key_values)
         logits = self.presence_vector(z_out).squeeze(-1)  # Eq. 6: w^T z_out per class
         if mode == "zero":
             logits = logits[:, index_tensor]

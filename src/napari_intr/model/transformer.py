@@ -45,12 +45,14 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, tgt: Tensor, memory: Tensor, padding_mask: Tensor, query_pos: Tensor,
-                need_weights: bool) -> tuple[Tensor, Tensor | None]:
+                need_weights: bool, key_value: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, Tensor | None]:
         # Class queries exchange context among themselves ...
         q = k = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt)[0]))
         # ... then each class looks for itself in the image (Eq. 5); keys without position.
-        found, weights = self.multihead_attn(tgt + query_pos, memory, memory, padding_mask, need_weights)
+        found, weights = self.multihead_attn(tgt + query_pos, memory, memory, padding_mask, need_weights,
+                                             key_value)
         tgt = self.norm2(tgt + self.dropout(found))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout(ffn)), weights
@@ -77,14 +79,19 @@ class TransformerDecoder(nn.Module):
         self.layers = _clones(layer, num_layers)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, query_pos: Tensor, memory: Tensor, padding_mask: Tensor,
-                need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def cross_key_values(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each layer's cross-attention keys and values of `memory` (no positions: §4)."""
+        return [layer.multihead_attn.project_key_value(memory, memory) for layer in self.layers]
+
+    def forward(self, query_pos: Tensor, memory: Tensor, padding_mask: Tensor, need_weights: bool,
+                key_values: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor | None]:
         """query_pos [B, Q, D] class queries, memory [B, hw, D] -> Z_out [B, Q, D], weights
-        [layers, B, heads, Q, hw] (or None)."""
+        [layers, B, heads, Q, hw] (or None). key_values: cached `cross_key_values(memory)`."""
         tgt = torch.zeros_like(query_pos)  # the decoder input starts at zero (DETR)
         all_weights = []
-        for layer in self.layers:
-            tgt, weights = layer(tgt, memory, padding_mask, query_pos, need_weights)
+        for index, layer in enumerate(self.layers):
+            key_value = None if key_values is None else key_values[index]
+            tgt, weights = layer(tgt, memory, padding_mask, query_pos, need_weights, key_value)
             all_weights.append(weights)
         stacked = torch.stack(all_weights) if need_weights else None
         return self.norm(tgt), stacked
