@@ -20,8 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intr", description="INTR: interpretable fine-grained classification")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, summary) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=summary, description=summary)
-        import_module(module).add_arguments(sub)
+        try:
+            command = import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:  # a missing dependency is a real error, not a missing command
+                raise
+            continue  # a subcommand whose module is not written yet (parallel development)
+        command.add_arguments(subparsers.add_parser(name, help=summary, description=summary))
     return parser
 
 

@@ -1,0 +1,83 @@
+"""--resume continues a run exactly; an interrupted run (SIGINT, or SIGTERM from the plugin's
+Cancel) leaves a state that --resume completes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from intr_training import cli
+from intr_training.progress import JsonProgress
+from training_data import FAST, json_events, write_classes
+
+
+def train(data, out, *extra):
+    return cli.main(["train", "--data", str(data), "--out", str(out), "--progress", "none", *FAST, *extra])
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    data = write_classes(tmp_path / "data", {"disc": 5, "diamond": 5})
+    # Dropout, random flips and scales all draw from the RNG: equality needs every state restored.
+    assert train(data, tmp_path / "straight", "--epochs", "2") == 0
+    assert train(data, tmp_path / "resumed", "--epochs", "1") == 0
+    assert train(data, tmp_path / "resumed", "--epochs", "2", "--resume") == 0
+    straight = load_file(tmp_path / "straight" / "last.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "last.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    metrics = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("straight", "resumed")]
+    for a, b in zip(*metrics, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_sigint_leaves_a_state_that_resume_completes(tmp_path, capsys):
+    data = write_classes(tmp_path / "data", {"disc": 6, "diamond": 6})
+    out = tmp_path / "run"
+    arguments = ["train", "--data", str(data), "--out", str(out), *FAST]
+    process = subprocess.Popen([sys.executable, "-m", "intr_training", *arguments, "--epochs", "30",
+                                "--progress", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if json.loads(line)["event"] == "epoch":
+            process.send_signal(signal.SIGINT)
+            break
+    rest, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, errors
+    last = json_events(rest)[-1]
+    assert last["event"] == "interrupted" and last["epoch"] >= 1 and last["state"] == str(out / "training_state.pt")
+    assert "--resume" in errors and "Traceback" not in errors
+    completed = last["epoch"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == completed
+
+    assert cli.main([*arguments, "--epochs", str(completed + 1), "--resume", "--progress", "json"]) == 0
+    events = json_events(capsys.readouterr().out)
+    assert events[0]["first_epoch"] == completed + 1 and events[-1]["event"] == "done"
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, completed + 2))
+
+
+def test_sigterm_stops_after_saving_and_resume_finishes(tmp_path, capsys, monkeypatch):
+    """The plugin's Cancel sends SIGTERM; here the run sends it to itself after epoch 1."""
+    data = write_classes(tmp_path / "data", {"disc": 4, "diamond": 4})
+    original = JsonProgress.epoch
+
+    def epoch_then_terminate(self, **summary):
+        original(self, **summary)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(JsonProgress, "epoch", epoch_then_terminate)
+    arguments = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--progress", "json", *FAST]
+    assert cli.main([*arguments, "--epochs", "3"]) == 130
+    captured = capsys.readouterr()
+    last = json_events(captured.out)[-1]
+    assert last["event"] == "interrupted" and last["epoch"] == 1 and "--resume" in captured.err
+    monkeypatch.setattr(JsonProgress, "epoch", original)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
+    assert cli.main([*arguments, "--epochs", "2", "--resume"]) == 0
+    events = json_events(capsys.readouterr().out)
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]

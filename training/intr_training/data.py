@@ -1,0 +1,198 @@
+"""Image collections in ImageFolder layout: find classes and images, split, load, batch.
+
+A collection is `ROOT/<class>/<image>` (a seeded, stratified validation split is drawn from
+it) or `ROOT/train/<class>/…` plus `ROOT/val/<class>/…`. Hidden files and folders (".masks",
+".ipynb_checkpoints") are ignored, and so are files that are not images. Images whose header
+cannot be read are skipped when the collection is scanned; images that fail to decode later
+make the dataset return None, and `collate` drops them.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from napari_intr.class_names import clean_class_name
+from napari_intr.preprocess import MIN_IMAGE_SIZE, pad_batch, to_float_rgb
+
+TIFF_SUFFIXES = {".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"} | TIFF_SUFFIXES
+
+Sample = tuple[Path, int]  # (image path, class index)
+
+
+@dataclass
+class Collection:
+    root: Path
+    class_names: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    skipped: list[str] = field(default_factory=list)  # unreadable images, one message each
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any PNG/JPEG/TIFF (8/16-bit, grey, RGB, RGBA) -> float32 H×W×3 in [0, 1]."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+        pixels = tifffile.imread(path)
+        # Microscopy TIFFs are often channel-first; to_float_rgb wants channels last.
+        if pixels.ndim == 3 and pixels.shape[0] in (3, 4) and pixels.shape[-1] not in (3, 4):
+            pixels = np.moveaxis(pixels, 0, -1)
+    else:
+        from PIL import Image
+        with Image.open(path) as image:
+            if image.mode == "LA":
+                image = image.convert("L")
+            elif image.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA"):
+                image = image.convert("RGB")  # palette, CMYK, YCbCr, …
+            pixels = np.asarray(image)
+    return to_float_rgb(pixels)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+        with tifffile.TiffFile(path) as tiff:
+            shape = tiff.series[0].shape
+        if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+            shape = shape[1:]
+        return int(shape[0]), int(shape[1])
+    from PIL import Image
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def unreadable_reason(path: Path) -> str | None:
+    try:
+        height, width = image_size(path)
+    except Exception as error:  # PIL, tifffile and OS errors alike
+        return f"cannot be read ({type(error).__name__}: {error})"
+    if min(height, width) < MIN_IMAGE_SIZE:
+        return f"is {height}×{width} px; INTR needs at least {MIN_IMAGE_SIZE} px on each side"
+    return None
+
+
+def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
+    """Class name -> readable images, for the class folders directly under `folder`."""
+    classes: dict[str, list[Path]] = {}
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and is_visible(p)):
+        name = clean_class_name(class_dir.name)
+        if name in classes:
+            raise ValueError(f"class folders {class_dir.name!r} and another one both give the class name "
+                             f"{name!r} in {folder}; rename one of them")
+        images = []
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            relative = path.relative_to(class_dir).parts
+            if not all(part[0] != "." for part in relative) or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            reason = unreadable_reason(path)
+            if reason:
+                collection.skipped.append(f"{path} {reason}; skipped")
+            else:
+                images.append(path)
+        if images:
+            classes[name] = images
+        else:
+            collection.warnings.append(f"class folder {class_dir} has no readable images; class {name!r} "
+                                       "is left out")
+    return classes
+
+
+def stratified_split(classes: dict[str, list[Path]], fraction: float, seed: int
+                     ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Per class, a seeded random `fraction` of the images for validation: at least one where a
+    class has two or more images, and never all of them."""
+    rng = np.random.default_rng(seed)
+    train, val = {}, {}
+    for name, images in classes.items():
+        order = rng.permutation(len(images))
+        count = int(round(fraction * len(images)))
+        if fraction > 0 and len(images) >= 2:
+            count = min(max(count, 1), len(images) - 1)
+        count = min(count, len(images) - 1)
+        val[name] = sorted(images[i] for i in order[:count])
+        train[name] = sorted(images[i] for i in order[count:])
+    return train, val
+
+
+def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0) -> Collection:
+    """Classes, train and validation samples of the collection at `root`."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist; give a folder with one subfolder "
+                                "of images per class")
+    if not 0 <= val_split < 1:
+        raise ValueError(f"--val-split must be at least 0 and below 1, got {val_split}")
+    collection = Collection(root, [], [], [])
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train = class_images(root / "train", collection)
+        val = class_images(root / "val", collection)
+        for name in sorted(set(val) - set(train)):
+            collection.warnings.append(f"validation class {name!r} has no training images; its "
+                                       "validation images are left out")
+            del val[name]
+    else:
+        train, val = stratified_split(class_images(root, collection), val_split, seed)
+    names = list(train)
+    if not names:
+        raise ValueError(f"{root} has no class folders with images; expected {root}/<class name>/<image> "
+                         "(PNG, JPEG or TIFF)")
+    if len(names) < 2:
+        raise ValueError(f"{root} has only one class with images ({names[0]!r}); a classifier needs at "
+                         "least two class folders")
+    collection.class_names = names
+    collection.train = [(path, index) for index, name in enumerate(names) for path in train[name]]
+    collection.val = [(path, index) for index, name in enumerate(names) for path in val.get(name, [])]
+    return collection
+
+
+class ImageFolderDataset(Dataset):
+    def __init__(self, samples: list[Sample], transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = read_image(path)
+        except Exception as error:  # a damaged file must never end an epoch
+            print(f"warning: {path} could not be decoded ({type(error).__name__}: {error}); skipped",
+                  file=sys.stderr)
+            return None
+        return self.transform(image), label
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [B, 3, H, W], zero-padded
+    mask: torch.Tensor    # [B, H, W], True on padding
+    labels: torch.Tensor  # [B]
+    skipped: int          # images of this batch that could not be decoded
+
+    def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) calls this
+        return Batch(self.images.pin_memory(), self.mask.pin_memory(), self.labels.pin_memory(), self.skipped)
+
+
+def collate(items: list) -> Batch:
+    """Pad a list of (image, label) to one batch; None items (unreadable images) are dropped, so a
+    batch may be empty (images of shape [0, 3, 0, 0]): callers skip it."""
+    kept = [item for item in items if item is not None]
+    skipped = len(items) - len(kept)
+    if not kept:
+        return Batch(torch.zeros(0, 3, 0, 0), torch.zeros(0, 0, 0, dtype=torch.bool),
+                     torch.zeros(0, dtype=torch.long), skipped)
+    images, mask = pad_batch([image for image, _ in kept])
+    return Batch(images, mask, torch.tensor([label for _, label in kept]), skipped)

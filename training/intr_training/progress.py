@@ -1,0 +1,161 @@
+"""How `intr train` reports progress: a tqdm bar, JSON lines, or nothing.
+
+JSON protocol (`--progress json`; the plugin's fine-tuning widget reads it). stdout carries
+one JSON object per line, flushed at once, and nothing else; messages for people go to stderr.
+Every object has an "event" key:
+
+  {"event": "start", "epochs": int, "steps_per_epoch": int, "classes": [str],
+   "train_images": int, "val_images": int, "skipped_images": int, "out": str,
+   "first_epoch": int, "init": str}
+      first_epoch is 1, or the next epoch when --resume continues a run.
+  {"event": "step", "epoch": int, "step": int, "steps": int, "loss": float,
+   "accuracy": float, "lr": float, "eta_seconds": float}
+      loss and accuracy are running means over the epoch so far; at most about four per
+      second, and always the last step of an epoch.
+  {"event": "epoch", "epoch": int, "loss": float, "train_acc": float, "val_acc": float|null,
+   "lr": float, "seconds": float, "best_val_acc": float|null}
+      after the epoch's files are on disk; val_acc is null without validation images.
+  {"event": "warning", "message": str}
+  {"event": "done", "best_val_acc": float|null, "model": str, "per_class_accuracy": {str: float|null}}
+  {"event": "error", "message": str}          then the process exits with code 2
+  {"event": "interrupted", "epoch": int, "state": str|null, "message": str}
+      on SIGINT/SIGTERM; epoch is the last completed epoch, state the training_state.pt that
+      `--resume` continues from (null if no epoch completed); exit code 130.
+
+Epochs count from 1; accuracies are fractions in [0, 1]; lr is the transformer's learning rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+MODES = ("tty", "json", "none")
+STEP_INTERVAL_SECONDS = 0.25
+
+
+def default_mode() -> str:
+    return "tty" if sys.stdout.isatty() else "none"
+
+
+def _plain(value):
+    """JSON has no NaN: a diverged loss is reported as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+class Progress:
+    """Silent reporter; the base of the others. Warnings and errors still reach stderr."""
+
+    def start(self, **info): ...
+    def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds): ...
+    def epoch(self, **summary): ...
+    def done(self, **summary): ...
+
+    def warning(self, message: str):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def error(self, message: str): ...  # cli.main prints the message itself
+
+    def interrupted(self, epoch: int, state, message: str):
+        print(message, file=sys.stderr, flush=True)
+
+    def close(self): ...
+
+
+class JsonProgress(Progress):
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.last_step_time = 0.0
+
+    def emit(self, event: str, **fields):
+        self.stream.write(json.dumps({"event": event, **_plain(fields)}) + "\n")
+        self.stream.flush()
+
+    def start(self, **info):
+        self.emit("start", **info)
+
+    def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds):
+        now = time.monotonic()
+        if step == steps or now - self.last_step_time >= STEP_INTERVAL_SECONDS:
+            self.last_step_time = now
+            self.emit("step", epoch=epoch, step=step, steps=steps, loss=loss, accuracy=accuracy,
+                      lr=lr, eta_seconds=round(eta_seconds, 1))
+
+    def epoch(self, **summary):
+        self.emit("epoch", **summary)
+
+    def done(self, **summary):
+        self.emit("done", **summary)
+
+    def warning(self, message: str):
+        super().warning(message)
+        self.emit("warning", message=message)
+
+    def error(self, message: str):
+        self.emit("error", message=message)
+
+    def interrupted(self, epoch: int, state, message: str):
+        super().interrupted(epoch, state, message)
+        self.emit("interrupted", epoch=epoch, state=state, message=message)
+
+
+class TtyProgress(Progress):
+    """One tqdm bar per epoch on stderr, and a summary line after each epoch."""
+
+    def __init__(self):
+        self.bar = None
+        self.epochs = 0
+
+    def start(self, **info):
+        self.epochs = info["epochs"]
+        print(f"training on {info['train_images']} images ({info['val_images']} for validation) of "
+              f"{len(info['classes'])} classes; writing to {info['out']}", file=sys.stderr)
+
+    def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds):
+        from tqdm.auto import tqdm
+        if self.bar is None:
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False)
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}", refresh=False)
+
+    def epoch(self, **summary):
+        self.close()
+        val = "n/a" if summary["val_acc"] is None else f"{summary['val_acc']:.3f}"
+        print(f"epoch {summary['epoch']}/{self.epochs}: loss {summary['loss']:.4f}, train acc "
+              f"{summary['train_acc']:.3f}, val acc {val}, lr {summary['lr']:.2e}, "
+              f"{summary['seconds']:.0f} s", file=sys.stderr)
+
+    def done(self, **summary):
+        best = summary["best_val_acc"]
+        print(f"done: best validation accuracy {'n/a' if best is None else f'{best:.3f}'}; "
+              f"model: {summary['model']}", file=sys.stderr)
+
+    def interrupted(self, epoch: int, state, message: str):
+        self.close()
+        super().interrupted(epoch, state, message)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class OtherRankProgress(Progress):
+    """Ranks other than 0 under torchrun: rank 0 speaks for all."""
+
+    def warning(self, message: str): ...
+    def interrupted(self, epoch: int, state, message: str): ...
+
+
+def make_progress(mode: str | None, is_main: bool = True) -> Progress:
+    mode = mode or default_mode()
+    if not is_main:
+        return OtherRankProgress()
+    if mode == "none":
+        return Progress()
+    return JsonProgress() if mode == "json" else TtyProgress()

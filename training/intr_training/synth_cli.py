@@ -1,0 +1,28 @@
+"""`intr synth`: write the synthetic mimicry-ring collection (offline data for trying training)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="folder to write (created; a previous synth output "
+                        "there is replaced, anything else is refused)")
+    parser.add_argument("--per-class", type=int, default=40, help="images per species (default 40)")
+    parser.add_argument("--size", type=int, default=128, help="image side in px (default 128)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .synth import write_collection
+
+    with tqdm(desc="drawing specimens", unit="image") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = write_collection(args.out, args.per_class, args.size, args.seed, progress=progress)
+    print(f"wrote {args.per_class} images of each of {len(summary['species'])} species to {args.out} "
+          "(synthetic, fictional species)")
+    return 0

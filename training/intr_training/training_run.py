@@ -1,0 +1,256 @@
+"""One `intr train` run: set up data, model and optimizer (fresh or resumed), then the epoch loop.
+
+Determinism: everything random is seeded from --seed; epoch e shuffles with seed + e (the
+sampler) and seeds its data-loading workers from a generator seeded with seed + e; the global
+RNG states are saved with every epoch and restored on --resume, so a resumed single-process run
+gives the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from napari_intr.checkpoints import save_model
+from napari_intr.loading import resolve_device
+from napari_intr.model import IntrConfig, build_model
+
+from . import distributed, state
+from .data import ImageFolderDataset, collate, scan_collection
+from .engine import evaluate, options_for, train_one_epoch
+from .initialization import freeze, initial_model
+from .progress import Progress
+from .train import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, WEIGHT_DECAY
+from .transforms import eval_transform, train_transform
+
+SHOWN_SKIPPED = 5  # unreadable images named one by one before the rest are counted
+
+
+def out_of_memory_message(error: RuntimeError, run: "TrainingRun | None") -> str | None:
+    if not (isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()):
+        return None
+    settings = ""
+    if run is not None and hasattr(run, "config"):
+        settings = f" with --batch-size {run.args.batch_size} and --image-size {run.config.short_side}"
+    return (f"out of memory{settings}: lower --batch-size (add --accumulate K to keep the effective "
+            "batch size) or --image-size")
+
+
+def with_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    values = vars(args).copy()
+    values.update({name: value for name, value in defaults.items() if values.get(name) is None})
+    for name in ("epochs", "batch_size", "accumulate", "lr_drop"):
+        if values.get(name) is not None and values[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
+    return argparse.Namespace(**values)
+
+
+def general_defaults() -> dict:
+    return {"seed": 0, "val_split": 0.1, "accumulate": 1, "workers": min(4, max(0, (os.cpu_count() or 1) - 1))}
+
+
+class TrainingRun:
+    def __init__(self, args: argparse.Namespace, progress: Progress):
+        self.args, self.progress = args, progress
+        self.out = Path(args.out).expanduser()
+        self.epoch = 0  # completed epochs
+        self.history: list[dict] = []
+        self.best_val_acc, self.best_per_class = None, {}
+        self.saved_rng = None
+        self.setup_warnings: list[str] = []  # reported after the start event
+        self.setup()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        args = self.args
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder for the run's outputs")
+        saved = state.load_state(self.out) if args.resume else None
+        if saved is None and (self.out / state.STATE_FILE).exists():
+            raise ValueError(f"{self.out} already holds a training run: add --resume to continue it, or "
+                             "give another --out for a new run")
+        self.dist, self.device = distributed.setup(resolve_device(args.device))
+        if saved is not None:
+            self.args = args = self.resumed_arguments(args, saved["args"])
+        else:
+            self.args = args = with_defaults(args, general_defaults())
+        collection = scan_collection(args.data, args.val_split, args.seed)
+        self.class_names = collection.class_names
+        if saved is not None and saved["class_names"] != self.class_names:
+            raise ValueError(f"--resume: the classes in {args.data} differ from the saved run's "
+                             f"({state.class_difference(saved['class_names'], self.class_names)}); "
+                             "resume with the same data, or start a new run in another --out")
+        state.seed_everything(args.seed)
+        if saved is None:
+            start = initial_model(args.init, self.class_names, args.backbone, args.image_size,
+                                  torch.Generator().manual_seed(args.seed))
+            model, self.init_description, init_warnings = start.model, start.description, start.warnings
+            self.args = args = with_defaults(args, RECIPES[model.config.backbone])
+        else:
+            model = build_model(IntrConfig.from_json(saved["config"]), self.class_names)
+            model.load_state_dict(saved["model"])
+            self.init_description, init_warnings = f"resumed after epoch {saved['epoch']}", []
+        self.config = model.config
+        self.frozen = freeze(model, args.freeze)
+        self.options = options_for(self.device)
+        model.to(self.device)
+        if self.options.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = self.build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, args.lr_drop)
+        if saved is not None:
+            self.restore(saved)
+        self.wrapped = DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        ) if self.dist.active else model
+        self.build_loaders(collection)
+        self.collection = collection
+        self.setup_warnings += init_warnings + collection.warnings + self.skipped_messages(collection.skipped)
+
+    def resumed_arguments(self, args, saved_args: dict) -> argparse.Namespace:
+        """The saved run's settings, except what may change between sessions (RUNTIME_ARGUMENTS)."""
+        values = dict(saved_args)
+        for name in RUNTIME_ARGUMENTS:
+            if getattr(args, name) is not None:
+                values[name] = getattr(args, name)
+        for name, value in vars(args).items():
+            if name not in RUNTIME_ARGUMENTS and value is not None and value != saved_args.get(name):
+                self.setup_warnings.append(f"--{name.replace('_', '-')} {value} ignored: --resume continues with the "
+                                      f"saved run's setting ({saved_args.get(name)})")
+        return argparse.Namespace(**values)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": self.args.lr},
+                  {"params": [p for n, p in named if n.startswith("backbone.")], "lr": self.args.lr_backbone}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=WEIGHT_DECAY)
+
+    def restore(self, saved: dict) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.epoch, self.history = saved["epoch"], list(saved["history"])
+        self.best_val_acc, self.best_per_class = saved["best_val_acc"], dict(saved["best_per_class"])
+        self.saved_rng = saved["rng"]
+
+    def build_loaders(self, collection) -> None:
+        args, rank, world = self.args, self.dist.rank, self.dist.world_size
+        train_set = ImageFolderDataset(collection.train, train_transform(self.config, self.model.feature_stride))
+        # DistributedSampler shuffles with seed + epoch; with one process it is just that shuffle.
+        self.sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        self.loader_generator = torch.Generator()
+        common = dict(batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate,
+                      pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
+                      generator=self.loader_generator)
+        self.train_loader = DataLoader(train_set, sampler=self.sampler, **common)
+        # Validation: a plain shard per rank, no padding with repeated images (counts stay exact).
+        val_set = ImageFolderDataset(collection.val[rank::world], eval_transform(self.config))
+        self.val_loader = DataLoader(val_set, shuffle=False, **common) if collection.val else None
+
+    @staticmethod
+    def skipped_messages(skipped: list[str]) -> list[str]:
+        shown = skipped[:SHOWN_SKIPPED]
+        if len(skipped) > SHOWN_SKIPPED:
+            shown.append(f"… and {len(skipped) - SHOWN_SKIPPED} more unreadable images skipped")
+        return shown
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        args = self.args
+        self.progress.start(
+            epochs=args.epochs, steps_per_epoch=len(self.train_loader), classes=self.class_names,
+            train_images=len(self.collection.train), val_images=len(self.collection.val),
+            skipped_images=len(self.collection.skipped), out=str(self.out), first_epoch=self.epoch + 1,
+            init=self.init_description)
+        for message in self.setup_warnings:
+            self.progress.warning(message)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            state.write_classes(self.out, self.class_names)
+        if self.saved_rng is not None:
+            state.restore_rng_state(self.saved_rng)
+        epoch_seconds = []
+        for epoch in range(self.epoch + 1, args.epochs + 1):
+            started = time.monotonic()
+            self.sampler.set_epoch(epoch)
+            self.loader_generator.manual_seed(args.seed + epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            remaining_epochs = args.epochs - epoch
+
+            def on_step(step, steps, loss, accuracy):
+                per_step = (time.monotonic() - started) / step
+                per_epoch = np.mean(epoch_seconds) if epoch_seconds else per_step * steps
+                self.progress.step(epoch, step, steps, loss, accuracy, lr,
+                                   per_step * (steps - step) + per_epoch * remaining_epochs)
+
+            result = train_one_epoch(self.wrapped, self.train_loader, self.optimizer, self.options, epoch=epoch,
+                                     accumulate=args.accumulate, max_norm=CLIP_MAX_NORM, frozen=self.frozen,
+                                     on_step=on_step)
+            self.scheduler.step()
+            if result.skipped:
+                self.progress.warning(f"epoch {epoch}: {result.skipped} images could not be decoded and were "
+                                      "skipped (see the messages above)")
+            evaluation = evaluate(self.model, self.val_loader, self.options, len(self.class_names)) \
+                if self.val_loader is not None else None
+            seconds = time.monotonic() - started
+            epoch_seconds.append(seconds)
+            self.end_epoch(epoch, result, evaluation, lr, seconds)
+        distributed.barrier()
+        self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / state.MODEL_FILE),
+                           per_class_accuracy=self.best_per_class)
+
+    def end_epoch(self, epoch, result, evaluation, lr, seconds) -> None:
+        val_acc = evaluation.accuracy if evaluation is not None else None
+        per_class = dict(zip(self.class_names, evaluation.per_class_accuracy())) if evaluation else {}
+        # Without validation images every epoch is "best": model.safetensors is the latest one.
+        improved = val_acc is None or self.best_val_acc is None or val_acc > self.best_val_acc
+        if improved:
+            self.best_val_acc, self.best_per_class = val_acc, per_class
+        record = {"epoch": epoch, "loss": result.loss, "train_acc": result.accuracy, "val_acc": val_acc,
+                  "lr": lr, "seconds": round(seconds, 3)}
+        self.history.append(record)
+        if self.dist.is_main:
+            self.save(epoch, improved)
+        self.epoch = epoch
+        self.progress.epoch(**record, best_val_acc=self.best_val_acc)
+
+    def save(self, epoch: int, improved: bool) -> None:
+        """Metrics, weights, then the state that --resume reads: each file atomic, the state last."""
+        provenance = dict(data=str(Path(self.args.data).expanduser().resolve()), epochs=epoch,
+                          seed=self.args.seed, command=shlex.join(sys.argv), init=self.init_description)
+        state.write_metrics(self.out, self.history)
+        save_model(self.model, self.out / state.LAST_FILE, **provenance)
+        if improved:
+            save_model(self.model, self.out / state.MODEL_FILE, **provenance, best_val_acc=self.best_val_acc,
+                       per_class_accuracy=self.best_per_class)
+        state.save_state(self.out, {
+            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "best_val_acc": self.best_val_acc,
+            "best_per_class": self.best_per_class, "class_names": self.class_names,
+            "config": self.config.to_json(), "history": self.history,
+            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+        })
+
+    def report_interrupt(self) -> None:
+        path = self.out / state.STATE_FILE
+        if self.epoch:
+            message = (f"interrupted; epoch {self.epoch} of {self.args.epochs} is saved in {self.out}. Run the same "
+                       "command with --resume to continue")
+            self.progress.interrupted(self.epoch, str(path), message)
+        else:
+            self.progress.interrupted(0, None, "interrupted before the first epoch finished; nothing to resume")
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader seeds torch and random in each worker; numpy too, for transforms that use it."""
+    np.random.seed(torch.initial_seed() % 2**32)
