@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from napari_intr import io
+from napari_intr.io import IMAGE_SUFFIXES, TIFF_SUFFIXES
 from napari_intr.class_names import clean_class_name
 from napari_intr.preprocess import MIN_IMAGE_SIZE, pad_batch, to_float_rgb
-
-TIFF_SUFFIXES = {".tif", ".tiff"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"} | TIFF_SUFFIXES
 
 Sample = tuple[Path, int]  # (image path, class index)
 
@@ -40,23 +39,9 @@ def is_visible(path: Path) -> bool:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Any PNG/JPEG/TIFF (8/16-bit, grey, RGB, RGBA) -> float32 H×W×3 in [0, 1]."""
-    path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-        pixels = tifffile.imread(path)
-        # Microscopy TIFFs are often channel-first; to_float_rgb wants channels last.
-        if pixels.ndim == 3 and pixels.shape[0] in (3, 4) and pixels.shape[-1] not in (3, 4):
-            pixels = np.moveaxis(pixels, 0, -1)
-    else:
-        from PIL import Image
-        with Image.open(path) as image:
-            if image.mode == "LA":
-                image = image.convert("L")
-            elif image.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA"):
-                image = image.convert("RGB")  # palette, CMYK, YCbCr, …
-            pixels = np.asarray(image)
-    return to_float_rgb(pixels)
+    """Any PNG/JPEG/TIFF (8/16-bit, grey, RGB, RGBA) -> float32 H×W×3 in [0, 1], read exactly
+    as batch explain and the plugin read it (napari_intr.io), so EXIF rotation etc. agree."""
+    return to_float_rgb(io.read_image(path))
 
 
 def image_size(path: Path) -> tuple[int, int]:
