@@ -146,9 +146,13 @@ def test_filter_upsampling_and_shared_normalisation(explorer, qtbot):
     for layer in attention_layers(viewer):
         assert layer.data.shape == image.data.shape[:2]
         assert np.allclose(np.asarray(layer.extent.world), np.asarray(image.extent.world))
+    # Shared normalisation on the feature grid (upsampling smooths peaks): the strongest head
+    # reaches 1, weaker heads stay below it, unlike per-map normalisation where every head does.
+    widget.attention.placement.setCurrentIndex(0)
     widget.attention.normalization.setCurrentIndex(1)  # shared across heads
     heads = [layer for layer in attention_layers(viewer) if layer.metadata["head"] != "mean"]
-    assert np.isclose(max(layer.data.max() for layer in heads), 1.0, atol=0.02)
+    peaks = sorted(float(layer.data.max()) for layer in heads)
+    assert np.isclose(peaks[-1], 1.0) and peaks[0] < 1.0
 
 
 def test_stack_explains_the_current_slice(explorer, qtbot, messages):

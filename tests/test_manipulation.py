@@ -291,13 +291,13 @@ def test_painting_the_look_alikes_attribute_flips_the_prediction_elsewhere_not(s
         correct += sample_explainer.explain(image_a).top_class() == species_a
         painted = Transplant(image_b, source_name=species_b).apply(image_a, region)
         flipped += sample_explainer.explain(painted).top_class() == species_b
-        # The same edit elsewhere: a disc of the same area, far from the specimen, showing
-        # species B's spot (the pixels around the spot nearest to it) in the background.
-        spots = [props.centroid for props in regionprops(label(region))]
-        corner, centre = corner_disc(image_a.shape[:2], region.sum(), np.mean(spots, axis=0))
-        spot = min(spots, key=lambda s: np.hypot(*(np.array(s) - centre)))
-        shift = tuple(np.round(np.array(spot) - centre).astype(int))
-        elsewhere = Transplant(image_b, offset=shift, source_name=species_b).apply(image_a, corner)
+        # The control: a background region of the same area, far from the specimen, painted
+        # with the colour of species B's spot. The attribute is a spot *on the forewing*; a
+        # patch of its colour in the background must not change the species.
+        spots = [props.centroid for props in regionprops(label(mask))]
+        corner, _ = corner_disc(image_a.shape[:2], region.sum(), np.mean(spots, axis=0))
+        spot_colour = sample_colour(image_b, spots[0])
+        elsewhere = Recolour(spot_colour).apply(image_a, corner)
         kept += sample_explainer.explain(elsewhere).top_class() == species_a
     poses = len(FLIP_POSES)
     assert correct > poses / 2, f"the sample model recognises {species_a} in only {correct}/{poses} renders"

@@ -156,6 +156,10 @@ class Pose:
     blur: float                    # Gaussian sigma in pixels at 128 px
     noise_sigma: float             # on the 0..1 intensity scale
     noise_seed: int
+    # Spot-like discs lying in the background: (centre x, centre y, radius) as fractions of the
+    # image size, and a colour. Every species gets them alike, so a model cannot name a species
+    # from "a white spot somewhere" and has to look at where on the wing the spot sits.
+    distractors: tuple[tuple[float, float, float, RGB], ...] = ()
 
 
 def _random_colour(rng: np.random.Generator) -> RGB:
@@ -183,7 +187,16 @@ def sample_pose(rng: np.random.Generator, size: int = 128) -> Pose:
         texture_strength=rng.uniform(0.03, 0.12),
         brightness=rng.uniform(0.85, 1.15), contrast=rng.uniform(0.85, 1.15),
         temperature=rng.uniform(-0.08, 0.08), blur=rng.uniform(0.3, 0.8),
-        noise_sigma=rng.uniform(0.005, 0.03), noise_seed=int(rng.integers(2**31)))
+        noise_sigma=rng.uniform(0.005, 0.03), noise_seed=int(rng.integers(2**31)),
+        distractors=_distractors(rng))
+
+
+def _distractors(rng: np.random.Generator) -> tuple[tuple[float, float, float, RGB], ...]:
+    colours = sorted({colour for species in SPECIES for colour in species.site_colours if colour})
+    count = int(rng.choice([0, 1, 2, 3], p=[0.4, 0.3, 0.2, 0.1]))
+    return tuple((float(rng.uniform(0.05, 0.95)), float(rng.uniform(0.05, 0.95)),
+                  float(rng.uniform(0.025, 0.05)), colours[int(rng.integers(len(colours)))])
+                 for _ in range(count))
 
 
 def _wing_coords(wing: Wing, u, v, stretch):
@@ -270,7 +283,12 @@ def _background(pose: Pose, size: int) -> np.ndarray:
     # Low-frequency texture: a coarse random grid, smoothly upsampled (size-independent).
     coarse = np.random.default_rng(pose.texture_seed).normal(size=(6, 6)).astype(np.float32)
     texture = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
-    return c0 + (c1 - c0) * ramp + pose.texture_strength * texture[..., None]
+    background = c0 + (c1 - c0) * ramp + pose.texture_strength * texture[..., None]
+    for cx, cy, radius, rgb in pose.distractors:  # drawn like the wing spots: dark rim, coloured disc
+        distance = np.hypot(xx + 0.5 - cx, yy + 0.5 - cy)
+        background[distance < radius * 1.3] = np.asarray(BLACK) / 255.0
+        background[distance < radius] = np.asarray(rgb) / 255.0
+    return background
 
 
 def render(species_name: str, pose: Pose, size: int = 128) -> tuple[np.ndarray, np.ndarray]:

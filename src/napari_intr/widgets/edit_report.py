@@ -1,0 +1,99 @@
+"""Before vs after one edit: the top-1 flag, every class's probability and logit change, per head
+the share of attention inside the painted region, and per head a difference layer (after −
+before, diverging colour map, symmetric contrast limits) for the chosen class."""
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QFont
+from qtpy.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QTableWidget, QTableWidgetItem,
+                            QVBoxLayout)
+
+from napari_intr.explanation import layer_name
+
+from .map_layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
+from .text_label import TextLabel
+
+CLASS_COLUMNS = ("Class", "p before", "p after", "Δp", "Δlogit")
+HEAD_COLUMNS = ("Head", "in region before", "after", "change")
+
+
+def _table(columns) -> QTableWidget:
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+    table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+    table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
+    return table
+
+
+def _fill(table: QTableWidget, rows) -> None:
+    table.setRowCount(len(rows))
+    for row, cells in enumerate(rows):
+        for column, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            item.setToolTip(text)
+            table.setItem(row, column, item)
+
+
+class EditReport(QGroupBox):
+    def __init__(self, viewer, parent=None):
+        super().__init__("Before vs after the last edit", parent)
+        self.layers = KeyedLayers(viewer)
+        self.flag = TextLabel("")
+        bold = QFont()
+        bold.setBold(True)
+        self.flag.setFont(bold)
+        self.classes = _table(CLASS_COLUMNS)
+        self.classes.setMinimumHeight(130)
+        self.heads = _table(HEAD_COLUMNS)
+        self.heads.setMinimumHeight(90)
+        self.heads.setToolTip("Share of the chosen class's attention (each map sums to 1) that falls "
+                              "inside the painted region")
+        self.note = TextLabel("")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.flag)
+        layout.addWidget(self.classes)
+        layout.addWidget(self.heads)
+        layout.addWidget(self.note)
+        self.effect = None
+
+    def clear(self, text: str) -> None:
+        self.effect = None
+        self.flag.setText(text)
+        self.flag.setStyleSheet("")
+        self.classes.setRowCount(0)
+        self.heads.setRowCount(0)
+        self.note.setText("")
+
+    def show_effect(self, effect, after, image_layer, edited_name: str) -> None:
+        """effect: manipulation.EditEffect; after: the edited image's explanation (for placement)."""
+        self.effect = effect
+        if effect.top1_changed:
+            self.flag.setText(f"TOP-1 CHANGED: '{effect.top1_before}' → '{effect.top1_after}'")
+            self.flag.setStyleSheet("color: #e0a000")
+        else:
+            self.flag.setText(f"Top-1 unchanged: '{effect.top1_after}'")
+            self.flag.setStyleSheet("")
+        _fill(self.classes, [(row["name"], f"{row['probability_before']:.4f}",
+                              f"{row['probability_after']:.4f}", f"{row['probability_change']:+.4f}",
+                              f"{row['logit_change']:+.3f}") for row in effect.table()])
+        _fill(self.heads, [(f"H{row['head']}", f"{row['mass_before']:.3f}", f"{row['mass_after']:.3f}",
+                            f"{row['mass_change']:+.3f}") for row in effect.head_table()])
+        number = effect.layer + 1
+        self.note.setText(f"Attention of '{effect.class_name}', decoder layer {number}. Layers "
+                          f"'… · H<n> · after − before': green where the edit drew attention, pink "
+                          "where it took it away.")
+        scale, translate = grid_placement(after, tuple(image_layer.scale[-2:]), tuple(image_layer.translate[-2:]))
+        for head, (difference, limit) in enumerate(zip(effect.difference, effect.limits)):
+            self.layers.show(("edit difference", edited_name, head),
+                             f"{layer_name(edited_name, effect.class_name, number, head + 1)} · after − before",
+                             difference, scale, translate, colormap=DIFFERENCE_COLORMAP,
+                             limits=(-limit, limit), diverging=True, visible=head == 0,
+                             metadata={"image": edited_name, "class": effect.class_name, "head": head + 1,
+                                       "decoder_layer": number, "difference": "after − before"})
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [tuple(self.classes.item(row, column).text() for column in range(len(CLASS_COLUMNS)))
+                for row in range(self.classes.rowCount())]

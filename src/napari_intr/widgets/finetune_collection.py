@@ -1,0 +1,129 @@
+"""Collection box: the image folder to fine-tune on, its classes with image counts (scanned in a
+worker with the training package's own `scan_collection`), and the validation split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QFormLayout, QGroupBox, QHeaderView,
+                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
+
+from .file_field import FileField
+from .task_bar import TaskBar
+from .text_label import TextLabel
+from .workers import Result, _reports_runtime_errors
+
+FEW_IMAGES = 10  # a class with fewer images than this is hard to learn: say so
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    root: str
+    val_split: float
+    counts: tuple[tuple[str, int, int], ...]  # (class, training images, validation images)
+    val_folder: bool                          # ROOT/train + ROOT/val rather than a split
+    notes: tuple[str, ...]                    # the scan's warnings and skipped images
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for name, _, _ in self.counts]
+
+    def few_image_classes(self) -> list[str]:
+        return [name for name, train, val in self.counts if train + val < FEW_IMAGES]
+
+
+@_reports_runtime_errors
+def scan_job(root: str, val_split: float, seed: int):
+    from intr_training.data import scan_collection
+    collection = scan_collection(root, val_split, seed)
+    train, val = {}, {}
+    for _, index in collection.train:
+        train[index] = train.get(index, 0) + 1
+    for _, index in collection.val:
+        val[index] = val.get(index, 0) + 1
+    counts = tuple((name, train.get(i, 0), val.get(i, 0)) for i, name in enumerate(collection.class_names))
+    is_split = (collection.root / "train").is_dir() and (collection.root / "val").is_dir()
+    yield Result(CollectionSummary(str(collection.root), val_split, counts, is_split,
+                                   (*collection.warnings, *collection.skipped)))
+
+
+class CollectionPanel(QGroupBox):
+    def __init__(self, parent=None):
+        super().__init__("Collection", parent)
+        self.folder = FileField("folder: <class name>/<images>, or train/ and val/",
+                                "Choose the image collection", folder=True)
+        self.folder.edit.textChanged.connect(self._forget)
+        self.val_split = QDoubleSpinBox()
+        self.val_split.setRange(0.0, 0.5)
+        self.val_split.setSingleStep(0.05)
+        self.val_split.setValue(0.1)
+        self.val_split.setToolTip("Fraction of each class held out for validation (when the folder "
+                                  "has no train/ and val/ subfolders); 0: no validation")
+        self.val_split.valueChanged.connect(self._forget)
+        self.scan_button = QPushButton("Scan collection")
+        self.scan_button.clicked.connect(lambda: self.scan())
+        self.task = TaskBar()
+        self.task.busy_changed.connect(lambda busy: self.scan_button.setEnabled(not busy))
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(("Class", "Train", "Val"))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.setMinimumHeight(120)
+        self.table.setVisible(False)
+        self.notes = TextLabel("")
+        form = QFormLayout()
+        form.addRow("Folder", self.folder)
+        form.addRow("Validation split", self.val_split)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.scan_button)
+        layout.addWidget(self.task)
+        layout.addWidget(self.table)
+        layout.addWidget(self.notes)
+        self.summary: CollectionSummary | None = None
+        self.seed = 0  # the split's seed: the settings' seed, set by the owner before a scan
+
+    def scan(self, then: Callable[[CollectionSummary], None] | None = None) -> None:
+        """Scan the folder in a worker; `then(summary)` runs after a successful scan."""
+        root = self.folder.path
+        if not root:
+            from . import messages
+            messages.notify("Choose the collection folder first (one subfolder of images per class)", "warning")
+            return
+        self.task.start(scan_job, root, self.val_split.value(), self.seed, doing=f"Scanning '{root}'",
+                        on_result=lambda summary: self._scanned(summary, then))
+
+    def _scanned(self, summary: CollectionSummary, then) -> None:
+        self.summary = summary
+        self.table.setRowCount(len(summary.counts))
+        for row, (name, train, val) in enumerate(summary.counts):
+            for column, value in enumerate((name, str(train), str(val))):
+                item = QTableWidgetItem(value)
+                if column:
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self.table.setItem(row, column, item)
+        self.table.setVisible(True)
+        total_train = sum(train for _, train, _ in summary.counts)
+        total_val = sum(val for _, _, val in summary.counts)
+        where = "from the val/ folder" if summary.val_folder else f"held out ({summary.val_split:.0%} per class)"
+        notes = [f"{len(summary.counts)} classes, {total_train} training images, {total_val} validation "
+                 f"images {where}."]
+        few = summary.few_image_classes()
+        if few:
+            shown = ", ".join(few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
+            notes.append(f"Few images (under {FEW_IMAGES}) in {len(few)} classes: {shown}. The model "
+                         "will struggle to learn them; add images if you can.")
+        if total_val == 0:
+            notes.append("No validation images: the best epoch cannot be chosen, the last one is kept.")
+        notes += summary.notes[:5]
+        self.notes.setText("\n".join(notes))
+        if then is not None:
+            then(summary)
+
+    def _forget(self, *_) -> None:
+        self.summary = None

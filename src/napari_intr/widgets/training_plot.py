@@ -1,0 +1,84 @@
+"""A live plot of a training run: loss (left axis) and train/validation accuracy (right axis)
+against epochs, on matplotlib's Qt canvas; and the "loss is flat" hint (INTR's tracker #11)."""
+from __future__ import annotations
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import QTimer
+
+FLAT_EPOCHS = 3       # look at the loss after this many epochs …
+FLAT_MARGIN = 0.05    # … and call it flat when its best is within 5 % of the first epoch's
+REDRAW_MS = 1_000     # a redraw costs tens of ms on the GUI thread: at most one a second
+
+
+def flat_loss_note(epoch_losses: list[float]) -> str:
+    """A hint when the loss has not dropped by FLAT_MARGIN since the first epoch; "" otherwise."""
+    losses = [loss for loss in epoch_losses if loss is not None]
+    if len(losses) < FLAT_EPOCHS or min(losses[1:]) < losses[0] * (1 - FLAT_MARGIN):
+        return ""
+    return (f"The loss has not dropped in {len(losses)} epochs ({losses[0]:.3f} → {losses[-1]:.3f}). "
+            "INTR often needs many epochs before its loss falls: be patient, or stop and start "
+            "again with a lower learning rate (e.g. a tenth).")
+
+
+class TrainingPlot(FigureCanvasQTAgg):
+    def __init__(self, parent=None):
+        figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        super().__init__(figure)
+        self.setParent(parent)
+        self.setMinimumHeight(200)
+        self.loss_axes = figure.add_subplot(111)
+        self.accuracy_axes = self.loss_axes.twinx()
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.setInterval(REDRAW_MS)
+        self._redraw_timer.timeout.connect(self._redraw)
+        self.clear()
+
+    def clear(self) -> None:
+        self.steps: list[tuple[float, float]] = []    # (fractional epoch, running loss)
+        self.epochs: list[dict] = []                   # the `epoch` events (or metrics.jsonl rows)
+        self._redraw()
+
+    def add_step(self, epoch: int, step: int, steps: int, loss: float | None) -> None:
+        if loss is not None:
+            self.steps.append((epoch - 1 + step / max(steps, 1), loss))
+            self._schedule()
+
+    def add_epoch(self, record: dict) -> None:
+        self.epochs = [row for row in self.epochs if row["epoch"] != record["epoch"]] + [record]
+        self._schedule()
+
+    def point_count(self) -> int:
+        return len(self.steps) + len(self.epochs)
+
+    def epoch_losses(self) -> list[float]:
+        return [row.get("loss") for row in sorted(self.epochs, key=lambda row: row["epoch"])]
+
+    def _schedule(self) -> None:
+        if not self._redraw_timer.isActive():
+            self._redraw_timer.start()
+
+    def _redraw(self) -> None:
+        loss, accuracy = self.loss_axes, self.accuracy_axes
+        loss.clear()
+        accuracy.clear()
+        if self.steps:
+            loss.plot(*zip(*self.steps), color="tab:blue", linewidth=0.8, alpha=0.5, label="loss (steps)")
+        rows = sorted(self.epochs, key=lambda row: row["epoch"])
+        series = [("loss", loss, "tab:blue", "loss (epoch)"),
+                  ("train_acc", accuracy, "tab:orange", "train acc"),
+                  ("val_acc", accuracy, "tab:green", "val acc")]
+        for key, axes, colour, label in series:
+            points = [(row["epoch"], row[key]) for row in rows if row.get(key) is not None]
+            if points:
+                axes.plot(*zip(*points), "o-", color=colour, markersize=3, label=label)
+        loss.set_xlabel("epoch")
+        loss.set_ylabel("loss", color="tab:blue")
+        accuracy.set_ylabel("accuracy")
+        accuracy.yaxis.set_label_position("right")
+        accuracy.set_ylim(0, 1.02)
+        handles = [*loss.get_legend_handles_labels()[0], *accuracy.get_legend_handles_labels()[0]]
+        if handles:
+            accuracy.legend(handles=handles, fontsize="x-small", loc="center right")
+        self.draw_idle()
