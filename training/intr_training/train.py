@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from .progress import make_progress
     progress = make_progress(args.progress, distributed.from_environment().is_main)
     on_main_thread = threading.current_thread() is threading.main_thread()
+    STOP_REQUESTED.clear()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
     training = None
     try:
@@ -90,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         distributed.cleanup()
 
 
+# Set by SIGTERM and checked after every step: the KeyboardInterrupt raised by the handler can
+# land where Python swallows exceptions (e.g. an at-fork callback as DataLoader workers start).
+STOP_REQUESTED = threading.Event()
+
+
 def _raise_interrupt(signum, frame):
+    STOP_REQUESTED.set()
     raise KeyboardInterrupt
 

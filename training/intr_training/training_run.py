@@ -28,7 +28,7 @@ from .data import ImageFolderDataset, collate, scan_collection
 from .engine import evaluate, options_for, train_one_epoch
 from .initialization import freeze, initial_model
 from .progress import Progress
-from .train import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, WEIGHT_DECAY
+from .train import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, STOP_REQUESTED, WEIGHT_DECAY
 from .transforms import eval_transform, train_transform
 
 SHOWN_SKIPPED = 5  # unreadable images named one by one before the rest are counted
@@ -188,6 +188,8 @@ class TrainingRun:
             remaining_epochs = args.epochs - epoch
 
             def on_step(step, steps, loss, accuracy):
+                if STOP_REQUESTED.is_set():
+                    raise KeyboardInterrupt
                 per_step = (time.monotonic() - started) / step
                 per_epoch = np.mean(epoch_seconds) if epoch_seconds else per_step * steps
                 self.progress.step(epoch, step, steps, loss, accuracy, lr,

@@ -21,14 +21,34 @@ def flat_loss_note(epoch_losses: list[float]) -> str:
             "again with a lower learning rate (e.g. a tenth).")
 
 
+EPOCH_SERIES = (("loss", "tab:blue", "loss (epoch)"), ("train_acc", "tab:orange", "train acc"),
+                ("val_acc", "tab:green", "val acc"))
+
+
 class TrainingPlot(FigureCanvasQTAgg):
+    """Lines are made once and only their data change: a full re-plot with layout took
+    hundreds of ms on the GUI thread and stalled napari while a run streamed progress."""
+
     def __init__(self, parent=None):
-        figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        figure = Figure(figsize=(4, 2.6))
         super().__init__(figure)
         self.setParent(parent)
         self.setMinimumHeight(200)
         self.loss_axes = figure.add_subplot(111)
         self.accuracy_axes = self.loss_axes.twinx()
+        self.step_line, = self.loss_axes.plot([], [], color="tab:blue", linewidth=0.8, alpha=0.5,
+                                              label="loss (steps)")
+        self.epoch_lines = {
+            key: (self.loss_axes if key == "loss" else self.accuracy_axes).plot(
+                [], [], "o-", color=colour, markersize=3, label=label)[0]
+            for key, colour, label in EPOCH_SERIES}
+        self.loss_axes.set_xlabel("epoch")
+        self.loss_axes.set_ylabel("loss", color="tab:blue")
+        self.accuracy_axes.set_ylabel("accuracy")
+        self.accuracy_axes.set_ylim(0, 1.02)
+        self.accuracy_axes.legend(handles=[self.step_line, *self.epoch_lines.values()],
+                                  fontsize="x-small", loc="center right")
+        figure.tight_layout()  # once: layout on every draw is what made redraws slow
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
         self._redraw_timer.setInterval(REDRAW_MS)
@@ -60,25 +80,11 @@ class TrainingPlot(FigureCanvasQTAgg):
             self._redraw_timer.start()
 
     def _redraw(self) -> None:
-        loss, accuracy = self.loss_axes, self.accuracy_axes
-        loss.clear()
-        accuracy.clear()
-        if self.steps:
-            loss.plot(*zip(*self.steps), color="tab:blue", linewidth=0.8, alpha=0.5, label="loss (steps)")
+        self.step_line.set_data(*(zip(*self.steps) if self.steps else ([], [])))
         rows = sorted(self.epochs, key=lambda row: row["epoch"])
-        series = [("loss", loss, "tab:blue", "loss (epoch)"),
-                  ("train_acc", accuracy, "tab:orange", "train acc"),
-                  ("val_acc", accuracy, "tab:green", "val acc")]
-        for key, axes, colour, label in series:
+        for key, line in self.epoch_lines.items():
             points = [(row["epoch"], row[key]) for row in rows if row.get(key) is not None]
-            if points:
-                axes.plot(*zip(*points), "o-", color=colour, markersize=3, label=label)
-        loss.set_xlabel("epoch")
-        loss.set_ylabel("loss", color="tab:blue")
-        accuracy.set_ylabel("accuracy")
-        accuracy.yaxis.set_label_position("right")
-        accuracy.set_ylim(0, 1.02)
-        handles = [*loss.get_legend_handles_labels()[0], *accuracy.get_legend_handles_labels()[0]]
-        if handles:
-            accuracy.legend(handles=handles, fontsize="x-small", loc="center right")
+            line.set_data(*(zip(*points) if points else ([], [])))
+        self.loss_axes.relim()
+        self.loss_axes.autoscale_view()
         self.draw_idle()

@@ -1,0 +1,183 @@
+"""The INTR Fine-tune dock widget in a real napari viewer: it runs `intr train` in a child process
+on a small synthetic collection with one class the bundled model has never seen.
+
+As in real use the viewer exists before torch: nothing here imports torch at module level.
+Training children run with OMP_NUM_THREADS=1 (two OpenMP threads fighting over this machine's
+two cores make torch ten times slower)."""
+import json
+import shutil
+
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+TRAIN_TIMEOUT_MS = 90_000
+NOVEL = "Novel species"
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """Every notification the plugin shows, as (level, text)."""
+    from napari.utils import notifications
+    shown = []
+    for level in ("info", "warning", "error"):
+        monkeypatch.setattr(notifications, f"show_{level}",
+                            lambda text, level=level: shown.append((level, str(text))))
+    return shown
+
+
+@pytest.fixture
+def finetune(make_napari_viewer, monkeypatch, messages):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Fine-tune")
+    yield viewer, widget
+    widget.stop_and_wait()
+
+
+def write_novel_collection(root):
+    """The nine synthetic species, plus a tenth: rubra's images with inverted colours."""
+    from intr_training.synth import write_collection
+    write_collection(root, per_class=4, size=64, seed=5)
+    (root / NOVEL).mkdir()
+    for path in sorted((root / "Heliconia synthetica-rubra").glob("*.png")):
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        Image.fromarray(255 - pixels).save(root / NOVEL / f"novel-{path.name}")
+    return root
+
+
+def configure(widget, data, out, epochs):
+    widget.collection.folder.path = data
+    settings = widget.settings
+    settings.epochs.setValue(epochs)
+    settings.batch_size.setValue(8)
+    settings.image_size.setValue(64)
+    settings.device.setCurrentText("cpu")
+    settings.out.path = out
+
+
+def run_to_end(qtbot, widget):
+    widget.start()
+    qtbot.waitUntil(lambda: widget.running, timeout=TRAIN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
+
+
+def test_flat_loss_note():
+    from napari_intr.widgets.training_plot import flat_loss_note
+    assert flat_loss_note([2.2, 2.19, 2.21]).startswith("The loss has not dropped in 3 epochs")
+    assert flat_loss_note([2.2, 1.5, 1.4]) == ""
+    assert flat_loss_note([2.2, 2.2]) == ""  # too early to tell
+
+
+def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune, qtbot, messages, tmp_path):
+    viewer, widget = finetune
+    data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"
+    configure(widget, data, out, epochs=2)
+    events = []
+    widget.process.message.connect(events.append)
+    run_to_end(qtbot, widget)
+
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("epoch") == 2, messages
+    assert "step" in kinds and NOVEL in events[0]["classes"]
+    assert widget.plot.point_count() >= 4 and len(widget.plot.epochs) == 2
+    assert [row[0] for row in widget.collection.summary.counts].count(NOVEL) == 1
+    assert NOVEL in [name for name, _ in widget.results.rows()]
+    assert any(level == "info" and "Fine-tuning finished" in text for level, text in messages)
+    log = (out / "train.log").read_text()
+    assert '"event": "done"' in log and "intr_training train" in log
+    assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    # the Explorer takes the new model through the shared state and explains with it
+    viewer.open_sample("napari-intr", "heliconia-alba")
+    from napari_intr.widgets.state import shared_state
+    shared_state().model = None
+    _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
+    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_picker.task.busy,
+                    timeout=TRAIN_TIMEOUT_MS)
+    widget.results.use_in_explorer()
+    model_path = str(out / "model.safetensors")
+    qtbot.waitUntil(lambda: explorer.state.model_name == model_path, timeout=TRAIN_TIMEOUT_MS)
+    assert NOVEL in explorer.state.class_names and len(explorer.state.class_names) == 10
+    explorer.explain()
+    qtbot.waitUntil(lambda: explorer.state.explanation is not None and not explorer.explain_panel.task.busy,
+                    timeout=TRAIN_TIMEOUT_MS)
+    assert NOVEL in [row[1] for row in explorer.results.rows()]
+
+
+def test_cancel_keeps_a_resumable_state_and_resume_finishes(finetune, qtbot, messages, tmp_path):
+    viewer, widget = finetune
+    data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"
+    configure(widget, data, out, epochs=20)
+    def cancel_after_an_epoch(event):
+        if event["event"] == "epoch":
+            widget.cancel()
+    widget.process.message.connect(cancel_after_an_epoch)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.running, timeout=TRAIN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
+    assert (out / "training_state.pt").is_file()
+    stopped = [text for level, text in messages if "stopped after epoch" in text]
+    assert stopped and "Resume" in stopped[0], messages
+    saved_epochs = len((out / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= saved_epochs < 20
+
+    widget.process.message.disconnect(cancel_after_an_epoch)
+    widget.resume()
+    qtbot.waitUntil(lambda: widget.running, timeout=TRAIN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 21))
+    assert any("Fine-tuning finished" in text for _, text in messages)
+    assert len(widget.plot.epochs) == 20  # the saved epochs are plotted again on resume
+
+
+@pytest.mark.parametrize("classes, expected", [((), "no class folders"), (("only one",), "only one class")])
+def test_a_bad_collection_is_a_notification(finetune, qtbot, messages, tmp_path, classes, expected):
+    viewer, widget = finetune
+    for name in classes:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "data" / name / "a.png")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    configure(widget, tmp_path / "data", tmp_path / "run", epochs=1)
+    widget.start()
+    qtbot.waitUntil(lambda: any(level == "error" for level, _ in messages), timeout=TRAIN_TIMEOUT_MS)
+    assert any(expected in text for _, text in messages)
+    assert not widget.running and widget.start_button.isEnabled()
+
+
+def test_a_failing_process_is_a_notification_with_the_log(finetune, qtbot, messages, tmp_path):
+    viewer, widget = finetune
+    data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    configure(widget, data, out, epochs=1)
+    settings = widget.settings
+    settings.base.setCurrentIndex(settings.base.findData("file"))
+    settings.checkpoint.path = corrupt
+    run_to_end(qtbot, widget)
+    errors = [text for level, text in messages if level == "error"]
+    assert errors and errors[0].startswith("Fine-tuning failed: ")
+    assert str(out / "train.log") in errors[0] and "corrupt.safetensors" in errors[0]
+    assert widget.start_button.isEnabled() and widget.resume_button.isEnabled()
+
+
+def test_closing_the_widget_while_training_ends_the_process(finetune, qtbot, monkeypatch, tmp_path):
+    viewer, widget = finetune
+    data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"
+    configure(widget, data, out, epochs=500)
+    steps = []
+    widget.process.message.connect(lambda event: event["event"] == "step" and steps.append(event))
+    widget.start()
+    qtbot.waitUntil(lambda: bool(steps), timeout=TRAIN_TIMEOUT_MS)
+    pid = widget.process.pid
+    child = psutil.Process(pid)
+    from qtpy.QtWidgets import QMessageBox
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args) or QMessageBox.Yes)
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
+    assert asked
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    shutil.rmtree(out, ignore_errors=True)
