@@ -181,3 +181,21 @@ def test_closing_the_widget_while_training_ends_the_process(finetune, qtbot, mon
     assert asked
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_closing_napari_while_training_names_the_run_and_ends_the_process(finetune, qtbot, tmp_path):
+    """napari's close dialog lists registered tasks; closing cancels them: no orphan process."""
+    viewer, widget = finetune
+    data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"
+    configure(widget, data, out, epochs=500)
+    steps = []
+    widget.process.message.connect(lambda event: event["event"] == "step" and steps.append(event))
+    widget.start()
+    qtbot.waitUntil(lambda: bool(steps), timeout=TRAIN_TIMEOUT_MS)
+    child = psutil.Process(widget.process.pid)
+    tasks = viewer.window._task_status_manager
+    assert any("training" in line for line in tasks.get_status())  # what napari's dialog shows
+    viewer.window._qt_window.close()  # not spontaneous: napari skips its dialog and cancels tasks
+    qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    shutil.rmtree(out, ignore_errors=True)
