@@ -9,28 +9,9 @@ RUBRA, ALBA = "Heliconia synthetica-rubra", "Heliconia synthetica-alba"
 
 
 @pytest.fixture
-def messages(monkeypatch):
-    """Every notification the plugin shows, as (level, text)."""
-    from napari.utils import notifications
-    shown = []
-    for level in ("info", "warning", "error"):
-        monkeypatch.setattr(notifications, f"show_{level}",
-                            lambda text, level=level: shown.append((level, str(text))))
-    return shown
-
-
-@pytest.fixture
-def widgets(make_napari_viewer, qtbot, messages):
+def widgets(pair_with_explorer):
     """The pair, the Explorer (which loads the bundled model) and the Compare dock."""
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-intr", "look-alike-pair")
-    import torch
-    torch.set_num_threads(1)
-    from napari_intr.widgets.state import shared_state
-    shared_state().model = None
-    _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_picker.task.busy,
-                    timeout=TIMEOUT_MS)
+    viewer, explorer = pair_with_explorer
     _, compare = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Compare")
     return viewer, explorer, compare
 

@@ -18,27 +18,9 @@ SIZE, POSE_SEED = 160, (20240501, 1)  # sample_data/make_specimens.py: the pair'
 
 
 @pytest.fixture
-def messages(monkeypatch):
-    from napari.utils import notifications
-    shown = []
-    for level in ("info", "warning", "error"):
-        monkeypatch.setattr(notifications, f"show_{level}",
-                            lambda text, level=level: shown.append((level, str(text))))
-    return shown
-
-
-@pytest.fixture
-def widgets(make_napari_viewer, qtbot, messages):
+def widgets(pair_with_explorer):
     """The pair, the Explorer (which loads the bundled model) and the Edit dock."""
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-intr", "look-alike-pair")
-    import torch
-    torch.set_num_threads(1)
-    from napari_intr.widgets.state import shared_state
-    shared_state().model = None
-    _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_picker.task.busy,
-                    timeout=TIMEOUT_MS)
+    viewer, explorer = pair_with_explorer
     _, edit = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Edit")
     return viewer, explorer, edit
 

@@ -16,17 +16,6 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
-def messages(monkeypatch):
-    """Every notification the plugin shows, as (level, text)."""
-    from napari.utils import notifications
-    shown = []
-    for level in ("info", "warning", "error"):
-        monkeypatch.setattr(notifications, f"show_{level}",
-                            lambda text, level=level: shown.append((level, str(text))))
-    return shown
-
-
-@pytest.fixture
 def explorer(make_napari_viewer, qtbot, messages):
     """A viewer with the spotted specimen, the Explorer docked through the manifest, the
     bundled model loaded by the widget itself."""

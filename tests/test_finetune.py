@@ -17,17 +17,6 @@ NOVEL = "Novel species"
 
 
 @pytest.fixture
-def messages(monkeypatch):
-    """Every notification the plugin shows, as (level, text)."""
-    from napari.utils import notifications
-    shown = []
-    for level in ("info", "warning", "error"):
-        monkeypatch.setattr(notifications, f"show_{level}",
-                            lambda text, level=level: shown.append((level, str(text))))
-    return shown
-
-
-@pytest.fixture
 def finetune(make_napari_viewer, monkeypatch, messages):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     viewer = make_napari_viewer()

@@ -2,14 +2,14 @@
 through the shared state. Each box lives in its own module."""
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from .attention_panel import AttentionPanel
 from .batch_panel import BatchPanel
 from .explain_panel import ExplainPanel
 from .model_picker import ModelPicker
 from .results_table import ResultsTable
+from .scroll_column import scroll_column
 from .state import follow, shared_state
 
 
@@ -27,21 +27,7 @@ class ExplorerWidget(QWidget):
         follow(state.events.explanation, self.results.show_explanation, self.results)
         self.results.class_selected.connect(self.attention.set_class)
 
-        content = QWidget()
-        column = QVBoxLayout(content)
-        for box in (self.model_picker, self.explain_panel, self.results, self.attention, self.batch):
-            # each box at its natural height; the scroll area scrolls instead of squeezing them
-            box.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
-            column.addWidget(box)
-        column.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(content)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(scroll)
-        self.setMinimumWidth(440)
+        scroll_column(self, (self.model_picker, self.explain_panel, self.results, self.attention, self.batch))
         if state.model is None:  # the preselected bundled model is small: load it at once
             self.model_picker.load()
 

@@ -11,14 +11,15 @@ import json
 from pathlib import Path
 
 from napari.utils.progress import cancelable_progress
-from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QMessageBox, QPlainTextEdit, QProgressBar,
-                            QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
+                            QPushButton, QVBoxLayout, QWidget)
 
 from . import messages
 from .finetune_collection import CollectionPanel, CollectionSummary
 from .finetune_results import ResultsPanel
 from .finetune_settings import SettingsPanel, default_runs_folder, new_run_folder
+from .scroll_column import scroll_column
 from .state import shared_state
 from .text_label import TextLabel
 from .training_plot import TrainingPlot, flat_loss_note
@@ -53,20 +54,7 @@ class FineTuneWidget(QWidget):
         self.process.ended.connect(self._on_ended)
         run_box = self._build_run_box()
 
-        content = QWidget()
-        column = QVBoxLayout(content)
-        for box in (self.collection, self.settings, run_box, self.results):
-            box.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
-            column.addWidget(box)
-        column.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(content)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(scroll)
-        self.setMinimumWidth(440)
+        scroll_column(self, (self.collection, self.settings, run_box, self.results))
         self._activity = None
         self._task_status = None
         self._reset_run()
