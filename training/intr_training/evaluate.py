@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from .faithfulness import options as faithfulness_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint (.safetensors, official .pth, a training "
@@ -20,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    faithfulness_options.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from .engine import evaluate, options_for
     from .transforms import eval_transform
 
+    if args.explanations:
+        faithfulness_options.check_arguments(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     root = Path(args.data).expanduser()
@@ -92,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2) + "\n"))
         summary["out"] = str(out)
 
+    if args.explanations:
+        from .faithfulness.run import evaluate_explanations
+        summary["explanations"] = evaluate_explanations(model, samples, root, folder, args)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -105,6 +113,10 @@ def print_report(summary: dict) -> None:
     width = max(len(name) for name in summary["per_class_accuracy"])
     for name, accuracy in summary["per_class_accuracy"].items():
         print(f"  {name:<{width}}  {'n/a' if accuracy is None else f'{accuracy:.3f}'}")
+    if "explanations" in summary:
+        print()
+        print(summary["explanations"]["markdown"], end="")
+        print(f"tables and plots: {summary['explanations']['out']}")
     if "out" in summary:
         print(f"confusion matrix: {Path(summary['out']) / 'confusion_matrix.csv'}")
     else:

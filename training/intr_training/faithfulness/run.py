@@ -1,0 +1,165 @@
+"""`intr eval --explanations`: every metric for every method on one model and image folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from itertools import zip_longest
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from napari_intr.model import INTR
+
+from .. import synth
+from ..data import read_image
+from . import flips, metrics, report, sanity
+from .options import check_arguments
+from .methods import INTR_TOP_HEAD, METHODS, ClassScore, all_maps, intr_maps
+
+SANITY_SIZE = 112   # maps are compared at most this many px per side (memory on large data sets)
+EXAMPLES = 4        # images in the example grid
+FLIP_POSES = 10     # specimens per pair and direction (fewer with --limit)
+
+
+def spread(samples: list[tuple[Path, int]], limit: int | None) -> list[tuple[Path, int]]:
+    """Round-robin over the classes, so a small --limit still sees every class."""
+    by_class: dict[int, list] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    mixed = [s for group in zip_longest(*by_class.values()) for s in group if s is not None]
+    return mixed[:limit] if limit else mixed
+
+
+def synth_info(root: Path, folder: Path) -> dict | None:
+    for place in (folder, root):
+        if (place / "synth.json").is_file():
+            info = json.loads((place / "synth.json").read_text())
+            if info.get("look_alike_pairs") and info.get("species"):
+                return info
+    return None
+
+
+def _small(saliency: np.ndarray) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(saliency, dtype=np.float32))[None, None]
+    scale = SANITY_SIZE / max(tensor.shape[-2:])
+    if scale < 1:
+        tensor = F.interpolate(tensor, scale_factor=scale, mode="area")
+    return tensor[0, 0].numpy()
+
+
+def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Path, folder: Path,
+                          args: argparse.Namespace) -> dict:
+    check_arguments(args)
+    layer = args.layer - 1 if args.layer > 0 else args.layer
+    if not -model.config.dec_layers <= layer < model.config.dec_layers:
+        raise ValueError(f"--layer {args.layer} is out of range: the decoder has {model.config.dec_layers} layers")
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    samples = spread(samples, args.limit)
+    info = synth_info(root, folder)
+    notes: list[str] = []
+    rings = {}
+    if info is None:
+        notes.append("no synth.json with look-alike pairs in the data folder: the look-alikes-only pointing game "
+                     "and the manipulation flip rate are skipped")
+    else:
+        for species in info["species"]:
+            rings.setdefault(species["ring"], []).append(species["name"])
+    ring_of = {name: members for members in rings.values() for name in members}
+
+    values = {(method, key): [] for method in METHODS for key, _ in report.METRICS}
+    curves = {"insertion": {m: [] for m in METHODS}, "deletion": {m: [] for m in METHODS}}
+    trained_maps, explained, examples, masks_missing = [], [], [], 0
+    for number, (path, true_index) in enumerate(tqdm(samples, desc="explanations", unit="image")):
+        inputs = model.preprocess(read_image(path))
+        with torch.inference_mode():
+            predicted = int(model(inputs, return_attention=False).logits[0].argmax())
+        target = predicted if args.explain_class == "predicted" else true_index
+        maps = all_maps(model, inputs, target, layer, args.rise_masks, seed=number)
+        score = ClassScore(model, target)
+        for method, saliency in maps.items():
+            for kind, curve in (("insertion", metrics.insertion_curve(score, inputs[0], saliency, args.steps)),
+                                ("deletion", metrics.deletion_curve(score, inputs[0], saliency, args.steps))):
+                curves[kind][method].append(curve)
+                values[method, kind].append(metrics.auc(curve))
+        mask = synth.load_mask(path)
+        if mask is not None and mask.any():
+            mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=inputs.shape[-2:],
+                                 mode="nearest")[0, 0].numpy() > 0.5
+            for method, saliency in maps.items():
+                values[method, "pointing"].append(float(metrics.pointing_hit(saliency, mask)))
+            name = model.class_names[true_index]
+            ring = [model.class_names.index(n) for n in ring_of.get(name, []) if n in model.class_names]
+            if len(ring) >= 2:
+                ring_target = target if args.explain_class == "true" else _top_among(model, inputs, ring)
+                for method, saliency in intr_maps(model, inputs, ring_target, layer, ring, "drop").items():
+                    values[method, "pointing_look_alikes"].append(float(metrics.pointing_hit(saliency, mask)))
+        else:
+            masks_missing += 1
+        trained_maps.append({m: _small(s) for m, s in maps.items()})
+        explained.append((inputs.cpu(), target))
+        if len(examples) < EXAMPLES:
+            examples.append({"image": inputs[0].cpu().numpy(), "maps": maps,
+                             "title": f"{path.name}\ntrue {model.class_names[true_index]}\n"
+                                      f"explained {model.class_names[target]}"})
+    if masks_missing:
+        notes.append(f"{masks_missing} of {len(samples)} images have no attribute mask (intr synth writes "
+                     "them in DATA/.masks/): the pointing game is over the others" if masks_missing < len(samples)
+                     else "no attribute masks (DATA/.masks/<class>/<image>, written by intr synth): "
+                          "the pointing game is skipped")
+    if info is not None and masks_missing < len(samples) and not values[INTR_TOP_HEAD, "pointing_look_alikes"]:
+        notes.append("no image's class has a look-alike the model knows: the look-alikes-only pointing game "
+                     "is skipped")
+
+    for stage, randomised in sanity.cascade(model):
+        for index, ((inputs, target), trained) in enumerate(
+                tqdm(list(zip(explained, trained_maps)), desc=f"sanity: random {stage}", unit="image")):
+            maps = all_maps(randomised, inputs.to(model.device), target, layer, args.rise_masks, seed=index)
+            for method, saliency in maps.items():
+                values[method, f"sanity_{stage}"].append(metrics.rank_correlation(_small(saliency), trained[method]))
+
+    flip_summary = None
+    if info is not None:
+        pairs = [tuple(pair) for pair in info["look_alike_pairs"]]
+        poses = min(FLIP_POSES, args.limit) if args.limit else FLIP_POSES
+        with tqdm(total=2 * len(pairs) * poses, desc="flip rate", unit="edit") as bar:
+            counts = flips.flip_counts(model, pairs, poses, int(info.get("size", 128)),
+                                       int(info.get("seed", 0)), progress=bar.update)
+        notes += counts.notes
+        attribute, background = counts.rates()
+        flip_summary = {"edited": counts.edited, "attribute": attribute, "background": background}
+        if not counts.edited:
+            notes.append("flip rate: the model named no specimen of a look-alike pair correctly, so no edit "
+                         "could flip it")
+
+    rows = [report.Row.of(method, key, values[method, key]) for method in METHODS for key, _ in report.METRICS
+            if values[method, key]]
+    if flip_summary is not None:
+        rows += [report.Row("INTR model", "flip_rate_attribute", flip_summary["attribute"], flip_summary["edited"]),
+                 report.Row("INTR model", "flip_rate_background", flip_summary["background"], flip_summary["edited"])]
+    layer_name = f"L{layer % model.config.dec_layers + 1}"
+    header = (f"Faithfulness of the explanations of {args.model} on {len(samples)} images of {folder} "
+              f"(INTR maps from decoder layer {layer_name}; {args.explain_class} class; "
+              f"{args.steps} insertion/deletion steps; RISE with {args.rise_masks} masks). "
+              "Mean over images; the sanity columns are Spearman correlations with the trained model's maps.")
+    text = report.markdown([r for r in rows if not r.metric.startswith("flip")], flip_summary, notes, header)
+    report.write_csv(rows, out / "faithfulness.csv")
+    (out / "faithfulness.md").write_text(text, encoding="utf-8")
+    report.plot_curves(curves, out / "insertion_deletion.png")
+    report.plot_examples(examples, list(METHODS), out / "example_maps.png")
+    return {"rows": [{**vars(r), "value": finite(r.value)} for r in rows], "flips": flip_summary, "notes": notes, "markdown": text,
+            "out": str(out), "images": len(samples)}
+
+
+def _top_among(model: INTR, inputs: torch.Tensor, classes: list[int]) -> int:
+    with torch.inference_mode():
+        logits = model.decode(model.encode(inputs), classes, "drop", return_attention=False).logits[0]
+    return classes[int(logits.argmax())]
+
+
+def finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
