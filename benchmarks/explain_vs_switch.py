@@ -46,7 +46,9 @@ def median_seconds(functions: dict, repeats: int, device: torch.device) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def measure(config: IntrConfig, height: int, width: int, repeats: int, device: torch.device) -> dict:
+def prepare(config: IntrConfig, height: int, width: int, repeats: int, device: torch.device) -> tuple:
+    """The functions timed side by side ("full", "class", "candidates", "show"), and a dict with
+    the Explainer, model, image and encoded image (for callers that time more functions)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = build_model(config).to(device).eval()
@@ -63,12 +65,19 @@ def measure(config: IntrConfig, height: int, width: int, repeats: int, device: t
         name = next(names)
         return explanation.head_maps(name), explanation.mean_map(name)
 
-    timings = median_seconds({
+    functions = {
         "full": lambda: explainer.explain(image),
         "class": lambda: explainer.decode(encoded),
         "candidates": lambda: explainer.decode(encoded, next(sets), "drop"),
         "show": show,
-    }, repeats, device)
+    }
+    return functions, {"explainer": explainer, "model": model, "image": image, "encoded": encoded}
+
+
+def measure(config: IntrConfig, height: int, width: int, repeats: int, device: torch.device) -> dict:
+    functions, context = prepare(config, height, width, repeats, device)
+    encoded = context["encoded"]
+    timings = median_seconds(functions, repeats, device)
     return {**timings, "input": encoded.input_shape, "grid": tuple(encoded.encoded.grid)}
 
 

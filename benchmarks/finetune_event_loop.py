@@ -12,6 +12,7 @@ Target: the longest stall while training < 100 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -48,12 +49,15 @@ def row(label: str, gaps: list[float], extra: str = "") -> str:
             f"  {extra}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--epochs", type=int, default=200)
-    args = parser.parse_args()
+def summary(gaps: list[float]) -> dict:
+    """ticks, median, p99 and max of the gaps (ms)."""
+    ordered = sorted(gaps)
+    return {"ticks": len(gaps), "median": statistics.median(gaps),
+            "p99": ordered[int(0.99 * (len(ordered) - 1))], "max": max(gaps)}
 
+
+def run(seconds: float, epochs: int) -> dict:
+    """Open a viewer with the Fine-tune widget; gaps while idle, then while it fine-tunes."""
     import napari
     viewer = napari.Viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Fine-tune")
@@ -65,25 +69,41 @@ def main() -> None:
         write_collection(data, per_class=8, size=64, seed=0)
         widget.collection.folder.path = data
         settings = widget.settings
-        settings.epochs.setValue(args.epochs)
+        settings.epochs.setValue(epochs)
         settings.batch_size.setValue(8)
         settings.image_size.setValue(64)
         settings.device.setCurrentText("cpu")
         settings.out.path = Path(folder) / "run"
 
-        idle = measure_gaps(app, args.seconds)
+        idle = measure_gaps(app, seconds)
         events = []
         widget.process.message.connect(lambda event: events.append(event["event"]))
         widget.start()
         while not events:  # the scan, then the child's start-up (imports torch): not measured
             app.processEvents()
             time.sleep(0.005)
-        training = measure_gaps(app, args.seconds)
-        steps, epochs = events.count("step"), events.count("epoch")
+        training = measure_gaps(app, seconds)
+        steps, epochs_done = events.count("step"), events.count("epoch")
         still_running = widget.running
         widget.stop_and_wait()
         viewer.close()
+    return {"idle": idle, "training": training, "steps": steps, "epochs": epochs_done,
+            "still_running": still_running}
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--json", action="store_true", help="print one JSON line of summaries instead")
+    args = parser.parse_args()
+    result = run(args.seconds, args.epochs)
+    idle, training = result["idle"], result["training"]
+    if args.json:
+        print(json.dumps({"idle": summary(idle), "training": summary(training), "seconds": args.seconds,
+                          **{key: result[key] for key in ("steps", "epochs", "still_running")}}))
+        return
+    steps, epochs, still_running = result["steps"], result["epochs"], result["still_running"]
     print(f"napari event loop, {TICK_MS} ms timer, {args.seconds:.0f} s each "
           f"(child OMP_NUM_THREADS: see training_process.training_threads)")
     print(f"{'':<10} {'ticks':>6} {'median':>8} {'p99':>8} {'max':>8}  (gaps in ms)")

@@ -11,8 +11,10 @@ Each variant runs in a fresh subprocess, alternating for --rounds rounds; the ta
 variant's best throughput (least disturbed by other load) and its largest peak memory.
 Peak memory on CUDA: torch.cuda.max_memory_allocated
 (tensors only). On the CPU: growth of the process's resident-set high-water mark
-(getrusage ru_maxrss) from just before the first step to the end — activations, gradients,
-optimizer state and allocator caches, as the OS sees them.
+(VmHWM in /proc/self/status; getrusage ru_maxrss where there is no /proc) from just before the
+first step to the end — activations, gradients, optimizer state and allocator caches, as the
+OS sees them. (Not ru_maxrss on Linux: a child inherits its parent's high-water mark through
+fork and exec, so under a large parent such as run_all.py the growth would read 0.)
 
     python benchmarks/train_throughput.py --backbone tiny --image-size 128 --batch-size 16
     python benchmarks/train_throughput.py --backbone resnet50 --image-size 384 --batch-size 2 --steps 3
@@ -27,6 +29,18 @@ import sys
 import time
 
 VARIANTS = ("ours", "reference")
+
+
+def peak_rss_kib() -> int:
+    """The resident-set high-water mark of this process image, in KiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def measure(args) -> dict:
@@ -66,7 +80,7 @@ def measure(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    rss_before = peak_rss_kib()
     for _ in range(args.warmup):
         step()
     synchronize()
@@ -80,12 +94,12 @@ def measure(args) -> dict:
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+        peak_mib = (peak_rss_kib() - rss_before) / 1024
     return {"images_per_second": args.steps * args.batch_size / seconds, "peak_mib": peak_mib,
             "device": str(device)}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="tiny", choices=("tiny", "resnet18", "resnet34", "resnet50"))
     parser.add_argument("--image-size", type=int, default=128, help="square input side in px")
@@ -96,22 +110,38 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=200, help="class queries (CUB has 200)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in the subprocesses
-    args = parser.parse_args()
-    if args.variant:
-        print(json.dumps(measure(args)))
-        return
+    return parser
 
+
+def compare(argv: list[str]) -> dict:
+    """Run both variants in fresh subprocesses, alternating for --rounds rounds (options as on the
+    command line, e.g. ["--backbone", "tiny"]); each variant's best throughput and largest peak
+    memory: {"ours": {...}, "reference": {...}, "args": Namespace}."""
+    args = parser().parse_args(argv)
     runs = {variant: [] for variant in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+            command = [sys.executable, __file__, *argv, "--variant", variant]
             completed = subprocess.run(command, capture_output=True, text=True)
             if completed.returncode != 0:
-                sys.exit(f"{variant} failed:\n{completed.stderr[-2000:]}")
+                raise RuntimeError(f"{variant} failed:\n{completed.stderr[-2000:]}")
             runs[variant].append(json.loads(completed.stdout.strip().splitlines()[-1]))
-    ours, reference = ({"images_per_second": max(r["images_per_second"] for r in runs[v]),
-                        "peak_mib": max(r["peak_mib"] for r in runs[v]), "device": runs[v][0]["device"]}
-                       for v in VARIANTS)
+    best = {v: {"images_per_second": max(r["images_per_second"] for r in runs[v]),
+                "peak_mib": max(r["peak_mib"] for r in runs[v]), "device": runs[v][0]["device"]}
+            for v in VARIANTS}
+    return {**best, "args": args}
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.variant:
+        print(json.dumps(measure(args)))
+        return
+    try:
+        result = compare(sys.argv[1:])
+    except RuntimeError as error:
+        sys.exit(str(error))
+    ours, reference = result["ours"], result["reference"]
     memory = "peak CUDA memory (MiB)" if ours["device"].startswith("cuda") else "peak RSS growth (MiB)"
     print(f"{args.backbone}, {args.image_size}x{args.image_size} px, batch {args.batch_size}, {args.classes} classes, "
           f"{args.steps} timed steps, best of {args.rounds} rounds, device {ours['device']}")

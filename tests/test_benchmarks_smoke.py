@@ -1,0 +1,38 @@
+"""benchmarks/run_all.py records given measurements as RESULTS.md with the expected sections.
+No measuring and no timing assertions: only the table and record functions (no torch needed)."""
+import importlib.util
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_run_all():
+    spec = importlib.util.spec_from_file_location("run_all", BENCHMARKS / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_file_has_machine_and_table_and_keeps_other_devices(tmp_path):
+    run_all = load_run_all()
+    rows = [run_all.row("(a) explain", "resnet50: class switch", "400.0 ms", "full/switch 20.0x", "target"),
+            run_all.row("(b) all C classes", "Grad-CAM | all", "1.0 s", "", "EXTRAPOLATED"),
+            run_all.row("(c) training", "tiny: images/s", "9 vs 8", "ours/ref 1.1x"),
+            run_all.row("(d) napari event loop", "skipped", "-", "-", "--skip-napari")]
+    machine = {"CPU": "test CPU, 2 logical cores", "device": "cpu", "load average (1/5/15 min)": "0.1"}
+    path = tmp_path / "RESULTS.md"
+
+    run_all.write_results(path, machine, rows, ["a note"], "cpu")
+    run_all.write_results(path, {**machine, "device": "cuda"}, rows[:1], [], "cuda")
+    text = run_all.write_results(path, {**machine, "CPU": "second run"}, rows, [], "cpu")
+
+    assert text == path.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmark results")
+    assert text.count("## cpu run") == 1 and text.count("## cuda run") == 1
+    assert "second run" in text and "test CPU" in text  # cpu block replaced, cuda block kept
+    assert "### Machine" in text and "### Results" in text
+    for section in ("(a) explain", "(b) all C classes", "(c) training", "(d) napari event loop"):
+        assert section in text
+    table = run_all.format_table(rows).splitlines()
+    assert table[0].startswith("| section") and set(table[1]) <= {"|", "-"}
+    assert len(table) == 2 + len(rows) and all(line.count("|") == 6 for line in table)  # "|" escaped
