@@ -96,13 +96,17 @@ class LiveLayerSet:
             self._live[image] = layers
             return layers
         for layer, view in zip(layers, views):
+            # Each assignment makes napari refresh the layer on the GUI thread: set only what
+            # changed, so a new explanation costs one data refresh per layer.
             layer.data = view.data
-            layer.scale = view.scale
-            layer.translate = view.translate
+            if not (np.allclose(layer.scale, view.scale) and np.allclose(layer.translate, view.translate)):
+                layer.scale, layer.translate = view.scale, view.translate
+            if layer.colormap.name != colormap:
+                layer.colormap = colormap
+            if tuple(layer.contrast_limits) != (0.0, 1.0):
+                layer.contrast_limits = (0.0, 1.0)
             layer.name = view.name
             layer.metadata = dict(view.metadata)
-            layer.colormap = colormap
-            layer.contrast_limits = (0.0, 1.0)
         return layers
 
     def keep(self, image: str) -> list:
