@@ -167,7 +167,6 @@ def rise_batch_function(model, inputs, num_classes: int, batch: int, device, cel
 
 def explain_and_alternatives(label, config, height, width, args, device, quick) -> tuple[list, list]:
     """(a) and (b) for one model: rows and notes."""
-    import numpy as np
     import torch
     from captum.attr import LayerGradCam
     from explain_vs_switch import median_seconds, prepare

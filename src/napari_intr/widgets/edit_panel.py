@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QListWidget, QPushButton,
-                            QScrollArea, QVBoxLayout, QWidget)
+                            QVBoxLayout, QWidget)
 
 from napari_intr.manipulation import EditSession, check_region, compare_explanations, export
 
@@ -25,6 +24,7 @@ from .edit_options import EditOptions, plain_image
 from .edit_report import EditReport
 from .file_field import FileField
 from .layer_combo import LayerCombo, is_labels
+from .scroll_column import scroll_column
 from .state import follow, shared_state
 from .task_bar import TaskBar
 from .text_label import TextLabel
@@ -116,19 +116,8 @@ class EditWidget(QWidget):
         column = QVBoxLayout(export_box)
         column.addWidget(self.folder)
         column.addWidget(self.export_button)
-        content = QWidget()
-        column = QVBoxLayout(content)
-        for box in (edit_box, self.report, export_box):
-            column.addWidget(box)
-        column.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(content)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(scroll)
-        self.setMinimumWidth(400)
+        # the report's tables grow with the class count, so boxes keep their stretch
+        scroll_column(self, (edit_box, self.report, export_box), min_width=400, natural_height=False)
         follow(self.state.events.model, self._new_model, self)
         self._new_model(self.state.model)
 

@@ -5,13 +5,14 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 
-def scroll_column(owner: QWidget, boxes, min_width: int = 440) -> QVBoxLayout:
+def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: bool = True) -> QVBoxLayout:
     """Stack `boxes` in a vertical scroll area filling `owner`; returns the column's layout.
-    Each box keeps its natural height: the area scrolls instead of squeezing them."""
+    With natural_height each box keeps its own height: the area scrolls instead of squeezing them."""
     content = QWidget()
     column = QVBoxLayout(content)
     for box in boxes:
-        box.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
+        if natural_height:
+            box.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
         column.addWidget(box)
     column.addStretch(1)
     scroll = QScrollArea()
