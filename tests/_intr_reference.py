@@ -216,3 +216,24 @@ def reference_forward(state: dict[str, torch.Tensor], args: argparse.Namespace, 
     logits = _apply(state, "presence_vector", out, "linear").squeeze(-1).transpose(0, 1)  # [B, C]
     attention = torch.stack(maps).unflatten(-1, (h, w))
     return logits, attention
+
+
+def seeded_model(config, names=None, seed=0):
+    """A model with random weights that, unlike a fresh init, gives clearly different logits and
+    peaked maps per class, so that comparisons at 1e-5 mean something."""
+    torch.manual_seed(seed)
+    from napari_intr.model import build_model
+    model = build_model(config, names).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name == "query_embed.weight":
+                parameter.normal_()
+            elif parameter.dim() > 1:
+                gain = 1.0 if name.startswith("input_proj") else 2.0
+                parameter.normal_(0, gain / math.sqrt(parameter[0].numel()))
+        # fresh BatchNorm running stats are the identity; make them non-trivial so eval mode matters
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    return model

@@ -16,25 +16,16 @@ from napari_intr import checkpoints, loading
 from napari_intr.checkpoints import CheckpointError, read_metadata, save_model
 from napari_intr.class_names import clean_class_name, read_class_names
 from napari_intr.loading import load_model
-from napari_intr.model import IntrConfig, build_model
+from napari_intr.model import IntrConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _intr_reference import one_torch_thread  # noqa: E402,F401 (an autouse fixture)
+from _intr_reference import one_torch_thread, seeded_model  # noqa: E402,F401 (an autouse fixture)
 
 NAMES = ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani", "Crested Auklet"]
 
 
 def make_model(seed=0, names=NAMES):
-    torch.manual_seed(seed)
-    config = IntrConfig.tiny(len(names), enc_layers=1, dec_layers=2)
-    model = build_model(config, names).eval()
-    with torch.no_grad():
-        model.query_embed.weight.normal_()
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
+    return seeded_model(IntrConfig.tiny(len(names), enc_layers=1, dec_layers=2), names, seed)
 
 
 @pytest.fixture(scope="module")

@@ -152,16 +152,19 @@ def test_a_failing_process_is_a_notification_with_the_log(finetune, qtbot, messa
     assert widget.start_button.isEnabled() and widget.resume_button.isEnabled()
 
 
-def test_closing_the_widget_while_training_ends_the_process(finetune, qtbot, monkeypatch, tmp_path):
-    viewer, widget = finetune
-    data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"
-    configure(widget, data, out, epochs=500)
+
+def start_long_run(qtbot, widget, tmp_path) -> psutil.Process:
+    """Start a run far longer than the test and wait for its first step; returns the child."""
+    configure(widget, write_novel_collection(tmp_path / "collection"), tmp_path / "run", epochs=500)
     steps = []
     widget.process.message.connect(lambda event: event["event"] == "step" and steps.append(event))
     widget.start()
     qtbot.waitUntil(lambda: bool(steps), timeout=TRAIN_TIMEOUT_MS)
-    pid = widget.process.pid
-    child = psutil.Process(pid)
+    return psutil.Process(widget.process.pid)
+
+def test_closing_the_widget_while_training_ends_the_process(finetune, qtbot, monkeypatch, tmp_path):
+    viewer, widget = finetune
+    child = start_long_run(qtbot, widget, tmp_path)
     from qtpy.QtWidgets import QMessageBox
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args) or QMessageBox.Yes)
@@ -169,22 +172,16 @@ def test_closing_the_widget_while_training_ends_the_process(finetune, qtbot, mon
     qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
     assert asked
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)
 
 
 def test_closing_napari_while_training_names_the_run_and_ends_the_process(finetune, qtbot, tmp_path):
     """napari's close dialog lists registered tasks; closing cancels them: no orphan process."""
     viewer, widget = finetune
-    data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"
-    configure(widget, data, out, epochs=500)
-    steps = []
-    widget.process.message.connect(lambda event: event["event"] == "step" and steps.append(event))
-    widget.start()
-    qtbot.waitUntil(lambda: bool(steps), timeout=TRAIN_TIMEOUT_MS)
-    child = psutil.Process(widget.process.pid)
+    child = start_long_run(qtbot, widget, tmp_path)
     tasks = viewer.window._task_status_manager
     assert any("training" in line for line in tasks.get_status())  # what napari's dialog shows
     viewer.window._qt_window.close()  # not spontaneous: napari skips its dialog and cancels tasks
     qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)

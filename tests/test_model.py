@@ -14,31 +14,11 @@ from napari_intr.model.attention import MultiheadAttention
 from napari_intr.preprocess import pad_batch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _intr_reference import one_torch_thread  # noqa: E402,F401 (an autouse fixture)
+from _intr_reference import one_torch_thread, seeded_model  # noqa: E402,F401 (an autouse fixture)
 
 NAMES = ["Heliconius melpomene", "Heliconius erato", "Danaus plexippus", "Limenitis archippus",
          "Papilio glaucus", "Battus philenor"]
 C = len(NAMES)
-
-
-def seeded_model(config: IntrConfig, names=None, seed=0) -> INTR:
-    """A model with random weights that, unlike a fresh init, gives clearly different logits and
-    peaked maps per class, so that comparisons at 1e-5 mean something."""
-    torch.manual_seed(seed)
-    model = build_model(config, names).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name == "query_embed.weight":
-                parameter.normal_()
-            elif parameter.dim() > 1:
-                gain = 1.0 if name.startswith("input_proj") else 2.0
-                parameter.normal_(0, gain / math.sqrt(parameter[0].numel()))
-        # fresh BatchNorm running stats are the identity; make them non-trivial so eval mode matters
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ Explorer stays short, and the comparison can sit beside it."""
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGroupBox, QHBoxLayout,
-                            QHeaderView, QLabel, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
 
 from napari_intr.comparison import MIN_CANDIDATES, Comparison, compare, most_confused_with, \
     symmetric_limits, top_k_candidates
@@ -23,6 +21,7 @@ from napari_intr.explanation import layer_name
 from . import messages
 from .candidate_list import CandidateList
 from .map_layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
+from .read_only_table import read_only_table
 from .state import follow, shared_state
 from .task_bar import TaskBar
 from .text_label import TextLabel
@@ -73,14 +72,8 @@ class CompareWidget(QWidget):
         self.compare_button.clicked.connect(self.compare)
         self.task = TaskBar()
         self.task.busy_changed.connect(self._update_enabled)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(("Candidate", "p among them", "p of all"))
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table = read_only_table(("Candidate", "p among them", "p of all"))
         self.table.setMinimumHeight(90)
-        self.table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
         self.summary = TextLabel("")
         self.slider_note = TextLabel("")
 

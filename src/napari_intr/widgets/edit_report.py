@@ -3,29 +3,17 @@ the share of attention inside the painted region, and per head a difference laye
 before, diverging colour map, symmetric contrast limits) for the chosen class."""
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QTableWidget, QTableWidgetItem,
-                            QVBoxLayout)
+from qtpy.QtWidgets import QGroupBox, QTableWidget, QTableWidgetItem, QVBoxLayout
 
 from napari_intr.explanation import layer_name
 
 from .map_layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
+from .read_only_table import read_only_table
 from .text_label import TextLabel
 
 CLASS_COLUMNS = ("Class", "p before", "p after", "Δp", "Δlogit")
 HEAD_COLUMNS = ("Head", "in region before", "after", "change")
-
-
-def _table(columns) -> QTableWidget:
-    table = QTableWidget(0, len(columns))
-    table.setHorizontalHeaderLabels(columns)
-    table.verticalHeader().setVisible(False)
-    table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-    table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
-    table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
-    return table
 
 
 def _fill(table: QTableWidget, rows) -> None:
@@ -45,9 +33,9 @@ class EditReport(QGroupBox):
         bold = QFont()
         bold.setBold(True)
         self.flag.setFont(bold)
-        self.classes = _table(CLASS_COLUMNS)
+        self.classes = read_only_table(CLASS_COLUMNS)
         self.classes.setMinimumHeight(130)
-        self.heads = _table(HEAD_COLUMNS)
+        self.heads = read_only_table(HEAD_COLUMNS)
         self.heads.setMinimumHeight(90)
         self.heads.setToolTip("Share of the chosen class's attention (each map sums to 1) that falls "
                               "inside the painted region")

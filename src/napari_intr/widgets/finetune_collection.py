@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QFormLayout, QGroupBox, QHeaderView,
-                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
+from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
 
 from .file_field import FileField
+from .read_only_table import read_only_table
 from .task_bar import TaskBar
 from .text_label import TextLabel
 from .workers import Result, _reports_runtime_errors
@@ -65,13 +65,7 @@ class CollectionPanel(QGroupBox):
         self.scan_button.clicked.connect(lambda: self.scan())
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.scan_button.setEnabled(not busy))
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(("Class", "Train", "Val"))
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table = read_only_table(("Class", "Train", "Val"))
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setMinimumHeight(120)
         self.table.setVisible(False)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QPushButton, QTableWidget,
-                            QTableWidgetItem, QVBoxLayout)
+from qtpy.QtWidgets import QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
 
 from . import messages
+from .read_only_table import read_only_table
 from .state import ExplorerState
 from .task_bar import TaskBar
 from .text_label import TextLabel
@@ -24,13 +24,7 @@ class ResultsPanel(QGroupBox):
         super().__init__("Result", parent)
         self.state = state
         self.summary = TextLabel("")
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(("Class", "Val accuracy"))
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table = read_only_table(("Class", "Val accuracy"))
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setMinimumHeight(120)
         self.use_button = QPushButton("Use in Explorer")

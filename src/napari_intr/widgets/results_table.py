@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QLineEdit, QTableWidget,
-                            QTableWidgetItem, QVBoxLayout)
+from qtpy.QtWidgets import QAbstractItemView, QGroupBox, QLineEdit, QTableWidgetItem, QVBoxLayout
 
+from .read_only_table import read_only_table
 from .text_label import TextLabel
 
 COLUMNS = ("Rank", "Class", "Probability", "Logit")
@@ -21,15 +21,9 @@ class ResultsTable(QGroupBox):
         self.filter.setPlaceholderText("Filter classes…")
         self.filter.setClearButtonEnabled(True)
         self.filter.textChanged.connect(self._apply_filter)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table = read_only_table(COLUMNS, stretch_column=1)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.Stretch)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setWordWrap(False)
         self.table.setTextElideMode(Qt.ElideMiddle)
