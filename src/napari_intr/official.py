@@ -17,7 +17,6 @@ import torch
 from .checkpoints import CheckpointError, model_from_state
 from .model import INTR, IntrConfig
 
-DETR_NUM_QUERIES = 100
 
 
 def _looks_like_torch_file(path: Path) -> bool:

@@ -19,9 +19,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from napari_intr.checkpoints import save_model
+from napari_intr.checkpoints import model_from_state, save_model
 from napari_intr.loading import resolve_device
-from napari_intr.model import IntrConfig, build_model
+from napari_intr.model import IntrConfig
 
 from . import distributed, state
 from .data import ImageFolderDataset, collate, scan_collection
@@ -96,8 +96,9 @@ class TrainingRun:
             model, self.init_description, init_warnings = start.model, start.description, start.warnings
             self.args = args = with_defaults(args, RECIPES[model.config.backbone])
         else:
-            model = build_model(IntrConfig.from_json(saved["config"]), self.class_names)
-            model.load_state_dict(saved["model"])
+            # built on the meta device: every weight comes from the saved state
+            model = model_from_state(IntrConfig.from_json(saved["config"]), self.class_names, saved["model"],
+                                     self.out)
             self.init_description, init_warnings = f"resumed after epoch {saved['epoch']}", []
         self.config = model.config
         self.frozen = freeze(model, args.freeze)

@@ -28,9 +28,6 @@ class EncodedImages:
     # on the class queries, so inference computes them once per image, not once per class set.
     cross_key_values: list | None = field(default=None, repr=False)
 
-    def to(self, device) -> "EncodedImages":
-        return EncodedImages(self.memory.to(device), self.padding_mask.to(device), self.grid, self.input_size)
-
 
 @dataclass
 class IntrOutput:

@@ -103,7 +103,6 @@ class Transformer(nn.Module):
         d, h, ff, p = config.hidden_dim, config.nheads, config.dim_feedforward, config.dropout
         self.encoder = TransformerEncoder(TransformerEncoderLayer(d, h, ff, p), config.enc_layers)
         self.decoder = TransformerDecoder(TransformerDecoderLayer(d, h, ff, p), config.dec_layers, d)
-        self.d_model, self.nhead = d, h
         for parameter in self.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)

@@ -17,7 +17,6 @@ from napari_intr.model import INTR
 from .. import synth
 from ..data import read_image
 from . import flips, metrics, report, sanity
-from .options import check_arguments
 from .methods import INTR_TOP_HEAD, METHODS, ClassScore, all_maps, intr_maps
 
 SANITY_SIZE = 112   # maps are compared at most this many px per side (memory on large data sets)
@@ -53,7 +52,6 @@ def _small(saliency: np.ndarray) -> np.ndarray:
 
 def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Path, folder: Path,
                           args: argparse.Namespace) -> dict:
-    check_arguments(args)
     layer = args.layer - 1 if args.layer > 0 else args.layer
     if not -model.config.dec_layers <= layer < model.config.dec_layers:
         raise ValueError(f"--layer {args.layer} is out of range: the decoder has {model.config.dec_layers} layers")
