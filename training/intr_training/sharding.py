@@ -1,0 +1,235 @@
+"""One job over many items (images, regions), split over the processes of a torchrun job, resumable.
+
+`torchrun --nproc-per-node K -m intr_training explain …` (or `atlas`) starts K processes; each
+one takes a deterministic share of the items that are not done yet, writes its results to its own
+partial file (one JSON record per line, flushed after each item), and rank 0 merges the partial
+files into one ledger after every process has finished. A re-run with the same settings skips
+the items the ledger and any partial files of a crashed run already hold, with any number of
+processes. A plain `python -m intr_training …` run is the same job with one process.
+
+Files, in the job's output folder (shared by all processes, e.g. a network drive):
+
+  .intr-<task>/settings.json        what the results depend on; a re-run must match it
+  .intr-<task>/done.jsonl           the merged records, in item order: {"key": str, "record": {...}}
+  .intr-<task>/rank-00003.jsonl     rank 3's records of the current (or a crashed) run
+  .intr-<task>/rank-00003.end       rank 3 has finished its share
+
+Rank/world size come from torchrun's RANK, WORLD_SIZE and LOCAL_RANK (see `distributed`);
+join the process group with `distributed.setup` (gloo on CPU, nccl on GPUs) before `start`.
+Processes wait for each other by polling the `.end` files rather than in a collective, so a
+process may wait for a slower one for hours without hitting the process group's timeout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch.distributed as dist
+
+from . import distributed
+
+LEDGER_FILE = "done.jsonl"
+SETTINGS_FILE = "settings.json"
+POLL_SECONDS = 0.5
+
+
+def state_dir(out_dir: str | os.PathLike, task: str) -> Path:
+    return Path(out_dir) / f".intr-{task}"
+
+
+def shard(items: Iterable[str], rank: int, world_size: int) -> list[str]:
+    """This rank's share of `items`: every world_size-th of the sorted items, starting at rank.
+
+    Interleaving (rather than contiguous blocks) spreads folders of large images over all ranks."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+    return sorted(items)[rank::world_size]
+
+
+def _part_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank-{rank:05d}.jsonl"
+
+
+def _end_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank-{rank:05d}.end"
+
+
+def _read_records(path: Path) -> dict[str, dict]:
+    """key -> record of a ledger or partial file; a line cut short by a crash is ignored."""
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    with open(path, encoding="utf-8") as stream:
+        for line in stream:
+            try:
+                entry = json.loads(line)
+                records[str(entry["key"])] = entry["record"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return records
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _json_line(key: str, record: dict) -> str:
+    return json.dumps({"key": key, "record": record}, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+@dataclass
+class ShardedRun:
+    """One process's view of a sharded, resumable job; make it with `ShardedRun.start`."""
+    folder: Path
+    keys: list[str]                 # every item of the job, in output order
+    info: distributed.Distributed
+    done: dict[str, dict]           # records of items finished by earlier runs (kept as they are)
+    share: list[str]                # the items this process does now
+    pending_total: int              # items left for all processes together at the start
+    _stream: object = field(default=None, repr=False)
+    _offsets: dict[int, int] = field(default_factory=dict, repr=False)  # rank 0: bytes counted
+    _counted: int = 0   # rank 0: records of all processes in this run
+    _recorded: int = 0  # records of this process in this run
+
+    @classmethod
+    def start(cls, out_dir: str | os.PathLike, task: str, keys: Iterable[str], settings: dict,
+              is_done: Callable[[str, dict], bool] | None = None, restart: bool = False,
+              info: distributed.Distributed | None = None) -> ShardedRun:
+        """Read what earlier runs finished, agree on it with the other processes, take a share.
+
+        settings: JSON-able values the records depend on (model, classes, options); a re-run with
+        other settings is refused unless restart=True, which forgets every earlier record.
+        is_done(key, record): whether an earlier record still counts (e.g. its output file exists);
+        items whose record does not count are done again."""
+        keys = [str(key) for key in keys]
+        if len(set(keys)) != len(keys):
+            raise ValueError("the items of a sharded job must be unique")
+        info = info or distributed.from_environment()
+        if info.active and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("several processes but no process group: call distributed.setup first")
+        folder = state_dir(out_dir, task)
+        settings = json.loads(json.dumps(settings))  # as they will read back from the file
+        if not restart:  # every process checks, so that all of them stop with the same message
+            _check_settings(folder, settings, task)
+        if info.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            if restart:
+                for stale in [*folder.glob("rank-*"), folder / LEDGER_FILE]:
+                    stale.unlink(missing_ok=True)
+            _write_atomically(folder / SETTINGS_FILE,
+                              json.dumps(settings, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        distributed.barrier()  # the folder exists, with the settings; a restart has cleared it
+        _end_file(folder, info.rank).unlink(missing_ok=True)
+        _finish_cut_line(_part_file(folder, info.rank))
+        earlier = {} if restart else _earlier_records(folder)
+        wanted = set(keys)
+        done = {key: record for key, record in earlier.items()
+                if key in wanted and (is_done is None or is_done(key, record))}
+        todo = [key for key in keys if key not in done]
+        run = cls(folder, keys, info, done, shard(todo, info.rank, info.world_size), len(todo))
+        distributed.barrier()  # everybody has read the earlier records before anybody adds one
+        if info.is_main:
+            run._offsets = {rank: _size(_part_file(folder, rank)) for rank in range(info.world_size)}
+        return run
+
+    def record(self, key: str, record: dict) -> None:
+        """Keep one finished item's result (write its output files first: a record means done)."""
+        if self._stream is None:
+            self._stream = open(_part_file(self.folder, self.info.rank), "a", encoding="utf-8")
+        self._stream.write(_json_line(key, record))
+        self._stream.flush()
+        self._recorded += 1
+
+    def progress(self) -> tuple[int, int]:
+        """(items done, items in the job): of all processes on rank 0, of this one elsewhere."""
+        if not self.info.is_main:
+            return len(self.done) + self._recorded, len(self.keys)
+        for rank in range(self.info.world_size):
+            path = _part_file(self.folder, rank)
+            size, start = _size(path), self._offsets.get(rank, 0)
+            if size > start:
+                with open(path, "rb") as stream:
+                    stream.seek(start)
+                    chunk = stream.read(size - start)
+                complete = chunk.rfind(b"\n") + 1  # a line being written counts once it ends
+                self._counted += chunk[:complete].count(b"\n")
+                self._offsets[rank] = start + complete
+        return len(self.done) + self._counted, len(self.keys)
+
+    def finish(self, progress: Callable[[int, int], None] | None = None) -> list[tuple[str, dict]] | None:
+        """Wait for every process to end its share; rank 0 then merges all records.
+
+        Returns, on rank 0, (key, record) for every item of the job that has a record, in the
+        order of `keys`; None on the other ranks. progress(done, total) is called while waiting."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        _end_file(self.folder, self.info.rank).touch()
+        ends = [_end_file(self.folder, rank) for rank in range(self.info.world_size)]
+        while not all(end.exists() for end in ends):
+            if progress is not None and self.info.is_main:
+                progress(*self.progress())
+            time.sleep(POLL_SECONDS)
+        distributed.barrier()
+        if not self.info.is_main:
+            return None
+        records = _earlier_records(self.folder)
+        merged = [(key, records[key]) for key in self.keys if key in records]
+        _write_atomically(self.folder / LEDGER_FILE, "".join(_json_line(key, record) for key, record in merged))
+        for stale in self.folder.glob("rank-*"):
+            stale.unlink()
+        if progress is not None:
+            progress(len(merged), len(self.keys))
+        return merged
+
+    def close(self) -> None:
+        """Close the partial file without finishing (an error or a cancel that ends this process)."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+def _earlier_records(folder: Path) -> dict[str, dict]:
+    """The ledger, then every partial file (a crashed run's records count; later lines win)."""
+    records = _read_records(folder / LEDGER_FILE)
+    for part in sorted(folder.glob("rank-*.jsonl")):
+        records.update(_read_records(part))
+    return records
+
+
+def _check_settings(folder: Path, settings: dict, task: str) -> None:
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        earlier = {}
+    if earlier != settings:
+        changed = sorted(key for key in {*settings, *earlier} if earlier.get(key) != settings.get(key))
+        raise ValueError(f"{folder.parent} holds the results of an earlier `{task}` run with other "
+                         f"settings ({', '.join(changed) or 'unreadable settings'} differ); give "
+                         "another output folder, or --restart to redo every item")
+
+
+def _finish_cut_line(path: Path) -> None:
+    """A crash can leave a partial file ending mid-line: end that line so new records parse."""
+    if _size(path) == 0:
+        return
+    with open(path, "rb+") as stream:
+        stream.seek(-1, os.SEEK_END)
+        if stream.read(1) != b"\n":
+            stream.write(b"\n")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
