@@ -6,7 +6,6 @@ Also the `intr explain` subcommand (`add_arguments`, `run`). Files are written i
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .csv_output import open_csv
 from .io import find_images, read_image
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -58,9 +58,7 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     summary = {"total": len(files), "done": 0, "skipped": [], "notes": [], "cancelled": False,
                "predictions": out_dir / PREDICTIONS_FILE, "attention_files": []}
     used_names: set[str] = set()
-    with open(summary["predictions"], "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, csv_columns(top_k))
-        writer.writeheader()
+    with open_csv(summary["predictions"], csv_columns(top_k)) as table:
         for position, path in enumerate(files):
             if should_stop is not None and should_stop():
                 summary["cancelled"] = True
@@ -75,7 +73,7 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
             else:
                 for rank, entry in enumerate(explanation.table()[:top_k], start=1):
                     row[f"top{rank}_class"] = entry["name"]
-                    row[f"top{rank}_probability"] = f"{entry['probability']:.6g}"
+                    row[f"top{rank}_probability"] = float(f"{entry['probability']:.6g}")
                 shown = class_for_maps or explanation.top_class()
                 target = out_dir / _unique_name(f"{path.stem}_attention", used_names)
                 _write_maps(target, explanation, shown, layer, path)
@@ -83,8 +81,7 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
                 summary["attention_files"].append(target)
                 summary["notes"].extend((str(path), note) for note in explanation.notes)
                 summary["done"] += 1
-            writer.writerow(row)
-            stream.flush()
+            table.write(row)
             if progress is not None:
                 progress(position + 1, len(files), path)
     summary["seconds"] = time.perf_counter() - start

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import stat
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_write
 from .model import INTR, IntrConfig, build_model
 
 FORMAT = "napari-intr"
@@ -20,28 +19,6 @@ FORMAT_VERSION = "1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why and what to do."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call write(temporary_path), then rename over `path`: a crash leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(temporary, "xb"):
-            pass
-        # The mode this process gives new files; safetensors (like mkstemp) writes 0600, which would
-        # hide a saved model from the rest of a lab's group.
-        mode = stat.S_IMODE(temporary.stat().st_mode)
-        write(str(temporary))
-        os.chmod(temporary, mode)
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_model(model: INTR, path: str | os.PathLike, **provenance) -> Path:

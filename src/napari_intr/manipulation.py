@@ -11,7 +11,6 @@ on the prediction and the attention; `export` writes the edited image and a JSON
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from skimage.filters import gaussian
 from skimage.restoration import inpaint_biharmonic
 
 from .comparison import symmetric_limits
+from .csv_output import write_csv
 from .explanation import Explanation
 
 # rgb2gray's weights: an RGB colour painted into a grey image becomes its luminance.
@@ -378,23 +378,24 @@ def export(session: EditSession, effects: Sequence[EditEffect | None], image_pat
     paths = {"image": image_path, "json": stem.with_name(stem.name + ".json"),
              "csv": stem.with_name(stem.name + ".csv")}
     paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", "edit", "quantity", "item", "before", "after", "change"])
-        for entry, effect in zip(edits, effects):
-            if effect is None:
-                writer.writerow([entry["step"], entry["description"], "", "", "", "", ""])
-                continue
-            for row in effect.table():
-                for quantity in ("probability", "logit"):
-                    writer.writerow([entry["step"], entry["description"], quantity, row["name"],
-                                     row[f"{quantity}_before"], row[f"{quantity}_after"],
-                                     row[f"{quantity}_change"]])
-            for row in effect.head_table():
-                writer.writerow([entry["step"], entry["description"],
-                                 f"attention mass in region ({effect.class_name}, L{effect.layer + 1})",
-                                 f"H{row['head']}", row["mass_before"], row["mass_after"], row["mass_change"]])
+    write_csv(paths["csv"], ["step", "edit", "quantity", "item", "before", "after", "change"],
+              _report_rows(edits, effects))
     return paths
+
+
+def _report_rows(edits: list[dict], effects: Sequence[EditEffect | None]):
+    for entry, effect in zip(edits, effects):
+        if effect is None:
+            yield [entry["step"], entry["description"], None, None, None, None, None]
+            continue
+        for row in effect.table():
+            for quantity in ("probability", "logit"):
+                yield [entry["step"], entry["description"], quantity, row["name"],
+                       row[f"{quantity}_before"], row[f"{quantity}_after"], row[f"{quantity}_change"]]
+        for row in effect.head_table():
+            yield [entry["step"], entry["description"],
+                   f"attention mass in region ({effect.class_name}, L{effect.layer + 1})",
+                   f"H{row['head']}", row["mass_before"], row["mass_after"], row["mass_change"]]
 
 
 def write_image(image: np.ndarray, path: Path) -> None:

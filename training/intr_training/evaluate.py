@@ -26,11 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import csv
-
     from torch.utils.data import DataLoader
 
-    from napari_intr.checkpoints import atomic_write
+    from napari_intr.atomic import atomic_write
+    from napari_intr.csv_output import write_csv
     from napari_intr.loading import load_model, resolve_device
 
     from .data import Collection, ImageFolderDataset, class_images, collate
@@ -78,22 +77,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out).expanduser()
         names, matrix = model.class_names, result.confusion.tolist()
-
-        def write_confusion(temporary):
-            with open(temporary, "w", newline="", encoding="utf-8") as stream:
-                writer = csv.writer(stream)
-                writer.writerow(["true \\ predicted", *names])
-                writer.writerows([name, *row] for name, row in zip(names, matrix))
-
-        def write_per_class(temporary):
-            with open(temporary, "w", newline="", encoding="utf-8") as stream:
-                writer = csv.writer(stream)
-                writer.writerow(["class", "images", "accuracy"])
-                for i, name in enumerate(names):
-                    writer.writerow([name, sum(matrix[i]), "" if per_class[name] is None else per_class[name]])
-
-        atomic_write(out / "confusion_matrix.csv", write_confusion)
-        atomic_write(out / "per_class_accuracy.csv", write_per_class)
+        write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *names],
+                  ([name, *row] for name, row in zip(names, matrix)))
+        write_csv(out / "per_class_accuracy.csv", ["class", "images", "accuracy"],
+                  ([name, sum(matrix[i]), per_class[name]] for i, name in enumerate(names)))
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2) + "\n"))
         summary["out"] = str(out)
 

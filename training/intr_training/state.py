@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_intr.checkpoints import atomic_write
+from napari_intr.atomic import atomic_write
 
 STATE_FORMAT = "napari-intr training state"
 STATE_VERSION = 1

@@ -1,13 +1,13 @@
 """The faithfulness report: one row per method and metric (CSV), a Markdown table, PNG plots."""
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from napari_intr import csv_output
 from napari_intr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 # (key, column heading); ↑ higher is more faithful, ↓ lower is.
@@ -35,11 +35,8 @@ def _format(value: float) -> str:
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["method", "metric", "value", "images"])
-        writer.writerows([row.method, row.metric, "" if math.isnan(row.value) else row.value, row.images]
-                         for row in rows)
+    csv_output.write_csv(path, ["method", "metric", "value", "images"],
+                         ([row.method, row.metric, row.value, row.images] for row in rows))
 
 
 def markdown(rows: list[Row], flips: dict | None, notes: list[str], header: str) -> str:
