@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import napari_intr
 from napari_intr import checkpoints, loading
 from napari_intr.checkpoints import CheckpointError, read_metadata, save_model
-from napari_intr.class_names import clean_class_name, read_class_names
+from napari_intr.class_names import clean_class_name, read_class_list, read_class_names
 from napari_intr.loading import load_model
 from napari_intr.model import IntrConfig
 
@@ -205,8 +205,11 @@ def test_class_names_override_and_wrong_count(saved, tmp_path):
 
 
 def test_cub_style_class_names(tmp_path):
-    assert clean_class_name("001.Black_footed_Albatross") == "Black footed Albatross"
-    assert clean_class_name("1 001.Black_footed_Albatross") == "Black footed Albatross"
+    assert clean_class_name("001.Black_footed_Albatross") == "Black-footed Albatross"
+    assert clean_class_name("1 001.Black_footed_Albatross") == "Black-footed Albatross"
+    assert clean_class_name("159.Black_and_white_Warbler") == "Black-and-white Warbler"
+    assert clean_class_name("187.American_Three_toed_Woodpecker") == "American Three-toed Woodpecker"
+    assert clean_class_name("012.Heliconius_erato_petiverana") == "Heliconius erato petiverana"  # a trinomial
     assert clean_class_name("  200.Common_Yellowthroat \r") == "Common Yellowthroat"
     assert clean_class_name("Danaus_plexippus") == "Danaus_plexippus"  # no CUB prefix: left alone
 
@@ -215,10 +218,12 @@ def test_cub_style_class_names(tmp_path):
     classes_txt = tmp_path / "classes.txt"  # CUB_200_2011/classes.txt, with a BOM and CRLF
     classes_txt.write_bytes("\ufeff1 001.Black_footed_Albatross\r\n2 002.Laysan_Albatross\r\n"
                             "3 003.Sooty_Albatross\r\n".encode("utf-8"))
-    expected = ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross"]
+    expected = ["Black-footed Albatross", "Laysan Albatross", "Sooty Albatross"]
     assert read_class_names(folders) == expected
     assert read_class_names(classes_txt) == expected
     assert read_class_names(str(classes_txt)) == expected
+    assert read_class_list(classes_txt).labels == ["001.Black_footed_Albatross", "002.Laysan_Albatross",
+                                                   "003.Sooty_Albatross"]
 
 
 def test_class_name_files_that_cannot_be_used(tmp_path):
@@ -227,8 +232,8 @@ def test_class_name_files_that_cannot_be_used(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         read_class_names(empty)
     repeated = tmp_path / "repeated.txt"
-    repeated.write_text("001.Black_footed_Albatross\nBlack footed Albatross\nLaysan Albatross\n")
-    with pytest.raises(ValueError, match="repeat: Black footed Albatross"):
+    repeated.write_text("001.Black_footed_Albatross\nBlack-footed Albatross\nLaysan Albatross\n")
+    with pytest.raises(ValueError, match="repeat: Black-footed Albatross"):
         read_class_names(repeated)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00\x81 not text")

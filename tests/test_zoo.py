@@ -14,7 +14,8 @@ import torch
 
 from napari_intr import zoo
 from napari_intr.checkpoints import CheckpointError
-from napari_intr.loading import load_model, resolve_device
+import napari_intr
+from napari_intr.loading import MissingClassNames, load_model, resolve_device
 from napari_intr.zoo import ZooError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -205,3 +206,33 @@ def test_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"device 'cuda' was asked for but no CUDA GPU is available"):
         load_model("intr-cub", device="cuda")
+
+
+def test_intr_cub_has_its_species_names_without_a_download(cache, no_download, tmp_path):
+    """The bundled CUB list names the 200 classes; exports get the labels with their index."""
+    butterfly_checkpoint(cache / "intr_checkpoint_cub_detr_r50.pth", num_classes=200)  # CUB's shapes
+    model = load_model("intr-cub", device="cpu")
+    assert len(model.class_names) == 200
+    assert model.class_names[:2] == ["Black-footed Albatross", "Laysan Albatross"]
+    assert model.class_names[158] == "Black-and-white Warbler" and model.class_names[199] == "Common Yellowthroat"
+    assert model.class_labels[0] == "001.Black_footed_Albatross" and model.class_labels[199] == "200.Common_Yellowthroat"
+    # people may name a class as they read it, by its label, or the old underscore way
+    assert model.class_indices(["black-footed albatross", "002.Laysan_Albatross", "Groove billed Ani"]) == [0, 1, 3]
+    # the labels survive a save (e.g. after fine-tuning) and a load
+    path = napari_intr.save_model(model, tmp_path / "cub.safetensors")
+    again = load_model(path, device="cpu")
+    assert again.class_names == model.class_names and again.class_labels == model.class_labels
+    # a list given by the user still wins
+    names = tmp_path / "mine.txt"
+    names.write_text("".join(f"bird {i}\n" for i in range(200)))
+    mine = load_model("intr-cub", class_names=names, device="cpu")
+    assert mine.class_names[0] == "bird 0" and mine.class_labels == mine.class_names
+
+
+def test_zoo_models_without_a_published_list_say_where_to_get_one(cache, no_download):
+    butterfly_checkpoint(cache / "intr_checkpoint_butterfly_detr_r50.pth")
+    with pytest.warns(MissingClassNames, match=r"intr-butterfly: classes are shown as numbers; .*Cambridge "
+                                               r"butterfly.*ImageFolder order"):
+        model = load_model("intr-butterfly", device="cpu")
+    assert model.class_names[:2] == ["class 0", "class 1"]
+    assert "Birds-525" in zoo.ZOO["intr-birds525"].class_names_hint

@@ -32,6 +32,8 @@ def save_model(model: INTR, path: str | os.PathLike, **provenance) -> Path:
         "class_names": json.dumps(model.class_names),
         "provenance": json.dumps(provenance, default=str),
     }
+    if model.class_labels != model.class_names:
+        metadata["class_labels"] = json.dumps(model.class_labels)
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     return atomic_write(path, lambda temporary: save_file(state, temporary, metadata=metadata))
 
@@ -52,6 +54,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         return {
             "config": IntrConfig.from_json(metadata["config"]),
             "class_names": json.loads(metadata["class_names"]),
+            "class_labels": json.loads(metadata["class_labels"]) if "class_labels" in metadata else None,
             "provenance": json.loads(metadata.get("provenance", "{}")),
         }
     except (KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON or an unusable config
@@ -59,11 +62,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, class_names=None, device=None) -> INTR:
-    from .class_names import check_class_count, describe_source, read_class_names
+    from .class_names import check_class_count, describe_source, read_class_list
     path = Path(path)
     info = read_metadata(path)
     config = info["config"]
-    names = info["class_names"] if class_names is None else read_class_names(class_names)
+    if class_names is None:
+        names, labels = info["class_names"], info["class_labels"]
+    else:
+        names, labels = read_class_list(class_names)
     check_class_count(names, config.num_classes,
                       "the checkpoint's class names" if class_names is None else describe_source(class_names))
     try:
@@ -73,6 +79,8 @@ def load_checkpoint(path: str | os.PathLike, class_names=None, device=None) -> I
         raise CheckpointError(f"{path} could not be read ({error}); it may be truncated: "
                               "save or download it again") from error
     model = model_from_state(config, names, state, path)
+    if labels is not None and len(labels) == len(names):
+        model.class_labels = labels
     model.provenance = info["provenance"]
     return model.to(device or "cpu").eval()
 

@@ -1,23 +1,62 @@
-"""Class-name lists: Python lists or text files, one name per line (CUB's styles accepted)."""
+"""Class-name lists: Python lists or text files, one name per line (CUB's styles accepted).
+
+A list entry has a *label*, as the data set writes it ("001.Black_footed_Albatross", the CUB
+folder name, kept in exports so that they join with the data set's own files), and a *name*
+shown to people ("Black-footed Albatross"). Entries without an "NNN." index are both at once.
+"""
 from __future__ import annotations
 
 import os
 import re
+from importlib.resources import files
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 # "001.Black_footed_Albatross" (CUB folder names) and "1 001.Black_footed_Albatross" (classes.txt)
-_CUB_PREFIX = re.compile(r"^(?:\d+\s+)?\d+\.")
+_LINE_NUMBER = re.compile(r"^\d+\s+(?=\d+\.)")
+_INDEX_PREFIX = re.compile(r"^\d+\.")
+
+
+class ClassList(NamedTuple):
+    names: list[str]   # shown to people
+    labels: list[str]  # as the list writes them, index kept
+
+
+def class_label(raw: str) -> str:
+    """A line of a class list without surrounding blanks and without classes.txt's line number."""
+    return _LINE_NUMBER.sub("", raw.strip())
 
 
 def clean_class_name(raw: str) -> str:
-    name = raw.strip()
-    if _CUB_PREFIX.match(name):
-        name = _CUB_PREFIX.sub("", name).replace("_", " ")
-    return name
+    """"001.Black_footed_Albatross" -> "Black-footed Albatross"; names without an index stay as they are."""
+    label = class_label(raw)
+    if not _INDEX_PREFIX.match(label):
+        return label
+    return _readable(_INDEX_PREFIX.sub("", label))
 
 
-def read_class_names(source: Sequence[str] | str | os.PathLike) -> list[str]:
+def _readable(words_joined: str) -> str:
+    """Underscores become spaces, except inside English compound adjectives: a run of lower-case
+    words between capitalised ones is hyphenated ("Black_and_white_Warbler" -> "Black-and-white
+    Warbler"), while trailing lower-case words stay apart ("Heliconius_erato" keeps its space)."""
+    words = [word for word in words_joined.split("_") if word]
+    out: list[str] = []
+    index = 0
+    while index < len(words):
+        end = index + 1
+        while end < len(words) and words[end][:1].islower():
+            end += 1
+        joined_with_next = index > 0 or words[index][:1].isupper()
+        if end > index + 1 and end < len(words) and joined_with_next:
+            out.append("-".join(words[index:end]))  # capitalised word + its lower-case run
+        else:
+            out.extend(words[index:end])
+        index = end
+    return " ".join(out)
+
+
+def read_class_list(source: Sequence[str] | str | os.PathLike) -> ClassList:
+    """Names and labels of a list or a text file (UTF-8, one class per line, blank lines ignored)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -27,15 +66,25 @@ def read_class_names(source: Sequence[str] | str | os.PathLike) -> list[str]:
         except UnicodeDecodeError as error:
             raise ValueError(f"class-names file {path} is not UTF-8 text: give a text file "
                              "with one class name per line") from error
-        names = [clean_class_name(line) for line in lines if line.strip()]
+        labels = [class_label(line) for line in lines if line.strip()]
     else:
-        names = [clean_class_name(str(name)) for name in source]
+        labels = [class_label(str(name)) for name in source]
+    names = [clean_class_name(label) for label in labels]
     if not names:
         raise ValueError("the class-names list is empty: give one class name per line")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"class names repeat: {', '.join(repeated[:5])}; every class needs its own name")
-    return names
+    return ClassList(names, labels)
+
+
+def read_class_names(source: Sequence[str] | str | os.PathLike) -> list[str]:
+    return read_class_list(source).names
+
+
+def bundled_class_list(filename: str) -> Path:
+    """A class list shipped with the package (see class_lists/README.md for sources and licences)."""
+    return Path(str(files("napari_intr").joinpath("class_lists", filename)))
 
 
 def describe_source(source) -> str:

@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
 import torch
 
 from .checkpoints import CheckpointError, load_checkpoint
+from .class_names import bundled_class_list
 from .model import INTR
 from .official import load_official
 
 SAMPLE_MODEL = "sample"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class MissingClassNames(UserWarning):
+    """A zoo model loaded without class names: its classes are numbered; the message says where to
+    get a list."""
 
 
 def sample_data_dir() -> Path:
@@ -45,7 +52,9 @@ def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR
 
     source: "sample" (the bundled tiny model), a zoo name (intr-cub, intr-birds525,
     intr-butterfly; downloaded on first use), a napari-intr `.safetensors` checkpoint, or an
-    official INTR `.pth` checkpoint. class_names: a list, or a text file with one name per line.
+    official INTR `.pth` checkpoint. class_names: a list, or a text file with one name per line;
+    intr-cub has its names bundled, intr-birds525 and intr-butterfly warn (MissingClassNames)
+    without them.
     device: "auto" (default), "cpu", "cuda", "mps".
     """
     from . import zoo
@@ -60,8 +69,14 @@ def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR
         if zoo.ZOO[name].kind != "intr":
             raise CheckpointError(f"{name} holds DETR's COCO detection weights, not a classifier; use it "
                                   f"to initialise training: intr train --init {name}")
+        item = zoo.ZOO[name]
+        if class_names is None and item.class_list is not None:
+            class_names = bundled_class_list(item.class_list)
+        elif class_names is None:
+            warnings.warn(f"{name}: classes are shown as numbers; {item.class_names_hint}", MissingClassNames,
+                          stacklevel=2)
         model = load_official(zoo.fetch(name), class_names, device)
-        expected = zoo.ZOO[name].num_classes
+        expected = item.num_classes
         if expected is not None and model.config.num_classes != expected:
             raise CheckpointError(f"{zoo.cached_path(name)} has {model.config.num_classes} classes, but "
                                   f"{name} has {expected}: it is another model's file. Delete it (and its "

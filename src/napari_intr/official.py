@@ -18,7 +18,6 @@ from .checkpoints import CheckpointError, model_from_state
 from .model import INTR, IntrConfig
 
 
-
 def _looks_like_torch_file(path: Path) -> bool:
     """torch.save writes a zip archive (since 1.6) or, in the legacy format, a pickle (protocol 2)."""
     with open(path, "rb") as stream:
@@ -88,14 +87,15 @@ def config_from_official(data: dict, path) -> IntrConfig:
 
 def load_official(path: str | os.PathLike, class_names=None, device=None) -> INTR:
     """An `intr_checkpoint_*_detr_r50.pth` file as an INTR model."""
-    from .class_names import check_class_count, describe_source, read_class_names
+    from .class_names import check_class_count, describe_source, read_class_list
     data = read_pickled_checkpoint(path)
     config = config_from_official(data, path)
-    names = None
+    names = labels = None
     if class_names is not None:
-        names = read_class_names(class_names)
+        names, labels = read_class_list(class_names)
         check_class_count(names, config.num_classes, describe_source(class_names))
     model = model_from_state(config, names, _state_dict(data), path)
+    model.class_labels = labels
     model.provenance = {"source": str(path), "format": "official INTR checkpoint"}
     return model.to(device or "cpu").eval()
 

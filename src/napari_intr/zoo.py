@@ -18,13 +18,26 @@ class ZooEntry:
     num_classes: int | None
     kind: str  # "intr": a classifier; "detr": DETR's COCO weights, an initialisation for training
     sha256_prefix: str | None = None  # DETR's file name carries its hash prefix
+    class_list: str | None = None  # a bundled list of its class names (napari_intr/class_lists/)
+    class_names_hint: str = ""  # where to get its class names when none is bundled
 
 
+_IMAGEFOLDER_ORDER = ("one name per line, in the sorted order of the class folders it was trained on "
+                      "(torchvision's ImageFolder order, e.g. `ls train/ > classes.txt`)")
 ZOO = {
-    "intr-cub": ZooEntry("intr_checkpoint_cub_detr_r50.pth", _HF + "intr_checkpoint_cub_detr_r50.pth", 200, "intr"),
-    "intr-birds525": ZooEntry("intr_checkpoint_bird_detr_r50.pth", _HF + "intr_checkpoint_bird_detr_r50.pth", 525, "intr"),
-    "intr-butterfly": ZooEntry("intr_checkpoint_butterfly_detr_r50.pth",
-                               _HF + "intr_checkpoint_butterfly_detr_r50.pth", 65, "intr"),
+    "intr-cub": ZooEntry("intr_checkpoint_cub_detr_r50.pth", _HF + "intr_checkpoint_cub_detr_r50.pth", 200, "intr",
+                         class_list="cub200.txt"),
+    "intr-birds525": ZooEntry(
+        "intr_checkpoint_bird_detr_r50.pth", _HF + "intr_checkpoint_bird_detr_r50.pth", 525, "intr",
+        class_names_hint="no class names are published with this checkpoint: give a class-names file with "
+        "the 525 species folder names of the Birds-525 data set (Piosenka 2023, 'BIRDS 525 SPECIES - IMAGE "
+        f"CLASSIFICATION' on Kaggle), {_IMAGEFOLDER_ORDER}"),
+    "intr-butterfly": ZooEntry(
+        "intr_checkpoint_butterfly_detr_r50.pth", _HF + "intr_checkpoint_butterfly_detr_r50.pth", 65, "intr",
+        class_names_hint="no class names are published with this checkpoint: give a class-names file with the "
+        "65 species folder names of the Cambridge butterfly data set as INTR's authors prepared it (Heliconiine "
+        "Butterfly Collection Records, University of Cambridge; Montejo-Kovacevich et al. 2020; see "
+        f"github.com/Imageomics/INTR), {_IMAGEFOLDER_ORDER}"),
     "detr-r50": ZooEntry("detr-r50-e632da11.pth", "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
                          None, "detr", sha256_prefix="e632da11"),
 }

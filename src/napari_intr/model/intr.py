@@ -54,6 +54,20 @@ class INTR(nn.Module):
         if len(self.class_names) != config.num_classes:
             raise ValueError(f"the model has {config.num_classes} classes but {len(self.class_names)} "
                              "class names were given; give one name per class")
+        self._class_labels: list[str] | None = None
+
+    @property
+    def class_labels(self) -> list[str]:
+        """The classes as their list writes them ("001.Black_footed_Albatross"), for exports;
+        the names (`class_names`) are what people read. Without a list of labels, the names."""
+        labels = self._class_labels
+        return list(labels) if labels is not None and len(labels) == len(self.class_names) else list(self.class_names)
+
+    @class_labels.setter
+    def class_labels(self, labels: Sequence[str] | None) -> None:
+        if labels is not None and len(labels) != len(self.class_names):
+            raise ValueError(f"{len(labels)} class labels for {len(self.class_names)} classes")
+        self._class_labels = None if labels is None else list(labels)
 
     @property
     def device(self) -> torch.device:
@@ -156,12 +170,18 @@ class INTR(nn.Module):
             return self.class_names.index(name)
         except ValueError:
             pass
-        folded = [n.casefold() for n in self.class_names]
-        if name.casefold() in folded:
-            return folded.index(name.casefold())
+        # "black footed albatross", "Black_footed_Albatross" or its label "001.Black_footed_Albatross"
+        for known in (self.class_labels, self.class_names):
+            folded = [_loose(n) for n in known]
+            if _loose(name) in folded:
+                return folded.index(_loose(name))
         close = difflib.get_close_matches(name, self.class_names, n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown class {name!r}: the model has no class of that name{hint}")
+
+
+def _loose(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").casefold().split())
 
 
 def build_model(config: IntrConfig, class_names: Sequence[str] | None = None) -> INTR:
