@@ -24,6 +24,9 @@ def test_shards_cover_every_item_once_whatever_the_order():
     assert shares[0] == KEYS[0::3] and shares[2] == KEYS[2::3]
     with pytest.raises(ValueError, match="rank 3 is outside a world of 3"):
         shard(KEYS, 3, 3)
+    regions = [f"{photo}#{region}" for photo in ("tray-a.jpg", "tray-b.jpg", "tray-c.jpg") for region in range(4)]
+    shares = [shard(regions, rank, 2, group=lambda key: key.split("#")[0]) for rank in range(2)]
+    assert shares[0] == regions[:4] + regions[8:] and shares[1] == regions[4:8]  # a photo stays on one rank
 
 
 def run_ranks(tmp_path, monkeypatch, world_size, work, keys=KEYS, settings=None, stop_after=None, **options):

@@ -51,6 +51,11 @@ class Explanation:
     mode: str
     model_name: str
     notes: list[str] = field(default_factory=list)
+    class_labels: list[str] | None = None  # as exports write them ("001.Black_footed_Albatross")
+
+    def labels(self) -> list[str]:
+        """The decoded classes' labels for files (their names when the model has no labels)."""
+        return list(self.class_labels) if self.class_labels is not None else list(self.class_names)
 
     @property
     def num_layers(self) -> int:
@@ -203,6 +208,7 @@ class Explainer:
         with torch.inference_mode():
             output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True)
         logits = output.logits[0].float()
+        labels = getattr(self.model, "class_labels", self.model.class_names)
         return Explanation(
             image_name=encoded.image_name,
             class_names=[self.model.class_names[i] for i in output.classes],
@@ -216,6 +222,7 @@ class Explainer:
             mode=mode,
             model_name=self.model_name,
             notes=list(encoded.notes),
+            class_labels=[labels[i] for i in output.classes],
         )
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -79,3 +80,75 @@ def find_images(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list
         raise ValueError(f"no images found in {', '.join(str(i) for i in inputs)}; "
                          f"looked for {', '.join(IMAGE_SUFFIXES)}")
     return list(dict.fromkeys(found))  # the same file named twice is explained once
+
+
+# Cameras and screenshots write 72 or 96 dpi whatever they show; below this a resolution is no scale.
+MIN_SCAN_DPI = 100
+_UNIT_NAMES = {"micron": "µm", "um": "µm", "\u00b5m": "µm", "μm": "µm", "microns": "µm", "mm": "mm",
+               "millimeter": "mm", "cm": "cm", "centimeter": "cm", "nm": "nm", "m": "m", "inch": "in"}
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """Physical size of one image pixel (y and x), in `unit` ("mm", "µm", "cm", …)."""
+    y: float
+    x: float
+    unit: str
+
+    def scaled(self, factor_y: float, factor_x: float) -> PixelSize:
+        return PixelSize(self.y * factor_y, self.x * factor_x, self.unit)
+
+
+def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
+    """The physical size of one pixel of an image file, or None without one.
+
+    TIFF: ImageJ's calibration (unit + resolution), else a resolution in inches or centimetres;
+    PNG and JPEG: their dots per inch. Resolutions under MIN_SCAN_DPI are camera defaults, not
+    scales, and are ignored; so is anything unreadable (the image itself is read elsewhere)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return _tiff_pixel_size(path)
+        from PIL import Image
+        with Image.open(path) as opened:
+            dpi = opened.info.get("dpi")
+    except Exception:  # noqa: BLE001 - no scale is a normal answer
+        return None
+    if not dpi or min(float(value) for value in dpi[:2]) < MIN_SCAN_DPI:
+        return None
+    return PixelSize(25.4 / float(dpi[1]), 25.4 / float(dpi[0]), "mm")
+
+
+def _tiff_pixel_size(path: Path) -> PixelSize | None:
+    import tifffile
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        tags = page.tags
+        if "XResolution" not in tags or "YResolution" not in tags:
+            return None
+        per_unit_x = _ratio(tags["XResolution"].value)
+        per_unit_y = _ratio(tags["YResolution"].value)
+        if not per_unit_x or not per_unit_y:
+            return None
+        imagej_unit = (tiff.imagej_metadata or {}).get("unit") if tiff.is_imagej else None
+        if imagej_unit:
+            unit = _UNIT_NAMES.get(str(imagej_unit).strip().lower(), str(imagej_unit))
+            if unit.lower() in ("pixel", "pixels", ""):
+                return None
+            return PixelSize(1 / per_unit_y, 1 / per_unit_x, unit)
+        unit = int(getattr(tags.get("ResolutionUnit"), "value", 2))
+        if unit == 2:  # inch
+            if min(per_unit_x, per_unit_y) < MIN_SCAN_DPI:
+                return None
+            return PixelSize(25.4 / per_unit_y, 25.4 / per_unit_x, "mm")
+        if unit == 3:  # centimetre
+            if min(per_unit_x, per_unit_y) * 2.54 < MIN_SCAN_DPI:
+                return None
+            return PixelSize(10 / per_unit_y, 10 / per_unit_x, "mm")
+        return None
+
+
+def _ratio(value) -> float:
+    if isinstance(value, tuple):
+        return value[0] / value[1] if value[1] else 0.0
+    return float(value)

@@ -41,13 +41,20 @@ def state_dir(out_dir: str | os.PathLike, task: str) -> Path:
     return Path(out_dir) / f".intr-{task}"
 
 
-def shard(items: Iterable[str], rank: int, world_size: int) -> list[str]:
-    """This rank's share of `items`: every world_size-th of the sorted items, starting at rank.
+def shard(items: Iterable[str], rank: int, world_size: int,
+          group: Callable[[str], str] | None = None) -> list[str]:
+    """This rank's share of `items` (sorted): every world_size-th of the sorted items, from rank.
 
-    Interleaving (rather than contiguous blocks) spreads folders of large images over all ranks."""
+    group(item): items of one group go to the same rank (e.g. the regions of one photograph, which
+    is then read once); groups are dealt out in sorted order. Interleaving (rather than contiguous
+    blocks) spreads folders of large images over all ranks."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
-    return sorted(items)[rank::world_size]
+    items = sorted(items)
+    if group is None:
+        return items[rank::world_size]
+    mine = set(sorted({group(item) for item in items})[rank::world_size])
+    return [item for item in items if group(item) in mine]
 
 
 def _part_file(folder: Path, rank: int) -> Path:
@@ -100,13 +107,14 @@ class ShardedRun:
     @classmethod
     def start(cls, out_dir: str | os.PathLike, task: str, keys: Iterable[str], settings: dict,
               is_done: Callable[[str, dict], bool] | None = None, restart: bool = False,
-              info: distributed.Distributed | None = None) -> ShardedRun:
+              info: distributed.Distributed | None = None,
+              group: Callable[[str], str] | None = None) -> ShardedRun:
         """Read what earlier runs finished, agree on it with the other processes, take a share.
 
         settings: JSON-able values the records depend on (model, classes, options); a re-run with
         other settings is refused unless restart=True, which forgets every earlier record.
         is_done(key, record): whether an earlier record still counts (e.g. its output file exists);
-        items whose record does not count are done again."""
+        items whose record does not count are done again. group: see `shard`."""
         keys = [str(key) for key in keys]
         if len(set(keys)) != len(keys):
             raise ValueError("the items of a sharded job must be unique")
@@ -132,7 +140,7 @@ class ShardedRun:
         done = {key: record for key, record in earlier.items()
                 if key in wanted and (is_done is None or is_done(key, record))}
         todo = [key for key in keys if key not in done]
-        run = cls(folder, keys, info, done, shard(todo, info.rank, info.world_size), len(todo))
+        run = cls(folder, keys, info, done, shard(todo, info.rank, info.world_size, group), len(todo))
         distributed.barrier()  # everybody has read the earlier records before anybody adds one
         if info.is_main:
             run._offsets = {rank: _size(_part_file(folder, rank)) for rank in range(info.world_size)}

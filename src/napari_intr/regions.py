@@ -1,0 +1,166 @@
+"""Many specimens in one photograph: regions (boxes) cut from the full-resolution image, each
+explained as its own specimen, and its maps placed back on the photograph (Qt-free).
+
+Boxes are in pixels of the original image: x0, y0 is the top-left corner, x1, y1 the bottom-right
+one (exclusive, as numpy slicing), x along columns and y along rows. A margin widens each box
+(pixels, or a percentage of the box's longer side) before the crop; crops stop at the image edge.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BOX_COLUMNS = ("image", "x0", "y0", "x1", "y1")
+ID_COLUMN = "id"
+
+
+@dataclass(frozen=True)
+class Region:
+    id: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def crop_bounds(self, image_shape: tuple[int, int], margin: Margin | None = None) -> tuple[int, int, int, int]:
+        """(row0, col0, row1, col1) of the crop in the image: the box widened by the margin,
+        rounded outwards to whole pixels and clipped to the image."""
+        pad = 0.0 if margin is None else margin.pixels(self.x1 - self.x0, self.y1 - self.y0)
+        height, width = image_shape
+        row0, col0 = max(0, math.floor(self.y0 - pad)), max(0, math.floor(self.x0 - pad))
+        row1, col1 = min(height, math.ceil(self.y1 + pad)), min(width, math.ceil(self.x1 + pad))
+        if row1 <= row0 or col1 <= col0:
+            raise ValueError(f"region {self.id} ({self.describe()}) lies outside the {height}×{width} px image")
+        return row0, col0, row1, col1
+
+    def describe(self) -> str:
+        return f"x {self.x0:g}–{self.x1:g}, y {self.y0:g}–{self.y1:g}"
+
+
+@dataclass(frozen=True)
+class Margin:
+    """Extra context around a box: `value` pixels, or `value` % of the box's longer side."""
+    value: float = 0.0
+    percent: bool = False
+
+    @classmethod
+    def parse(cls, text: str | float | int | None) -> Margin:
+        """"12" (pixels), "10%" (of the longer side of each box), or a number of pixels."""
+        if text is None or text == "":
+            return cls()
+        raw = str(text).strip()
+        percent = raw.endswith("%")
+        try:
+            value = float(raw.rstrip("%").strip())
+        except ValueError:
+            raise ValueError(f"margin {text!r} is not a number: give pixels (e.g. 16) or a percentage "
+                             "of each box's longer side (e.g. 10%)") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"margin {text!r} must be zero or more")
+        return cls(value, percent)
+
+    def pixels(self, box_width: float, box_height: float) -> float:
+        return self.value * max(box_width, box_height) / 100 if self.percent else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{self.value:g} px"
+
+
+@dataclass(eq=False)
+class RegionCrop:
+    """One region cut from a photograph: the pixels and where they came from."""
+    region: Region
+    pixels: np.ndarray
+    offset: tuple[int, int]  # (row, column) of the crop's top-left pixel in the photograph
+
+
+def crop_region(image: np.ndarray, region: Region, margin: Margin | None = None) -> RegionCrop:
+    row0, col0, row1, col1 = region.crop_bounds(tuple(np.asarray(image).shape[:2]), margin)
+    return RegionCrop(region, np.asarray(image)[row0:row1, col0:col1], (row0, col0))
+
+
+def placement(explanation, offset: tuple[int, int]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """napari (scale, translate) of a region's [h, w] maps on the whole photograph."""
+    scale, translate = explanation.grid_to_image()
+    return scale, (translate[0] + offset[0], translate[1] + offset[1])
+
+
+def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
+    """A boxes CSV -> {image file: its regions, in file order}.
+
+    Columns image,x0,y0,x1,y1 and optionally id (default: the region's number within its image,
+    from 1); any other columns are ignored. Relative image paths are taken from the CSV's folder."""
+    import csv
+
+    from .csv_output import unescape_cell
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no boxes file at {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            header = [name.strip().lower() for name in (reader.fieldnames or [])]
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise ValueError(f"boxes file {path} is not UTF-8 text; save it as CSV (UTF-8)") from None
+    except csv.Error as error:
+        raise ValueError(f"boxes file {path} is not a readable CSV ({error})") from None
+    missing = [column for column in BOX_COLUMNS if column not in header]
+    if missing:
+        raise ValueError(f"boxes file {path} lacks the column(s) {', '.join(missing)}: its header must "
+                         f"be {','.join(BOX_COLUMNS)}[,{ID_COLUMN}] (pixels of the original image)")
+    boxes: dict[Path, list[Region]] = {}
+    for line, raw in enumerate(rows, start=2):
+        row = {(key or "").strip().lower(): unescape_cell((value or "").strip()) for key, value in raw.items()
+               if isinstance(value, str) or value is None}
+        if not any(row.values()):
+            continue  # blank line
+        where = f"boxes file {path}, line {line}"
+        if not row["image"]:
+            raise ValueError(f"{where}: the image column is empty")
+        image = Path(row["image"]).expanduser()
+        image = image if image.is_absolute() else path.parent / image
+        try:
+            x0, y0, x1, y1 = (float(row[column]) for column in BOX_COLUMNS[1:])
+        except ValueError:
+            raise ValueError(f"{where}: x0, y0, x1, y1 must be numbers (pixels), got "
+                             f"{', '.join(row[c] or '(empty)' for c in BOX_COLUMNS[1:])}") from None
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+            raise ValueError(f"{where}: a box needs x0 < x1 and y0 < y1 (top-left, then bottom-right "
+                             f"corner), got x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}")
+        regions = boxes.setdefault(image, [])
+        region_id = row.get(ID_COLUMN) or str(len(regions) + 1)
+        if any(region.id == region_id for region in regions):
+            raise ValueError(f"{where}: region id {region_id!r} is used twice for {image.name}; "
+                             "give every region of an image its own id")
+        regions.append(Region(region_id, x0, y0, x1, y1))
+    if not boxes:
+        raise ValueError(f"boxes file {path} lists no boxes")
+    return boxes
+
+
+def regions_from_labels(labels: np.ndarray) -> list[Region]:
+    """One region per object of a label image (its bounding box), id = the label value."""
+    from skimage.measure import regionprops
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"expected a 2-D integer label image, got {labels.dtype} of shape {labels.shape}")
+    return [Region(str(prop.label), prop.bbox[1], prop.bbox[0], prop.bbox[3], prop.bbox[2])
+            for prop in regionprops(labels)]
+
+
+def regions_from_rectangles(corners: list[np.ndarray], ids: list[str] | None = None) -> list[Region]:
+    """Regions from shapes given as [k, 2] (row, column) vertex arrays in the image layer's data
+    coordinates: each shape's bounding box. napari puts pixel k's centre at k (it spans k ± 0.5),
+    while boxes count pixel edges from 0 (pixel k spans k to k + 1): hence the half pixel."""
+    regions = []
+    for number, vertices in enumerate(corners, start=1):
+        vertices = np.asarray(vertices, dtype=float)[:, -2:] + 0.5
+        (row0, col0), (row1, col1) = vertices.min(axis=0), vertices.max(axis=0)
+        region_id = ids[number - 1] if ids is not None else str(number)
+        regions.append(Region(region_id, col0, row0, col1, row1))
+    return regions

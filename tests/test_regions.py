@@ -1,0 +1,76 @@
+"""Regions of a photograph (napari_intr.regions): boxes files, margins, crops, labels and shapes."""
+import numpy as np
+import pytest
+
+from napari_intr.regions import (Margin, Region, crop_region, read_boxes, regions_from_labels,
+                                 regions_from_rectangles)
+
+
+def test_boxes_file_with_and_without_ids(tmp_path):
+    (tmp_path / "trays").mkdir()
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("\ufeffImage,x0,y0,x1,y1,id,note\n"
+                     "trays/a.jpg,10,20,110,220,moth-1,left\n"
+                     "trays/a.jpg,120,20,200,90,moth-2,\n"
+                     "\n"
+                     f"{tmp_path / 'b.png'},0.5,1,30,40.5,,\n", encoding="utf-8")
+    read = read_boxes(boxes)
+    assert list(read) == [tmp_path / "trays" / "a.jpg", tmp_path / "b.png"]
+    assert read[tmp_path / "trays" / "a.jpg"] == [Region("moth-1", 10, 20, 110, 220),
+                                                  Region("moth-2", 120, 20, 200, 90)]
+    assert read[tmp_path / "b.png"] == [Region("1", 0.5, 1, 30, 40.5)]  # numbered within its image
+
+
+@pytest.mark.parametrize("text, message", [
+    ("image,x0,y0,x1\na.png,1,2,3\n", r"lacks the column\(s\) y1: its header must be image,x0,y0,x1,y1\[,id\]"),
+    ("image,x0,y0,x1,y1\na.png,1,2,three,4\n", r"line 2: x0, y0, x1, y1 must be numbers.*three"),
+    ("image,x0,y0,x1,y1\na.png,10,2,5,4\n", r"line 2: a box needs x0 < x1 and y0 < y1"),
+    ("image,x0,y0,x1,y1\n,1,2,3,4\n", r"line 2: the image column is empty"),
+    ("image,x0,y0,x1,y1,id\na.png,1,2,3,4,x\na.png,5,6,7,8,x\n", r"line 3: region id 'x' is used twice for a.png"),
+    ("image,x0,y0,x1,y1\n", r"lists no boxes"),
+])
+def test_boxes_files_that_cannot_be_used(tmp_path, text, message):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_boxes(boxes)
+
+
+def test_missing_and_binary_boxes_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no boxes file"):
+        read_boxes(tmp_path / "none.csv")
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x81image")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_boxes(tmp_path / "binary.csv")
+
+
+def test_margins_and_crops_stay_inside_the_image():
+    image = np.arange(100 * 120).reshape(100, 120)
+    region = Region("a", 10.2, 20, 50, 60.5)
+    crop = crop_region(image, region)
+    assert crop.offset == (20, 10) and crop.pixels.shape == (41, 40)
+    np.testing.assert_array_equal(crop.pixels, image[20:61, 10:50])
+    assert crop_region(image, region, Margin.parse("5")).offset == (15, 5)
+    assert Margin.parse("10%").pixels(40, 20) == 4 and str(Margin.parse("10%")) == "10%"
+    edge = crop_region(image, Region("b", 100, 80, 130, 110), Margin.parse("25%"))
+    assert edge.offset == (72, 92) and edge.pixels.shape == (28, 28)
+    with pytest.raises(ValueError, match=r"region c \(x 200–300, y 0–10\) lies outside the 100×120 px image"):
+        crop_region(image, Region("c", 200, 0, 300, 10))
+    for bad in ("-3", "ten", "nan%"):
+        with pytest.raises(ValueError, match="margin"):
+            Margin.parse(bad)
+
+
+def test_regions_from_labels_and_rectangles():
+    labels = np.zeros((50, 60), np.int32)
+    labels[5:15, 10:30] = 3
+    labels[20:40, 40:55] = 7
+    assert regions_from_labels(labels) == [Region("3", 10, 5, 30, 15), Region("7", 40, 20, 55, 40)]
+    with pytest.raises(ValueError, match="integer label image"):
+        regions_from_labels(labels.astype(float))
+    # a napari rectangle whose corner vertices sit on the centres of pixels 5..14 (rows), 10..29 (columns)
+    rectangle = np.array([[5, 10], [5, 29], [14, 29], [14, 10]], float)
+    (region,) = regions_from_rectangles([rectangle], ["r1"])
+    assert region == Region("r1", 10.5, 5.5, 29.5, 14.5)
+    crop = crop_region(labels, region)
+    assert crop.offset == (5, 10) and crop.pixels.shape == (10, 20)  # the same pixels as label 3
