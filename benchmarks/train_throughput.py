@@ -28,6 +28,9 @@ import subprocess
 import sys
 import time
 
+from napari_intr.devices import DEVICES
+from napari_intr.model.config import BACKBONES
+
 VARIANTS = ("ours", "reference")
 
 
@@ -101,14 +104,14 @@ def measure(args) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="tiny", choices=("tiny", "resnet18", "resnet34", "resnet50"))
+    parser.add_argument("--backbone", default="tiny", choices=BACKBONES)
     parser.add_argument("--image-size", type=int, default=128, help="square input side in px")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per variant")
     parser.add_argument("--classes", type=int, default=200, help="class queries (CUB has 200)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in the subprocesses
     return parser
 

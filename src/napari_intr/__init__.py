@@ -6,7 +6,7 @@ Importing this package loads neither Qt nor napari (the plugin's widgets live in
 from ._version import __version__
 
 _LAZY = {
-    "load_model": "loading", "resolve_device": "loading", "sample_data_dir": "loading",
+    "load_model": "loading", "resolve_device": "devices", "sample_data_dir": "loading",
     "save_model": "checkpoints", "read_metadata": "checkpoints", "CheckpointError": "checkpoints",
     "INTR": "model", "IntrConfig": "model", "IntrOutput": "model", "EncodedImages": "model",
     "build_model": "model",

@@ -7,15 +7,13 @@ import warnings
 from importlib.resources import files
 from pathlib import Path
 
-import torch
-
 from .checkpoints import CheckpointError, load_checkpoint
 from .class_names import bundled_class_list
+from .devices import resolve_device
 from .model import INTR
 from .official import load_official
 
 SAMPLE_MODEL = "sample"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class MissingClassNames(UserWarning):
@@ -29,22 +27,6 @@ def sample_data_dir() -> Path:
 
 def sample_model_path() -> Path:
     return sample_data_dir() / "intr_tiny_synthetic.safetensors"
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (or None) picks CUDA, then Apple's MPS, then the CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but Apple's MPS is not available; use 'cpu' or 'auto'")
-    return device
 
 
 def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR:

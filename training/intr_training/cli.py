@@ -9,10 +9,10 @@ from importlib import import_module
 
 COMMANDS = {
     "train": ("intr_training.train", "train or fine-tune an INTR model on an image folder"),
-    "eval": ("intr_training.evaluate", "accuracy, per-class accuracy and confusion matrix of a model"),
+    "eval": ("intr_training.evaluate_cli", "accuracy, per-class accuracy and confusion matrix of a model"),
     "synth": ("intr_training.synth_cli", "draw synthetic mimic-ring specimens (offline test data)"),
-    "explain": ("napari_intr.batch", "explain images or a folder: CSV of predictions, TIFF attention maps"),
-    "demo": ("napari_intr.demo", "open napari on a bundled specimen with the bundled model"),
+    "explain": ("intr_training.explain_cli", "explain images or a folder: CSV of predictions, TIFF attention maps"),
+    "demo": ("intr_training.demo_cli", "open napari on a bundled specimen with the bundled model"),
 }
 
 

@@ -10,9 +10,8 @@ from torch import nn
 from napari_intr.checkpoints import load_state
 from napari_intr.model import INTR, IntrConfig, build_model
 
-from .train import FREEZE_CHOICES
+from .recipes import DEFAULT_BACKBONE, FREEZE_CHOICES
 
-DEFAULT_BACKBONE = "resnet50"
 NEW_QUERY_NOISE = 0.1  # new classes start near the mean old query, spread by this fraction of its std
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,18 +22,64 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from napari_intr.checkpoints import model_from_state, save_model
-from napari_intr.loading import resolve_device
+from napari_intr.devices import resolve_device
 from napari_intr.model import IntrConfig
 
 from . import distributed, state
 from .data import ImageFolderDataset, collate, scan_collection
 from .engine import evaluate, options_for, train_one_epoch
 from .initialization import freeze, initial_model
-from .progress import Progress
-from .train import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, STOP_REQUESTED, WEIGHT_DECAY
+from .progress import Progress, make_progress
+from .recipes import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, WEIGHT_DECAY
 from .transforms import eval_transform, train_transform
 
 SHOWN_SKIPPED = 5  # unreadable images named one by one before the rest are counted
+
+# Set by SIGTERM and checked after every step: the KeyboardInterrupt raised by the handler can
+# land where Python swallows exceptions (e.g. an at-fork callback as DataLoader workers start).
+STOP_REQUESTED = threading.Event()
+
+
+def _raise_interrupt(signum, frame):
+    STOP_REQUESTED.set()
+    raise KeyboardInterrupt
+
+
+def run_training(args: argparse.Namespace) -> int:
+    """One `intr train` run from its parsed arguments; returns the exit code (130: interrupted).
+
+    Interruption (Ctrl-C, SIGTERM from the plugin's Cancel): the state of the last completed epoch
+    is already on disk, so the run stops at once, mid-epoch if need be, drops the partial epoch;
+    `--resume` repeats that epoch from its start, with the same batches."""
+    progress = make_progress(args.progress, distributed.from_environment().is_main)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    STOP_REQUESTED.clear()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
+    training = None
+    try:
+        try:
+            training = TrainingRun(args, progress)
+            training.fit()
+        except RuntimeError as error:
+            message = out_of_memory_message(error, training)
+            if message:
+                raise RuntimeError(message) from error
+            raise
+        return 0
+    except KeyboardInterrupt:
+        if training is None:
+            progress.interrupted(0, None, "interrupted before training started")
+        else:
+            training.report_interrupt()
+        return 130
+    except (ValueError, OSError, RuntimeError, ImportError) as error:
+        progress.error(str(error))
+        raise
+    finally:
+        progress.close()
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        distributed.cleanup()
 
 
 def out_of_memory_message(error: RuntimeError, run: "TrainingRun | None") -> str | None:

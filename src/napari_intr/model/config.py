@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass
 
 BACKBONES = ("resnet50", "resnet34", "resnet18", "tiny")
+# How `INTR.decode` leaves the non-candidate classes out (see there). Here, not in intr.py, so
+# that command-line choices read it without importing torch.
+DECODE_MODES = ("drop", "zero")
 
 
 @dataclass(frozen=True)

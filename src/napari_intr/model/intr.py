@@ -11,10 +11,8 @@ from torch import Tensor, nn
 
 from ..preprocess import MIN_IMAGE_SIZE, to_model_input
 from .backbone import build_backbone
-from .config import IntrConfig
+from .config import DECODE_MODES, IntrConfig
 from .transformer import Transformer
-
-DECODE_MODES = ("drop", "zero")
 
 
 @dataclass

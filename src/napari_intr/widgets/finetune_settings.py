@@ -7,6 +7,7 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
+from ..devices import DEVICES
 from .file_field import FileField
 from .state import ExplorerState
 
@@ -14,7 +15,6 @@ SAMPLE = "sample"
 CHECKPOINT_FILE = "file"
 EXPLORER_MODEL = "explorer"
 BASE_MODEL_FILE = "base_model.safetensors"  # the Explorer's in-memory model, saved into the run
-DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE = (("nothing", None), ("backbone", "backbone"), ("backbone and encoder", "encoder"))
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout
 
+from ..devices import DEVICES
 from . import messages
 from .text_label import TextLabel
 from .file_field import FileField
@@ -15,7 +16,6 @@ from .workers import load_model_job
 
 SAMPLE = "sample"
 CHECKPOINT_FILE = "file"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class ModelPicker(QGroupBox):

@@ -27,3 +27,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.layer == 0:
         raise ValueError("--layer counts from 1 (L1 is the first decoder layer); -1 is the last")
+
+
+def settings(args: argparse.Namespace):
+    from .run import Settings
+    return Settings(out=args.out, model_name=str(args.model), layer=args.layer, rise_masks=args.rise_masks,
+                    steps=args.steps, explain_class=args.explain_class, limit=args.limit)

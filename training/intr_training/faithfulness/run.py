@@ -1,9 +1,9 @@
 """`intr eval --explanations`: every metric for every method on one model and image folder."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 
@@ -22,6 +22,18 @@ from .methods import INTR_TOP_HEAD, METHODS, ClassScore, all_maps, intr_maps
 SANITY_SIZE = 112   # maps are compared at most this many px per side (memory on large data sets)
 EXAMPLES = 4        # images in the example grid
 FLIP_POSES = 10     # specimens per pair and direction (fewer with --limit)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `intr eval --explanations` measures (see options.py for each setting's meaning)."""
+    out: Path
+    model_name: str
+    layer: int = -1                      # 1-based; -1: the last
+    rise_masks: int = 500
+    steps: int = 50
+    explain_class: str = "predicted"     # or "true"
+    limit: int | None = None
 
 
 def spread(samples: list[tuple[Path, int]], limit: int | None) -> list[tuple[Path, int]]:
@@ -51,13 +63,13 @@ def _small(saliency: np.ndarray) -> np.ndarray:
 
 
 def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Path, folder: Path,
-                          args: argparse.Namespace) -> dict:
-    layer = args.layer - 1 if args.layer > 0 else args.layer
+                          settings: Settings) -> dict:
+    layer = settings.layer - 1 if settings.layer > 0 else settings.layer
     if not -model.config.dec_layers <= layer < model.config.dec_layers:
-        raise ValueError(f"--layer {args.layer} is out of range: the decoder has {model.config.dec_layers} layers")
-    out = Path(args.out).expanduser()
+        raise ValueError(f"--layer {settings.layer} is out of range: the decoder has {model.config.dec_layers} layers")
+    out = Path(settings.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    samples = spread(samples, args.limit)
+    samples = spread(samples, settings.limit)
     info = synth_info(root, folder)
     notes: list[str] = []
     rings = {}
@@ -76,12 +88,12 @@ def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Pa
         inputs = model.preprocess(read_image(path))
         with torch.inference_mode():
             predicted = int(model(inputs, return_attention=False).logits[0].argmax())
-        target = predicted if args.explain_class == "predicted" else true_index
-        maps = all_maps(model, inputs, target, layer, args.rise_masks, seed=number)
+        target = predicted if settings.explain_class == "predicted" else true_index
+        maps = all_maps(model, inputs, target, layer, settings.rise_masks, seed=number)
         score = ClassScore(model, target)
         for method, saliency in maps.items():
-            for kind, curve in (("insertion", metrics.insertion_curve(score, inputs[0], saliency, args.steps)),
-                                ("deletion", metrics.deletion_curve(score, inputs[0], saliency, args.steps))):
+            for kind, curve in (("insertion", metrics.insertion_curve(score, inputs[0], saliency, settings.steps)),
+                                ("deletion", metrics.deletion_curve(score, inputs[0], saliency, settings.steps))):
                 curves[kind][method].append(curve)
                 values[method, kind].append(metrics.auc(curve))
         mask = synth.load_mask(path)
@@ -93,7 +105,7 @@ def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Pa
             name = model.class_names[true_index]
             ring = [model.class_names.index(n) for n in ring_of.get(name, []) if n in model.class_names]
             if len(ring) >= 2:
-                ring_target = target if args.explain_class == "true" else _top_among(model, inputs, ring)
+                ring_target = target if settings.explain_class == "true" else _top_among(model, inputs, ring)
                 for method, saliency in intr_maps(model, inputs, ring_target, layer, ring, "drop").items():
                     values[method, "pointing_look_alikes"].append(float(metrics.pointing_hit(saliency, mask)))
         else:
@@ -116,14 +128,14 @@ def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Pa
     for stage, randomised in sanity.cascade(model):
         for index, ((inputs, target), trained) in enumerate(
                 tqdm(list(zip(explained, trained_maps)), desc=f"sanity: random {stage}", unit="image")):
-            maps = all_maps(randomised, inputs.to(model.device), target, layer, args.rise_masks, seed=index)
+            maps = all_maps(randomised, inputs.to(model.device), target, layer, settings.rise_masks, seed=index)
             for method, saliency in maps.items():
                 values[method, f"sanity_{stage}"].append(metrics.rank_correlation(_small(saliency), trained[method]))
 
     flip_summary = None
     if info is not None:
         pairs = [tuple(pair) for pair in info["look_alike_pairs"]]
-        poses = min(FLIP_POSES, args.limit) if args.limit else FLIP_POSES
+        poses = min(FLIP_POSES, settings.limit) if settings.limit else FLIP_POSES
         with tqdm(total=2 * len(pairs) * poses, desc="flip rate", unit="edit") as bar:
             counts = flips.flip_counts(model, pairs, poses, int(info.get("size", 128)),
                                        int(info.get("seed", 0)), progress=bar.update)
@@ -140,9 +152,9 @@ def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Pa
         rows += [report.Row("INTR model", "flip_rate_attribute", flip_summary["attribute"], flip_summary["edited"]),
                  report.Row("INTR model", "flip_rate_background", flip_summary["background"], flip_summary["edited"])]
     layer_name = f"L{layer % model.config.dec_layers + 1}"
-    header = (f"Faithfulness of the explanations of {args.model} on {len(samples)} images of {folder} "
-              f"(INTR maps from decoder layer {layer_name}; {args.explain_class} class; "
-              f"{args.steps} insertion/deletion steps; RISE with {args.rise_masks} masks). "
+    header = (f"Faithfulness of the explanations of {settings.model_name} on {len(samples)} images of {folder} "
+              f"(INTR maps from decoder layer {layer_name}; {settings.explain_class} class; "
+              f"{settings.steps} insertion/deletion steps; RISE with {settings.rise_masks} masks). "
               "Mean over images; the sanity columns are Spearman correlations with the trained model's maps.")
     text = report.markdown([r for r in rows if not r.metric.startswith("flip")], flip_summary, notes, header)
     report.write_csv(rows, out / "faithfulness.csv")

@@ -1,0 +1,103 @@
+"""The house rules that keep the tree easy to change: no import cycles between the project's
+modules (imports inside functions included), the inference core apart from training and from
+command-line parsing. Read from the source with `ast`, so nothing here imports the project."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"napari_intr": ROOT / "src" / "napari_intr", "intr_training": ROOT / "training" / "intr_training"}
+# official.py unpickles the paper's checkpoints, which hold an argparse.Namespace of their settings.
+ARGPARSE_IN_CORE = {"napari_intr.official"}
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bool = False) -> set[str]:
+    """The project modules that `name` imports: anywhere in the file, or at module level only."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = ast.walk(tree)
+    if top_level_only:  # statements outside functions and classes (if/try blocks included)
+        nodes = [node for statement in tree.body if not isinstance(statement, (ast.FunctionDef, ast.ClassDef))
+                 for node in ast.walk(statement)]
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:  # `from package import module` imports the module
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {module for module in found if module in modules or module.split(".")[0] in PACKAGES}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    visiting, done = [], set()
+
+    def visit(module):
+        if module in visiting:
+            return visiting[visiting.index(module):] + [module]
+        if module in done:
+            return None
+        visiting.append(module)
+        for target in sorted(graph.get(module, ())):
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        visiting.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path):
+    (tmp_path / "a.py").write_text("from . import b\n")
+    (tmp_path / "b.py").write_text("def late():\n    from .a import thing\n")
+    modules = {"napari_intr.a": tmp_path / "a.py", "napari_intr.b": tmp_path / "b.py"}
+    graph = {name: imports(name, path, modules) - {name} for name, path in modules.items()}
+    assert find_cycle(graph) == ["napari_intr.a", "napari_intr.b", "napari_intr.a"]
+
+
+def test_no_import_cycles_between_the_project_modules():
+    modules = project_modules()
+    assert "intr_training.training_run" in modules and "napari_intr.model.intr" in modules
+    graph = {name: {m for m in imports(name, path, modules) if m in modules and m != name}
+             for name, path in modules.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_plugin_never_imports_training_at_module_level():
+    modules = project_modules()
+    offenders = {name: sorted(m for m in imports(name, path, modules, top_level_only=True)
+                              if m.startswith("intr_training"))
+                 for name, path in modules.items() if name.startswith("napari_intr")}
+    assert not {name: found for name, found in offenders.items() if found}
+
+
+def test_command_line_parsing_stays_out_of_the_core():
+    """The `intr` commands live in intr_training (cli.py, train.py, *_cli.py, faithfulness/options.py)."""
+    offenders = set()
+    for name, path in project_modules().items():
+        text = path.read_text(encoding="utf-8")
+        if name.startswith("napari_intr") and name not in ARGPARSE_IN_CORE and (
+                "import argparse" in text or "def add_arguments" in text):
+            offenders.add(name)
+    assert not offenders

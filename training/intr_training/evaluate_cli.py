@@ -1,0 +1,63 @@
+"""`intr eval`: top-1/top-5 accuracy, per-class accuracy and the confusion matrix of a model on
+an image folder (the work is in evaluate.py), optionally the faithfulness of its explanations."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from napari_intr.devices import DEVICES
+
+from .faithfulness import options as faithfulness_options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint (.safetensors, official .pth, a training "
+                        "output folder), 'sample', or a zoo name")
+    parser.add_argument("--data", required=True, help="image folder: DATA/<class>/<image> (or DATA/val/…)")
+    parser.add_argument("--class-names", help="text file with the model's class names, one per line (for "
+                        "official checkpoints, which carry none)")
+    parser.add_argument("--out", help="folder for confusion_matrix.csv, per_class_accuracy.csv and metrics.json")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    faithfulness_options.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder, load_and_match
+
+    if args.explanations:
+        faithfulness_options.check_arguments(args)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,
+                                          warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+    summary = evaluate_folder(model, args.model, matched, args.out, args.batch_size, args.workers)
+    if args.explanations:
+        from .faithfulness.run import evaluate_explanations
+        summary["explanations"] = evaluate_explanations(
+            model, matched.samples, root, matched.folder, faithfulness_options.settings(args))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_report(summary)
+    return 0
+
+
+def print_report(summary: dict) -> None:
+    print(f"{summary['images']} images of {len(summary['per_class_accuracy'])} classes from {summary['data']}")
+    print(f"top-1 accuracy {summary['top1']:.4f}   top-5 accuracy {summary['top5']:.4f}")
+    width = max(len(name) for name in summary["per_class_accuracy"])
+    for name, accuracy in summary["per_class_accuracy"].items():
+        print(f"  {name:<{width}}  {'n/a' if accuracy is None else f'{accuracy:.3f}'}")
+    if "explanations" in summary:
+        print()
+        print(summary["explanations"]["markdown"], end="")
+        print(f"tables and plots: {summary['explanations']['out']}")
+    if "out" in summary:
+        print(f"confusion matrix: {Path(summary['out']) / 'confusion_matrix.csv'}")
+    else:
+        print("add --out DIR to write the confusion matrix as CSV")
