@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import torch
-    from napari_intr.loading import resolve_device
+    from napari_intr.devices import resolve_device
     from napari_intr.model import IntrConfig
     device = resolve_device(args.device)
     started = time.perf_counter()

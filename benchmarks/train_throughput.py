@@ -51,7 +51,7 @@ def measure(args) -> dict:
 
     from intr_training.data import Batch
     from intr_training.engine import StepOptions, options_for, train_step
-    from napari_intr.loading import resolve_device
+    from napari_intr.devices import resolve_device
     from napari_intr.model import IntrConfig, build_model
 
     device = resolve_device(args.device)

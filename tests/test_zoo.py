@@ -15,7 +15,8 @@ import torch
 from napari_intr import zoo
 from napari_intr.checkpoints import CheckpointError
 import napari_intr
-from napari_intr.loading import MissingClassNames, load_model, resolve_device
+from napari_intr.devices import resolve_device
+from napari_intr.loading import MissingClassNames, load_model
 from napari_intr.zoo import ZooError
 
 sys.path.insert(0, str(Path(__file__).parent))
