@@ -82,5 +82,11 @@ def test_wheel_holds_the_manifest_sample_data_and_entry_point(tmp_path):
                     if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")}
     assert sample_files, "sample_data/ is empty"
     assert sample_files <= names, sorted(sample_files - names)
+    class_lists = {f"napari_intr/class_lists/{p.name}" for p in (ROOT / "src/napari_intr/class_lists").iterdir()}
+    assert {"napari_intr/class_lists/cub200.txt", "napari_intr/class_lists/README.md"} <= class_lists <= names
+    packages = {p.parent.relative_to(root).as_posix() for root in (ROOT / "src", ROOT / "training")
+                for p in root.rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert {f"{package}/__init__.py" for package in packages} <= names, "a package is missing from pyproject"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "[napari.manifest]" in entry_points
     assert "napari-intr = napari_intr:napari.yaml" in entry_points
