@@ -131,13 +131,15 @@ def test_layer_names_are_one_based_as_the_paper():
 
 
 def test_huge_image_is_shrunk_with_a_note(model):
-    huge = np.full((20000, 300, 3), 200, np.uint8)
+    huge = np.full((9000, 1500, 3), 200, np.uint8)
     explanation = Explainer(model).explain(huge, "scan")
-    assert explanation.image_shape == (20000, 300)
-    assert explanation.notes and "20000×300" in explanation.notes[0]
+    assert explanation.image_shape == (9000, 1500)
+    assert explanation.notes and "9000×1500" in explanation.notes[0]
     (scale_y, scale_x), _ = explanation.grid_to_image()
     h, w = explanation.attention.shape[-2:]
-    assert abs(h * scale_y - 20000) < scale_y and abs(w * scale_x - 300) < scale_x
+    assert abs(h * scale_y - 9000) < scale_y and abs(w * scale_x - 1500) < scale_x
+    with pytest.raises(ValueError, match=r"20000×300 px.*at most 7:1.*crop"):  # past the long-side cap
+        Explainer(model).explain(np.full((20000, 300, 3), 200, np.uint8), "strip")
 
 
 def test_shrinking_averages_blocks_on_the_preprocessing_scale():

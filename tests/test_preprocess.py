@@ -41,8 +41,10 @@ def test_resize_policy_detr_sizes():
     assert resized_shape(480, 640, 800, 1333) == (800, 1066)
     assert resized_shape(640, 480, 800, 1333) == (1066, 800)
     assert resized_shape(500, 2000, 800, 1333) == (333, 1332)
-    # an extreme strip still keeps the 32 px minimum on its short side
-    assert min(resized_shape(32, 4000, SHORT, LONG)) == MIN_IMAGE_SIZE
+    # a strip too long to keep 32 px on its short side within the long-side cap is refused
+    assert min(resized_shape(32, 224, SHORT, LONG)) == MIN_IMAGE_SIZE
+    with pytest.raises(ValueError, match=r"4000.*crop"):
+        resized_shape(32, 4000, SHORT, LONG)
 
 
 def grey_ramp(dtype, high):

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .csv_output import open_csv
-from .io import find_images, read_image
+from .io import find_images, read_image, reason
 
 PREDICTIONS_FILE = "predictions.csv"
 
@@ -66,8 +66,8 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
                 explanation = explainer.explain(read_image(path), path.stem, candidates, mode)
             except (ValueError, OSError, RuntimeError, MemoryError) as error:
                 # One bad image (damaged file, too small, out of memory) must not end the batch.
-                summary["skipped"].append((str(path), str(error)))
-                row["error"] = str(error)
+                summary["skipped"].append((str(path), reason(error)))
+                row["error"] = reason(error)
             else:
                 for rank, entry in enumerate(explanation.table()[:top_k], start=1):
                     row[f"top{rank}_class"] = entry["name"]

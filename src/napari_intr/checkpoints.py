@@ -11,6 +11,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_write
+from .class_names import check_class_names
 from .model import INTR, IntrConfig, build_model
 
 FORMAT = "napari-intr"
@@ -51,14 +52,17 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is a .safetensors file but not a napari-intr checkpoint "
                               "(no napari-intr metadata); save models with napari_intr.save_model")
     try:
-        return {
+        info = {
             "config": IntrConfig.from_json(metadata["config"]),
             "class_names": json.loads(metadata["class_names"]),
             "class_labels": json.loads(metadata["class_labels"]) if "class_labels" in metadata else None,
             "provenance": json.loads(metadata.get("provenance", "{}")),
         }
-    except (KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON or an unusable config
-        raise CheckpointError(f"{path} has damaged or unsupported napari-intr metadata ({error})") from error
+        check_class_names(info["class_names"], "its class names")
+    except (KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON, config or names
+        raise CheckpointError(f"{path} has damaged or unsupported napari-intr metadata ({error}); "
+                              "save or download it again") from error
+    return info
 
 
 def load_checkpoint(path: str | os.PathLike, class_names=None, device=None) -> INTR:
@@ -103,6 +107,18 @@ def model_from_state(config: IntrConfig, class_names, state: dict[str, torch.Ten
 
 
 def _check_state(model: INTR, state: dict[str, torch.Tensor], origin) -> None:
+    """Keys and shapes as the architecture expects, tensors only, no NaN or infinite weights."""
+    not_tensors = sorted(f"{key} ({type(value).__name__})" for key, value in state.items()
+                         if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{origin} holds values that are not weight tensors: {', '.join(not_tensors[:10])}; "
+                              "it is damaged or not an INTR checkpoint")
+    non_finite = sorted(key for key, value in state.items()
+                        if value.is_floating_point() and not bool(torch.isfinite(value).all()))
+    if non_finite:
+        raise CheckpointError(f"{origin} has NaN or infinite weights in {', '.join(non_finite[:10])}"
+                              f"{f' and {len(non_finite) - 10} more' if len(non_finite) > 10 else ''}: the "
+                              "training that wrote it diverged or the file is damaged; use an earlier checkpoint")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -59,6 +60,9 @@ def read_class_list(source: Sequence[str] | str | os.PathLike) -> ClassList:
     """Names and labels of a list or a text file (UTF-8, one class per line, blank lines ignored)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise IsADirectoryError(f"class-names file {path} is a folder; give a text file with one "
+                                    "class name per line")
         if not path.is_file():
             raise FileNotFoundError(f"class-names file {path} does not exist")
         try:
@@ -70,11 +74,7 @@ def read_class_list(source: Sequence[str] | str | os.PathLike) -> ClassList:
     else:
         labels = [class_label(str(name)) for name in source]
     names = [clean_class_name(label) for label in labels]
-    if not names:
-        raise ValueError("the class-names list is empty: give one class name per line")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"class names repeat: {', '.join(repeated[:5])}; every class needs its own name")
+    check_class_names(names)
     return ClassList(names, labels)
 
 
@@ -85,6 +85,21 @@ def read_class_names(source: Sequence[str] | str | os.PathLike) -> list[str]:
 def bundled_class_list(filename: str) -> Path:
     """A class list shipped with the package (see class_lists/README.md for sources and licences)."""
     return Path(str(files("napari_intr").joinpath("class_lists", filename)))
+
+
+def check_class_names(names, origin: str = "the class names") -> None:
+    """A non-empty list of distinct, non-empty strings, or a ValueError naming `origin`."""
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{origin} are not a list of text names")
+    if not names:
+        raise ValueError(f"{origin}: the list is empty: give one class name per line")
+    empty = [str(i + 1) for i, name in enumerate(names) if not name.strip()]
+    if empty:
+        raise ValueError(f"{origin}: names number {', '.join(empty[:5])} are empty; every class needs a name")
+    counts = Counter(names)
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        raise ValueError(f"{origin}: class names repeat: {', '.join(repeated[:5])}; every class needs its own name")
 
 
 def describe_source(source) -> str:

@@ -176,7 +176,8 @@ def shrink_huge_image(image: np.ndarray, short_side: int, max_side: int) -> tupl
         stop = min(start + _SHRINK_BAND_ROWS, out_height)
         band = image[start * factor: stop * factor, : out_width * factor]
         blocks = band.reshape(stop - start, factor, out_width, factor, *image.shape[2:])
-        shrunk[start:stop] = blocks.mean(axis=(1, 3), dtype=np.float32) / scale
+        # float64 sums: float32 ones overflow on extreme values (e.g. a -3.4e38 no-data fill)
+        shrunk[start:stop] = blocks.mean(axis=(1, 3), dtype=np.float64) / scale
     note = (f"image is {height}×{width} px: block-averaged {factor}× to {out_height}×{out_width} "
             "before the model's resize, to save memory")
     return shrunk, note
@@ -196,11 +197,11 @@ class Explainer:
             raise ValueError(f"expected a 2-D grey, RGB or RGBA image, got shape {image.shape}")
         config = self.model.config
         shrunk, note = shrink_huge_image(image, config.short_side, config.max_side)
+        notes = [note] if note else []
         with torch.inference_mode():
-            inputs = self.model.preprocess(shrunk)
+            inputs = self.model.preprocess(shrunk, notes)
             encoded = self.model.encode(inputs)
-        return EncodedImage(encoded, name, tuple(image.shape[:2]), tuple(inputs.shape[-2:]),
-                            [note] if note else [])
+        return EncodedImage(encoded, name, tuple(image.shape[:2]), tuple(inputs.shape[-2:]), notes)
 
     def decode(self, encoded: EncodedImage, classes: Iterable[int | str] | None = None,
                mode: str = "drop") -> Explanation:

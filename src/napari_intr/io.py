@@ -1,48 +1,200 @@
-"""Reading images from disk, one place for the CLI, batch explain and training."""
+"""Reading images from disk, one place for the CLI, batch explain and training.
+
+Every file is first sized from its header (`read_header`): an image whose decoded pixels would
+not fit the decode budget or the memory available now is refused before a byte of it is
+decoded (a 6 MB PNG can hold 46 000 × 46 000 px), with a message that says why. TIFF axes come
+from tifffile's metadata, so an ImageJ stack (ZYX) is not mistaken for an RGB image.
+"""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIXES)
 # Pillow refuses images over ~179 M pixels as a guard against decompression bombs; specimen
-# scans can legitimately be 20 000 px on a side, so we allow up to 2^31 pixels.
+# scans can legitimately be 20 000 px on a side, so we allow up to 2^31 pixels...
 MAX_PIXELS = 2**31
+# ...as long as their decoded pixels fit this budget (INTR_MAX_DECODE_BYTES overrides it) and
+# the memory available at the time. Decoding holds the decoder's buffer and our array at once.
+DECODE_BUDGET_BYTES = int(os.environ.get("INTR_MAX_DECODE_BYTES", 8 * 2**30))
+DECODE_COPIES = 2
 _PILLOW_MODES_KEPT = ("1", "L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
+_CHANNEL_AXES = "SC"  # tifffile: S = samples of a pixel (RGB), C = channels (ImageJ)
+_AXIS_NAMES = {"Z": "depth (Z)", "T": "time (T)", "Q": "an unnamed axis", "I": "a page sequence"}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says about its pixels, before decoding them."""
+    height: int
+    width: int
+    channels: int
+    bytes_per_sample: int
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.height * self.width * self.channels * self.bytes_per_sample
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file -> H×W or H×W×C numpy array (channels last), ValueError if it can't be read."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder, not an image file")
         raise FileNotFoundError(f"no image file at {path}")
+    check_decodable(path, read_header(path))
     try:
         image = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_with_pillow(path)
-    except (FileNotFoundError, MemoryError):
+    except FileNotFoundError:
         raise
+    except MemoryError as error:
+        raise MemoryError(f"not enough memory to decode {path.name}; close other programs or "
+                          "downscale the image") from error
     except Exception as error:  # readers raise many types for damaged files; all mean "unreadable"
-        raise ValueError(f"cannot read {path.name}: {error}") from error
+        raise ValueError(f"cannot read {path.name}: {reason(error)}") from error
     if image.ndim not in (2, 3):
         raise ValueError(f"{path.name} holds an array of shape {image.shape}, not one 2-D image; "
                          "save a single plane (grey, RGB or RGBA)")
     return image
 
 
+def read_header(path: Path) -> ImageHeader:
+    """Size, channels and sample size from the header; ValueError naming the file if unreadable."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path.name} is an empty file (0 bytes), not an image; copy or export it again")
+    try:
+        return _tiff_header(path) if path.suffix.lower() in TIFF_SUFFIXES else _pillow_header(path)
+    except ValueError as error:
+        if path.name in str(error):
+            raise
+        raise ValueError(f"cannot read {path.name}: {error}") from error
+    except Exception as error:  # damaged headers raise many types
+        raise ValueError(f"cannot read {path.name}: {reason(error)}") from error
+
+
+def check_decodable(path: Path, header: ImageHeader) -> None:
+    """Refuse, before decoding, an image whose pixels would not fit the budget or free memory."""
+    size = f"{path.name} is {header.height}×{header.width} px"
+    pixels = header.height * header.width
+    if pixels > MAX_PIXELS:
+        raise ValueError(f"{size} ({pixels / 1e6:.0f} M pixels), more than the {MAX_PIXELS / 1e6:.0f} M "
+                         "pixels napari-intr reads; downscale or crop it first")
+    needed = header.decoded_bytes * DECODE_COPIES
+    available = available_memory()
+    limit, what = DECODE_BUDGET_BYTES, "the decode budget (INTR_MAX_DECODE_BYTES)"
+    if available is not None and available < limit:
+        limit, what = available, "the memory available now"
+    if needed > limit:
+        raise ValueError(f"{size} ({header.channels} × {8 * header.bytes_per_sample}-bit); decoding it needs "
+                         f"about {_gib(needed)}, more than {what}, {_gib(limit)}. Downscale or crop it "
+                         "(the model sees it at most a few hundred px wide anyway), or free memory")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: free RAM, its cgroup's limit and its address-space
+    limit (ulimit -v), whichever is smallest; None where none of them can be read."""
+    limits = []
+    try:
+        import psutil
+        limits.append(psutil.virtual_memory().available)
+    except ImportError:
+        meminfo = _read_proc("/proc/meminfo")
+        for line in meminfo.splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    cgroup_max, cgroup_now = _read_proc("/sys/fs/cgroup/memory.max"), _read_proc("/sys/fs/cgroup/memory.current")
+    if cgroup_max.strip().isdigit() and cgroup_now.strip().isdigit():
+        limits.append(max(int(cgroup_max) - int(cgroup_now), 0))
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        statm = _read_proc("/proc/self/statm").split()
+        if soft != resource.RLIM_INFINITY and statm:
+            limits.append(max(soft - int(statm[0]) * os.sysconf("SC_PAGE_SIZE"), 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def reason(error: BaseException) -> str:
+    """An exception as a non-empty reason (MemoryError() and some OSErrors have no text)."""
+    if isinstance(error, MemoryError):
+        detail = f" ({error})" if str(error) else ""
+        return f"out of memory{detail}; close other programs, or downscale the image"
+    return str(error) or type(error).__name__
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**28 else f"{size / 2**20:.0f} MiB"
+
+
+def _read_proc(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _tiff_plan(axes: str, shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    """(height, width, channels) of a TIFF series from its axes; ValueError for stacks."""
+    kept = [(axis, length) for axis, length in zip(axes, shape) if length > 1 or axis in "YX"]
+    planes = [(axis, length) for axis, length in kept if axis not in "YX" + _CHANNEL_AXES]
+    sizes = dict(kept)
+    if planes or "Y" not in sizes or "X" not in sizes:
+        axis, length = planes[0] if planes else (axes[0], shape[0])
+        raise ValueError(f"{name} holds a stack of {length} planes along {_AXIS_NAMES.get(axis, axis)} "
+                         f"(axes {axes}, shape {tuple(shape)}), not one 2-D image; explain one plane at a time "
+                         "(save it as its own TIFF, e.g. from Fiji: Image > Duplicate)")
+    channels = [length for axis, length in kept if axis in _CHANNEL_AXES]
+    if len(channels) > 1 or (channels and channels[0] not in (3, 4)):
+        raise ValueError(f"{name} has {' × '.join(map(str, channels))} channels (axes {axes}); INTR takes grey, "
+                         "RGB or RGBA images: keep one channel or three")
+    return sizes["Y"], sizes["X"], channels[0] if channels else 1
+
+
+def _tiff_header(path: Path) -> ImageHeader:
+    import tifffile
+    with tifffile.TiffFile(path) as tiff:
+        series = tiff.series[0]
+        height, width, channels = _tiff_plan(series.axes, series.shape, path.name)
+        return ImageHeader(height, width, channels, np.dtype(series.dtype).itemsize)
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
-    image = np.squeeze(tifffile.imread(path))
-    # ImageJ and many microscopes store RGB planar (3×H×W): put channels last.
-    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
-        image = np.moveaxis(image, 0, -1)
-    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"it holds a stack of {image.shape[0]} planes of {image.shape[1]}×{image.shape[2]} px; "
-                         "explain one plane at a time")
+    with tifffile.TiffFile(path) as tiff:
+        series = tiff.series[0]
+        _tiff_plan(series.axes, series.shape, path.name)
+        image = series.asarray()
+        axes = series.axes
+    keep = [i for i, (axis, length) in enumerate(zip(axes, image.shape)) if length > 1 or axis in "YX"]
+    image = image.reshape([image.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    channel = next((i for i, axis in enumerate(axes) if axis in _CHANNEL_AXES), None)
+    if channel is not None:  # planar RGB (ImageJ, many microscopes): channels last
+        image = np.moveaxis(image, channel, -1)
     return image
+
+
+def _pillow_header(path: Path) -> ImageHeader:
+    from PIL import Image
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # sized here, checked by check_decodable
+    try:
+        with Image.open(path) as opened:
+            mode, (width, height) = opened.mode, opened.size
+            transparent = "transparency" in opened.info
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if mode not in _PILLOW_MODES_KEPT:
+        mode = "RGBA" if "A" in mode or transparent else "RGB"
+    sample = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    return ImageHeader(height, width, Image.getmodebands(mode), sample)
 
 
 def _read_with_pillow(path: Path) -> np.ndarray:

@@ -64,25 +64,30 @@ def _state_dict(data: dict) -> dict[str, torch.Tensor]:
 
 def config_from_official(data: dict, path) -> IntrConfig:
     state = data["model"]
-    if "query_embed.weight" not in state:
-        raise CheckpointError(f"{path} has no query_embed.weight, so its class count is unknown; "
+    queries = state.get("query_embed.weight")
+    if not isinstance(queries, torch.Tensor) or queries.ndim != 2:
+        raise CheckpointError(f"{path} has no query_embed.weight matrix, so its class count is unknown; "
                               "it is not an INTR checkpoint")
     args = data.get("args")
-    arg = (lambda name, default: getattr(args, name, default)) if args is not None else (
-        lambda name, default: default)
+    if isinstance(args, dict):
+        args = argparse.Namespace(**{str(key): value for key, value in args.items()})
+
+    def arg(name, default):
+        return getattr(args, name, default) if args is not None else default
+
     if arg("pre_norm", False) or arg("dilation", False):
         raise CheckpointError(f"{path} was trained with pre-norm or a dilated backbone, "
                               "which this package does not implement")
     try:
         return IntrConfig(
-            num_classes=state["query_embed.weight"].shape[0],
+            num_classes=queries.shape[0],
             backbone=arg("backbone", "resnet50"),
             hidden_dim=arg("hidden_dim", 256), nheads=arg("nheads", 8),
             enc_layers=arg("enc_layers", 6), dec_layers=arg("dec_layers", 6),
             dim_feedforward=arg("dim_feedforward", 2048), dropout=arg("dropout", 0.1))
-    except ValueError as error:
-        raise CheckpointError(f"{path} was trained with settings this package does not "
-                              f"implement: {error}") from error
+    except ValueError as error:  # the message names the argument
+        raise CheckpointError(f"{path} has training arguments (args) this package cannot use: "
+                              f"{str(error).replace('config field ', 'args.')}") from error
 
 
 def load_official(path: str | os.PathLike, class_names=None, device=None) -> INTR:

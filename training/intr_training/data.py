@@ -3,8 +3,9 @@
 A collection is `ROOT/<class>/<image>` (a seeded, stratified validation split is drawn from
 it) or `ROOT/train/<class>/…` plus `ROOT/val/<class>/…`. Hidden files and folders (".masks",
 ".ipynb_checkpoints") are ignored, and so are files that are not images. Images whose header
-cannot be read are skipped when the collection is scanned; images that fail to decode later
-make the dataset return None, and `collate` drops them.
+cannot be read, or whose pixels would not fit in memory, are skipped with their reason when the
+collection is scanned; images that fail to decode or resize later make the dataset return None
+(the reason goes to stderr), and `collate` drops them.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_intr import io
-from napari_intr.io import IMAGE_SUFFIXES, TIFF_SUFFIXES
+from napari_intr.io import IMAGE_SUFFIXES
 from napari_intr.class_names import clean_class_name
 from napari_intr.preprocess import MIN_IMAGE_SIZE, pad_batch, to_float_rgb
 
@@ -46,25 +47,20 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-        with tifffile.TiffFile(path) as tiff:
-            shape = tiff.series[0].shape
-        if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
-            shape = shape[1:]
-        return int(shape[0]), int(shape[1])
-    from PIL import Image
-    with Image.open(path) as image:
-        return image.height, image.width
+    header = io.read_header(path)
+    return header.height, header.width
 
 
 def unreadable_reason(path: Path) -> str | None:
+    """Why an image cannot be used, from its header alone (damaged, a stack, too small, or too
+    large to decode in the memory there is); None if it looks usable."""
     try:
-        height, width = image_size(path)
-    except Exception as error:  # PIL, tifffile and OS errors alike
-        return f"cannot be read ({type(error).__name__}: {error})"
-    if min(height, width) < MIN_IMAGE_SIZE:
-        return f"is {height}×{width} px; INTR needs at least {MIN_IMAGE_SIZE} px on each side"
+        header = io.read_header(path)
+        io.check_decodable(path, header)
+    except (ValueError, OSError) as error:
+        return io.reason(error)
+    if min(header.height, header.width) < MIN_IMAGE_SIZE:
+        return f"it is {header.height}×{header.width} px; INTR needs at least {MIN_IMAGE_SIZE} px on each side"
     return None
 
 
@@ -83,7 +79,7 @@ def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
                 continue
             reason = unreadable_reason(path)
             if reason:
-                collection.skipped.append(f"{path} {reason}; skipped")
+                collection.skipped.append(f"{path} skipped: {reason}")
             else:
                 images.append(path)
         if images:
@@ -152,12 +148,10 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            image = read_image(path)
-        except Exception as error:  # a damaged file must never end an epoch
-            print(f"warning: {path} could not be decoded ({type(error).__name__}: {error}); skipped",
-                  file=sys.stderr)
+            return self.transform(read_image(path)), label
+        except Exception as error:  # a damaged, huge or extreme image must never end an epoch
+            print(f"warning: {path} skipped: {io.reason(error)}", file=sys.stderr)
             return None
-        return self.transform(image), label
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 BACKBONES = ("resnet50", "resnet34", "resnet18", "tiny")
@@ -26,6 +27,21 @@ class IntrConfig:
     max_side: int = 1333
 
     def __post_init__(self):
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            expected = {"int": int, "float": (int, float), "str": str}[item.type]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                kind = {"int": "a whole number", "float": "a number", "str": "text"}[item.type]
+                raise ValueError(f"config field {item.name} must be {kind}, got {value!r}")
+            if item.type == "float" and not math.isfinite(value):
+                raise ValueError(f"config field {item.name} must be a finite number, got {value!r}")
+        for name in ("hidden_dim", "nheads", "dec_layers", "dim_feedforward"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field {name} must be at least 1, got {getattr(self, name)}")
+        if self.enc_layers < 0:
+            raise ValueError(f"config field enc_layers must be 0 or more, got {self.enc_layers}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"config field dropout must be at least 0 and below 1, got {self.dropout}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.num_classes < 1:
@@ -58,9 +74,13 @@ class IntrConfig:
     @classmethod
     def from_json(cls, text: str) -> "IntrConfig":
         values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"checkpoint config is not a JSON object: {text[:80]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"checkpoint config has unknown fields {sorted(unknown)}; "
                              "it was written by a newer napari-intr: upgrade the package")
+        if "num_classes" not in values:
+            raise ValueError("checkpoint config lacks the field num_classes")
         return cls(**values)

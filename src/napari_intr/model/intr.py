@@ -75,9 +75,10 @@ class INTR(nn.Module):
     def feature_stride(self) -> int:
         return self.backbone.stride
 
-    def preprocess(self, image: np.ndarray) -> Tensor:
-        """A numpy image (H×W, H×W×3, H×W×4; uint8, uint16 or float) -> normalised [1, 3, H', W']."""
-        return to_model_input(image, self.config.short_side, self.config.max_side).to(self.device)
+    def preprocess(self, image: np.ndarray, notes: list[str] | None = None) -> Tensor:
+        """A numpy image (H×W, H×W×3, H×W×4; uint8, uint16 or float) -> normalised [1, 3, H', W'];
+        what preprocessing had to decide (e.g. a robust intensity stretch) is appended to `notes`."""
+        return to_model_input(image, self.config.short_side, self.config.max_side, notes).to(self.device)
 
     def encode(self, images: Tensor, mask: Tensor | None = None) -> EncodedImages:
         """Backbone and encoder: images [B, 3, H, W] (normalised), mask [B, H, W] True on padding."""
