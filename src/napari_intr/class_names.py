@@ -74,7 +74,7 @@ def read_class_list(source: Sequence[str] | str | os.PathLike) -> ClassList:
     else:
         labels = [class_label(str(name)) for name in source]
     names = [clean_class_name(label) for label in labels]
-    check_class_names(names)
+    check_class_names(names, describe_source(source))
     return ClassList(names, labels)
 
 

@@ -15,8 +15,11 @@ def run_demo(image: str | None = None, screenshot: str | None = None, show: bool
     """Open the demo. Without `show`, or with `screenshot` (a PNG path), explain, print the top
     classes (and save the screenshot), then close."""
     headless = not show or screenshot
-    if image and not Path(image).is_file():
-        raise FileNotFoundError(f"no image at {image}")
+    if image:  # napari's readers would blame a missing plugin for a damaged file
+        from napari_intr.io import check_decodable, read_header
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"no image at {image}")
+        check_decodable(Path(image), read_header(Path(image)))
     if screenshot:  # keep napari's Qt-binding notice out of the picture
         warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari

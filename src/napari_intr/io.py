@@ -21,7 +21,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIX
 MAX_PIXELS = 2**31
 # ...as long as their decoded pixels fit this budget (INTR_MAX_DECODE_BYTES overrides it) and
 # the memory available at the time. Decoding holds the decoder's buffer and our array at once.
-DECODE_BUDGET_BYTES = int(os.environ.get("INTR_MAX_DECODE_BYTES", 8 * 2**30))
+DECODE_BUDGET_BYTES = int(os.environ.get("INTR_MAX_DECODE_BYTES", str(8 * 2**30)))
 DECODE_COPIES = 2
 _PILLOW_MODES_KEPT = ("1", "L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 _CHANNEL_AXES = "SC"  # tifffile: S = samples of a pixel (RGB), C = channels (ImageJ)

@@ -17,21 +17,34 @@ import torch
 from .checkpoints import CheckpointError, model_from_state
 from .model import INTR, IntrConfig
 
+# torch.save writes a zip archive (since 1.6) or, in the legacy format, a protocol-2 pickle that
+# starts with torch's magic number (a LONG1 opcode of 10 bytes).
+_ZIP_HEAD, _LEGACY_TORCH_HEAD = b"PK\x03\x04", b"\x80\x02\x8a\x0a"
 
-def _looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (since 1.6) or, in the legacy format, a pickle (protocol 2)."""
+
+def _check_torch_file(path: Path) -> None:
     with open(path, "rb") as stream:
         head = stream.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    if head.startswith((_ZIP_HEAD, _LEGACY_TORCH_HEAD)):
+        return
+    if not head:
+        raise CheckpointError(f"{path} is an empty file (0 bytes), not a PyTorch checkpoint; download or copy "
+                              "it again")
+    if head[:1] == b"\x80" and len(head) > 1:  # a pickle, but not one torch.save wrote
+        raise CheckpointError(f"{path} is a plain Python pickle (protocol {head[1]}), not a file written by "
+                              "torch.save, so it is not read; if you trust it, load it in Python and save "
+                              "its state dict with torch.save, or give an INTR .pth or .safetensors file")
+    raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a torch.save "
+                          "pickle); give an INTR .pth file or a napari-intr .safetensors file")
 
 
 def read_pickled_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    if not _looks_like_torch_file(path):
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
-                              "give an INTR .pth file or a napari-intr .safetensors file")
+    _check_torch_file(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)

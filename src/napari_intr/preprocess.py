@@ -11,7 +11,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = 32
 # Intensity stretch of non-integer images: percentiles of a subsample of about this many pixels
 # replace the extremes when the extremes span more than OUTLIER_RANGE_FACTOR times their range.
-ROBUST_PERCENTILES = (0.01, 99.99)
+ROBUST_PERCENTILES = (0.1, 99.9)
 ROBUST_SAMPLE_PIXELS = 1_000_000
 OUTLIER_RANGE_FACTOR = 4
 
