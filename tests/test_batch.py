@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from intr_training import cli
 from PIL import Image
 
-from intr_training import cli
 from napari_intr.batch import PREDICTIONS_FILE, csv_columns, explain_folder
 from napari_intr.checkpoints import save_model
 from napari_intr.explanation import Explainer
+from napari_intr.export import read_attention_tiff
 from napari_intr.io import find_images, read_image
 from napari_intr.model import IntrConfig, build_model
 
@@ -52,9 +53,9 @@ def test_csv_and_tiffs(model, folder, tmp_path):
     assert [path for path, _ in summary["skipped"]] == [str(folder / "broken.png")]
     assert seen == [(k, 5) for k in range(1, 6)]
     columns, rows = read_rows(out)
-    assert columns == csv_columns(3) == ["file", "top1_class", "top1_probability", "top2_class",
-                                         "top2_probability", "top3_class", "top3_probability",
-                                         "map_class", "attention_file", "error"]
+    assert columns == csv_columns(3) == ["file", "top1_class", "top1_label", "top1_probability", "top2_class",
+                                         "top2_label", "top2_probability", "top3_class", "top3_label",
+                                         "top3_probability", "map_class", "attention_file", "error"]
     assert [row["file"] for row in rows] == [str(p) for p in find_images(folder)]
     broken = next(row for row in rows if row["file"].endswith("broken.png"))
     assert "broken.png" in broken["error"] and broken["top1_class"] == "" and broken["attention_file"] == ""
@@ -63,8 +64,9 @@ def test_csv_and_tiffs(model, folder, tmp_path):
         expected = explainer.explain(read_image(row["file"]))
         assert row["top1_class"] == expected.top_class() == row["map_class"]
         assert float(row["top1_probability"]) == pytest.approx(expected.table()[0]["probability"], rel=1e-5)
-        with tifffile.TiffFile(out / row["attention_file"]) as tiff:
-            maps, metadata = tiff.asarray(), tiff.shaped_metadata[0]
+        assert row["top1_label"] == row["top1_class"]  # a model without labels: its names
+        maps, metadata, labels = read_attention_tiff(out / row["attention_file"])
+        assert labels == [f"{row['map_class']} · L2 · H{h}" for h in range(1, 5)]  # Fiji's slice names
         assert maps.dtype == np.float32 and maps.shape == expected.attention.shape[1:2] + expected.attention.shape[3:]
         np.testing.assert_allclose(maps, expected.head_maps(row["map_class"], -1, "none"), rtol=1e-5, atol=1e-8)
         assert metadata["class"] == row["map_class"] and metadata["layer"] == 2
@@ -84,8 +86,7 @@ def test_chosen_class_layer_and_candidates(model, folder, tmp_path):
     columns, rows = read_rows(out)
     assert columns == csv_columns(2)  # top-k is capped by the number of candidates
     assert {row["top1_class"] for row in rows} <= set(candidates)
-    with tifffile.TiffFile(out / rows[1]["attention_file"]) as tiff:
-        metadata = tiff.shaped_metadata[0]
+    metadata = read_attention_tiff(out / rows[1]["attention_file"])[1]
     assert metadata["class"] == "Danaus plexippus" and metadata["layer"] == 1
     assert metadata["candidates"] == candidates and metadata["mode"] == "zero"
 
@@ -175,8 +176,7 @@ def test_cli_success(monkeypatch, capsys, checkpoint, folder, tmp_path):
     assert "explained 4 of 5 images" in captured.out and "skipped" in captured.err
     columns, rows = read_rows(out)
     assert columns == csv_columns(2) and len(rows) == 5
-    with tifffile.TiffFile(out / "s0_attention.tif") as tiff:
-        metadata = tiff.shaped_metadata[0]
+    metadata = read_attention_tiff(out / "s0_attention.tif")[1]
     assert metadata["class"] == "Heliconius erato" and metadata["layer"] == 1
     assert metadata["model"] == checkpoint
 

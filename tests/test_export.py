@@ -1,7 +1,7 @@
 """Exports Fiji and spreadsheets read: ImageJ hyperstacks with named slices and a physical scale,
 OME-TIFF, pixel sizes read from the input, the PNG overlay (checked with tifffile and Pillow)."""
 import json
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from napari_intr.explanation import Explainer
-from napari_intr.export import attention_stack, read_attention_tiff, write_attention_tiff, write_overlay_png
+from napari_intr.export import (
+    attention_stack,
+    read_attention_tiff,
+    write_attention_tiff,
+    write_overlay_png,
+)
 from napari_intr.io import PixelSize, read_pixel_size
 from napari_intr.model import IntrConfig, build_model
 

@@ -2,8 +2,14 @@
 import numpy as np
 import pytest
 
-from napari_intr.regions import (Margin, Region, crop_region, read_boxes, regions_from_labels,
-                                 regions_from_rectangles)
+from napari_intr.regions import (
+    Margin,
+    Region,
+    crop_region,
+    read_boxes,
+    regions_from_labels,
+    regions_from_rectangles,
+)
 
 
 def test_boxes_file_with_and_without_ids(tmp_path):

@@ -6,7 +6,6 @@ import json
 import threading
 
 import pytest
-
 from intr_training import distributed, sharding
 from intr_training.sharding import ShardedRun, shard, state_dir
 
@@ -20,7 +19,7 @@ def quick_polling(monkeypatch):
 
 def test_shards_cover_every_item_once_whatever_the_order():
     shares = [shard(reversed(KEYS), rank, 3) for rank in range(3)]
-    assert sorted(sum(shares, [])) == KEYS
+    assert sorted(key for share in shares for key in share) == KEYS
     assert shares[0] == KEYS[0::3] and shares[2] == KEYS[2::3]
     with pytest.raises(ValueError, match="rank 3 is outside a world of 3"):
         shard(KEYS, 3, 3)
@@ -66,7 +65,7 @@ def test_ranks_merge_into_one_ledger_in_item_order(tmp_path, monkeypatch):
     assert results[1] is None and results[2] is None
     assert [key for key, _ in results[0]] == KEYS
     assert all(record == {"value": key.upper()} for key, record in results[0])
-    assert sorted(sum(shares.values(), [])) == KEYS and all(len(share) >= 3 for share in shares.values())
+    assert sorted(key for share in shares.values() for key in share) == KEYS and all(len(share) >= 3 for share in shares.values())
     folder = state_dir(tmp_path, "test")
     assert sorted(p.name for p in folder.iterdir()) == ["done.jsonl", "settings.json"]
     lines = [json.loads(line) for line in (folder / "done.jsonl").read_text().splitlines()]

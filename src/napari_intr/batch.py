@@ -1,116 +1,272 @@
-"""Batch explain: a folder of images -> predictions.csv plus one float32 TIFF of head maps per image.
+"""Batch explain: images (or regions of them) -> predictions.csv plus one attention TIFF per item.
 
-Files are written image by image (TIFF first, then its flushed CSV row), so a cancelled or
-crashed run leaves consistent output. The `intr explain` command is intr_training/explain_cli.py.
+An item is an image, or one region of a photograph holding many specimens (`boxes`, see
+napari_intr.regions). Each item's TIFF is written first (atomically), then its record; the CSV
+is written from the records at the end (also on cancel). The work can be shared between the
+processes of a torchrun job and resumed after a crash: pass `start_job` (the `intr explain`
+command passes intr_training.sharding.ShardedRun.start); without it, one process does every
+item. The `intr explain` command is intr_training/explain_cli.py.
 """
 from __future__ import annotations
 
-import os
+import hashlib
+import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-
-from .csv_output import open_csv
-from .io import find_images, read_image, reason
+from .csv_output import write_csv
+from .io import find_images, read_image, read_pixel_size, reason
+from .regions import Margin, Region, crop_region, placement
 
 PREDICTIONS_FILE = "predictions.csv"
+TASK = "explain"
+REGION_COLUMNS = ["region", "x0", "y0", "x1", "y1"]
+TIFF_FORMATS = {"imagej": ".tif", "ome": ".ome.tif"}
 
 
-def csv_columns(top_k: int) -> list[str]:
-    ranked = [f"top{rank}_{what}" for rank in range(1, top_k + 1) for what in ("class", "probability")]
-    return ["file", *ranked, "map_class", "attention_file", "error"]
+def csv_columns(top_k: int, regions: bool = False) -> list[str]:
+    ranked = [f"top{rank}_{what}" for rank in range(1, top_k + 1) for what in ("class", "label", "probability")]
+    return ["file", *(REGION_COLUMNS if regions else []), *ranked, "map_class", "attention_file", "error"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to explain: an image file, or one region of it."""
+    key: str            # unique in the job; changes when the region's box changes
+    path: Path
+    region: Region | None
+    attention_file: str
+
+    def describe(self) -> str:
+        return str(self.path) if self.region is None else f"{self.path} region {self.region.id}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every item is explained with (the CLI's options, resolved against the model)."""
+    candidates: list[int]
+    mode: str
+    top_k: int
+    layer: int                 # Python index into the decoder layers
+    class_for_maps: str | None
+    margin: Margin
+    tiff_format: str
+
+    def fingerprint(self, model, model_name: str, regions: bool) -> dict:
+        """The settings a resumed run must share with the earlier one (JSON-able)."""
+        names = "\n".join(model.class_names).encode()
+        return {"model": model_name, "classes": hashlib.sha256(names).hexdigest()[:16],
+                "candidates": self.candidates, "mode": self.mode, "top_k": self.top_k,
+                "layer": self.layer % model.config.dec_layers, "class_for_maps": self.class_for_maps,
+                "margin": str(self.margin), "tiff_format": self.tiff_format, "regions": regions}
+
+
+def plan_items(files: list[Path], boxes: dict[Path, list[Region]] | None, tiff_format: str) -> list[Item]:
+    """Items in output order, with attention-file names that never collide (whatever the sharding)."""
+    suffix = TIFF_FORMATS[tiff_format]
+    used: set[str] = set()
+    items = []
+    for path in files:
+        if boxes is None:
+            items.append(Item(str(path), path, None, _unique_name(f"{path.stem}_attention", suffix, used)))
+            continue
+        for region in boxes.get(path, []):
+            key = f"{path}#{region.id}#{region.x0:g},{region.y0:g},{region.x1:g},{region.y1:g}"
+            stem = f"{path.stem}_{_safe(region.id)}_attention"
+            items.append(Item(key, path, region, _unique_name(stem, suffix, used)))
+    return items
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", text).strip("-.") or "region"
+
+
+def _unique_name(stem: str, suffix: str, used: set[str]) -> str:
+    """Two inputs with the same stem (e.g. class folders) get `_2`, `_3`, ... rather than overwrite."""
+    name, count = f"{stem}{suffix}", 1
+    while name.casefold() in used:
+        count += 1
+        name = f"{stem}_{count}{suffix}"
+    used.add(name.casefold())
+    return name
+
+
+class _OneProcessJob:
+    """Every item in this process, no resume (what `start_job` provides when none is given)."""
+
+    def __init__(self, keys: list[str]):
+        self.keys, self.share, self.done, self.records = keys, list(keys), {}, {}
+        self.is_main = True
+
+    def record(self, key: str, record: dict) -> None:
+        self.records[key] = record
+
+    def progress(self) -> tuple[int, int]:
+        return len(self.records), len(self.keys)
+
+    def finish(self, progress=None) -> list[tuple[str, dict]]:
+        return [(key, self.records[key]) for key in self.keys if key in self.records]
+
+    def close(self) -> None:
+        pass
 
 
 def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top_k: int = 5,
                    layer: int = -1, class_for_maps: str | None = None, model_name: str = "model",
                    progress: Callable[[int, int, Path], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> dict:
-    """Explain every image in `inputs` (files and/or folders) and write the results to `out_dir`.
+                   should_stop: Callable[[], bool] | None = None, boxes: dict[Path, list[Region]] | None = None,
+                   margin: Margin | str | None = None, tiff_format: str = "imagej",
+                   start_job: Callable | None = None) -> dict:
+    """Explain every image in `inputs` (files and/or folders), or every region in `boxes`, into `out_dir`.
 
     layer: decoder layer of the saved maps, a Python index (-1 = last). class_for_maps: the class
-    whose head maps are saved (default: each image's top-1). Unreadable images are skipped and
-    reported. Returns a summary: done, skipped [(file, reason)], notes, cancelled, seconds, paths.
+    whose head maps are saved (default: each item's top-1). boxes: {image: regions} (inputs may then
+    be empty); margin: context added around each box. tiff_format: "imagej" or "ome".
+    start_job(out_dir, task, keys, settings, is_done=, group=): shares and resumes the work (see
+    intr_training.sharding). Unreadable images are skipped and reported. Returns a summary: total,
+    done, skipped [(item, reason)], notes, cancelled, resumed, seconds, predictions, attention_files;
+    on the processes other than the first of a torchrun job, predictions is None.
     """
     from .explanation import Explainer
     start = time.perf_counter()
-    files = find_images(inputs)
+    files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
+    settings = _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format)
+    items = plan_items(files, boxes, tiff_format)
+    if not items:
+        raise ValueError("the boxes file names none of the images given; check its image column")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output {out_dir} is a file; give a folder for the results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_key = {item.key: item for item in items}
+
+    def is_done(key: str, record: dict) -> bool:
+        return not record.get("row", {}).get("error") and (out_dir / by_key[key].attention_file).is_file()
+
+    if start_job is None:
+        job = _OneProcessJob(list(by_key))
+    else:
+        job = start_job(out_dir, TASK, list(by_key), settings.fingerprint(model, model_name, boxes is not None),
+                        is_done=is_done, group=lambda key: str(by_key[key].path))
+    explainer, cancelled = Explainer(model, model_name), False
+    reader = _ImageReader()
+    last = items[0].path
+    try:
+        for key in job.share:
+            if should_stop is not None and should_stop():
+                cancelled = True
+                break
+            item = by_key[key]
+            job.record(key, explain_item(explainer, item, reader, settings, out_dir))
+            last = item.path
+            if progress is not None:
+                progress(*job.progress(), last)
+    finally:
+        job.close()
+    report = (lambda done, total: progress(done, total, last)) if progress is not None else None
+    merged = job.finish(report)
+    summary = {"total": len(items), "cancelled": cancelled, "resumed": len(job.done), "predictions": None,
+               "attention_files": [], "done": 0, "skipped": [], "notes": []}
+    if merged is not None:
+        summary["predictions"] = write_csv(out_dir / PREDICTIONS_FILE, csv_columns(settings.top_k, boxes is not None),
+                                           [record["row"] for _, record in merged])
+        for key, record in merged:
+            row = record["row"]
+            if row.get("error"):
+                summary["skipped"].append((by_key[key].describe(), row["error"]))
+            else:
+                summary["done"] += 1
+                summary["attention_files"].append(out_dir / row["attention_file"])
+                summary["notes"].extend((by_key[key].describe(), note) for note in record.get("notes", []))
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format) -> Settings:
     candidates = model.class_indices(classes)
     num_layers = model.config.dec_layers
     if not -num_layers <= layer < num_layers:
         raise ValueError(f"layer {layer} is out of range: the decoder has {num_layers} layers")
     if top_k < 1:
         raise ValueError(f"top-k must be at least 1, got {top_k}")
+    if tiff_format not in TIFF_FORMATS:
+        raise ValueError(f"unknown TIFF format {tiff_format!r}: choose one of {', '.join(TIFF_FORMATS)}")
     if class_for_maps is not None:
         index = model.class_indices([class_for_maps])[0]
         if index not in candidates:
             raise ValueError(f"the class for the maps, {class_for_maps!r}, is not among the candidate classes")
         class_for_maps = model.class_names[index]
-    top_k = min(top_k, len(candidates))
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"the output {out_dir} is a file; give a folder for the results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    explainer = Explainer(model, model_name)
-    summary = {"total": len(files), "done": 0, "skipped": [], "notes": [], "cancelled": False,
-               "predictions": out_dir / PREDICTIONS_FILE, "attention_files": []}
-    used_names: set[str] = set()
-    with open_csv(summary["predictions"], csv_columns(top_k)) as table:
-        for position, path in enumerate(files):
-            if should_stop is not None and should_stop():
-                summary["cancelled"] = True
-                break
-            row = {"file": str(path)}
-            try:
-                explanation = explainer.explain(read_image(path), path.stem, candidates, mode)
-            except (ValueError, OSError, RuntimeError, MemoryError) as error:
-                # One bad image (damaged file, too small, out of memory) must not end the batch.
-                summary["skipped"].append((str(path), reason(error)))
-                row["error"] = reason(error)
-            else:
-                for rank, entry in enumerate(explanation.table()[:top_k], start=1):
-                    row[f"top{rank}_class"] = entry["name"]
-                    row[f"top{rank}_probability"] = float(f"{entry['probability']:.6g}")
-                shown = class_for_maps or explanation.top_class()
-                target = out_dir / _unique_name(f"{path.stem}_attention", used_names)
-                _write_maps(target, explanation, shown, layer, path)
-                row.update(map_class=shown, attention_file=target.name)
-                summary["attention_files"].append(target)
-                summary["notes"].extend((str(path), note) for note in explanation.notes)
-                summary["done"] += 1
-            table.write(row)
-            if progress is not None:
-                progress(position + 1, len(files), path)
-    summary["seconds"] = time.perf_counter() - start
-    return summary
+    margin = margin if isinstance(margin, Margin) else Margin.parse(margin)
+    return Settings(candidates, mode, min(top_k, len(candidates)), layer, class_for_maps, margin, tiff_format)
 
 
-def _unique_name(stem: str, used: set[str]) -> str:
-    """Two inputs with the same stem (e.g. class folders) get `_2`, `_3`, ... rather than overwrite."""
-    name, count = f"{stem}.tif", 1
-    while name.casefold() in used:
-        count += 1
-        name = f"{stem}_{count}.tif"
-    used.add(name.casefold())
-    return name
+class _ImageReader:
+    """The last image read, kept for its next regions (a tray photo is read once, not per region)."""
+
+    def __init__(self):
+        self.path, self.image, self.pixel_size = None, None, None
+
+    def read(self, path: Path):
+        if path != self.path:
+            self.path = self.image = None  # a failed read is not kept
+            self.image, self.pixel_size = read_image(path), read_pixel_size(path)
+            self.path = path
+        return self.image
 
 
-def _write_maps(target: Path, explanation, class_name: str, layer: int, source: Path) -> None:
-    """heads × h × w float32 raw attention weights (natural head order), metadata as JSON."""
-    import tifffile
-    scale, translate = explanation.grid_to_image()
-    maps = explanation.head_maps(class_name, layer, normalization="none").astype(np.float32)
+def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings, out_dir: Path) -> dict:
+    """Explain one item, write its TIFF, and return its record: the CSV row and notes."""
+    row: dict = {"file": str(item.path)}
+    if item.region is not None:
+        region = item.region
+        row.update(region=region.id, x0=region.x0, y0=region.y0, x1=region.x1, y1=region.y1)
+    try:
+        image = reader.read(item.path)
+        offset = (0, 0)
+        if item.region is not None:
+            crop = crop_region(image, item.region, settings.margin)
+            image, offset = crop.pixels, crop.offset
+        name = item.path.stem if item.region is None else f"{item.path.stem} · {item.region.id}"
+        explanation = explainer.explain(image, name, settings.candidates, settings.mode)
+    except (ValueError, OSError, RuntimeError, MemoryError) as error:
+        # One bad image (damaged file, too small, out of memory) must not end the batch.
+        row["error"] = reason(error)
+        return {"row": row, "notes": []}
+    labels = explanation.labels()
+    for rank, entry in enumerate(explanation.table()[: settings.top_k], start=1):
+        column = explanation.class_names.index(entry["name"])
+        row[f"top{rank}_class"] = entry["name"]
+        row[f"top{rank}_label"] = labels[column]
+        row[f"top{rank}_probability"] = float(f"{entry['probability']:.6g}")
+    shown = settings.class_for_maps or explanation.top_class()
+    _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
+    row.update(map_class=shown, attention_file=item.attention_file)
+    return {"row": row, "notes": list(explanation.notes)}
+
+
+def _write_maps(target: Path, explanation, class_name: str, settings: Settings, item: Item,
+                offset: tuple[int, int], pixel_size) -> None:
+    """heads planes of raw attention weights (natural head order), named per class, layer and head."""
+    from .export import attention_stack, map_pixel_size, write_attention_tiff
+    layer = settings.layer
+    scale, translate = placement(explanation, offset)
+    stack, labels = attention_stack(explanation, [class_name], [layer])
+    column = explanation.class_names.index(class_name)
     metadata = {
-        "class": class_name, "layer": layer % explanation.num_layers + 1,
-        "heads": explanation.num_heads, "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
-        "rank": explanation.rank_of(class_name),
-        "probability": float(explanation.probabilities[explanation.class_names.index(class_name)]),
+        "image": explanation.image_name, "class": class_name, "label": explanation.labels()[column],
+        "layer": layer % explanation.num_layers + 1, "heads": explanation.num_heads,
+        "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
+        "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
         "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
-        "image_file": str(source), "image_shape": list(explanation.image_shape),
+        "image_file": str(item.path), "image_shape": list(explanation.image_shape),
+        # napari: Image layer(maps, scale=scale, translate=translate) lies on the original photograph
         "scale": list(scale), "translate": list(translate), "notes": explanation.notes,
     }
-    partial = target.with_name(target.name + ".part")
-    with open(partial, "wb") as stream:  # written aside, then renamed: never a half TIFF
-        tifffile.imwrite(stream, maps, photometric="minisblack", metadata=metadata)
-    os.replace(partial, target)
+    if item.region is not None:
+        region = item.region
+        metadata["region"] = {"id": region.id, "box": [region.x0, region.y0, region.x1, region.y1],
+                              "crop_offset": list(offset), "margin": str(settings.margin)}
+    write_attention_tiff(target, stack, labels, metadata, map_pixel_size(explanation, pixel_size),
+                         settings.tiff_format)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 # "001.Black_footed_Albatross" (CUB folder names) and "1 001.Black_footed_Albatross" (classes.txt)
 _LINE_NUMBER = re.compile(r"^\d+\s+(?=\d+\.)")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def read_attention_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict, list
             meta = tiff.imagej_metadata or {}
             return maps, json.loads(meta.get("Info", "{}")), list(meta.get("Labels", []))
         if tiff.is_ome:
-            import xml.etree.ElementTree as ElementTree
+            from xml.etree import ElementTree
             root = ElementTree.fromstring(tiff.ome_metadata)
             description = next((element.text for element in root.iter() if element.tag.endswith("Description")), "")
             return maps, json.loads(description or "{}"), []

@@ -48,7 +48,7 @@ class Margin:
     percent: bool = False
 
     @classmethod
-    def parse(cls, text: str | float | int | None) -> Margin:
+    def parse(cls, text: str | float | None) -> Margin:
         """"12" (pixels), "10%" (of the longer side of each box), or a number of pixels."""
         if text is None or text == "":
             return cls()

@@ -1,8 +1,14 @@
-"""`intr explain`: explain images or a folder (the work is napari_intr.batch.explain_folder):
-predictions.csv plus one float32 TIFF of head maps per image."""
+"""`intr explain`: explain images, a folder, or the regions of a boxes file (the work is
+napari_intr.batch.explain_folder): predictions.csv plus one attention TIFF per image or region.
+
+`torchrun --nproc-per-node K -m intr_training explain …` shares the images over K processes
+(one per GPU, or CPU processes) through intr_training.sharding; the output is the same as one
+process's. Any run continues where an earlier one into the same folder stopped (--restart redoes
+everything)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -12,11 +18,13 @@ from napari_intr.model.config import DECODE_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR",
-                        help="image files and/or folders (searched recursively)")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGES_OR_DIR",
+                        help="image files and/or folders (searched recursively); with --boxes, optional")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--model", default="sample",
                         help="'sample' (default), a zoo name, or a checkpoint file")
+    parser.add_argument("--class-names", metavar="FILE",
+                        help="text file of class names, one per line (for checkpoints without names)")
     parser.add_argument("--classes", metavar="A,B,...",
                         help="candidate classes, comma-separated (default: all the model's classes)")
     parser.add_argument("--mode", choices=DECODE_MODES, default="drop",
@@ -25,23 +33,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", type=int, help="decoder layer of the saved maps, 1-based (default: the last)")
     parser.add_argument("--class", dest="map_class", metavar="NAME",
                         help="save this class's maps for every image (default: each image's top-1)")
+    parser.add_argument("--boxes", metavar="BOXES.csv",
+                        help="explain regions of photographs holding many specimens: a CSV with columns "
+                             "image,x0,y0,x1,y1[,id] in pixels of the original image (relative image paths "
+                             "are taken from the CSV's folder); one CSV row and one TIFF per region")
+    parser.add_argument("--margin", default="0",
+                        help="context added around each box: pixels (16) or a percentage of the box's "
+                             "longer side (10%%); default 0")
+    parser.add_argument("--tiff-format", choices=("imagej", "ome"), default="imagej",
+                        help="attention maps as ImageJ hyperstacks (default; Fiji shows named slices) or OME-TIFF")
+    parser.add_argument("--restart", action="store_true",
+                        help="redo every image, forgetting an earlier run into the same --out folder")
     parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_intr.devices import resolve_device
+    from napari_intr.io import find_images
+    from napari_intr.regions import Margin, read_boxes
+
+    from . import distributed
+    if not args.inputs and not args.boxes:
+        raise ValueError("give image files or folders to explain, or --boxes BOXES.csv")
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    files = find_images(args.inputs) if args.inputs else None  # before the model loads: typos fail at once
+    if boxes is not None and files is not None:
+        wanted = {path.resolve() for path in files}
+        boxes = {path: regions for path, regions in boxes.items() if path.resolve() in wanted}
+        if not boxes:
+            raise ValueError(f"{args.boxes} has no boxes for the images given; leave the images out to "
+                             "explain every image the boxes file names")
+        files = None  # the boxes name the images
+    margin = Margin.parse(args.margin)
+    info, device = distributed.setup(resolve_device(args.device))
+    try:
+        return _explain(args, files, boxes, margin, info, device)
+    finally:
+        distributed.cleanup()
+
+
+def _explain(args, files, boxes, margin, info, device) -> int:
     from tqdm import tqdm
 
     from napari_intr.batch import explain_folder
-    from napari_intr.io import find_images
     from napari_intr.loading import load_model
 
-    files = find_images(args.inputs)  # before the model loads: a typo should fail at once
-    model = load_model(args.model, device=args.device)
+    from .sharding import ShardedRun
+    model = load_model(args.model, class_names=args.class_names, device=device)
     classes = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else None
     if args.classes is not None and not classes:
         raise ValueError("--classes is empty; give class names separated by commas")
     model.class_indices(classes)  # unknown names fail here, before any warning or progress bar
-    if classes is not None and len(classes) == 1:
+    if classes is not None and len(classes) == 1 and info.is_main:
         print("intr explain: warning: with a single candidate class every probability is 1; "
               "the maps still show where that class's query looks", file=sys.stderr)
     num_layers = model.config.dec_layers
@@ -49,28 +92,39 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= layer <= num_layers:
         raise ValueError(f"--layer {args.layer} is out of range: the model's decoder has "
                          f"{num_layers} layers (1..{num_layers})")
-    bars = []  # opened at the first image, so that argument errors print without a bar
+    bars = []  # opened at the first report, so that argument errors print without a bar
 
     def progress(done: int, total: int, path: Path) -> None:
+        if not info.is_main:
+            return
         if not bars:
-            bars.append(tqdm(total=total, unit="image", desc="explain"))
+            unit = "region" if boxes is not None else "image"
+            bars.append(tqdm(total=total, unit=unit, desc=f"explain ({info.world_size} processes)"
+                             if info.active else "explain"))
+        bars[0].n = done
         bars[0].set_postfix_str(path.name, refresh=False)
-        bars[0].update(1)
+        bars[0].refresh()
 
+    start_job = functools.partial(ShardedRun.start, restart=args.restart, info=info)
     try:
-        summary = explain_folder(model, files, args.out, classes, args.mode, args.top_k,
-                                 layer - 1, args.map_class, os.fspath(args.model), progress)
+        summary = explain_folder(model, files or [], args.out, classes, args.mode, args.top_k, layer - 1,
+                                 args.map_class, os.fspath(args.model), progress, boxes=boxes, margin=margin,
+                                 tiff_format=args.tiff_format, start_job=start_job)
     finally:
         for bar in bars:
             bar.close()
-    _print_summary(summary)
+    if not info.is_main:
+        return 0
+    _print_summary(summary, "regions" if boxes is not None else "images")
     if summary["done"] == 0:
-        raise ValueError(f"none of the {summary['total']} images could be explained (reasons above)")
+        raise ValueError(f"none of the {summary['total']} {'regions' if boxes else 'images'} could be "
+                         "explained (reasons above)")
     return 0
 
 
-def _print_summary(summary: dict) -> None:
-    print(f"explained {summary['done']} of {summary['total']} images in {summary['seconds']:.1f} s")
+def _print_summary(summary: dict, what: str) -> None:
+    resumed = f" ({summary['resumed']} done by an earlier run)" if summary["resumed"] else ""
+    print(f"explained {summary['done']} of {summary['total']} {what}{resumed} in {summary['seconds']:.1f} s")
     print(f"predictions: {summary['predictions']}")
     if summary["attention_files"]:
         print(f"attention maps: {len(summary['attention_files'])} TIFF files in {summary['predictions'].parent}")

@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch.distributed as dist
 
@@ -149,7 +149,8 @@ class ShardedRun:
     def record(self, key: str, record: dict) -> None:
         """Keep one finished item's result (write its output files first: a record means done)."""
         if self._stream is None:
-            self._stream = open(_part_file(self.folder, self.info.rank), "a", encoding="utf-8")
+            # open across records (closed by finish or close): one file handle per process
+            self._stream = open(_part_file(self.folder, self.info.rank), "a", encoding="utf-8")  # noqa: SIM115
         self._stream.write(_json_line(key, record))
         self._stream.flush()
         self._recorded += 1

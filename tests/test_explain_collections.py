@@ -1,0 +1,197 @@
+"""`intr explain` on real collections: many specimens in one photo (--boxes), resuming after a
+crash, and torchrun with two CPU processes giving the same output as one process."""
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from intr_training import cli
+from PIL import Image
+
+from napari_intr.batch import PREDICTIONS_FILE, explain_folder
+from napari_intr.checkpoints import save_model
+from napari_intr.explanation import Explainer
+from napari_intr.export import read_attention_tiff
+from napari_intr.io import read_image
+from napari_intr.loading import load_model, sample_data_dir
+from napari_intr.model import IntrConfig, build_model
+
+NAMES = ["Heliconius erato", "Heliconius melpomene", "Morpho peleides", "Danaus plexippus"]
+# Four bundled specimens (160 px) and where they lie in the tray photo: (row, column) of the top-left.
+MOSAIC = {"heliconia-synthetica-alba": (20, 30), "heliconia-synthetica-rubra": (24, 236),
+          "pseudotigris-artefacta-flava": (212, 18), "papilionella-simulata-coccinea": (230, 250)}
+
+
+def read_rows(out):
+    with open(out / PREDICTIONS_FILE, newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def intr_explain(monkeypatch, *arguments):
+    monkeypatch.setattr(cli, "COMMANDS", {"explain": cli.COMMANDS["explain"]})
+    return cli.main(["explain", *map(str, arguments)])
+
+
+@pytest.fixture(scope="module")
+def tray(tmp_path_factory):
+    """A drawer photo with four specimens at known places, and the boxes file that names them."""
+    folder = tmp_path_factory.mktemp("tray")
+    photo = np.full((420, 440, 3), (205, 196, 176), np.uint8)  # a cardboard-coloured drawer
+    specimens = {}
+    for stem, (row, column) in MOSAIC.items():
+        specimen = read_image(sample_data_dir() / "specimens" / f"{stem}.png")[..., :3]
+        photo[row: row + 160, column: column + 160] = specimen
+        specimens[stem] = specimen
+    Image.fromarray(photo).save(folder / "drawer.png")
+    lines = ["image,x0,y0,x1,y1,id"] + [f"drawer.png,{c},{r},{c + 160},{r + 160},{stem}"
+                                        for stem, (r, c) in MOSAIC.items()]
+    (folder / "boxes.csv").write_text("\n".join(lines) + "\n")
+    return folder, specimens
+
+
+def test_many_specimens_in_one_photo(monkeypatch, capsys, tray, tmp_path):
+    folder, specimens = tray
+    out = tmp_path / "out"
+    assert intr_explain(monkeypatch, "--boxes", folder / "boxes.csv", "--out", out, "--device", "cpu") == 0
+    assert "explained 4 of 4 regions" in capsys.readouterr().out
+    rows = read_rows(out)
+    assert [row["region"] for row in rows] == list(MOSAIC)
+    model = load_model("sample", device="cpu")
+    explainer = Explainer(model, "sample")
+    for row in rows:
+        stem = row["region"]
+        species = next(name for name in model.class_names if name.lower().replace(" ", "-") == stem)
+        assert row["top1_class"] == species and float(row["top1_probability"]) > 0.9  # each its own class
+        top, left = MOSAIC[stem]
+        assert (float(row["x0"]), float(row["y0"]), float(row["x1"]), float(row["y1"])) == (left, top, left + 160,
+                                                                                           top + 160)
+        maps, metadata, _ = read_attention_tiff(out / row["attention_file"])
+        alone = explainer.explain(specimens[stem])  # the same specimen in its own image
+        np.testing.assert_allclose(maps, alone.head_maps(species, -1, "none"), rtol=1e-4, atol=1e-7)
+        scale, translate = np.array(metadata["scale"]), np.array(metadata["translate"])
+        alone_scale, alone_translate = alone.grid_to_image()
+        np.testing.assert_allclose(scale, alone_scale)
+        np.testing.assert_allclose(translate, np.array(alone_translate) + (top, left))  # placed on its box
+        # every map cell placed on the photo lies inside the region's box ...
+        cells = np.array(maps.shape[-2:])
+        first_edge = translate - (scale - 1) / 2  # pixel edges: a cell spans `scale` pixels
+        last_edge = first_edge + cells * scale
+        assert np.all(first_edge >= (top, left)) and np.all(last_edge <= (top + 160, left + 160))
+        # ... and the strongest attention falls on the specimen's own pixels, not a neighbour's
+        peak = np.unravel_index(maps.mean(0).argmax(), maps.shape[-2:])
+        centre = translate + np.array(peak) * scale
+        assert top <= centre[0] < top + 160 and left <= centre[1] < left + 160
+    assert metadata["region"]["id"] == stem and metadata["image_file"] == str(folder / "drawer.png")
+
+
+def test_region_margin_and_bad_boxes(monkeypatch, capsys, tray, tmp_path):
+    folder, _ = tray
+    out = tmp_path / "out"
+    assert intr_explain(monkeypatch, folder / "drawer.png", "--boxes", folder / "boxes.csv", "--margin", "10%",
+                        "--out", out, "--device", "cpu", "--tiff-format", "ome") == 0
+    rows = read_rows(out)
+    assert rows[0]["attention_file"] == "drawer_heliconia-synthetica-alba_attention.ome.tif"
+    metadata = read_attention_tiff(out / rows[0]["attention_file"])[1]
+    assert metadata["region"]["crop_offset"] == [4, 14] and metadata["region"]["margin"] == "10%"
+    (folder / "other.png").write_bytes((folder / "drawer.png").read_bytes())
+    code = intr_explain(monkeypatch, folder / "other.png", "--boxes", folder / "boxes.csv", "--out", out)
+    assert code == 2 and "has no boxes for the images given" in capsys.readouterr().err
+    code = intr_explain(monkeypatch, "--out", out)
+    assert code == 2 and "or --boxes BOXES.csv" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """A tiny model's checkpoint and seven small images in two folders (one of them damaged)."""
+    folder = tmp_path_factory.mktemp("collection")
+    torch.manual_seed(0)
+    checkpoint = save_model(build_model(IntrConfig.tiny(len(NAMES)), NAMES).eval(), folder / "tiny.safetensors")
+    rng = np.random.default_rng(3)
+    for k in range(6):
+        sub = folder / "images" / ("a" if k % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 56 + 4 * k, 3), dtype=np.uint8)).save(sub / f"s{k}.png")
+    (folder / "images" / "a" / "broken.png").write_bytes(b"\x89PNG not an image")
+    return checkpoint, folder / "images"
+
+
+def test_a_rerun_skips_what_a_crashed_run_finished(monkeypatch, capsys, collection, tmp_path):
+    from intr_training.sharding import ShardedRun
+    checkpoint, images = collection
+    model = load_model(checkpoint, device="cpu")
+    out = tmp_path / "out"
+
+    def crash_after_four(done, total, path):
+        if done == 4:  # a/broken.png, a/s1, a/s3, a/s5
+            raise KeyboardInterrupt  # the process is killed mid-run
+
+    with pytest.raises(KeyboardInterrupt):
+        explain_folder(model, [images], out, model_name=str(checkpoint), progress=crash_after_four,
+                       start_job=ShardedRun.start)
+    assert not (out / PREDICTIONS_FILE).exists() and len(list(out.glob("*.tif"))) == 3
+    before = {path.name: path.stat().st_mtime_ns for path in out.glob("*.tif")}
+    explained = []
+    monkeypatch.setattr(Explainer, "explain", _counting(Explainer.explain, explained))
+    assert intr_explain(monkeypatch, "--model", checkpoint, images, "--out", out, "--device", "cpu") == 0
+    assert "explained 6 of 7 images (3 done by an earlier run)" in capsys.readouterr().out
+    assert len(explained) == 3  # the three images left (the damaged one is read again, and fails)
+    assert all(out.joinpath(name).stat().st_mtime_ns == stamp for name, stamp in before.items())
+    rows = read_rows(out)
+    assert len(rows) == 7 and sum(bool(row["error"]) for row in rows) == 1
+    explained.clear()
+    assert intr_explain(monkeypatch, "--model", checkpoint, images, "--out", out, "--device", "cpu") == 0
+    assert explained == [] and read_rows(out) == rows  # all done: only the damaged image is read again
+    capsys.readouterr()
+    code = intr_explain(monkeypatch, "--model", checkpoint, images, "--out", out, "--top-k", "2")
+    assert code == 2 and "other settings (top_k differ)" in capsys.readouterr().err
+    assert intr_explain(monkeypatch, "--model", checkpoint, images, "--out", out, "--top-k", "2", "--restart") == 0
+    assert "top3_class" not in read_rows(out)[0]
+
+
+def _counting(function, calls):
+    def counted(self, *args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else None)
+        return function(self, *args, **kwargs)
+    return counted
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_write_what_one_process_writes(collection, tmp_path):
+    checkpoint, images = collection
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    arguments = ["explain", str(images), "--model", str(checkpoint), "--device", "cpu", "--top-k", "3"]
+    single = subprocess.run([sys.executable, "-m", "intr_training", *arguments, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), "-m", "intr_training", *arguments, "--out", str(tmp_path / "two")]
+    shared = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert shared.stdout.count("explained 6 of 7 images") == 1  # rank 0 alone reports
+    one, two = read_rows(tmp_path / "one"), read_rows(tmp_path / "two")
+    assert [row["file"] for row in one] == [row["file"] for row in two]
+    for row_one, row_two in zip(one, two, strict=True):
+        for column, value in row_one.items():
+            if column.endswith("probability") and value:
+                assert float(row_two[column]) == pytest.approx(float(value), rel=1e-4, abs=1e-6)
+            else:
+                assert row_two[column] == value, column
+    tiffs = sorted(path.name for path in (tmp_path / "one").glob("*.tif"))
+    assert tiffs == sorted(path.name for path in (tmp_path / "two").glob("*.tif")) and len(tiffs) == 6
+    for name in tiffs:
+        maps_one, meta_one, labels_one = read_attention_tiff(tmp_path / "one" / name)
+        maps_two, meta_two, labels_two = read_attention_tiff(tmp_path / "two" / name)
+        np.testing.assert_allclose(maps_two, maps_one, rtol=1e-4, atol=1e-7)
+        assert labels_two == labels_one and meta_two["class"] == meta_one["class"]
+    # the state folder holds the merged ledger only: no partial files are left behind
+    assert sorted(p.name for p in (tmp_path / "two" / ".intr-explain").iterdir()) == ["done.jsonl", "settings.json"]
