@@ -111,3 +111,27 @@ def test_overlay_png_leaves_unattended_pixels_as_they_were(tmp_path):
     assert not np.array_equal(written[heat == 1], image[heat == 1])
     with pytest.raises(ValueError, match="heat map is"):
         write_overlay_png(tmp_path / "x.png", image, heat[:10])
+
+
+def test_save_explanation_writes_maps_table_image_and_overlay(explanation, tmp_path):
+    import csv
+
+    from napari_intr.export import save_explanation
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    shown = explanation.top_class()
+    written = save_explanation(tmp_path / "saved", "bird", explanation, image, shown, layer=-1,
+                               pixel_size=PixelSize(0.1, 0.1, "mm"))
+    assert [p.name for p in written] == ["bird_attention.tif", "bird_classes.csv", "bird_image.tif",
+                                         "bird_overlay.png"]
+    maps, metadata, labels = read_attention_tiff(written[0])
+    assert maps.shape == (explanation.num_layers, explanation.num_heads, *explanation.attention.shape[-2:])
+    assert metadata["class"] == shown and metadata["label"] in LABELS and labels[0].endswith("L1 · H1")
+    with open(written[1], newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["class"] for row in rows][0] == shown and rows[0]["label"] == metadata["label"]
+    assert sorted(row["label"] for row in rows) == LABELS
+    with tifffile.TiffFile(written[2]) as tiff:
+        np.testing.assert_array_equal(tiff.asarray(), image)
+        x_resolution = tiff.pages[0].tags["XResolution"].value
+        assert x_resolution[0] / x_resolution[1] == pytest.approx(100)  # 0.1 mm pixels: 100 per cm
+    assert np.asarray(Image.open(written[3])).shape == (96, 128, 3)

@@ -80,3 +80,32 @@ def test_regions_from_labels_and_rectangles():
     assert region == Region("r1", 10.5, 5.5, 29.5, 14.5)
     crop = crop_region(labels, region)
     assert crop.offset == (5, 10) and crop.pixels.shape == (10, 20)  # the same pixels as label 3
+
+
+def test_explain_regions_places_each_and_reports_what_fails(tmp_path):
+    import torch
+
+    from napari_intr.explanation import Explainer
+    from napari_intr.export import read_attention_tiff, save_regions
+    from napari_intr.model import IntrConfig, build_model
+    from napari_intr.regions import explain_regions, region_columns, region_rows
+    torch.manual_seed(0)
+    explainer = Explainer(build_model(IntrConfig.tiny(3), ["a", "b", "c"]).eval())
+    photo = np.random.default_rng(2).integers(0, 256, (200, 240, 3), dtype=np.uint8)
+    regions = [Region("left", 10, 20, 90, 120), Region("tiny", 150, 150, 160, 158), Region("right", 120, 40, 230, 190)]
+    seen = []
+    results, failures = explain_regions(explainer, photo, regions, Margin.parse("4"),
+                                        progress=lambda done, total: seen.append((done, total)))
+    assert [r.region.id for r in results] == ["left", "right"] and seen[-1] == (3, 3)
+    assert failures[0][0].id == "tiny" and "at least" in failures[0][1]  # too small for the model
+    left = results[0]
+    assert left.offset == (16, 6) and left.explanation.image_shape == (108, 88)
+    scale, translate = left.placement()
+    assert translate == pytest.approx(np.add(left.explanation.grid_to_image()[1], (16, 6)))
+    rows = region_rows(results, top_k=2)
+    assert list(rows[0]) == region_columns(2) and rows[1]["region"] == "right"
+    written = save_regions(tmp_path, "drawer", results, photo)
+    assert [p.name for p in written] == ["drawer_regions.csv", "drawer_left_attention.tif",
+                                         "drawer_right_attention.tif", "drawer_image.tif", "drawer_overlay.png"]
+    metadata = read_attention_tiff(written[1])[1]
+    assert metadata["region"]["crop_offset"] == [16, 6] and metadata["translate"] == pytest.approx(list(translate))

@@ -18,17 +18,17 @@ from pathlib import Path
 
 from .csv_output import write_csv
 from .io import find_images, read_image, read_pixel_size, reason
-from .regions import Margin, Region, crop_region, placement
+from .regions import REGION_COLUMNS, Margin, Region, crop_region
 
 PREDICTIONS_FILE = "predictions.csv"
 TASK = "explain"
-REGION_COLUMNS = ["region", "x0", "y0", "x1", "y1"]
 TIFF_FORMATS = {"imagej": ".tif", "ome": ".ome.tif"}
 
 
 def csv_columns(top_k: int, regions: bool = False) -> list[str]:
-    ranked = [f"top{rank}_{what}" for rank in range(1, top_k + 1) for what in ("class", "label", "probability")]
-    return ["file", *(REGION_COLUMNS if regions else []), *ranked, "map_class", "attention_file", "error"]
+    from .export import prediction_columns
+    return ["file", *(REGION_COLUMNS if regions else []), *prediction_columns(top_k), "map_class",
+            "attention_file", "error"]
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,7 @@ class _ImageReader:
 
 def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings, out_dir: Path) -> dict:
     """Explain one item, write its TIFF, and return its record: the CSV row and notes."""
+    from .export import prediction_cells
     row: dict = {"file": str(item.path)}
     if item.region is not None:
         region = item.region
@@ -234,12 +235,7 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
         # One bad image (damaged file, too small, out of memory) must not end the batch.
         row["error"] = reason(error)
         return {"row": row, "notes": []}
-    labels = explanation.labels()
-    for rank, entry in enumerate(explanation.table()[: settings.top_k], start=1):
-        column = explanation.class_names.index(entry["name"])
-        row[f"top{rank}_class"] = entry["name"]
-        row[f"top{rank}_label"] = labels[column]
-        row[f"top{rank}_probability"] = float(f"{entry['probability']:.6g}")
+    row.update(prediction_cells(explanation, settings.top_k))
     shown = settings.class_for_maps or explanation.top_class()
     _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
     row.update(map_class=shown, attention_file=item.attention_file)
@@ -249,21 +245,14 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
 def _write_maps(target: Path, explanation, class_name: str, settings: Settings, item: Item,
                 offset: tuple[int, int], pixel_size) -> None:
     """heads planes of raw attention weights (natural head order), named per class, layer and head."""
-    from .export import attention_stack, map_pixel_size, write_attention_tiff
-    layer = settings.layer
-    scale, translate = placement(explanation, offset)
-    stack, labels = attention_stack(explanation, [class_name], [layer])
-    column = explanation.class_names.index(class_name)
-    metadata = {
-        "image": explanation.image_name, "class": class_name, "label": explanation.labels()[column],
-        "layer": layer % explanation.num_layers + 1, "heads": explanation.num_heads,
-        "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
-        "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
-        "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
-        "image_file": str(item.path), "image_shape": list(explanation.image_shape),
-        # napari: Image layer(maps, scale=scale, translate=translate) lies on the original photograph
-        "scale": list(scale), "translate": list(translate), "notes": explanation.notes,
-    }
+    from .export import (
+        attention_stack,
+        explanation_metadata,
+        map_pixel_size,
+        write_attention_tiff,
+    )
+    stack, labels = attention_stack(explanation, [class_name], [settings.layer])
+    metadata = explanation_metadata(explanation, class_name, settings.layer, str(item.path), offset)
     if item.region is not None:
         region = item.region
         metadata["region"] = {"id": region.id, "box": [region.x0, region.y0, region.x1, region.y1],

@@ -24,6 +24,21 @@ AXES = "TZCYX"  # T: class, Z: decoder layer, C: head (ImageJ's hyperstack order
 _IMAGEJ_UNITS = {"µm": "micron"}  # ImageJ writes micrometres as "micron"
 
 
+def prediction_columns(top_k: int) -> list[str]:
+    """Table columns of the top-k classes: as people read them, as their list writes them, probability."""
+    return [f"top{rank}_{what}" for rank in range(1, top_k + 1) for what in ("class", "label", "probability")]
+
+
+def prediction_cells(explanation: Explanation, top_k: int) -> dict:
+    """The cells of `prediction_columns` for one explanation (probabilities to 6 significant digits)."""
+    labels, cells = explanation.labels(), {}
+    for rank, entry in enumerate(explanation.table()[:top_k], start=1):
+        cells[f"top{rank}_class"] = entry["name"]
+        cells[f"top{rank}_label"] = labels[explanation.class_names.index(entry["name"])]
+        cells[f"top{rank}_probability"] = float(f"{entry['probability']:.6g}")
+    return cells
+
+
 def plane_label(class_label: str, layer: int, head: int | None) -> str:
     """What Fiji shows for one slice; layer and head are 1-based as in the paper (None: head mean)."""
     return f"{class_label} · L{layer} · {'mean' if head is None else f'H{head}'}"
@@ -108,8 +123,10 @@ def map_pixel_size(explanation: Explanation, image_pixel: PixelSize | None) -> P
 
 
 def write_overlay_png(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.5,
-                      colormap: str = "inferno") -> Path:
-    """The image with a [0, 1] heat map (already on the image's pixel grid) blended over it, 8-bit RGB."""
+                      colormap: str = "inferno", outlines: list | None = None) -> Path:
+    """The image with a [0, 1] heat map (already on the image's pixel grid) blended over it, 8-bit RGB.
+
+    outlines: [(region, (r, g, b) in [0, 1])] drawn as 2 px rectangles along the regions' boxes."""
     from matplotlib import colormaps
     from PIL import Image
 
@@ -121,5 +138,122 @@ def write_overlay_png(path: str | os.PathLike, image: np.ndarray, heatmap: np.nd
     coloured = colormaps[colormap](heat)[..., :3]
     weight = opacity * heat[..., None]  # unattended pixels show the photograph as it is
     blended = (1 - weight) * base + weight * coloured
+    height, width = heat.shape
+    for region, colour in outlines or []:
+        row0, col0 = max(0, int(region.y0)), max(0, int(region.x0))
+        row1, col1 = min(height, int(np.ceil(region.y1))), min(width, int(np.ceil(region.x1)))
+        for rows, cols in ((slice(row0, row0 + 2), slice(col0, col1)), (slice(row1 - 2, row1), slice(col0, col1)),
+                           (slice(row0, row1), slice(col0, col0 + 2)), (slice(row0, row1), slice(col1 - 2, col1))):
+            blended[rows, cols] = colour
     pixels = (np.clip(blended, 0, 1) * 255 + 0.5).astype(np.uint8)
     return atomic_write(path, lambda temporary: Image.fromarray(pixels).save(temporary, format="PNG"))
+
+
+CLASS_TABLE_COLUMNS = ["rank", "class", "label", "probability", "logit", "index"]
+
+
+def explanation_metadata(explanation: Explanation, class_name: str, layer: int, image_file: str | None = None,
+                         offset: tuple[int, int] = (0, 0)) -> dict:
+    """What an attention TIFF says about itself (Info property / OME description), as JSON."""
+    column = explanation.class_names.index(class_name)
+    scale, translate = explanation.grid_to_image()
+    return {
+        "image": explanation.image_name, "class": class_name, "label": explanation.labels()[column],
+        "layer": layer % explanation.num_layers + 1, "heads": explanation.num_heads,
+        "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
+        "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
+        "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
+        "image_file": image_file, "image_shape": list(explanation.image_shape),
+        # napari: Image layer(maps, scale=scale, translate=translate) lies on the original photograph
+        "scale": list(scale), "translate": [t + o for t, o in zip(translate, offset, strict=True)],
+        "notes": explanation.notes,
+    }
+
+
+def class_table_rows(explanation: Explanation) -> list[dict]:
+    labels = explanation.labels()
+    return [{"rank": entry["rank"], "class": entry["name"], "label": labels[explanation.class_names.index(entry["name"])],
+             "probability": float(f"{entry['probability']:.6g}"), "logit": float(f"{entry['logit']:.6g}"),
+             "index": entry["index"]} for entry in explanation.table()]
+
+
+def write_image_tiff(path: str | os.PathLike, image: np.ndarray, pixel_size: PixelSize | None = None) -> Path:
+    """The image itself beside its maps (RGB or grey as it is), with its physical scale if known."""
+    import tifffile
+    image = np.asarray(image)
+    options = {"photometric": "rgb" if image.ndim == 3 and image.shape[-1] in (3, 4) else "minisblack"}
+    per_cm = {"mm": 10.0, "µm": 1e4, "cm": 1.0, "nm": 1e7}.get(pixel_size.unit) if pixel_size else None
+    if per_cm:
+        options.update(resolution=(per_cm / pixel_size.x, per_cm / pixel_size.y), resolutionunit="CENTIMETER")
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as stream:
+            tifffile.imwrite(stream, image, **options)
+
+    return atomic_write(path, write)
+
+
+def save_explanation(folder: str | os.PathLike, stem: str, explanation: Explanation, image: np.ndarray,
+                     class_name: str, layer: int = -1, pixel_size: PixelSize | None = None,
+                     file_format: str = "imagej", image_file: str | None = None) -> list[Path]:
+    """The Explorer's "save explanation": the class's maps (every decoder layer, every head) as a
+    hyperstack, the class table as CSV, the image as TIFF, and the class's head-mean map at `layer`
+    over the image as PNG. Returns the files written."""
+    from .csv_output import write_csv
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".ome.tif" if file_format == "ome" else ".tif"
+    stack, labels = attention_stack(explanation, [class_name], list(range(explanation.num_layers)))
+    metadata = explanation_metadata(explanation, class_name, layer, image_file)
+    written = [
+        write_attention_tiff(folder / f"{stem}_attention{suffix}", stack, labels, metadata,
+                             map_pixel_size(explanation, pixel_size), file_format),
+        write_csv(folder / f"{stem}_classes.csv", CLASS_TABLE_COLUMNS, class_table_rows(explanation)),
+        write_image_tiff(folder / f"{stem}_image.tif", image, pixel_size),
+        write_overlay_png(folder / f"{stem}_overlay.png", image, _unit(explanation.upsample(
+            explanation.mean_map(class_name, layer)))),
+    ]
+    return written
+
+
+def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.ndarray, layer: int = -1,
+                 pixel_size: PixelSize | None = None, file_format: str = "imagej", top_k: int = 3,
+                 image_file: str | None = None) -> list[Path]:
+    """"Save explanation" for a photo of many specimens: the regions table (CSV), each region's
+    top-1 maps (every layer and head) placed by their metadata, the photo, and a PNG of the photo
+    with every region's head-mean map and its outline in its top-1 class's colour."""
+    from matplotlib import colormaps
+
+    from .csv_output import write_csv
+    from .regions import region_columns, region_rows
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".ome.tif" if file_format == "ome" else ".tif"
+    written = [write_csv(folder / f"{stem}_regions.csv", region_columns(top_k), region_rows(results, top_k))]
+    heat = np.zeros(np.asarray(photo).shape[:2], np.float32)
+    outlines = []
+    for result in results:
+        explanation, region = result.explanation, result.region
+        top = explanation.top_class()
+        stack, labels = attention_stack(explanation, [top], list(range(explanation.num_layers)))
+        metadata = explanation_metadata(explanation, top, layer, image_file, result.offset)
+        metadata["region"] = {"id": region.id, "box": [region.x0, region.y0, region.x1, region.y1],
+                              "crop_offset": list(result.offset)}
+        name = f"{stem}_{''.join(c if c.isalnum() or c in '-_.' else '-' for c in region.id)}_attention{suffix}"
+        written.append(write_attention_tiff(folder / name, stack, labels, metadata,
+                                            map_pixel_size(explanation, pixel_size), file_format))
+        row, column = result.offset
+        height, width = explanation.image_shape
+        placed = _unit(explanation.upsample(explanation.mean_map(top, layer)))
+        heat[row: row + height, column: column + width] = np.maximum(heat[row: row + height, column: column + width],
+                                                                      placed)
+        colour = colormaps["tab10"](explanation.class_indices[explanation.class_names.index(top)] % 10)[:3]
+        outlines.append((region, colour))
+    written.append(write_image_tiff(folder / f"{stem}_image.tif", photo, pixel_size))
+    written.append(write_overlay_png(folder / f"{stem}_overlay.png", photo, heat, outlines=outlines))
+    return written
+
+
+def _unit(heatmap: np.ndarray) -> np.ndarray:
+    low, high = float(heatmap.min()), float(heatmap.max())
+    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)

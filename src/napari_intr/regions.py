@@ -16,6 +16,7 @@ import numpy as np
 
 BOX_COLUMNS = ("image", "x0", "y0", "x1", "y1")
 ID_COLUMN = "id"
+REGION_COLUMNS = ["region", "x0", "y0", "x1", "y1"]  # how tables name a region and its box
 
 
 @dataclass(frozen=True)
@@ -164,3 +165,50 @@ def regions_from_rectangles(corners: list[np.ndarray], ids: list[str] | None = N
         region_id = ids[number - 1] if ids is not None else str(number)
         regions.append(Region(region_id, col0, row0, col1, row1))
     return regions
+
+
+@dataclass(eq=False)
+class RegionResult:
+    """One region's explanation and where its crop lies on the photograph."""
+    region: Region
+    offset: tuple[int, int]
+    explanation: object  # napari_intr.explanation.Explanation of the crop
+
+    def placement(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return placement(self.explanation, self.offset)
+
+
+def explain_regions(explainer, image: np.ndarray, regions: list[Region], margin: Margin | None = None,
+                    classes=None, mode: str = "drop", name: str = "image",
+                    progress=None, should_stop=None) -> tuple[list[RegionResult], list[tuple[Region, str]]]:
+    """Explain each region of `image` as its own specimen (cut from the full-resolution pixels).
+
+    Returns (results, failures): a region that cannot be explained (outside the image, too small
+    for the model) is reported with its reason instead of ending the others. progress(done, total)
+    after each region; should_stop() is checked before each."""
+    results, failures = [], []
+    for number, region in enumerate(regions, start=1):
+        if should_stop is not None and should_stop():
+            break
+        try:
+            crop = crop_region(image, region, margin)
+            explanation = explainer.explain(crop.pixels, f"{name} · {region.id}", classes, mode)
+        except ValueError as error:
+            failures.append((region, str(error)))
+        else:
+            results.append(RegionResult(region, crop.offset, explanation))
+        if progress is not None:
+            progress(number, len(regions))
+    return results, failures
+
+
+def region_rows(results: list[RegionResult], top_k: int = 3) -> list[dict]:
+    """One table row per region: id, box, top classes (name, label) and probabilities."""
+    from .export import prediction_cells
+    return [{"region": result.region.id, "x0": result.region.x0, "y0": result.region.y0, "x1": result.region.x1,
+             "y1": result.region.y1, **prediction_cells(result.explanation, top_k)} for result in results]
+
+
+def region_columns(top_k: int = 3) -> list[str]:
+    from .export import prediction_columns
+    return [*REGION_COLUMNS, *prediction_columns(top_k)]
