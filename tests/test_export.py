@@ -128,7 +128,7 @@ def test_save_explanation_writes_maps_table_image_and_overlay(explanation, tmp_p
     assert metadata["class"] == shown and metadata["label"] in LABELS and labels[0].endswith("L1 · H1")
     with open(written[1], newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
-    assert [row["class"] for row in rows][0] == shown and rows[0]["label"] == metadata["label"]
+    assert rows[0]["class"] == shown and rows[0]["label"] == metadata["label"]
     assert sorted(row["label"] for row in rows) == LABELS
     with tifffile.TiffFile(written[2]) as tiff:
         np.testing.assert_array_equal(tiff.asarray(), image)

@@ -100,7 +100,7 @@ def test_explain_regions_places_each_and_reports_what_fails(tmp_path):
     assert failures[0][0].id == "tiny" and "at least" in failures[0][1]  # too small for the model
     left = results[0]
     assert left.offset == (16, 6) and left.explanation.image_shape == (108, 88)
-    scale, translate = left.placement()
+    _, translate = left.placement()
     assert translate == pytest.approx(np.add(left.explanation.grid_to_image()[1], (16, 6)))
     rows = region_rows(results, top_k=2)
     assert list(rows[0]) == region_columns(2) and rows[1]["region"] == "right"
