@@ -28,12 +28,12 @@ def run(seconds: float) -> dict:
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     app = napari.qt.get_qapp()
     deadline = time.perf_counter() + 120
-    while widget.state.model is None or widget.model_picker.task.busy:  # loading: not measured
+    while widget.state.model is None or widget.model_source.task.busy:  # loading: not measured
         if time.perf_counter() > deadline:
             raise RuntimeError("the Explorer did not load the bundled model within 120 s")
         app.processEvents()
         time.sleep(0.005)
-    panel = widget.explain_panel
+    panel = widget.explain_box
     done, state = [], {"running": False}
 
     def again(busy: bool) -> None:

@@ -26,6 +26,6 @@ def pair_with_explorer(make_napari_viewer, qtbot, messages):
     from napari_intr.widgets.state import shared_state
     shared_state().model = None
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_picker.task.busy,
+    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
                     timeout=MODEL_TIMEOUT_MS)
     return viewer, explorer

@@ -24,17 +24,17 @@ def explorer(make_napari_viewer, qtbot, messages):
     from napari_intr.widgets.state import shared_state
     shared_state().model = None  # each test starts from an Explorer that loads the sample
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_picker.task.busy,
+    qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
                     timeout=TIMEOUT_MS)
     return viewer, widget
 
 
 def explain(qtbot, widget, layer_name=None):
     if layer_name is not None:
-        widget.explain_panel.image.setCurrentText(layer_name)
+        widget.explain_box.image.setCurrentText(layer_name)
     widget.explain()
-    qtbot.waitUntil(lambda: not widget.explain_panel.task.busy, timeout=TIMEOUT_MS)
-    assert widget.explain_panel.explain_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
+    assert widget.explain_box.explain_button.isEnabled()
 
 
 def reference(image, name="image"):
@@ -180,11 +180,11 @@ def test_very_long_image_is_downscaled_with_a_note(explorer, qtbot, messages):
 def test_tiny_images_are_refused(explorer, qtbot, messages, size):
     viewer, widget = explorer
     viewer.add_image(np.zeros((size, size), np.uint8), name="tiny")
-    widget.explain_panel.image.setCurrentText("tiny")
+    widget.explain_box.image.setCurrentText("tiny")
     widget.explain()
     assert ("warning", f"'tiny' is {size}×{size} px; INTR needs at least 32 px on each side: "
             "choose a larger image") in messages
-    assert widget.explain_panel.explain_button.isEnabled() and widget.state.explanation is None
+    assert widget.explain_box.explain_button.isEnabled() and widget.state.explanation is None
 
 
 def test_nan_image_reports_and_stays_usable(explorer, qtbot, messages):
@@ -204,7 +204,7 @@ def test_non_image_layers_are_refused(make_napari_viewer, qtbot, messages):
     from napari_intr.widgets.state import shared_state
     shared_state().model = None
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    qtbot.waitUntil(lambda: not widget.model_picker.task.busy, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.model_source.task.busy, timeout=TIMEOUT_MS)
     widget.explain()
     assert any(level == "warning" and "no image layer" in text for level, text in messages)
     viewer.add_labels(np.zeros((64, 64), np.int32), name="cells")
@@ -213,17 +213,17 @@ def test_non_image_layers_are_refused(make_napari_viewer, qtbot, messages):
     viewer.add_points([[1, 1]], name="spots")
     widget.explain()
     assert any("'spots' is a Points layer" in text for _, text in messages)
-    assert widget.explain_panel.explain_button.isEnabled()
+    assert widget.explain_box.explain_button.isEnabled()
 
 
 def test_cancel_leaves_no_result_and_reenables(explorer, qtbot, messages):
     viewer, widget = explorer
     widget.explain()
-    widget.explain_panel.task.cancel()
-    qtbot.waitUntil(lambda: not widget.explain_panel.task.busy, timeout=TIMEOUT_MS)
+    widget.explain_box.task.cancel()
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
     assert widget.state.explanation is None and not attention_layers(viewer)
-    assert widget.explain_panel.explain_button.isEnabled()
-    assert "cancelled" in widget.explain_panel.task.status.full_text
+    assert widget.explain_box.explain_button.isEnabled()
+    assert "cancelled" in widget.explain_box.task.status.full_text
 
 
 def test_wrong_class_names_file_is_reported(explorer, qtbot, messages, tmp_path):
@@ -231,13 +231,13 @@ def test_wrong_class_names_file_is_reported(explorer, qtbot, messages, tmp_path)
     model = widget.state.model
     names = tmp_path / "names.txt"
     names.write_text("a\nb\nc\n")
-    widget.model_picker.class_names.path = names
-    widget.model_picker.load()
-    qtbot.waitUntil(lambda: not widget.model_picker.task.busy, timeout=TIMEOUT_MS)
+    widget.model_source.class_names.path = names
+    widget.model_source.load()
+    qtbot.waitUntil(lambda: not widget.model_source.task.busy, timeout=TIMEOUT_MS)
     errors = [text for level, text in messages if level == "error"]
     assert errors and "names.txt" in errors[-1]
     assert re.search(r"\b3\b", errors[-1]) and re.search(rf"\b{len(model.class_names)}\b", errors[-1])
-    assert widget.state.model is model and widget.model_picker.load_button.isEnabled()
+    assert widget.state.model is model and widget.model_source.load_button.isEnabled()
 
 
 def test_offline_zoo_download_names_url_and_path(explorer, qtbot, messages, tmp_path, monkeypatch):
@@ -246,13 +246,13 @@ def test_offline_zoo_download_names_url_and_path(explorer, qtbot, messages, tmp_
     monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path))
     url = "http://127.0.0.1:9/intr_checkpoint_cub_detr_r50.pth"  # nothing listens on port 9
     monkeypatch.setitem(zoo.ZOO, "intr-cub", zoo.ZooEntry(zoo.ZOO["intr-cub"].filename, url, 200, "intr"))
-    picker = widget.model_picker
-    picker.source.setCurrentIndex(picker.source.findData("intr-cub"))
-    picker.load()
-    qtbot.waitUntil(lambda: not picker.task.busy, timeout=TIMEOUT_MS)
+    box = widget.model_source
+    box.picker.source.setCurrentIndex(box.picker.source.findData("intr-cub"))
+    box.load()
+    qtbot.waitUntil(lambda: not box.task.busy, timeout=TIMEOUT_MS)
     error = [text for level, text in messages if level == "error"][-1]
     assert url in error and str(zoo.cached_path("intr-cub")) in error
-    assert picker.load_button.isEnabled()
+    assert box.load_button.isEnabled()
 
 
 def test_model_published_by_another_widget_is_used(explorer, qtbot):
@@ -261,7 +261,7 @@ def test_model_published_by_another_widget_is_used(explorer, qtbot):
     from napari_intr import load_model
     from napari_intr.widgets.state import publish_model
     publish_model(load_model("sample"), "fine-tuned")
-    assert widget.state.explanation is None and "fine-tuned" in widget.model_picker.loaded.full_text
+    assert widget.state.explanation is None and "fine-tuned" in widget.model_source.loaded.full_text
     explain(qtbot, widget)
     assert widget.state.explanation.model_name == "fine-tuned"
 

@@ -53,7 +53,7 @@ def run_to_end(qtbot, widget):
 
 
 def test_flat_loss_note():
-    from napari_intr.widgets.training_plot import flat_loss_note
+    from napari_intr.widgets.finetune.plot import flat_loss_note
     assert flat_loss_note([2.2, 2.19, 2.21]).startswith("The loss has not dropped in 3 epochs")
     assert flat_loss_note([2.2, 1.5, 1.4]) == ""
     assert flat_loss_note([2.2, 2.2]) == ""  # too early to tell
@@ -83,14 +83,14 @@ def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune,
     from napari_intr.widgets.state import shared_state
     shared_state().model = None
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_picker.task.busy,
+    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
                     timeout=TRAIN_TIMEOUT_MS)
     widget.results.use_in_explorer()
     model_path = str(out / "model.safetensors")
     qtbot.waitUntil(lambda: explorer.state.model_name == model_path, timeout=TRAIN_TIMEOUT_MS)
     assert NOVEL in explorer.state.class_names and len(explorer.state.class_names) == 10
     explorer.explain()
-    qtbot.waitUntil(lambda: explorer.state.explanation is not None and not explorer.explain_panel.task.busy,
+    qtbot.waitUntil(lambda: explorer.state.explanation is not None and not explorer.explain_box.task.busy,
                     timeout=TRAIN_TIMEOUT_MS)
     assert NOVEL in [row[1] for row in explorer.results.rows()]
 
@@ -143,8 +143,8 @@ def test_a_failing_process_is_a_notification_with_the_log(finetune, qtbot, messa
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     configure(widget, data, out, epochs=1)
     settings = widget.settings
-    settings.base.setCurrentIndex(settings.base.findData("file"))
-    settings.checkpoint.path = corrupt
+    settings.base.source.setCurrentIndex(settings.base.source.findData("file"))
+    settings.base.checkpoint.path = corrupt
     run_to_end(qtbot, widget)
     errors = [text for level, text in messages if level == "error"]
     assert errors and errors[0].startswith("Fine-tuning failed: ")

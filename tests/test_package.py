@@ -88,5 +88,10 @@ def test_wheel_holds_the_manifest_sample_data_and_entry_point(tmp_path):
                 for p in root.rglob("__init__.py") if "__pycache__" not in p.parts}
     assert {f"{package}/__init__.py" for package in packages} <= names, "a package is missing from pyproject"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    modules = {f"{package}/{path.relative_to(folder).as_posix()}"
+               for package, folder in (("napari_intr", ROOT / "src" / "napari_intr"),
+                                       ("intr_training", ROOT / "training" / "intr_training"))
+               for path in folder.rglob("*.py") if "sample_data" not in path.parts}
+    assert modules <= names, sorted(modules - names)  # every subpackage, found without a list
     assert "[napari.manifest]" in entry_points
     assert "napari-intr = napari_intr:napari.yaml" in entry_points

@@ -25,7 +25,7 @@ def run_demo(image: str | None = None, screenshot: str | None = None, show: bool
     import napari
     viewer = napari.Viewer(title="INTR demo", show=show)
     # The plugin comes after the viewer, as when napari loads it (see widgets/__init__.py).
-    from napari_intr.widgets.demo_driver import explain_when_ready, wait_for_explanation
+    from napari_intr.widgets.explorer.demo_driver import explain_when_ready, wait_for_explanation
     if image:
         layers = viewer.open(image)
         image_layer = layers[0]
@@ -33,7 +33,7 @@ def run_demo(image: str | None = None, screenshot: str | None = None, show: bool
         viewer.open_sample("napari-intr", DEFAULT_SAMPLE)
         image_layer = viewer.layers[-1]
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    explorer.explain_panel.image.setCurrentText(image_layer.name)
+    explorer.explain_box.image.setCurrentText(image_layer.name)
     if not headless:
         explain_when_ready(explorer)
         viewer.window.resize(*WINDOW_SIZE)
@@ -42,8 +42,8 @@ def run_demo(image: str | None = None, screenshot: str | None = None, show: bool
     try:
         explanation = wait_for_explanation(explorer, timeout)
         if explanation is None:
-            raise RuntimeError(explorer.explain_panel.task.status.text()
-                               or explorer.model_picker.task.status.text()
+            raise RuntimeError(explorer.explain_box.task.status.text()
+                               or explorer.model_source.task.status.text()
                                or f"no explanation within {timeout:.0f} s")
         for entry in explanation.table()[:3]:
             print(f"{entry['rank']}. {entry['name']}  p = {entry['probability']:.3f}")

@@ -2,53 +2,17 @@
 worker with the training package's own `scan_collection`), and the validation split."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
 
-from .file_field import FileField
-from .read_only_table import read_only_table
-from .task_bar import TaskBar
-from .text_label import TextLabel
-from .workers import Result, _reports_runtime_errors
-
-FEW_IMAGES = 10  # a class with fewer images than this is hard to learn: say so
+from ..qt_helpers import FileField, TextLabel, read_only_table
+from ..workers.jobs import FEW_IMAGES, CollectionSummary, scan_job
+from ..workers.task_bar import TaskBar
 
 
-@dataclass(frozen=True)
-class CollectionSummary:
-    root: str
-    val_split: float
-    counts: tuple[tuple[str, int, int], ...]  # (class, training images, validation images)
-    val_folder: bool                          # ROOT/train + ROOT/val rather than a split
-    notes: tuple[str, ...]                    # the scan's warnings and skipped images
-
-    @property
-    def class_names(self) -> list[str]:
-        return [name for name, _, _ in self.counts]
-
-    def few_image_classes(self) -> list[str]:
-        return [name for name, train, val in self.counts if train + val < FEW_IMAGES]
-
-
-@_reports_runtime_errors
-def scan_job(root: str, val_split: float, seed: int):
-    from intr_training.data import scan_collection
-    collection = scan_collection(root, val_split, seed)
-    train, val = {}, {}
-    for _, index in collection.train:
-        train[index] = train.get(index, 0) + 1
-    for _, index in collection.val:
-        val[index] = val.get(index, 0) + 1
-    counts = tuple((name, train.get(i, 0), val.get(i, 0)) for i, name in enumerate(collection.class_names))
-    is_split = (collection.root / "train").is_dir() and (collection.root / "val").is_dir()
-    yield Result(CollectionSummary(str(collection.root), val_split, counts, is_split,
-                                   (*collection.warnings, *collection.skipped)))
-
-
-class CollectionPanel(QGroupBox):
+class CollectionBox(QGroupBox):
     def __init__(self, parent=None):
         super().__init__("Collection", parent)
         self.folder = FileField("folder: <class name>/<images>, or train/ and val/",
@@ -86,7 +50,7 @@ class CollectionPanel(QGroupBox):
         """Scan the folder in a worker; `then(summary)` runs after a successful scan."""
         root = self.folder.path
         if not root:
-            from . import messages
+            from ..workers import messages
             messages.notify("Choose the collection folder first (one subfolder of images per class)", "warning")
             return
         self.task.start(scan_job, root, self.val_split.value(), self.seed, doing=f"Scanning '{root}'",

@@ -1,4 +1,5 @@
-"""Worker jobs: generators run by napari's thread workers. They yield plain messages
+"""Every background job of the plugin: generators run by napari's thread workers (TaskBar
+starts them, reports their errors and cancels them). They yield plain messages
 (`Progress`, then one `Result`), raise on failure (the worker's `errored` signal), and never
 touch a widget. Cancelling (`worker.quit()`) takes effect at the next `yield`; jobs that wrap a
 blocking call also get a `threading.Event` the call polls.
@@ -8,9 +9,12 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from napari_intr.manipulation import EditSession
 
 _POLL_SECONDS = 0.1
 
@@ -40,7 +44,7 @@ class JobFailed(Exception):
         self.error = error
 
 
-def _reports_runtime_errors(job):
+def reports_runtime_errors(job):
     @functools.wraps(job)
     def wrapper(*args, **kwargs):
         try:
@@ -88,7 +92,7 @@ def _run_polled(call: Callable[[], Any], snapshot: Callable[[], Progress]):
     return box["value"]
 
 
-@_reports_runtime_errors
+@reports_runtime_errors
 def load_model_job(source: str, class_names: str | None, device: str, cancel: threading.Event):
     """Download a zoo model if it is not cached yet (with progress), then load it once."""
     from napari_intr import zoo
@@ -109,7 +113,7 @@ def load_model_job(source: str, class_names: str | None, device: str, cancel: th
     yield Result(model)
 
 
-@_reports_runtime_errors
+@reports_runtime_errors
 def explain_job(model, model_name: str, image: np.ndarray, name: str):
     """Preprocess + encode (backbone and encoder), then decode every class. Yields between stages."""
     from napari_intr.explanation import Explainer
@@ -122,7 +126,7 @@ def explain_job(model, model_name: str, image: np.ndarray, name: str):
     yield Result((encoded, explanation))
 
 
-@_reports_runtime_errors
+@reports_runtime_errors
 def batch_job(model, inputs: str, out_dir: str, top_k: int, cancel: threading.Event):
     """`napari_intr.batch.explain_folder` with progress and cancel; yields its summary."""
     from napari_intr.batch import explain_folder
@@ -136,3 +140,58 @@ def batch_job(model, inputs: str, out_dir: str, top_k: int, cancel: threading.Ev
                                should_stop=cancel.is_set),
         lambda: Progress(latest["done"], latest["total"], latest["path"]))
     yield Result(summary)
+
+
+@reports_runtime_errors
+def compare_job(explainer, encoded, selected: str, candidates: list[str], mode: str, all_classes):
+    yield Progress(0, 1, f"decoding {len(candidates)} candidates on the cached encoder memory")
+    from napari_intr.comparison import compare
+    yield Result(compare(explainer, encoded, selected, candidates, mode, all_classes))
+
+
+@reports_runtime_errors
+def edit_job(explainer, session: EditSession, edit, region: np.ndarray, explain_before: bool):
+    """Explain the image before the edit (unless already known), apply the edit, explain after."""
+    total, done, before = 2 + explain_before, 0, None
+    if explain_before:
+        yield Progress(0, total, f"explaining '{session.name}' before the edit")
+        before, done = explainer.explain(session.current, session.name), 1
+    yield Progress(done, total, edit.describe())
+    step = session.apply(edit, region)
+    yield Progress(done + 1, total, "explaining the edited image")
+    after = explainer.explain(step.image, f"{session.name} (edited)")
+    yield Result((step, before, after))
+
+
+FEW_IMAGES = 10  # a class with fewer images than this is hard to learn: say so
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    root: str
+    val_split: float
+    counts: tuple[tuple[str, int, int], ...]  # (class, training images, validation images)
+    val_folder: bool                          # ROOT/train + ROOT/val rather than a split
+    notes: tuple[str, ...]                    # the scan's warnings and skipped images
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for name, _, _ in self.counts]
+
+    def few_image_classes(self) -> list[str]:
+        return [name for name, train, val in self.counts if train + val < FEW_IMAGES]
+
+
+@reports_runtime_errors
+def scan_job(root: str, val_split: float, seed: int):
+    from intr_training.data import scan_collection
+    collection = scan_collection(root, val_split, seed)
+    train, val = {}, {}
+    for _, index in collection.train:
+        train[index] = train.get(index, 0) + 1
+    for _, index in collection.val:
+        val[index] = val.get(index, 0) + 1
+    counts = tuple((name, train.get(i, 0), val.get(i, 0)) for i, name in enumerate(collection.class_names))
+    is_split = (collection.root / "train").is_dir() and (collection.root / "val").is_dir()
+    yield Result(CollectionSummary(str(collection.root), val_split, counts, is_split,
+                                   (*collection.warnings, *collection.skipped)))

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import (QColorDialog, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
-                            QLabel, QPushButton, QSpinBox, QStackedWidget, QWidget)
+from qtpy.QtWidgets import (
+    QColorDialog,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QStackedWidget,
+    QWidget,
+)
 
 from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, check_image, sample_colour
 
-from . import messages
-from .layer_combo import LayerCombo
+from ..layers import LayerCombo
+from ..workers import messages
 
 OPERATIONS = ("recolour", "erase", "blur", "transplant")
 

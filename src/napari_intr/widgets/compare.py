@@ -11,30 +11,41 @@ Explorer stays short, and the comparison can sit beside it."""
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox,
-                            QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_intr.comparison import MIN_CANDIDATES, Comparison, compare, most_confused_with, \
-    symmetric_limits, top_k_candidates
+from napari_intr.comparison import (
+    MIN_CANDIDATES,
+    Comparison,
+    most_confused_with,
+    symmetric_limits,
+    top_k_candidates,
+)
 from napari_intr.explanation import layer_name
 
-from . import messages
-from .candidate_list import CandidateList
-from .map_layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from .read_only_table import read_only_table
+from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
+from .qt_helpers import TextLabel, read_only_table
 from .state import follow, shared_state
-from .task_bar import TaskBar
-from .text_label import TextLabel
-from .workers import Progress, Result, _reports_runtime_errors
+from .workers import messages
+from .workers.jobs import compare_job
+from .workers.task_bar import TaskBar
 
 MODES = {"drop (default)": "drop", "zero (as in the paper)": "zero"}
 NEEDS_TWO = "comparison needs two classes or more: tick at least two candidates"
-
-
-@_reports_runtime_errors
-def compare_job(explainer, encoded, selected: str, candidates: list[str], mode: str, all_classes):
-    yield Progress(0, 1, f"decoding {len(candidates)} candidates on the cached encoder memory")
-    yield Result(compare(explainer, encoded, selected, candidates, mode, all_classes))
 
 
 class CompareWidget(QWidget):
@@ -269,3 +280,57 @@ class CompareWidget(QWidget):
         ready = self.state.explanation is not None and not self.task.busy
         for widget in (self.compare_button, self.top_k_button, self.confused_button):
             widget.setEnabled(ready)
+
+
+class CandidateList(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.filter = QLineEdit()
+        self.filter.setPlaceholderText("Search classes…")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(self._apply_filter)
+        self.list = QListWidget()
+        self.list.setMinimumHeight(120)
+        self.list.setToolTip("Tick the classes to compare (at least two)")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.filter)
+        layout.addWidget(self.list)
+
+    def set_classes(self, names) -> None:
+        """New class list (a new model); ticks of classes still present are kept."""
+        ticked = set(self.checked())
+        self.list.clear()
+        for name in names:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if name in ticked else Qt.Unchecked)
+            self.list.addItem(item)
+        self._apply_filter()
+
+    def names(self) -> list[str]:
+        return [self.list.item(row).text() for row in range(self.list.count())]
+
+    def checked(self) -> list[str]:
+        """Ticked classes in the list's (the model's) order."""
+        return [self.list.item(row).text() for row in range(self.list.count())
+                if self.list.item(row).checkState() == Qt.Checked]
+
+    def set_checked(self, names) -> None:
+        wanted = set(names)
+        unknown = wanted - set(self.names())
+        if unknown:
+            raise ValueError(f"not classes of this model: {', '.join(sorted(unknown))}")
+        for row in range(self.list.count()):
+            item = self.list.item(row)
+            item.setCheckState(Qt.Checked if item.text() in wanted else Qt.Unchecked)
+
+    def visible_names(self) -> list[str]:
+        return [self.list.item(row).text() for row in range(self.list.count())
+                if not self.list.item(row).isHidden()]
+
+    def _apply_filter(self, *_) -> None:
+        text = self.filter.text().strip().casefold()
+        for row in range(self.list.count()):
+            item = self.list.item(row)
+            item.setHidden(bool(text) and text not in item.text().casefold())

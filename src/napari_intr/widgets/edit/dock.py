@@ -14,21 +14,27 @@ import re
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QListWidget, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_intr.manipulation import EditSession, check_region, compare_explanations, export
 
-from . import messages
-from .edit_options import EditOptions, plain_image
-from .edit_report import EditReport
-from .file_field import FileField
-from .layer_combo import LayerCombo, is_labels
-from .scroll_column import scroll_column
-from .state import follow, shared_state
-from .task_bar import TaskBar
-from .text_label import TextLabel
-from .workers import Progress, Result, _reports_runtime_errors
+from ..layers import LayerCombo, is_labels
+from ..qt_helpers import FileField, TextLabel, scroll_column
+from ..state import follow, shared_state
+from ..workers import messages
+from ..workers.jobs import edit_job
+from ..workers.task_bar import TaskBar
+from .options import EditOptions, plain_image
+from .report import EditReport
 
 SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}  # what export's writer handles
 
@@ -43,20 +49,6 @@ def export_paths(session: EditSession, image_layer, folder: Path) -> tuple[Path,
         image = session.original
         suffix = ".png" if image.dtype == np.uint8 and (image.ndim == 2 or image.shape[-1] in (3, 4)) else ".tif"
     return folder / (stem + suffix), folder / f"{stem} report"
-
-
-@_reports_runtime_errors
-def edit_job(explainer, session: EditSession, edit, region: np.ndarray, explain_before: bool):
-    """Explain the image before the edit (unless already known), apply the edit, explain after."""
-    total, done, before = 2 + explain_before, 0, None
-    if explain_before:
-        yield Progress(0, total, f"explaining '{session.name}' before the edit")
-        before, done = explainer.explain(session.current, session.name), 1
-    yield Progress(done, total, edit.describe())
-    step = session.apply(edit, region)
-    yield Progress(done + 1, total, "explaining the edited image")
-    after = explainer.explain(step.image, f"{session.name} (edited)")
-    yield Result((step, before, after))
 
 
 class EditWidget(QWidget):

@@ -6,13 +6,12 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QFont
 from qtpy.QtWidgets import QAbstractItemView, QGroupBox, QLineEdit, QTableWidgetItem, QVBoxLayout
 
-from .read_only_table import read_only_table
-from .text_label import TextLabel
+from ..qt_helpers import TextLabel, read_only_table
 
 COLUMNS = ("Rank", "Class", "Probability", "Logit")
 
 
-class ResultsTable(QGroupBox):
+class PredictionsBox(QGroupBox):
     class_selected = Signal(str)
 
     def __init__(self, parent=None):

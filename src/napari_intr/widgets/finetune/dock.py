@@ -12,18 +12,26 @@ from pathlib import Path
 
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QEvent, QTimer
-from qtpy.QtWidgets import (QGroupBox, QHBoxLayout, QMessageBox, QPlainTextEdit, QProgressBar,
-                            QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from . import messages
-from .finetune_collection import CollectionPanel, CollectionSummary
-from .finetune_results import ResultsPanel
-from .finetune_settings import SettingsPanel, default_runs_folder, new_run_folder
-from .scroll_column import scroll_column
-from .state import shared_state
-from .text_label import TextLabel
-from .training_plot import TrainingPlot, flat_loss_note
-from .training_process import TrainingProcess
+from ..qt_helpers import TextLabel, scroll_column
+from ..state import shared_state
+from ..workers import messages
+from ..workers.jobs import CollectionSummary
+from ..workers.training_process import TrainingProcess
+from .collection import CollectionBox
+from .plot import TrainingPlot, flat_loss_note
+from .results import RunResultsBox
+from .settings import SettingsBox, default_runs_folder, new_run_folder
 
 STATE_FILE, METRICS_FILE = "training_state.pt", "metrics.jsonl"  # as intr_training.state writes them
 WIDGET_NAME = "INTR Fine-tune"
@@ -45,9 +53,9 @@ class FineTuneWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = shared_state()
-        self.collection = CollectionPanel()
-        self.settings = SettingsPanel(self.state)
-        self.results = ResultsPanel(self.state)
+        self.collection = CollectionBox()
+        self.settings = SettingsBox(self.state)
+        self.results = RunResultsBox(self.state)
         self.process = TrainingProcess(self)  # a child QObject: Qt kills the process with the widget
         self.process.message.connect(self._on_event)
         self.process.log_line.connect(self._on_log_line)

@@ -7,19 +7,18 @@ from pathlib import Path
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
 
-from . import messages
-from .read_only_table import read_only_table
-from .state import ExplorerState
-from .task_bar import TaskBar
-from .text_label import TextLabel
-from .workers import load_model_job
+from ..qt_helpers import TextLabel, read_only_table
+from ..state import ExplorerState
+from ..workers import messages
+from ..workers.jobs import load_model_job
+from ..workers.task_bar import TaskBar
 
 
 def _percent(value) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-class ResultsPanel(QGroupBox):
+class RunResultsBox(QGroupBox):
     def __init__(self, state: ExplorerState, parent=None):
         super().__init__("Result", parent)
         self.state = state

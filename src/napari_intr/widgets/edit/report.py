@@ -8,9 +8,8 @@ from qtpy.QtWidgets import QGroupBox, QTableWidget, QTableWidgetItem, QVBoxLayou
 
 from napari_intr.explanation import layer_name
 
-from .map_layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from .read_only_table import read_only_table
-from .text_label import TextLabel
+from ..layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
+from ..qt_helpers import TextLabel, read_only_table
 
 CLASS_COLUMNS = ("Class", "p before", "p after", "Δp", "Δlogit")
 HEAD_COLUMNS = ("Head", "in region before", "after", "change")

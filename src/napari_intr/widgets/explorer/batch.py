@@ -6,15 +6,14 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QPushButton, QSpinBox, QVBoxLayout
 
-from . import messages
-from .text_label import TextLabel
-from .file_field import FileField
-from .state import ExplorerState
-from .task_bar import TaskBar
-from .workers import batch_job
+from ..qt_helpers import FileField, TextLabel
+from ..state import ExplorerState
+from ..workers import messages
+from ..workers.jobs import batch_job
+from ..workers.task_bar import TaskBar
 
 
-class BatchPanel(QGroupBox):
+class BatchBox(QGroupBox):
     def __init__(self, state: ExplorerState, parent=None):
         super().__init__("Batch: a folder of images", parent)
         self.state = state

@@ -4,20 +4,20 @@ from __future__ import annotations
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout
 
-from . import messages
-from .text_label import TextLabel
+from ..layers import ATTENTION_TAG
+from ..qt_helpers import TextLabel
+from ..state import ExplorerState
+from ..workers import messages
+from ..workers.jobs import explain_job
+from ..workers.task_bar import TaskBar
 from .image_input import InputError, explainable_plane
-from .layer_set import ATTENTION_TAG
-from .state import ExplorerState
-from .task_bar import TaskBar
-from .workers import explain_job
 
 
 def _is_image(layer) -> bool:
     return isinstance(layer, Image) and not isinstance(layer, Labels)
 
 
-class ExplainPanel(QGroupBox):
+class ExplainBox(QGroupBox):
     def __init__(self, viewer, state: ExplorerState, parent=None):
         super().__init__("Image", parent)
         self.viewer, self.state = viewer, state

@@ -9,9 +9,9 @@ from napari.utils import progress as napari_progress
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from ..qt_helpers import TextLabel
 from . import messages
-from .text_label import TextLabel
-from .workers import Cancelled, JobFailed, Progress, Result
+from .jobs import Cancelled, JobFailed, Progress, Result
 
 
 class TaskBar(QWidget):

@@ -4,20 +4,19 @@ Class and layer switches only index the cached explanation (every class was deco
 the cached encoder memory), so they are instant and run on the GUI thread."""
 from __future__ import annotations
 
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QLabel, QListWidget, QPushButton,
-                            QSpinBox, QVBoxLayout)
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QListWidget, QPushButton, QSpinBox, QVBoxLayout
 
-from . import messages
-from .text_label import TextLabel
-from .layer_set import DisplayOptions, LiveLayerSet, layer_views
-from .state import ExplorerState, follow
+from ..layers import DisplayOptions, LiveLayerSet, layer_views
+from ..qt_helpers import TextLabel
+from ..state import ExplorerState, follow
+from ..workers import messages
 
 NORMALIZATIONS = {"per map (each head 0–1)": "per_map", "shared across heads": "shared"}
 PLACEMENTS = {"feature grid, placed on the image": False, "upsampled to the image grid": True}
 COLORMAPS = ("inferno", "turbo", "magma", "viridis", "red", "green", "cyan")
 
 
-class AttentionPanel(QGroupBox):
+class AttentionBox(QGroupBox):
     def __init__(self, viewer, state: ExplorerState, parent=None):
         super().__init__("Attention maps", parent)
         self.viewer, self.state = viewer, state

@@ -7,13 +7,11 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
-from ..devices import DEVICES
-from .file_field import FileField
-from .state import ExplorerState
+from ...devices import DEVICES
+from ..model_source import EXPLORER_MODEL, ModelSourcePicker
+from ..qt_helpers import FileField
+from ..state import ExplorerState
 
-SAMPLE = "sample"
-CHECKPOINT_FILE = "file"
-EXPLORER_MODEL = "explorer"
 BASE_MODEL_FILE = "base_model.safetensors"  # the Explorer's in-memory model, saved into the run
 FREEZE = (("nothing", None), ("backbone", "backbone"), ("backbone and encoder", "encoder"))
 
@@ -37,25 +35,13 @@ def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
     return box
 
 
-class SettingsPanel(QGroupBox):
+class SettingsBox(QGroupBox):
     def __init__(self, state: ExplorerState, parent=None):
         super().__init__("Base model and settings", parent)
-        from napari_intr import zoo
         self.state = state
-        self.base = QComboBox()
-        self.base.addItem("Bundled: tiny INTR, synthetic butterflies", SAMPLE)
-        for name, item in zoo.ZOO.items():
-            if item.kind == "intr":
-                self.base.addItem(f"Zoo: {name} ({item.num_classes} classes)", name)
-        self.base.addItem("Checkpoint file…", CHECKPOINT_FILE)
-        self.base.addItem("The Explorer's current model", EXPLORER_MODEL)
+        self.base = ModelSourcePicker(with_explorer_model=True)
         self.base.setToolTip("The model to start from; classes it knows keep what they learned, "
                              "new classes get fresh queries")
-        self.base.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.base.setMinimumContentsLength(12)
-        self.base.currentIndexChanged.connect(self._base_changed)
-        self.checkpoint = FileField("checkpoint file", "Choose an INTR checkpoint",
-                                    file_filter="Checkpoints (*.safetensors *.pth *.pt);;All files (*)")
         self.epochs = _spin(1, 100_000, 20, "Epochs in total (Resume may raise it)")
         self.batch_size = _spin(1, 4096, 8, "Images per step: lower it when memory runs out")
         self.lr = QLineEdit()
@@ -75,8 +61,7 @@ class SettingsPanel(QGroupBox):
         self.out = FileField("output folder", "Choose the run's output folder", folder=True)
         self.out.path = new_run_folder()
         form = QFormLayout(self)
-        form.addRow("Base model", self.base)
-        form.addRow("Checkpoint", self.checkpoint)
+        form.addRow(self.base)
         form.addRow("Epochs", self.epochs)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Learning rate", self.lr)
@@ -86,7 +71,6 @@ class SettingsPanel(QGroupBox):
         form.addRow("Device", self.device)
         form.addRow("Seed", self.seed)
         form.addRow("Output folder", self.out)
-        self._base_changed()
 
     def output_folder(self) -> Path:
         if not self.out.path:
@@ -99,11 +83,7 @@ class SettingsPanel(QGroupBox):
     def init_argument(self, out: Path) -> str:
         """--init: "sample", a zoo name or a checkpoint path. The Explorer's model is used from its
         file when it came from one; otherwise it is saved into the run folder first."""
-        choice = self.base.currentData()
-        if choice == CHECKPOINT_FILE:
-            if not self.checkpoint.path:
-                raise ValueError("choose a checkpoint file to start from, or another base model")
-            return self.checkpoint.path
+        choice = self.base.chosen_source()
         if choice != EXPLORER_MODEL:
             return choice
         model, name = self.state.model, self.state.model_name
@@ -145,6 +125,3 @@ class SettingsPanel(QGroupBox):
         if not 0 < value < 1:
             raise ValueError(f"the {label} must be above 0 and below 1 (e.g. 1e-4), not {text}")
         return value
-
-    def _base_changed(self) -> None:
-        self.checkpoint.setEnabled(self.base.currentData() == CHECKPOINT_FILE)

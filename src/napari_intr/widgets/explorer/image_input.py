@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
-from .state import ImageSource
+from ..state import ImageSource
 
 
 class InputError(ValueError):

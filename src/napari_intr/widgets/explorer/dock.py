@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QWidget
 
-from .attention_panel import AttentionPanel
-from .batch_panel import BatchPanel
-from .explain_panel import ExplainPanel
-from .model_picker import ModelPicker
-from .results_table import ResultsTable
-from .scroll_column import scroll_column
-from .state import follow, shared_state
+from ..model_source import ModelSourceBox
+from ..qt_helpers import scroll_column
+from ..state import follow, shared_state
+from .attention import AttentionBox
+from .batch import BatchBox
+from .explain import ExplainBox
+from .predictions import PredictionsBox
 
 
 class ExplorerWidget(QWidget):
@@ -19,17 +19,17 @@ class ExplorerWidget(QWidget):
         self.viewer = napari_viewer
         self.state = state = shared_state()
         state.clear_explanation()  # a new Explorer starts without another viewer's result
-        self.model_picker = ModelPicker(state)
-        self.explain_panel = ExplainPanel(napari_viewer, state)
-        self.results = ResultsTable()
-        self.attention = AttentionPanel(napari_viewer, state)
-        self.batch = BatchPanel(state)
+        self.model_source = ModelSourceBox(state)
+        self.explain_box = ExplainBox(napari_viewer, state)
+        self.results = PredictionsBox()
+        self.attention = AttentionBox(napari_viewer, state)
+        self.batch = BatchBox(state)
         follow(state.events.explanation, self.results.show_explanation, self.results)
         self.results.class_selected.connect(self.attention.set_class)
 
-        scroll_column(self, (self.model_picker, self.explain_panel, self.results, self.attention, self.batch))
+        scroll_column(self, (self.model_source, self.explain_box, self.results, self.attention, self.batch))
         if state.model is None:  # the preselected bundled model is small: load it at once
-            self.model_picker.load()
+            self.model_source.load()
 
     def explain(self) -> None:
-        self.explain_panel.explain()
+        self.explain_box.explain()

@@ -25,14 +25,14 @@ def wait_for_explanation(explorer, timeout_s: float):
     loop = QEventLoop()
 
     def check(*_):
-        if not explorer.model_picker.task.busy and not explorer.explain_panel.task.busy:
+        if not explorer.model_source.task.busy and not explorer.explain_box.task.busy:
             loop.quit()
 
-    explorer.model_picker.task.busy_changed.connect(check)
-    explorer.explain_panel.task.busy_changed.connect(check)
+    explorer.model_source.task.busy_changed.connect(check)
+    explorer.explain_box.task.busy_changed.connect(check)
     QTimer.singleShot(int(timeout_s * 1000), loop.quit)
     explain_when_ready(explorer)
-    if explorer.model_picker.task.busy or explorer.explain_panel.task.busy:
+    if explorer.model_source.task.busy or explorer.explain_box.task.busy:
         loop.exec_()
     QApplication.processEvents()  # let the boxes lay out their final text
     return explorer.state.explanation

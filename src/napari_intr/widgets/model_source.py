@@ -1,40 +1,79 @@
-"""Model box: the bundled sample, a zoo model or a checkpoint file; class names; device. Loads once,
-in a worker, and publishes the model in the shared state."""
+"""Choosing a model: the source picker the Explorer and Fine-tune share, and the Explorer's Model
+box, which loads the chosen model once, in a worker, and publishes it in the shared state."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout, QWidget
 
 from ..devices import DEVICES
-from . import messages
-from .text_label import TextLabel
-from .file_field import FileField
+from .qt_helpers import FileField, TextLabel
 from .state import ExplorerState, follow
-from .task_bar import TaskBar
-from .workers import load_model_job
+from .workers import messages
+from .workers.jobs import load_model_job
+from .workers.task_bar import TaskBar
 
 SAMPLE = "sample"
 CHECKPOINT_FILE = "file"
+EXPLORER_MODEL = "explorer"  # Fine-tune only: start from the model the Explorer has loaded
 
 
-class ModelPicker(QGroupBox):
-    def __init__(self, state: ExplorerState, parent=None):
-        super().__init__("Model", parent)
+class ModelSourcePicker(QWidget):
+    """Where a model comes from: the bundled sample, a zoo model or a checkpoint file (and, for
+    fine-tuning, the Explorer's current model). The Explorer and Fine-tune docks both use it."""
+
+    def __init__(self, with_explorer_model: bool = False, parent=None):
+        super().__init__(parent)
         from napari_intr import zoo
-        self.state = state
         self.source = QComboBox()
         self.source.addItem("Bundled: tiny INTR, synthetic butterflies", SAMPLE)
         for name, item in zoo.ZOO.items():
             if item.kind == "intr":
-                where = "cached" if zoo.cached_path(name).exists() else "downloads on Load"
+                where = "cached" if zoo.cached_path(name).exists() else "downloads on first use"
                 self.source.addItem(f"Zoo: {name} ({item.num_classes} classes, {where})", name)
         self.source.addItem("Checkpoint file (.safetensors or official .pth)…", CHECKPOINT_FILE)
+        if with_explorer_model:
+            self.source.addItem("The Explorer's current model", EXPLORER_MODEL)
         self.source.currentIndexChanged.connect(self._source_changed)
         self.source.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.source.setMinimumContentsLength(12)
         self.checkpoint = FileField("checkpoint file", "Choose an INTR checkpoint",
                                     file_filter="Checkpoints (*.safetensors *.pth *.pt);;All files (*)")
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Source", self.source)
+        form.addRow("Checkpoint", self.checkpoint)
+        self._source_changed()
+
+    def choice(self) -> str:
+        """SAMPLE, a zoo name, CHECKPOINT_FILE or EXPLORER_MODEL."""
+        return self.source.currentData()
+
+    def chosen_source(self) -> str:
+        """"sample", a zoo name, a checkpoint path or EXPLORER_MODEL; ValueError when incomplete."""
+        if self.choice() != CHECKPOINT_FILE:
+            return self.choice()
+        if not self.checkpoint.path:
+            raise ValueError("choose a checkpoint file (Browse…) or another model source")
+        return self.checkpoint.path
+
+    def label(self) -> str:
+        """A short name for messages: the file's name for a checkpoint, else the source itself."""
+        source = self.chosen_source()
+        return Path(source).name if self.choice() == CHECKPOINT_FILE else source
+
+    def _source_changed(self) -> None:
+        self.checkpoint.setEnabled(self.choice() == CHECKPOINT_FILE)
+
+
+class ModelSourceBox(QGroupBox):
+    """The Explorer's Model box: a source, class names and a device; loads once, in a worker, and
+    publishes the model in the shared state."""
+
+    def __init__(self, state: ExplorerState, parent=None):
+        super().__init__("Model", parent)
+        self.state = state
+        self.picker = ModelSourcePicker()
         self.class_names = FileField("optional: text file, one class name per line",
                                      "Choose a class-names file", file_filter="Text (*.txt);;All files (*)")
         self.device = QComboBox()
@@ -46,35 +85,23 @@ class ModelPicker(QGroupBox):
         self.task.busy_changed.connect(lambda busy: self.load_button.setEnabled(not busy))
         self.loaded = TextLabel("No model loaded")
         form = QFormLayout()
-        form.addRow("Source", self.source)
-        form.addRow("Checkpoint", self.checkpoint)
         form.addRow("Class names", self.class_names)
         form.addRow("Device", self.device)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.picker)
         layout.addLayout(form)
         layout.addWidget(self.load_button)
         layout.addWidget(self.task)
         layout.addWidget(self.loaded)
-        self._source_changed()
         follow(state.events.model, self._show_loaded, self)
         self._show_loaded()
 
-    def chosen_source(self) -> str:
-        """"sample", a zoo name or a checkpoint path; raises ValueError when incomplete."""
-        choice = self.source.currentData()
-        if choice != CHECKPOINT_FILE:
-            return choice
-        if not self.checkpoint.path:
-            raise ValueError("choose a checkpoint file (Browse…) or another model source")
-        return self.checkpoint.path
-
     def load(self) -> None:
         try:
-            source = self.chosen_source()
+            source, label = self.picker.chosen_source(), self.picker.label()
         except ValueError as error:
             messages.notify(str(error), "warning")
             return
-        label = Path(source).name if self.source.currentData() == CHECKPOINT_FILE else source
         self.task.start(load_model_job, source, self.class_names.path or None, self.device.currentText(),
                         doing=f"Loading model '{label}'", with_cancel_event=True,
                         show_in_activity=True, on_result=lambda model: self._publish(model, label))
@@ -82,9 +109,6 @@ class ModelPicker(QGroupBox):
     def _publish(self, model, name: str) -> None:
         self.state.publish_model(model, name)
         messages.notify(f"Model '{name}' loaded: {len(model.class_names)} classes on {model.device}")
-
-    def _source_changed(self) -> None:
-        self.checkpoint.setEnabled(self.source.currentData() == CHECKPOINT_FILE)
 
     def _show_loaded(self, *_) -> None:
         state = self.state

@@ -1,0 +1,243 @@
+"""The napari layers that show explanations, and the pickers of the viewer's own layers.
+
+LiveLayerSet: the Explorer's live attention layers of one explained image, one per head in rank
+order plus the mean. Switching class, decoder layer or display option rewrites these layers in
+place (same layer objects; name, data, scale and translate replaced). `keep()` renames the set
+with a " (kept N)" suffix and lets go of it, so the next update creates new live layers.
+KeyedLayers: the Compare and Edit docks' attention grids, keyed by what they show and updated in
+place. Nothing here ever touches an input image layer or removes a layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox
+
+from napari_intr.explanation import layer_name
+
+from .state import ImageSource
+
+OPACITY = 0.5
+ATTENTION_TAG = "napari_intr_attention"  # metadata key marking our layers (not inputs)
+
+
+@dataclass(frozen=True)
+class DisplayOptions:
+    normalization: str = "per_map"  # or "shared"
+    upsample: bool = False          # False: feature grid placed with scale/translate
+    colormap: str = "inferno"
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """What one live layer shows."""
+    name: str
+    data: np.ndarray
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    visible_by_default: bool  # the mean only: additive heads on top of it wash the image out
+    metadata: dict
+
+
+def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
+                options: DisplayOptions) -> list[LayerView]:
+    """Mean first, then heads from the strongest to the weakest peak (Explanation.head_order)."""
+    image, layer_number = source.name, layer % explanation.num_layers + 1
+    maps = explanation.head_maps(class_name, layer, options.normalization)
+    mean = _scaled_mean(explanation, class_name, layer, options.normalization)
+    order = explanation.head_order(class_name, layer)
+    if options.upsample:  # image-sized maps sit exactly on the plane
+        maps, mean = explanation.upsample(maps), explanation.upsample(mean)
+        scale, translate = tuple(map(float, source.plane_scale)), tuple(map(float, source.plane_translate))
+    else:
+        scale, translate = grid_placement(explanation, source.plane_scale, source.plane_translate)
+    common = {ATTENTION_TAG: True, "image": image, "class": class_name, "decoder_layer": layer_number,
+              "model": explanation.model_name, "normalization": options.normalization,
+              "probability": float(explanation.probabilities[explanation.class_names.index(class_name)]),
+              "rank": explanation.rank_of(class_name)}
+    views = [LayerView(layer_name(image, class_name, layer_number, None), mean.astype(np.float32),
+                       scale, translate, True, {**common, "head": "mean"})]
+    for rank, head in enumerate(order, start=1):
+        views.append(LayerView(layer_name(image, class_name, layer_number, head + 1),
+                               maps[head].astype(np.float32), scale, translate, False,
+                               {**common, "head": head + 1, "head_rank": rank}))
+    return views
+
+
+def _scaled_mean(explanation, class_name: str, layer: int, normalization: str) -> np.ndarray:
+    """per_map: min-max to [0, 1]; shared: on the heads' common scale (their largest weight)."""
+    mean = explanation.mean_map(class_name, layer)
+    if normalization == "shared":
+        peak = explanation.head_maps(class_name, layer, "none").max()
+        return mean / peak if peak > 0 else np.zeros_like(mean)
+    low, span = mean.min(), np.ptp(mean)
+    return (mean - low) / span if span > 0 else np.zeros_like(mean)
+
+
+class LiveLayerSet:
+    """Live attention layers per image name, in a viewer."""
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self._live: dict[str, list] = {}
+        self._kept = 0
+
+    def live_layers(self, image: str) -> list:
+        return [layer for layer in self._live.get(image, []) if layer in self.viewer.layers]
+
+    def show(self, views: list[LayerView], image: str, colormap: str) -> list:
+        layers = self._live.get(image, [])
+        if len(layers) != len(views) or any(layer not in self.viewer.layers for layer in layers):
+            if layers:  # another head count (new model) or a layer deleted by hand: keep the rest
+                self._freeze(layers)
+            # added weakest first, so the mean and the strongest head top the layer list
+            layers = [self._add(view, colormap) for view in reversed(views)][::-1]
+            self._live[image] = layers
+            return layers
+        for layer, view in zip(layers, views):
+            # Each assignment makes napari refresh the layer on the GUI thread: set only what
+            # changed, so a new explanation costs one data refresh per layer.
+            layer.data = view.data
+            if not (np.allclose(layer.scale, view.scale) and np.allclose(layer.translate, view.translate)):
+                layer.scale, layer.translate = view.scale, view.translate
+            if layer.colormap.name != colormap:
+                layer.colormap = colormap
+            if tuple(layer.contrast_limits) != (0.0, 1.0):
+                layer.contrast_limits = (0.0, 1.0)
+            layer.name = view.name
+            layer.metadata = dict(view.metadata)
+        return layers
+
+    def keep(self, image: str) -> list:
+        """Freeze the live set of `image`; returns the kept layers (empty if none)."""
+        layers = self.live_layers(image)
+        self._live.pop(image, None)
+        if layers:
+            self._freeze(layers)
+        return layers
+
+    def _freeze(self, layers) -> None:
+        self._kept += 1
+        for layer in layers:
+            if layer in self.viewer.layers:
+                layer.name = f"{layer.name} (kept {self._kept})"
+
+    def _add(self, view: LayerView, colormap: str):
+        return self.viewer.add_image(
+            view.data, name=view.name, scale=view.scale, translate=view.translate,
+            colormap=colormap, blending="additive", opacity=OPACITY, contrast_limits=(0.0, 1.0),
+            visible=view.visible_by_default, metadata=dict(view.metadata))
+
+
+DIFFERENCE_OPACITY = 0.9
+_DIFFERENCE_BASE = "PiYG"  # diverging: green where attention grew, pink where it shrank
+
+
+def difference_colormap():
+    """PiYG, see-through at 0 and opaque at the limits: with symmetric contrast limits the image
+    shows where nothing changed, instead of being washed out by the colormap's white centre."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+    controls = np.linspace(0, 1, 65)
+    colours = np.asarray(ensure_colormap(_DIFFERENCE_BASE).map(controls), dtype=np.float32)
+    colours[:, 3] = np.abs(controls - 0.5) * 2
+    return Colormap(colours, controls=controls, name=f"{_DIFFERENCE_BASE} (clear at 0)")
+
+
+DIFFERENCE_COLORMAP = difference_colormap()
+
+
+def grid_placement(explanation, plane_scale, plane_translate):
+    """napari (scale, translate) of an [h, w] attention map over an image layer with the given
+    2-D scale/translate (the Explorer's feature-grid placement)."""
+    cell_scale, cell_translate = explanation.grid_to_image()
+    scale = tuple(float(s * c) for s, c in zip(plane_scale, cell_scale))
+    translate = tuple(float(t + s * c) for t, s, c in zip(plane_translate, plane_scale, cell_translate))
+    return scale, translate
+
+
+class KeyedLayers:
+    """One image layer per key; `show` adds it the first time (or after the user deleted it) and
+    rewrites it in place afterwards. Visibility is the user's once the layer exists."""
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self._layers: dict = {}
+
+    def layer(self, key):
+        layer = self._layers.get(key)
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def show(self, key, name: str, data: np.ndarray, scale, translate, *, colormap: str,
+             limits: tuple[float, float], metadata: dict, visible: bool = True, diverging: bool = False):
+        """colormap: a napari colormap name or object; diverging: translucent, not additive."""
+        data = np.asarray(data, dtype=np.float32)
+        leading = data.ndim - len(scale)  # e.g. a candidate axis for napari's slider
+        scale, translate = (1.0,) * leading + tuple(scale), (0.0,) * leading + tuple(translate)
+        limits = (float(limits[0]), float(limits[1]) if limits[1] > limits[0] else float(limits[0]) + 1e-12)
+        metadata = {ATTENTION_TAG: True, **metadata}
+        layer = self.layer(key)
+        if layer is None or layer.data.ndim != data.ndim:
+            layer = self.viewer.add_image(
+                data, name=name, scale=scale, translate=translate, colormap=colormap,
+                contrast_limits=limits, visible=visible, metadata=metadata,
+                blending="translucent" if diverging else "additive",
+                opacity=DIFFERENCE_OPACITY if diverging else OPACITY)
+            self._layers[key] = layer
+            return layer
+        layer.data = data
+        layer.scale, layer.translate = scale, translate
+        layer.name, layer.metadata = name, metadata
+        layer.colormap = colormap
+        layer.contrast_limits = limits
+        return layer
+
+
+def is_image(layer) -> bool:
+    # napari hands plugins proxy layers: compare class names, not types
+    return layer.__class__.__name__ == "Image" and ATTENTION_TAG not in layer.metadata
+
+
+def is_labels(layer) -> bool:
+    return layer.__class__.__name__ == "Labels"
+
+
+class LayerCombo(QComboBox):
+    def __init__(self, viewer, accept=is_image, parent=None):
+        super().__init__(parent)
+        self.viewer, self._accept = viewer, accept
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed,
+                      viewer.layers.events.moved):
+            event.connect(self.refresh)
+        self.destroyed.connect(lambda *_: self._disconnect(viewer))
+        self.refresh()
+
+    def layer(self):
+        name = self.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def choose(self, name: str) -> None:
+        self.refresh()
+        if self.findText(name) < 0:
+            raise ValueError(f"no layer named {name!r} to choose here")
+        self.setCurrentText(name)
+
+    def refresh(self, *_) -> None:
+        current = self.currentText()
+        names = [layer.name for layer in self.viewer.layers if self._accept(layer)]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self.refresh)  # connecting twice is harmless in psygnal
+
+    def _disconnect(self, viewer) -> None:
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed,
+                      viewer.layers.events.moved):
+            event.disconnect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.disconnect(self.refresh)

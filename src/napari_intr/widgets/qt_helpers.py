@@ -1,0 +1,110 @@
+"""The small Qt pieces every dock uses: a wrapping status label, a path field with Browse…,
+a read-only table, the scrolling column of boxes."""
+from __future__ import annotations
+
+import textwrap
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+# Qt's own word wrap misjudges label heights inside the docks' scroll areas (lines get cut off
+# or leave gaps), so TextLabel wraps at a fixed number of characters instead.
+WRAP_CHARACTERS = 52
+
+
+class TextLabel(QLabel):
+    """A status label that wraps its text itself and hides while empty."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(parent)
+        self.full_text = ""
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        self.full_text = text
+        lines = [textwrap.fill(paragraph, WRAP_CHARACTERS) for paragraph in text.split("\n")]
+        super().setText("\n".join(lines))
+        self.setVisible(bool(text))
+
+
+class FileField(QWidget):
+    """A path line edit with a Browse… button."""
+
+    def __init__(self, placeholder: str, caption: str, folder: bool = False, file_filter: str = "",
+                 parent=None):
+        super().__init__(parent)
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.button = QPushButton("…")
+        self.button.setToolTip(caption)
+        self.button.setFixedWidth(32)
+        self.button.clicked.connect(self._browse)
+        self._caption, self._folder, self._filter = caption, folder, file_filter
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(self.button)
+
+    @property
+    def path(self) -> str:
+        return self.edit.text().strip()
+
+    @path.setter
+    def path(self, value) -> None:
+        self.edit.setText(str(value))
+
+    def _browse(self) -> None:
+        if self._folder:
+            chosen = QFileDialog.getExistingDirectory(self, self._caption, self.path)
+        else:
+            chosen, _ = QFileDialog.getOpenFileName(self, self._caption, self.path, self._filter)
+        if chosen:
+            self.path = chosen
+
+
+def read_only_table(columns, stretch_column: int = 0) -> QTableWidget:
+    """A table with these column titles, no row numbers, no editing; one column takes the
+    spare width and the others fit their contents."""
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    header = table.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeToContents)
+    header.setSectionResizeMode(stretch_column, QHeaderView.Stretch)
+    table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
+    return table
+
+
+def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: bool = True) -> QVBoxLayout:
+    """Stack `boxes` in a vertical scroll area filling `owner`; returns the column's layout.
+    With natural_height each box keeps its own height: the area scrolls instead of squeezing them."""
+    content = QWidget()
+    column = QVBoxLayout(content)
+    for box in boxes:
+        if natural_height:
+            box.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
+        column.addWidget(box)
+    column.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(content)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    layout = QVBoxLayout(owner)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(scroll)
+    owner.setMinimumWidth(min_width)
+    return column
