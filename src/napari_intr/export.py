@@ -18,6 +18,7 @@ import numpy as np
 from .atomic import atomic_write
 from .explanation import Explanation
 from .io import PixelSize
+from .regions import REGION_COLUMNS, RegionResult
 
 FORMATS = ("imagej", "ome")
 AXES = "TZCYX"  # T: class, Z: decoder layer, C: head (ImageJ's hyperstack order)
@@ -225,7 +226,6 @@ def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.
     from matplotlib import colormaps
 
     from .csv_output import write_csv
-    from .regions import region_columns, region_rows
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     suffix = ".ome.tif" if file_format == "ome" else ".tif"
@@ -252,6 +252,16 @@ def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.
     written.append(write_image_tiff(folder / f"{stem}_image.tif", photo, pixel_size))
     written.append(write_overlay_png(folder / f"{stem}_overlay.png", photo, heat, outlines=outlines))
     return written
+
+
+def region_rows(results: list[RegionResult], top_k: int = 3) -> list[dict]:
+    """One table row per region: id, box, top classes (name, label) and probabilities."""
+    return [{"region": result.region.id, "x0": result.region.x0, "y0": result.region.y0, "x1": result.region.x1,
+             "y1": result.region.y1, **prediction_cells(result.explanation, top_k)} for result in results]
+
+
+def region_columns(top_k: int = 3) -> list[str]:
+    return [*REGION_COLUMNS, *prediction_columns(top_k)]
 
 
 def _unit(heatmap: np.ndarray) -> np.ndarray:

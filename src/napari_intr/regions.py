@@ -200,15 +200,3 @@ def explain_regions(explainer, image: np.ndarray, regions: list[Region], margin:
         if progress is not None:
             progress(number, len(regions))
     return results, failures
-
-
-def region_rows(results: list[RegionResult], top_k: int = 3) -> list[dict]:
-    """One table row per region: id, box, top classes (name, label) and probabilities."""
-    from .export import prediction_cells
-    return [{"region": result.region.id, "x0": result.region.x0, "y0": result.region.y0, "x1": result.region.x1,
-             "y1": result.region.y1, **prediction_cells(result.explanation, top_k)} for result in results]
-
-
-def region_columns(top_k: int = 3) -> list[str]:
-    from .export import prediction_columns
-    return [*REGION_COLUMNS, *prediction_columns(top_k)]
