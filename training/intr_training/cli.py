@@ -12,6 +12,8 @@ COMMANDS = {
     "eval": ("intr_training.evaluate_cli", "accuracy, per-class accuracy and confusion matrix of a model"),
     "synth": ("intr_training.synth_cli", "draw synthetic mimic-ring specimens (offline test data)"),
     "explain": ("intr_training.explain_cli", "explain images or a folder: CSV of predictions, TIFF attention maps"),
+    "atlas": ("intr_training.atlas_cli", "trait atlas: what each head looks for across a collection, "
+              "which heads tell look-alikes apart"),
     "demo": ("intr_training.demo_cli", "open napari on a bundled specimen with the bundled model"),
 }
 

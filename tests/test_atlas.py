@@ -1,0 +1,182 @@
+"""`intr atlas` end to end on synthetic specimens with the bundled model: outputs, one encoding per
+image, resume after a cancel, two processes under torchrun, bounded memory, clear errors."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from intr_training import synth
+from intr_training.atlas import AtlasOptions, build_atlas
+from intr_training.cli import main
+from napari_intr import load_model
+
+ALBA, RUBRA = synth.SHOWCASE_PAIR[1], synth.SHOWCASE_PAIR[0]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synth.write_collection(root, per_class=3, size=64, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return load_model("sample", device="cpu")
+
+
+def outputs(out):
+    """Every result file's bytes (the summary ledger aside)."""
+    return {path.relative_to(out).as_posix(): path.read_bytes() for path in sorted(out.rglob("*"))
+            if path.is_file() and ".intr-atlas" not in path.parts}
+
+
+def test_atlas_of_a_collection_encodes_each_image_once(collection, model, tmp_path, monkeypatch):
+    encodes = []
+    original = model.encode
+    monkeypatch.setattr(model, "encode", lambda *a, **k: encodes.append(1) or original(*a, **k))
+    options = AtlasOptions(per_head=2, pairs=[(ALBA, RUBRA)])
+    result = build_atlas(model, "sample", collection, tmp_path, options)
+    assert len(encodes) == result.total == 27 and result.summarised_now == 27
+    atlas = result.atlas
+    assert [c.name for c in atlas.classes] == model.class_names and atlas.images == 27
+    for summary in atlas.classes:
+        assert summary.images == 3 and len(summary.heads) == model.config.nheads
+        for head in summary.heads:
+            assert len(head.top) == 2 and head.top[0].peak >= head.top[1].peak
+            assert all(e.key.startswith(summary.name + "/") for e in head.top)
+            assert head.consistency_method == "parts" and 0 <= head.consistency <= 1
+    (pair,) = atlas.pairs
+    assert (pair.a, pair.b, pair.images_a, pair.images_b) == (ALBA, RUBRA, 3, 3)
+    assert all(h.masked_images == 3 for h in pair.heads)
+    drops = [h.masking_drop for h in pair.heads]
+    assert drops == sorted(drops, reverse=True)  # ranked: the heads that tell A from B first
+
+    files = outputs(tmp_path)
+    page = files["atlas.html"].decode()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/") for s in sources)  # opens offline
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    heads = files["heads.csv"].decode().splitlines()
+    assert len(heads) == 1 + 9 * model.config.nheads and heads[0].startswith("class,layer,head,images")
+    assert len(files["pairs.csv"].decode().splitlines()) == 1 + model.config.nheads
+    montage = Image.open(tmp_path / "montages" / "class-heliconia-synthetica-alba.png")
+    document = json.loads(files["atlas.json"])
+    layout = document["montages"]["classes"][ALBA]
+    assert len(layout["cells"]) == 2 * model.config.nheads and montage.height > 4 * 96
+
+
+def test_cancel_then_rerun_skips_the_images_already_summarised(collection, model, tmp_path):
+    calls = []
+    stop_after = 10
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > stop_after
+
+    options = AtlasOptions(per_head=3)
+    first = build_atlas(model, "sample", collection, tmp_path / "a", options, should_stop=should_stop)
+    assert first.cancelled and first.summarised_now == stop_after and first.atlas is None
+    assert not (tmp_path / "a" / "atlas.html").exists()
+    second = build_atlas(model, "sample", collection, tmp_path / "a", options)
+    assert (second.reused, second.summarised_now) == (stop_after, 27 - stop_after)
+    third = build_atlas(model, "sample", collection, tmp_path / "a", AtlasOptions(per_head=3))
+    assert third.summarised_now == 0 and third.reused == 27
+    whole = build_atlas(model, "sample", collection, tmp_path / "b", options)
+    assert whole.summarised_now == 27
+    assert outputs(tmp_path / "a") == outputs(tmp_path / "b")
+    # Other settings that change the records are refused, not mixed in.
+    with pytest.raises(ValueError, match="other settings"):
+        build_atlas(model, "sample", collection, tmp_path / "a", AtlasOptions(layer=1))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_give_the_single_process_result(collection, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    arguments = ["atlas", "--data", str(collection), "--device", "cpu", "--per-head", "3"]
+    single = subprocess.run([sys.executable, "-m", "intr_training", *arguments, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                              "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                              "-m", "intr_training", *arguments, "--out", str(tmp_path / "two")],
+                             capture_output=True, text=True, timeout=240, env=env)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stdout.count("atlas: ") == 1  # rank 0 alone writes and reports
+    one, two = outputs(tmp_path / "one"), outputs(tmp_path / "two")
+    assert one.keys() == two.keys() and "heads.csv" in one and "pairs.csv" in one
+    for name in one:
+        if name == "atlas.json":  # identical but for the output folder nowhere; the data folder is the same
+            assert json.loads(one[name]) == json.loads(two[name])
+        else:
+            assert one[name] == two[name], name
+
+
+MEMORY_RUN = """
+import json, resource, sys
+import torch
+from intr_training.atlas import AtlasOptions, build_atlas
+from napari_intr.model import IntrConfig, build_model
+torch.set_num_threads(1)
+torch.manual_seed(0)
+names = [f"species {i}" for i in range(4)]
+model = build_model(IntrConfig.tiny(4, short_side=32, max_side=48), names).eval()
+result = build_atlas(model, "random", sys.argv[1], sys.argv[2], AtlasOptions(per_head=4))
+tops = sorted({len(head.top) for summary in result.atlas.classes for head in summary.heads})
+print(json.dumps({"images": result.atlas.images, "tops": tops,
+                  "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_on_thousands_of_small_images(tmp_path):
+    """300 and 2400 images of 32 px with a tiny random model, each run in a fresh process: the
+    peak memory grows by the images' small records at most (no maps, no images are kept), and
+    every gallery keeps N patches."""
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for count in (300, 2400):
+        data = tmp_path / f"data{count}"
+        for index in range(count):
+            folder = data / f"species {index % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{index:05d}.png")
+        run = subprocess.run([sys.executable, "-c", MEMORY_RUN, str(data), str(tmp_path / f"out{count}")],
+                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stderr[-3000:]
+        result = json.loads(run.stdout.splitlines()[-1])
+        assert result["images"] == count and result["tops"] == [4]
+        peaks[count] = result["max_rss_kib"] * 1024
+    per_image = (peaks[2400] - peaks[300]) / 2100
+    assert per_image < 4096, f"{per_image:.0f} bytes more per image"
+
+
+def test_bad_arguments_get_clear_messages(collection, tmp_path, capsys):
+    cases = [
+        (["--pairs", f"{ALBA}-{RUBRA}"], "is not a pair; write A:B"),
+        (["--pairs", f"{ALBA}:{ALBA}"], "pairs a class with itself"),
+        (["--pairs", f"{ALBA}:Nobody"], "unknown class 'Nobody'"),
+        (["--classes", "Heliconia synthetica-alba", "--pairs", f"{ALBA}:{RUBRA}"], "which --classes leaves out"),
+        (["--layer", "7"], "--layer 7 is out of range"),
+        (["--per-head", "0"], "--per-head must be at least 1"),
+    ]
+    for extra, message in cases:
+        code = main(["atlas", "--data", str(collection), "--out", str(tmp_path / "out"), "--device", "cpu", *extra])
+        assert code == 2
+        assert message in capsys.readouterr().err
+    assert main(["atlas", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""Where a head looks, in original-image pixels: its peak, its spread and the patch around the peak.
+
+Attention maps live on the feature grid (h×w cells). A cell covers `stride · H / H'` original
+pixels per axis (H the original height, H' the model input's): the model resizes the whole image,
+so this holds for every size and aspect ratio. Coordinates here are continuous pixel coordinates
+with pixel edges at integers (pixel i spans [i, i + 1)); a box is (top, left, height, width).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MASS_FRACTION = 0.5  # the patch is the peak-centred box holding this share of the map's mass
+MIN_PATCH_CELLS = 2.0  # ... but never smaller than this many cells
+MIN_PATCH_FRACTION = 0.125  # ... nor than this fraction of the image's short side
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """How a feature grid lies on the original image."""
+    grid: tuple[int, int]          # (h, w) cells
+    cell: tuple[float, float]      # original pixels per cell, per axis
+    image_shape: tuple[int, int]   # (H, W) of the original image
+
+    @classmethod
+    def of(cls, grid, image_shape, input_shape, stride: int) -> Footprint:
+        (height, width), (input_height, input_width) = image_shape, input_shape
+        return cls(tuple(int(g) for g in grid), (stride * height / input_height, stride * width / input_width),
+                   (int(height), int(width)))
+
+    def cell_centre(self, row: int, col: int) -> tuple[float, float]:
+        return (row + 0.5) * self.cell[0], (col + 0.5) * self.cell[1]
+
+    def cell_box(self, row: int, col: int) -> tuple[float, float, float, float]:
+        return row * self.cell[0], col * self.cell[1], self.cell[0], self.cell[1]
+
+
+@dataclass(frozen=True)
+class HeadLook:
+    """One head's map on one image, summarised: what the atlas keeps of it."""
+    peak: float                    # highest raw attention weight (maps sum to 1)
+    cell: tuple[int, int]          # (row, col) of the peak cell
+    radius: int                    # half-size, in cells, of the peak-centred box holding half the mass
+    spread: float                  # that box's share of the image area (0..1]
+    box: tuple[float, float, float, float]  # the patch: (top, left, height, width), original pixels
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        top, left, height, width = self.box
+        return top + height / 2, left + width / 2
+
+
+def mass_radius(weights: np.ndarray, row: int, col: int, fraction: float = MASS_FRACTION) -> int:
+    """Smallest k such that the (2k+1)² cells around (row, col), cut at the grid's edges, hold
+    `fraction` of the map's mass."""
+    total = float(weights.sum())
+    if total <= 0:
+        return 0
+    rows, cols = weights.shape
+    # Cumulative sums let every radius be tested in O(1).
+    summed = np.zeros((rows + 1, cols + 1), dtype=np.float64)
+    summed[1:, 1:] = np.cumsum(np.cumsum(weights, axis=0, dtype=np.float64), axis=1)
+    for radius in range(max(rows, cols)):
+        top, bottom = max(row - radius, 0), min(row + radius + 1, rows)
+        left, right = max(col - radius, 0), min(col + radius + 1, cols)
+        mass = summed[bottom, right] - summed[top, right] - summed[bottom, left] + summed[top, left]
+        if mass >= fraction * total - 1e-12:
+            return radius
+    return max(rows, cols)
+
+
+def look(weights: np.ndarray, footprint: Footprint) -> HeadLook:
+    """Summarise one head's [h, w] map: peak, spread, and the square patch centred on the peak."""
+    weights = np.asarray(weights, dtype=np.float64)
+    row, col = np.unravel_index(int(np.argmax(weights)), weights.shape)
+    radius = mass_radius(weights, int(row), int(col))
+    rows, cols = weights.shape
+    covered = (min(row + radius + 1, rows) - max(row - radius, 0)) * (min(col + radius + 1, cols) - max(col - radius, 0))
+    spread = covered / (rows * cols)
+    short_side = min(footprint.image_shape)
+    side = max((2 * radius + 1) * max(footprint.cell), MIN_PATCH_CELLS * max(footprint.cell),
+               MIN_PATCH_FRACTION * short_side)
+    side = min(side, max(footprint.image_shape))
+    centre_y, centre_x = footprint.cell_centre(int(row), int(col))
+    box = (centre_y - side / 2, centre_x - side / 2, side, side)
+    return HeadLook(float(weights[row, col]), (int(row), int(col)), int(radius), float(spread),
+                    tuple(float(v) for v in box))
+
+
+def masked_cells(grid: tuple[int, int], cell: tuple[int, int], radius: int) -> np.ndarray:
+    """[h·w] bool, True on the cells of the peak-centred box (the region a masking test removes)."""
+    rows, cols = grid
+    mask = np.zeros(grid, dtype=bool)
+    row, col = cell
+    mask[max(row - radius, 0): row + radius + 1, max(col - radius, 0): col + radius + 1] = True
+    return mask.reshape(-1)
+
+
+def crop(image: np.ndarray, box: tuple[float, float, float, float], size: int = 96,
+         fill: float = 0.5) -> np.ndarray:
+    """The box of an H×W×3 float image resampled to size×size (nearest pixel centre, so the
+    box's centre maps onto the patch's centre); outside the image is `fill` grey."""
+    top, left, height, width = box
+    # Sample at the centres of size×size sub-cells of the box.
+    ys = top + (np.arange(size) + 0.5) * height / size
+    xs = left + (np.arange(size) + 0.5) * width / size
+    rows, cols = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    inside_rows = (rows >= 0) & (rows < image.shape[0])
+    inside_cols = (cols >= 0) & (cols < image.shape[1])
+    patch = np.full((size, size, image.shape[2]), fill, dtype=np.float32)
+    sub = image[np.clip(rows, 0, image.shape[0] - 1)][:, np.clip(cols, 0, image.shape[1] - 1)]
+    keep = inside_rows[:, None] & inside_cols[None, :]
+    patch[keep] = sub[keep]
+    return patch

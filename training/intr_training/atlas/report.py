@@ -1,0 +1,180 @@
+"""Writes the atlas: atlas.html (self-contained), heads.csv, pairs.csv, montages/*.png and atlas.json
+(everything the napari dock needs to browse the result: statistics, exemplars, montage layouts)."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+from .aggregate import Atlas, ClassSummary, PairSummary
+from .montage import MontageCell, draw_montage, jpeg_bytes, patches_for, png_bytes
+from .statistics import Exemplar
+from napari_intr.csv_output import write_csv
+
+from .tables import HEADS_COLUMNS, PAIRS_COLUMNS, head_rows, pair_rows
+
+ATLAS_JSON = "atlas.json"
+ATLAS_HTML = "atlas.html"
+MONTAGES = "montages"
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}h3{margin-bottom:.3em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:3px 6px;vertical-align:middle;text-align:left}
+tr:nth-child(even){background:#f0f0f0}.stats{font-size:.85em;white-space:nowrap}
+img.patch{width:96px;height:96px;border:1px solid #999;image-rendering:auto}
+.side{display:inline-block;margin-right:16px}.muted{color:#666;font-size:.85em}
+nav a{margin-right:10px}.gap{width:24px}
+"""
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "class"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def _img(patch, exemplar: Exemplar, label: str) -> str:
+    data = base64.b64encode(jpeg_bytes(patch)).decode("ascii")
+    title = html.escape(f"{exemplar.key} · {label} · peak {exemplar.peak:.4f}")
+    return f'<img class="patch" src="data:image/jpeg;base64,{data}" title="{title}" alt="{title}">'
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def _class_section(summary: ClassSummary, data_root: Path, layer: int, montage_dir: Path) -> tuple[str, dict]:
+    patches = patches_for(data_root, [e for head in summary.heads for e in head.top])
+    rows, cells, montage_rows = [], [], []
+    for head in summary.heads:
+        label = f"L{layer} H{head.head + 1}"
+        consistency = _fmt(head.consistency, 2) + (f" ({html.escape(head.part)})" if head.part else "")
+        stats = (f"mean peak {_fmt(head.mean_peak)}<br>median {_fmt(head.median_peak)}<br>"
+                 f"spread {_percent(head.mean_spread)}<br>on specimen {_percent(head.on_specimen)}<br>"
+                 f"consistency {consistency}<br>patches holding a part {_percent(head.top_covering_part)}<br>"
+                 f"<span class=muted>{html.escape(head.consistency_method)}</span>")
+        images = "".join(_img(patches[(e.key, tuple(e.box))], e, label) for e in head.top)
+        rows.append(f"<tr><th>{label}</th><td class=stats>{stats}</td><td>{images or '<span class=muted>no images</span>'}</td></tr>")
+        row_cells = []
+        for col, exemplar in enumerate(head.top):
+            cell = MontageCell(head.head, col, exemplar.key, head.head, tuple(exemplar.box), exemplar.peak, "")
+            row_cells.append((cell, patches[(exemplar.key, tuple(exemplar.box))]))
+            cells.append(dataclasses.asdict(cell))
+        consistency_text = "–" if head.consistency is None else f"{head.consistency:.2f}"
+        montage_rows.append((f"H{head.head + 1}\nmean {_fmt(head.mean_peak)}\ncons. {consistency_text}", row_cells))
+    columns = max([len(head.top) for head in summary.heads] + [1])
+    name = f"class-{slug(summary.name)}.png"
+    _write_atomically(montage_dir / name, png_bytes(draw_montage(montage_rows, columns)))
+    accuracy = _percent(summary.accuracy)
+    section = (f'<h3 id="class-{slug(summary.name)}">{html.escape(summary.name)}</h3>'
+               f"<p class=muted>{summary.images} images, {accuracy} predicted correctly; "
+               f"patches: the {columns} images with the highest peak per head, centred on the peak</p>"
+               f"<table>{''.join(rows)}</table>")
+    return section, {"file": f"{MONTAGES}/{name}", "cells": cells, "columns": columns}
+
+
+def _pair_section(pair: PairSummary, data_root: Path, layer: int, montage_dir: Path) -> tuple[str, dict]:
+    patches = patches_for(data_root, [e for head in pair.heads for e in head.top_a + head.top_b])
+    a, b = html.escape(pair.a), html.escape(pair.b)
+    columns = max([len(h.top_a) for h in pair.heads] + [1])
+    rows, cells, montage_rows = [], [], []
+    for rank, head in enumerate(pair.heads, start=1):
+        label = f"L{layer} H{head.head + 1}"
+        stats = (f"rank {rank}<br>effect size d {_fmt(head.effect_size, 2)}<br>"
+                 f"masking drop {_fmt(head.masking_drop)}<br>peak on A {_fmt(head.mean_peak_a)}<br>"
+                 f"peak on B {_fmt(head.mean_peak_b)}<br>peak on a part (A) {_percent(head.on_part_a)}<br>"
+                 f"patches holding a part (A) {_percent(head.top_a_covering_part)}")
+        side_a = "".join(_img(patches[(e.key, tuple(e.box))], e, f"{pair.a} query on {pair.a}") for e in head.top_a)
+        side_b = "".join(_img(patches[(e.key, tuple(e.box))], e, f"{pair.a} query on {pair.b}") for e in head.top_b)
+        rows.append(f"<tr><th>{label}</th><td class=stats>{stats}</td><td>{side_a}</td><td class=gap></td>"
+                    f"<td>{side_b}</td></tr>")
+        row_cells = []
+        for side, exemplars, offset in (("a", head.top_a, 0), ("b", head.top_b, columns)):
+            for col, exemplar in enumerate(exemplars):
+                cell = MontageCell(rank - 1, offset + col, exemplar.key, head.head, tuple(exemplar.box),
+                                   exemplar.peak, side)
+                row_cells.append((cell, patches[(exemplar.key, tuple(exemplar.box))]))
+                cells.append(dataclasses.asdict(cell))
+        montage_rows.append((f"#{rank} H{head.head + 1}\nd {_fmt(head.effect_size, 2)}\n"
+                             f"drop {_fmt(head.masking_drop)}", row_cells))
+    name = f"pair-{slug(pair.a)}--{slug(pair.b)}.png"
+    _write_atomically(montage_dir / name, png_bytes(draw_montage(montage_rows, 2 * columns, gap_after=columns - 1)))
+    section = (f'<h3 id="pair-{slug(pair.a)}--{slug(pair.b)}">{a} vs {b}</h3>'
+               f"<p class=muted>Heads of the {a} query, decoding just {a} and {b}: "
+               f"{pair.images_a} images of {a}, {pair.images_b} of {b}, {pair.confused} confused. "
+               "Ranked by the masking drop (mean fall of logit A − logit B on A's images when the head's "
+               "region is hidden from the decoder), then by the effect size of its peak (A's images vs B's). "
+               f"Left: {a}'s images; right: {b}'s images (same query).</p>"
+               f"<table><tr><th></th><th></th><th>{a}</th><th></th><th>{b}</th></tr>{''.join(rows)}</table>")
+    return section, {"file": f"{MONTAGES}/{name}", "cells": cells, "columns": 2 * columns}
+
+
+def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict) -> dict:
+    """Write every output file; returns their paths."""
+    out = Path(out)
+    montage_dir = out / MONTAGES
+    montage_dir.mkdir(parents=True, exist_ok=True)
+    layer = meta["layer"]
+    write_csv(out / "heads.csv", HEADS_COLUMNS, head_rows(atlas, layer))
+    write_csv(out / "pairs.csv", PAIRS_COLUMNS, pair_rows(atlas, layer))
+    class_sections, pair_sections, layouts = [], [], {"classes": {}, "pairs": {}}
+    for summary in atlas.classes:
+        section, layout = _class_section(summary, data_root, layer, montage_dir)
+        class_sections.append(section)
+        layouts["classes"][summary.name] = layout
+    for pair in atlas.pairs:
+        section, layout = _pair_section(pair, data_root, layer, montage_dir)
+        pair_sections.append(section)
+        layouts["pairs"][f"{pair.a}\t{pair.b}"] = layout
+    page = _page(atlas, meta, class_sections, pair_sections)
+    _write_atomically(out / ATLAS_HTML, page.encode("utf-8"))
+    document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
+                "classes": [dataclasses.asdict(c) for c in atlas.classes],
+                "pairs": [dataclasses.asdict(p) for p in atlas.pairs], "montages": layouts}
+    _write_atomically(out / ATLAS_JSON, (json.dumps(document, indent=1, allow_nan=False, default=_json_default)
+                                         + "\n").encode("utf-8"))
+    return {"html": out / ATLAS_HTML, "heads": out / "heads.csv", "pairs": out / "pairs.csv",
+            "json": out / ATLAS_JSON, "montages": montage_dir}
+
+
+def _json_default(value):
+    raise TypeError(f"not JSON-serialisable: {value!r}")
+
+
+def _page(atlas: Atlas, meta: dict, class_sections: list[str], pair_sections: list[str]) -> str:
+    links = "".join(f'<a href="#class-{slug(c.name)}">{html.escape(c.name)}</a>' for c in atlas.classes)
+    pair_links = "".join(f'<a href="#pair-{slug(p.a)}--{slug(p.b)}">{html.escape(p.a)} vs {html.escape(p.b)}</a>'
+                         for p in atlas.pairs)
+    correct = sum(c.correct for c in atlas.classes)
+    accuracy = f"{100 * correct / atlas.images:.1f} %" if atlas.images else "–"
+    skipped = (f"<p class=muted>{len(atlas.skipped)} images could not be read and were left out "
+               f"(see atlas.json).</p>" if atlas.skipped else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>INTR trait atlas</title><style>{_STYLE}</style></head>
+<body><h1>INTR trait atlas</h1>
+<p>Model <b>{html.escape(str(meta['model']))}</b> on <b>{html.escape(str(meta['data']))}</b>:
+{atlas.images} images, top-1 accuracy {accuracy}; decoder layer {meta['layer']} of {meta['layers']},
+{meta['heads']} heads. Each image was encoded once and decoded for its own class and its predicted class.
+Peak: the highest cross-attention weight of a head's map (each map sums to 1). Spread: the share of the
+image in the peak-centred box holding half the map's mass. Consistency: {html.escape(meta['consistency'])}.</p>
+{skipped}<nav><b>Classes</b> {links}</nav><nav><b>Look-alike pairs</b> {pair_links or '<span class=muted>none</span>'}</nav>
+<h2>Classes: what each head looks for</h2>
+{''.join(class_sections)}
+<h2>Look-alike pairs: the heads that tell A from B</h2>
+{''.join(pair_sections) or '<p class=muted>No pair was decoded.</p>'}
+<p class=muted>Written by napari-intr {html.escape(str(meta.get('version', '')))} (intr atlas).</p>
+</body></html>
+"""

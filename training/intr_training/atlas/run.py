@@ -1,0 +1,186 @@
+"""`build_atlas`: a folder of class-labelled images -> the trait atlas, resumable and sharded.
+
+Pass 1 (the model, `summarise`): every image not summarised yet becomes one JSON record, kept in
+OUT/.intr-atlas/ through `intr_training.sharding` (a re-run skips what is there; torchrun ranks
+take interleaved shares and rank 0 merges them). Pass 2 (`aggregate`): the records, in key order,
+become statistics and top-N galleries. Pass 3 (`report`): the files.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from napari_intr import __version__
+
+from .. import sharding
+from ..data import Collection, class_images
+from .aggregate import DEFAULT_PAIR_COUNT, Atlas, AtlasBuilder
+from .parts import PartSource
+from .report import write_report
+from .summarise import DEFAULT_PARTNERS, ImageSummariser
+
+TASK = "atlas"
+DEFAULT_PER_HEAD = 6
+ERRORS_KEPT = (ValueError, OSError, RuntimeError, MemoryError)  # one bad image never ends the run
+
+
+@dataclass
+class AtlasOptions:
+    layer: int | None = None               # 1-based decoder layer; None: the last
+    classes: list[str] | None = None       # restrict the atlas to these classes
+    pairs: list[tuple[str, str]] | None = None  # ordered look-alike pairs (A, B); None: most confused
+    per_head: int = DEFAULT_PER_HEAD
+    parts: str | os.PathLike | None = None  # CUB parts/part_locs.txt; None: synth masks if present
+    restart: bool = False
+
+
+@dataclass
+class AtlasRun:
+    total: int
+    summarised_now: int = 0
+    reused: int = 0
+    cancelled: bool = False
+    atlas: Atlas | None = None
+    files: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def collection_images(data: Path, model, classes: list[str] | None) -> tuple[dict[str, tuple[Path, int]], list[str]]:
+    """key (path relative to DATA) -> (path, class index), for the class folders the model knows.
+    DATA/<class>/<image>; with DATA/train and DATA/val, both."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder {data} does not exist; give a folder with one subfolder "
+                                "of images per class")
+    found = Collection(data, [], [], [])
+    roots = [data / "train", data / "val"] if (data / "train").is_dir() and (data / "val").is_dir() else [data]
+    by_class: dict[str, list[Path]] = {}
+    for root in roots:
+        for name, paths in class_images(root, found).items():
+            by_class.setdefault(name, []).extend(paths)
+    if not by_class:
+        raise ValueError(f"{data} has no class folders with images; expected {data}/<class name>/<image>")
+    wanted = set(model.class_names) if classes is None else set(classes)
+    unknown = sorted(name for name in by_class if name not in model.class_names)
+    warnings = found.warnings + found.skipped
+    if unknown:
+        warnings.append(f"left out {len(unknown)} class folders the model does not know: {', '.join(unknown)}")
+    items = {path.relative_to(data).as_posix(): (path, model.class_names.index(name))
+             for name, paths in by_class.items() if name in wanted and name in model.class_names for path in paths}
+    if not items:
+        raise ValueError(f"none of the class folders in {data} is a class of the model"
+                         + (" among --classes" if classes else "")
+                         + f" (the model's classes are e.g. {', '.join(model.class_names[:3])})")
+    return items, warnings
+
+
+def pair_partners(model, pairs: list[tuple[str, str]] | None) -> dict[int, list[int]] | None:
+    """Each class -> the classes its images are decoded against (both sides of every pair)."""
+    if pairs is None:
+        return None
+    partners: dict[int, set[int]] = {}
+    for a, b in pairs:
+        ia, ib = model.class_indices([a, b])
+        partners.setdefault(ia, set()).add(ib)
+        partners.setdefault(ib, set()).add(ia)
+    return {index: sorted(others) for index, others in partners.items()}
+
+
+def model_identity(model_name: str) -> dict:
+    """What the records depend on about the model: its name and, for a file, its size and time."""
+    path = Path(model_name).expanduser()
+    if path.is_file():
+        stat = path.stat()
+        return {"model": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"model": model_name}
+
+
+def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.PathLike,
+                options: AtlasOptions | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> AtlasRun:
+    """Summarise every image not summarised yet, then (on rank 0) write the atlas to `out`.
+
+    progress(done, total) after each image; should_stop() is asked before each image (a cancel
+    keeps every finished record: the next run continues from there)."""
+    start = time.perf_counter()
+    options = options or AtlasOptions()
+    data, out = Path(data).expanduser(), Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {out} is a file; give a folder for the atlas")
+    if options.per_head < 1:
+        raise ValueError(f"--per-head must be at least 1, got {options.per_head}")
+    layers = model.config.dec_layers
+    layer = layers if options.layer is None else options.layer
+    if not 1 <= layer <= layers:
+        raise ValueError(f"--layer {layer} is out of range: the model's decoder has {layers} layers (1..{layers})")
+    classes = None
+    if options.classes is not None:
+        classes = [model.class_names[i] for i in model.class_indices(options.classes)]
+        if len(classes) < 1:
+            raise ValueError("--classes is empty; give class names separated by commas")
+    partners = pair_partners(model, options.pairs)
+    if options.pairs is not None and classes is not None:
+        missing = sorted({name for pair in options.pairs for name in pair} - set(classes))
+        if missing:
+            raise ValueError(f"--pairs names {', '.join(missing)}, which --classes leaves out; add them to --classes")
+    parts = PartSource(options.parts)
+    items, warnings = collection_images(data, model, classes)
+    settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
+                else str(Path(options.parts).expanduser().resolve()),
+                "pairs": None if options.pairs is None else [list(pair) for pair in options.pairs],
+                "default_partners": DEFAULT_PARTNERS, "classes": classes}
+    run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart)
+    result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
+    present = sorted({index for _, index in items.values()})  # default partners: classes with images
+    summariser = ImageSummariser(model, layer - 1, present, partners, parts)
+    try:
+        for key in run.share:
+            if should_stop is not None and should_stop():
+                result.cancelled = True
+                break
+            path, class_index = items[key]
+            try:
+                record = summariser(path, class_index)
+            except ERRORS_KEPT as error:
+                record = {"error": f"{type(error).__name__}: {error}" if not str(error) else str(error)}
+            run.record(key, record)
+            result.summarised_now += 1
+            if progress is not None:
+                progress(*run.progress())
+    finally:
+        summariser.close()
+        if result.cancelled or not _finished(result, run):
+            run.close()
+    if result.cancelled:
+        result.seconds = time.perf_counter() - start
+        return result
+    merged = run.finish(progress)
+    if merged is not None:  # rank 0
+        names = [model.class_names[index] for index in present]
+        builder = AtlasBuilder(names, model.config.nheads, options.per_head, options.pairs, DEFAULT_PAIR_COUNT)
+        result.atlas = builder.add_all(merged).build()
+        meta = {"model": model_name, "data": str(data), "layer": layer, "layers": layers,
+                "heads": model.config.nheads, "per_head": options.per_head, "version": __version__,
+                "consistency": _consistency_text(result.atlas, parts), "parts": settings["parts"],
+                "pairs_requested": settings["pairs"]}
+        result.files = write_report(result.atlas, out, data, meta)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _finished(result: AtlasRun, run) -> bool:
+    return result.summarised_now == len(run.share)
+
+
+def _consistency_text(atlas: Atlas, parts: PartSource) -> str:
+    methods = {head.consistency_method for summary in atlas.classes for head in summary.heads}
+    texts = []
+    if "parts" in methods:
+        texts.append(f"share of annotated images whose peak lands on the head's most frequent part ({parts.description})")
+    if "feature cosine" in methods:
+        texts.append("mean pairwise cosine similarity of the backbone features under the peaks (no part annotations)")
+    return "; ".join(texts) or "not available"

@@ -1,0 +1,178 @@
+"""The model pass: one image -> one small JSON record of what every head of its classes did.
+
+Each image is encoded once (backbone + encoder, `Explainer.encode`). One decode of all classes
+gives the prediction and the maps of its true class's query and of its predicted class's query.
+For look-alike pairs the same encoding is decoded again with just the two queries (A, B), once
+as it is and once per head of A's query with that head's attended region masked out of the keys
+(the padding mask): the drop in A's logit against B's is what that region contributed.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_intr.explanation import Explainer
+from napari_intr.io import read_image
+
+from .geometry import Footprint, HeadLook, look, masked_cells
+from .parts import ImageParts, PartSource
+
+RUNNER_UPS = 3  # other classes' probabilities kept per image (for the soft confusion of pairs)
+DEFAULT_PARTNERS = 2  # without --pairs, each image is compared with its this many likeliest other classes
+# The masking test hides the head's attended region up to (2r+1)² cells around its peak: a diffuse
+# head's "region" is half the image, and hiding half the image costs any class; at equal area the
+# drops of different heads compare what their peaks saw.
+MASK_RADIUS = 1
+
+
+def head_record(found: HeadLook, footprint: Footprint, parts: ImageParts | None) -> dict:
+    """What the statistics need of one head's look (records stay small: a collection may be huge)."""
+    record = {"peak": float(f"{found.peak:.6g}"), "box": [round(v, 2) for v in found.box]}
+    if parts is None:
+        return record
+    record["spread"] = float(f"{found.spread:.6g}")
+    if parts.has_parts:
+        record["part"] = parts.part_at(found, footprint)
+        record["covers"] = parts.covers(found.box)
+    on_specimen = parts.on_specimen(found, footprint)
+    if on_specimen is not None:
+        record["on_specimen"] = on_specimen
+    return record
+
+
+def pack(value) -> str:
+    """Per-head details as one compact JSON string: the sharded job keeps every image's record in
+    memory while it merges, and a string costs its length where nested dicts cost ~5× more."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def unpack(text: str):
+    return json.loads(text)
+
+
+def encode_vector(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode("ascii")
+
+
+def decode_vector(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float64)
+
+
+class ImageSummariser:
+    """Summarises images one at a time for a model, a decoder layer and a pair plan.
+
+    partners: class index -> the classes its images are decoded against in pairs (from --pairs);
+    None: each image against its DEFAULT_PARTNERS likeliest other classes among `candidates`."""
+
+    def __init__(self, model, layer: int, candidates: list[int], partners: dict[int, list[int]] | None,
+                 parts: PartSource):
+        self.model = model.eval()
+        self.explainer = Explainer(self.model)
+        self.layer = layer
+        self.candidates = candidates
+        self.partners = partners
+        self.parts = parts
+        self._features = None
+        # The features under a peak (for consistency without part annotations) are the backbone's,
+        # after the model's 1×1 input projection: captured on the way, never computed twice.
+        self._hook = self.model.input_proj.register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module, inputs, output) -> None:
+        self._features = output.detach()
+
+    def close(self) -> None:
+        self._hook.remove()
+
+    def __call__(self, path: Path, true_index: int) -> dict:
+        model = self.model
+        image = read_image(path)
+        encoded = self.explainer.encode(image, path.stem)
+        features = self._features[0]  # [D, h, w]
+        footprint = Footprint.of(encoded.encoded.grid, encoded.image_shape, encoded.input_shape,
+                                 model.feature_stride)
+        with torch.inference_mode():
+            output = model.decode(encoded.encoded, None, return_attention=True)
+        probabilities = output.logits[0].float().softmax(-1).cpu().numpy()
+        predicted = int(np.argmax(probabilities))
+        maps = output.attention[self.layer, 0].float().cpu().numpy()  # [heads, C, h, w]
+        parts = self.parts.for_image(path)
+        if parts.masks and any(mask.shape != footprint.image_shape for mask in parts.masks.values()):
+            raise ValueError(f"the mask of {path.name} is not the size of the image")
+        others = [int(i) for i in np.argsort(-probabilities, kind="stable") if i != true_index]
+        record = {
+            "class": model.class_names[true_index], "predicted": model.class_names[predicted],
+            "probability": float(probabilities[predicted]), "true_probability": float(probabilities[true_index]),
+            "others": [[model.class_names[i], float(probabilities[i])] for i in others[:RUNNER_UPS]],
+            "shape": list(footprint.image_shape),
+            "true": pack([self._head(maps[h, true_index], footprint, parts, features) for h in range(len(maps))]),
+        }
+        if predicted != true_index:
+            record["predicted_heads"] = pack([head_record(look(maps[h, predicted], footprint), footprint, None)
+                                              for h in range(len(maps))])
+        partners = self._partners_of(true_index, others)
+        if partners:
+            record["pairs"] = pack(self._pairs(encoded.encoded, true_index, partners, footprint, parts))
+        return record
+
+    def _head(self, weights, footprint, parts, features) -> dict:
+        found = look(weights, footprint)
+        entry = head_record(found, footprint, parts)
+        if not parts.has_parts:
+            vector = features[:, found.cell[0], found.cell[1]].float().cpu().numpy()
+            norm = float(np.linalg.norm(vector))
+            entry["feature"] = encode_vector(vector / norm if norm > 0 else vector)
+        return entry
+
+    def _partners_of(self, true_index: int, others: list[int]) -> list[int]:
+        if self.partners is not None:
+            return list(self.partners.get(true_index, []))
+        allowed = set(self.candidates)
+        return [i for i in others if i in allowed][:DEFAULT_PARTNERS]
+
+    def _pairs(self, encoded, a: int, partners: list[int], footprint: Footprint, parts: ImageParts) -> dict:
+        """Decode (A, B) for every partner B, then once per head of A with its region masked."""
+        model, decoder = self.model, self.model.transformer.decoder
+        with torch.inference_mode():
+            if encoded.cross_key_values is None:
+                encoded.cross_key_values = decoder.cross_key_values(encoded.memory)
+            queries = model.query_embed.weight[torch.tensor([[a, b] for b in partners], device=model.device)]
+            logits, weights = _decode_rows(model, encoded, queries, encoded.padding_mask.expand(len(partners), -1),
+                                           need_weights=True)
+            margins = (logits[:, 0] - logits[:, 1]).cpu().numpy()
+            maps = weights[self.layer].unflatten(-1, encoded.grid).float().cpu().numpy()  # [P, heads, 2, h, w]
+            heads = maps.shape[1]
+            a_looks = [[look(maps[p, h, 0], footprint) for h in range(heads)] for p in range(len(partners))]
+            b_looks = [[look(maps[p, h, 1], footprint) for h in range(heads)] for p in range(len(partners))]
+            hidden = np.stack([masked_cells(encoded.grid, found.cell, min(found.radius, MASK_RADIUS))
+                               for row in a_looks for found in row])  # [P·heads, h·w]
+            padding = encoded.padding_mask.expand(len(hidden), -1) | torch.from_numpy(hidden).to(model.device)
+            everything_hidden = padding.all(dim=1).cpu().numpy()
+            padding[torch.from_numpy(everything_hidden).to(model.device)] = False  # no keys left: no test
+            masked, _ = _decode_rows(model, encoded, queries.repeat_interleave(heads, dim=0), padding,
+                                     need_weights=False)
+            drops = margins.repeat(heads) - (masked[:, 0] - masked[:, 1]).cpu().numpy()
+        drops = [None if hidden_all else float(f"{d:.6g}") for d, hidden_all in zip(drops, everything_hidden)]
+        result = {}
+        for p, b in enumerate(partners):
+            result[model.class_names[b]] = {
+                "margin": float(f"{margins[p]:.6g}"),
+                "a": [head_record(found, footprint, parts) for found in a_looks[p]],
+                "b": [head_record(found, footprint, None) for found in b_looks[p]],
+                "drop": drops[p * heads:(p + 1) * heads],
+            }
+        return result
+
+
+def _decode_rows(model, encoded, queries: torch.Tensor, padding: torch.Tensor, need_weights: bool):
+    """Decoder and presence vector for one image, with its own query set and key mask per row.
+
+    queries [R, Q, D], padding [R, h·w] -> logits [R, Q], weights [layers, R, heads, Q, h·w]."""
+    rows = queries.shape[0]
+    memory = encoded.memory.expand(rows, -1, -1)
+    key_values = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in encoded.cross_key_values]
+    z_out, weights = model.transformer.decoder(queries, memory, padding, need_weights, key_values)
+    return model.presence_vector(z_out).squeeze(-1).float(), weights

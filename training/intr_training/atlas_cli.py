@@ -1,0 +1,97 @@
+"""`intr atlas`: the trait atlas of a collection (what each head looks for; which heads tell
+look-alikes apart) as atlas.html, heads.csv, pairs.csv and PNG montages.
+
+Several processes: `torchrun --nproc-per-node K -m intr_training atlas …` shares the images out."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="sample", help="'sample' (default), a zoo name, or a checkpoint file")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="image folder: DIR/<class>/<image> (or DIR/train/… and DIR/val/…)")
+    parser.add_argument("--out", required=True, metavar="OUT", help="output folder (a re-run continues in it)")
+    parser.add_argument("--layer", type=int, help="decoder layer, 1-based (default: the last)")
+    parser.add_argument("--classes", metavar="A,B,...", help="only these classes (default: every class with images)")
+    parser.add_argument("--pairs", metavar="A:B,...",
+                        help="look-alike pairs, heads of A's query telling A from B (default: the most "
+                             "confused pairs; each image is then compared with its 2 likeliest other classes)")
+    parser.add_argument("--per-head", type=int, default=None, metavar="N",
+                        help="top images (patches) per class and head (default 6)")
+    parser.add_argument("--parts", metavar="FILE",
+                        help="CUB-200-2011 parts/part_locs.txt (with images.txt two folders up) for consistency; "
+                             "default: the masks `intr synth` writes in DIR/.masks, else feature cosine")
+    parser.add_argument("--restart", action="store_true", help="forget the images summarised by an earlier run")
+    parser.add_argument("--class-names", help="text file with the model's class names (official checkpoints)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
+
+def parse_list(text: str | None, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"{option} is empty; give names separated by commas")
+    return names
+
+
+def parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
+    items = parse_list(text, "--pairs")
+    if items is None:
+        return None
+    pairs = []
+    for item in items:
+        sides = [side.strip() for side in item.split(":")]
+        if len(sides) != 2 or not all(sides):
+            raise ValueError(f"--pairs: {item!r} is not a pair; write A:B (class names), pairs separated by commas")
+        if sides[0] == sides[1]:
+            raise ValueError(f"--pairs: {item!r} pairs a class with itself; give two different classes")
+        pairs.append((sides[0], sides[1]))
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_intr.loading import load_model
+
+    from . import distributed
+    from .atlas import DEFAULT_PER_HEAD, AtlasOptions, build_atlas
+
+    options = AtlasOptions(layer=args.layer, classes=parse_list(args.classes, "--classes"),
+                           pairs=parse_pairs(args.pairs), per_head=DEFAULT_PER_HEAD if args.per_head is None else args.per_head,
+                           parts=args.parts, restart=args.restart)
+    model = load_model(args.model, args.class_names, args.device)
+    info, device = distributed.setup(model.device)
+    model = model.to(device)
+    bars = []
+
+    def progress(done: int, total: int) -> None:
+        if not info.is_main:
+            return
+        if not bars:
+            bars.append(tqdm(total=total, initial=done, unit="image", desc="atlas"))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        result = build_atlas(model, str(args.model), args.data, args.out, options, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+        distributed.cleanup()
+    if not info.is_main:
+        return 0
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    atlas = result.atlas
+    print(f"summarised {result.summarised_now} images now, {result.reused} from an earlier run "
+          f"({result.total} in all) in {result.seconds:.1f} s")
+    for key, reason in atlas.skipped:
+        print(f"skipped {key}: {reason}", file=sys.stderr)
+    print(f"atlas: {result.files['html']}")
+    print(f"tables: {result.files['heads']}, {result.files['pairs']}; montages: {result.files['montages']}")
+    if atlas.images == 0:
+        raise ValueError(f"none of the {result.total} images could be summarised (reasons above)")
+    return 0
