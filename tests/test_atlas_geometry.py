@@ -1,11 +1,11 @@
 """Trait atlas core without a model: patches on the original image, consistency with parts, heaps."""
 import numpy as np
 import pytest
-
 from intr_training.atlas.geometry import Footprint, crop, look, mass_radius
 from intr_training.atlas.parts import ATTRIBUTE, ImageParts, PartSource
 from intr_training.atlas.statistics import HeadStats, Moments, TopN, effect_size
 from intr_training.atlas.summarise import head_record
+
 from napari_intr.preprocess import resized_shape
 
 STRIDE = 8
@@ -42,7 +42,7 @@ def test_patch_is_centred_on_the_peak_in_original_image_coordinates(shape):
         expected = ((row * STRIDE + STRIDE / 2) * height / input_height,
                     (col * STRIDE + STRIDE / 2) * width / input_width)
         assert found.centre == pytest.approx(expected, abs=1e-6)
-        top, left, side, other_side = found.box
+        _, _, side, other_side = found.box
         assert side == other_side and side >= 0.125 * min(height, width)
         patch = crop(image, found.box, size=64)
         # The patch's centre pixel comes from the original pixel under the peak's centre.

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from napari_intr.devices import DEVICES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="sample", help="'sample' (default), a zoo name, or a checkpoint file")
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the masks `intr synth` writes in DIR/.masks, else feature cosine")
     parser.add_argument("--restart", action="store_true", help="forget the images summarised by an earlier run")
     parser.add_argument("--class-names", help="text file with the model's class names (official checkpoints)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
 def parse_list(text: str | None, option: str) -> list[str] | None:

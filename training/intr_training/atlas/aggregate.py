@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
-from .summarise import unpack
 from .statistics import Exemplar, HeadStats, PairHeadStats, covering_share, effect_size
+from .summarise import unpack
 
 DEFAULT_PAIR_COUNT = 5
 
@@ -139,7 +139,7 @@ class AtlasBuilder:
                 stats.on_b.add(head["peak"])
                 stats.top_b.push(key, head["peak"], head["box"])
 
-    def add_all(self, records: Iterable[tuple[str, dict]]) -> "AtlasBuilder":
+    def add_all(self, records: Iterable[tuple[str, dict]]) -> AtlasBuilder:
         for key, record in records:
             self.add(key, record)
         return self

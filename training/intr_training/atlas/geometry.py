@@ -90,7 +90,6 @@ def look(weights: np.ndarray, footprint: Footprint) -> HeadLook:
 
 def masked_cells(grid: tuple[int, int], cell: tuple[int, int], radius: int) -> np.ndarray:
     """[h·w] bool, True on the cells of the peak-centred box (the region a masking test removes)."""
-    rows, cols = grid
     mask = np.zeros(grid, dtype=bool)
     row, col = cell
     mask[max(row - radius, 0): row + radius + 1, max(col - radius, 0): col + radius + 1] = True

@@ -10,11 +10,11 @@ import os
 import re
 from pathlib import Path
 
+from napari_intr.csv_output import write_csv
+
 from .aggregate import Atlas, ClassSummary, PairSummary
 from .montage import MontageCell, draw_montage, jpeg_bytes, patches_for, png_bytes
 from .statistics import Exemplar
-from napari_intr.csv_output import write_csv
-
 from .tables import HEADS_COLUMNS, PAIRS_COLUMNS, head_rows, pair_rows
 
 ATLAS_JSON = "atlas.json"
@@ -108,8 +108,8 @@ def _pair_section(pair: PairSummary, data_root: Path, layer: int, montage_dir: P
                                    exemplar.peak, side)
                 row_cells.append((cell, patches[(exemplar.key, tuple(exemplar.box))]))
                 cells.append(dataclasses.asdict(cell))
-        montage_rows.append((f"#{rank} H{head.head + 1}\nd {_fmt(head.effect_size, 2)}\n"
-                             f"drop {_fmt(head.masking_drop)}", row_cells))
+        label = f"#{rank} H{head.head + 1}\nd {_fmt(head.effect_size, 2)}\ndrop {_fmt(head.masking_drop)}"
+        montage_rows.append((label, row_cells))
     name = f"pair-{slug(pair.a)}--{slug(pair.b)}.png"
     _write_atomically(montage_dir / name, png_bytes(draw_montage(montage_rows, 2 * columns, gap_after=columns - 1)))
     section = (f'<h3 id="pair-{slug(pair.a)}--{slug(pair.b)}">{a} vs {b}</h3>'

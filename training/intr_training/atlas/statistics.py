@@ -57,7 +57,7 @@ class _Reversed:
     def __init__(self, value: str):
         self.value = value
 
-    def __lt__(self, other: "_Reversed") -> bool:
+    def __lt__(self, other: _Reversed) -> bool:
         return self.value > other.value
 
     def __eq__(self, other) -> bool:
