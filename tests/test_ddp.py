@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from napari_intr import load_model, read_metadata
 from training_data import FAST, json_events, write_classes
 
@@ -15,12 +17,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_write_one_consistent_run(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--sampled-queries", "2", "--batch-size", "2"]], ids=["full", "sampled"])
+def test_two_processes_write_one_consistent_run(tmp_path, extra):
     data = write_classes(tmp_path / "data", {"disc": 5, "diamond": 5, "third": 5})
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
                "127.0.0.1", "--master-port", str(free_port()), "-m", "intr_training", "train", "--data", str(data),
-               "--out", str(out), "--epochs", "1", "--device", "cpu", "--progress", "json", *FAST]
+               "--out", str(out), "--epochs", "1", "--device", "cpu", "--progress", "json", *FAST, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -29,7 +32,7 @@ def test_two_processes_write_one_consistent_run(tmp_path):
     assert [e["event"] for e in events].count("start") == 1 and events[-1]["event"] == "done"
     start = events[0]
     # Each rank sees half the batches of a 12-image training set.
-    assert start["train_images"] == 12 and start["steps_per_epoch"] == 2
+    assert start["train_images"] == 12 and start["steps_per_epoch"] == (3 if extra else 2)
     epoch = next(e for e in events if e["event"] == "epoch")
     assert epoch["val_acc"] is not None and 3 * epoch["val_acc"] == round(3 * epoch["val_acc"])  # 3 val images
 

@@ -155,3 +155,45 @@ def test_previous_run_is_overwritten_without_stale_files(tmp_path):
     pngs = [p for p in tmp_path.rglob("*.png")]
     assert len(pngs) == 2 * len(synth.SPECIES)  # one image + one mask per species
     assert json.loads((tmp_path / "synth.json").read_text())["per_class"] == 1
+
+
+def test_many_species_mode_has_over_500_distinct_species_with_masks():
+    species = synth.many_species(synth.MANY_SPECIES_MAX)
+    assert len(species) >= 500 and len({s.name for s in species}) == len(species)
+    assert synth.many_species(500) == species[:500]  # a prefix: more species never reorders
+    assert len({(s.look, s.site_colours) for s in species}) == len(species)  # distinct looks
+    pose = poses(1, seed=4)[0]
+    renders = {}
+    for s in species[:40]:
+        image, mask = synth.render(s.name, pose, 64)
+        assert mask.sum() > 10, s.name
+        renders[s.name] = image
+    images = list(renders.values())
+    assert all(not np.array_equal(a, b) for a, b in combinations(images, 2))
+    # look-alikes of the many-species mode differ only in their attribute spot
+    a, b = (s for s in species if s.ring == species[0].ring and s.name != species[0].name).__next__(), species[0]
+    image_a, mask_a = synth.render(a.name, pose, 64)
+    image_b, mask_b = synth.render(b.name, pose, 64)
+    near = dilation(mask_a | mask_b, disk(4))
+    assert not np.any(np.abs(image_a.astype(int) - image_b.astype(int))[~near] > 2)
+    with pytest.raises(ValueError, match="2 to"):
+        synth.many_species(synth.MANY_SPECIES_MAX + 1)
+
+
+def test_many_species_collection_with_held_out_split(tmp_path):
+    summary = synth.write_collection(tmp_path / "many", per_class=2, size=48, species_count=12, val_per_class=1)
+    assert summary["mode"] == "many-species" and len(summary["species"]) == 12
+    train = sorted((tmp_path / "many" / "train").iterdir())
+    val = sorted((tmp_path / "many" / "val").iterdir())
+    assert [p.name for p in train if p.is_dir() and p.name != ".masks"] == sorted(s["name"] for s in summary["species"])
+    assert all(len(list(folder.glob("*.png"))) == 2 for folder in train if folder.name != ".masks")
+    assert all(len(list(folder.glob("*.png"))) == 1 for folder in val if folder.name != ".masks")
+    first = next(folder for folder in val if folder.name != ".masks")
+    image = next(first.glob("*.png"))
+    assert synth.load_mask(image) is not None and synth.load_mask(image).any()
+    # validation images are other draws than the training images of the species
+    names = {p.name for p in (tmp_path / "many" / "train" / first.name).glob("*.png")}
+    assert image.name not in names
+    # a second run over the first replaces it
+    synth.write_collection(tmp_path / "many", per_class=1, size=48, species_count=3)
+    assert not (tmp_path / "many" / "train").exists()

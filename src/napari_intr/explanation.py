@@ -52,10 +52,18 @@ class Explanation:
     model_name: str
     notes: list[str] = field(default_factory=list)
     class_labels: list[str] | None = None  # as exports write them ("001.Black_footed_Albatross")
+    # Shortlist decoding: how many candidate classes the first pass scored; only the
+    # `class_names` were decoded (probabilities are over those). None: every candidate decoded.
+    candidates: int | None = None
 
     def labels(self) -> list[str]:
         """The decoded classes' labels for files (their names when the model has no labels)."""
         return list(self.class_labels) if self.class_labels is not None else list(self.class_names)
+
+    @property
+    def undecoded(self) -> int:
+        """Candidate classes the decoder did not run on (shortlist decoding), 0 otherwise."""
+        return 0 if self.candidates is None else self.candidates - len(self.class_names)
 
     @property
     def num_layers(self) -> int:
@@ -204,12 +212,17 @@ class Explainer:
         return EncodedImage(encoded, name, tuple(image.shape[:2]), tuple(inputs.shape[-2:]), notes)
 
     def decode(self, encoded: EncodedImage, classes: Iterable[int | str] | None = None,
-               mode: str = "drop") -> Explanation:
-        """Decoder only (no backbone pass): for class, layer and candidate-set switches."""
+               mode: str = "drop", shortlist: int | None = None) -> Explanation:
+        """Decoder only (no backbone pass): for class, layer and candidate-set switches.
+        shortlist K: decode only the first pass's top K candidates (see INTR.decode)."""
         with torch.inference_mode():
-            output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True)
+            output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True,
+                                       shortlist=shortlist)
         logits = output.logits[0].float()
         labels = getattr(self.model, "class_labels", self.model.class_names)
+        notes = list(encoded.notes)
+        if output.candidates is not None and output.candidates > len(output.classes):
+            notes.append(shortlist_note(len(output.classes), output.candidates))
         return Explanation(
             image_name=encoded.image_name,
             class_names=[self.model.class_names[i] for i in output.classes],
@@ -222,10 +235,16 @@ class Explainer:
             feature_stride=self.model.feature_stride,
             mode=mode,
             model_name=self.model_name,
-            notes=list(encoded.notes),
             class_labels=[labels[i] for i in output.classes],
+            notes=notes,
+            candidates=output.candidates,
         )
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
-                mode: str = "drop") -> Explanation:
-        return self.decode(self.encode(image, name), classes, mode)
+                mode: str = "drop", shortlist: int | None = None) -> Explanation:
+        return self.decode(self.encode(image, name), classes, mode, shortlist)
+
+
+def shortlist_note(decoded: int, candidates: int) -> str:
+    return (f"shortlist: the decoder ran on the first pass's top {decoded:,} of {candidates:,} classes; "
+            f"the other {candidates - decoded:,} were not decoded (no probability, no maps)")

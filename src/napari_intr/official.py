@@ -142,4 +142,5 @@ def detr_initial_state(path: str | os.PathLike, model: INTR, generator: torch.Ge
     detr["query_embed.weight"] = initial
     detr["presence_vector.weight"] = state["presence_vector.weight"]
     detr["presence_vector.bias"] = state["presence_vector.bias"]
+    detr.update({key: value for key, value in state.items() if key.startswith("shortlist_head.")})
     return detr

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import Batch
 from .distributed import sum_over_ranks
+from .sampling import QuerySampler, sampled_cross_entropy
 
 TOP_K = 5
 
@@ -42,13 +43,34 @@ def to_device(batch: Batch, options: StepOptions) -> tuple[torch.Tensor, torch.T
     return images, batch.mask.to(options.device), batch.labels.to(options.device)
 
 
-def train_step(model: nn.Module, batch: Batch, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward one batch; returns the loss (not yet backpropagated) and the logits."""
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def train_step(model: nn.Module, batch: Batch, options: StepOptions, sampler: QuerySampler | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward one batch; returns the loss (not yet backpropagated) and the predicted classes.
+
+    sampler: sampled-query training (sampling.py): the decoder sees the sampler's K classes and
+    the loss is the corrected cross-entropy over them. A model with a shortlist head adds the
+    head's cross-entropy over the same classes, which trains the first pass jointly."""
     images, mask, labels = to_device(batch, options)
+    head = _unwrapped(model).shortlist_head is not None
+    if sampler is not None:
+        sampler.labels = labels
     with autocast(options):
-        logits = model(images, mask, return_attention=False).logits
-    logits = logits.float()
-    return F.cross_entropy(logits, labels), logits
+        output = model(images, mask, return_attention=False, choose_classes=sampler, first_pass=head)
+    logits = output.logits.float()
+    if sampler is None:
+        loss = F.cross_entropy(logits, labels)
+        if head:
+            loss = loss + F.cross_entropy(output.first_pass_logits.float(), labels)
+    else:
+        loss = sampled_cross_entropy(logits, labels, sampler.chosen)
+        if head:
+            loss = loss + sampled_cross_entropy(output.first_pass_logits.float(), labels, sampler.chosen)
+    classes = torch.as_tensor(output.classes)
+    return loss, classes[logits.argmax(-1).cpu()]
 
 
 @dataclass
@@ -61,7 +83,7 @@ class EpochResult:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, options: StepOptions, *,
                     epoch: int, accumulate: int = 1, max_norm: float = 0.1,
-                    frozen: tuple[nn.Module, ...] = (),
+                    frozen: tuple[nn.Module, ...] = (), sampler: QuerySampler | None = None,
                     on_step: Callable[[int, int, float, float], None] | None = None) -> EpochResult:
     """on_step(step, steps, running loss, running accuracy) after every batch."""
     model.train()
@@ -78,13 +100,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if len(batch.labels):
             # Gradients are averaged across ranks only on the micro-batch that updates.
             with nullcontext() if update or not distributed else model.no_sync():
-                loss, logits = train_step(model, batch, options)
+                loss, predicted = train_step(model, batch, options, sampler)
                 if not math.isfinite(loss.item()):
                     raise RuntimeError(f"the loss became {loss.item()} at epoch {epoch}, step {step}: "
                                        "training diverged. Lower --lr (e.g. by 10x) and start again")
                 (loss / accumulate).backward()
             loss_sum += loss.item() * len(batch.labels)
-            correct += int((logits.argmax(-1).cpu() == batch.labels).sum())
+            correct += int((predicted == batch.labels).sum())
             count += len(batch.labels)
         if update:
             if max_norm > 0:
@@ -102,8 +124,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 class Evaluation:
     confusion: torch.Tensor  # [C, C] image counts, rows: true class, columns: predicted class
     top5_correct: int
-    loss_sum: float
+    loss_sum: float | None  # None with a shortlist: undecoded classes have no logit
     skipped: int
+    shortlist: "ShortlistCheck | None" = None
 
     @property
     def images(self) -> int:
@@ -119,7 +142,7 @@ class Evaluation:
 
     @property
     def loss(self) -> float | None:
-        return self.loss_sum / self.images if self.images else None
+        return self.loss_sum / self.images if self.images and self.loss_sum is not None else None
 
     def per_class_accuracy(self) -> list[float | None]:
         """Recall of each class; None for a class without images."""
@@ -128,27 +151,75 @@ class Evaluation:
                 for i, total in enumerate(totals.tolist())]
 
 
+@dataclass
+class ShortlistCheck:
+    """A shortlist decode measured against the full decode of the same images."""
+    size: int
+    images: int = 0
+    agree: int = 0           # shortlist top-1 == full top-1
+    recalled: int = 0        # the full decode's top-1 is in the first pass's top K (recall@K)
+    truth_recalled: int = 0  # the true class is in the first pass's top K
+    full_correct: int = 0    # top-1 accuracy of the full decode
+
+    def as_dict(self) -> dict:
+        share = (lambda n: n / self.images if self.images else None)
+        return {"shortlist": self.size, "images": self.images, "top1_agreement_with_full": share(self.agree),
+                "recall_of_full_top1": share(self.recalled), "recall_of_true_class": share(self.truth_recalled),
+                "full_top1": share(self.full_correct)}
+
+
+def full_width(output, num_classes: int) -> torch.Tensor:
+    """[B, C] logits of all classes from a decode of some of them: -inf where not decoded."""
+    logits = output.logits.float().cpu()
+    if output.classes == list(range(num_classes)):
+        return logits
+    full = torch.full((len(logits), num_classes), float("-inf"))
+    full[:, torch.as_tensor(output.classes)] = logits
+    return full
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, options: StepOptions, num_classes: int) -> Evaluation:
+def evaluate(model: nn.Module, loader, options: StepOptions, num_classes: int, shortlist: int | None = None,
+             compare_full: bool = False) -> Evaluation:
     """Top-1/top-5 counts and the confusion matrix, summed over ranks. `model` must not be the
-    DDP wrapper: ranks may see different numbers of batches."""
+    DDP wrapper: ranks may see different numbers of batches. shortlist K: decode each image's
+    first-pass top K only; compare_full: also decode every class and count agreement and recall."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     top5_correct, loss_sum, skipped = 0, 0.0, 0
+    check = ShortlistCheck(shortlist) if shortlist is not None and compare_full else None
     for batch in loader:
         skipped += batch.skipped
         if not len(batch.labels):
             continue
         images, mask, labels = to_device(batch, options)
         with autocast(options):
-            logits = model(images, mask, return_attention=False).logits
-        logits = logits.float().cpu()
-        loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
+            encoded = model.encode(images, mask)
+            output = model.decode(encoded, return_attention=False, shortlist=shortlist)
+            reference = model.decode(encoded, return_attention=False) if check is not None else None
+        logits = full_width(output, num_classes)
+        if shortlist is None:
+            loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
         predicted = logits.argmax(-1)
         confusion.index_put_((batch.labels, predicted), torch.ones(len(predicted), dtype=torch.float64),
                              accumulate=True)
         top = logits.topk(min(TOP_K, num_classes), dim=-1).indices
         top5_correct += int((top == batch.labels[:, None]).any(-1).sum())
+        if check is not None:
+            full_top1 = reference.logits.float().cpu().argmax(-1)
+            with autocast(options):
+                first = model.first_pass(encoded).float().cpu()
+            listed = first.topk(min(shortlist, num_classes), dim=-1).indices
+            check.images += len(predicted)
+            check.agree += int((predicted == full_top1).sum())
+            check.recalled += int((listed == full_top1[:, None]).any(-1).sum())
+            check.truth_recalled += int((listed == batch.labels[:, None]).any(-1).sum())
+            check.full_correct += int((full_top1 == batch.labels).sum())
     confusion = sum_over_ranks(confusion)
     totals = sum_over_ranks(torch.tensor([top5_correct, loss_sum, skipped], dtype=torch.float64)).tolist()
-    return Evaluation(confusion.long(), int(totals[0]), totals[1], int(totals[2]))
+    if check is not None:
+        counts = sum_over_ranks(torch.tensor([check.images, check.agree, check.recalled, check.truth_recalled,
+                                              check.full_correct], dtype=torch.float64)).tolist()
+        check = ShortlistCheck(shortlist, *(int(n) for n in counts))
+    return Evaluation(confusion.long(), int(totals[0]), totals[1] if shortlist is None else None, int(totals[2]),
+                      check)

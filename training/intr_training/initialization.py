@@ -53,7 +53,7 @@ def fine_tuned_queries(old: INTR, class_names: list[str], generator: torch.Gener
 
 
 def from_checkpoint(source: str, class_names: list[str], backbone: str | None, image_size: int | None,
-                    generator: torch.Generator) -> Start:
+                    generator: torch.Generator, dropout: float | None = None) -> Start:
     from napari_intr.loading import load_model
     old = load_model(source, device="cpu")
     warnings = []
@@ -61,6 +61,8 @@ def from_checkpoint(source: str, class_names: list[str], backbone: str | None, i
         warnings.append(f"--backbone {backbone} ignored: the --init model {source} has a "
                         f"{old.config.backbone} backbone, and fine-tuning keeps it")
     config = with_image_size(old.config.replace(num_classes=len(class_names)), image_size)
+    if dropout is not None:
+        config = config.replace(dropout=dropout)
     model = build_model(config, class_names)
     state = old.state_dict()
     state["query_embed.weight"], kept = fine_tuned_queries(old, class_names, generator)
@@ -72,13 +74,17 @@ def from_checkpoint(source: str, class_names: list[str], backbone: str | None, i
 
 
 def initial_model(init: str | None, class_names: list[str], backbone: str | None, image_size: int | None,
-                  generator: torch.Generator) -> Start:
+                  generator: torch.Generator, dropout: float | None = None) -> Start:
     """The model a run starts from. Call after seeding: fresh weights come from torch's RNG."""
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"--dropout must be at least 0 and below 1, got {dropout}")
     init = init or default_init(backbone or DEFAULT_BACKBONE)
     if init not in ("none", "detr-r50"):
-        return from_checkpoint(init, class_names, backbone, image_size, generator)
+        return from_checkpoint(init, class_names, backbone, image_size, generator, dropout)
     backbone = backbone or DEFAULT_BACKBONE
-    config = with_image_size(IntrConfig.for_backbone(backbone, len(class_names)), image_size)
+    # New models get the shortlist head (a few hundred parameters): shortlist decoding works on them.
+    overrides = {"shortlist_head": True} if dropout is None else {"shortlist_head": True, "dropout": dropout}
+    config = with_image_size(IntrConfig.for_backbone(backbone, len(class_names), **overrides), image_size)
     model = build_model(config, class_names)
     if init == "none":
         return Start(model, f"{backbone} from random weights")

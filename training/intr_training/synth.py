@@ -128,9 +128,101 @@ SYNTH_NOTE = ("These images are procedurally drawn by intr_training.synth; they 
 _SUPERSAMPLE = 2  # render at 2x and average down: cheap anti-aliasing
 
 
-def look_alike_pairs() -> list[tuple[str, str]]:
+# -- many-species mode --------------------------------------------------------------------------
+# Procedural species for class counts far beyond a mimicry ring: every combination of a wing
+# shape (genus), a ground colour, a pattern and one attribute spot is a species. Species that
+# share shape, colour and pattern form a ring and differ only in their attribute, which is drawn
+# with its mask as in the hand-made catalogue.
+
+_SHAPES = {  # genus -> (forewing, hindwing, tails) in the canonical frame, without colours
+    "Fictilia": (((0.50, -0.22), (0.60, 0.23), -22, 0.3), ((0.33, 0.27), (0.36, 0.27), 38), False),
+    "Simulacra": (((0.48, -0.24), (0.55, 0.29), -30, 0.35), ((0.36, 0.28), (0.42, 0.32), 42), False),
+    "Caudata": (((0.50, -0.20), (0.58, 0.30), -15, 0.45), ((0.32, 0.30), (0.40, 0.30), 50), True),
+    "Latipennis": (((0.47, -0.22), (0.52, 0.34), -25, 0.25), ((0.36, 0.30), (0.45, 0.38), 45), False),
+    "Angustala": (((0.52, -0.18), (0.62, 0.18), -10, 0.1), ((0.30, 0.26), (0.30, 0.22), 30), True),
+}
+_GROUNDS = {  # epithet stem -> wing ground colour; all far from each other and from the spots
+    "rubra": (200, 40, 40), "aurantia": (235, 130, 25), "flava": (235, 210, 60),
+    "viridis": (50, 150, 70), "caerulea": (40, 100, 210), "violacea": (130, 60, 170),
+    "fusca": (110, 70, 40), "grisea": (150, 150, 150),
+}
+_PATTERNS = ("nuda", "fasciata", "bifasciata", "marginata")  # none, 1 band, 2 bands, dark border
+_ATTRIBUTES = {  # epithet suffix -> (description, spot colour or None)
+    "immaculata": ("no spot near the forewing tip", None),
+    "alba": ("white spot near the forewing tip", WHITE),
+    "sanguinea": ("red spot near the forewing tip", (225, 20, 30)),
+    "citrina": ("yellow spot near the forewing tip", (250, 235, 20)),
+    "cyanea": ("blue spot near the forewing tip", (30, 60, 240)),
+}
+_MANY_SITE = Site("fore", "spot", 0.62, 0.05, 0.14)
+MANY_SPECIES_MAX = len(_SHAPES) * len(_GROUNDS) * len(_PATTERNS) * len(_ATTRIBUTES)
+
+
+def _pattern_bands(pattern: str, ground: RGB) -> tuple[tuple[Band, ...], float]:
+    dark = sum(ground) < 330  # bands must contrast with the ground
+    ink = (240, 235, 215) if dark else BLACK
+    if pattern == "fasciata":
+        return (Band(0.05, 0.16, ink, 25),), 0.0
+    if pattern == "bifasciata":
+        return (Band(-0.30, 0.10, ink, 10), Band(0.25, 0.10, ink, 10)), 0.0
+    if pattern == "marginata":
+        return (), 0.25
+    return (), 0.0
+
+
+def _many_look(genus: str, ground_name: str, pattern: str) -> RingLook:
+    (fc, fa, fangle, taper), (hc, ha, hangle), tails = _SHAPES[genus]
+    ground = _GROUNDS[ground_name]
+    bands, margin = _pattern_bands(pattern, ground)
+    return RingLook(Wing(fc, fa, fangle, ground, bands, margin, taper=taper),
+                    Wing(hc, ha, hangle, ground, bands[:1], margin), tails, (_MANY_SITE,))
+
+
+def _all_many_species() -> tuple[Species, ...]:
+    species = []
+    for genus in _SHAPES:
+        for ground in _GROUNDS:
+            for pattern in _PATTERNS:
+                look = _many_look(genus, ground, pattern)
+                ring = f"{genus} {ground}-{pattern}"
+                for suffix, (description, colour) in _ATTRIBUTES.items():
+                    species.append(Species(f"{ring}-{suffix}", ring, description, look, (colour,)))
+    return tuple(species)
+
+
+_MANY: dict[str, Species] = {}
+
+
+def many_species(count: int) -> tuple[Species, ...]:
+    """`count` procedural species (5 genera × 8 colours × 4 patterns × 5 attributes available),
+    whole rings first, in a fixed order: many_species(n) is a prefix of many_species(n + 1)."""
+    if not 2 <= count <= MANY_SPECIES_MAX:
+        raise ValueError(f"the many-species mode draws 2 to {MANY_SPECIES_MAX} species, got {count}")
+    if not _MANY:
+        everything = _all_many_species()
+        # Spread a prefix over all genera and colours: interleave the rings by a fixed permutation.
+        rings = sorted({s.ring for s in everything})
+        order = np.random.default_rng(20240).permutation(len(rings))
+        by_ring = {ring: [s for s in everything if s.ring == ring] for ring in rings}
+        _MANY.update((s.name, s) for index in order for s in by_ring[rings[index]])
+    return tuple(_MANY.values())[:count]
+
+
+def find_species(name: str) -> Species:
+    """A species of the hand-made catalogue or of the many-species mode, by name."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if not _MANY:
+        many_species(MANY_SPECIES_MAX)
+    if name in _MANY:
+        return _MANY[name]
+    raise ValueError(f"unknown species {name!r}; choose one of {sorted(_BY_NAME)} or a name from "
+                     "many_species()")
+
+
+def look_alike_pairs(species: tuple[Species, ...] = SPECIES) -> list[tuple[str, str]]:
     """All pairs of species in the same ring (the showcase pair comes first)."""
-    pairs = [(a.name, b.name) for a, b in combinations(SPECIES, 2) if a.ring == b.ring]
+    pairs = [(a.name, b.name) for a, b in combinations(species, 2) if a.ring == b.ring]
     return sorted(pairs, key=lambda pair: pair != SHOWCASE_PAIR)
 
 
@@ -293,9 +385,12 @@ def _background(pose: Pose, size: int) -> np.ndarray:
 
 def render(species_name: str, pose: Pose, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Image (uint8 H×W×3) and attribute mask (bool H×W); a pure function of its inputs."""
-    if species_name not in _BY_NAME:
-        raise ValueError(f"unknown species {species_name!r}; choose one of {sorted(_BY_NAME)}")
-    colour, cover, mask = _rasterise(_BY_NAME[species_name], pose, size)
+    colour, cover, mask = _rasterise(find_species(species_name), pose, size)
+    return _finish(colour, cover, pose, size), mask
+
+
+def _finish(colour: np.ndarray, cover: np.ndarray, pose: Pose, size: int) -> np.ndarray:
+    """Specimen over its background, then blur, lighting and noise -> uint8 image."""
     # colour is premultiplied by coverage (block average), so edges blend with the background
     image = colour + _background(pose, size) * (1 - cover[..., None])
     # truncate=3: the blur spreads an attribute edit by at most ~3 px beyond its mask
@@ -304,7 +399,7 @@ def render(species_name: str, pose: Pose, size: int = 128) -> tuple[np.ndarray, 
     image = (image - 0.5) * pose.contrast + 0.5
     image = image * pose.brightness * np.array([1 + pose.temperature, 1, 1 - pose.temperature])
     image += np.random.default_rng(pose.noise_seed).normal(0, pose.noise_sigma, image.shape)
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), mask
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
 def image_rng(seed: int, species_name: str, index: int) -> np.random.Generator:
@@ -339,7 +434,7 @@ def _clear_previous_run(out: Path) -> None:
         raise ValueError(refuse.format(entries[0].name)) from None
     for entry in entries:
         ok = entry.name == "synth.json" or (
-            entry.is_dir() and entry.name in known | {".masks"}
+            entry.is_dir() and entry.name in known | {".masks", "train", "val"}
             and all(f.is_dir() or f.suffix == ".png" for f in entry.rglob("*")))
         if not ok:
             raise ValueError(refuse.format(entry.name))
@@ -348,8 +443,13 @@ def _clear_previous_run(out: Path) -> None:
 
 
 def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed: int = 0,
-                     progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write images, masks and synth.json (see module doc); returns the summary."""
+                     progress: Callable[[int, int], None] | None = None, species_count: int | None = None,
+                     val_per_class: int = 0) -> dict:
+    """Write images, masks and synth.json (see module doc); returns the summary.
+
+    species_count: the many-species mode (`many_species(species_count)`) instead of the
+    hand-made catalogue. val_per_class > 0: out/train/<species>/ and out/val/<species>/ (the
+    validation images are further draws, never seen in training)."""
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1 (got {per_class}); ask for 1 or more images")
     if size < 32:
@@ -357,23 +457,32 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; give a folder path for the synthetic collection")
+    if val_per_class < 0:
+        raise ValueError(f"val_per_class must be 0 or more (got {val_per_class})")
+    catalogue = SPECIES if species_count is None else many_species(species_count)
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(out)
-    total, done = per_class * len(SPECIES), 0
-    for species in SPECIES:
-        for index in range(per_class):
-            image, mask = render(species.name, sample_pose(image_rng(seed, species.name, index), size), size)
-            path = out / species.name / f"{slug(species.name)}_{index:04d}.png"
-            for target, pixels in ((path, image), (mask_path(path), mask.astype(np.uint8) * 255)):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(target)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    splits = [(out, range(per_class))] if not val_per_class else [
+        (out / "train", range(per_class)), (out / "val", range(per_class, per_class + val_per_class))]
+    total, done = (per_class + val_per_class) * len(catalogue), 0
+    for species in catalogue:
+        for folder, indices in splits:
+            for index in indices:
+                pose = sample_pose(image_rng(seed, species.name, index), size)
+                colour, cover, mask = _rasterise(species, pose, size)
+                image = _finish(colour, cover, pose, size)
+                path = folder / species.name / f"{slug(species.name)}_{index:04d}.png"
+                for target, pixels in ((path, image), (mask_path(path), mask.astype(np.uint8) * 255)):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(pixels).save(target)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     summary = {
         "synthetic": True, "note": SYNTH_NOTE, "seed": seed, "size": size, "per_class": per_class,
-        "species": [{"name": s.name, "ring": s.ring, "attribute": s.attribute} for s in SPECIES],
-        "look_alike_pairs": [list(pair) for pair in look_alike_pairs()],
+        "val_per_class": val_per_class, "mode": "catalogue" if species_count is None else "many-species",
+        "species": [{"name": s.name, "ring": s.ring, "attribute": s.attribute} for s in catalogue],
+        "look_alike_pairs": [list(pair) for pair in look_alike_pairs(catalogue)],
         "masks": ".masks/<species name>/<image file name>",
     }
     (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")

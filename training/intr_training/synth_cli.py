@@ -10,6 +10,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-class", type=int, default=40, help="images per species (default 40)")
     parser.add_argument("--size", type=int, default=128, help="image side in px (default 128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--species", type=int, metavar="N", help="many-species mode: N procedural species "
+                        "(combinations of wing shape, colour, pattern and attribute spot; 2 to 800) instead "
+                        "of the 9 hand-made ones")
+    parser.add_argument("--val-per-class", type=int, default=0, metavar="M", help="also write M held-out "
+                        "images per species: OUT/train/<species>/ and OUT/val/<species>/ (default 0: one "
+                        "folder per species)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        summary = write_collection(args.out, args.per_class, args.size, args.seed, progress=progress)
-    print(f"wrote {args.per_class} images of each of {len(summary['species'])} species to {args.out} "
+        summary = write_collection(args.out, args.per_class, args.size, args.seed, progress=progress,
+                                   species_count=args.species, val_per_class=args.val_per_class)
+    held_out = f" plus {args.val_per_class} held-out" if args.val_per_class else ""
+    print(f"wrote {args.per_class}{held_out} images of each of {len(summary['species'])} species to {args.out} "
           "(synthetic, fictional species)")
     return 0

@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "projection and encoder) as initialised")
     parser.add_argument("--accumulate", type=int, help="batches per optimizer step (default 1)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: up to 4)")
+    parser.add_argument("--dropout", type=float, help="transformer dropout (default 0.1, the paper's); 0 lets "
+                        "CPU attention use its fused kernel, several times faster with hundreds of classes")
+    parser.add_argument("--sampled-queries", type=int, metavar="K", help="decode only K classes per step: the "
+                        "batch's true classes, the first pass's hardest other classes and random ones, with "
+                        "the sampled-softmax (logQ) correction; step time and memory then do not grow with "
+                        "the number of classes (for thousands of classes; validation uses --shortlist K)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from .engine import evaluate, options_for, train_one_epoch
 from .initialization import freeze, initial_model
 from .progress import Progress, make_progress
 from .recipes import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, WEIGHT_DECAY
+from .sampling import QuerySampler
 from .transforms import eval_transform, train_transform
 
 SHOWN_SKIPPED = 5  # unreadable images named one by one before the rest are counted
@@ -140,7 +141,7 @@ class TrainingRun:
         state.seed_everything(args.seed)
         if saved is None:
             start = initial_model(args.init, self.class_names, args.backbone, args.image_size,
-                                  torch.Generator().manual_seed(args.seed))
+                                  torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None))
             model, self.init_description, init_warnings = start.model, start.description, start.warnings
             self.args = args = with_defaults(args, RECIPES[model.config.backbone])
         else:
@@ -164,6 +165,9 @@ class TrainingRun:
         ) if self.dist.active else model
         self.build_loaders(collection)
         self.collection = collection
+        sampled = getattr(args, "sampled_queries", None)
+        self.query_sampler = None if sampled is None else QuerySampler(sampled, len(self.class_names),
+                                                                       torch.Generator())
         self.setup_warnings += init_warnings + collection.warnings + self.skipped_messages(collection.skipped)
 
     def resumed_arguments(self, args, saved_args: dict) -> argparse.Namespace:
@@ -233,6 +237,8 @@ class TrainingRun:
             started = time.monotonic()
             self.sampler.set_epoch(epoch)
             self.loader_generator.manual_seed(args.seed + epoch)
+            if self.query_sampler is not None:  # random negatives: seeded per epoch and rank (resumable)
+                self.query_sampler.generator.manual_seed((args.seed + epoch) * 1009 + self.dist.rank)
             lr = self.optimizer.param_groups[0]["lr"]
             remaining_epochs = args.epochs - epoch
 
@@ -246,12 +252,14 @@ class TrainingRun:
 
             result = train_one_epoch(self.wrapped, self.train_loader, self.optimizer, self.options, epoch=epoch,
                                      accumulate=args.accumulate, max_norm=CLIP_MAX_NORM, frozen=self.frozen,
-                                     on_step=on_step)
+                                     sampler=self.query_sampler, on_step=on_step)
             self.scheduler.step()
             if result.skipped:
                 self.progress.warning(f"epoch {epoch}: {result.skipped} images could not be decoded and were "
                                       "skipped (see the messages above)")
-            evaluation = evaluate(self.model, self.val_loader, self.options, len(self.class_names)) \
+            # Sampled-query runs validate with a shortlist of the same size: cost independent of C too.
+            evaluation = evaluate(self.model, self.val_loader, self.options, len(self.class_names),
+                                  shortlist=getattr(args, "sampled_queries", None)) \
                 if self.val_loader is not None else None
             seconds = time.monotonic() - started
             epoch_seconds.append(seconds)

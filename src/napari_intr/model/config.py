@@ -25,6 +25,9 @@ class IntrConfig:
     # Resize policy shared by preprocessing, training and the plugin (DETR's 800/1333 for resnet50).
     short_side: int = 800
     max_side: int = 1333
+    # A light score on decoder layer 1's read-out, trained jointly, that shortlists classes
+    # before the full decode (model/shortlist.py). Checkpoints without the field have none.
+    shortlist_head: bool = False
 
     def __post_init__(self):
         for item in dataclasses.fields(self):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..preprocess import MIN_IMAGE_SIZE, to_model_input
 from .backbone import build_backbone
 from .config import DECODE_MODES, IntrConfig
+from .shortlist import ShortlistHead, first_pass_scores
 from .transformer import Transformer
 
 
@@ -26,6 +27,13 @@ class EncodedImages:
     # on the class queries, so inference computes them once per image, not once per class set.
     cross_key_values: list | None = field(default=None, repr=False)
 
+    def select(self, rows: Sequence[int]) -> "EncodedImages":
+        """The images at `rows` (a sub-batch), sharing cached keys and values."""
+        index = torch.as_tensor(list(rows), device=self.memory.device)
+        cached = None if self.cross_key_values is None else [
+            (k[index], v[index]) for k, v in self.cross_key_values]
+        return EncodedImages(self.memory[index], self.padding_mask[index], self.grid, self.input_size, cached)
+
 
 @dataclass
 class IntrOutput:
@@ -33,6 +41,11 @@ class IntrOutput:
     attention: Tensor | None  # [layers, B, heads, C', h, w], each map sums to 1 over h*w
     classes: list[int]        # indices into model.class_names of the C' columns
     input_size: tuple[int, int]
+    # Shortlist decoding: how many candidate classes the first pass scored (the decoder saw
+    # only `classes`); None when every candidate was decoded.
+    candidates: int | None = None
+    # [B, C'] first-pass scores of the decoded classes, when asked for (training the head).
+    first_pass_logits: Tensor | None = None
 
     def probabilities(self) -> Tensor:
         return self.logits.softmax(dim=-1)
@@ -47,6 +60,7 @@ class INTR(nn.Module):
         self.transformer = Transformer(config)
         self.query_embed = nn.Embedding(config.num_classes, config.hidden_dim)  # Z_in, one per class
         self.presence_vector = nn.Linear(config.hidden_dim, 1)  # w in Eq. 6
+        self.shortlist_head = ShortlistHead(config.hidden_dim) if config.shortlist_head else None
         self.class_names = list(class_names) if class_names is not None else [
             f"class {i}" for i in range(config.num_classes)]
         if len(self.class_names) != config.num_classes:
@@ -102,16 +116,26 @@ class INTR(nn.Module):
         return EncodedImages(memory, padding_mask, grid, (height, width))
 
     def decode(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None,
-               mode: str = "drop", return_attention: bool = True) -> IntrOutput:
+               mode: str = "drop", return_attention: bool = True, shortlist: int | None = None) -> IntrOutput:
         """Decoder and presence vector for the candidate classes only, in the order given.
 
         mode "drop": only the candidates' queries enter the decoder (they attend among
         themselves). mode "zero": all queries enter, the others' embeddings set to zero
         vectors, as the paper's Fig. 6.
+        shortlist K: the first pass (model/shortlist.py) scores every candidate, and the decoder
+        runs in drop mode on each image's top K only, kept in the candidates' order; with
+        K >= the number of candidates this is the plain drop-mode decode. Images of a batch
+        whose shortlists differ are decoded apart; the output's columns are then the union of
+        the shortlists, with logit -inf (and zero maps) where an image's decoder did not run.
         """
         if mode not in DECODE_MODES:
             raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
         indices = self.class_indices(classes)
+        if shortlist is not None:
+            return self._decode_shortlist(encoded, indices, mode, return_attention, shortlist)
+        return self._decode(encoded, indices, mode, return_attention)
+
+    def _decode(self, encoded: EncodedImages, indices: list[int], mode: str, return_attention: bool) -> IntrOutput:
         index_tensor = torch.as_tensor(indices, device=self.device)
         queries = self.query_embed.weight
         if mode == "drop":
@@ -121,11 +145,7 @@ class INTR(nn.Module):
             keep[index_tensor] = 1
             queries = queries * keep
         batch = encoded.memory.shape[0]
-        key_values = None
-        if not torch.is_grad_enabled():
-            if encoded.cross_key_values is None:
-                encoded.cross_key_values = self.transformer.decoder.cross_key_values(encoded.memory)
-            key_values = encoded.cross_key_values
+        key_values = self._cached_key_values(encoded)
         z_out, weights = self.transformer.decoder(
             queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, encoded.padding_mask,
             return_attention, key_values)
@@ -136,9 +156,68 @@ class INTR(nn.Module):
         attention = None if weights is None else weights.unflatten(-1, encoded.grid)
         return IntrOutput(logits, attention, indices, encoded.input_size)
 
-    def forward(self, images: Tensor, mask: Tensor | None = None,
-                return_attention: bool = True) -> IntrOutput:
-        return self.decode(self.encode(images, mask), return_attention=return_attention)
+    def _cached_key_values(self, encoded: EncodedImages) -> list | None:
+        if torch.is_grad_enabled():
+            return None
+        if encoded.cross_key_values is None:
+            encoded.cross_key_values = self.transformer.decoder.cross_key_values(encoded.memory)
+        return encoded.cross_key_values
+
+    def first_pass(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None) -> Tensor:
+        """The shortlist's cheap score of each class: [B, C'] for the classes given (default all)."""
+        index = torch.as_tensor(self.class_indices(classes), device=self.device)
+        key_values = self._cached_key_values(encoded)
+        return first_pass_scores(self.transformer.decoder, self.presence_vector, self.shortlist_head,
+                                 self.query_embed.weight[index], encoded.memory, encoded.padding_mask,
+                                 None if key_values is None else key_values[0])
+
+    def _decode_shortlist(self, encoded: EncodedImages, indices: list[int], mode: str, return_attention: bool,
+                          shortlist: int) -> IntrOutput:
+        if isinstance(shortlist, bool) or not isinstance(shortlist, (int, np.integer)) or shortlist < 1:
+            raise ValueError(f"shortlist must be a whole number of classes, at least 1, got {shortlist!r}")
+        if mode != "drop":
+            raise ValueError("a shortlist is decoded in drop mode (the other classes' queries are left out); "
+                             f"mode {mode!r} would run every class's query")
+        scores = self.first_pass(encoded, indices)
+        top = scores.topk(min(int(shortlist), len(indices)), dim=-1).indices.sort(dim=-1).values.tolist()
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, positions in enumerate(top):
+            groups.setdefault(tuple(positions), []).append(row)
+        if len(groups) == 1:
+            output = self._decode(encoded, [indices[p] for p in top[0]], mode, return_attention)
+            output.candidates = len(indices)
+            return output
+        union = sorted({p for positions in groups for p in positions})
+        column = {p: c for c, p in enumerate(union)}
+        batch = encoded.memory.shape[0]
+        logits = encoded.memory.new_full((batch, len(union)), float("-inf"))
+        attention = None
+        for positions, rows in groups.items():
+            part = self._decode(encoded.select(rows), [indices[p] for p in positions], mode, return_attention)
+            rows_t = torch.as_tensor(rows, device=logits.device)
+            columns = torch.as_tensor([column[p] for p in positions], device=logits.device)
+            logits[rows_t[:, None], columns] = part.logits
+            if part.attention is not None:
+                if attention is None:
+                    shape = list(part.attention.shape)
+                    shape[1], shape[3] = batch, len(union)
+                    attention = part.attention.new_zeros(shape)
+                # advanced indices on dims 1 and 3 move to the front: [rows, columns, layers, heads, h, w]
+                attention[:, rows_t[:, None], :, columns] = part.attention.permute(1, 3, 0, 2, 4, 5)
+        return IntrOutput(logits, attention, [indices[p] for p in union], encoded.input_size, len(indices))
+
+    def forward(self, images: Tensor, mask: Tensor | None = None, return_attention: bool = True,
+                choose_classes: Callable[["INTR", EncodedImages], list[int]] | None = None,
+                first_pass: bool = False) -> IntrOutput:
+        """The whole model. choose_classes(model, encoded) -> the classes to decode (drop mode;
+        default all): sampled-query training picks them from the encoder memory. first_pass: also
+        return the first-pass scores of the decoded classes (training the shortlist head)."""
+        encoded = self.encode(images, mask)
+        classes = None if choose_classes is None else choose_classes(self, encoded)
+        output = self.decode(encoded, classes, return_attention=return_attention)
+        if first_pass:
+            output.first_pass_logits = self.first_pass(encoded, output.classes)
+        return output
 
     def class_indices(self, classes: Iterable[int | str] | None) -> list[int]:
         """Class names or indices -> indices, with a clear message for anything unknown."""

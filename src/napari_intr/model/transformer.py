@@ -44,18 +44,27 @@ class TransformerDecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
+    def exchange(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
+        """Class queries exchange context among themselves (query self-attention)."""
+        q = k = tgt + query_pos
+        return self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt)[0]))
+
+    def look(self, tgt: Tensor, memory: Tensor, padding_mask: Tensor, query_pos: Tensor, need_weights: bool,
+             key_value: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """Each class looks for itself in the image (Eq. 5); keys without position."""
+        found, weights = self.multihead_attn(tgt + query_pos, memory, memory, padding_mask, need_weights,
+                                             key_value)
+        return self.norm2(tgt + self.dropout(found)), weights
+
+    def feed_forward(self, tgt: Tensor) -> Tensor:
+        return self.norm3(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt))))))
+
     def forward(self, tgt: Tensor, memory: Tensor, padding_mask: Tensor, query_pos: Tensor,
                 need_weights: bool, key_value: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, Tensor | None]:
-        # Class queries exchange context among themselves ...
-        q = k = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt)[0]))
-        # ... then each class looks for itself in the image (Eq. 5); keys without position.
-        found, weights = self.multihead_attn(tgt + query_pos, memory, memory, padding_mask, need_weights,
-                                             key_value)
-        tgt = self.norm2(tgt + self.dropout(found))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout(ffn)), weights
+        tgt, weights = self.look(self.exchange(tgt, query_pos), memory, padding_mask, query_pos,
+                                 need_weights, key_value)
+        return self.feed_forward(tgt), weights
 
 
 def _clones(layer: nn.Module, n: int) -> nn.ModuleList:
