@@ -213,3 +213,12 @@ def test_a_10000_class_model_saves_loads_and_explains(tmp_path):
     again = Explainer(model).explain(image, shortlist=32)
     assert again.class_names == explanation.class_names
     np.testing.assert_allclose(again.logits, explanation.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_config_shortlist_head_round_trips_and_is_validated():
+    config = IntrConfig.tiny(5, shortlist_head=True)
+    assert IntrConfig.from_json(config.to_json()) == config
+    old = config.to_json().replace(', "shortlist_head": true', "")
+    assert "shortlist_head" not in old and IntrConfig.from_json(old).shortlist_head is False  # older checkpoints
+    with pytest.raises(ValueError, match="shortlist_head must be true or false"):
+        IntrConfig.tiny(5, shortlist_head=1)

@@ -32,6 +32,10 @@ class IntrConfig:
     def __post_init__(self):
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
+            if item.type == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"config field {item.name} must be true or false, got {value!r}")
+                continue
             expected = {"int": int, "float": (int, float), "str": str}[item.type]
             if isinstance(value, bool) or not isinstance(value, expected):
                 kind = {"int": "a whole number", "float": "a number", "str": "text"}[item.type]
