@@ -213,3 +213,22 @@ def test_cli_bad_input(monkeypatch, capsys, checkpoint, folder, tmp_path, argume
 def test_cli_missing_model(monkeypatch, capsys, folder, tmp_path):
     code = intr_explain(monkeypatch, "--model", tmp_path / "nope.safetensors", folder, "--out", tmp_path / "o")
     assert code == 2 and "no model at" in capsys.readouterr().err
+
+
+def test_cli_shortlist(monkeypatch, capsys, checkpoint, folder, tmp_path):
+    out = tmp_path / "out"
+    code = intr_explain(monkeypatch, "--model", checkpoint, folder, "--out", out, "--device", "cpu",
+                        "--shortlist", "2", "--top-k", "4")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "the other 2 classes were not" in captured.out
+    columns, rows = read_rows(out)
+    assert columns == csv_columns(2)  # only the 2 decoded classes can be ranked
+    with tifffile.TiffFile(out / "s0_attention.tif") as tiff:
+        metadata = tiff.shaped_metadata[0]
+    assert len(metadata["candidates"]) == 2 and metadata["scored_by_first_pass_only"] == 2
+    for arguments, message in ((["--shortlist", "0"], "at least 1"), (["--shortlist", "2", "--mode", "zero"],
+                                                                        "drop mode"),
+                               (["--shortlist", "2", "--class", "Morpho peleides"], "outside an image's shortlist")):
+        code = intr_explain(monkeypatch, "--model", checkpoint, folder, "--out", tmp_path / "o2", *arguments)
+        assert code == 2 and re.search(message, capsys.readouterr().err)

@@ -44,3 +44,23 @@ def test_eval_matches_direct_predictions(tmp_path, capsys):
     counts = [[int(value) for value in row[1:]] for row in rows[1:]]
     assert [sum(row) for row in counts] == [3, 3, 2, 0, 0, 0, 0]
     assert sum(counts[i][i] for i in range(3)) == correct
+
+
+def test_eval_with_a_shortlist_reports_agreement_and_recall(tmp_path, capsys):
+    names = ["diamond", "disc", "third", "four", "five", "six"]
+    torch.manual_seed(4)
+    save_model(build_model(IntrConfig.tiny(6, short_side=64, max_side=112, shortlist_head=True), names),
+               tmp_path / "m.safetensors")
+    data = write_classes(tmp_path / "data", {"diamond": 2, "disc": 2, "third": 2}, size=72)
+    arguments = ["eval", "--model", str(tmp_path / "m.safetensors"), "--data", str(data), "--batch-size", "3",
+                 "--workers", "0"]
+    assert cli.main([*arguments, "--json", "--shortlist", "6", "--compare-full"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    check = everything["shortlist_check"]
+    assert check["images"] == 6 and check["top1_agreement_with_full"] == 1.0 and check["recall_of_full_top1"] == 1.0
+    assert everything["top1"] == check["full_top1"]
+    assert cli.main([*arguments, "--shortlist", "2", "--compare-full"]) == 0
+    printed = capsys.readouterr().out
+    assert "shortlist 2: the other classes were not decoded" in printed and "recall@2" in printed
+    assert cli.main([*arguments, "--compare-full"]) == 2
+    assert "give --shortlist K too" in capsys.readouterr().err

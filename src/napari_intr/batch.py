@@ -53,6 +53,7 @@ class Settings:
     class_for_maps: str | None
     margin: Margin
     tiff_format: str
+    shortlist: int | None = None  # decode each item's first-pass top K only
 
     def fingerprint(self, model, model_name: str, regions: bool) -> dict:
         """The settings a resumed run must share with the earlier one (JSON-able)."""
@@ -60,7 +61,8 @@ class Settings:
         return {"model": model_name, "classes": hashlib.sha256(names).hexdigest()[:16],
                 "candidates": self.candidates, "mode": self.mode, "top_k": self.top_k,
                 "layer": self.layer % model.config.dec_layers, "class_for_maps": self.class_for_maps,
-                "margin": str(self.margin), "tiff_format": self.tiff_format, "regions": regions}
+                "margin": str(self.margin), "tiff_format": self.tiff_format, "regions": regions,
+                "shortlist": self.shortlist}
 
 
 def plan_items(files: list[Path], boxes: dict[Path, list[Region]] | None, tiff_format: str) -> list[Item]:
@@ -118,12 +120,13 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
                    progress: Callable[[int, int, Path], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, boxes: dict[Path, list[Region]] | None = None,
                    margin: Margin | str | None = None, tiff_format: str = "imagej",
-                   start_job: Callable | None = None) -> dict:
+                   start_job: Callable | None = None, shortlist: int | None = None) -> dict:
     """Explain every image in `inputs` (files and/or folders), or every region in `boxes`, into `out_dir`.
 
     layer: decoder layer of the saved maps, a Python index (-1 = last). class_for_maps: the class
     whose head maps are saved (default: each item's top-1). boxes: {image: regions} (inputs may then
-    be empty); margin: context added around each box. tiff_format: "imagej" or "ome".
+    be empty); margin: context added around each box. tiff_format: "imagej" or "ome". shortlist K:
+    decode each item's first-pass top K classes only (the CSV ranks those; the rest were not decoded).
     start_job(out_dir, task, keys, settings, is_done=, group=): shares and resumes the work (see
     intr_training.sharding). Unreadable images are skipped and reported. Returns a summary: total,
     done, skipped [(item, reason)], notes, cancelled, resumed, seconds, predictions, attention_files;
@@ -132,7 +135,7 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     from .explanation import Explainer
     start = time.perf_counter()
     files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
-    settings = _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format)
+    settings = _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist)
     items = plan_items(files, boxes, tiff_format)
     if not items:
         raise ValueError("the boxes file names none of the images given; check its image column")
@@ -179,12 +182,14 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
             else:
                 summary["done"] += 1
                 summary["attention_files"].append(out_dir / row["attention_file"])
-                summary["notes"].extend((by_key[key].describe(), note) for note in record.get("notes", []))
+                summary["notes"].extend((by_key[key].describe(), note) for note in record.get("notes", [])
+                                        if not note.startswith("shortlist:"))  # said once, by the CLI
+                summary["undecoded"] = max(summary.get("undecoded", 0), record.get("undecoded", 0))
     summary["seconds"] = time.perf_counter() - start
     return summary
 
 
-def _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format) -> Settings:
+def _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist=None) -> Settings:
     candidates = model.class_indices(classes)
     num_layers = model.config.dec_layers
     if not -num_layers <= layer < num_layers:
@@ -198,8 +203,17 @@ def _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_f
         if index not in candidates:
             raise ValueError(f"the class for the maps, {class_for_maps!r}, is not among the candidate classes")
         class_for_maps = model.class_names[index]
+    if shortlist is not None:
+        if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
+            raise ValueError(f"the shortlist must be a whole number of classes, at least 1, got {shortlist!r}")
+        if mode != "drop":
+            raise ValueError("a shortlist is decoded in drop mode; leave the mode at drop")
+        if class_for_maps is not None and shortlist < len(candidates):
+            raise ValueError("a fixed class for the maps may fall outside an image's shortlist; "
+                             "leave the class out (each image's top-1) or drop the shortlist")
     margin = margin if isinstance(margin, Margin) else Margin.parse(margin)
-    return Settings(candidates, mode, min(top_k, len(candidates)), layer, class_for_maps, margin, tiff_format)
+    top_k = min(top_k, len(candidates), shortlist or len(candidates))
+    return Settings(candidates, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist)
 
 
 class _ImageReader:
@@ -230,7 +244,7 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
             crop = crop_region(image, item.region, settings.margin)
             image, offset = crop.pixels, crop.offset
         name = item.path.stem if item.region is None else f"{item.path.stem} · {item.region.id}"
-        explanation = explainer.explain(image, name, settings.candidates, settings.mode)
+        explanation = explainer.explain(image, name, settings.candidates, settings.mode, settings.shortlist)
     except (ValueError, OSError, RuntimeError, MemoryError) as error:
         # One bad image (damaged file, too small, out of memory) must not end the batch.
         row["error"] = reason(error)
@@ -239,7 +253,7 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
     shown = settings.class_for_maps or explanation.top_class()
     _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
     row.update(map_class=shown, attention_file=item.attention_file)
-    return {"row": row, "notes": list(explanation.notes)}
+    return {"row": row, "notes": list(explanation.notes), "undecoded": explanation.undecoded}
 
 
 def _write_maps(target: Path, explanation, class_name: str, settings: Settings, item: Item,

@@ -164,6 +164,7 @@ def explanation_metadata(explanation: Explanation, class_name: str, layer: int, 
         "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
         "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
         "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
+        "scored_by_first_pass_only": explanation.undecoded,  # shortlist decoding: classes not decoded
         "image_file": image_file, "image_shape": list(explanation.image_shape),
         # napari: Image layer(maps, scale=scale, translate=translate) lies on the original photograph
         "scale": list(scale), "translate": [t + o for t, o in zip(translate, offset, strict=True)],

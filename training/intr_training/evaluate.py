@@ -58,11 +58,15 @@ def match_images(model: INTR, folder: Path) -> MatchedImages:
 
 def summarize(model_source, model: INTR, matched: MatchedImages, result: Evaluation) -> dict:
     per_class = dict(zip(model.class_names, result.per_class_accuracy()))
-    return {"model": str(model_source), "data": str(matched.folder), "images": result.images,
-            "top1": result.accuracy, "top5": result.top5_accuracy,
-            "per_class_accuracy": {name: per_class[name] for name in matched.classes if name not in matched.unknown},
-            "unknown_classes": {name: len(matched.classes[name]) for name in matched.unknown},
-            "skipped_images": len(matched.found.skipped) + result.skipped}
+    summary = {"model": str(model_source), "data": str(matched.folder), "images": result.images,
+               "top1": result.accuracy, "top5": result.top5_accuracy,
+               "per_class_accuracy": {name: per_class[name] for name in matched.classes
+                                      if name not in matched.unknown},
+               "unknown_classes": {name: len(matched.classes[name]) for name in matched.unknown},
+               "skipped_images": len(matched.found.skipped) + result.skipped}
+    if result.shortlist is not None:
+        summary["shortlist_check"] = result.shortlist.as_dict()
+    return summary
 
 
 def write_tables(out: Path, class_names: list[str], result: Evaluation, summary: dict) -> None:
@@ -77,12 +81,20 @@ def write_tables(out: Path, class_names: list[str], result: Evaluation, summary:
 
 
 def evaluate_folder(model: INTR, model_source, matched: MatchedImages, out=None, batch_size: int = 16,
-                    workers: int = 2) -> dict:
-    """Evaluate `model` on the matched images; with `out`, also write the tables there."""
+                    workers: int = 2, shortlist: int | None = None, compare_full: bool = False) -> dict:
+    """Evaluate `model` on the matched images; with `out`, also write the tables there.
+    shortlist K: decode each image's first-pass top K only; compare_full: also decode every
+    class and report the shortlist's agreement with it and its recall@K."""
+    if shortlist is not None and (isinstance(shortlist, bool) or shortlist < 1):
+        raise ValueError(f"--shortlist must be at least 1, got {shortlist}")
+    if compare_full and shortlist is None:
+        raise ValueError("--compare-full compares a shortlist with the full decode: give --shortlist K too")
     loader = DataLoader(ImageFolderDataset(matched.samples, eval_transform(model.config)), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate)
-    result = evaluate(model, loader, options_for(model.device), len(model.class_names))
+    result = evaluate(model, loader, options_for(model.device), len(model.class_names), shortlist, compare_full)
     summary = summarize(model_source, model, matched, result)
+    if shortlist is not None:
+        summary["shortlist"] = shortlist
     if out is not None:
         out = Path(out).expanduser()
         write_tables(out, model.class_names, result, summary)

@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument("--shortlist", type=int, metavar="K", help="decode only each image's top K classes of "
+                        "the cheap first pass (as intr explain --shortlist); top-5 counts only decoded classes")
+    parser.add_argument("--compare-full", action="store_true", help="with --shortlist: also decode every class "
+                        "and report the shortlist's top-1 agreement with that and its recall@K")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     faithfulness_options.add_arguments(parser)
 
@@ -35,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,
                                           warn=lambda message: print(f"warning: {message}", file=sys.stderr))
-    summary = evaluate_folder(model, args.model, matched, args.out, args.batch_size, args.workers)
+    summary = evaluate_folder(model, args.model, matched, args.out, args.batch_size, args.workers,
+                              args.shortlist, args.compare_full)
     if args.explanations:
         from .faithfulness.run import evaluate_explanations
         summary["explanations"] = evaluate_explanations(
@@ -49,7 +54,15 @@ def run(args: argparse.Namespace) -> int:
 
 def print_report(summary: dict) -> None:
     print(f"{summary['images']} images of {len(summary['per_class_accuracy'])} classes from {summary['data']}")
-    print(f"top-1 accuracy {summary['top1']:.4f}   top-5 accuracy {summary['top5']:.4f}")
+    print(f"top-1 accuracy {summary['top1']:.4f}   top-5 accuracy {summary['top5']:.4f}"
+          + (f"   (shortlist {summary['shortlist']}: the other classes were not decoded)"
+             if "shortlist" in summary else ""))
+    if "shortlist_check" in summary:
+        check = summary["shortlist_check"]
+        print(f"shortlist {check['shortlist']} vs the full decode of every class: top-1 agreement "
+              f"{check['top1_agreement_with_full']:.4f}, recall@{check['shortlist']} of the full top-1 "
+              f"{check['recall_of_full_top1']:.4f}, of the true class {check['recall_of_true_class']:.4f}; "
+              f"full-decode top-1 accuracy {check['full_top1']:.4f}")
     width = max(len(name) for name in summary["per_class_accuracy"])
     for name, accuracy in summary["per_class_accuracy"].items():
         print(f"  {name:<{width}}  {'n/a' if accuracy is None else f'{accuracy:.3f}'}")

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attention maps as ImageJ hyperstacks (default; Fiji shows named slices) or OME-TIFF")
     parser.add_argument("--restart", action="store_true",
                         help="redo every image, forgetting an earlier run into the same --out folder")
+    parser.add_argument("--shortlist", type=int, metavar="K", help="decode only each image's top K classes "
+                        "of a cheap first pass over all of them (for models with thousands of classes); the "
+                        "CSV ranks those K, the others were not decoded")
     parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
@@ -109,7 +112,7 @@ def _explain(args, files, boxes, margin, info, device) -> int:
     try:
         summary = explain_folder(model, files or [], args.out, classes, args.mode, args.top_k, layer - 1,
                                  args.map_class, os.fspath(args.model), progress, boxes=boxes, margin=margin,
-                                 tiff_format=args.tiff_format, start_job=start_job)
+                                 tiff_format=args.tiff_format, start_job=start_job, shortlist=args.shortlist)
     finally:
         for bar in bars:
             bar.close()
@@ -130,5 +133,8 @@ def _print_summary(summary: dict, what: str) -> None:
         print(f"attention maps: {len(summary['attention_files'])} TIFF files in {summary['predictions'].parent}")
     for path, note in summary["notes"]:
         print(f"note: {path}: {note}")
+    if summary.get("undecoded"):
+        print(f"note: shortlist: for each image only its first-pass top classes were decoded; the other "
+              f"{summary['undecoded']:,} classes were not (no probability, no maps)")
     for path, reason in summary["skipped"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
