@@ -224,8 +224,7 @@ def test_cli_shortlist(monkeypatch, capsys, checkpoint, folder, tmp_path):
     assert "the other 2 classes were not" in captured.out
     columns, rows = read_rows(out)
     assert columns == csv_columns(2)  # only the 2 decoded classes can be ranked
-    with tifffile.TiffFile(out / "s0_attention.tif") as tiff:
-        metadata = tiff.shaped_metadata[0]
+    metadata = read_attention_tiff(out / "s0_attention.tif")[1]
     assert len(metadata["candidates"]) == 2 and metadata["scored_by_first_pass_only"] == 2
     for arguments, message in ((["--shortlist", "0"], "at least 1"), (["--shortlist", "2", "--mode", "zero"],
                                                                         "drop mode"),
