@@ -222,7 +222,7 @@ def test_cli_shortlist(monkeypatch, capsys, checkpoint, folder, tmp_path):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "the other 2 classes were not" in captured.out
-    columns, rows = read_rows(out)
+    columns, _ = read_rows(out)
     assert columns == csv_columns(2)  # only the 2 decoded classes can be ranked
     metadata = read_attention_tiff(out / "s0_attention.tif")[1]
     assert len(metadata["candidates"]) == 2 and metadata["scored_by_first_pass_only"] == 2

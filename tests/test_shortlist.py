@@ -14,10 +14,10 @@ from napari_intr.model import IntrConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from _intr_reference import one_torch_thread, seeded_model  # noqa: E402,F401 (an autouse fixture)
-from intr_training.data import Batch  # noqa: E402
-from intr_training.engine import StepOptions, evaluate, train_step  # noqa: E402
-from intr_training.sampling import QuerySampler, sampled_cross_entropy  # noqa: E402
+from _intr_reference import one_torch_thread, seeded_model  # noqa: F401 (an autouse fixture)
+from intr_training.data import Batch
+from intr_training.engine import StepOptions, evaluate, train_step
+from intr_training.sampling import QuerySampler, sampled_cross_entropy
 
 C = 40
 

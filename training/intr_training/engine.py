@@ -126,7 +126,7 @@ class Evaluation:
     top5_correct: int
     loss_sum: float | None  # None with a shortlist: undecoded classes have no logit
     skipped: int
-    shortlist: "ShortlistCheck | None" = None
+    shortlist: ShortlistCheck | None = None
 
     @property
     def images(self) -> int:

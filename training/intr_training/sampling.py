@@ -54,7 +54,7 @@ class QuerySampler:
                              "of one batch: raise --sampled-queries or lower --batch-size")
         chosen = set(positives)
         negatives = self.num_queries - len(chosen)
-        hard_wanted = int(round(negatives * self.hard_fraction)) if self.num_queries < self.num_classes else 0
+        hard_wanted = round(negatives * self.hard_fraction) if self.num_queries < self.num_classes else 0
         if hard_wanted:
             with torch.no_grad():
                 scores = model.first_pass(encoded).float()

@@ -27,7 +27,7 @@ class EncodedImages:
     # on the class queries, so inference computes them once per image, not once per class set.
     cross_key_values: list | None = field(default=None, repr=False)
 
-    def select(self, rows: Sequence[int]) -> "EncodedImages":
+    def select(self, rows: Sequence[int]) -> EncodedImages:
         """The images at `rows` (a sub-batch), sharing cached keys and values."""
         index = torch.as_tensor(list(rows), device=self.memory.device)
         cached = None if self.cross_key_values is None else [
@@ -207,7 +207,7 @@ class INTR(nn.Module):
         return IntrOutput(logits, attention, [indices[p] for p in union], encoded.input_size, len(indices))
 
     def forward(self, images: Tensor, mask: Tensor | None = None, return_attention: bool = True,
-                choose_classes: Callable[["INTR", EncodedImages], list[int]] | None = None,
+                choose_classes: Callable[[INTR, EncodedImages], list[int]] | None = None,
                 first_pass: bool = False) -> IntrOutput:
         """The whole model. choose_classes(model, encoded) -> the classes to decode (drop mode;
         default all): sampled-query training picks them from the encoder memory. first_pass: also
