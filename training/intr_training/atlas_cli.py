@@ -30,40 +30,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
-def parse_list(text: str | None, option: str) -> list[str] | None:
-    if text is None:
-        return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ValueError(f"{option} is empty; give names separated by commas")
-    return names
-
-
-def parse_pairs(text: str | None) -> list[tuple[str, str]] | None:
-    items = parse_list(text, "--pairs")
-    if items is None:
-        return None
-    pairs = []
-    for item in items:
-        sides = [side.strip() for side in item.split(":")]
-        if len(sides) != 2 or not all(sides):
-            raise ValueError(f"--pairs: {item!r} is not a pair; write A:B (class names), pairs separated by commas")
-        if sides[0] == sides[1]:
-            raise ValueError(f"--pairs: {item!r} pairs a class with itself; give two different classes")
-        pairs.append((sides[0], sides[1]))
-    return pairs
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_intr.loading import load_model
 
     from . import distributed
-    from .atlas import DEFAULT_PER_HEAD, AtlasOptions, build_atlas
+    from .atlas import (
+        DEFAULT_PER_HEAD,
+        AtlasOptions,
+        build_atlas,
+        parse_names,
+        parse_pairs,
+    )
 
-    options = AtlasOptions(layer=args.layer, classes=parse_list(args.classes, "--classes"),
-                           pairs=parse_pairs(args.pairs), per_head=DEFAULT_PER_HEAD if args.per_head is None else args.per_head,
+    per_head = DEFAULT_PER_HEAD if args.per_head is None else args.per_head
+    options = AtlasOptions(layer=args.layer, classes=parse_names(args.classes, "--classes"),
+                           pairs=parse_pairs(args.pairs, "--pairs"), per_head=per_head,
                            parts=args.parts, restart=args.restart)
     model = load_model(args.model, args.class_names, args.device)
     info, device = distributed.setup(model.device)

@@ -8,7 +8,14 @@ from .aggregate import (
            PairHead,
            PairSummary,
 )
-from .run import DEFAULT_PER_HEAD, AtlasOptions, AtlasRun, build_atlas
+from .run import (
+           DEFAULT_PER_HEAD,
+           AtlasOptions,
+           AtlasRun,
+           build_atlas,
+           parse_names,
+           parse_pairs,
+)
 
 __all__ = ["DEFAULT_PER_HEAD", "Atlas", "AtlasBuilder", "AtlasOptions", "AtlasRun", "ClassSummary",
-           "HeadSummary", "PairHead", "PairSummary", "build_atlas"]
+           "HeadSummary", "PairHead", "PairSummary", "build_atlas", "parse_names", "parse_pairs"]

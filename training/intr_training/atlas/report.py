@@ -13,7 +13,15 @@ from pathlib import Path
 from napari_intr.csv_output import write_csv
 
 from .aggregate import Atlas, ClassSummary, PairSummary
-from .montage import MontageCell, draw_montage, jpeg_bytes, patches_for, png_bytes
+from .montage import (
+    PATCH,
+    MontageCell,
+    cell_origin,
+    draw_montage,
+    jpeg_bytes,
+    patches_for,
+    png_bytes,
+)
 from .statistics import Exemplar
 from .tables import HEADS_COLUMNS, PAIRS_COLUMNS, head_rows, pair_rows
 
@@ -56,6 +64,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
+def _cell_entry(cell: MontageCell, gap_after: int | None = None) -> dict:
+    """A montage cell for atlas.json, with where its patch lies in the PNG (for clicks in napari)."""
+    y, x = cell_origin(cell.row, cell.col, gap_after)
+    return {**dataclasses.asdict(cell), "y": y, "x": x, "size": PATCH}
+
+
 def _class_section(summary: ClassSummary, data_root: Path, layer: int, montage_dir: Path) -> tuple[str, dict]:
     patches = patches_for(data_root, [e for head in summary.heads for e in head.top])
     rows, cells, montage_rows = [], [], []
@@ -72,7 +86,7 @@ def _class_section(summary: ClassSummary, data_root: Path, layer: int, montage_d
         for col, exemplar in enumerate(head.top):
             cell = MontageCell(head.head, col, exemplar.key, head.head, tuple(exemplar.box), exemplar.peak, "")
             row_cells.append((cell, patches[(exemplar.key, tuple(exemplar.box))]))
-            cells.append(dataclasses.asdict(cell))
+            cells.append(_cell_entry(cell))
         consistency_text = "–" if head.consistency is None else f"{head.consistency:.2f}"
         montage_rows.append((f"H{head.head + 1}\nmean {_fmt(head.mean_peak)}\ncons. {consistency_text}", row_cells))
     columns = max([len(head.top) for head in summary.heads] + [1])
@@ -107,7 +121,7 @@ def _pair_section(pair: PairSummary, data_root: Path, layer: int, montage_dir: P
                 cell = MontageCell(rank - 1, offset + col, exemplar.key, head.head, tuple(exemplar.box),
                                    exemplar.peak, side)
                 row_cells.append((cell, patches[(exemplar.key, tuple(exemplar.box))]))
-                cells.append(dataclasses.asdict(cell))
+                cells.append(_cell_entry(cell, gap_after=columns - 1))
         label = f"#{rank} H{head.head + 1}\nd {_fmt(head.effect_size, 2)}\ndrop {_fmt(head.masking_drop)}"
         montage_rows.append((label, row_cells))
     name = f"pair-{slug(pair.a)}--{slug(pair.b)}.png"

@@ -195,3 +195,27 @@ def scan_job(root: str, val_split: float, seed: int):
     is_split = (collection.root / "train").is_dir() and (collection.root / "val").is_dir()
     yield Result(CollectionSummary(str(collection.root), val_split, counts, is_split,
                                    (*collection.warnings, *collection.skipped)))
+
+
+@reports_runtime_errors
+def atlas_job(model, model_name: str, data: str, out: str, options: dict, cancel: threading.Event):
+    """`intr_training.atlas.build_atlas` with progress and cancel (finished images are kept: the
+    next run continues); yields its AtlasRun."""
+    from intr_training.atlas import AtlasOptions, build_atlas
+    latest = {"done": 0, "total": 0}
+
+    def progress(done, total):
+        latest.update(done=done, total=total)
+
+    def snapshot():
+        done, total = latest["done"], latest["total"]
+        text = f"{done} of {total} images summarised" if total else "listing the images"
+        if total and done >= total:
+            text = "writing atlas.html, the tables and the montages"
+        return Progress(done, total, text)
+
+    result = yield from _run_polled(
+        lambda: build_atlas(model, model_name, data, out, AtlasOptions(**options), progress,
+                            should_stop=cancel.is_set),
+        snapshot)
+    yield Result(result)

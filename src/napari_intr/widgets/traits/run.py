@@ -1,0 +1,136 @@
+"""Atlas box: a class-labelled folder, an output folder and the atlas options; runs `intr atlas`'s
+work in the background with progress and cancel (a cancelled run continues where it stopped)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
+
+from ..qt_helpers import FileField, TextLabel
+from ..state import ExplorerState
+from ..workers import messages
+from ..workers.jobs import atlas_job
+from ..workers.task_bar import TaskBar
+
+ATLAS_JSON = "atlas.json"
+
+
+def default_output(data: str) -> str:
+    folder = Path(data).expanduser()
+    return str(folder.parent / f"{folder.name}-atlas")
+
+
+class AtlasRunBox(QGroupBox):
+    """Emits `atlas_ready(out_folder)` when an atlas is written or an existing one is opened."""
+    atlas_ready = Signal(str)
+
+    def __init__(self, state: ExplorerState, parent=None):
+        super().__init__("Collection", parent)
+        self.state = state
+        self.data = FileField("folder: one subfolder of images per class", "Choose the collection", folder=True)
+        self.data.edit.editingFinished.connect(self._suggest_output)
+        self.out = FileField("output folder (default: <collection>-atlas)", "Choose the atlas folder", folder=True)
+        self.layer = QSpinBox()
+        self.layer.setRange(0, 64)
+        self.layer.setSpecialValueText("last")
+        self.layer.setToolTip("Decoder layer whose attention is summarised (1-based; 'last' as in the paper)")
+        self.per_head = QSpinBox()
+        self.per_head.setRange(1, 50)
+        self.per_head.setValue(6)
+        self.per_head.setToolTip("Top images (patches) kept per class and head")
+        self.pairs = QLineEdit()
+        self.pairs.setPlaceholderText("A:B, C:D (default: the most confused pairs)")
+        self.parts = FileField("optional: CUB parts/part_locs.txt", "Choose CUB's part_locs.txt",
+                               file_filter="Text (*.txt);;All files (*)")
+        self.run_button = QPushButton("Build atlas")
+        self.run_button.setToolTip("Encode every image once, decode its class and its prediction, write "
+                                   "atlas.html, heads.csv, pairs.csv and montages; a re-run skips done images")
+        self.run_button.clicked.connect(self.run)
+        self.open_button = QPushButton("Open atlas")
+        self.open_button.setToolTip("Browse an atlas written earlier (its atlas.json) without running")
+        self.open_button.clicked.connect(self.open_existing)
+        self.task = TaskBar()
+        self.task.busy_changed.connect(self._busy_changed)
+        self.summary = TextLabel("")
+        form = QFormLayout()
+        form.addRow("Images", self.data)
+        form.addRow("Atlas folder", self.out)
+        form.addRow("Decoder layer", self.layer)
+        form.addRow("Patches per head", self.per_head)
+        form.addRow("Look-alike pairs", self.pairs)
+        form.addRow("Part annotations", self.parts)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.open_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.task)
+        layout.addWidget(self.summary)
+
+    def output_folder(self) -> str:
+        if not self.out.path and self.data.path:
+            self.out.path = default_output(self.data.path)
+        return self.out.path
+
+    def options(self) -> dict:
+        from intr_training.atlas import (
+            parse_pairs,  # the CLI's rule; torch is loaded with the model
+        )
+        return {"layer": self.layer.value() or None, "per_head": self.per_head.value(),
+                "pairs": parse_pairs(self.pairs.text(), "Look-alike pairs"), "parts": self.parts.path or None}
+
+    def run(self) -> None:
+        if self.state.model is None:
+            messages.notify("No model loaded yet: press 'Load model' in the Model box", "warning")
+            return
+        if not self.data.path:
+            messages.notify("Choose the image folder first (one subfolder per class)", "warning")
+            return
+        try:
+            options = self.options()
+        except ValueError as error:
+            messages.notify(str(error), "warning")
+            return
+        out = self.output_folder()
+        self.summary.setText("")
+        self.task.start(atlas_job, self.state.model, self.state.model_name, self.data.path, out, options,
+                        doing=f"Building the atlas of '{Path(self.data.path).name}'", with_cancel_event=True,
+                        show_in_activity=True, on_result=lambda result: self._finished(result, out))
+
+    def open_existing(self) -> None:
+        out = self.output_folder()
+        if not out or not (Path(out) / ATLAS_JSON).is_file():
+            messages.notify(f"No atlas in '{out or '(no folder chosen)'}': choose the folder an atlas was "
+                            "written to, or build one", "warning")
+            return
+        self.atlas_ready.emit(out)
+
+    def _finished(self, result, out: str) -> None:
+        if result.cancelled:
+            self.summary.setText(f"Stopped: {result.reused + result.summarised_now} of {result.total} images "
+                                 "summarised and kept; Build atlas continues from there.")
+            return
+        self.summary.setText(f"{result.summarised_now} images summarised now, {result.reused} reused, "
+                             f"{len(result.atlas.skipped)} unreadable; written to {out}")
+        for warning in result.warnings:
+            messages.notify(warning, "warning")
+        self.atlas_ready.emit(out)
+
+    def _suggest_output(self) -> None:
+        if self.data.path and not self.out.path:
+            self.out.path = default_output(self.data.path)
+
+    def _busy_changed(self, busy: bool) -> None:
+        for widget in (self.run_button, self.open_button, self.data, self.out, self.layer, self.per_head,
+                       self.pairs, self.parts):
+            widget.setEnabled(not busy)
