@@ -13,7 +13,7 @@ import pickle
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,15 @@ class Case:
     build: Callable[[Path], tuple[list[str], str]]  # tmp folder -> (argv, the input's name)
     code: int
     says: tuple[str, ...] = ()
-    marks: list = field(default_factory=list)
+    absent: tuple[str, ...] = ()  # files (relative to the temporary folder) that must not exist after
 
 
 CASES: list[Case] = []
 
 
-def case(id: str, code: int, *says: str):
+def case(id: str, code: int, *says: str, absent: tuple[str, ...] = ()):
     def register(build):
-        CASES.append(Case(id, build, code, says))
+        CASES.append(Case(id, build, code, says, absent))
         return build
     return register
 
@@ -372,3 +372,104 @@ def _(path):
 @names_case("missing", 2, "does not exist")
 def _(path):
     pass
+
+
+# -- command-line values -----------------------------------------------------------------------------
+
+FAST = ["--backbone", "tiny", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--seed", "0"]
+
+
+def training_folder(root: Path, per_class: int = 2) -> Path:
+    for index, name in enumerate(("red", "blue")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = specimen((64, 64))
+            image[16:48, 16:48] = (220, 40, 40) if index == 0 else (40, 90, 220)
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return root
+
+
+def train_argv(tmp: Path, data: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(tmp / "run"), "--epochs", "1", *FAST, *extra]
+
+
+for option, value, message in [
+    ("--size", "30000", "between 32 and 2048"), ("--size", "0", "between 32 and 2048"),
+    ("--per-class", "0", "between 1 and"), ("--seed", "-1", "between 0 and"),
+    ("--seed", "1e20", "whole number"), ("--seed", "100000000000000000000", "between 0 and"),
+]:
+    case(f"synth{option}={value}", 2, message, absent=("synth",))(
+        lambda tmp, o=option, v=value: (["synth", "--out", str(tmp / "synth"), o, v], o))
+
+for option, value, message in [
+    ("--lr", "-1", "above 0"), ("--lr", "0", "above 0"), ("--lr", "nan", "finite"), ("--lr", "inf", "finite"),
+    ("--lr-backbone", "-1", "between 0 and"), ("--batch-size", "0", "between 1 and"),
+    ("--image-size", "10", "between 32 and 4096 px"), ("--image-size", "100000", "between 32 and 4096 px"),
+    ("--epochs", "0", "at least 1"), ("--val-split", "1.5", "between 0 and 0.9"),
+    ("--workers", "-1", "between 0 and 64"), ("--accumulate", "0", "at least 1"), ("--seed", "2.5", "whole number"),
+]:
+    case(f"train{option}={value}", 2, message, absent=("run",))(
+        lambda tmp, o=option, v=value: (train_argv(tmp, training_folder(tmp / "data"), o, v), o))
+
+
+@case("eval--batch-size=0", 2, "between 1 and")
+def _(tmp):
+    return ["eval", "--model", "sample", "--data", str(tmp), "--batch-size", "0"], "--batch-size"
+
+
+@case("explain--top-k=-3", 2, "at least 1", absent=("out",))
+def _(tmp):
+    image = tmp / "specimen.png"
+    Image.fromarray(specimen()).save(image)
+    return explain(tmp, image, "--top-k", "-3"), "--top-k"
+
+
+# -- training folders ----------------------------------------------------------------------------------
+
+@case("folder-all-truncated", 2, "none of the 2 training images", "could be used", "truncated",
+      absent=("run/model.safetensors", "run/last.safetensors", "run/training_state.pt"))
+def _(tmp):
+    data = training_folder(tmp / "broken-data")
+    for path in data.rglob("*.png"):
+        path.write_bytes(path.read_bytes()[:300])
+    return train_argv(tmp, data), "broken-data"
+
+
+@case("folder-with-a-bomb", 0, "skipped", "decoding it needs")
+def _(tmp):
+    data = training_folder(tmp / "data")
+    bomb_png(data / "red" / "bomb.png", 46000, 46000)
+    return train_argv(tmp, data), "bomb.png"
+
+
+@case("folder-with-a-strip", 0, "skipped", "40×20000 px", "crop")
+def _(tmp):
+    data = training_folder(tmp / "data")
+    Image.fromarray(np.full((40, 20000, 3), 90, np.uint8)).save(data / "blue" / "strip.png")
+    return train_argv(tmp, data), "strip.png"
+
+
+@case("folder-with-an-empty-file", 0, "skipped", "empty file")
+def _(tmp):
+    data = training_folder(tmp / "data")
+    (data / "red" / "zero.png").write_bytes(b"")
+    return train_argv(tmp, data), "zero.png"
+
+
+@case("folder-is-a-file", 2, "does not exist", absent=("run",))
+def _(tmp):
+    (tmp / "data.png").write_bytes(b"x")
+    return train_argv(tmp, tmp / "data.png"), "data.png"
+
+
+@case("out-is-a-file", 2, "is a file")
+def _(tmp):
+    (tmp / "run").write_text("notes")
+    return train_argv(tmp, training_folder(tmp / "data")), "run"
+
+
+@case("init-with-nan-weights", 2, "NaN or infinite weights", absent=("run",))
+def _(tmp):
+    checkpoint = write_ours(tmp / "diverged.safetensors", names=("red", "blue"),
+                            change=lambda w: w["query_embed.weight"].fill_(float("nan")))
+    return train_argv(tmp, training_folder(tmp / "data"), "--init", str(checkpoint)), "diverged.safetensors"

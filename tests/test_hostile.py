@@ -40,5 +40,6 @@ def test_hostile_input(case, tmp_path, capsys):
     for pattern in case.says:
         assert re.search(pattern, text), f"{pattern!r} not in:\n{text}"
     check_no_partial_or_changed_files(tmp_path, before)
+    assert not [name for name in case.absent if (tmp_path / name).exists()]
     if case.code == 2 and argv[0] == "explain":  # "skipped X: " always comes with its reason
         assert not re.search(r"skipped [^\n]*: *$", text, re.MULTILINE)

@@ -20,9 +20,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIX
 # scans can legitimately be 20 000 px on a side, so we allow up to 2^31 pixels...
 MAX_PIXELS = 2**31
 # ...as long as their decoded pixels fit this budget (INTR_MAX_DECODE_BYTES overrides it) and
-# the memory available at the time. Decoding holds the decoder's buffer and our array at once.
+# the memory available at the time. Decoding holds the decoder's buffers (Pillow keeps RGB at 4
+# bytes a pixel) and our array at once: measured 3.3 times the array for a 12000×9000 JPEG.
 DECODE_BUDGET_BYTES = int(os.environ.get("INTR_MAX_DECODE_BYTES", str(8 * 2**30)))
-DECODE_COPIES = 2
+DECODE_COPIES = 4
 _PILLOW_MODES_KEPT = ("1", "L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 _CHANNEL_AXES = "SC"  # tifffile: S = samples of a pixel (RGB), C = channels (ImageJ)
 _AXIS_NAMES = {"Z": "depth (Z)", "T": "time (T)", "Q": "an unnamed axis", "I": "a page sequence"}
@@ -201,8 +202,9 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     from PIL import Image, ImageOps
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)  # camera photos store rotation in EXIF
+        with Image.open(path) as image:
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # camera photos store rotation in EXIF
             if image.mode not in _PILLOW_MODES_KEPT:
                 image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
             pixels = np.asarray(image)

@@ -30,7 +30,7 @@ def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tu
         size = int(max_side * short / long)
     if size < MIN_IMAGE_SIZE:
         raise ValueError(f"image is {height}×{width} px, {long / short:.0f} times longer than wide; this "
-                         f"model takes at most {max_side / MIN_IMAGE_SIZE:.0f}:1 ({max_side} px long side, "
+                         f"model takes at most {max_side / MIN_IMAGE_SIZE:.3g}:1 ({max_side} px long side, "
                          f"{MIN_IMAGE_SIZE} px short side): crop it into pieces closer to square")
     if height <= width:
         return size, int(size * width / height)

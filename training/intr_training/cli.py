@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from importlib import import_module
 
@@ -18,8 +19,15 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with value errors worded like the commands' own: "--lr must be above 0, got -1"."""
+
+    def error(self, message: str):
+        super().error(re.sub(r"^argument ([^:/\s]+)(?:/\S+)?: (must|invalid)", r"\1 \2", message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="intr", description="INTR: interpretable fine-grained classification")
+    parser = Parser(prog="intr", description="INTR: interpretable fine-grained classification")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, summary) in COMMANDS.items():
         try:
@@ -33,15 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a refused value (already printed): its exit code
+        return exit.code
     try:
         return import_module(COMMANDS[args.command][0]).run(args) or 0
     except KeyboardInterrupt:
         print(f"intr {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, ImportError) as error:
+    except (ValueError, OSError, RuntimeError, ImportError, MemoryError) as error:
         # Users get the message, not a traceback; INTR_DEBUG=1 shows where it came from.
         if os.environ.get("INTR_DEBUG"):
             raise
-        print(f"intr {args.command}: error: {error}", file=sys.stderr)
+        from napari_intr.io import reason
+        print(f"intr {args.command}: error: {reason(error)}", file=sys.stderr)
         return 2

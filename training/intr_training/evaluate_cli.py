@@ -9,6 +9,7 @@ from pathlib import Path
 
 from napari_intr.devices import DEVICES
 
+from .cli_values import WORKERS, whole_number
 from .faithfulness import options as faithfulness_options
 
 
@@ -20,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "official checkpoints, which carry none)")
     parser.add_argument("--out", help="folder for confusion_matrix.csv, per_class_accuracy.csv and metrics.json")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument("--batch-size", type=whole_number(1, 4096), default=16)
+    parser.add_argument("--workers", type=WORKERS, default=2, help="data-loading processes")
     parser.add_argument("--shortlist", type=int, metavar="K", help="decode only each image's top K classes of "
                         "the cheap first pass (as intr explain --shortlist); top-5 counts only decoded classes")
     parser.add_argument("--compare-full", action="store_true", help="with --shortlist: also decode every class "

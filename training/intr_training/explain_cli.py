@@ -16,6 +16,8 @@ from pathlib import Path
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import DECODE_MODES
 
+from .cli_values import COUNT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="IMAGES_OR_DIR",
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="candidate classes, comma-separated (default: all the model's classes)")
     parser.add_argument("--mode", choices=DECODE_MODES, default="drop",
                         help="how non-candidate queries are left out: drop them (default) or zero them (paper Fig. 6)")
-    parser.add_argument("--top-k", type=int, default=5, help="predictions per image in the CSV (default 5)")
+    parser.add_argument("--top-k", type=COUNT, default=5, help="predictions per image in the CSV (default 5)")
     parser.add_argument("--layer", type=int, help="decoder layer of the saved maps, 1-based (default: the last)")
     parser.add_argument("--class", dest="map_class", metavar="NAME",
                         help="save this class's maps for every image (default: each image's top-1)")

@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_values import SEED, whole_number
+
+# Drawing holds a few float64 copies of one image: 2048 px is ~0.5 GB at most, and far more
+# detail than the synthetic specimens have.
+MAX_SIZE = 2048
+MAX_PER_CLASS = 10_000
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder to write (created; a previous synth output "
                         "there is replaced, anything else is refused)")
-    parser.add_argument("--per-class", type=int, default=40, help="images per species (default 40)")
-    parser.add_argument("--size", type=int, default=128, help="image side in px (default 128)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", type=whole_number(1, MAX_PER_CLASS), default=40,
+                        help=f"images per species (default 40, at most {MAX_PER_CLASS})")
+    parser.add_argument("--size", type=whole_number(32, MAX_SIZE, " px"), default=128,
+                        help=f"image side in px (default 128, 32 to {MAX_SIZE})")
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--species", type=int, metavar="N", help="many-species mode: N procedural species "
                         "(combinations of wing shape, colour, pattern and attribute spot; 2 to 800) instead "
                         "of the 9 hand-made ones")

@@ -12,8 +12,16 @@ import argparse
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import BACKBONES
 
+from .cli_values import COUNT, SEED, WORKERS, number, whole_number
 from .progress import MODES
 from .recipes import DEFAULT_BACKBONE, FREEZE_CHOICES, PAPER, TINY
+
+# A learning rate below 0 climbs the loss; 0 for the backbone keeps it as initialised.
+LEARNING_RATE = number(0, 10, low_inclusive=False)
+BACKBONE_LEARNING_RATE = number(0, 10)
+BATCH_SIZE = whole_number(1, 4096)
+IMAGE_SIZE = whole_number(32, 4096, " px")
+VAL_SPLIT = number(0, 0.9)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,25 +33,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="detr-r50 (the paper's start, resnet50 only; the default for "
                         "resnet50), none (random weights; the default otherwise), or a checkpoint to "
                         "fine-tune (.safetensors, official INTR .pth or a zoo name)")
-    parser.add_argument("--epochs", type=int, help=f"epochs in total (resnet*: {PAPER['epochs']}, tiny: {TINY['epochs']})")
-    parser.add_argument("--batch-size", type=int, help=f"images per step and process (resnet*: {PAPER['batch_size']}, tiny: {TINY['batch_size']})")
-    parser.add_argument("--lr", type=float, help=f"learning rate (resnet*: {PAPER['lr']}, tiny: {TINY['lr']})")
-    parser.add_argument("--lr-backbone", type=float, help=f"backbone learning rate (resnet*: {PAPER['lr_backbone']}, tiny: {TINY['lr_backbone']})")
-    parser.add_argument("--lr-drop", type=int, help="epoch after which the learning rates drop 10x "
+    parser.add_argument("--epochs", type=COUNT, help=f"epochs in total (resnet*: {PAPER['epochs']}, tiny: {TINY['epochs']})")
+    parser.add_argument("--batch-size", type=BATCH_SIZE, help=f"images per step and process (resnet*: {PAPER['batch_size']}, tiny: {TINY['batch_size']})")
+    parser.add_argument("--lr", type=LEARNING_RATE, help=f"learning rate (resnet*: {PAPER['lr']}, tiny: {TINY['lr']})")
+    parser.add_argument("--lr-backbone", type=BACKBONE_LEARNING_RATE, help=f"backbone learning rate (resnet*: {PAPER['lr_backbone']}, tiny: {TINY['lr_backbone']})")
+    parser.add_argument("--lr-drop", type=COUNT, help="epoch after which the learning rates drop 10x "
                         f"(resnet*: {PAPER['lr_drop']}, tiny: {TINY['lr_drop']})")
-    parser.add_argument("--image-size", type=int, help="short side in px (resnet*: 800, tiny: 128); the "
+    parser.add_argument("--image-size", type=IMAGE_SIZE, help="short side in px (resnet*: 800, tiny: 128); the "
                         "longest side limit scales in proportion")
     parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--seed", type=int, help="seed for everything random (default 0)")
+    parser.add_argument("--seed", type=SEED, help="seed for everything random (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--progress", choices=MODES, help="tty: a progress bar (default on a terminal); "
                         "json: one JSON object per line on stdout (see intr_training.progress); none")
-    parser.add_argument("--val-split", type=float, help="fraction of each class held out for "
+    parser.add_argument("--val-split", type=VAL_SPLIT, help="fraction of each class held out for "
                         "validation when DATA has no val/ folder (default 0.1)")
     parser.add_argument("--freeze", choices=FREEZE_CHOICES, help="keep the backbone (or the backbone, "
                         "projection and encoder) as initialised")
-    parser.add_argument("--accumulate", type=int, help="batches per optimizer step (default 1)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: up to 4)")
+    parser.add_argument("--accumulate", type=COUNT, help="batches per optimizer step (default 1)")
+    parser.add_argument("--workers", type=WORKERS, help="data-loading processes (default: up to 4)")
     parser.add_argument("--dropout", type=float, help="transformer dropout (default 0.1, the paper's); 0 lets "
                         "CPU attention use its fused kernel, several times faster with hundreds of classes")
     parser.add_argument("--sampled-queries", type=int, metavar="K", help="decode only K classes per step: the "

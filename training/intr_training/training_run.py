@@ -30,6 +30,7 @@ from .data import ImageFolderDataset, collate, scan_collection
 from .engine import evaluate, options_for, train_one_epoch
 from .initialization import freeze, initial_model
 from .progress import Progress, make_progress
+from .run_lock import RunLock
 from .recipes import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, WEIGHT_DECAY
 from .sampling import QuerySampler
 from .transforms import eval_transform, train_transform
@@ -57,11 +58,16 @@ def run_training(args: argparse.Namespace) -> int:
     STOP_REQUESTED.clear()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
     training = None
+    lock = RunLock(Path(args.out).expanduser())
     try:
         try:
+            if distributed.from_environment().is_main:  # the other ranks write into rank 0's folder
+                lock.acquire()
             training = TrainingRun(args, progress)
+            if lock.stale_message():
+                training.setup_warnings.append(lock.stale_message())
             training.fit()
-        except RuntimeError as error:
+        except (RuntimeError, MemoryError) as error:
             message = out_of_memory_message(error, training)
             if message:
                 raise RuntimeError(message) from error
@@ -77,14 +83,20 @@ def run_training(args: argparse.Namespace) -> int:
         progress.error(str(error))
         raise
     finally:
+        lock.release()
         progress.close()
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)
         distributed.cleanup()
 
 
-def out_of_memory_message(error: RuntimeError, run: "TrainingRun | None") -> str | None:
-    if not (isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()):
+# How torch (CUDA, MPS, the CPU allocator) and Python word running out of memory.
+OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def out_of_memory_message(error: BaseException, run: "TrainingRun | None") -> str | None:
+    text = str(error).lower()
+    if not (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(w in text for w in OUT_OF_MEMORY_WORDS)):
         return None
     settings = ""
     if run is not None and hasattr(run, "config"):
@@ -254,6 +266,10 @@ class TrainingRun:
                                      accumulate=args.accumulate, max_norm=CLIP_MAX_NORM, frozen=self.frozen,
                                      sampler=self.query_sampler, on_step=on_step)
             self.scheduler.step()
+            if result.images == 0:  # nothing learned: saving would write a random model as "trained"
+                raise ValueError(f"none of the {len(self.collection.train)} training images in {args.data} could "
+                                 f"be used in epoch {epoch} (the reasons are above); nothing was saved for this "
+                                 "epoch. Check the files (truncated or damaged images?) and run again")
             if result.skipped:
                 self.progress.warning(f"epoch {epoch}: {result.skipped} images could not be decoded and were "
                                       "skipped (see the messages above)")

@@ -1,0 +1,214 @@
+"""Hostile conditions around a run rather than hostile files: a second run into the same folder,
+a stale lock, a full disk (a real small tmpfs where one can be mounted, else a patched writer),
+a memory cap (resource.setrlimit in a child process), extreme aspect ratios in one batch."""
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hostile_corpus import FAST, bomb_png, training_folder
+from intr_training import cli
+from intr_training.run_lock import RunLock
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "training"),
+                                                     os.environ.get("PYTHONPATH", "")])}
+
+
+def train(capsys, data, out, *extra):
+    code = cli.main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *FAST, *extra])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return code, captured
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def no_partial_files(folder):
+    return not [p for p in folder.rglob("*") if p.name.endswith((".tmp", ".part"))]
+
+
+def test_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
+    data = training_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ("import sys; from intr_training.run_lock import RunLock; "
+                                f"lock = RunLock({str(out)!r}).acquire(); print('locked', flush=True); "
+                                "sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = digest(out)
+        code, captured = train(capsys, data, out, "--progress", "json")
+        assert code == 2
+        assert f"another intr train (pid {holder.pid}" in captured.err and str(out) in captured.err
+        events = [json.loads(line) for line in captured.out.splitlines()]
+        assert events[-1]["event"] == "error" and "another intr train" in events[-1]["message"]
+        assert digest(out) == before  # nothing written over the running one's files
+    finally:
+        holder.communicate("")
+    # the holder is gone (as if killed): the lock it left is stale, taken over, and said so
+    with RunLock(out) as lock:
+        assert f"took over the lock of an earlier run in {out} (pid {holder.pid}" in lock.stale_message()
+
+
+def test_lock_in_one_process_refuses_a_second_and_is_released(tmp_path, capsys):
+    data = training_folder(tmp_path / "data")
+    with RunLock(tmp_path / "run") as lock:
+        assert lock.stale_message() is None
+        code, captured = train(capsys, data, tmp_path / "run")
+        assert code == 2 and f"pid {os.getpid()}" in captured.err
+    assert not (tmp_path / "run").exists()  # released, and the folder it made for nothing removed
+    (tmp_path / "run").mkdir()
+    with RunLock(tmp_path / "run") as lock:
+        assert lock.stale_message() is None
+    assert list((tmp_path / "run").iterdir()) == []  # released: the lock file is gone
+    # a refused run that created the folder leaves nothing behind
+    code, _ = train(capsys, tmp_path / "no-data", tmp_path / "never")
+    assert code == 2 and not (tmp_path / "never").exists()
+
+
+FULL_DISK_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from intr_training import cli
+    data, mounts = sys.argv[1], sys.argv[2:]
+    fast = ["--backbone", "tiny", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--seed", "0"]
+    for mount, epochs in zip(mounts, ("1", "1", "1", "2")):
+        resume = ["--resume"] if epochs == "2" else []
+        code = cli.main(["train", "--data", data, "--out", mount + "/run", "--epochs", epochs,
+                         "--progress", "json", *fast, *resume])
+        print(json.dumps({"mount": mount, "code": code}), file=sys.stderr, flush=True)
+""")
+
+
+def mountable_tmpfs() -> bool:
+    if not shutil.which("unshare") or sys.platform != "linux":
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not mountable_tmpfs(), reason="no user namespaces here to mount a small tmpfs")
+def test_full_disk_on_a_real_tmpfs(tmp_path):
+    """Three small tmpfs disks: full while writing model.safetensors, while writing
+    training_state.pt, and (after a good first epoch) while --resume writes the second."""
+    data = training_folder(tmp_path / "data")
+    mounts = [tmp_path / name for name in ("model", "state", "resume")]
+    for mount in mounts:
+        mount.mkdir()
+    weights = 2_200_000  # the tiny model's safetensors file (2.13 MB) and a margin
+    sizes = [int(1.5 * weights), int(2.6 * weights), int(5.5 * weights)]
+    mount_all = " && ".join(f"mount -t tmpfs -o size={size} tmpfs {mount}" for size, mount in zip(sizes, mounts))
+    # the resume mount first gets a good epoch, then --resume fills it
+    script = (f"{mount_all} && {sys.executable} -c '{FULL_DISK_SCRIPT}' {data} {mounts[0]} {mounts[1]} "
+              f"{mounts[2]} {mounts[2]} && find {' '.join(map(str, mounts))} -type f -printf '%p %s\\n' "
+              f"&& sha256sum {mounts[2]}/run/last.safetensors")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=ENV,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    codes = [json.loads(line)["code"] for line in done.stderr.splitlines() if line.startswith('{"mount"')]
+    assert codes == [2, 2, 0, 2], done.stderr
+    errors = [json.loads(line)["message"] for line in done.stdout.splitlines()
+              if line.startswith("{") and json.loads(line)["event"] == "error"]
+    assert len(errors) == 3
+    assert all("not enough disk space to write" in message for message in errors)
+    assert f"{mounts[0]}/run/model.safetensors" in errors[0] or f"{mounts[0]}/run/last.safetensors" in errors[0]
+    assert f"{mounts[1]}/run/training_state.pt" in errors[1]
+    assert f"{mounts[2]}/run/last.safetensors" in errors[2] and "is kept" in errors[2]
+    files = done.stdout.splitlines()
+    assert not [line for line in files if ".tmp " in line or ".part " in line], files
+
+
+def test_full_disk_with_a_patched_writer(tmp_path, capsys, monkeypatch):
+    """Where no tmpfs can be mounted: the writers fail as a full disk makes them fail."""
+    import torch
+
+    from napari_intr import atomic, checkpoints
+    data = training_folder(tmp_path / "data")
+    assert train(capsys, data, tmp_path / "run")[0] == 0
+    before = digest(tmp_path / "run")
+
+    def full_safetensors(state, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "save_file", full_safetensors)
+    code, captured = train(capsys, data, tmp_path / "run", "--resume", "--epochs", "2", "--progress", "json")
+    assert code == 2 and "not enough disk space to write" in captured.err and "last.safetensors" in captured.err
+    assert json.loads(captured.out.splitlines()[-1])["event"] == "error"
+    monkeypatch.undo()
+
+    def full_torch_save(payload, path):
+        Path(path).write_bytes(b"PK\3\4" + b"\0" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing "
+                           "file data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_torch_save)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    code, captured = train(capsys, data, tmp_path / "run", "--resume", "--epochs", "2")
+    assert code == 2 and "not enough disk space to write" in captured.err and "training_state.pt" in captured.err
+    assert "is kept" in captured.err
+    after = digest(tmp_path / "run")
+    assert after["training_state.pt"] == before["training_state.pt"]  # the previous state is intact
+    assert no_partial_files(tmp_path)
+
+
+MEMORY_CAP_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import torch
+    from intr_training import cli
+    from napari_intr import loading
+    size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, resource.RLIM_INFINITY))
+    sys.exit(cli.main(["explain", sys.argv[1], "--out", sys.argv[2]]))
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS and /proc are Linux's")
+def test_memory_cap_refuses_before_decoding(tmp_path):
+    """Under a 1 GiB address-space cap a 20 000² px image (2.2 GiB to decode, within the 8 GiB
+    budget) is refused from its header with the reason, not killed or met by a bare MemoryError."""
+    image = bomb_png(tmp_path / "scan.png", 20000, 20000)
+    done = subprocess.run([sys.executable, "-c", MEMORY_CAP_SCRIPT, str(image), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=ENV, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "skipped" in done.stderr and "scan.png is 20000×20000 px" in done.stderr
+    assert "more than the memory available now" in done.stderr
+
+
+def test_a_batch_is_never_padded_beyond_the_size_limit():
+    """Portrait, landscape and extreme images through the training transform and collate."""
+    from intr_training.data import collate
+    from intr_training.transforms import train_transform
+
+    from napari_intr.model import IntrConfig
+    config = IntrConfig.tiny(2, short_side=64, max_side=112)
+    transform = train_transform(config, stride=16)
+    items = []
+    for shape in [(40, 20000), (20000, 40), (64, 100), (100, 64), (100, 100)]:
+        try:
+            items.append((transform(np.random.default_rng(0).random((*shape, 3), dtype=np.float32)), 0))
+        except ValueError as error:
+            assert "crop" in str(error)
+            items.append(None)
+    batch = collate(items)
+    assert batch.skipped == 2 and max(batch.images.shape[-2:]) <= config.max_side
+
+
+def test_every_skip_has_a_reason():
+    from napari_intr.io import reason
+    assert reason(MemoryError()).startswith("out of memory")
+    assert reason(OSError()) == "OSError"
+    assert reason(ValueError("bad")) == "bad"
