@@ -80,8 +80,9 @@ class RegionCrop:
 
 
 def crop_region(image: np.ndarray, region: Region, margin: Margin | None = None) -> RegionCrop:
-    row0, col0, row1, col1 = region.crop_bounds(tuple(np.asarray(image).shape[:2]), margin)
-    return RegionCrop(region, np.asarray(image)[row0:row1, col0:col1], (row0, col0))
+    row0, col0, row1, col1 = region.crop_bounds(tuple(image.shape[:2]), margin)
+    # slice first: a lazy (dask, zarr) or memory-mapped photo reads only the crop's pixels
+    return RegionCrop(region, np.asarray(image[row0:row1, col0:col1]), (row0, col0))
 
 
 def placement(explanation, offset: tuple[int, int]) -> tuple[tuple[float, float], tuple[float, float]]:

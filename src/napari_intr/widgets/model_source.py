@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..devices import DEVICES
 from .qt_helpers import FileField, TextLabel
@@ -94,6 +101,8 @@ class ModelSourceBox(QGroupBox):
         layout.addWidget(self.task)
         layout.addWidget(self.loaded)
         follow(state.events.model, self._show_loaded, self)
+        self.picker.source.currentIndexChanged.connect(self._hint_class_names)
+        self._hint_class_names()
         self._show_loaded()
 
     def load(self) -> None:
@@ -109,6 +118,27 @@ class ModelSourceBox(QGroupBox):
     def _publish(self, model, name: str) -> None:
         self.state.publish_model(model, name)
         messages.notify(f"Model '{name}' loaded: {len(model.class_names)} classes on {model.device}")
+        hint = self._missing_names_hint()
+        if hint and not self.class_names.path:
+            messages.notify(f"{name}: its classes are shown as numbers; {hint}", "warning")
+
+    def _missing_names_hint(self) -> str:
+        """Where to get class names for the chosen zoo model, if none ship with it."""
+        from napari_intr import zoo
+        item = zoo.ZOO.get(self.picker.choice())
+        return item.class_names_hint if item is not None and item.class_list is None else ""
+
+    def _hint_class_names(self, *_) -> None:
+        from napari_intr import zoo
+        item = zoo.ZOO.get(self.picker.choice())
+        if item is not None and item.class_list is not None:
+            text = "optional: the species names ship with this model"
+        elif self._missing_names_hint():
+            text = "needed for species names: text file, one name per line"
+        else:
+            text = "optional: text file, one class name per line"
+        self.class_names.edit.setPlaceholderText(text)
+        self.class_names.setToolTip(self._missing_names_hint())
 
     def _show_loaded(self, *_) -> None:
         state = self.state

@@ -1,5 +1,5 @@
-"""The "INTR Explorer" dock widget: wires the Model, Image, Results, Attention and Batch boxes
-through the shared state. Each box lives in its own module."""
+"""The "INTR Explorer" dock widget: wires the Model, Image, Results, Attention, Regions, Save and
+Batch boxes through the shared state. Each box lives in its own module."""
 from __future__ import annotations
 
 from qtpy.QtWidgets import QWidget
@@ -11,6 +11,8 @@ from .attention import AttentionBox
 from .batch import BatchBox
 from .explain import ExplainBox
 from .predictions import PredictionsBox
+from .regions import RegionsBox
+from .save import SaveBox
 
 
 class ExplorerWidget(QWidget):
@@ -23,11 +25,14 @@ class ExplorerWidget(QWidget):
         self.explain_box = ExplainBox(napari_viewer, state)
         self.results = PredictionsBox()
         self.attention = AttentionBox(napari_viewer, state)
+        self.regions = RegionsBox(napari_viewer, state, self.explain_box)
+        self.save_box = SaveBox(napari_viewer, state, self.attention, self.regions)
         self.batch = BatchBox(state)
         follow(state.events.explanation, self.results.show_explanation, self.results)
         self.results.class_selected.connect(self.attention.set_class)
 
-        scroll_column(self, (self.model_source, self.explain_box, self.results, self.attention, self.batch))
+        scroll_column(self, (self.model_source, self.explain_box, self.results, self.attention, self.regions,
+                             self.save_box, self.batch))
         if state.model is None:  # the preselected bundled model is small: load it at once
             self.model_source.load()
 

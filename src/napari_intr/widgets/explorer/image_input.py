@@ -35,7 +35,7 @@ def explainable_plane(layer, viewer) -> tuple[np.ndarray, ImageSource]:
                      "green, blue (channel-first). To explain one plane alone, split the stack "
                      "(right-click the layer ▸ Split Stack) and choose a plane")
     elif data.ndim > plane_dims:
-        index = _current_index(layer, viewer, data.ndim - plane_dims, data.shape)
+        index = current_index(layer, viewer, data.ndim - plane_dims, data.shape)
         plane = np.asarray(data[index])
         name = f"{layer.name} [{', '.join(str(i) for i in index)}]"
         notes.append(f"'{layer.name}' has {data.ndim - plane_dims} slider dimension(s): explained "
@@ -76,7 +76,7 @@ def _pick_level(layer, notes: list[str]):
     return level, factor
 
 
-def _current_index(layer, viewer, count: int, shape) -> tuple[int, ...]:
+def current_index(layer, viewer, count: int, shape) -> tuple[int, ...]:
     """Data indices of the leading (slider) dimensions at the viewer's current position."""
     position = layer.world_to_data(viewer.dims.point)
     index = np.round(np.asarray(position[:count], dtype=float)).astype(int)

@@ -143,6 +143,39 @@ def batch_job(model, inputs: str, out_dir: str, top_k: int, cancel: threading.Ev
 
 
 @reports_runtime_errors
+def regions_job(model, model_name: str, photo, regions: list, margin, name: str):
+    """Explain each region of a photo as its own specimen; yields ([RegionResult], [(Region, reason)])."""
+    from napari_intr.explanation import Explainer
+    from napari_intr.regions import explain_regions
+    explainer = Explainer(model, model_name)
+    results, failures = [], []
+    for number, region in enumerate(regions):
+        yield Progress(number, len(regions), f"region {region.id}")
+        done, failed = explain_regions(explainer, photo, [region], margin, name=name)
+        results += done
+        failures += failed
+    yield Progress(len(regions), len(regions), "done")
+    yield Result((results, failures))
+
+
+@reports_runtime_errors
+def save_job(folder: str, stem: str, explanation, image, class_name: str | None, layer: int, regions: list,
+             photo, pixel_size, file_format: str, image_file: str | None):
+    """The Explorer's "save explanation": the current explanation and/or the regions of a photo."""
+    from napari_intr.export import save_explanation, save_regions
+    written = []
+    if explanation is not None and class_name is not None:
+        yield Progress(0, 2, "saving the explanation")
+        written += save_explanation(folder, stem, explanation, np.asarray(image), class_name, layer,
+                                    pixel_size, file_format, image_file)
+    if regions:
+        yield Progress(1, 2, f"saving {len(regions)} regions")
+        written += save_regions(folder, f"{stem}_regions" if written else stem, regions, np.asarray(photo), layer,
+                                pixel_size, file_format, image_file=image_file)
+    yield Result(written)
+
+
+@reports_runtime_errors
 def compare_job(explainer, encoded, selected: str, candidates: list[str], mode: str, all_classes):
     yield Progress(0, 1, f"decoding {len(candidates)} candidates on the cached encoder memory")
     from napari_intr.comparison import compare

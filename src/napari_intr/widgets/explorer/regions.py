@@ -1,0 +1,221 @@
+"""Regions box: many specimens in one photo. A Shapes layer's rectangles (or a Labels layer's
+objects) choose regions of the Explorer's image; "Explain regions" explains each as its own
+specimen from the full-resolution pixels (with a margin), lists them in one table, places each
+region's attention on the photo and outlines the regions in their top-1 class's colour."""
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QPushButton,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
+
+from napari_intr.explanation import layer_name
+
+from ..layers import ATTENTION_TAG, KeyedLayers, LayerCombo, grid_placement
+from ..qt_helpers import TextLabel, read_only_table
+from ..state import ExplorerState, follow
+from ..workers import messages
+from ..workers.jobs import regions_job
+from ..workers.task_bar import TaskBar
+
+COLUMNS = ("Region", "Top class", "p", "2nd", "p", "3rd", "p")
+MARGINS = ("0", "5%", "10%", "20%", "16")
+OUTLINE_WIDTH = 3
+
+
+def is_region_layer(layer) -> bool:
+    return layer.__class__.__name__ in ("Shapes", "Labels") and ATTENTION_TAG not in layer.metadata
+
+
+def class_colour(index: int) -> np.ndarray:
+    """RGBA of a class (by its index in the model): one colour per class, ten in turn."""
+    from matplotlib import colormaps
+    return np.asarray(colormaps["tab10"](index % 10), dtype=float)
+
+
+class RegionsBox(QGroupBox):
+    def __init__(self, viewer, state: ExplorerState, image_box, parent=None):
+        super().__init__("Regions: many specimens in one photo", parent)
+        self.viewer, self.state, self.image_box = viewer, state, image_box
+        self.regions_layer = LayerCombo(viewer, accept=is_region_layer)
+        self.regions_layer.setToolTip("A Shapes layer (each shape's bounding box is a region) or a "
+                                      "Labels layer (each object's bounding box) over the image")
+        self.margin = QComboBox()
+        self.margin.setEditable(True)
+        self.margin.addItems(MARGINS)
+        self.margin.setCurrentText("10%")
+        self.margin.setToolTip("Context around each box: pixels (16) or % of the box's longer side (10%)")
+        self.explain_button = QPushButton("Explain regions")
+        self.explain_button.setToolTip("Explain each region of the chosen image as its own specimen, "
+                                       "cut from the full-resolution image")
+        self.explain_button.clicked.connect(self.explain_regions)
+        self.task = TaskBar()
+        self.task.busy_changed.connect(lambda busy: self.explain_button.setEnabled(not busy))
+        self.table = read_only_table(COLUMNS, stretch_column=1)
+        self.table.setMinimumHeight(120)
+        self.summary = TextLabel("Draw rectangles in a Shapes layer over the photo (or label the "
+                                 "specimens), choose it here, and press Explain regions")
+        form = QFormLayout()
+        form.addRow("Regions layer", self.regions_layer)
+        form.addRow("Margin", self.margin)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.explain_button)
+        layout.addWidget(self.task)
+        layout.addWidget(self.table)
+        layout.addWidget(self.summary)
+        self.maps = KeyedLayers(viewer)
+        self.outlines = None
+        self.results: list = []    # regions.RegionResult of the last run
+        self.photo = None          # (full-resolution plane, ImageSource) of the last run
+        follow(state.events.model, self._model_changed, self)
+
+    def explain_regions(self) -> None:
+        from napari_intr.regions import Margin
+        if self.state.model is None:
+            messages.notify("No model loaded yet: press 'Load model' in the Model box", "warning")
+            return
+        try:
+            plane, source = full_resolution_plane(self.image_box.selected_layer(), self.viewer)
+            regions = regions_of(self.regions_layer.layer(), source.layer, self.viewer)
+            margin = Margin.parse(self.margin.currentText())
+        except ValueError as error:
+            messages.notify(str(error), "warning")
+            return
+        self._pending = (plane, source, self.state.model)
+        self.task.start(regions_job, self.state.model, self.state.model_name, plane, regions, margin, source.name,
+                        doing=f"Explaining {len(regions)} regions of '{source.name}'", on_result=self._show)
+
+    def _show(self, outcome) -> None:
+        results, failures = outcome
+        plane, source, model = self._pending
+        if model is not self.state.model:
+            messages.notify("The regions were explained with the previous model; press Explain regions "
+                            "again for the new one", "info")
+            return
+        self.results, self.photo = results, (plane, source)
+        self._fill_table(results)
+        for result in results:
+            self._show_maps(result, source)
+        self._show_outlines(results, source)
+        lines = [(f"{len(results)} regions explained; each region's attention (its top-1 class, mean of "
+                  "the heads, last decoder layer) lies on the photo")]
+        lines += [f"Region {region.id} skipped: {reason}" for region, reason in failures]
+        self.summary.setText("\n".join(lines))
+        for region, reason in failures:
+            messages.notify(f"Region {region.id}: {reason}", "warning")
+
+    def _fill_table(self, results) -> None:
+        self.table.setRowCount(len(results))
+        for row, result in enumerate(results):
+            cells = [result.region.id]
+            for entry in result.explanation.table()[:3]:
+                cells += [entry["name"], f"{entry['probability']:.3f}"]
+            for column, text in enumerate(cells):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+
+    def _show_maps(self, result, source) -> None:
+        explanation, region = result.explanation, result.region
+        top = explanation.top_class()
+        mean = explanation.mean_map(top, -1)
+        low, span = float(mean.min()), float(np.ptp(mean))
+        mean = (mean - low) / span if span > 0 else np.zeros_like(mean)
+        scale, translate = region_placement(explanation, result.offset, source)
+        name = layer_name(f"{source.name} · {region.id}", top, explanation.num_layers, None)
+        metadata = {"image": source.name, "region": region.id, "class": top, "decoder_layer": explanation.num_layers,
+                    "head": "mean", "probability": float(explanation.probabilities[explanation.class_names.index(top)])}
+        self.maps.show((source.name, region.id), name, mean, scale, translate, colormap="inferno",
+                       limits=(0.0, 1.0), metadata=metadata)
+
+    def _show_outlines(self, results, source) -> None:
+        plane_scale, plane_translate = np.asarray(source.plane_scale), np.asarray(source.plane_translate)
+        rectangles, colours, texts = [], [], []
+        for result in results:
+            region, explanation = result.region, result.explanation
+            top = explanation.top_class()
+            corners = np.array([[region.y0, region.x0], [region.y1, region.x1]]) - 0.5  # edges -> napari
+            (row0, col0), (row1, col1) = corners * plane_scale + plane_translate
+            rectangles.append(np.array([[row0, col0], [row0, col1], [row1, col1], [row1, col0]]))
+            colours.append(class_colour(explanation.class_indices[explanation.class_names.index(top)]))
+            probability = float(explanation.probabilities[explanation.class_names.index(top)])
+            texts.append(f"{region.id}: {top} ({probability:.2f})")
+        name = f"{source.name} · regions (top-1)"
+        if self.outlines is not None and self.outlines in self.viewer.layers:
+            self.viewer.layers.remove(self.outlines)  # our own layer, replaced by the new run's
+        self.outlines = self.viewer.add_shapes(
+            rectangles, shape_type="rectangle", name=name, edge_color=colours, face_color="transparent",
+            edge_width=OUTLINE_WIDTH * float(plane_scale.mean()), properties={"label": texts},
+            text={"string": "{label}", "anchor": "upper_left", "size": 10, "color": "white"},
+            metadata={ATTENTION_TAG: True, "image": source.name})
+
+    def _model_changed(self, *_) -> None:
+        self.results, self.photo = [], None
+        self.table.setRowCount(0)
+
+
+def region_placement(explanation, offset, source) -> tuple[tuple[float, float], tuple[float, float]]:
+    """napari (scale, translate) of a region's [h, w] map over the image layer: the crop's grid
+    placement shifted by the crop's offset in the photo."""
+    scale, translate = grid_placement(explanation, source.plane_scale, source.plane_translate)
+    shift = np.asarray(offset, dtype=float) * np.asarray(source.plane_scale, dtype=float)
+    return scale, tuple(float(t) for t in np.asarray(translate) + shift)
+
+
+def full_resolution_plane(layer, viewer):
+    """The chosen image's full-resolution 2-D plane and its source. For a multiscale image that is
+    level 0, sliced lazily: the crops read only their own pixels. Checks and notes: explainable_plane."""
+    from ..state import ImageSource
+    from .image_input import current_index, explainable_plane
+    plane, source = explainable_plane(layer, viewer)
+    if not layer.multiscale:
+        return plane, source
+    base = layer.data[0]
+    leading = base.ndim - (3 if layer.rgb else 2)
+    index = current_index(layer, viewer, leading, base.shape) if leading else ()
+    full = ImageSource(layer, source.name, tuple(float(s) for s in layer.scale[-2:]),
+                       tuple(float(t) for t in layer.translate[-2:]), source.notes)
+    return (base[index] if index else base), full
+
+
+def regions_of(regions_layer, image_layer, viewer) -> list:
+    """Regions (image pixels) from a Shapes layer's shapes or a Labels layer's objects."""
+    from napari_intr.regions import Region, regions_from_labels, regions_from_rectangles
+    if regions_layer is None:
+        raise ValueError("no regions layer: add a Shapes layer and draw a rectangle around each "
+                         "specimen (or a Labels layer with one label per specimen), then choose it")
+    if regions_layer.__class__.__name__ == "Shapes":
+        if not len(regions_layer.data):
+            raise ValueError(f"'{regions_layer.name}' has no shapes: draw a rectangle around each specimen")
+        corners = [_to_image_data(regions_layer, image_layer, np.asarray(shape)[:, -2:])
+                   for shape in regions_layer.data]
+        return regions_from_rectangles(corners)
+    labels = regions_layer.data
+    if labels.ndim > 2:  # a stack of label planes: the one at the viewer's current slice
+        step = viewer.dims.current_step[: labels.ndim - 2]
+        labels = labels[tuple(round(v) for v in step)]
+    found = regions_from_labels(np.asarray(labels))
+    if not found:
+        raise ValueError(f"'{regions_layer.name}' has no labelled objects: paint one label per specimen")
+    regions = []
+    for region in found:  # pixel edges of the labels -> napari data -> world -> image pixel edges
+        corners = np.array([[region.y0, region.x0], [region.y1, region.x1]]) - 0.5
+        (row0, col0), (row1, col1) = _to_image_data(regions_layer, image_layer, corners) + 0.5
+        regions.append(Region(region.id, col0, row0, col1, row1))
+    return regions
+
+
+def _to_image_data(layer, image_layer, points: np.ndarray) -> np.ndarray:
+    """[k, 2] data coordinates of `layer` (its last two axes) -> [k, 2] data coordinates of
+    `image_layer`'s plane, through world coordinates (scale and translate on the last two axes)."""
+    out = []
+    for point in np.asarray(points, dtype=float):
+        full = np.zeros(layer.ndim)
+        full[-2:] = point
+        world = np.asarray(layer.data_to_world(full))[-2:]
+        out.append((world - np.asarray(image_layer.translate[-2:])) / np.asarray(image_layer.scale[-2:]))
+    return np.asarray(out)

@@ -1,0 +1,95 @@
+"""Save box: the Explorer's "save explanation" — the current class's maps (every layer and head)
+as an ImageJ hyperstack or OME-TIFF, the class table as CSV, the image as TIFF, and the attention
+over the image as a PNG; with explained regions, their table, maps and an outlined overlay too."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout
+
+from ..qt_helpers import FileField, TextLabel
+from ..state import ExplorerState
+from ..workers import messages
+from ..workers.jobs import save_job
+from ..workers.task_bar import TaskBar
+
+FORMATS = {"ImageJ hyperstack (Fiji)": "imagej", "OME-TIFF": "ome"}
+
+
+class SaveBox(QGroupBox):
+    def __init__(self, viewer, state: ExplorerState, attention_box, regions_box, parent=None):
+        super().__init__("Save explanation", parent)
+        self.viewer, self.state = viewer, state
+        self.attention_box, self.regions_box = attention_box, regions_box
+        self.folder = FileField("folder for the files", "Choose a folder for the saved explanation", folder=True)
+        self.file_format = QComboBox()
+        self.file_format.addItems(FORMATS)
+        self.save_button = QPushButton("Save explanation")
+        self.save_button.setToolTip("The current class's attention maps (TIFF), the class table (CSV), the "
+                                    "image (TIFF) and the attention over the image (PNG); explained regions too")
+        self.save_button.clicked.connect(self.save)
+        self.task = TaskBar()
+        self.task.busy_changed.connect(lambda busy: self.save_button.setEnabled(not busy))
+        self.summary = TextLabel("")
+        form = QFormLayout()
+        form.addRow("Folder", self.folder)
+        form.addRow("Maps as", self.file_format)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.save_button)
+        layout.addWidget(self.task)
+        layout.addWidget(self.summary)
+
+    def save(self) -> None:
+        state, regions = self.state, self.regions_box.results
+        if state.explanation is None and not regions:
+            messages.notify("Nothing to save yet: Explain an image (or Explain regions) first", "warning")
+            return
+        if not self.folder.path:
+            messages.notify("Choose a folder for the saved explanation", "warning")
+            return
+        source = state.source if state.explanation is not None else self.regions_box.photo[1]
+        image = None
+        if state.explanation is not None:
+            try:
+                image = self._explained_plane(source)
+            except ValueError as error:
+                messages.notify(str(error), "warning")
+                return
+        photo = self.regions_box.photo[0] if regions else None
+        image_file = _file_of(source.layer)
+        pixel_size = _pixel_size(image_file)
+        layer = self.attention_box.decoder_layer.value() - 1 if state.explanation is not None else -1
+        class_name = self.attention_box.class_name or (state.explanation.top_class() if state.explanation else None)
+        stem = re.sub(r"[^\w.-]+", "_", source.name).strip("_.") or "explanation"
+        self.summary.setText("")
+        self.task.start(save_job, self.folder.path, stem, state.explanation, image, class_name, layer, regions,
+                        photo, pixel_size, FORMATS[self.file_format.currentText()], image_file,
+                        doing=f"Saving the explanation of '{source.name}'", on_result=self._report)
+
+    def _explained_plane(self, source):
+        """The plane the current explanation was made from, read again from its layer."""
+        from .image_input import explainable_plane
+        if source.layer not in self.viewer.layers:
+            raise ValueError(f"'{source.name}' is no longer in the viewer: Explain an image again to save it")
+        plane, now = explainable_plane(source.layer, self.viewer)
+        if now.name != source.name or tuple(plane.shape[:2]) != tuple(self.state.explanation.image_shape):
+            raise ValueError(f"the viewer now shows '{now.name}', not the explained '{source.name}': move "
+                             "back to that slice, or Explain again, then save")
+        return plane
+
+    def _report(self, written) -> None:
+        folder = Path(written[0]).parent if written else Path(self.folder.path)
+        self.summary.setText(f"Saved {len(written)} files in {folder}: " + ", ".join(Path(p).name for p in written))
+        messages.notify(f"Saved {len(written)} files in {folder}")
+
+
+def _file_of(layer) -> str | None:
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None
+
+
+def _pixel_size(image_file: str | None):
+    from napari_intr.io import read_pixel_size
+    return read_pixel_size(image_file) if image_file and Path(image_file).is_file() else None

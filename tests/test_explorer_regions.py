@@ -1,0 +1,133 @@
+"""The Explorer's Regions and Save boxes in a real napari viewer: a drawer photo of four bundled
+specimens, rectangles (or labels) around them, Explain regions, and Save explanation.
+
+As in real use the viewer exists before torch: model code is imported inside the tests."""
+import csv
+
+import numpy as np
+import pytest
+
+TIMEOUT_MS = 60_000
+# top-left (row, column) of each 160 px specimen in the drawer photo, and the photo's pixel size
+PLACES = {"heliconia-synthetica-alba": (20, 30), "heliconia-synthetica-rubra": (24, 236),
+          "pseudotigris-artefacta-flava": (212, 18), "papilionella-simulata-coccinea": (230, 250)}
+PIXEL = 0.5  # the image layer's scale: world units per pixel, as for a calibrated photo
+
+
+def drawer_photo():
+    from napari_intr.io import read_image
+    from napari_intr.loading import sample_data_dir
+    photo = np.full((420, 440, 3), (205, 196, 176), np.uint8)
+    for stem, (row, column) in PLACES.items():
+        photo[row: row + 160, column: column + 160] = read_image(
+            sample_data_dir() / "specimens" / f"{stem}.png")[..., :3]
+    return photo
+
+
+@pytest.fixture
+def drawer(make_napari_viewer, qtbot, messages):
+    viewer = make_napari_viewer()
+    viewer.add_image(drawer_photo(), name="drawer", rgb=True, scale=(PIXEL, PIXEL), translate=(10, -4))
+    from napari_intr.widgets.state import shared_state
+    shared_state().model = None
+    _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
+    qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
+                    timeout=TIMEOUT_MS)
+    widget.explain_box.image.setCurrentText("drawer")
+    return viewer, widget
+
+
+def explain_regions(qtbot, widget, layer_name):
+    widget.regions.regions_layer.choose(layer_name)
+    widget.regions.explain_regions()
+    qtbot.waitUntil(lambda: not widget.regions.task.busy, timeout=TIMEOUT_MS)
+
+
+def test_rectangles_choose_regions_explained_and_placed_on_the_photo(drawer, qtbot):
+    viewer, widget = drawer
+    # rectangles drawn in world coordinates over each specimen (corners on its edge pixels' centres)
+    rectangles = []
+    for row, column in PLACES.values():
+        (top, left), (bottom, right) = (np.array([[row, column], [row + 159, column + 159]]) * PIXEL
+                                        + np.array([10, -4]))
+        rectangles.append(np.array([[top, left], [top, right], [bottom, right], [bottom, left]]))
+    viewer.add_shapes(rectangles, shape_type="rectangle", name="specimens")
+    widget.regions.margin.setCurrentText("0")
+    explain_regions(qtbot, widget, "specimens")
+
+    table = widget.regions.table
+    assert table.rowCount() == 4
+    names = widget.state.model.class_names
+    expected = [next(n for n in names if n.lower().replace(" ", "-") == stem) for stem in PLACES]
+    assert [table.item(row, 1).text() for row in range(4)] == expected  # each region its own species
+    assert all(float(table.item(row, 2).text()) > 0.9 for row in range(4))
+
+    photo_layer = viewer.layers["drawer"]
+    maps = [layer for layer in viewer.layers if layer.metadata.get("region")]
+    assert len(maps) == 4
+    for layer, (row, column) in zip(maps, PLACES.values(), strict=True):
+        # the map covers exactly its specimen's 160 px on the photo, in world coordinates
+        extent = np.asarray(layer.extent.world)[:, -2:]  # corners of the first and last cell centres
+        cell = np.asarray(layer.scale[-2:])
+        first_edge, last_edge = extent[0] - cell / 2, extent[1] + cell / 2
+        box = np.array([[row, column], [row + 160, column + 160]]) * PIXEL + np.asarray(photo_layer.translate) \
+            - PIXEL / 2
+        np.testing.assert_allclose(first_edge, box[0], atol=1e-6)
+        np.testing.assert_allclose(last_edge, box[1], atol=1e-6)
+    outlines = viewer.layers["drawer · regions (top-1)"]
+    assert len(outlines.data) == 4 and len({tuple(colour) for colour in outlines.edge_color}) == 4
+
+
+def test_labels_objects_choose_regions_and_bad_choices_are_explained(drawer, qtbot, messages):
+    viewer, widget = drawer
+    labels = np.zeros((420, 440), np.int32)
+    for value, (row, column) in zip((3, 9), list(PLACES.values())[:2], strict=True):
+        labels[row + 10: row + 150, column + 10: column + 150] = value
+    viewer.add_labels(labels, name="objects", scale=(PIXEL, PIXEL), translate=(10, -4))
+    widget.regions.margin.setCurrentText("10%")
+    explain_regions(qtbot, widget, "objects")
+    assert [widget.regions.table.item(row, 0).text() for row in range(2)] == ["3", "9"]
+    assert widget.regions.results[0].offset == (30 - 14, 40 - 14)  # 10 % of 140 px around the object
+
+    viewer.add_shapes(name="empty")
+    messages.clear()
+    explain_regions(qtbot, widget, "empty")
+    assert any("has no shapes" in text for level, text in messages if level == "warning")
+    widget.regions.margin.setCurrentText("wide")
+    explain_regions(qtbot, widget, "objects")
+    assert any("margin 'wide' is not a number" in text for _, text in messages)
+
+
+def test_save_explanation_writes_maps_table_image_and_overlay(drawer, qtbot, tmp_path):
+    viewer, widget = drawer
+    widget.explain()
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
+    viewer.add_shapes([np.array([[20, 30], [20, 189], [179, 189], [179, 30]]) * PIXEL + [10, -4]],
+                      shape_type="rectangle", name="one")
+    explain_regions(qtbot, widget, "one")
+    widget.save_box.folder.path = str(tmp_path / "saved")
+    widget.save_box.save()
+    qtbot.waitUntil(lambda: not widget.save_box.task.busy, timeout=TIMEOUT_MS)
+    names = sorted(path.name for path in (tmp_path / "saved").iterdir())
+    assert names == ["drawer_attention.tif", "drawer_classes.csv", "drawer_image.tif", "drawer_overlay.png",
+                     "drawer_regions_1_attention.tif", "drawer_regions_image.tif", "drawer_regions_overlay.png",
+                     "drawer_regions_regions.csv"]
+    from napari_intr.export import read_attention_tiff
+    maps, metadata, labels = read_attention_tiff(tmp_path / "saved" / "drawer_attention.tif")
+    assert metadata["class"] == widget.attention.class_name and len(labels) == maps.shape[0] * maps.shape[1]
+    with open(tmp_path / "saved" / "drawer_regions_regions.csv", newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows[0]["region"] == "1" and rows[0]["top1_class"] == "Heliconia synthetica-alba"
+    assert "Saved 8 files" in widget.save_box.summary.full_text
+
+
+def test_zoo_models_without_names_say_where_to_get_them(drawer, messages):
+    _, widget = drawer
+    box = widget.model_source
+    box.picker.source.setCurrentIndex(box.picker.source.findData("intr-butterfly"))
+    assert "needed for species names" in box.class_names.edit.placeholderText()
+    assert "Cambridge butterfly" in box.class_names.toolTip()
+    box._publish(widget.state.model, "intr-butterfly")  # as after loading it without a names file
+    assert any(level == "warning" and "classes are shown as numbers" in text for level, text in messages)
+    box.picker.source.setCurrentIndex(box.picker.source.findData("intr-cub"))
+    assert "ship with this model" in box.class_names.edit.placeholderText()
