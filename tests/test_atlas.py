@@ -54,6 +54,7 @@ def test_atlas_of_a_collection_encodes_each_image_once(collection, model, tmp_pa
             assert len(head.top) == 2 and head.top[0].peak >= head.top[1].peak
             assert all(e.key.startswith(summary.name + "/") for e in head.top)
             assert head.consistency_method == "parts" and 0 <= head.consistency <= 1
+            assert 0 <= head.on_specimen <= 1  # synth's specimen masks say where the specimen is
     (pair,) = atlas.pairs
     assert (pair.a, pair.b, pair.images_a, pair.images_b) == (ALBA, RUBRA, 3, 3)
     assert all(h.masked_images == 3 for h in pair.heads)

@@ -104,6 +104,9 @@ def test_write_collection_layout_masks_and_summary(tmp_path):
             image, expected = synth.render(species.name, pose, 48)
             assert np.array_equal(mask, expected) and mask.any()
             from PIL import Image
+            with Image.open(synth.specimen_mask_path(path)) as opened:
+                specimen = np.asarray(opened) > 127  # the specimen, not its background
+            assert specimen.any() and not specimen.all() and specimen[mask].mean() > 0.9
             with Image.open(path) as im:
                 assert im.mode == "RGB" and np.array_equal(np.asarray(im), image)
     assert synth.load_mask(tmp_path / "elsewhere" / "x.png") is None
@@ -153,7 +156,7 @@ def test_previous_run_is_overwritten_without_stale_files(tmp_path):
     synth.write_collection(tmp_path, per_class=3, size=40, seed=1)
     synth.write_collection(tmp_path, per_class=1, size=40, seed=1)
     pngs = [p for p in tmp_path.rglob("*.png")]
-    assert len(pngs) == 2 * len(synth.SPECIES)  # one image + one mask per species
+    assert len(pngs) == 3 * len(synth.SPECIES)  # one image, attribute mask and specimen mask per species
     assert json.loads((tmp_path / "synth.json").read_text())["per_class"] == 1
 
 
@@ -185,10 +188,11 @@ def test_many_species_collection_with_held_out_split(tmp_path):
     assert summary["mode"] == "many-species" and len(summary["species"]) == 12
     train = sorted((tmp_path / "many" / "train").iterdir())
     val = sorted((tmp_path / "many" / "val").iterdir())
-    assert [p.name for p in train if p.is_dir() and p.name != ".masks"] == sorted(s["name"] for s in summary["species"])
-    assert all(len(list(folder.glob("*.png"))) == 2 for folder in train if folder.name != ".masks")
-    assert all(len(list(folder.glob("*.png"))) == 1 for folder in val if folder.name != ".masks")
-    first = next(folder for folder in val if folder.name != ".masks")
+    species = [p for p in train if p.is_dir() and not p.name.startswith(".")]  # .masks, .specimens
+    assert [p.name for p in species] == sorted(s["name"] for s in summary["species"])
+    assert all(len(list(folder.glob("*.png"))) == 2 for folder in species)
+    assert all(len(list(folder.glob("*.png"))) == 1 for folder in val if not folder.name.startswith("."))
+    first = next(folder for folder in val if not folder.name.startswith("."))
     image = next(first.glob("*.png"))
     assert synth.load_mask(image) is not None and synth.load_mask(image).any()
     # validation images are other draws than the training images of the species

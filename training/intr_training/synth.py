@@ -414,6 +414,13 @@ def mask_path(image_path: str | Path) -> Path:
     return image_path.parent.parent / ".masks" / image_path.parent.name / image_path.name
 
 
+def specimen_mask_path(image_path: str | Path) -> Path:
+    """out/<species>/<file>.png -> out/.specimens/<species>/<file>.png: where the specimen (not the
+    background) is, for statistics such as the trait atlas's "peak on the specimen"."""
+    image_path = Path(image_path)
+    return image_path.parent.parent / ".specimens" / image_path.parent.name / image_path.name
+
+
 def load_mask(image_path: str | Path) -> np.ndarray | None:
     path = mask_path(image_path)
     return np.asarray(Image.open(path).convert("L")) > 127 if path.is_file() else None
@@ -434,7 +441,7 @@ def _clear_previous_run(out: Path) -> None:
         raise ValueError(refuse.format(entries[0].name)) from None
     for entry in entries:
         ok = entry.name == "synth.json" or (
-            entry.is_dir() and entry.name in known | {".masks", "train", "val"}
+            entry.is_dir() and entry.name in known | {".masks", ".specimens", "train", "val"}
             and all(f.is_dir() or f.suffix == ".png" for f in entry.rglob("*")))
         if not ok:
             raise ValueError(refuse.format(entry.name))
@@ -472,7 +479,8 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
                 colour, cover, mask = _rasterise(species, pose, size)
                 image = _finish(colour, cover, pose, size)
                 path = folder / species.name / f"{slug(species.name)}_{index:04d}.png"
-                for target, pixels in ((path, image), (mask_path(path), mask.astype(np.uint8) * 255)):
+                for target, pixels in ((path, image), (mask_path(path), mask.astype(np.uint8) * 255),
+                                       (specimen_mask_path(path), (cover > 0.5).astype(np.uint8) * 255)):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(pixels).save(target)
                 done += 1
@@ -484,6 +492,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
         "species": [{"name": s.name, "ring": s.ring, "attribute": s.attribute} for s in catalogue],
         "look_alike_pairs": [list(pair) for pair in look_alike_pairs(catalogue)],
         "masks": ".masks/<species name>/<image file name>",
+        "specimen_masks": ".specimens/<species name>/<image file name>",
     }
     (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
