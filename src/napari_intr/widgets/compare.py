@@ -11,7 +11,8 @@ Explorer stays short, and the comparison can sit beside it."""
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSortFilterProxyModel, Qt
+from qtpy.QtGui import QStandardItem, QStandardItemModel
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -19,8 +20,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
+    QListView,
     QPushButton,
     QSpinBox,
     QTableWidgetItem,
@@ -283,13 +283,23 @@ class CompareWidget(QWidget):
 
 
 class CandidateList(QWidget):
+    """Checkable, searchable class list on a model/view: with 10 000 classes only the visible rows
+    are drawn and a search is one pass of a filter proxy, not 10 000 item hides."""
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("Search classes…")
         self.filter.setClearButtonEnabled(True)
+        self.model = QStandardItemModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
         self.filter.textChanged.connect(self._apply_filter)
-        self.list = QListWidget()
+        self.list = QListView()
+        self.list.setModel(self.proxy)
+        self.list.setUniformItemSizes(True)  # no size hint per row
+        self.list.setEditTriggers(QListView.NoEditTriggers)
         self.list.setMinimumHeight(120)
         self.list.setToolTip("Tick the classes to compare (at least two)")
         layout = QVBoxLayout(self)
@@ -300,37 +310,38 @@ class CandidateList(QWidget):
     def set_classes(self, names) -> None:
         """New class list (a new model); ticks of classes still present are kept."""
         ticked = set(self.checked())
-        self.list.clear()
+        self.model.clear()
+        root = self.model.invisibleRootItem()
+        items = []
         for name in names:
-            item = QListWidgetItem(name)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item = QStandardItem(name)
+            item.setCheckable(True)
             item.setCheckState(Qt.Checked if name in ticked else Qt.Unchecked)
-            self.list.addItem(item)
-        self._apply_filter()
+            items.append(item)
+        if items:
+            root.appendRows(items)
 
     def names(self) -> list[str]:
-        return [self.list.item(row).text() for row in range(self.list.count())]
+        return [self.model.item(row).text() for row in range(self.model.rowCount())]
 
     def checked(self) -> list[str]:
         """Ticked classes in the list's (the model's) order."""
-        return [self.list.item(row).text() for row in range(self.list.count())
-                if self.list.item(row).checkState() == Qt.Checked]
+        return [self.model.item(row).text() for row in range(self.model.rowCount())
+                if self.model.item(row).checkState() == Qt.Checked]
 
     def set_checked(self, names) -> None:
         wanted = set(names)
         unknown = wanted - set(self.names())
         if unknown:
             raise ValueError(f"not classes of this model: {', '.join(sorted(unknown))}")
-        for row in range(self.list.count()):
-            item = self.list.item(row)
-            item.setCheckState(Qt.Checked if item.text() in wanted else Qt.Unchecked)
+        for row in range(self.model.rowCount()):
+            item = self.model.item(row)
+            state = Qt.Checked if item.text() in wanted else Qt.Unchecked
+            if item.checkState() != state:  # 10 000 unchanged rows emit nothing
+                item.setCheckState(state)
 
     def visible_names(self) -> list[str]:
-        return [self.list.item(row).text() for row in range(self.list.count())
-                if not self.list.item(row).isHidden()]
+        return [self.proxy.index(row, 0).data() for row in range(self.proxy.rowCount())]
 
     def _apply_filter(self, *_) -> None:
-        text = self.filter.text().strip().casefold()
-        for row in range(self.list.count()):
-            item = self.list.item(row)
-            item.setHidden(bool(text) and text not in item.text().casefold())
+        self.proxy.setFilterFixedString(self.filter.text().strip())

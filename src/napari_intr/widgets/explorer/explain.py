@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
 
 from ..layers import ATTENTION_TAG
 from ..qt_helpers import TextLabel
-from ..state import ExplorerState
+from ..state import ExplorerState, follow
 from ..workers import messages
 from ..workers.jobs import explain_job
 from ..workers.task_bar import TaskBar
 from .image_input import InputError, explainable_plane
+
+
+SHORTLIST_ABOVE = 1000  # classes; larger models get a shortlist by default
+DEFAULT_SHORTLIST = 64
 
 
 def _is_image(layer) -> bool:
@@ -29,11 +33,17 @@ class ExplainBox(QGroupBox):
         self.explain_button.setToolTip("Classify the image and show each head's attention for the "
                                        "predicted class")
         self.explain_button.clicked.connect(self.explain)
+        self.shortlist = QSpinBox()
+        self.shortlist.setRange(0, 1_000_000)
+        self.shortlist.setSpecialValueText("all classes")
+        self.shortlist.setToolTip("Decode only the top K classes of a cheap first pass over all of them "
+                                  "(for models with thousands of classes); 'all classes' decodes every one")
         self.task = TaskBar()
         self.task.busy_changed.connect(self._busy_changed)
         self.notes = TextLabel("")
         form = QFormLayout()
         form.addRow("Image layer", self.image)
+        form.addRow("Shortlist", self.shortlist)
         row = QHBoxLayout()
         row.addWidget(self.explain_button)
         layout = QVBoxLayout(self)
@@ -41,6 +51,8 @@ class ExplainBox(QGroupBox):
         layout.addLayout(row)
         layout.addWidget(self.task)
         layout.addWidget(self.notes)
+        follow(state.events.model, self._new_model, self)
+        self._new_model(state.model)
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
         viewer.layers.events.moved.connect(self._refresh)
@@ -69,6 +81,7 @@ class ExplainBox(QGroupBox):
         self._pending = (source, self.state.model)
         self.notes.setText("")
         self.task.start(explain_job, self.state.model, self.state.model_name, plane, source.name,
+                        self.shortlist.value() or None,
                         doing=f"Explaining '{source.name}'", on_result=self._publish)
 
     def _publish(self, result) -> None:
@@ -84,11 +97,19 @@ class ExplainBox(QGroupBox):
         notes = [*source.notes, *explanation.notes]
         self.notes.setText("\n".join(f"Note: {note}" for note in notes))
         for note in notes:
-            messages.notify(note, "info")
+            if not note.startswith("shortlist:"):  # the Results box says it where it matters
+                messages.notify(note, "info")
+
+    def _new_model(self, model) -> None:
+        """Models with many classes start with a shortlist: decoding 10 000 queries with maps
+        takes gigabytes; a smaller model decodes all its classes."""
+        classes = 0 if model is None else len(model.class_names)
+        self.shortlist.setValue(DEFAULT_SHORTLIST if classes > SHORTLIST_ABOVE else 0)
 
     def _busy_changed(self, *_) -> None:
         self.explain_button.setEnabled(not self.task.busy)
         self.image.setEnabled(not self.task.busy)
+        self.shortlist.setEnabled(not self.task.busy)
 
     def _refresh(self, *_) -> None:
         current = self.image.currentText()

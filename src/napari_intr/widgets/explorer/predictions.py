@@ -1,14 +1,69 @@
 """Results box: classes by probability (searchable, top-1 marked) and, for the selected class,
-the paper's question: does its query see itself, i.e. is it the prediction?"""
+the paper's question: does its query see itself, i.e. is it the prediction?
+
+A model/view table, not one widget item per cell: with 10 000 classes the rows are made only
+when they scroll into view, and the filter is one pass of a proxy model, not 10 000 row hides."""
 from __future__ import annotations
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QAbstractItemView, QGroupBox, QLineEdit, QTableWidgetItem, QVBoxLayout
+from qtpy.QtWidgets import QAbstractItemView, QGroupBox, QHeaderView, QLineEdit, QTableView, QVBoxLayout
 
-from ..qt_helpers import TextLabel, read_only_table
+from ..qt_helpers import TextLabel
 
 COLUMNS = ("Rank", "Class", "Probability", "Logit")
+NAME_COLUMN = 1
+
+
+class PredictionsModel(QAbstractTableModel):
+    """An explanation's table (rank order) as rows of text."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._rows: list[tuple[str, str, str, str]] = []
+        self._bold = QFont()
+        self._bold.setBold(True)
+
+    def set_entries(self, entries: list[dict]) -> None:
+        self.beginResetModel()
+        self._rows = [(f"★ {e['rank']}" if e["rank"] == 1 else str(e["rank"]), e["name"],
+                       f"{e['probability']:.4f}", f"{e['logit']:.3f}") for e in entries]
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802 (Qt's signature)
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def data(self, index, role=Qt.DisplayRole):
+        if not index.isValid():
+            return None
+        row, column = index.row(), index.column()
+        if role == Qt.DisplayRole:
+            return self._rows[row][column]
+        if role == Qt.TextAlignmentRole and column != NAME_COLUMN:
+            return int(Qt.AlignRight | Qt.AlignVCenter)
+        if row == 0 and self._rows:  # rank order: the first row is the top-1
+            if role == Qt.FontRole:
+                return self._bold
+            if role == Qt.ToolTipRole:
+                return "the model's prediction (top-1)"
+        return None
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
+        if role == Qt.DisplayRole and orientation == Qt.Horizontal:
+            return COLUMNS[section]
+        return None
+
+    def row_text(self, row: int) -> tuple[str, str, str, str]:
+        return self._rows[row]
+
+    def row_of(self, name: str) -> int:
+        for row, cells in enumerate(self._rows):
+            if cells[NAME_COLUMN] == name:
+                return row
+        raise ValueError(f"{name!r} is not in the results table")
 
 
 class PredictionsBox(QGroupBox):
@@ -19,45 +74,52 @@ class PredictionsBox(QGroupBox):
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("Filter classes…")
         self.filter.setClearButtonEnabled(True)
+        self.model = PredictionsModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setFilterKeyColumn(NAME_COLUMN)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
         self.filter.textChanged.connect(self._apply_filter)
-        self.table = read_only_table(COLUMNS, stretch_column=1)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setWordWrap(False)
-        self.table.setTextElideMode(Qt.ElideMiddle)
+        self.table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
         self.table.setMinimumHeight(150)
-        self.table.itemSelectionChanged.connect(self._selection_changed)
+        header = self.table.horizontalHeader()
+        for column in range(len(COLUMNS)):  # fixed widths: no size hints computed over 10 000 rows
+            header.setSectionResizeMode(column, QHeaderView.Stretch if column == NAME_COLUMN else QHeaderView.Fixed)
+        header.resizeSection(0, 56)
+        header.resizeSection(2, 80)
+        header.resizeSection(3, 64)
+        self.table.selectionModel().selectionChanged.connect(self._selection_changed)
+        self.not_decoded = TextLabel("")
+        self.not_decoded.setVisible(False)
         self.answer = TextLabel("Explain an image to see its classes")
         layout = QVBoxLayout(self)
         layout.addWidget(self.filter)
         layout.addWidget(self.table)
+        layout.addWidget(self.not_decoded)
         layout.addWidget(self.answer)
         self.explanation = None
 
     def show_explanation(self, explanation) -> None:
         """Fill the table (rank order) and select the top-1 row."""
         self.explanation = explanation
-        self.table.blockSignals(True)
-        self.table.clearContents()
-        rows = [] if explanation is None else explanation.table()
-        self.table.setRowCount(len(rows))
-        bold = QFont()
-        bold.setBold(True)
-        for row, entry in enumerate(rows):
-            top = entry["rank"] == 1
-            cells = (f"★ {entry['rank']}" if top else str(entry["rank"]), entry["name"],
-                     f"{entry['probability']:.4f}", f"{entry['logit']:.3f}")
-            for column, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if column != 1:
-                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
-                if top:
-                    item.setFont(bold)
-                    item.setToolTip("the model's prediction (top-1)")
-                self.table.setItem(row, column, item)
-        self.table.blockSignals(False)
-        self._apply_filter()
+        self.table.selectionModel().blockSignals(True)
+        self.model.set_entries([] if explanation is None else explanation.table())
+        self.table.selectionModel().blockSignals(False)
+        undecoded = 0 if explanation is None else explanation.undecoded
+        self.not_decoded.setVisible(bool(undecoded))
+        if undecoded:
+            self.not_decoded.setText(
+                f"Shortlist: {len(explanation.class_names):,} of {explanation.candidates:,} classes decoded; "
+                f"the other {undecoded:,} were not (a first pass ranked them lower): they have no "
+                "probability or maps here")
         if explanation is None:
             self.answer.setText("Explain an image to see its classes")
         else:
@@ -65,26 +127,25 @@ class PredictionsBox(QGroupBox):
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """The table's text, row by row (what a user reads)."""
-        return [tuple(self.table.item(row, column).text() for column in range(len(COLUMNS)))
-                for row in range(self.table.rowCount())]
+        return [self.model.row_text(row) for row in range(self.model.rowCount())]
 
     def visible_classes(self) -> list[str]:
-        return [self.table.item(row, 1).text() for row in range(self.table.rowCount())
-                if not self.table.isRowHidden(row)]
+        return [self.proxy.index(row, NAME_COLUMN).data() for row in range(self.proxy.rowCount())]
 
     def selected_class(self) -> str | None:
         rows = self.table.selectionModel().selectedRows()
-        return self.table.item(rows[0].row(), 1).text() if rows else None
+        return rows[0].siblingAtColumn(NAME_COLUMN).data() if rows else None
 
     def select_class(self, name: str) -> None:
-        for row in range(self.table.rowCount()):
-            if self.table.item(row, 1).text() == name:
-                self.table.selectRow(row)
-                self.table.scrollToItem(self.table.item(row, 1))
-                return
-        raise ValueError(f"{name!r} is not in the results table")
+        source = self.model.index(self.model.row_of(name), NAME_COLUMN)
+        index = self.proxy.mapFromSource(source)
+        if not index.isValid():  # filtered out: show it anyway, the user asked for it
+            self.filter.clear()
+            index = self.proxy.mapFromSource(source)
+        self.table.selectionModel().select(index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+        self.table.scrollTo(index)
 
-    def _selection_changed(self) -> None:
+    def _selection_changed(self, *_) -> None:
         name = self.selected_class()
         if name is None or self.explanation is None:
             return
@@ -102,7 +163,4 @@ class PredictionsBox(QGroupBox):
                 f"the model picks '{explanation.top_class()}'.")
 
     def _apply_filter(self, *_) -> None:
-        text = self.filter.text().strip().casefold()
-        for row in range(self.table.rowCount()):
-            name = self.table.item(row, 1).text().casefold()
-            self.table.setRowHidden(row, bool(text) and text not in name)
+        self.proxy.setFilterFixedString(self.filter.text().strip())

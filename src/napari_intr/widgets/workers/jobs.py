@@ -114,14 +114,16 @@ def load_model_job(source: str, class_names: str | None, device: str, cancel: th
 
 
 @reports_runtime_errors
-def explain_job(model, model_name: str, image: np.ndarray, name: str):
-    """Preprocess + encode (backbone and encoder), then decode every class. Yields between stages."""
+def explain_job(model, model_name: str, image: np.ndarray, name: str, shortlist: int | None = None):
+    """Preprocess + encode (backbone and encoder), then decode every class (or the shortlist's top
+    K of a first pass over them). Yields between stages."""
     from napari_intr.explanation import Explainer
     explainer = Explainer(model, model_name)
     yield Progress(0, 2, "encoding the image (backbone + encoder)")
     encoded = explainer.encode(image, name)
-    yield Progress(1, 2, "decoding every class query")
-    explanation = explainer.decode(encoded)
+    yield Progress(1, 2, "decoding every class query" if shortlist is None
+                   else f"shortlisting {shortlist} classes, decoding them")
+    explanation = explainer.decode(encoded, shortlist=shortlist)
     yield Progress(2, 2, "done")
     yield Result((encoded, explanation))
 
