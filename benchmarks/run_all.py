@@ -8,6 +8,9 @@
     attention weights vs Grad-CAM (captum LayerGradCam on model.backbone[0].body, one forward +
     backward per class) vs RISE (N random masks, batched), same model and image as (a);
 (c) our training step vs the plain fp32 reference step (train_throughput.py, subprocesses);
+(e) past the class limit: resnet50 explain at C = 10 000 with shortlist=64 and the full C = 10 000
+    decode vs the full C = 200 explain; the training step at C = 10 000 with --sampled-queries 256
+    vs C = 200 (many_classes.py, subprocesses);
 (d) napari event-loop stalls (longest gap of a 10 ms QTimer) while the Explorer explains the
     bundled specimen (explain_event_loop.py) and while the Fine-tune widget trains
     (finetune_event_loop.py), each in a subprocess under $DISPLAY, else under `xvfb-run -a`.
@@ -275,6 +278,18 @@ def training_rows(args, quick) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- (e)
+
+def many_classes_rows(args) -> list[dict]:
+    """Shortlist explain and sampled-query training at C = 10 000 vs C = 200 (many_classes.py)."""
+    import many_classes
+    argv = ["--device", args.device, "--repeats", "1" if args.quick else "2"]
+    if args.quick:
+        argv = many_classes.quick_arguments(argv)
+    result = many_classes.measure_all(argv)
+    return [row(*cells) for cells in many_classes.rows(result)]
+
+
 # ---------------------------------------------------------------- (d)
 
 def display_prefix() -> tuple[list[str] | None, str]:
@@ -337,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, classes and batches")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--skip-napari", action="store_true", help="leave out (d)")
+    parser.add_argument("--skip-many-classes", action="store_true", help="leave out (e)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats in (a)/(b)")
     parser.add_argument("--gradcam-classes", type=int, default=2, help="classes timed for resnet50 Grad-CAM")
     parser.add_argument("--rise-batches", type=int, default=2, help="batches timed for resnet50 RISE")
@@ -367,6 +383,12 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as error:
         rows.append(row("(c) training", "failed", "-", "-", str(error)[:200]))
     loads.append(f"after (c) {load()}")
+    if args.skip_many_classes:
+        rows.append(row("(e) many classes", "skipped", "-", "-", "--skip-many-classes"))
+    else:
+        print("(e) many classes ...", flush=True)
+        rows += many_classes_rows(args)
+        loads.append(f"after (e) {load()}")
     if args.skip_napari:
         rows.append(row("(d) napari event loop", "skipped", "-", "-", "--skip-napari"))
     else:

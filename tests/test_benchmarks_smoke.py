@@ -36,3 +36,26 @@ def test_results_file_has_machine_and_table_and_keeps_other_devices(tmp_path):
     table = run_all.format_table(rows).splitlines()
     assert table[0].startswith("| section") and set(table[1]) <= {"|", "-"}
     assert len(table) == 2 + len(rows) and all(line.count("|") == 6 for line in table)  # "|" escaped
+
+
+def test_many_classes_rows_state_ratios_and_targets():
+    import sys
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("many_classes", BENCHMARKS / "many_classes.py")
+    many_classes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(many_classes)
+    args = vars(many_classes.parser().parse_args([]))
+    cases = {"full200": {"seconds": 2.0, "peak_mib": 400, "decoded": 200, "classes": 200},
+             "shortlist10000": {"seconds": 2.4, "peak_mib": 500, "decoded": 64, "classes": 10_000},
+             "full10000": {"seconds": 30.0, "peak_mib": 5000, "decoded": 10_000, "classes": 10_000,
+                           "warm_up": False},
+             "train_full200": {"seconds": 4.0, "peak_mib": 900, "classes": 200},
+             "train_sampled10000": {"error": "boom"}}
+    rows = many_classes.rows({"cases": cases, "args": args, "loads": []})
+    shortlist, full, training = rows
+    assert shortlist[3] == "time 1.20x, memory 1.25x" and shortlist[4].endswith("met")
+    assert full[3] == "time 15.00x, memory 12.50x" and "no warm-up" in full[4]
+    assert training[2] == "failed" and "boom" in training[4]
+    cases["train_sampled10000"] = {"seconds": 7.0, "peak_mib": 900, "classes": 10_000}
+    training = many_classes.rows({"cases": cases, "args": args, "loads": []})[2]
+    assert training[3].startswith("time 1.75x") and training[4].endswith("NOT met")

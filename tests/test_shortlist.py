@@ -222,3 +222,8 @@ def test_config_shortlist_head_round_trips_and_is_validated():
     assert "shortlist_head" not in old and IntrConfig.from_json(old).shortlist_head is False  # older checkpoints
     with pytest.raises(ValueError, match="shortlist_head must be true or false"):
         IntrConfig.tiny(5, shortlist_head=1)
+
+
+def test_too_few_sampled_queries_are_refused():
+    with pytest.raises(ValueError, match="--sampled-queries must be at least 2"):
+        QuerySampler(1, 10, torch.Generator())
