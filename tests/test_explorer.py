@@ -168,12 +168,51 @@ def test_channel_first_stack_is_read_as_rgb(explorer, qtbot, messages):
 
 def test_very_long_image_is_downscaled_with_a_note(explorer, qtbot, messages):
     viewer, widget = explorer
-    long_image = np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (20000, 1))
+    long_image = np.tile(np.linspace(0, 255, 1500, dtype=np.uint8), (9000, 1))
     layer = viewer.add_image(long_image, name="long")
     explain(qtbot, widget, "long")
     assert widget.state.explanation is not None and widget.state.source.name == "long"
     assert any("block-averaged" in text for _, text in messages)
     assert_aligned(viewer, layer, attention_layers(viewer), widget.state.explanation)
+    # a strip too long for the model's limits (7:1 for the bundled one) is refused: crop it
+    viewer.add_image(np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (20000, 1)), name="strip")
+    explain(qtbot, widget, "strip")
+    assert any(level == "error" and "20000×200 px" in text and "crop" in text for level, text in messages)
+    assert widget.state.source.name == "long"  # the previous explanation stays
+
+
+def test_first_click_explain_waits_for_the_bundled_model(make_napari_viewer, qtbot, messages):
+    """A newcomer opens the Explorer (through the manifest) and presses Explain at once, while
+    the preselected bundled model is still loading: the explanation comes without a second click."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-intr", "heliconia-alba")
+    from napari_intr.widgets.state import shared_state
+    shared_state().model = None
+    _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
+    assert widget.model_source.task.busy and widget.state.model is None  # the load has only begun
+    widget.explain_box.explain_button.click()
+    assert "Waiting for the model to load" in widget.explain_box.notes.full_text
+    qtbot.waitUntil(lambda: widget.state.explanation is not None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
+    assert widget.state.source.name == viewer.layers[0].name and attention_layers(viewer)
+    assert not any("No model loaded" in text for _, text in messages)
+    assert "Waiting" not in widget.explain_box.notes.full_text
+
+
+def test_explain_without_a_model_starts_the_load_and_says_when_it_fails(explorer, qtbot, messages, tmp_path):
+    viewer, widget = explorer
+    widget.state.model = None  # e.g. after a failed load
+    widget.explain_box.explain_button.click()
+    assert widget.model_source.task.busy  # Explain started the load itself
+    qtbot.waitUntil(lambda: widget.state.explanation is not None, timeout=TIMEOUT_MS)
+    widget.state.model = None
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")  # the wrong number of classes: the load fails
+    widget.model_source.class_names.path = names
+    widget.explain_box.explain_button.click()
+    qtbot.waitUntil(lambda: not widget.model_source.task.busy, timeout=TIMEOUT_MS)
+    assert "did not load" in widget.explain_box.notes.full_text
+    assert not widget.explain_box.waiting_for_model and widget.explain_box.explain_button.isEnabled()
 
 
 @pytest.mark.parametrize("size", [1, 10])

@@ -115,6 +115,12 @@ class ModelSourceBox(QGroupBox):
                         doing=f"Loading model '{label}'", with_cancel_event=True,
                         show_in_activity=True, on_result=lambda model: self._publish(model, label))
 
+    def ensure_loading(self) -> bool:
+        """Start loading the chosen model unless a load is running; True if one is on its way."""
+        if not self.task.busy:
+            self.load()
+        return self.task.busy
+
     def _publish(self, model, name: str) -> None:
         self.state.publish_model(model, name)
         messages.notify(f"Model '{name}' loaded: {len(model.class_names)} classes on {model.device}")

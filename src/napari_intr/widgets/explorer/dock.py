@@ -22,7 +22,7 @@ class ExplorerWidget(QWidget):
         self.state = state = shared_state()
         state.clear_explanation()  # a new Explorer starts without another viewer's result
         self.model_source = ModelSourceBox(state)
-        self.explain_box = ExplainBox(napari_viewer, state)
+        self.explain_box = ExplainBox(napari_viewer, state, request_model=self.model_source.ensure_loading)
         self.results = PredictionsBox()
         self.attention = AttentionBox(napari_viewer, state)
         self.regions = RegionsBox(napari_viewer, state, self.explain_box)
@@ -30,6 +30,8 @@ class ExplorerWidget(QWidget):
         self.batch = BatchBox(state)
         follow(state.events.explanation, self.results.show_explanation, self.results)
         self.results.class_selected.connect(self.attention.set_class)
+        self.model_source.task.busy_changed.connect(
+            lambda busy: None if busy else self.explain_box.model_load_ended())
 
         scroll_column(self, (self.model_source, self.explain_box, self.results, self.attention, self.regions,
                              self.save_box, self.batch))

@@ -1,6 +1,8 @@
 """Image box: choose an image layer and Explain it (encode + decode in a worker, cancellable)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
 
@@ -22,9 +24,16 @@ def _is_image(layer) -> bool:
 
 
 class ExplainBox(QGroupBox):
-    def __init__(self, viewer, state: ExplorerState, parent=None):
+    """request_model: called when Explain is pressed before a model is loaded; starts a load (or
+    finds one running) and returns True if one is on its way. The box then explains as soon as
+    the model arrives, and says so if the load ends without one (`model_load_ended`)."""
+
+    def __init__(self, viewer, state: ExplorerState, parent=None,
+                 request_model: Callable[[], bool] | None = None):
         super().__init__("Image", parent)
         self.viewer, self.state = viewer, state
+        self.request_model = request_model
+        self.waiting_for_model = False
         self.image = QComboBox()
         self.image.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.image.setMinimumContentsLength(12)
@@ -57,6 +66,7 @@ class ExplainBox(QGroupBox):
         viewer.layers.events.removed.connect(self._refresh)
         viewer.layers.events.moved.connect(self._refresh)
         viewer.layers.selection.events.active.connect(self._follow_active)
+        follow(state.events.model, self._model_arrived, self)
         self._refresh()
         self._follow_active()
 
@@ -75,6 +85,11 @@ class ExplainBox(QGroupBox):
             messages.notify(str(error), "warning")
             return
         if self.state.model is None:
+            if self.request_model is not None and self.request_model():
+                self.waiting_for_model = True  # the first click: explain once the model is in
+                self.notes.setText(f"Waiting for the model to load; '{source.name}' is explained "
+                                   "as soon as it is in")
+                return
             messages.notify("No model loaded yet: press 'Load model' in the Model box "
                             "(the bundled sample is preselected)", "warning")
             return
@@ -83,6 +98,18 @@ class ExplainBox(QGroupBox):
         self.task.start(explain_job, self.state.model, self.state.model_name, plane, source.name,
                         self.shortlist.value() or None,
                         doing=f"Explaining '{source.name}'", on_result=self._publish)
+
+    def _model_arrived(self, model) -> None:
+        if self.waiting_for_model and model is not None:
+            self.waiting_for_model = False
+            self.explain()
+
+    def model_load_ended(self) -> None:
+        """A load finished; if it brought no model, the Explain that waited for it says why."""
+        if self.waiting_for_model and self.state.model is None:
+            self.waiting_for_model = False
+            self.notes.setText("The model did not load (see the Model box), so nothing was explained; "
+                               "choose another model or press 'Load model', then Explain")
 
     def _publish(self, result) -> None:
         encoded, explanation = result
