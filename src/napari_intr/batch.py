@@ -49,7 +49,7 @@ class Settings:
     candidates: list[int]
     mode: str
     top_k: int
-    layer: int                 # Python index into the decoder layers
+    layer: int                 # 0-based decoder layer (explanation.layer_index)
     class_for_maps: str | None
     margin: Margin
     tiff_format: str
@@ -60,7 +60,7 @@ class Settings:
         names = "\n".join(model.class_names).encode()
         return {"model": model_name, "classes": hashlib.sha256(names).hexdigest()[:16],
                 "candidates": self.candidates, "mode": self.mode, "top_k": self.top_k,
-                "layer": self.layer % model.config.dec_layers, "class_for_maps": self.class_for_maps,
+                "layer": self.layer, "class_for_maps": self.class_for_maps,
                 "margin": str(self.margin), "tiff_format": self.tiff_format, "regions": regions,
                 "shortlist": self.shortlist}
 
@@ -191,9 +191,8 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
 
 def _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist=None) -> Settings:
     candidates = model.class_indices(classes)
-    num_layers = model.config.dec_layers
-    if not -num_layers <= layer < num_layers:
-        raise ValueError(f"layer {layer} is out of range: the decoder has {num_layers} layers")
+    from .explanation import layer_index
+    layer = layer_index(layer, model.config.dec_layers)
     if top_k < 1:
         raise ValueError(f"top-k must be at least 1, got {top_k}")
     if tiff_format not in TIFF_FORMATS:

@@ -33,7 +33,7 @@ def most_confused_with(explanation: Explanation, class_name: str, k: int) -> lis
     the ones a small change of the image would swap it with. Returns k names, selected first.
     """
     _check_k(k, len(explanation.class_names))
-    selected = explanation._column(class_name)
+    selected = explanation.column(class_name)
     distance = np.abs(explanation.logits - explanation.logits[selected])
     others = [column for column in np.lexsort((-explanation.logits, distance)) if column != selected]
     return [explanation.class_names[selected]] + [explanation.class_names[c] for c in others[:k - 1]]
@@ -56,7 +56,7 @@ class Comparison:
 
     def candidate_maps(self, layer: int = -1) -> np.ndarray:
         """[heads, C', h, w] raw attention of every candidate (a napari layer with a candidate axis)."""
-        return self.candidates.attention[self.candidates._layer(layer)].copy()
+        return self.candidates.attention[self.candidates.layer_index(layer)].copy()
 
     def selected_maps_all(self, layer: int = -1) -> np.ndarray:
         """[heads, h, w] the selected class's raw maps when all classes were decoded."""

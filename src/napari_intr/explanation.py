@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .model import INTR, EncodedImages
-from .preprocess import resized_shape
+from .preprocess import TYPE_RANGES, layout_problem, resized_shape
 
 NORMALIZATIONS = ("per_map", "shared", "none")
 # Images this many times larger (per side) than the model input are block-averaged in numpy
@@ -82,14 +82,14 @@ class Explanation:
 
     def rank_of(self, class_name: str) -> int:
         """1-based rank of a decoded class: 1 means the model picks it."""
-        return self.order().index(self._column(class_name)) + 1
+        return self.order().index(self.column(class_name)) + 1
 
     def head_maps(self, class_name: str, layer: int = -1, normalization: str = "per_map") -> np.ndarray:
         """[heads, h, w]. per_map: each map min-max scaled to [0, 1], as the paper's figures;
         shared: divided by the largest weight of any head (compares heads); none: raw weights."""
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        maps = self.attention[self._layer(layer), :, self._column(class_name)]
+        maps = self.attention[self.layer_index(layer), :, self.column(class_name)]
         if normalization == "none":
             return maps.copy()
         if normalization == "shared":
@@ -100,11 +100,11 @@ class Explanation:
         return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
 
     def mean_map(self, class_name: str, layer: int = -1) -> np.ndarray:
-        return self.attention[self._layer(layer), :, self._column(class_name)].mean(axis=0)
+        return self.attention[self.layer_index(layer), :, self.column(class_name)].mean(axis=0)
 
     def head_order(self, class_name: str, layer: int = -1) -> list[int]:
         """Heads by their peak attention weight, highest first (the paper's "top maps")."""
-        peaks = self.attention[self._layer(layer), :, self._column(class_name)].max(axis=(1, 2))
+        peaks = self.attention[self.layer_index(layer), :, self.column(class_name)].max(axis=(1, 2))
         return [int(i) for i in np.argsort(-peaks, kind="stable")]
 
     def cell_size(self) -> tuple[float, float]:
@@ -135,7 +135,8 @@ class Explanation:
                  "index": self.class_indices[column]}
                 for rank, column in enumerate(self.order(), start=1)]
 
-    def _column(self, class_name: str) -> int:
+    def column(self, class_name: str) -> int:
+        """Where a decoded class sits in class_names, probabilities and the attention's class axis."""
         try:
             return self.class_names.index(class_name)
         except ValueError:
@@ -143,11 +144,44 @@ class Explanation:
                              f"({', '.join(self.class_names[:10])}{', …' if len(self.class_names) > 10 else ''}); "
                              "decode it as a candidate first") from None
 
-    def _layer(self, layer: int) -> int:
-        if not -self.num_layers <= layer < self.num_layers:
-            raise ValueError(f"layer {layer} is out of range: the decoder has {self.num_layers} layers "
-                             f"(0..{self.num_layers - 1}, or -1 for the last)")
-        return layer % self.num_layers
+    def layer_index(self, layer: int) -> int:
+        """The 0-based decoder layer of a Python index (-1 = the last); ValueError when out of range."""
+        return layer_index(layer, self.num_layers)
+
+    def layer_number(self, layer: int) -> int:
+        """The decoder layer of a Python index as people count it (L1 = the first)."""
+        return layer_number(layer, self.num_layers)
+
+
+# Decoder layers: 0-based Python indices inside (negative from the end), numbered from 1 for
+# people (CLI options, layer names, reports, "L6"). These three functions convert between them.
+
+def layer_index(layer: int, num_layers: int) -> int:
+    """The 0-based decoder layer of a Python index (-1 = the last); ValueError when out of range."""
+    if not -num_layers <= layer < num_layers:
+        raise ValueError(f"layer {layer} is out of range: the decoder has {num_layers} layers "
+                         f"(0..{num_layers - 1}, or -1 for the last)")
+    return layer % num_layers
+
+
+def layer_number(layer: int, num_layers: int | None = None) -> int:
+    """A decoder layer as people count it (1 = the first) from a Python index; without
+    `num_layers` the index must already be 0-based (e.g. a stored `layer_index`)."""
+    if num_layers is None:
+        if layer < 0:
+            raise ValueError(f"layer {layer}: give the number of layers to count from the end")
+        return layer + 1
+    return layer_index(layer, num_layers) + 1
+
+
+def layer_from_number(number: int, num_layers: int, option: str = "layer") -> int:
+    """The 0-based decoder layer of `number` as people count it (1 = the first, -1 = the last)."""
+    if number == -1:
+        return num_layers - 1
+    if not 1 <= number <= num_layers:
+        raise ValueError(f"{option} {number} is out of range: the model's decoder has {num_layers} layers "
+                         f"(1..{num_layers})")
+    return number - 1
 
 
 def _interpolation_matrix(size: int, cells: int, cell: float) -> np.ndarray:
@@ -177,7 +211,7 @@ def shrink_huge_image(image: np.ndarray, short_side: int, max_side: int) -> tupl
     factor = min(height // target_height, width // target_width)
     if factor < SHRINK_FACTOR_THRESHOLD:
         return image, None
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
+    scale = TYPE_RANGES.get(image.dtype, 1.0)
     out_height, out_width = height // factor, width // factor
     shrunk = np.empty((out_height, out_width, *image.shape[2:]), dtype=np.float32)
     for start in range(0, out_height, _SHRINK_BAND_ROWS):
@@ -201,8 +235,9 @@ class Explainer:
     def encode(self, image: np.ndarray, name: str = "image") -> EncodedImage:
         """Preprocess (the model's resize policy) and run backbone + encoder."""
         image = np.asarray(image)
-        if image.ndim < 2:
-            raise ValueError(f"expected a 2-D grey, RGB or RGBA image, got shape {image.shape}")
+        problem = layout_problem(image.shape, min_size=0)  # the size is checked after shrinking
+        if problem:
+            raise ValueError(problem)
         config = self.model.config
         shrunk, note = shrink_huge_image(image, config.short_side, config.max_side)
         notes = [note] if note else []

@@ -55,7 +55,7 @@ def attention_stack(explanation: Explanation, classes: Sequence[str], layers: Se
     class_labels = list(class_labels) if class_labels is not None else [labels_of[name] for name in classes]
     stack = np.stack([np.stack([explanation.head_maps(name, layer, normalization="none") for layer in layers])
                       for name in classes]).astype(np.float32)
-    numbers = [layer % explanation.num_layers + 1 for layer in layers]
+    numbers = [explanation.layer_number(layer) for layer in layers]
     labels = [plane_label(label, number, head + 1) for label in class_labels for number in numbers
               for head in range(explanation.num_heads)]
     return stack, labels
@@ -160,7 +160,7 @@ def explanation_metadata(explanation: Explanation, class_name: str, layer: int, 
     scale, translate = explanation.grid_to_image()
     return {
         "image": explanation.image_name, "class": class_name, "label": explanation.labels()[column],
-        "layer": layer % explanation.num_layers + 1, "heads": explanation.num_heads,
+        "layer": explanation.layer_number(layer), "heads": explanation.num_heads,
         "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
         "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
         "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,

@@ -3,7 +3,7 @@
 Edits are frozen values with `apply(image, mask) -> new image`: only pixels inside the painted
 mask change, the dtype and channel layout are kept, alpha is never touched, and the input array
 is never written to. Colours and intensities are exchanged between images as 0–1 fractions of
-each image's value range (`value_range`, the same range preprocessing stretches to [0, 1]), so a
+each image's intensity range (`preprocess.intensity_range`, the one preprocessing uses), so a
 colour sampled from a uint16 scan can paint a uint8 photo.
 
 `EditSession` stacks edits with undo and reset; `compare_explanations` measures an edit's effect
@@ -26,7 +26,8 @@ from skimage.restoration import inpaint_biharmonic
 
 from .comparison import symmetric_limits
 from .csv_output import write_csv
-from .explanation import Explanation
+from .explanation import Explanation, layer_number
+from .preprocess import intensity_range, layout_problem
 
 # rgb2gray's weights: an RGB colour painted into a grey image becomes its luminance.
 LUMINANCE = np.array([0.2125, 0.7154, 0.0721])
@@ -36,25 +37,11 @@ ERASE_MARGIN = 3
 PILLOW_DTYPES = {"uint8": (2, 3, 4), "uint16": (2,)}  # dtype -> ndim/channels Pillow can write
 
 
-def value_range(image: np.ndarray) -> tuple[float, float]:
-    """The intensities that mean 0 and 1: the dtype's range for uint8/uint16, [0, 1] for floats
-    already inside it, otherwise the image's own min..max (as preprocessing stretches them)."""
-    if image.dtype == np.uint8:
-        return 0.0, 255.0
-    if image.dtype == np.uint16:
-        return 0.0, 65535.0
-    low, high = float(image.min()), float(image.max())
-    if np.issubdtype(image.dtype, np.floating) and low >= 0 and high <= 1:
-        return 0.0, 1.0
-    return (low, high) if high > low else (low, low + 1.0)
-
-
 def check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
-    grey_or_colour = image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))
-    if not grey_or_colour:
-        raise ValueError(f"expected a grey (H×W), RGB or RGBA (H×W×3/4, channels last) image, "
-                         f"got shape {image.shape}")
+    problem = layout_problem(image.shape, min_size=1)
+    if problem:
+        raise ValueError(problem)
     if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
         raise ValueError(f"cannot edit an image of type {image.dtype}; convert it to uint8 or float first")
     return image
@@ -82,7 +69,7 @@ def sample_colour(image: np.ndarray, point: tuple[int, int]) -> tuple[float, flo
     row, column = (int(round(v)) for v in point)
     if not (0 <= row < image.shape[0] and 0 <= column < image.shape[1]):
         raise ValueError(f"point ({row}, {column}) lies outside the {image.shape[0]}×{image.shape[1]} image")
-    low, high = value_range(image)
+    low, high = intensity_range(image)
     values = (_colour(image)[row, column].astype(np.float64) - low) / (high - low)
     return tuple(float(v) for v in np.broadcast_to(values, 3))
 
@@ -96,7 +83,7 @@ class Edit(ABC):
         image = check_image(image)
         region = check_region(mask, image.shape)
         window = _window(region, self.margin)
-        low, high = value_range(image)
+        low, high = intensity_range(image)
         crop = (_colour(image)[window].astype(np.float64) - low) / (high - low)
         painted = self._paint(crop, region[window], window, image.shape)
         edited = image.copy()
@@ -205,7 +192,7 @@ class Transplant(Edit):
         if ys.min() < 0 or xs.min() < 0 or ys.max() >= shape[0] or xs.max() >= shape[1]:
             raise ValueError(f"offset ({dy}, {dx}) moves the painted region outside the source image; "
                              "use a smaller offset or paint further from the edge")
-        low, high = value_range(self.source)
+        low, high = intensity_range(self.source)
         pixels = (_colour(self.source)[ys, xs].astype(np.float64) - low) / (high - low)
         painted = crop.copy()
         painted[region] = _channels(pixels, crop.shape[-1])
@@ -309,7 +296,7 @@ class EditEffect:
                 for head, (before, after) in enumerate(zip(self.mass_before, self.mass_after))]
 
     def to_dict(self) -> dict:
-        return {"class_name": self.class_name, "layer": self.layer + 1, "top1_before": self.top1_before,
+        return {"class_name": self.class_name, "layer": layer_number(self.layer), "top1_before": self.top1_before,
                 "top1_after": self.top1_after, "top1_changed": self.top1_changed,
                 "classes": self.table(), "heads": self.head_table()}
 
@@ -350,7 +337,7 @@ def compare_explanations(before: Explanation, after: Explanation, region: np.nda
         class_names=list(after.class_names),
         logits_before=before.logits.copy(), logits_after=after.logits.copy(),
         probabilities_before=before.probabilities.copy(), probabilities_after=after.probabilities.copy(),
-        class_name=class_name, layer=after._layer(layer), difference=difference,
+        class_name=class_name, layer=after.layer_index(layer), difference=difference,
         limits=symmetric_limits(difference), region_on_grid=coverage,
         mass_before=(weights_before * coverage).sum(axis=(-2, -1)),
         mass_after=(weights_after * coverage).sum(axis=(-2, -1)))
@@ -394,8 +381,14 @@ def _report_rows(edits: list[dict], effects: Sequence[EditEffect | None]):
                        row[f"{quantity}_before"], row[f"{quantity}_after"], row[f"{quantity}_change"]]
         for row in effect.head_table():
             yield [entry["step"], entry["description"],
-                   f"attention mass in region ({effect.class_name}, L{effect.layer + 1})",
+                   f"attention mass in region ({effect.class_name}, L{layer_number(effect.layer)})",
                    f"H{row['head']}", row["mass_before"], row["mass_after"], row["mass_change"]]
+
+
+def pillow_can_write(image: np.ndarray) -> bool:
+    """PNG/JPEG/BMP hold this image unchanged (its dtype and channel layout)."""
+    layout = image.ndim if image.ndim == 2 else image.shape[-1]
+    return layout in PILLOW_DTYPES.get(str(image.dtype), ())
 
 
 def write_image(image: np.ndarray, path: Path) -> None:
@@ -404,8 +397,7 @@ def write_image(image: np.ndarray, path: Path) -> None:
         rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
         tifffile.imwrite(path, image, photometric="rgb" if rgb else "minisblack")
         return
-    layout = image.ndim if image.ndim == 2 else image.shape[-1]
-    if layout not in PILLOW_DTYPES.get(str(image.dtype), ()):
+    if not pillow_can_write(image):
         raise ValueError(f"{path.suffix or 'this format'} cannot hold a {image.dtype} image of shape "
                          f"{image.shape} unchanged; save it as .tif")
     from PIL import Image

@@ -37,46 +37,66 @@ def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tu
     return int(size * height / width), size
 
 
-def to_float_rgb(image: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
-    """H×W / H×W×1 / H×W×3 / H×W×4 of any common dtype -> float32 H×W×3 in [0, 1].
+# Integer types whose full range is the image's range; other types are stretched (intensity_range).
+TYPE_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(bool): 1.0}
 
-    uint8/uint16/bool map by their type's range; other types are stretched between their
-    minimum and maximum, or between robust percentiles where a few extreme values (no-data
-    fill such as -3.4e38, hot pixels) would flatten the rest; `notes` then gets a sentence.
-    """
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image of shape {image.shape} looks channel-first; put channels last "
-                         "(numpy.moveaxis(image, 0, -1))")
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim == 3 and image.shape[-1] == 4:
-        image = image[..., :3]  # alpha only says where the specimen was cut out
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected a 2-D grey, RGB or RGBA image, got shape {image.shape}")
-    height, width = image.shape[:2]
-    if min(height, width) < MIN_IMAGE_SIZE:
-        raise ValueError(f"image is {height}×{width} px; INTR needs at least "
-                         f"{MIN_IMAGE_SIZE} px on each side")
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
-        raise ValueError(f"image has unsupported data type {image.dtype}")
-    if not np.isfinite(image).all():
-        raise ValueError("image contains NaN or infinite values; fill or crop them before explaining")
+
+def layout_problem(shape, what: str = "image", min_size: int = MIN_IMAGE_SIZE) -> str | None:
+    """Why an array of `shape` is not one 2-D image (grey H×W or H×W×1, RGB H×W×3 or RGBA
+    H×W×4, channels last, at least `min_size` px on each side); None when it is one."""
+    shape = tuple(shape)
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+        return f"{what} of shape {shape} looks channel-first; put channels last (numpy.moveaxis(image, 0, -1))"
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))):
+        return f"expected a 2-D grey, RGB or RGBA image, got shape {shape}"
+    height, width = shape[:2]
+    if min(height, width) < min_size:
+        return f"{what} is {height}×{width} px; INTR needs at least {min_size} px on each side"
+    return None
+
+
+def intensity_range(image: np.ndarray, notes: list[str] | None = None) -> tuple[float, float]:
+    """The intensities that mean 0 and 1: the type's range for uint8/uint16/bool, [0, 1] for
+    values already inside it, otherwise the minimum and maximum, or robust percentiles where a
+    few extreme values (no-data fill such as -3.4e38, hot pixels) would flatten the rest (`notes`
+    then gets a sentence). Always high > low."""
+    if image.dtype in TYPE_RANGES:
+        return 0.0, TYPE_RANGES[image.dtype]
     low, high = float(image.min()), float(image.max())
     if low >= 0 and high <= 1:
-        return image.astype(np.float32)
+        return 0.0, 1.0
     low, high = _stretch_range(image, low, high, notes)
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def to_unit_range(image: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
+    """Any numeric image -> float32 in [0, 1] by its intensity_range (values outside are clipped)."""
+    if image.dtype in TYPE_RANGES:
+        return image.astype(np.float32) / np.float32(TYPE_RANGES[image.dtype])
+    low, high = intensity_range(image, notes)
+    if (low, high) == (0.0, 1.0):
+        return np.clip(image.astype(np.float32), 0, 1)
     # float64: (x - low) of float32 values near ±3.4e38 would overflow to inf
-    stretched = (image.astype(np.float64) - low) / (high - low) if high > low else np.zeros(image.shape)
-    return np.clip(stretched, 0, 1).astype(np.float32)
+    return np.clip((image.astype(np.float64) - low) / (high - low), 0, 1).astype(np.float32)
+
+
+def to_float_rgb(image: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
+    """H×W / H×W×1 / H×W×3 / H×W×4 of any common dtype -> float32 H×W×3 in [0, 1]
+    (see intensity_range; `notes` gets a sentence when a robust stretch was used)."""
+    image = np.asarray(image)
+    problem = layout_problem(image.shape)
+    if problem:
+        raise ValueError(problem)
+    if image.ndim == 3:
+        image = image[..., 0] if image.shape[-1] == 1 else image[..., :3]  # alpha only says where the specimen was cut out
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype != bool and (not np.issubdtype(image.dtype, np.number)
+                                or np.issubdtype(image.dtype, np.complexfloating)):
+        raise ValueError(f"image has unsupported data type {image.dtype}")
+    if image.dtype not in TYPE_RANGES and not np.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values; fill or crop them before explaining")
+    return to_unit_range(image, notes)
 
 
 def _stretch_range(image: np.ndarray, low: float, high: float, notes: list[str] | None) -> tuple[float, float]:

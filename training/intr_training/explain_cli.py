@@ -81,6 +81,7 @@ def _explain(args, files, boxes, margin, info, device) -> int:
     from tqdm import tqdm
 
     from napari_intr.batch import explain_folder
+    from napari_intr.explanation import layer_from_number
     from napari_intr.loading import load_model
 
     from .sharding import ShardedRun
@@ -92,11 +93,7 @@ def _explain(args, files, boxes, margin, info, device) -> int:
     if classes is not None and len(classes) == 1 and info.is_main:
         print("intr explain: warning: with a single candidate class every probability is 1; "
               "the maps still show where that class's query looks", file=sys.stderr)
-    num_layers = model.config.dec_layers
-    layer = num_layers if args.layer is None else args.layer
-    if not 1 <= layer <= num_layers:
-        raise ValueError(f"--layer {args.layer} is out of range: the model's decoder has "
-                         f"{num_layers} layers (1..{num_layers})")
+    layer = layer_from_number(-1 if args.layer is None else args.layer, model.config.dec_layers, "--layer")
     bars = []  # opened at the first report, so that argument errors print without a bar
 
     def progress(done: int, total: int, path: Path) -> None:
@@ -112,7 +109,7 @@ def _explain(args, files, boxes, margin, info, device) -> int:
 
     start_job = functools.partial(ShardedRun.start, restart=args.restart, info=info)
     try:
-        summary = explain_folder(model, files or [], args.out, classes, args.mode, args.top_k, layer - 1,
+        summary = explain_folder(model, files or [], args.out, classes, args.mode, args.top_k, layer,
                                  args.map_class, os.fspath(args.model), progress, boxes=boxes, margin=margin,
                                  tiff_format=args.tiff_format, start_job=start_job, shortlist=args.shortlist)
     finally:

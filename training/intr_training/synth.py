@@ -385,8 +385,15 @@ def _background(pose: Pose, size: int) -> np.ndarray:
 
 def render(species_name: str, pose: Pose, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Image (uint8 H×W×3) and attribute mask (bool H×W); a pure function of its inputs."""
+    image, mask, _ = render_with_coverage(species_name, pose, size)
+    return image, mask
+
+
+def render_with_coverage(species_name: str, pose: Pose, size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`render`'s image and attribute mask, plus the specimen's coverage (float H×W, 0..1: the
+    share of each pixel the specimen covers; 0 is background)."""
     colour, cover, mask = _rasterise(find_species(species_name), pose, size)
-    return _finish(colour, cover, pose, size), mask
+    return _finish(colour, cover, pose, size), mask, cover
 
 
 def _finish(colour: np.ndarray, cover: np.ndarray, pose: Pose, size: int) -> np.ndarray:

@@ -199,7 +199,7 @@ class CompareWidget(QWidget):
     def _show_layers(self, comparison: Comparison, source) -> None:
         among, layer = comparison.candidates, -1
         scale, translate = grid_placement(among, source.plane_scale, source.plane_translate)
-        number, image, selected = among._layer(layer) + 1, source.name, comparison.selected
+        number, image, selected = among.layer_number(layer), source.name, comparison.selected
         maps = comparison.candidate_maps(layer)                        # [heads, C', h, w]
         with_all, with_candidates = comparison.selected_maps_all(layer), comparison.selected_maps_candidates(layer)
         difference = comparison.difference(layer)

@@ -42,7 +42,7 @@ class LayerView:
 def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
                 options: DisplayOptions) -> list[LayerView]:
     """Mean first, then heads from the strongest to the weakest peak (Explanation.head_order)."""
-    image, layer_number = source.name, layer % explanation.num_layers + 1
+    image, layer_number = source.name, explanation.layer_number(layer)
     maps = explanation.head_maps(class_name, layer, options.normalization)
     mean = _scaled_mean(explanation, class_name, layer, options.normalization)
     order = explanation.head_order(class_name, layer)

@@ -15,6 +15,7 @@ from scipy.ndimage import binary_dilation, distance_transform_edt
 
 from napari_intr.manipulation import Recolour, Transplant
 from napari_intr.model import INTR
+from napari_intr.preprocess import TYPE_RANGES
 
 from .. import synth
 
@@ -66,11 +67,11 @@ def flip_counts(model: INTR, pairs: list[tuple[str, str]], poses: int, size: int
         for source, target in ((a, b), (b, a)):
             for index in range(poses):
                 pose = synth.sample_pose(np.random.default_rng([seed, 7919, index]), size)
-                image, mask = synth.render(source, pose, size)
+                image, mask, coverage = synth.render_with_coverage(source, pose, size)
                 other, _ = synth.render(target, pose, size)
                 region = binary_dilation(mask, iterations=DILATION)
-                colour = tuple(float(v) for v in other[mask].mean(axis=0) / 255)
-                specimen = synth._rasterise(synth._BY_NAME[source], pose, size)[1] > 0
+                colour = tuple(float(v) for v in other[mask].mean(axis=0) / TYPE_RANGES[other.dtype])
+                specimen = coverage > 0
                 disc = background_disc(specimen | region, int(region.sum()))
                 before, attribute, background = predicted(model, [
                     image, Transplant(other).apply(image, region), Recolour(colour).apply(image, disc)])

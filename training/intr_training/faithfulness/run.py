@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from napari_intr.explanation import layer_from_number, layer_number
 from napari_intr.model import INTR
 
 from .. import synth
@@ -64,9 +65,7 @@ def _small(saliency: np.ndarray) -> np.ndarray:
 
 def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Path, folder: Path,
                           settings: Settings) -> dict:
-    layer = settings.layer - 1 if settings.layer > 0 else settings.layer
-    if not -model.config.dec_layers <= layer < model.config.dec_layers:
-        raise ValueError(f"--layer {settings.layer} is out of range: the decoder has {model.config.dec_layers} layers")
+    layer = layer_from_number(settings.layer, model.config.dec_layers, "--layer")
     out = Path(settings.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     samples = spread(samples, settings.limit)
@@ -151,7 +150,7 @@ def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Pa
     if flip_summary is not None:
         rows += [report.Row("INTR model", "flip_rate_attribute", flip_summary["attribute"], flip_summary["edited"]),
                  report.Row("INTR model", "flip_rate_background", flip_summary["background"], flip_summary["edited"])]
-    layer_name = f"L{layer % model.config.dec_layers + 1}"
+    layer_name = f"L{layer_number(layer)}"
     header = (f"Faithfulness of the explanations of {settings.model_name} on {len(samples)} images of {folder} "
               f"(INTR maps from decoder layer {layer_name}; {settings.explain_class} class; "
               f"{settings.steps} insertion/deletion steps; RISE with {settings.rise_masks} masks). "

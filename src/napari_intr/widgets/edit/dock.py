@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_intr.manipulation import EditSession, check_region, compare_explanations, export
+from napari_intr.manipulation import EditSession, check_region, compare_explanations, export, pillow_can_write
 
 from ..layers import LayerCombo, is_labels
 from ..qt_helpers import FileField, TextLabel, scroll_column
@@ -47,7 +47,7 @@ def export_paths(session: EditSession, image_layer, folder: Path) -> tuple[Path,
     suffix = Path(path).suffix.lower() if path else ""
     if suffix not in SUFFIXES:
         image = session.original
-        suffix = ".png" if image.dtype == np.uint8 and (image.ndim == 2 or image.shape[-1] in (3, 4)) else ".tif"
+        suffix = ".png" if image.dtype == np.uint8 and pillow_can_write(image) else ".tif"
     return folder / (stem + suffix), folder / f"{stem} report"
 
 

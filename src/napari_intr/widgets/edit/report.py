@@ -6,7 +6,7 @@ from __future__ import annotations
 from qtpy.QtGui import QFont
 from qtpy.QtWidgets import QGroupBox, QTableWidget, QTableWidgetItem, QVBoxLayout
 
-from napari_intr.explanation import layer_name
+from napari_intr.explanation import layer_name, layer_number
 
 from ..layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
 from ..qt_helpers import TextLabel, read_only_table
@@ -68,7 +68,7 @@ class EditReport(QGroupBox):
                               f"{row['logit_change']:+.3f}") for row in effect.table()])
         _fill(self.heads, [(f"H{row['head']}", f"{row['mass_before']:.3f}", f"{row['mass_after']:.3f}",
                             f"{row['mass_change']:+.3f}") for row in effect.head_table()])
-        number = effect.layer + 1
+        number = layer_number(effect.layer)
         self.note.setText(f"Attention of '{effect.class_name}', decoder layer {number}. Layers "
                           f"'… · H<n> · after − before': green where the edit drew attention, pink "
                           "where it took it away.")

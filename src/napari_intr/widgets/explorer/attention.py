@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QListWidget, QPushButton, QSpinBox, QVBoxLayout
 
+from napari_intr.explanation import layer_from_number
+
 from ..layers import DisplayOptions, LiveLayerSet, layer_views
 from ..qt_helpers import TextLabel
 from ..state import ExplorerState, follow
@@ -77,7 +79,7 @@ class AttentionBox(QGroupBox):
         if explanation is None or source is None or self.class_name is None:
             return
         try:
-            layer = self.decoder_layer.value() - 1
+            layer = layer_from_number(self.decoder_layer.value(), explanation.num_layers)
             views = layer_views(explanation, source, self.class_name, layer, self.options())
             self.layers.show(views, source.name, self.options().colormap)
         except (ValueError, MemoryError) as error:
@@ -85,7 +87,7 @@ class AttentionBox(QGroupBox):
             return
         rank = explanation.rank_of(self.class_name)
         self.showing.setText(f"Showing '{self.class_name}' (rank {rank}), decoder layer "
-                             f"{layer + 1} of {explanation.num_layers}: mean of the heads plus "
+                             f"{explanation.layer_number(layer)} of {explanation.num_layers}: mean of the heads plus "
                              f"{explanation.num_heads} head layers, strongest first (hidden: tick an eye to show one)")
         self.ranking.clear()
         heads = explanation.head_maps(self.class_name, layer, "none").max(axis=(1, 2))

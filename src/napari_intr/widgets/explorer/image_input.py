@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_intr.preprocess import layout_problem
+
 from ..state import ImageSource
 
 
@@ -44,12 +46,10 @@ def explainable_plane(layer, viewer) -> tuple[np.ndarray, ImageSource]:
         raise InputError(f"'{layer.name}' has shape {tuple(data.shape)}; choose a 2-D image")
     else:
         plane = np.asarray(data)
-    if plane.ndim == 3 and plane.shape[-1] not in (3, 4):
-        raise InputError(f"'{layer.name}' gives a plane of shape {plane.shape}; choose a grey or RGB image")
-    height, width = plane.shape[:2]
-    if min(height, width) < 32:
-        raise InputError(f"'{layer.name}' is {height}×{width} px; INTR needs at least 32 px on each "
-                         "side: choose a larger image")
+    problem = layout_problem(plane.shape, f"'{layer.name}'")
+    if problem:
+        only_too_small = layout_problem(plane.shape, min_size=0) is None
+        raise InputError(f"{problem}: choose a {'larger' if only_too_small else 'grey or RGB'} image")
     scale = np.asarray(layer.scale[-2:], dtype=float) * level_factor
     translate = np.asarray(layer.translate[-2:], dtype=float)
     source = ImageSource(layer, name, tuple(scale), tuple(translate), tuple(notes))
