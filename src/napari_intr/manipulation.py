@@ -201,9 +201,14 @@ class Transplant(Edit):
 
 @dataclass(frozen=True, eq=False)
 class Step:
+    """One edit of a session; `before`/`after` are the explanations of the image before and after
+    it, when the caller explained them (the Edit dock does), with `explained_by` their model."""
     edit: Edit
     region: np.ndarray  # bool H×W, read-only
     image: np.ndarray   # the image after this edit, read-only
+    before: Explanation | None = None
+    after: Explanation | None = None
+    explained_by: object = None
 
     @property
     def description(self) -> str:
@@ -230,8 +235,17 @@ class EditSession:
         return [f"{number}. {step.description}" for number, step in enumerate(self._steps, start=1)]
 
     def apply(self, edit: Edit, mask: np.ndarray) -> Step:
+        return self.push(self.prepare(edit, mask))
+
+    def prepare(self, edit: Edit, mask: np.ndarray) -> Step:
+        """The next step, computed without changing the session (safe on a worker thread)."""
         region = check_region(mask, self.current.shape)
-        step = Step(edit, _frozen(region), _frozen(edit.apply(self.current, region)))
+        return Step(edit, _frozen(region), _frozen(edit.apply(self.current, region)))
+
+    def push(self, step: Step) -> Step:
+        """Append a prepared step (on the thread that owns the session: the GUI's in napari)."""
+        if step.image.shape != self.current.shape:
+            raise ValueError("this step was prepared for another image of the session; prepare it again")
         self._steps.append(step)
         return step
 

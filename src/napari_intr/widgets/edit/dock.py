@@ -54,10 +54,9 @@ def export_paths(session: EditSession, image_layer, folder: Path) -> tuple[Path,
 class EditWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer, self.state = napari_viewer, shared_state()
+        self.viewer, self.state = napari_viewer, shared_state(napari_viewer)
         self.session: EditSession | None = None
         self.image_layer = self.region_layer = self.edited_layer = None
-        self.records: list[tuple] = []      # (before, after, model), one per applied edit
         self.current_explanation = None     # of session.current, with the current model
         self.image = LayerCombo(napari_viewer)
         self.image.setToolTip("The image to edit; it is never changed (edits go to '<image> (edited)')")
@@ -134,7 +133,7 @@ class EditWidget(QWidget):
                             f"'{self.edited_layer.name}' is kept as it is")
         self.session = EditSession(data, layer.name)
         self.image_layer, self.edited_layer = layer, None
-        self.records, self.current_explanation = [], None
+        self.current_explanation = None
         if not reuse:  # a new painting layer, unless this image's one is still there
             scale, translate = tuple(layer.scale[-2:]), tuple(layer.translate[-2:])
             self.region_layer = self.viewer.add_labels(np.zeros(data.shape[:2], np.uint8),
@@ -168,19 +167,18 @@ class EditWidget(QWidget):
             messages.notify(f"Apply: {error}", "warning")
             return
         from napari_intr.explanation import Explainer
-        self._pending_model = self.state.model
         self.task.start(edit_job, Explainer(self.state.model, self.state.model_name), session, edit,
-                        region, self.current_explanation is None,
+                        region, self.current_explanation,
                         doing=f"Editing '{session.name}' ({edit.describe()})", on_result=self._applied)
 
-    def _applied(self, result) -> None:
-        step, before, after = result
-        before = before if before is not None else self.current_explanation
-        self.records.append((before, after, self._pending_model))
-        self.current_explanation = after if self.state.model is self._pending_model else None
-        if len(self.records) == 1:  # the first edit: compare the class the model picked before
+    def _applied(self, step) -> None:
+        if self.session is None:
+            return
+        self.session.push(step)
+        self.current_explanation = step.after if self.state.model is step.explained_by else None
+        if len(self.session.history) == 1:  # the first edit: compare the class the model picked before
             self.attention_class.blockSignals(True)
-            self.attention_class.setCurrentText(before.top_class())
+            self.attention_class.setCurrentText(step.before.top_class())
             self.attention_class.blockSignals(False)
         self._show_image()
         self._show_edits()
@@ -190,9 +188,9 @@ class EditWidget(QWidget):
         if self.session is None or not self.session.history:
             messages.notify("Undo: nothing to undo, no edits have been applied", "warning")
             return
+        undone = self.session.history[-1]
         self.session.undo()
-        before, _, model = self.records.pop()
-        self.current_explanation = before if model is self.state.model else None
+        self._explained_before(undone)
         self._show_image()
         self._show_edits()
         self.show_last_effect()
@@ -201,38 +199,41 @@ class EditWidget(QWidget):
         if self.session is None or not self.session.history:
             messages.notify("Reset: nothing to reset, no edits have been applied", "warning")
             return
+        first = self.session.history[0]
         self.session.reset()
-        before, _, model = self.records[0]
-        self.records.clear()
-        self.current_explanation = before if model is self.state.model else None
+        self._explained_before(first)
         self._show_image()
         self._show_edits()
         self.show_last_effect()
 
+    def _explained_before(self, step) -> None:
+        """The image is back to what `step` edited: reuse its explanation if the model is the same."""
+        self.current_explanation = step.before if step.explained_by is self.state.model else None
+
     # --- report --------------------------------------------------------------------------------
     def effect(self, index: int):
         """The effect of edit `index` (0-based) on the chosen class, or a ValueError."""
-        before, after, _ = self.records[index]
-        return compare_explanations(before, after, self.session.history[index].region,
-                                    self.attention_class.currentText())
+        step = self.session.history[index]
+        return compare_explanations(step.before, step.after, step.region, self.attention_class.currentText())
 
     def current_prediction(self):
         """The explanation of the image as it is now (after the last kept edit)."""
-        return self.records[-1][1] if self.records else self.current_explanation
+        history = self.session.history if self.session is not None else ()
+        return history[-1].after if history else self.current_explanation
 
     def show_last_effect(self, *_) -> None:
-        if not self.records:
+        if self.session is None or not self.session.history:
             prediction = self.current_explanation
             self.report.clear("No edits." + ("" if prediction is None else
                               f" Prediction: '{prediction.top_class()}' "
                               f"(p = {prediction.probabilities.max():.3f})"))
             return
         try:
-            effect = self.effect(len(self.records) - 1)
+            effect = self.effect(len(self.session.history) - 1)
         except ValueError as error:
             messages.notify(f"Showing the edit's effect failed: {error}", "warning")
             return
-        self.report.show_effect(effect, self.records[-1][1], self.image_layer, self.edited_layer.name)
+        self.report.show_effect(effect, self.session.history[-1].after, self.image_layer, self.edited_layer.name)
 
     def export(self) -> None:
         session = self.session
@@ -300,7 +301,3 @@ class EditWidget(QWidget):
         for button in (self.start_button, self.apply_button, self.undo_button, self.reset_button,
                        self.export_button):
             button.setEnabled(not busy)
-        session = self.session
-        if not busy and session is not None:
-            while len(session.history) > len(self.records):  # a failed or cancelled Apply
-                session.undo()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -185,17 +185,19 @@ def compare_job(explainer, encoded, selected: str, candidates: list[str], mode: 
 
 
 @reports_runtime_errors
-def edit_job(explainer, session: EditSession, edit, region: np.ndarray, explain_before: bool):
-    """Explain the image before the edit (unless already known), apply the edit, explain after."""
-    total, done, before = 2 + explain_before, 0, None
-    if explain_before:
+def edit_job(explainer, session: EditSession, edit, region: np.ndarray, before):
+    """Explain the image before the edit (unless `before` is known), prepare the edit's step,
+    explain after; yields the step carrying both explanations. The session is not changed: the
+    dock pushes the step on the GUI thread."""
+    total, done = 2 + (before is None), 0
+    if before is None:
         yield Progress(0, total, f"explaining '{session.name}' before the edit")
         before, done = explainer.explain(session.current, session.name), 1
     yield Progress(done, total, edit.describe())
-    step = session.apply(edit, region)
+    step = session.prepare(edit, region)
     yield Progress(done + 1, total, "explaining the edited image")
     after = explainer.explain(step.image, f"{session.name} (edited)")
-    yield Result((step, before, after))
+    yield Result(replace(step, before=before, after=after, explained_by=explainer.model))
 
 
 FEW_IMAGES = 10  # a class with fewer images than this is hard to learn: say so
