@@ -24,7 +24,7 @@ def pair_with_explorer(make_napari_viewer, qtbot, messages):
     import torch
     torch.set_num_threads(1)
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
                     timeout=MODEL_TIMEOUT_MS)

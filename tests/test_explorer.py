@@ -22,7 +22,7 @@ def explorer(make_napari_viewer, qtbot, messages):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-intr", "heliconia-alba")
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None  # each test starts from an Explorer that loads the sample
+    shared_state(viewer).model = None  # each test starts from an Explorer that loads the sample
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
                     timeout=TIMEOUT_MS)
@@ -241,7 +241,7 @@ def test_nan_image_reports_and_stays_usable(explorer, qtbot, messages):
 def test_non_image_layers_are_refused(make_napari_viewer, qtbot, messages):
     viewer = make_napari_viewer()
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: not widget.model_source.task.busy, timeout=TIMEOUT_MS)
     widget.explain()
@@ -294,12 +294,23 @@ def test_offline_zoo_download_names_url_and_path(explorer, qtbot, messages, tmp_
     assert box.load_button.isEnabled()
 
 
+def test_each_viewer_has_its_own_state(make_napari_viewer):
+    first, second = make_napari_viewer(), make_napari_viewer()
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_intr import load_model
+    from napari_intr.widgets.state import publish_model, shared_state
+    publish_model(first, load_model("sample"), "sample")
+    assert shared_state(first).model_name == "sample" and shared_state(second).model is None
+    assert shared_state(PublicOnlyProxy(first)) is shared_state(first)  # what napari hands docks
+
+
 def test_model_published_by_another_widget_is_used(explorer, qtbot):
     viewer, widget = explorer
     explain(qtbot, widget)
     from napari_intr import load_model
     from napari_intr.widgets.state import publish_model
-    publish_model(load_model("sample"), "fine-tuned")
+    publish_model(viewer, load_model("sample"), "fine-tuned")
     assert widget.state.explanation is None and "fine-tuned" in widget.model_source.loaded.full_text
     explain(qtbot, widget)
     assert widget.state.explanation.model_name == "fine-tuned"

@@ -81,7 +81,7 @@ def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune,
     # the Explorer takes the new model through the shared state and explains with it
     viewer.open_sample("napari-intr", "heliconia-alba")
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
                     timeout=TRAIN_TIMEOUT_MS)

@@ -20,7 +20,7 @@ def traits(make_napari_viewer, qtbot, messages, tmp_path):
     from intr_training import synth
 
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     synth.write_collection(tmp_path / "specimens", per_class=2, size=64, seed=3)
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Traits")
     widget.model_source.load()

@@ -51,7 +51,7 @@ NEEDS_TWO = "comparison needs two classes or more: tick at least two candidates"
 class CompareWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer, self.state = napari_viewer, shared_state()
+        self.viewer, self.state = napari_viewer, shared_state(napari_viewer)
         self.layers = KeyedLayers(napari_viewer)
         self.comparison: Comparison | None = None
         self._compared = None  # (source, explanation) the comparison belongs to

@@ -1,12 +1,14 @@
-"""The one evented object the plugin's widgets share.
+"""The evented state the docks of one viewer share: its model and its current explanation.
 
-Widgets read and write `shared_state()` on the GUI thread only (workers return plain values,
-the widget that started them publishes the result here). Other widgets, e.g. a fine-tuning
-widget's "Use in Explorer", publish a model with `publish_model`; every Explorer follows.
+Each viewer has its own (`shared_state(viewer)`), so two viewers never share a model or an
+explanation. Widgets read and write it on the GUI thread only (workers return plain values, the
+widget that started them publishes the result here). Other widgets, e.g. Fine-tune's "Use in
+Explorer", publish a model with `publish_model`; the viewer's Explorer follows.
 """
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,16 +52,21 @@ class ExplorerState:
         self.source = None
 
 
-_STATE = ExplorerState()
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def shared_state() -> ExplorerState:
-    return _STATE
+def shared_state(viewer) -> ExplorerState:
+    """The state of `viewer`'s docks (created empty on first use, gone with the viewer)."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands plugins a proxy of the viewer
+    state = _STATES.get(viewer)
+    if state is None:
+        state = _STATES[viewer] = ExplorerState()
+    return state
 
 
-def publish_model(model, name: str) -> None:
-    """For other widgets (fine-tuning's "Use in Explorer"): share `model` with every Explorer."""
-    _STATE.publish_model(model, name)
+def publish_model(viewer, model, name: str) -> None:
+    """For other widgets (Fine-tune's "Use in Explorer"): share `model` with `viewer`'s docks."""
+    shared_state(viewer).publish_model(model, name)
 
 
 def follow(signal, slot, owner) -> None:

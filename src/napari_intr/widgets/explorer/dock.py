@@ -19,8 +19,8 @@ class ExplorerWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = state = shared_state()
-        state.clear_explanation()  # a new Explorer starts without another viewer's result
+        self.state = state = shared_state(napari_viewer)
+        state.clear_explanation()  # a new Explorer starts afresh: its boxes show no earlier result
         self.model_source = ModelSourceBox(state)
         self.explain_box = ExplainBox(napari_viewer, state, request_model=self.model_source.ensure_loading)
         self.results = PredictionsBox()

@@ -52,7 +52,7 @@ class FineTuneWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = shared_state()
+        self.state = shared_state(napari_viewer)
         self.collection = CollectionBox()
         self.settings = SettingsBox(self.state)
         self.results = RunResultsBox(self.state)

@@ -23,7 +23,7 @@ class TraitsWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = state = shared_state()
+        self.state = state = shared_state(napari_viewer)
         self.model_source = ModelSourceBox(state)  # the Explorer's model: loading here loads it there
         self.run_box = AtlasRunBox(state)
         self.browser = AtlasBrowser(napari_viewer)
