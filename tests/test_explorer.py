@@ -187,7 +187,7 @@ def test_first_click_explain_waits_for_the_bundled_model(make_napari_viewer, qtb
     viewer = make_napari_viewer()
     viewer.open_sample("napari-intr", "heliconia-alba")
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     assert widget.model_source.task.busy and widget.state.model is None  # the load has only begun
     widget.explain_box.explain_button.click()

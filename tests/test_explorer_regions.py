@@ -29,7 +29,7 @@ def drawer(make_napari_viewer, qtbot, messages):
     viewer = make_napari_viewer()
     viewer.add_image(drawer_photo(), name="drawer", rgb=True, scale=(PIXEL, PIXEL), translate=(10, -4))
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
                     timeout=TIMEOUT_MS)

@@ -30,7 +30,7 @@ def test_explorer_and_compare_with_10000_classes(make_napari_viewer, qtbot, mess
     viewer.add_image(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), name="specimen", rgb=True)
     from napari_intr.widgets.model_source import CHECKPOINT_FILE
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     _, compare = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Compare")
     box = explorer.model_source
@@ -79,7 +79,7 @@ def test_explorer_and_compare_with_10000_classes(make_napari_viewer, qtbot, mess
 def test_a_small_model_decodes_every_class_by_default(make_napari_viewer, qtbot, messages):
     viewer = make_napari_viewer()
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
                     timeout=TIMEOUT_MS)
