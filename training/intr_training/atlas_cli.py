@@ -9,6 +9,8 @@ import sys
 
 from napari_intr.devices import DEVICES
 
+from .cli_values import COUNT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="sample", help="'sample' (default), a zoo name, or a checkpoint file")
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", metavar="A:B,...",
                         help="look-alike pairs, heads of A's query telling A from B (default: the most "
                              "confused pairs; each image is then compared with its 2 likeliest other classes)")
-    parser.add_argument("--per-head", type=int, default=None, metavar="N",
+    parser.add_argument("--per-head", type=COUNT, default=None, metavar="N",
                         help="top images (patches) per class and head (default 6)")
     parser.add_argument("--parts", metavar="FILE",
                         help="CUB-200-2011 parts/part_locs.txt (with images.txt two folders up) for consistency; "

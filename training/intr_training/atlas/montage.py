@@ -76,7 +76,7 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # fast: montages are rewritten on every run
     return buffer.getvalue()
 
 

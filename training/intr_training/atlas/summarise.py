@@ -3,8 +3,9 @@
 Each image is encoded once (backbone + encoder, `Explainer.encode`). One decode of all classes
 gives the prediction and the maps of its true class's query and of its predicted class's query.
 For look-alike pairs the same encoding is decoded again with just the two queries (A, B), once
-as it is and once per head of A's query with that head's attended region masked out of the keys
-(the padding mask): the drop in A's logit against B's is what that region contributed.
+as it is and once per head of A's query with the region that head attends on the image (around its
+peak, at most MASK_RADIUS cells each way) masked out of the keys (the padding mask), all in one
+decoder call: the drop in A's logit against B's is what that region contributed.
 """
 from __future__ import annotations
 
@@ -108,18 +109,18 @@ class ImageSummariser:
             "probability": float(probabilities[predicted]), "true_probability": float(probabilities[true_index]),
             "others": [[model.class_names[i], float(probabilities[i])] for i in others[:RUNNER_UPS]],
             "shape": list(footprint.image_shape),
-            "true": pack([self._head(maps[h, true_index], footprint, parts, features) for h in range(len(maps))]),
         }
+        own_looks = [look(maps[h, true_index], footprint) for h in range(len(maps))]
+        record["true"] = pack([self._head(found, footprint, parts, features) for found in own_looks])
         if predicted != true_index:
             record["predicted_heads"] = pack([head_record(look(maps[h, predicted], footprint), footprint, None)
                                               for h in range(len(maps))])
         partners = self._partners_of(true_index, others)
         if partners:
-            record["pairs"] = pack(self._pairs(encoded.encoded, true_index, partners, footprint, parts))
+            record["pairs"] = pack(self._pairs(encoded.encoded, true_index, partners, own_looks, footprint, parts))
         return record
 
-    def _head(self, weights, footprint, parts, features) -> dict:
-        found = look(weights, footprint)
+    def _head(self, found: HeadLook, footprint, parts, features) -> dict:
         entry = head_record(found, footprint, parts)
         if not parts.has_parts:
             vector = features[:, found.cell[0], found.cell[1]].float().cpu().numpy()
@@ -133,35 +134,36 @@ class ImageSummariser:
         allowed = set(self.candidates)
         return [i for i in others if i in allowed][:DEFAULT_PARTNERS]
 
-    def _pairs(self, encoded, a: int, partners: list[int], footprint: Footprint, parts: ImageParts) -> dict:
-        """Decode (A, B) for every partner B, then once per head of A with its region masked."""
+    def _pairs(self, encoded, a: int, partners: list[int], own_looks: list[HeadLook], footprint: Footprint,
+               parts: ImageParts) -> dict:
+        """Decode (A, B) for every partner B as it is, and once per head of A with the region that
+        head attends on this image (`own_looks`, from the decode of all classes) hidden from the
+        keys: one decoder call, one row per (partner, masked head)."""
         model, decoder = self.model, self.model.transformer.decoder
+        heads, count = len(own_looks), len(partners)
+        hidden = np.stack([masked_cells(encoded.grid, found.cell, min(found.radius, MASK_RADIUS))
+                           for found in own_looks])  # [heads, h·w]
         with torch.inference_mode():
             if encoded.cross_key_values is None:
                 encoded.cross_key_values = decoder.cross_key_values(encoded.memory)
-            queries = model.query_embed.weight[torch.tensor([[a, b] for b in partners], device=model.device)]
-            logits, weights = _decode_rows(model, encoded, queries, encoded.padding_mask.expand(len(partners), -1),
-                                           need_weights=True)
-            margins = (logits[:, 0] - logits[:, 1]).cpu().numpy()
-            maps = weights[self.layer].unflatten(-1, encoded.grid).float().cpu().numpy()  # [P, heads, 2, h, w]
-            heads = maps.shape[1]
-            a_looks = [[look(maps[p, h, 0], footprint) for h in range(heads)] for p in range(len(partners))]
-            b_looks = [[look(maps[p, h, 1], footprint) for h in range(heads)] for p in range(len(partners))]
-            hidden = np.stack([masked_cells(encoded.grid, found.cell, min(found.radius, MASK_RADIUS))
-                               for row in a_looks for found in row])  # [P·heads, h·w]
-            padding = encoded.padding_mask.expand(len(hidden), -1) | torch.from_numpy(hidden).to(model.device)
+            pairs = model.query_embed.weight[torch.tensor([[a, b] for b in partners], device=model.device)]
+            queries = torch.cat([pairs, pairs.repeat_interleave(heads, dim=0)])  # [P + P·heads, 2, D]
+            masks = torch.from_numpy(np.concatenate([np.zeros_like(hidden[:1]).repeat(count, 0),
+                                                     np.tile(hidden, (count, 1))])).to(model.device)
+            padding = encoded.padding_mask.expand(len(masks), -1) | masks
             everything_hidden = padding.all(dim=1).cpu().numpy()
             padding[torch.from_numpy(everything_hidden).to(model.device)] = False  # no keys left: no test
-            masked, _ = _decode_rows(model, encoded, queries.repeat_interleave(heads, dim=0), padding,
-                                     need_weights=False)
-            drops = margins.repeat(heads) - (masked[:, 0] - masked[:, 1]).cpu().numpy()
-        drops = [None if hidden_all else float(f"{d:.6g}") for d, hidden_all in zip(drops, everything_hidden)]
+            logits, weights = _decode_rows(model, encoded, queries, padding, need_weights=True)
+            margins = (logits[:, 0] - logits[:, 1]).cpu().numpy()
+            maps = weights[self.layer, :count].unflatten(-1, encoded.grid).float().cpu().numpy()  # [P, heads, 2, h, w]
+        drops = margins[:count].repeat(heads) - margins[count:]
+        drops = [None if hidden_all else float(f"{d:.6g}") for d, hidden_all in zip(drops, everything_hidden[count:])]
         result = {}
         for p, b in enumerate(partners):
             result[model.class_names[b]] = {
                 "margin": float(f"{margins[p]:.6g}"),
-                "a": [head_record(found, footprint, parts) for found in a_looks[p]],
-                "b": [head_record(found, footprint, None) for found in b_looks[p]],
+                "a": [head_record(look(maps[p, h, 0], footprint), footprint, parts) for h in range(heads)],
+                "b": [head_record(look(maps[p, h, 1], footprint), footprint, None) for h in range(heads)],
                 "drop": drops[p * heads:(p + 1) * heads],
             }
         return result
