@@ -52,7 +52,8 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     assert image.rgb and first_class in image.name and image.data.shape[0] > 4 * 96
     heads = widget.state.model.config.nheads
     assert browser.heads.rowCount() == heads and len(shapes.data) == 2 * heads  # 2 images per class
-    assert all(label.startswith("H") for label in shapes.features["label"])
+    keys = [cell["key"] for cell in browser._cells]
+    assert [label[-4:] for label in shapes.features["label"]] == [key[-8:-4] for key in keys]  # file numbers
 
     browser.class_choice.setCurrentIndex(3)  # another class: the same image layer, new data
     assert gallery(viewer)[0] is image and browser.class_choice.currentText() in image.name

@@ -36,7 +36,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:3px 6px;vertica
 tr:nth-child(even){background:#f0f0f0}.stats{font-size:.85em;white-space:nowrap}
 img.patch{width:96px;height:96px;border:1px solid #999;image-rendering:auto}
 .side{display:inline-block;margin-right:16px}.muted{color:#666;font-size:.85em}
-nav a{margin-right:10px}.gap{width:24px}
+nav a{margin-right:10px}.gap{width:24px}td.patches{white-space:nowrap}
 """
 
 
@@ -81,7 +81,7 @@ def _class_section(summary: ClassSummary, data_root: Path, layer: int, montage_d
                  f"consistency {consistency}<br>patches holding a part {_percent(head.top_covering_part)}<br>"
                  f"<span class=muted>{html.escape(head.consistency_method)}</span>")
         images = "".join(_img(patches[(e.key, tuple(e.box))], e, label) for e in head.top)
-        rows.append(f"<tr><th>{label}</th><td class=stats>{stats}</td><td>{images or '<span class=muted>no images</span>'}</td></tr>")
+        rows.append(f"<tr><th>{label}</th><td class=stats>{stats}</td><td class=patches>{images or '<span class=muted>no images</span>'}</td></tr>")
         row_cells = []
         for col, exemplar in enumerate(head.top):
             cell = MontageCell(head.head, col, exemplar.key, head.head, tuple(exemplar.box), exemplar.peak, "")
@@ -113,8 +113,8 @@ def _pair_section(pair: PairSummary, data_root: Path, layer: int, montage_dir: P
                  f"patches holding a part (A) {_percent(head.top_a_covering_part)}")
         side_a = "".join(_img(patches[(e.key, tuple(e.box))], e, f"{pair.a} query on {pair.a}") for e in head.top_a)
         side_b = "".join(_img(patches[(e.key, tuple(e.box))], e, f"{pair.a} query on {pair.b}") for e in head.top_b)
-        rows.append(f"<tr><th>{label}</th><td class=stats>{stats}</td><td>{side_a}</td><td class=gap></td>"
-                    f"<td>{side_b}</td></tr>")
+        rows.append(f"<tr><th>{label}</th><td class=stats>{stats}</td><td class=patches>{side_a}</td>"
+                    f"<td class=gap></td><td class=patches>{side_b}</td></tr>")
         row_cells = []
         for side, exemplars, offset in (("a", head.top_a, 0), ("b", head.top_b, columns)):
             for col, exemplar in enumerate(exemplars):

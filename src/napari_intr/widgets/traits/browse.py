@@ -45,6 +45,11 @@ def read_atlas(folder: str | Path) -> dict:
         raise ValueError(f"cannot read the atlas in {folder}: {error}") from error
 
 
+def _short(stem: str, width: int = 12) -> str:
+    """A file stem that fits over a patch: its end, where numbered files differ."""
+    return stem if len(stem) <= width else "…" + stem[-(width - 1):]
+
+
 def _number(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -139,7 +144,7 @@ class AtlasBrowser(QGroupBox):
         self._cells, self._query = layout["cells"], query
         boxes = [np.array([[c["y"], c["x"]], [c["y"] + c["size"], c["x"] + c["size"]]], dtype=float)
                  for c in self._cells]
-        labels = [f"H{c['head'] + 1} · {Path(c['key']).stem}" for c in self._cells]
+        labels = [_short(Path(c["key"]).stem) for c in self._cells]  # rows name the heads already
         image, shapes = self._gallery_layers()
         if image is None:
             image = self.viewer.add_image(montage, name=name, rgb=True, metadata={GALLERY_TAG: True})
