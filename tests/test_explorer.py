@@ -99,6 +99,11 @@ def test_class_and_layer_switches_update_layers_in_place(explorer, qtbot):
     assert all(second in layer.name for layer in layers)
     assert all(layer.name != name for layer, (name, _) in zip(layers, before))
     assert any(not np.array_equal(layer.data, data) for layer, (_, data) in zip(layers, before))
+    shown = [layer for layer in layers if layer.visible]
+    assert shown and all(np.array_equal(layer._data_view, layer.data) for layer in shown)  # re-sliced
+    for layer in layers:  # a hidden head shows its current map once ticked
+        layer.visible = True
+        assert np.array_equal(layer._data_view, layer.data)
     assert "No: rank 2" in widget.results.answer.full_text
     before = [(layer.name, np.array(layer.data)) for layer in layers]
     widget.attention.decoder_layer.setValue(1)
@@ -197,6 +202,8 @@ def test_first_click_explain_waits_for_the_bundled_model(make_napari_viewer, qtb
     assert widget.state.source.name == viewer.layers[0].name and attention_layers(viewer)
     assert not any("No model loaded" in text for _, text in messages)
     assert "Waiting" not in widget.explain_box.notes.full_text
+    import gc
+    assert gc.get_freeze_count() > 100_000  # napari, torch and the model: out of full collections
 
 
 def test_explain_without_a_model_starts_the_load_and_says_when_it_fails(explorer, qtbot, messages, tmp_path):

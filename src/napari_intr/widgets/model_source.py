@@ -2,6 +2,7 @@
 box, which loads the chosen model once, in a worker, and publishes it in the shared state."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from qtpy.QtWidgets import (
@@ -123,6 +124,10 @@ class ModelSourceBox(QGroupBox):
 
     def _publish(self, model, name: str) -> None:
         self.state.publish_model(model, name)
+        # napari, torch and the model are now ~550 000 long-lived objects: a full garbage
+        # collection walks them all (0.3-1.2 s here), stalling napari whenever one happens to
+        # fall during an Explain. Frozen, they are left out of collections (1 ms).
+        gc.freeze()
         messages.notify(f"Model '{name}' loaded: {len(model.class_names)} classes on {model.device}")
         hint = self._missing_names_hint()
         if hint and not self.class_names.path:
