@@ -96,6 +96,7 @@ class StallCauses:
 
     def __enter__(self):
         import threading
+
         from qtpy.QtCore import QTimer
         self.path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         self.gaps, self.last = [], self.sample()
@@ -107,7 +108,8 @@ class StallCauses:
 
     def sample(self):
         try:
-            running, waiting, _ = open(self.path).read().split()
+            with open(self.path) as stream:
+                running, waiting, _ = stream.read().split()
         except (OSError, ValueError):
             return None
         return time.perf_counter(), int(running) / 1e6, int(waiting) / 1e6
@@ -140,7 +142,7 @@ def layer_update_ms(widget, app, repeats: int = 20) -> dict:
     rng = np.random.default_rng(0)
     timings = {"in_place": [], "replaced": []}
     for _ in range(repeats):
-        for way in timings:
+        for way, times in timings.items():
             maps = [rng.random(layer.data.shape, dtype=np.float32) for layer in layers]
             started = time.perf_counter()
             for layer, data in zip(layers, maps):
@@ -149,7 +151,7 @@ def layer_update_ms(widget, app, repeats: int = 20) -> dict:
                     layer.refresh()
                 else:
                     layer.data = data
-            timings[way].append((time.perf_counter() - started) * 1000)
+            times.append((time.perf_counter() - started) * 1000)
             app.processEvents()
     return {"layers": len(layers), "layers_in_place_ms": statistics.median(timings["in_place"]),
             "layers_replaced_ms": statistics.median(timings["replaced"])}

@@ -4,7 +4,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
 from ..layers import ATTENTION_TAG
 from ..qt_helpers import TextLabel
@@ -13,7 +21,6 @@ from ..workers import messages
 from ..workers.jobs import explain_job
 from ..workers.task_bar import TaskBar
 from .image_input import InputError, explainable_plane
-
 
 SHORTLIST_ABOVE = 1000  # classes; larger models get a shortlist by default
 DEFAULT_SHORTLIST = 64
