@@ -131,3 +131,25 @@ def test_zoo_models_without_names_say_where_to_get_them(drawer, messages):
     assert any(level == "warning" and "classes are shown as numbers" in text for level, text in messages)
     box.picker.source.setCurrentIndex(box.picker.source.findData("intr-cub"))
     assert "ship with this model" in box.class_names.edit.placeholderText()
+
+
+def test_saved_maps_carry_the_layers_physical_scale(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(drawer_photo()[:200, :200], name="calibrated", rgb=True, scale=(0.02, 0.02), units=("mm", "mm"))
+    from napari_intr.widgets.state import shared_state
+    shared_state().model = None
+    _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
+    qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
+                    timeout=TIMEOUT_MS)
+    widget.explain_box.image.setCurrentText("calibrated")
+    widget.explain()
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
+    widget.save_box.folder.path = str(tmp_path)
+    widget.save_box.save()
+    qtbot.waitUntil(lambda: not widget.save_box.task.busy, timeout=TIMEOUT_MS)
+    import tifffile
+    with tifffile.TiffFile(tmp_path / "calibrated_attention.tif") as tiff:
+        assert tiff.imagej_metadata["unit"] == "mm"
+        x_resolution = tiff.pages[0].tags["XResolution"].value
+    cell = widget.state.explanation.cell_size()[1]
+    assert x_resolution[1] / x_resolution[0] == pytest.approx(0.02 * cell, rel=1e-4)  # mm per map pixel

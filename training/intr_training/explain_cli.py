@@ -80,11 +80,18 @@ def run(args: argparse.Namespace) -> int:
 def _explain(args, files, boxes, margin, info, device) -> int:
     from tqdm import tqdm
 
+    from napari_intr import zoo
     from napari_intr.batch import explain_folder
     from napari_intr.explanation import layer_from_number
     from napari_intr.loading import load_model
 
+    from . import distributed
     from .sharding import ShardedRun
+    if info.active and args.model in zoo.ZOO:
+        # one download for all processes (they share the cache), the others wait for it
+        if info.is_main:
+            zoo.fetch(args.model)
+        distributed.barrier()
     model = load_model(args.model, class_names=args.class_names, device=device)
     classes = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else None
     if args.classes is not None and not classes:

@@ -59,7 +59,7 @@ class SaveBox(QGroupBox):
                 return
         photo = self.regions_box.photo[0] if regions else None
         image_file = _file_of(source.layer)
-        pixel_size = _pixel_size(image_file)
+        pixel_size = _layer_pixel_size(source.layer) or _pixel_size(image_file)
         layer = self.attention_box.decoder_layer.value() - 1 if state.explanation is not None else -1
         class_name = self.attention_box.class_name or (state.explanation.top_class() if state.explanation else None)
         stem = re.sub(r"[^\w.-]+", "_", source.name).strip("_.") or "explanation"
@@ -88,6 +88,19 @@ class SaveBox(QGroupBox):
 def _file_of(layer) -> str | None:
     path = getattr(getattr(layer, "source", None), "path", None)
     return str(path) if path else None
+
+
+def _layer_pixel_size(layer):
+    """The layer's own physical scale, when napari knows its units (e.g. from a calibrated reader)."""
+    from napari_intr.io import PixelSize
+    units = getattr(layer, "units", None)
+    if not units or len(units) < 2:
+        return None
+    names = [f"{unit:~}" if hasattr(unit, "dimensionality") else str(unit) for unit in units[-2:]]
+    if names[0] != names[1] or names[0] in ("px", "pixel", ""):
+        return None
+    scale_y, scale_x = (float(s) for s in layer.scale[-2:])
+    return PixelSize(scale_y, scale_x, names[0])
 
 
 def _pixel_size(image_file: str | None):
