@@ -194,7 +194,7 @@ def regions_of(regions_layer, image_layer, viewer) -> list:
         corners = [_to_image_data(regions_layer, image_layer, np.asarray(shape)[:, -2:])
                    for shape in regions_layer.data]
         return regions_from_rectangles(corners)
-    labels = regions_layer.data
+    labels = regions_layer.data[0] if regions_layer.multiscale else regions_layer.data
     if labels.ndim > 2:  # a stack of label planes: the one at the viewer's current slice
         step = viewer.dims.current_step[: labels.ndim - 2]
         labels = labels[tuple(round(v) for v in step)]
