@@ -137,7 +137,7 @@ def test_saved_maps_carry_the_layers_physical_scale(make_napari_viewer, qtbot, t
     viewer = make_napari_viewer()
     viewer.add_image(drawer_photo()[:200, :200], name="calibrated", rgb=True, scale=(0.02, 0.02), units=("mm", "mm"))
     from napari_intr.widgets.state import shared_state
-    shared_state().model = None
+    shared_state(viewer).model = None
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
                     timeout=TIMEOUT_MS)
