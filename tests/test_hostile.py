@@ -43,3 +43,25 @@ def test_hostile_input(case, tmp_path, capsys):
     assert not [name for name in case.absent if (tmp_path / name).exists()]
     if case.code == 2 and argv[0] == "explain":  # "skipped X: " always comes with its reason
         assert not re.search(r"skipped [^\n]*: *$", text, re.MULTILINE)
+
+
+def test_corpus_covers_every_class_of_input():
+    kinds = {case.id.split("-")[0].split("--")[0] for case in CASES}
+    assert len(CASES) >= 60
+    assert {"image", "checkpoint", "class", "synth", "train", "folder"} <= kinds
+
+
+def test_out_of_memory_hint_for_cpu_allocation_failures():
+    from intr_training.training_run import out_of_memory_message
+    for error in (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 123 bytes"), MemoryError(),
+                  RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")):
+        assert "lower --batch-size" in out_of_memory_message(error, None)
+    assert out_of_memory_message(RuntimeError("shape mismatch"), None) is None
+
+
+def test_demo_image_that_is_empty_is_named_before_napari_starts(tmp_path, capsys):
+    empty = tmp_path / "specimen.png"
+    empty.write_bytes(b"")
+    code, text = run_cli(["demo", "--image", str(empty), "--no-show"], capsys)
+    assert code == 2 and "specimen.png is an empty file" in text and "imageio" not in text

@@ -212,3 +212,32 @@ def test_every_skip_has_a_reason():
     assert reason(MemoryError()).startswith("out of memory")
     assert reason(OSError()) == "OSError"
     assert reason(ValueError("bad")) == "bad"
+
+
+def test_huge_uncompressed_tiff_is_read_strip_by_strip(tmp_path, monkeypatch):
+    """Past the decode budget, an uncompressed TIFF is memory-mapped and block-averaged band by
+    band (Explainer's shrink) instead of refused; a compressed one is refused with the way out."""
+    import tifffile
+    import torch
+
+    from napari_intr import io
+    from napari_intr.batch import explain_folder
+    from napari_intr.model import IntrConfig, build_model
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    tifffile.imwrite(folder / "plain.tif", pixels)
+    tifffile.imwrite(folder / "zipped.tif", pixels, compression="zlib")
+    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 100_000)  # as if these were 50 000 px scans
+    mapped = io.read_image(folder / "plain.tif", allow_mapped=True)
+    assert isinstance(mapped, np.memmap) and mapped.shape == (600, 800, 3)
+    with pytest.raises(ValueError, match="decode budget"):
+        io.read_image(folder / "plain.tif")  # callers that need the pixels in memory are refused
+    torch.manual_seed(0)
+    model = build_model(IntrConfig.tiny(3), ["a", "b", "c"]).eval()
+    summary = explain_folder(model, [folder], tmp_path / "out", top_k=2)
+    assert summary["done"] == 1
+    [(skipped, why)] = summary["skipped"]
+    assert skipped.endswith("zipped.tif") and "uncompressed TIFF, which is read strip by strip" in why
+    assert any("block-averaged" in note for _, note in summary["notes"])

@@ -224,7 +224,7 @@ class _ImageReader:
     def read(self, path: Path):
         if path != self.path:
             self.path = self.image = None  # a failed read is not kept
-            self.image, self.pixel_size = read_image(path), read_pixel_size(path)
+            self.image, self.pixel_size = read_image(path, allow_mapped=True), read_pixel_size(path)
             self.path = path
         return self.image
 

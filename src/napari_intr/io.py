@@ -42,14 +42,25 @@ class ImageHeader:
         return self.height * self.width * self.channels * self.bytes_per_sample
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file -> H×W or H×W×C numpy array (channels last), ValueError if it can't be read."""
+def read_image(path: str | os.PathLike, allow_mapped: bool = False) -> np.ndarray:
+    """An image file -> H×W or H×W×C numpy array (channels last), ValueError if it can't be read.
+
+    allow_mapped: an uncompressed TIFF too large to decode in memory comes back memory-mapped
+    (read from disk strip by strip as it is indexed), for callers that only ever read it in
+    bands, as Explainer does when it block-averages a huge image."""
     path = Path(path)
     if not path.is_file():
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder, not an image file")
         raise FileNotFoundError(f"no image file at {path}")
-    check_decodable(path, read_header(path))
+    header = read_header(path)  # damaged files and stacks are refused whatever the size
+    try:
+        check_decodable(path, header)
+    except ValueError:  # too large to decode in memory
+        mapped = _mapped_tiff(path) if allow_mapped and path.suffix.lower() in TIFF_SUFFIXES else None
+        if mapped is None:
+            raise
+        return mapped
     try:
         image = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_with_pillow(path)
     except FileNotFoundError:
@@ -94,7 +105,8 @@ def check_decodable(path: Path, header: ImageHeader) -> None:
     if needed > limit:
         raise ValueError(f"{size} ({header.channels} × {8 * header.bytes_per_sample}-bit); decoding it needs "
                          f"about {_gib(needed)}, more than {what}, {_gib(limit)}. Downscale or crop it "
-                         "(the model sees it at most a few hundred px wide anyway), or free memory")
+                         "(the model sees it at most a few hundred px wide anyway), free memory, or (for "
+                         "intr explain) save it as an uncompressed TIFF, which is read strip by strip")
 
 
 def available_memory() -> int | None:
@@ -174,6 +186,23 @@ def _read_tiff(path: Path) -> np.ndarray:
         _tiff_plan(series.axes, series.shape, path.name)
         image = series.asarray()
         axes = series.axes
+    return _channels_last(image, axes)
+
+
+def _mapped_tiff(path: Path) -> np.ndarray | None:
+    """The pixels of an uncompressed, contiguous TIFF as a read-only memory map; None otherwise."""
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            axes = tiff.series[0].axes
+        image = tifffile.memmap(path, mode="r")
+    except (ValueError, OSError):  # compressed, tiled or scattered strips: not mappable
+        return None
+    return _channels_last(image, axes)
+
+
+def _channels_last(image: np.ndarray, axes: str) -> np.ndarray:
+    """Drop length-1 axes and put a channel axis last (views only: a memory map stays one)."""
     keep = [i for i, (axis, length) in enumerate(zip(axes, image.shape)) if length > 1 or axis in "YX"]
     image = image.reshape([image.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
