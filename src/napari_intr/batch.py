@@ -139,10 +139,7 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     items = plan_items(files, boxes, tiff_format)
     if not items:
         raise ValueError("the boxes file names none of the images given; check its image column")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"the output {out_dir} is a file; give a folder for the results")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _output_folder(out_dir)
     by_key = {item.key: item for item in items}
 
     def is_done(key: str, record: dict) -> bool:
@@ -153,14 +150,31 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     else:
         job = start_job(out_dir, TASK, list(by_key), settings.fingerprint(model, model_name, boxes is not None),
                         is_done=is_done, group=lambda key: str(by_key[key].path))
-    explainer, cancelled = Explainer(model, model_name), False
-    reader = _ImageReader()
-    last = items[0].path
+    cancelled, last = _explain_share(job, by_key, Explainer(model, model_name), settings, out_dir, progress,
+                                     should_stop)
+    report = (lambda done, total: progress(done, total, last)) if progress is not None else None
+    summary = _summary(job.finish(report), by_key, settings, out_dir, boxes is not None)
+    summary.update(total=len(items), cancelled=cancelled, resumed=len(job.done),
+                   seconds=time.perf_counter() - start)
+    return summary
+
+
+def _output_folder(out_dir) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output {out_dir} is a file; give a folder for the results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _explain_share(job, by_key: dict, explainer, settings: Settings, out_dir: Path, progress,
+                   should_stop) -> tuple[bool, Path]:
+    """Explain this process's share of the items, recording each; returns (cancelled, last path)."""
+    reader, last = _ImageReader(), next(iter(by_key.values())).path
     try:
         for key in job.share:
             if should_stop is not None and should_stop():
-                cancelled = True
-                break
+                return True, last
             item = by_key[key]
             job.record(key, explain_item(explainer, item, reader, settings, out_dir))
             last = item.path
@@ -168,24 +182,27 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
                 progress(*job.progress(), last)
     finally:
         job.close()
-    report = (lambda done, total: progress(done, total, last)) if progress is not None else None
-    merged = job.finish(report)
-    summary = {"total": len(items), "cancelled": cancelled, "resumed": len(job.done), "predictions": None,
-               "attention_files": [], "done": 0, "skipped": [], "notes": []}
-    if merged is not None:
-        summary["predictions"] = write_csv(out_dir / PREDICTIONS_FILE, csv_columns(settings.top_k, boxes is not None),
-                                           [record["row"] for _, record in merged])
-        for key, record in merged:
-            row = record["row"]
-            if row.get("error"):
-                summary["skipped"].append((by_key[key].describe(), row["error"]))
-            else:
-                summary["done"] += 1
-                summary["attention_files"].append(out_dir / row["attention_file"])
-                summary["notes"].extend((by_key[key].describe(), note) for note in record.get("notes", [])
-                                        if not note.startswith("shortlist:"))  # said once, by the CLI
-                summary["undecoded"] = max(summary.get("undecoded", 0), record.get("undecoded", 0))
-    summary["seconds"] = time.perf_counter() - start
+    return False, last
+
+
+def _summary(merged, by_key: dict, settings: Settings, out_dir: Path, regions: bool) -> dict:
+    """predictions.csv from the merged records (first process only: others get merged None) and
+    the counts, skipped items and notes of the summary."""
+    summary = {"predictions": None, "attention_files": [], "done": 0, "skipped": [], "notes": []}
+    if merged is None:
+        return summary
+    summary["predictions"] = write_csv(out_dir / PREDICTIONS_FILE, csv_columns(settings.top_k, regions),
+                                       [record["row"] for _, record in merged])
+    for key, record in merged:
+        row = record["row"]
+        if row.get("error"):
+            summary["skipped"].append((by_key[key].describe(), row["error"]))
+            continue
+        summary["done"] += 1
+        summary["attention_files"].append(out_dir / row["attention_file"])
+        summary["notes"].extend((by_key[key].describe(), note) for note in record.get("notes", [])
+                                if not note.startswith("shortlist:"))  # said once, by the CLI
+        summary["undecoded"] = max(summary.get("undecoded", 0), record.get("undecoded", 0))
     return summary
 
 

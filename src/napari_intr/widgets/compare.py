@@ -56,6 +56,21 @@ class CompareWidget(QWidget):
         self.comparison: Comparison | None = None
         self._compared = None  # (source, explanation) the comparison belongs to
         self.status = TextLabel("")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.status)
+        layout.addWidget(self._choice_box())
+        layout.addWidget(self._results_box())
+        layout.addStretch(1)
+        self.setMinimumWidth(380)
+        follow(self.state.events.model, self._new_model, self)
+        follow(self.state.events.explanation, self._new_explanation, self)
+        napari_viewer.dims.events.current_step.connect(self._show_slider_class)
+        self._new_model(self.state.model)
+        self._new_explanation(self.state.explanation)
+        self._show_mode()
+
+    def _choice_box(self) -> QGroupBox:
+        """Candidate classes: the list, the presets, the selected class, the mode, Compare."""
         self.selected = QComboBox()
         self.selected.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.selected.setMinimumContentsLength(12)
@@ -83,11 +98,6 @@ class CompareWidget(QWidget):
         self.compare_button.clicked.connect(self.compare)
         self.task = TaskBar()
         self.task.busy_changed.connect(self._update_enabled)
-        self.table = read_only_table(("Candidate", "p among them", "p of all"))
-        self.table.setMinimumHeight(90)
-        self.summary = TextLabel("")
-        self.slider_note = TextLabel("")
-
         presets = QHBoxLayout()
         presets.addWidget(QLabel("Presets, k ="))
         presets.addWidget(self.k)
@@ -96,31 +106,28 @@ class CompareWidget(QWidget):
         form = QFormLayout()
         form.addRow("Selected class", self.selected)
         form.addRow("Mode", self.mode)
-        choose = QGroupBox("Candidate classes")
-        column = QVBoxLayout(choose)
+        box = QGroupBox("Candidate classes")
+        column = QVBoxLayout(box)
         column.addWidget(self.candidates)
         column.addLayout(presets)
         column.addLayout(form)
         column.addWidget(self.mode_note)
         column.addWidget(self.compare_button)
         column.addWidget(self.task)
-        results = QGroupBox("Among the candidates")
-        column = QVBoxLayout(results)
+        return box
+
+    def _results_box(self) -> QGroupBox:
+        """Among the candidates: their probabilities, a summary, which class the slider shows."""
+        self.table = read_only_table(("Candidate", "p among them", "p of all"))
+        self.table.setMinimumHeight(90)
+        self.summary = TextLabel("")
+        self.slider_note = TextLabel("")
+        box = QGroupBox("Among the candidates")
+        column = QVBoxLayout(box)
         column.addWidget(self.table)
         column.addWidget(self.summary)
         column.addWidget(self.slider_note)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.status)
-        layout.addWidget(choose)
-        layout.addWidget(results)
-        layout.addStretch(1)
-        self.setMinimumWidth(380)
-        follow(self.state.events.model, self._new_model, self)
-        follow(self.state.events.explanation, self._new_explanation, self)
-        napari_viewer.dims.events.current_step.connect(self._show_slider_class)
-        self._new_model(self.state.model)
-        self._new_explanation(self.state.explanation)
-        self._show_mode()
+        return box
 
     # --- presets and choices -------------------------------------------------------------------
     def tick_top_k(self) -> None:

@@ -110,20 +110,8 @@ class PartSource:
         if not images_txt.is_file():
             raise FileNotFoundError(f"--parts {parts_file}: {images_txt} is missing; the CUB layout keeps "
                                     "images.txt two folders above parts/part_locs.txt")
-        paths = {}
-        for number, line in enumerate(images_txt.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                fields = line.split(maxsplit=1)
-                if len(fields) != 2:
-                    raise ValueError(f"{images_txt} line {number}: expected '<image id> <path>', got {line!r}")
-                paths[fields[0]] = _key_tail(fields[1].strip())
-        names_file = parts_file.parent / "parts.txt"
-        names = {}
-        if names_file.is_file():
-            for line in names_file.read_text(encoding="utf-8").splitlines():
-                fields = line.split(maxsplit=1)
-                if len(fields) == 2:
-                    names[fields[0]] = fields[1].strip()
+        paths = _cub_image_paths(images_txt)
+        names = _cub_part_names(parts_file.parent / "parts.txt")
         for number, line in enumerate(parts_file.read_text(encoding="utf-8").splitlines(), start=1):
             fields = line.split()
             if not fields:
@@ -137,13 +125,7 @@ class PartSource:
                 raise ValueError(f"{parts_file} line {number}: image id {image_id} is not in {images_txt}")
             if visible.strip() in ("1", "1.0"):
                 self._points.setdefault(paths[image_id], {})[names.get(part_id, f"part {part_id}")] = (y, x)
-        boxes = root / "bounding_boxes.txt"
-        if boxes.is_file():
-            for line in boxes.read_text(encoding="utf-8").splitlines():
-                fields = line.split()
-                if len(fields) == 5 and fields[0] in paths:
-                    x, y, width, height = (float(v) for v in fields[1:])
-                    self._boxes[paths[fields[0]]] = (y, x, height, width)
+        self._boxes.update(_cub_boxes(root / "bounding_boxes.txt", paths))
 
     def for_image(self, image: Path) -> ImageParts:
         parts = ImageParts()
@@ -163,3 +145,38 @@ def _key_tail(path: str) -> str:
     """The class folder and file name: how CUB's images.txt and our image keys meet."""
     pieces = Path(path).parts
     return "/".join(pieces[-2:])
+
+
+def _cub_image_paths(images_txt: Path) -> dict[str, str]:
+    """CUB's images.txt: image id -> the path's key tail."""
+    paths = {}
+    for number, line in enumerate(images_txt.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            fields = line.split(maxsplit=1)
+            if len(fields) != 2:
+                raise ValueError(f"{images_txt} line {number}: expected '<image id> <path>', got {line!r}")
+            paths[fields[0]] = _key_tail(fields[1].strip())
+    return paths
+
+
+def _cub_part_names(names_file: Path) -> dict[str, str]:
+    """CUB's parts/parts.txt (optional): part id -> name."""
+    names = {}
+    if names_file.is_file():
+        for line in names_file.read_text(encoding="utf-8").splitlines():
+            fields = line.split(maxsplit=1)
+            if len(fields) == 2:
+                names[fields[0]] = fields[1].strip()
+    return names
+
+
+def _cub_boxes(boxes_file: Path, paths: dict[str, str]) -> dict[str, tuple[float, float, float, float]]:
+    """CUB's bounding_boxes.txt (optional): key tail -> (y, x, height, width)."""
+    boxes = {}
+    if boxes_file.is_file():
+        for line in boxes_file.read_text(encoding="utf-8").splitlines():
+            fields = line.split()
+            if len(fields) == 5 and fields[0] in paths:
+                x, y, width, height = (float(v) for v in fields[1:])
+                boxes[paths[fields[0]]] = (y, x, height, width)
+    return boxes
