@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from napari_intr.explanation import Explainer
 from napari_intr.devices import resolve_device
+from napari_intr.explanation import Explainer
 from napari_intr.model import IntrConfig, build_model
 
 CASES = [  # (label, config, image height, image width)

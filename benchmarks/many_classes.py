@@ -78,10 +78,10 @@ def _explain_case(case: str, args) -> dict:
 
 def _train_case(case: str, args) -> dict:
     import torch
+
     from intr_training.data import Batch
     from intr_training.engine import options_for, train_step
     from intr_training.sampling import QuerySampler
-
     from napari_intr.devices import resolve_device
     from napari_intr.model import IntrConfig, build_model
 
@@ -230,7 +230,7 @@ def main() -> None:
         return
     argv = quick_arguments(sys.argv[1:]) if args.quick else sys.argv[1:]
     result = measure_all(argv)
-    for section, measurement, value, ratio, notes in rows(result):
+    for _section, measurement, value, ratio, notes in rows(result):
         print(f"{measurement}: {value} | {ratio} | {notes}")
     print("load average (1/5/15 min): " + "; ".join(result["loads"]))
 

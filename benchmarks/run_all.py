@@ -172,6 +172,7 @@ def explain_and_alternatives(label, config, height, width, args, device, quick) 
     """(a) and (b) for one model: rows and notes."""
     import torch
     from captum.attr import LayerGradCam
+
     from explain_vs_switch import median_seconds, prepare
 
     repeats = (1 if quick else args.repeats) if label != "tiny" else (3 if quick else max(args.repeats, 10))
@@ -244,7 +245,6 @@ def explain_and_alternatives(label, config, height, width, args, device, quick) 
     rows.append(row("(b) all C classes", f"{label}: RISE, {RISE_MASKS} masks, all {C} classes", ms(total),
                     f"RISE/INTR {total / full:.0f}x",
                     f"7x7 masks p=0.5, batches of {batch}, plain forward, saliency at input size; {how}"))
-    del model, functions, context
     return rows, []
 
 
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import torch
+
     from napari_intr.devices import resolve_device
     from napari_intr.model import IntrConfig
     device = resolve_device(args.device)

@@ -104,8 +104,9 @@ class Tutorial:
 
     def edit(self) -> None:
         """3. Paint an attribute: alba's white forewing spot transplanted onto rubra."""
-        from intr_training import synth
         from scipy.ndimage import binary_dilation
+
+        from intr_training import synth
         self.explorer()
         edit = self.dock("INTR Edit")
         edit.image.choose(RUBRA_LAYER)

@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """These models are small: with two CPUs shared with other work, OpenMP's thread hand-offs
@@ -108,10 +109,8 @@ def random_state(shapes: dict[str, tuple], seed=0) -> dict[str, torch.Tensor]:
         leaf = key.rsplit(".", 1)[-1]
         is_batch_norm = key.startswith("backbone.") and len(shape) == 1
         if is_batch_norm:  # frozen BN buffers: weight, bias, running_mean, running_var
-            value = {"weight": lambda: uniform(shape, 0.5, 1.0),
-                     "bias": lambda: uniform(shape, -0.1, 0.1),
-                     "running_mean": lambda: uniform(shape, -0.2, 0.2),
-                     "running_var": lambda: uniform(shape, 0.5, 1.5)}[leaf]()
+            value = uniform(shape, *{"weight": (0.5, 1.0), "bias": (-0.1, 0.1), "running_mean": (-0.2, 0.2),
+                                     "running_var": (0.5, 1.5)}[leaf])
         elif ".norm" in key and leaf == "weight":
             value = uniform(shape, 0.8, 1.2)
         elif len(shape) == 1:

@@ -101,3 +101,16 @@ def test_command_line_parsing_stays_out_of_the_core():
                 "import argparse" in text or "def add_arguments" in text):
             offenders.add(name)
     assert not offenders
+
+
+def test_ruff_is_clean():
+    """`ruff check .` with the rules in pyproject.toml (pyflakes, isort, bugbear, complexity)."""
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec("ruff") is None:
+        import pytest
+        pytest.skip("ruff is not installed (it comes with the testing extra)")
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from intr_training import synth
 from intr_training.atlas import AtlasOptions, build_atlas
 from intr_training.cli import main
-from PIL import Image
-
 from napari_intr import load_model
 
 ALBA, RUBRA = synth.SHOWCASE_PAIR[1], synth.SHOWCASE_PAIR[0]

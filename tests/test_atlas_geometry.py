@@ -1,11 +1,11 @@
 """Trait atlas core without a model: patches on the original image, consistency with parts, heaps."""
 import numpy as np
 import pytest
+
 from intr_training.atlas.geometry import Footprint, crop, look, mass_radius
 from intr_training.atlas.parts import ATTRIBUTE, ImageParts, PartSource
 from intr_training.atlas.statistics import HeadStats, Moments, TopN, effect_size
 from intr_training.atlas.summarise import head_record
-
 from napari_intr.preprocess import resized_shape
 
 STRIDE = 8

@@ -3,8 +3,6 @@ import json
 import os
 import pickle
 import stat
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +10,12 @@ import torch
 from safetensors.torch import save_file
 
 import napari_intr
+from _intr_reference import one_torch_thread, seeded_model  # noqa: F401 (an autouse fixture)
 from napari_intr import checkpoints, loading
 from napari_intr.checkpoints import CheckpointError, read_metadata, save_model
 from napari_intr.class_names import clean_class_name, read_class_list, read_class_names
 from napari_intr.loading import load_model
 from napari_intr.model import IntrConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _intr_reference import one_torch_thread, seeded_model  # noqa: E402,F401 (an autouse fixture)
 
 NAMES = ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani", "Crested Auklet"]
 

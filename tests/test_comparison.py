@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from intr_training import synth
 from napari_intr.comparison import compare, most_confused_with, symmetric_limits, top_k_candidates
 from napari_intr.explanation import Explainer
 from napari_intr.model import IntrConfig, build_model
-from intr_training import synth
 
 NAMES = ["Heliconius erato", "Heliconius melpomene", "Morpho peleides", "Danaus plexippus",
          "Papilio machaon", "Limenitis archippus"]

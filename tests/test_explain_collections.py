@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from intr_training import cli
 from PIL import Image
 
+from intr_training import cli
 from napari_intr.batch import PREDICTIONS_FILE, explain_folder
 from napari_intr.checkpoints import save_model
 from napari_intr.explanation import Explainer

@@ -74,3 +74,13 @@ def test_bad_options_are_one_line_errors(synthetic, tmp_path, capsys, extra, mes
                      "--device", "cpu", "--limit", "1", *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_missing_captum_says_what_to_install(synthetic, tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "captum", None)  # as if captum were not installed
+    code = cli.main(["eval", "--model", "sample", "--data", str(synthetic), "--explanations",
+                     "--out", str(tmp_path / "o"), "--workers", "0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "napari-intr[faithfulness]" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before any work

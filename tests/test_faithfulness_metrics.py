@@ -9,8 +9,7 @@ from torch import nn
 
 from intr_training.faithfulness import metrics, sanity
 from intr_training.faithfulness.flips import background_disc
-from intr_training.faithfulness.methods import (INTR_HEAD_MEAN, INTR_TOP_HEAD, ClassScore, grad_cam,
-                                                intr_maps, rise)
+from intr_training.faithfulness.methods import INTR_HEAD_MEAN, INTR_TOP_HEAD, ClassScore, grad_cam, intr_maps, rise
 from napari_intr.model import IntrConfig, build_model
 
 SIZE = 32

@@ -3,6 +3,7 @@ code, a message naming the input, no traceback, and no partial or overwritten fi
 import re
 
 import pytest
+
 from hostile_corpus import CASES
 from intr_training import cli
 

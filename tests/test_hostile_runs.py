@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from hostile_corpus import FAST, bomb_png, training_folder
 from intr_training import cli
 from intr_training.run_lock import RunLock
@@ -192,7 +193,6 @@ def test_a_batch_is_never_padded_beyond_the_size_limit():
     """Portrait, landscape and extreme images through the training transform and collate."""
     from intr_training.data import collate
     from intr_training.transforms import train_transform
-
     from napari_intr.model import IntrConfig
     config = IntrConfig.tiny(2, short_side=64, max_side=112)
     transform = train_transform(config, stride=16)

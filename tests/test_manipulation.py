@@ -8,19 +8,28 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
+from scipy.ndimage import binary_dilation
 from skimage.draw import disk
 from skimage.filters import gaussian
 from skimage.measure import label, regionprops
-from scipy.ndimage import binary_dilation
 from skimage.morphology import disk as disk_footprint
 from skimage.restoration import inpaint_biharmonic
 
+from intr_training import synth
 from napari_intr.explanation import Explainer
 from napari_intr.loading import sample_model_path
-from napari_intr.manipulation import (Blur, EditSession, Erase, Recolour, Transplant, compare_explanations,
-                                      export, region_on_grid, sample_colour)
+from napari_intr.manipulation import (
+    Blur,
+    EditSession,
+    Erase,
+    Recolour,
+    Transplant,
+    compare_explanations,
+    export,
+    region_on_grid,
+    sample_colour,
+)
 from napari_intr.model import IntrConfig, build_model
-from intr_training import synth
 
 NAMES = ["Heliconius erato", "Heliconius melpomene", "Morpho peleides", "Danaus plexippus"]
 SHAPE = (72, 90)

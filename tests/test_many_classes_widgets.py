@@ -12,9 +12,10 @@ CLASSES = 10_000
 def big_checkpoint(tmp_path_factory):
     """A 10 000-class tiny model on disk, and a class-names file of 10 000 lines for it."""
     folder = tmp_path_factory.mktemp("big")
+    import torch
+
     from napari_intr.checkpoints import save_model  # torch here is fine: no viewer in this fixture's scope
     from napari_intr.model import IntrConfig, build_model
-    import torch
     torch.manual_seed(0)
     model = build_model(IntrConfig.tiny(CLASSES, shortlist_head=True))
     path = save_model(model, folder / "big.safetensors")

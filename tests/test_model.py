@@ -1,20 +1,16 @@
 """The INTR model: shapes, attention maps, masks, image sizes, encode/decode and class selection."""
 import copy
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _intr_reference import one_torch_thread, seeded_model  # noqa: F401 (an autouse fixture)
 from napari_intr.model import INTR, EncodedImages, IntrConfig, build_model
 from napari_intr.model.attention import MultiheadAttention
 from napari_intr.preprocess import pad_batch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _intr_reference import one_torch_thread, seeded_model  # noqa: E402,F401 (an autouse fixture)
 
 NAMES = ["Heliconius melpomene", "Heliconius erato", "Danaus plexippus", "Limenitis archippus",
          "Papilio glaucus", "Battus philenor"]

@@ -1,21 +1,22 @@
 """Released INTR checkpoints (.pth) and DETR's COCO weights, built here in their exact layout."""
 import os
 import pickle
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from _intr_reference import (
+    official_args,
+    official_checkpoint,
+    official_shapes,
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
+    random_state,
+    reference_forward,
+)
 from napari_intr.checkpoints import CheckpointError, load_state
 from napari_intr.loading import load_model
 from napari_intr.model import IntrConfig, build_model
 from napari_intr.official import detr_initial_state, load_official
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _intr_reference import one_torch_thread  # noqa: E402,F401 (an autouse fixture)
-from _intr_reference import (official_args, official_checkpoint, official_shapes,  # noqa: E402
-                             random_state, reference_forward)
 
 C = 5
 SMALL = dict(backbone="resnet18", hidden_dim=32, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64)

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_intr.preprocess import (IMAGENET_MEAN, IMAGENET_STD, MIN_IMAGE_SIZE, pad_batch, resized_shape,
-                                    to_float_rgb, to_model_input)
+from napari_intr.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIN_IMAGE_SIZE,
+    pad_batch,
+    resized_shape,
+    to_float_rgb,
+    to_model_input,
+)
 
 SHORT, LONG = 128, 224
 

@@ -86,9 +86,8 @@ def test_explain_regions_places_each_and_reports_what_fails(tmp_path):
     import torch
 
     from napari_intr.explanation import Explainer
-    from napari_intr.export import read_attention_tiff, save_regions
+    from napari_intr.export import read_attention_tiff, region_columns, region_rows, save_regions
     from napari_intr.model import IntrConfig, build_model
-    from napari_intr.export import region_columns, region_rows
     from napari_intr.regions import explain_regions
     torch.manual_seed(0)
     explainer = Explainer(build_model(IntrConfig.tiny(3), ["a", "b", "c"]).eval())

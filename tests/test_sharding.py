@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+
 from intr_training import distributed, sharding
 from intr_training.sharding import ShardedRun, shard, state_dir
 

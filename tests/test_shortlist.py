@@ -1,23 +1,18 @@
 """Shortlist decoding (a first pass over every class, the full decoder on the top K) and
 sampled-query training (K decoded classes per step with the logQ correction)."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_intr.checkpoints import load_checkpoint, save_model
-from napari_intr.explanation import Explainer
-from napari_intr.model import IntrConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from _intr_reference import one_torch_thread, seeded_model  # noqa: F401 (an autouse fixture)
 from intr_training.data import Batch
 from intr_training.engine import StepOptions, evaluate, train_step
 from intr_training.sampling import QuerySampler, sampled_cross_entropy
+from napari_intr.checkpoints import load_checkpoint, save_model
+from napari_intr.explanation import Explainer
+from napari_intr.model import IntrConfig
 
 C = 40
 

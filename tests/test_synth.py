@@ -1,15 +1,12 @@
 """Behaviour of the synthetic mimicry-ring specimen generator."""
 import json
-import sys
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pytest
 from skimage.morphology import dilation, disk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from intr_training import synth  # noqa: E402
+from intr_training import synth
 
 SIZE = 96
 

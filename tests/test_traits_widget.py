@@ -18,7 +18,6 @@ def traits(make_napari_viewer, qtbot, messages, tmp_path):
     import torch
     torch.set_num_threads(1)
     from intr_training import synth
-
     from napari_intr.widgets.state import shared_state
     shared_state(viewer).model = None
     synth.write_collection(tmp_path / "specimens", per_class=2, size=64, seed=3)

@@ -3,7 +3,6 @@ import dataclasses
 import functools
 import hashlib
 import http.server
-import sys
 import threading
 from pathlib import Path
 
@@ -12,16 +11,19 @@ import pytest
 import requests
 import torch
 
+import napari_intr
+from _intr_reference import (
+    official_args,
+    official_checkpoint,
+    official_shapes,
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
+    random_state,
+)
 from napari_intr import zoo
 from napari_intr.checkpoints import CheckpointError
-import napari_intr
 from napari_intr.devices import resolve_device
 from napari_intr.loading import MissingClassNames, load_model
 from napari_intr.zoo import ZooError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _intr_reference import one_torch_thread  # noqa: E402,F401 (an autouse fixture)
-from _intr_reference import official_args, official_checkpoint, official_shapes, random_state  # noqa: E402
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_intr import io
-from napari_intr.io import IMAGE_SUFFIXES
 from napari_intr.class_names import clean_class_name
+from napari_intr.io import IMAGE_SUFFIXES
 from napari_intr.preprocess import MIN_IMAGE_SIZE, pad_batch, to_float_rgb
 
 Sample = tuple[Path, int]  # (image path, class index)

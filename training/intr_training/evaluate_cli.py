@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.explanations:
         faithfulness_options.check_arguments(args)
+        from .faithfulness.methods import require_captum
+        require_captum()
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,

@@ -30,8 +30,8 @@ from .data import ImageFolderDataset, collate, scan_collection
 from .engine import evaluate, options_for, train_one_epoch
 from .initialization import freeze, initial_model
 from .progress import Progress, make_progress
-from .run_lock import RunLock
 from .recipes import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, WEIGHT_DECAY
+from .run_lock import RunLock
 from .sampling import QuerySampler
 from .transforms import eval_transform, train_transform
 
@@ -252,16 +252,7 @@ class TrainingRun:
             if self.query_sampler is not None:  # random negatives: seeded per epoch and rank (resumable)
                 self.query_sampler.generator.manual_seed((args.seed + epoch) * 1009 + self.dist.rank)
             lr = self.optimizer.param_groups[0]["lr"]
-            remaining_epochs = args.epochs - epoch
-
-            def on_step(step, steps, loss, accuracy):
-                if STOP_REQUESTED.is_set():
-                    raise KeyboardInterrupt
-                per_step = (time.monotonic() - started) / step
-                per_epoch = np.mean(epoch_seconds) if epoch_seconds else per_step * steps
-                self.progress.step(epoch, step, steps, loss, accuracy, lr,
-                                   per_step * (steps - step) + per_epoch * remaining_epochs)
-
+            on_step = self._step_reporter(epoch, started, lr, epoch_seconds)
             result = train_one_epoch(self.wrapped, self.train_loader, self.optimizer, self.options, epoch=epoch,
                                      accumulate=args.accumulate, max_norm=CLIP_MAX_NORM, frozen=self.frozen,
                                      sampler=self.query_sampler, on_step=on_step)
@@ -283,6 +274,21 @@ class TrainingRun:
         distributed.barrier()
         self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / state.MODEL_FILE),
                            per_class_accuracy=self.best_per_class)
+
+    def _step_reporter(self, epoch: int, started: float, lr: float, epoch_seconds: list[float]):
+        """on_step for train_one_epoch: stops at once on SIGTERM, else reports progress and the
+        time left (this epoch's pace; later epochs at the mean epoch time so far)."""
+        remaining_epochs = self.args.epochs - epoch
+
+        def on_step(step, steps, loss, accuracy):
+            if STOP_REQUESTED.is_set():
+                raise KeyboardInterrupt
+            per_step = (time.monotonic() - started) / step
+            per_epoch = np.mean(epoch_seconds) if epoch_seconds else per_step * steps
+            self.progress.step(epoch, step, steps, loss, accuracy, lr,
+                               per_step * (steps - step) + per_epoch * remaining_epochs)
+
+        return on_step
 
     def end_epoch(self, epoch, result, evaluation, lr, seconds) -> None:
         val_acc = evaluation.accuracy if evaluation is not None else None

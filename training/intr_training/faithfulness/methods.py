@@ -86,8 +86,21 @@ def intr_maps(model: INTR, inputs: Tensor, class_index: int, layer: int = -1,
     return {INTR_TOP_HEAD: top_map, INTR_HEAD_MEAN: mean_map}
 
 
+CAPTUM_MISSING = ("the faithfulness evaluation compares INTR's attention with Grad-CAM, which needs captum: "
+                  "pip install 'napari-intr[faithfulness]' (or pip install captum)")
+
+
+def require_captum() -> None:
+    """ImportError with what to install, before any long work starts, when captum is missing."""
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        raise ImportError(CAPTUM_MISSING) from None
+
+
 def grad_cam(model: INTR, inputs: Tensor, class_index: int) -> np.ndarray:
     """captum's LayerGradCam on the backbone's last feature map, the class's logit as target."""
+    require_captum()
     from captum.attr import LayerAttribution, LayerGradCam
 
     inputs = as_images(inputs, model)
