@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 import torch
-from intr_training import synth
-from intr_training.atlas import AtlasOptions, build_atlas
 from PIL import Image
 
+from intr_training import synth
+from intr_training.atlas import AtlasOptions, build_atlas
 from napari_intr.batch import explain_folder
 from napari_intr.io import find_images
 from napari_intr.loading import load_model

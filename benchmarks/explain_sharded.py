@@ -50,7 +50,6 @@ def main() -> int:
     parser.add_argument("--model", default="sample")
     args = parser.parse_args()
     from intr_training.synth import SPECIES, write_collection
-
     from napari_intr.io import find_images
     cores = os.cpu_count() or 1
     per_class = max(1, -(-args.images // len(SPECIES)))
