@@ -60,6 +60,7 @@ def main() -> int:
         explain = ["-m", "intr_training", "explain", str(root / "images"), "--model", args.model, "--device", "cpu"]
         load_before = os.getloadavg()
         one = run([sys.executable, *explain, "--out", str(root / "one")], threads=max(1, cores))
+        single_thread = run([sys.executable, *explain, "--out", str(root / "one-thread")], threads=1)
         several = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.processes),
                        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *explain,
                        "--out", str(root / "several")], threads=max(1, cores // args.processes))
@@ -70,10 +71,12 @@ def main() -> int:
           f"load averages {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print("| run | seconds | images/s |\n| --- | ---: | ---: |")
     print(f"| 1 process, {cores} threads | {one:.1f} | {count / one:.2f} |")
+    print(f"| 1 process, 1 thread | {single_thread:.1f} | {count / single_thread:.2f} |")
     print(f"| torchrun {args.processes} processes, {max(1, cores // args.processes)} thread(s) each | "
           f"{several:.1f} | {count / several:.2f} |")
     print(f"| re-run, all done (resume) | {again:.1f} | – |")
-    print(f"speed-up {one / several:.2f}×; the same top-1 class for every image: {same}")
+    print(f"speed-up {one / several:.2f}× over 1 process with {cores} threads, {single_thread / several:.2f}× over "
+          f"1 process with 1 thread; the same top-1 class for every image: {same}")
     print("(wall times include starting Python, importing torch and loading the model in each process)")
     return 0
 
