@@ -51,12 +51,28 @@ def test_shortlist_decodes_the_first_pass_top_k_in_drop_mode(model, images):
         scores = model.first_pass(encoded)
         for row in range(len(images)):
             one = encoded.select([row])
-            output = model.decode(one, shortlist=7)
+            output = model.decode(one, shortlist=7, shortlist_context=False)
             top = sorted(scores[row].topk(7).indices.tolist())
             assert output.classes == top
             drop = model.decode(one, top, mode="drop")
             assert torch.equal(output.logits, drop.logits)
             assert torch.equal(output.attention, drop.attention)
+
+
+def test_shortlist_with_context_gives_the_full_decode_of_a_two_layer_decoder(model, images):
+    """Layer 2 attends to every class's layer-1 output: with 2 layers, the shortlisted classes get
+    exactly their full-decode logits and maps, whatever else was left out."""
+    assert model.config.dec_layers == 2
+    encoded = encode(model, images)
+    with torch.no_grad():
+        full = model.decode(encoded)
+        for row in range(len(images)):
+            listed = model.decode(encoded.select([row]), shortlist=5)
+            torch.testing.assert_close(listed.logits[0], full.logits[row, listed.classes], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(listed.attention[:, 0], full.attention[:, row][:, :, listed.classes],
+                                       rtol=1e-5, atol=1e-6)
+        plain = model.decode(encoded.select([0]), shortlist=5, shortlist_context=False)
+    assert not torch.allclose(plain.logits[0], full.logits[0, plain.classes], atol=1e-4)  # drop mode differs
 
 
 def test_a_batch_with_different_shortlists_marks_what_was_not_decoded(model, images):

@@ -116,7 +116,8 @@ class INTR(nn.Module):
         return EncodedImages(memory, padding_mask, grid, (height, width))
 
     def decode(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None,
-               mode: str = "drop", return_attention: bool = True, shortlist: int | None = None) -> IntrOutput:
+               mode: str = "drop", return_attention: bool = True, shortlist: int | None = None,
+               shortlist_context: bool = True) -> IntrOutput:
         """Decoder and presence vector for the candidate classes only, in the order given.
 
         mode "drop": only the candidates' queries enter the decoder (they attend among
@@ -127,15 +128,21 @@ class INTR(nn.Module):
         K >= the number of candidates this is the plain drop-mode decode. Images of a batch
         whose shortlists differ are decoded apart; the output's columns are then the union of
         the shortlists, with logit -inf (and zero maps) where an image's decoder did not run.
+        shortlist_context: in layer 2 the decoded classes' query self-attention also attends to
+        every other candidate's layer-1 output (which the first pass computes anyway): layer 2
+        then sees exactly what it sees in the full decode. Layers 3 and up attend among the
+        shortlist only, as drop mode. A 2-layer decoder thus gives the full decode's logits and
+        maps for the shortlisted classes. False: plain drop mode on the shortlist.
         """
         if mode not in DECODE_MODES:
             raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
         indices = self.class_indices(classes)
         if shortlist is not None:
-            return self._decode_shortlist(encoded, indices, mode, return_attention, shortlist)
+            return self._decode_shortlist(encoded, indices, mode, return_attention, shortlist, shortlist_context)
         return self._decode(encoded, indices, mode, return_attention)
 
-    def _decode(self, encoded: EncodedImages, indices: list[int], mode: str, return_attention: bool) -> IntrOutput:
+    def _decode(self, encoded: EncodedImages, indices: list[int], mode: str, return_attention: bool,
+                context: tuple[Tensor, Tensor] | None = None) -> IntrOutput:
         index_tensor = torch.as_tensor(indices, device=self.device)
         queries = self.query_embed.weight
         if mode == "drop":
@@ -148,7 +155,7 @@ class INTR(nn.Module):
         key_values = self._cached_key_values(encoded)
         z_out, weights = self.transformer.decoder(
             queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, encoded.padding_mask,
-            return_attention, key_values)
+            return_attention, key_values, context)
         logits = self.presence_vector(z_out).squeeze(-1)  # Eq. 6: w^T z_out per class
         if mode == "zero":
             logits = logits[:, index_tensor]
@@ -163,28 +170,45 @@ class INTR(nn.Module):
             encoded.cross_key_values = self.transformer.decoder.cross_key_values(encoded.memory)
         return encoded.cross_key_values
 
-    def first_pass(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None) -> Tensor:
-        """The shortlist's cheap score of each class: [B, C'] for the classes given (default all)."""
+    def first_pass(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None,
+                   states: list | None = None) -> Tensor:
+        """The shortlist's cheap score of each class: [B, C'] for the classes given (default all).
+        states: a list that receives every class's layer-1 output [B, C', D]."""
         index = torch.as_tensor(self.class_indices(classes), device=self.device)
         key_values = self._cached_key_values(encoded)
         return first_pass_scores(self.transformer.decoder, self.presence_vector, self.shortlist_head,
                                  self.query_embed.weight[index], encoded.memory, encoded.padding_mask,
-                                 None if key_values is None else key_values[0])
+                                 None if key_values is None else key_values[0], states=states)
 
     def _decode_shortlist(self, encoded: EncodedImages, indices: list[int], mode: str, return_attention: bool,
-                          shortlist: int) -> IntrOutput:
+                          shortlist: int, with_context: bool = True) -> IntrOutput:
         if isinstance(shortlist, bool) or not isinstance(shortlist, (int, np.integer)) or shortlist < 1:
             raise ValueError(f"shortlist must be a whole number of classes, at least 1, got {shortlist!r}")
         if mode != "drop":
             raise ValueError("a shortlist is decoded in drop mode (the other classes' queries are left out); "
                              f"mode {mode!r} would run every class's query")
-        scores = self.first_pass(encoded, indices)
+        states = [] if with_context else None
+        scores = self.first_pass(encoded, indices, states)
         top = scores.topk(min(int(shortlist), len(indices)), dim=-1).indices.sort(dim=-1).values.tolist()
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, positions in enumerate(top):
             groups.setdefault(tuple(positions), []).append(row)
+
+        def context(positions: tuple[int, ...], rows: list[int]) -> tuple[Tensor, Tensor] | None:
+            """The layer-1 outputs and queries of the candidates left out of this decode."""
+            if not with_context or len(positions) == len(indices):
+                return None
+            left_out = torch.ones(len(indices), dtype=torch.bool)
+            left_out[list(positions)] = False
+            where = left_out.nonzero().squeeze(1).to(self.device)
+            rows_t = torch.as_tensor(rows, device=self.device)
+            queries = self.query_embed.weight[torch.as_tensor(indices, device=self.device)[where]]
+            return states[0][rows_t][:, where], queries.unsqueeze(0).expand(len(rows), -1, -1)
+
         if len(groups) == 1:
-            output = self._decode(encoded, [indices[p] for p in top[0]], mode, return_attention)
+            positions, rows = next(iter(groups.items()))
+            output = self._decode(encoded, [indices[p] for p in positions], mode, return_attention,
+                                  context(positions, rows))
             output.candidates = len(indices)
             return output
         union = sorted({p for positions in groups for p in positions})
@@ -193,7 +217,8 @@ class INTR(nn.Module):
         logits = encoded.memory.new_full((batch, len(union)), float("-inf"))
         attention = None
         for positions, rows in groups.items():
-            part = self._decode(encoded.select(rows), [indices[p] for p in positions], mode, return_attention)
+            part = self._decode(encoded.select(rows), [indices[p] for p in positions], mode, return_attention,
+                                context(positions, rows))
             rows_t = torch.as_tensor(rows, device=logits.device)
             columns = torch.as_tensor([column[p] for p in positions], device=logits.device)
             logits[rows_t[:, None], columns] = part.logits

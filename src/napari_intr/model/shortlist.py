@@ -11,7 +11,8 @@ class (no C² self-attention, no later layers). The score read from it is
 - for models without one (e.g. the released INTR checkpoints): the presence vector applied to
   layer 1's output through the decoder's final norm, an "early exit" of the decoder.
 
-The full decoder then runs on the top-K classes only (drop mode), see `INTR.decode(shortlist=K)`.
+The full decoder then runs on the top-K classes only (drop mode), see `INTR.decode(shortlist=K)`;
+its layer 2 also attends to the other classes' layer-1 outputs computed here, as in the full decode.
 """
 from __future__ import annotations
 
@@ -37,10 +38,13 @@ class ShortlistHead(nn.Module):
 
 def first_pass_scores(decoder: TransformerDecoder, presence_vector: nn.Linear, head: ShortlistHead | None,
                       queries: Tensor, memory: Tensor, padding_mask: Tensor,
-                      key_value: tuple[Tensor, Tensor] | None = None, chunk: int = CHUNK) -> Tensor:
+                      key_value: tuple[Tensor, Tensor] | None = None, chunk: int = CHUNK,
+                      states: list | None = None) -> Tensor:
     """queries [Q, D] (the classes to score), memory [B, hw, D] -> scores [B, Q].
 
-    key_value: layer 1's cached cross-attention keys and values of `memory`, if at hand."""
+    key_value: layer 1's cached cross-attention keys and values of `memory`, if at hand.
+    states: a list to receive layer 1's outputs [B, Q, D] (the decoder's own states of every
+    class after layer 1, which shortlist decoding attends to as context)."""
     layer = decoder.layers[0]
     batch = memory.shape[0]
     # Layer 1's self-attention output is the same for every class (see the module doc): compute
@@ -51,8 +55,13 @@ def first_pass_scores(decoder: TransformerDecoder, presence_vector: nn.Linear, h
     for offset in range(0, len(queries), chunk):
         query_pos = queries[offset: offset + chunk].unsqueeze(0).expand(batch, -1, -1)
         read_out, _ = layer.look(start.expand_as(query_pos), memory, padding_mask, query_pos, False, key_value)
+        output = layer.feed_forward(read_out) if head is None or states is not None else None
+        if states is not None:
+            states.append(output)
         if head is not None:
             scores.append(head(read_out))
         else:
-            scores.append(presence_vector(decoder.norm(layer.feed_forward(read_out))).squeeze(-1))
+            scores.append(presence_vector(decoder.norm(output)).squeeze(-1))
+    if states is not None and len(states) > 1:
+        states[:] = [torch.cat(states, dim=1)]
     return scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)

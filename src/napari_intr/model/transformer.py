@@ -44,10 +44,15 @@ class TransformerDecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def exchange(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
-        """Class queries exchange context among themselves (query self-attention)."""
+    def exchange(self, tgt: Tensor, query_pos: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Class queries exchange context among themselves (query self-attention). context:
+        (states, queries) of classes that are not decoded but still attended to as keys/values."""
         q = k = tgt + query_pos
-        return self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt)[0]))
+        v = tgt
+        if context is not None:
+            k = torch.cat((k, context[0] + context[1]), dim=1)
+            v = torch.cat((v, context[0]), dim=1)
+        return self.norm1(tgt + self.dropout(self.self_attn(q, k, v)[0]))
 
     def look(self, tgt: Tensor, memory: Tensor, padding_mask: Tensor, query_pos: Tensor, need_weights: bool,
              key_value: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
@@ -60,9 +65,9 @@ class TransformerDecoderLayer(nn.Module):
         return self.norm3(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt))))))
 
     def forward(self, tgt: Tensor, memory: Tensor, padding_mask: Tensor, query_pos: Tensor,
-                need_weights: bool, key_value: tuple[Tensor, Tensor] | None = None
-                ) -> tuple[Tensor, Tensor | None]:
-        tgt, weights = self.look(self.exchange(tgt, query_pos), memory, padding_mask, query_pos,
+                need_weights: bool, key_value: tuple[Tensor, Tensor] | None = None,
+                context: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        tgt, weights = self.look(self.exchange(tgt, query_pos, context), memory, padding_mask, query_pos,
                                  need_weights, key_value)
         return self.feed_forward(tgt), weights
 
@@ -93,14 +98,20 @@ class TransformerDecoder(nn.Module):
         return [layer.multihead_attn.project_key_value(memory, memory) for layer in self.layers]
 
     def forward(self, query_pos: Tensor, memory: Tensor, padding_mask: Tensor, need_weights: bool,
-                key_values: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor | None]:
+                key_values: list[tuple[Tensor, Tensor]] | None = None,
+                context: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """query_pos [B, Q, D] class queries, memory [B, hw, D] -> Z_out [B, Q, D], weights
-        [layers, B, heads, Q, hw] (or None). key_values: cached `cross_key_values(memory)`."""
+        [layers, B, heads, Q, hw] (or None). key_values: cached `cross_key_values(memory)`.
+        context: (layer-1 outputs [B, M, D], queries [B, M, D]) of M classes left out of the
+        decode, attended to by layer 2's self-attention, whose full-decode inputs they are
+        (shortlist decoding; later layers would need those classes' later states)."""
         tgt = torch.zeros_like(query_pos)  # the decoder input starts at zero (DETR)
         all_weights = []
         for index, layer in enumerate(self.layers):
             key_value = None if key_values is None else key_values[index]
-            tgt, weights = layer(tgt, memory, padding_mask, query_pos, need_weights, key_value)
+            # layer 1's self-attention sees zero values: the context would change nothing there
+            tgt, weights = layer(tgt, memory, padding_mask, query_pos, need_weights, key_value,
+                                 context if index == 1 else None)
             all_weights.append(weights)
         stacked = torch.stack(all_weights) if need_weights else None
         return self.norm(tgt), stacked
