@@ -2,19 +2,17 @@
 shortlist (preset for big models), the results table and its filter, the Compare dock's candidate
 search. The viewer exists before torch-using plugin code is imported, as in real use."""
 import numpy as np
-import pytest
 
 TIMEOUT_MS = 120_000
 CLASSES = 10_000
 
 
-@pytest.fixture(scope="module")
-def big_checkpoint(tmp_path_factory):
-    """A 10 000-class tiny model on disk, and a class-names file of 10 000 lines for it."""
-    folder = tmp_path_factory.mktemp("big")
+def write_big_checkpoint(folder):
+    """A 10 000-class tiny model on disk, and a class-names file of 10 000 lines for it.
+    Called after the viewer exists: torch loads after napari's OpenGL, as in real use."""
     import torch
 
-    from napari_intr.checkpoints import save_model  # torch here is fine: no viewer in this fixture's scope
+    from napari_intr.checkpoints import save_model
     from napari_intr.model import IntrConfig, build_model
     torch.manual_seed(0)
     model = build_model(IntrConfig.tiny(CLASSES, shortlist_head=True))
@@ -24,9 +22,9 @@ def big_checkpoint(tmp_path_factory):
     return path, names
 
 
-def test_explorer_and_compare_with_10000_classes(make_napari_viewer, qtbot, messages, big_checkpoint):
-    path, names_file = big_checkpoint
+def test_explorer_and_compare_with_10000_classes(make_napari_viewer, qtbot, messages, tmp_path):
     viewer = make_napari_viewer()
+    path, names_file = write_big_checkpoint(tmp_path)
     rng = np.random.default_rng(0)
     viewer.add_image(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), name="specimen", rgb=True)
     from napari_intr.widgets.model_source import CHECKPOINT_FILE

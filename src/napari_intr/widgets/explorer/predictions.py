@@ -5,9 +5,23 @@ A model/view table, not one widget item per cell: with 10 000 classes the rows a
 when they scroll into view, and the filter is one pass of a proxy model, not 10 000 row hides."""
 from __future__ import annotations
 
-from qtpy.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
+from qtpy.QtCore import (
+    QAbstractTableModel,
+    QItemSelectionModel,
+    QModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QAbstractItemView, QGroupBox, QHeaderView, QLineEdit, QTableView, QVBoxLayout
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QGroupBox,
+    QHeaderView,
+    QLineEdit,
+    QTableView,
+    QVBoxLayout,
+)
 
 from ..qt_helpers import TextLabel
 
@@ -30,10 +44,10 @@ class PredictionsModel(QAbstractTableModel):
                        f"{e['probability']:.4f}", f"{e['logit']:.3f}") for e in entries]
         self.endResetModel()
 
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802 (Qt's signature)
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
         return 0 if parent.isValid() else len(self._rows)
 
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(COLUMNS)
 
     def data(self, index, role=Qt.DisplayRole):
@@ -51,7 +65,7 @@ class PredictionsModel(QAbstractTableModel):
                 return "the model's prediction (top-1)"
         return None
 
-    def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
         if role == Qt.DisplayRole and orientation == Qt.Horizontal:
             return COLUMNS[section]
         return None
