@@ -238,3 +238,12 @@ def test_config_shortlist_head_round_trips_and_is_validated():
 def test_too_few_sampled_queries_are_refused():
     with pytest.raises(ValueError, match="--sampled-queries must be at least 2"):
         QuerySampler(1, 10, torch.Generator())
+
+
+def test_regions_of_a_photo_are_explained_with_a_shortlist(model):
+    from napari_intr.regions import Margin, Region, explain_regions
+    photo = np.random.default_rng(4).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    regions = [Region("left", 0, 0, 90, 110), Region("right", 100, 10, 200, 120)]
+    results, failures = explain_regions(Explainer(model), photo, regions, Margin.parse("0"), shortlist=5)
+    assert not failures and [len(r.explanation.class_names) for r in results] == [5, 5]
+    assert all(r.explanation.undecoded == C - 5 for r in results)

@@ -181,19 +181,21 @@ class RegionResult:
 
 def explain_regions(explainer, image: np.ndarray, regions: list[Region], margin: Margin | None = None,
                     classes=None, mode: str = "drop", name: str = "image",
-                    progress=None, should_stop=None) -> tuple[list[RegionResult], list[tuple[Region, str]]]:
+                    progress=None, should_stop=None, shortlist: int | None = None
+                    ) -> tuple[list[RegionResult], list[tuple[Region, str]]]:
     """Explain each region of `image` as its own specimen (cut from the full-resolution pixels).
 
     Returns (results, failures): a region that cannot be explained (outside the image, too small
     for the model) is reported with its reason instead of ending the others. progress(done, total)
-    after each region; should_stop() is checked before each."""
+    after each region; should_stop() is checked before each. shortlist K: decode each region's
+    first-pass top K classes only (see INTR.decode)."""
     results, failures = [], []
     for number, region in enumerate(regions, start=1):
         if should_stop is not None and should_stop():
             break
         try:
             crop = crop_region(image, region, margin)
-            explanation = explainer.explain(crop.pixels, f"{name} · {region.id}", classes, mode)
+            explanation = explainer.explain(crop.pixels, f"{name} · {region.id}", classes, mode, shortlist)
         except ValueError as error:
             failures.append((region, str(error)))
         else:

@@ -89,6 +89,7 @@ class RegionsBox(QGroupBox):
             return
         self._pending = (plane, source, self.state.model)
         self.task.start(regions_job, self.state.model, self.state.model_name, plane, regions, margin, source.name,
+                        self.image_box.shortlist.value() or None,  # the Image box's Shortlist field
                         doing=f"Explaining {len(regions)} regions of '{source.name}'", on_result=self._show)
 
     def _show(self, outcome) -> None:

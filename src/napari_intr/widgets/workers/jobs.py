@@ -145,7 +145,7 @@ def batch_job(model, inputs: str, out_dir: str, top_k: int, cancel: threading.Ev
 
 
 @reports_runtime_errors
-def regions_job(model, model_name: str, photo, regions: list, margin, name: str):
+def regions_job(model, model_name: str, photo, regions: list, margin, name: str, shortlist: int | None = None):
     """Explain each region of a photo as its own specimen; yields ([RegionResult], [(Region, reason)])."""
     from napari_intr.explanation import Explainer
     from napari_intr.regions import explain_regions
@@ -153,7 +153,7 @@ def regions_job(model, model_name: str, photo, regions: list, margin, name: str)
     results, failures = [], []
     for number, region in enumerate(regions):
         yield Progress(number, len(regions), f"region {region.id}")
-        done, failed = explain_regions(explainer, photo, [region], margin, name=name)
+        done, failed = explain_regions(explainer, photo, [region], margin, name=name, shortlist=shortlist)
         results += done
         failures += failed
     yield Progress(len(regions), len(regions), "done")
