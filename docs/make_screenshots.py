@@ -87,7 +87,7 @@ class Tutorial:
         if ALBA_LAYER not in self.viewer.layers:
             self.viewer.open_sample("napari-intr", "look-alike-pair")
         explorer = self.explorer()
-        explorer.explain_box.image.setCurrentText(ALBA_LAYER)
+        explorer.explain_box.image.choose(ALBA_LAYER)
         explorer.explain()
         wait_until(lambda: not explorer.explain_box.task.busy and explorer.state.explanation is not None,
                    "the explanation")
@@ -174,7 +174,7 @@ class Tutorial:
         self.viewer.add_image(photo, name="drawer", rgb=True)
         self.viewer.add_shapes(rectangles, shape_type="rectangle", name="specimens", edge_width=2,
                                edge_color="white", face_color="transparent", visible=False)
-        explorer.explain_box.image.setCurrentText("drawer")
+        explorer.explain_box.image.choose("drawer")
         explorer.regions.regions_layer.choose("specimens")
         explorer.regions.margin.setCurrentText("0")
         explorer.regions.explain_regions()

@@ -17,7 +17,7 @@ def widgets(pair_with_explorer):
 
 
 def explain(qtbot, explorer, layer_name):
-    explorer.explain_box.image.setCurrentText(layer_name)
+    explorer.explain_box.image.choose(layer_name)
     explorer.explain()
     qtbot.waitUntil(lambda: not explorer.explain_box.task.busy, timeout=TIMEOUT_MS)
     assert explorer.state.explanation is not None

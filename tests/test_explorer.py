@@ -31,7 +31,7 @@ def explorer(make_napari_viewer, qtbot, messages):
 
 def explain(qtbot, widget, layer_name=None):
     if layer_name is not None:
-        widget.explain_box.image.setCurrentText(layer_name)
+        widget.explain_box.image.choose(layer_name)
     widget.explain()
     qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
     assert widget.explain_box.explain_button.isEnabled()
@@ -226,7 +226,7 @@ def test_explain_without_a_model_starts_the_load_and_says_when_it_fails(explorer
 def test_tiny_images_are_refused(explorer, qtbot, messages, size):
     viewer, widget = explorer
     viewer.add_image(np.zeros((size, size), np.uint8), name="tiny")
-    widget.explain_box.image.setCurrentText("tiny")
+    widget.explain_box.image.choose("tiny")
     widget.explain()
     assert ("warning", f"'tiny' is {size}×{size} px; INTR needs at least 32 px on each side: "
             "choose a larger image") in messages
@@ -299,6 +299,24 @@ def test_offline_zoo_download_names_url_and_path(explorer, qtbot, messages, tmp_
     error = [text for level, text in messages if level == "error"][-1]
     assert url in error and str(zoo.cached_path("intr-cub")) in error
     assert box.load_button.isEnabled()
+
+
+def test_image_picker_follows_the_layer_list(explorer):
+    viewer, widget = explorer
+    picker = widget.explain_box.image
+
+    def names():
+        return [layer.name for layer in picker.choices]
+
+    layer = viewer.add_image(np.zeros((64, 64), np.uint8), name="added")
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="mask")
+    assert "added" in names() and "mask" not in names()
+    layer.name = "renamed"
+    assert "renamed" in names() and "added" not in names()
+    viewer.layers.selection.active = viewer.layers[0]  # choosing in napari's layer list chooses here
+    assert picker.layer() is viewer.layers[0]
+    viewer.layers.remove(layer)
+    assert "renamed" not in names()
 
 
 def test_each_viewer_has_its_own_state(make_napari_viewer):

@@ -33,7 +33,7 @@ def drawer(make_napari_viewer, qtbot, messages):
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
                     timeout=TIMEOUT_MS)
-    widget.explain_box.image.setCurrentText("drawer")
+    widget.explain_box.image.choose("drawer")
     return viewer, widget
 
 
@@ -141,7 +141,7 @@ def test_saved_maps_carry_the_layers_physical_scale(make_napari_viewer, qtbot, t
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     qtbot.waitUntil(lambda: widget.state.model is not None and not widget.model_source.task.busy,
                     timeout=TIMEOUT_MS)
-    widget.explain_box.image.setCurrentText("calibrated")
+    widget.explain_box.image.choose("calibrated")
     widget.explain()
     qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
     widget.save_box.folder.path = str(tmp_path)

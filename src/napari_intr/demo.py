@@ -33,7 +33,7 @@ def run_demo(image: str | None = None, screenshot: str | None = None, show: bool
         viewer.open_sample("napari-intr", DEFAULT_SAMPLE)
         image_layer = viewer.layers[-1]
     _, explorer = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
-    explorer.explain_box.image.setCurrentText(image_layer.name)
+    explorer.explain_box.image.choose(image_layer.name)
     if not headless:
         explain_when_ready(explorer)
         viewer.window.resize(*WINDOW_SIZE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from magicgui.widgets import ComboBox
 from qtpy.QtWidgets import QComboBox
 
 from napari_intr.explanation import layer_name
@@ -212,43 +213,45 @@ def is_labels(layer) -> bool:
     return layer.__class__.__name__ == "Labels"
 
 
-class LayerCombo(QComboBox):
-    def __init__(self, viewer, accept=is_image, parent=None):
-        super().__init__(parent)
-        self.viewer, self._accept = viewer, accept
-        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed,
-                      viewer.layers.events.moved):
-            event.connect(self.refresh)
-        self.destroyed.connect(lambda *_: self._disconnect(viewer))
-        self.refresh()
+class LayerPicker(ComboBox):
+    """A magicgui dropdown of the viewer's layers that `accept` lets in (by default image layers
+    that are not our attention maps). It follows the layer list by itself: added, removed, moved
+    and renamed layers. Put `picker.native` in a Qt layout; `picker.value` is the chosen layer."""
+
+    def __init__(self, viewer, accept=is_image, tooltip: str = "", follow_selection: bool = False):
+        self._viewer, self._accept = viewer, accept
+        super().__init__(choices=self._layers, tooltip=tooltip or None)
+        self.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.native.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        self._events = [events.inserted, events.removed, events.reordered, events.renamed]
+        if follow_selection:  # choosing a layer in napari's layer list chooses it here too
+            self._events.append(viewer.layers.selection.events.active)
+        for event in self._events:
+            event.connect(self._layers_changed)
+        # the viewer outlives its docks: a deleted picker must not be called
+        self.native.destroyed.connect(lambda *_, events=tuple(self._events), slot=self._layers_changed:
+                                      [event.disconnect(slot) for event in events])
+        self._follow_selection = follow_selection
+        self._layers_changed()
 
     def layer(self):
-        name = self.currentText()
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+        """The chosen layer, or None when there is none to choose."""
+        return self.value
 
     def choose(self, name: str) -> None:
-        self.refresh()
-        if self.findText(name) < 0:
-            raise ValueError(f"no layer named {name!r} to choose here")
-        self.setCurrentText(name)
+        self.reset_choices()
+        for label, layer in self._layers():
+            if label == name:
+                self.value = layer
+                return
+        raise ValueError(f"no layer named {name!r} to choose here")
 
-    def refresh(self, *_) -> None:
-        current = self.currentText()
-        names = [layer.name for layer in self.viewer.layers if self._accept(layer)]
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        self.blockSignals(False)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self.refresh)  # connecting twice is harmless in psygnal
+    def _layers(self, *_) -> list:
+        return [(layer.name, layer) for layer in self._viewer.layers if self._accept(layer)]
 
-    def _disconnect(self, viewer) -> None:
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed,
-                      viewer.layers.events.moved):
-            event.disconnect(self.refresh)
-        for layer in viewer.layers:
-            layer.events.name.disconnect(self.refresh)
+    def _layers_changed(self, *_) -> None:
+        self.reset_choices()
+        active = self._viewer.layers.selection.active
+        if self._follow_selection and active is not None and self._accept(active):
+            self.value = active

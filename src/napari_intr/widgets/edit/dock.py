@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_intr.manipulation import EditSession, check_region, compare_explanations, export, pillow_can_write
 
-from ..layers import LayerCombo, is_labels
+from ..layers import LayerPicker, is_labels
 from ..qt_helpers import FileField, TextLabel, scroll_column
 from ..state import follow, shared_state
 from ..workers import messages
@@ -58,13 +58,13 @@ class EditWidget(QWidget):
         self.session: EditSession | None = None
         self.image_layer = self.region_layer = self.edited_layer = None
         self.current_explanation = None     # of session.current, with the current model
-        self.image = LayerCombo(napari_viewer)
-        self.image.setToolTip("The image to edit; it is never changed (edits go to '<image> (edited)')")
+        self.image = LayerPicker(napari_viewer, tooltip="The image to edit; it is never changed (edits go to "
+                                                        "'<image> (edited)')")
         self.start_button = QPushButton("Edit")
         self.start_button.setToolTip("Add a labels layer over the image: paint the region to edit")
         self.start_button.clicked.connect(self.start)
-        self.mask = LayerCombo(napari_viewer, is_labels)
-        self.mask.setToolTip("The labels layer whose painted (non-zero) pixels are the region")
+        self.mask = LayerPicker(napari_viewer, is_labels,
+                                tooltip="The labels layer whose painted (non-zero) pixels are the region")
         self.options = EditOptions(napari_viewer)
         self.attention_class = QComboBox()
         self.attention_class.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
@@ -88,9 +88,9 @@ class EditWidget(QWidget):
         self.export_button.clicked.connect(self.export)
 
         form = QFormLayout()
-        form.addRow("Image", self.image)
+        form.addRow("Image", self.image.native)
         form.addRow("", self.start_button)
-        form.addRow("Painted region", self.mask)
+        form.addRow("Painted region", self.mask.native)
         form.addRow(self.options)
         form.addRow("Attention of", self.attention_class)
         buttons = QHBoxLayout()

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 
 from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, check_image, sample_colour
 
-from ..layers import LayerCombo
+from ..layers import LayerPicker
 from ..workers import messages
 
 OPERATIONS = ("recolour", "erase", "blur", "transplant")
@@ -52,13 +52,12 @@ class EditOptions(QWidget):
         self.pick_button.setToolTip("The next click on the canvas samples the colour of the image "
                                     "layer chosen beside")
         self.pick_button.toggled.connect(self._picking)
-        self.sample_layer = LayerCombo(viewer)
+        self.sample_layer = LayerPicker(viewer)
         self.sigma = QDoubleSpinBox()
         self.sigma.setRange(0.5, 50)
         self.sigma.setValue(2.0)
         self.sigma.setSuffix(" px")
-        self.source = LayerCombo(viewer)
-        self.source.setToolTip("The image whose pixels are copied into the painted region")
+        self.source = LayerPicker(viewer, tooltip="The image whose pixels are copied into the painted region")
         self.dy, self.dx = QSpinBox(), QSpinBox()
         for spin in (self.dy, self.dx):
             spin.setRange(-100_000, 100_000)
@@ -69,7 +68,7 @@ class EditOptions(QWidget):
         form.addRow("Colour", self.colour_button)
         pick = QHBoxLayout()
         pick.addWidget(self.pick_button)
-        pick.addWidget(self.sample_layer, 1)
+        pick.addWidget(self.sample_layer.native, 1)
         form.addRow("Sample", pick)
         erase = QLabel("Fills the region from its surroundings (inpainting)")
         blur = QWidget()
@@ -79,7 +78,7 @@ class EditOptions(QWidget):
         transplant = QWidget()
         form = QFormLayout(transplant)
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("From layer", self.source)
+        form.addRow("From layer", self.source.native)
         offset = QHBoxLayout()
         offset.addWidget(QLabel("dy"))
         offset.addWidget(self.dy)

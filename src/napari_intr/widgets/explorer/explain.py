@@ -3,18 +3,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from napari.layers import Image, Labels
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-)
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
 
-from ..layers import ATTENTION_TAG
+from ..layers import LayerPicker
 from ..qt_helpers import TextLabel
 from ..state import ExplorerState, follow
 from ..workers import messages
@@ -24,10 +15,6 @@ from .image_input import InputError, explainable_plane
 
 SHORTLIST_ABOVE = 1000  # classes; larger models get a shortlist by default
 DEFAULT_SHORTLIST = 64
-
-
-def _is_image(layer) -> bool:
-    return isinstance(layer, Image) and not isinstance(layer, Labels)
 
 
 class ExplainBox(QGroupBox):
@@ -41,10 +28,8 @@ class ExplainBox(QGroupBox):
         self.viewer, self.state = viewer, state
         self.request_model = request_model
         self.waiting_for_model = False
-        self.image = QComboBox()
-        self.image.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.image.setMinimumContentsLength(12)
-        self.image.setToolTip("2-D image, RGB(A) or grey; for a stack, the current slice")
+        self.image = LayerPicker(viewer, tooltip="2-D image, RGB(A) or grey; for a stack, the current slice",
+                                 follow_selection=True)
         self.explain_button = QPushButton("Explain")
         self.explain_button.setToolTip("Classify the image and show each head's attention for the "
                                        "predicted class")
@@ -58,7 +43,7 @@ class ExplainBox(QGroupBox):
         self.task.busy_changed.connect(self._busy_changed)
         self.notes = TextLabel("")
         form = QFormLayout()
-        form.addRow("Image layer", self.image)
+        form.addRow("Image layer", self.image.native)
         form.addRow("Shortlist", self.shortlist)
         row = QHBoxLayout()
         row.addWidget(self.explain_button)
@@ -69,17 +54,10 @@ class ExplainBox(QGroupBox):
         layout.addWidget(self.notes)
         follow(state.events.model, self._new_model, self)
         self._new_model(state.model)
-        viewer.layers.events.inserted.connect(self._refresh)
-        viewer.layers.events.removed.connect(self._refresh)
-        viewer.layers.events.moved.connect(self._refresh)
-        viewer.layers.selection.events.active.connect(self._follow_active)
         follow(state.events.model, self._model_arrived, self)
-        self._refresh()
-        self._follow_active()
 
     def selected_layer(self):
-        name = self.image.currentText()
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+        return self.image.layer()
 
     def explain(self) -> None:
         """Explain the chosen image layer; with none, say what to choose instead."""
@@ -142,25 +120,5 @@ class ExplainBox(QGroupBox):
 
     def _busy_changed(self, *_) -> None:
         self.explain_button.setEnabled(not self.task.busy)
-        self.image.setEnabled(not self.task.busy)
+        self.image.enabled = not self.task.busy
         self.shortlist.setEnabled(not self.task.busy)
-
-    def _refresh(self, *_) -> None:
-        current = self.image.currentText()
-        names = [layer.name for layer in self.viewer.layers if _is_image(layer)
-                 and ATTENTION_TAG not in layer.metadata]
-        self.image.blockSignals(True)
-        self.image.clear()
-        self.image.addItems(names)
-        if current in names:
-            self.image.setCurrentText(current)
-        self.image.blockSignals(False)
-        for layer in self.viewer.layers:
-            if _is_image(layer):
-                # renamed layers must stay in the list; connecting twice is harmless in psygnal
-                layer.events.name.connect(self._refresh)
-
-    def _follow_active(self, *_) -> None:
-        active = self.viewer.layers.selection.active
-        if _is_image(active) and ATTENTION_TAG not in active.metadata:
-            self.image.setCurrentText(active.name)

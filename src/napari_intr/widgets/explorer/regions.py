@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
 
 from napari_intr.explanation import layer_name
 
-from ..layers import ATTENTION_TAG, KeyedLayers, LayerCombo, grid_placement
+from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement
 from ..qt_helpers import TextLabel, read_only_table
 from ..state import ExplorerState, follow
 from ..workers import messages
@@ -42,9 +42,9 @@ class RegionsBox(QGroupBox):
     def __init__(self, viewer, state: ExplorerState, image_box, parent=None):
         super().__init__("Regions: many specimens in one photo", parent)
         self.viewer, self.state, self.image_box = viewer, state, image_box
-        self.regions_layer = LayerCombo(viewer, accept=is_region_layer)
-        self.regions_layer.setToolTip("A Shapes layer (each shape's bounding box is a region) or a "
-                                      "Labels layer (each object's bounding box) over the image")
+        self.regions_layer = LayerPicker(viewer, accept=is_region_layer, tooltip=(
+            "A Shapes layer (each shape's bounding box is a region) or a Labels layer (each object's "
+            "bounding box) over the image"))
         self.margin = QComboBox()
         self.margin.setEditable(True)
         self.margin.addItems(MARGINS)
@@ -61,7 +61,7 @@ class RegionsBox(QGroupBox):
         self.summary = TextLabel("Draw rectangles in a Shapes layer over the photo (or label the "
                                  "specimens), choose it here, and press Explain regions")
         form = QFormLayout()
-        form.addRow("Regions layer", self.regions_layer)
+        form.addRow("Regions layer", self.regions_layer.native)
         form.addRow("Margin", self.margin)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
