@@ -195,3 +195,17 @@ def test_two_torchrun_processes_write_what_one_process_writes(collection, tmp_pa
         assert labels_two == labels_one and meta_two["class"] == meta_one["class"]
     # the state folder holds the merged ledger only: no partial files are left behind
     assert sorted(p.name for p in (tmp_path / "two" / ".intr-explain").iterdir()) == ["done.jsonl", "settings.json"]
+
+
+def test_a_zoo_model_without_names_warns_in_one_line(monkeypatch, capsys, tmp_path):
+    """`intr explain --model intr-butterfly` without --class-names: one readable warning line."""
+    from test_zoo import butterfly_checkpoint
+    monkeypatch.setenv("NAPARI_INTR_CACHE", str(tmp_path / "cache"))
+    butterfly_checkpoint(tmp_path / "cache" / "intr_checkpoint_butterfly_detr_r50.pth")
+    image = tmp_path / "wing.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    assert intr_explain(monkeypatch, "--model", "intr-butterfly", image, "--out", tmp_path / "out",
+                        "--device", "cpu") == 0
+    errors = capsys.readouterr().err
+    assert "intr explain: warning: intr-butterfly: classes are shown as numbers;" in errors
+    assert "warnings.warn" not in errors

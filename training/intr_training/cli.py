@@ -3,10 +3,15 @@ and `run(args) -> int`; heavy imports happen inside `run`, so `intr --help` stay
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
+import warnings
 from importlib import import_module
+from pathlib import Path
+
+import napari_intr
 
 COMMANDS = {
     "train": ("intr_training.train", "train or fine-tune an INTR model on an image folder"),
@@ -40,13 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_python_show_warning = warnings.showwarning
+_PROJECT_ROOTS = tuple(str(Path(package).parent) for package in (napari_intr.__file__, __file__))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help, or a refused value (already printed): its exit code
         return exit.code
     try:
-        return import_module(COMMANDS[args.command][0]).run(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+            return import_module(COMMANDS[args.command][0]).run(args) or 0
     except KeyboardInterrupt:
         print(f"intr {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -57,3 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         from napari_intr.io import reason
         print(f"intr {args.command}: error: {reason(error)}", file=sys.stderr)
         return 2
+
+
+def _show_warning(command, message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings (e.g. a zoo model without class names) as one line for people; others as Python shows them."""
+    if issubclass(category, UserWarning) and filename.startswith(_PROJECT_ROOTS):
+        print(f"intr {command}: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
