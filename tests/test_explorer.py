@@ -106,7 +106,7 @@ def test_class_and_layer_switches_update_layers_in_place(explorer, qtbot):
         assert np.array_equal(layer._data_view, layer.data)
     assert "No: rank 2" in widget.results.answer.full_text
     before = [(layer.name, np.array(layer.data)) for layer in layers]
-    widget.attention.decoder_layer.setValue(1)
+    widget.attention.decoder_layer.value = 1
     assert attention_layers(viewer) == layers and len(viewer.layers) == count
     assert all(" · L1 " in layer.name for layer in layers)
     assert any(not np.array_equal(layer.data, data) for layer, (_, data) in zip(layers, before))
@@ -135,15 +135,15 @@ def test_filter_upsampling_and_shared_normalisation(explorer, qtbot):
     widget.results.filter.setText("morphoides")
     visible = widget.results.visible_classes()
     assert visible and all("morphoides" in name.lower() for name in visible)
-    widget.attention.placement.setCurrentIndex(1)  # upsampled to the image grid
+    widget.attention.placement.value = True  # upsampled to the image grid
     image = viewer.layers[0]
     for layer in attention_layers(viewer):
         assert layer.data.shape == image.data.shape[:2]
         assert np.allclose(np.asarray(layer.extent.world), np.asarray(image.extent.world))
     # Shared normalisation on the feature grid (upsampling smooths peaks): the strongest head
     # reaches 1, weaker heads stay below it, unlike per-map normalisation where every head does.
-    widget.attention.placement.setCurrentIndex(0)
-    widget.attention.normalization.setCurrentIndex(1)  # shared across heads
+    widget.attention.placement.value = False
+    widget.attention.normalization.value = "shared"  # shared across heads
     heads = [layer for layer in attention_layers(viewer) if layer.metadata["head"] != "mean"]
     peaks = sorted(float(layer.data.max()) for layer in heads)
     assert np.isclose(peaks[-1], 1.0) and peaks[0] < 1.0

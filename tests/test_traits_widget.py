@@ -79,7 +79,7 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     explorer = widget.explorer
     assert widget.state.source.name == choice.path.stem
     assert explorer.results.selected_class() == choice.class_name
-    assert explorer.attention.decoder_layer.value() == choice.layer
+    assert explorer.attention.decoder_layer.value == choice.layer
     shown = [layer.name for layer in viewer.layers if layer.visible and layer.metadata.get("head") not in
              (None, "mean") and layer.metadata.get("image") == choice.path.stem]
     assert shown == [f"{choice.path.stem} · {choice.class_name} · L{choice.layer} H{choice.head}"]

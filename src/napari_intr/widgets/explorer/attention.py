@@ -4,7 +4,8 @@ Class and layer switches only index the cached explanation (every class was deco
 the cached encoder memory), so they are instant and run on the GUI thread."""
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QListWidget, QPushButton, QSpinBox, QVBoxLayout
+from magicgui.widgets import ComboBox, Container, SpinBox
+from qtpy.QtWidgets import QGroupBox, QLabel, QListWidget, QPushButton, QVBoxLayout
 
 from napari_intr.explanation import layer_from_number
 
@@ -25,21 +26,15 @@ class AttentionBox(QGroupBox):
         self.layers = LiveLayerSet(viewer)
         self.class_name: str | None = None
         self.showing = TextLabel("Explain an image to see the attention of each head")
-        self.decoder_layer = QSpinBox()
-        self.decoder_layer.setRange(1, 1)
-        self.decoder_layer.setToolTip("Decoder layer whose cross-attention is shown (the paper uses the last)")
-        self.normalization = QComboBox()
-        self.normalization.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.normalization.setMinimumContentsLength(12)
-        self.normalization.addItems(NORMALIZATIONS)
-        self.placement = QComboBox()
-        self.placement.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.placement.setMinimumContentsLength(12)
-        self.placement.addItems(PLACEMENTS)
-        self.placement.setToolTip("The feature grid is exact and light; upsampling is smoother but "
-                                  "as large as the image")
-        self.colormap = QComboBox()
-        self.colormap.addItems(COLORMAPS)
+        # the display settings: a magicgui form (values are what DisplayOptions takes)
+        self.decoder_layer = SpinBox(label="Decoder layer", min=1, max=1, value=1, tooltip=(
+            "Decoder layer whose cross-attention is shown (the paper uses the last)"))
+        self.normalization = ComboBox(label="Normalise", choices=list(NORMALIZATIONS.items()))
+        self.placement = ComboBox(label="Placement", choices=list(PLACEMENTS.items()), tooltip=(
+            "The feature grid is exact and light; upsampling is smoother but as large as the image"))
+        self.colormap = ComboBox(label="Colour map", choices=COLORMAPS)
+        self.display = Container(widgets=[self.decoder_layer, self.normalization, self.placement, self.colormap])
+        self.display.margins = (0, 0, 0, 0)
         self.keep_button = QPushButton("Keep these layers")
         self.keep_button.setToolTip("Freeze the current maps under new names; the next class or layer "
                                     "switch creates new ones")
@@ -47,26 +42,18 @@ class AttentionBox(QGroupBox):
         self.ranking = QListWidget()
         self.ranking.setMaximumHeight(110)
         self.ranking.setToolTip("Heads by their peak attention weight: the strongest first")
-        form = QFormLayout()
-        form.addRow("Decoder layer", self.decoder_layer)
-        form.addRow("Normalise", self.normalization)
-        form.addRow("Placement", self.placement)
-        form.addRow("Colour map", self.colormap)
         layout = QVBoxLayout(self)
         layout.addWidget(self.showing)
-        layout.addLayout(form)
+        layout.addWidget(self.display.native)
         layout.addWidget(QLabel("Heads ranked by peak attention:"))
         layout.addWidget(self.ranking)
         layout.addWidget(self.keep_button)
-        for signal in (self.decoder_layer.valueChanged, self.normalization.currentIndexChanged,
-                       self.placement.currentIndexChanged, self.colormap.currentIndexChanged):
-            signal.connect(self.update_layers)
+        self.display.changed.connect(self.update_layers)
         follow(state.events.explanation, self._new_explanation, self)
         self._set_enabled(False)
 
     def options(self) -> DisplayOptions:
-        return DisplayOptions(NORMALIZATIONS[self.normalization.currentText()],
-                              PLACEMENTS[self.placement.currentText()], self.colormap.currentText())
+        return DisplayOptions(self.normalization.value, self.placement.value, self.colormap.value)
 
     def set_class(self, name: str) -> None:
         if name != self.class_name:
@@ -79,7 +66,7 @@ class AttentionBox(QGroupBox):
         if explanation is None or source is None or self.class_name is None:
             return
         try:
-            layer = layer_from_number(self.decoder_layer.value(), explanation.num_layers)
+            layer = layer_from_number(self.decoder_layer.value, explanation.num_layers)
             views = layer_views(explanation, source, self.class_name, layer, self.options())
             self.layers.show(views, source.name, self.options().colormap)
         except (ValueError, MemoryError) as error:
@@ -106,13 +93,11 @@ class AttentionBox(QGroupBox):
         self._set_enabled(explanation is not None)
         if explanation is None:
             return
-        self.decoder_layer.blockSignals(True)
-        self.decoder_layer.setRange(1, explanation.num_layers)
-        self.decoder_layer.setValue(explanation.num_layers)
-        self.decoder_layer.blockSignals(False)
+        with self.decoder_layer.changed.blocked():
+            self.decoder_layer.max = explanation.num_layers
+            self.decoder_layer.value = explanation.num_layers
         self.class_name = None  # the results table selects the top-1 next
 
     def _set_enabled(self, enabled: bool) -> None:
-        for widget in (self.decoder_layer, self.normalization, self.placement, self.colormap,
-                       self.keep_button):
-            widget.setEnabled(enabled)
+        self.display.enabled = enabled
+        self.keep_button.setEnabled(enabled)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout
 
+from napari_intr.explanation import layer_from_number
+
 from ..qt_helpers import FileField, TextLabel
 from ..state import ExplorerState
 from ..workers import messages
@@ -60,7 +62,8 @@ class SaveBox(QGroupBox):
         photo = self.regions_box.photo[0] if regions else None
         image_file = _file_of(source.layer)
         pixel_size = _layer_pixel_size(source.layer) or _pixel_size(image_file)
-        layer = self.attention_box.decoder_layer.value() - 1 if state.explanation is not None else -1
+        explanation = state.explanation
+        layer = layer_from_number(self.attention_box.decoder_layer.value, explanation.num_layers) if explanation else -1
         class_name = self.attention_box.class_name or (state.explanation.top_class() if state.explanation else None)
         stem = re.sub(r"[^\w.-]+", "_", source.name).strip("_.") or "explanation"
         self.summary.setText("")

@@ -72,7 +72,7 @@ class TraitsWidget(QWidget):
             messages.notify(f"'{choice.class_name}' is not among the decoded classes", "warning")
             return
         explorer.results.select_class(choice.class_name)
-        explorer.attention.decoder_layer.setValue(choice.layer)
+        explorer.attention.decoder_layer.value = choice.layer
         head_layer = layer_name(source.name, choice.class_name, choice.layer, choice.head)
         for layer in self.viewer.layers:
             if layer.metadata.get("image") == source.name and layer.metadata.get("head") not in (None, "mean"):
