@@ -99,6 +99,7 @@ def mountable_tmpfs() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not mountable_tmpfs(), reason="no user namespaces here to mount a small tmpfs")
 def test_full_disk_on_a_real_tmpfs(tmp_path):
     """Three small tmpfs disks: full while writing model.safetensors, while writing
