@@ -60,6 +60,10 @@ def test_patch_outside_the_image_is_grey_and_keeps_its_centre():
     assert found.box[0] < 0 and found.box[1] < 0
     patch = crop(np.ones((128, 128, 3), np.float32), found.box, size=32)
     assert patch[0, 0, 0] == pytest.approx(0.5) and patch[-1, -1, 0] == 1
+    from intr_training.atlas.montage import _patch
+    white = np.full((128, 128, 3), 255, np.uint8)
+    tile = _patch(white, found.box, 32)  # uint8 images are cropped before conversion
+    assert tile.dtype == np.uint8 and tile[0, 0, 0] == 127 and tile[-1, -1, 0] == 255
 
 
 def test_spread_follows_the_mass():

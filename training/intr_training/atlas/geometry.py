@@ -98,17 +98,16 @@ def masked_cells(grid: tuple[int, int], cell: tuple[int, int], radius: int) -> n
 
 def crop(image: np.ndarray, box: tuple[float, float, float, float], size: int = 96,
          fill: float = 0.5) -> np.ndarray:
-    """The box of an H×W×3 float image resampled to size×size (nearest pixel centre, so the
-    box's centre maps onto the patch's centre); outside the image is `fill` grey."""
+    """The box of an image (H×W or H×W×C, any dtype) resampled to size×size, nearest pixel centre
+    (so the box's centre maps onto the patch's centre); outside the image is `fill` (in the image's
+    dtype)."""
     top, left, height, width = box
     # Sample at the centres of size×size sub-cells of the box.
-    ys = top + (np.arange(size) + 0.5) * height / size
-    xs = left + (np.arange(size) + 0.5) * width / size
-    rows, cols = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    inside_rows = (rows >= 0) & (rows < image.shape[0])
-    inside_cols = (cols >= 0) & (cols < image.shape[1])
-    patch = np.full((size, size, image.shape[2]), fill, dtype=np.float32)
-    sub = image[np.clip(rows, 0, image.shape[0] - 1)][:, np.clip(cols, 0, image.shape[1] - 1)]
-    keep = inside_rows[:, None] & inside_cols[None, :]
-    patch[keep] = sub[keep]
+    rows = np.floor(top + (np.arange(size) + 0.5) * height / size).astype(int)
+    cols = np.floor(left + (np.arange(size) + 0.5) * width / size).astype(int)
+    inside = ((rows >= 0) & (rows < image.shape[0]))[:, None] & ((cols >= 0) & (cols < image.shape[1]))[None, :]
+    patch = image[np.clip(rows, 0, image.shape[0] - 1)[:, None], np.clip(cols, 0, image.shape[1] - 1)[None, :]]
+    if not inside.all():
+        patch = patch.copy()
+        patch[~inside] = fill  # in the image's own dtype
     return patch

@@ -29,13 +29,24 @@ def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH) -
     patches = {}
     for key in sorted(by_key):
         try:
-            image = to_float_rgb(read_image(data_root / key))
+            image = read_image(data_root / key)
         except (ValueError, OSError):
             image = None  # the image went away or changed since it was summarised: a grey tile
         for box in by_key[key]:
-            patch = np.full((size, size, 3), 0.5, np.float32) if image is None else crop(image, box, size)
-            patches[(key, box)] = (np.clip(patch, 0, 1) * 255).round().astype(np.uint8)
+            patches[(key, box)] = _patch(image, box, size)
     return patches
+
+
+def _patch(image: np.ndarray | None, box, size: int) -> np.ndarray:
+    if image is None:
+        return np.full((size, size, 3), 128, np.uint8)
+    if image.dtype in (np.uint8, np.uint16, np.bool_):
+        # Integer images map to [0, 1] by a fixed scale: crop first, convert only the patch.
+        scale = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(image.dtype, 1)
+        patch = to_float_rgb(crop(image, box, size, fill=scale // 2))
+    else:  # float images are stretched by their own range: convert the whole image
+        patch = crop(to_float_rgb(image), box, size)
+    return (np.clip(patch, 0, 1) * 255).round().astype(np.uint8)
 
 
 @dataclass
