@@ -3,6 +3,7 @@
 Importing this package loads neither Qt nor napari (the plugin's widgets live in
 `napari_intr.widgets`), and it imports torch only when a model function is first used.
 """
+from ._lazy import lazy_getattr
 from ._version import __version__
 
 _LAZY = {
@@ -15,10 +16,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        from importlib import import_module
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'napari_intr' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -38,7 +38,7 @@ from napari_intr.comparison import (
 from napari_intr.explanation import layer_name
 
 from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from .qt_helpers import TextLabel, read_only_table
+from .qt_helpers import TextLabel, group_box, read_only_table
 from .state import follow, shared_state
 from .workers import messages
 from .workers.jobs import compare_job
@@ -106,15 +106,8 @@ class CompareWidget(QWidget):
         form = QFormLayout()
         form.addRow("Selected class", self.selected)
         form.addRow("Mode", self.mode)
-        box = QGroupBox("Candidate classes")
-        column = QVBoxLayout(box)
-        column.addWidget(self.candidates)
-        column.addLayout(presets)
-        column.addLayout(form)
-        column.addWidget(self.mode_note)
-        column.addWidget(self.compare_button)
-        column.addWidget(self.task)
-        return box
+        return group_box("Candidate classes", self.candidates, presets, form, self.mode_note, self.compare_button,
+                         self.task)
 
     def _results_box(self) -> QGroupBox:
         """Among the candidates: their probabilities, a summary, which class the slider shows."""
@@ -122,12 +115,7 @@ class CompareWidget(QWidget):
         self.table.setMinimumHeight(90)
         self.summary = TextLabel("")
         self.slider_note = TextLabel("")
-        box = QGroupBox("Among the candidates")
-        column = QVBoxLayout(box)
-        column.addWidget(self.table)
-        column.addWidget(self.summary)
-        column.addWidget(self.slider_note)
-        return box
+        return group_box("Among the candidates", self.table, self.summary, self.slider_note)
 
     # --- presets and choices -------------------------------------------------------------------
     def tick_top_k(self) -> None:

@@ -8,9 +8,11 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
+    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLayout,
     QLineEdit,
     QPushButton,
     QScrollArea,
@@ -108,3 +110,15 @@ def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: b
     layout.addWidget(scroll)
     owner.setMinimumWidth(min_width)
     return column
+
+
+def group_box(title: str, *parts) -> QGroupBox:
+    """A titled box stacking `parts` (widgets and layouts) top to bottom."""
+    box = QGroupBox(title)
+    column = QVBoxLayout(box)
+    for part in parts:
+        if isinstance(part, QLayout):
+            column.addLayout(part)
+        else:
+            column.addWidget(part)
+    return box

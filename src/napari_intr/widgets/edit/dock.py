@@ -17,18 +17,16 @@ import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QListWidget,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_intr.manipulation import EditSession, check_region, compare_explanations, export, pillow_can_write
 
 from ..layers import LayerPicker, is_labels
-from ..qt_helpers import FileField, TextLabel, scroll_column
+from ..qt_helpers import FileField, TextLabel, group_box, scroll_column
 from ..state import follow, shared_state
 from ..workers import messages
 from ..workers.jobs import edit_job
@@ -96,17 +94,8 @@ class EditWidget(QWidget):
         buttons = QHBoxLayout()
         for button in (self.apply_button, self.undo_button, self.reset_button):
             buttons.addWidget(button)
-        edit_box = QGroupBox("Paint and edit")
-        column = QVBoxLayout(edit_box)
-        column.addWidget(self.status)
-        column.addLayout(form)
-        column.addLayout(buttons)
-        column.addWidget(self.task)
-        column.addWidget(self.edits)
-        export_box = QGroupBox("Export")
-        column = QVBoxLayout(export_box)
-        column.addWidget(self.folder)
-        column.addWidget(self.export_button)
+        edit_box = group_box("Paint and edit", self.status, form, buttons, self.task, self.edits)
+        export_box = group_box("Export", self.folder, self.export_button)
         # the report's tables grow with the class count, so boxes keep their stretch
         scroll_column(self, (edit_box, self.report, export_box), min_width=400, natural_height=False)
         follow(self.state.events.model, self._new_model, self)
