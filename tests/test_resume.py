@@ -1,11 +1,13 @@
 """--resume continues a run exactly; an interrupted run (SIGINT, or SIGTERM from the plugin's
 Cancel) leaves a state that --resume completes."""
 import json
+import json as json_module
 import os
 import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,21 +20,56 @@ def train(data, out, *extra):
     return cli.main(["train", "--data", str(data), "--out", str(out), "--progress", "none", *FAST, *extra])
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def stop_after_first_epoch(monkeypatch):
+    """The next run sends itself SIGTERM (the plugin's Cancel) once epoch 1 is saved."""
+    original = JsonProgress.epoch
+
+    def epoch_then_terminate(self, **summary):
+        original(self, **summary)
+        if summary["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(JsonProgress, "epoch", epoch_then_terminate)
+    return lambda: monkeypatch.setattr(JsonProgress, "epoch", original)
+
+
+@pytest.mark.parametrize("recipe", [
+    ["--augment", "flip", "--dropout", "0"],  # warm-up + cosine per update, flips of images kept in memory
+    # the paper's StepLR, DETR's random scales and flips, dropout: every RNG state must come back
+    ["--schedule", "step", "--lr-drop", "1", "--augment", "multiscale", "--dropout", "0.1", "--warmup-epochs", "0.5"],
+    ["--freeze", "backbone"],  # cosine from the frozen backbone's feature cache
+], ids=["cosine", "step-multiscale", "cached-features"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, capsys, recipe):
     data = write_classes(tmp_path / "data", {"disc": 5, "diamond": 5})
-    # Dropout, random flips and scales all draw from the RNG: equality needs every state restored.
-    assert train(data, tmp_path / "straight", "--epochs", "2") == 0
-    assert train(data, tmp_path / "resumed", "--epochs", "1") == 0
-    assert train(data, tmp_path / "resumed", "--epochs", "2", "--resume") == 0
+    json = ["--progress", "json", "--epochs", "3"]
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "straight"), *FAST, *json, *recipe]) == 0
+    restore = stop_after_first_epoch(monkeypatch)
+    arguments = ["train", "--data", str(data), "--out", str(tmp_path / "resumed"), *FAST, *json, *recipe]
+    assert cli.main(arguments) == 130
+    restore()
+    assert cli.main([*arguments, "--resume"]) == 0
+    capsys.readouterr()
     straight = load_file(tmp_path / "straight" / "last.safetensors")
     resumed = load_file(tmp_path / "resumed" / "last.safetensors")
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
-    metrics = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    metrics = [[json_module.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
                for run in ("straight", "resumed")]
+    assert [m["epoch"] for m in metrics[1]] == [1, 2, 3]
     for a, b in zip(*metrics, strict=True):
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    rates = [m["lr"] for m in metrics[0]]
+    assert rates[0] > rates[1] > rates[2] or "step" in recipe  # decays to the end of the run
+
+
+def test_resume_with_more_epochs_replans_the_schedule(tmp_path, capsys):
+    data = write_classes(tmp_path / "data", {"disc": 4, "diamond": 4})
+    assert train(data, tmp_path / "run", "--epochs", "1") == 0
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST, "--epochs", "2",
+                     "--resume", "--progress", "json"]) == 0
+    warnings = [e["message"] for e in json_events(capsys.readouterr().out) if e["event"] == "warning"]
+    assert any("now spans 2 epochs" in message for message in warnings)
 
 
 def test_sigint_leaves_a_state_that_resume_completes(tmp_path, capsys):
@@ -83,13 +120,16 @@ def test_sigterm_stops_after_saving_and_resume_finishes(tmp_path, capsys, monkey
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
 
 
-def test_sampled_query_run_resumes_exactly(tmp_path):
+def test_sampled_query_run_resumes_exactly(tmp_path, monkeypatch, capsys):
     """Random negatives are seeded per epoch: a resumed sampled-query run equals an uninterrupted one."""
     data = write_classes(tmp_path / "data", {"disc": 4, "diamond": 4, "third": 4, "fourth": 4, "fifth": 4})
-    sampled = ["--sampled-queries", "3", "--batch-size", "2"]
-    assert train(data, tmp_path / "straight", "--epochs", "2", *sampled) == 0
-    assert train(data, tmp_path / "resumed", "--epochs", "1", *sampled) == 0
-    assert train(data, tmp_path / "resumed", "--epochs", "2", "--resume") == 0
+    sampled = ["--sampled-queries", "3", "--batch-size", "2", "--epochs", "2", "--progress", "json"]
+    assert train(data, tmp_path / "straight", *sampled) == 0
+    restore = stop_after_first_epoch(monkeypatch)
+    assert train(data, tmp_path / "resumed", *sampled) == 130
+    restore()
+    assert train(data, tmp_path / "resumed", *sampled, "--resume") == 0
+    capsys.readouterr()
     straight = load_file(tmp_path / "straight" / "last.safetensors")
     resumed = load_file(tmp_path / "resumed" / "last.safetensors")
     assert "shortlist_head.score.weight" in straight

@@ -27,9 +27,19 @@ class StepOptions:
     channels_last: bool = False  # CUDA convolutions prefer NHWC
 
 
-def options_for(device: torch.device) -> StepOptions:
+# bf16 autocast pays only for large steps: on the H200 it was slower than fp32 for tiny at
+# 16 x 128^2 px (0.68x) and resnet50 at 2 x 384^2 px (0.86x) (benchmarks/RESULTS.md). Below this
+# many pixels per step training runs in fp32 (TF32 matmuls); paper scale (8 x 800 x 1200) is above.
+AMP_MIN_PIXELS = 8 * 512 * 512
+
+
+def options_for(device: torch.device, pixels_per_step: int | None = None) -> StepOptions:
+    """Step options for `device`; pixels_per_step (batch x short side^2) picks fp32 for small steps."""
     on_cuda = device.type == "cuda"
-    return StepOptions(device, amp=on_cuda, channels_last=on_cuda)
+    amp = on_cuda and (pixels_per_step is None or pixels_per_step >= AMP_MIN_PIXELS)
+    if on_cuda and not amp:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return StepOptions(device, amp=amp, channels_last=on_cuda)
 
 
 def autocast(options: StepOptions):
@@ -59,7 +69,8 @@ def train_step(model: nn.Module, batch: Batch, options: StepOptions, sampler: Qu
     if sampler is not None:
         sampler.labels = labels
     with autocast(options):
-        output = model(images, mask, return_attention=False, choose_classes=sampler, first_pass=head)
+        output = model(images, mask, return_attention=False, choose_classes=sampler, first_pass=head,
+                       from_features=batch.features)
     logits = output.logits.float()
     if sampler is None:
         loss = F.cross_entropy(logits, labels)
@@ -79,13 +90,15 @@ class EpochResult:
     accuracy: float
     images: int
     skipped: int  # images that failed to decode during the epoch
+    lr: float | None = None  # the (first group's) learning rate of the epoch's last update
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, options: StepOptions, *,
                     epoch: int, accumulate: int = 1, max_norm: float = 0.1,
-                    frozen: tuple[nn.Module, ...] = (), sampler: QuerySampler | None = None,
+                    frozen: tuple[nn.Module, ...] = (), sampler: QuerySampler | None = None, scheduler=None,
                     on_step: Callable[[int, int, float, float], None] | None = None) -> EpochResult:
-    """on_step(step, steps, running loss, running accuracy) after every batch."""
+    """on_step(step, steps, running loss, running accuracy) after every batch; the learning-rate
+    `scheduler` steps after every optimizer update."""
     model.train()
     for module in frozen:  # frozen parts keep batch-norm statistics and skip dropout
         module.eval()
@@ -93,6 +106,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     parameters = [p for p in model.parameters() if p.requires_grad]
     steps = len(loader)
     loss_sum, correct, count, skipped = 0.0, 0, 0, 0
+    lr = optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader, 1):
         skipped += batch.skipped
@@ -111,13 +125,16 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if update:
             if max_norm > 0:
                 nn.utils.clip_grad_norm_(parameters, max_norm)
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
         if on_step is not None:
             on_step(step, steps, loss_sum / max(count, 1), correct / max(count, 1))
     totals = sum_over_ranks(torch.tensor([loss_sum, correct, count, skipped], dtype=torch.float64))
     loss_sum, correct, count, skipped = totals.tolist()
-    return EpochResult(loss_sum / max(count, 1), correct / max(count, 1), int(count), int(skipped))
+    return EpochResult(loss_sum / max(count, 1), correct / max(count, 1), int(count), int(skipped), lr)
 
 
 @dataclass
@@ -194,7 +211,7 @@ def evaluate(model: nn.Module, loader, options: StepOptions, num_classes: int, s
             continue
         images, mask, labels = to_device(batch, options)
         with autocast(options):
-            encoded = model.encode(images, mask)
+            encoded = model.encode_features(images, mask) if batch.features else model.encode(images, mask)
             output = model.decode(encoded, return_attention=False, shortlist=shortlist)
             reference = model.decode(encoded, return_attention=False) if check is not None else None
         logits = full_width(output, num_classes)

@@ -110,3 +110,14 @@ def freeze(model: INTR, what: str | None) -> tuple[nn.Module, ...]:
     for module in modules:
         module.requires_grad_(False)
     return modules
+
+
+def set_dropout(model: INTR, p: float) -> None:
+    """The transformer's dropout (part of the recipe; weights do not depend on it)."""
+    from napari_intr.model.attention import MultiheadAttention
+    model.config = model.config.replace(dropout=p)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(module, MultiheadAttention):
+            module.dropout = p

@@ -14,7 +14,17 @@ from napari_intr.model.config import BACKBONES
 
 from .cli_values import COUNT, SEED, WORKERS, number, whole_number
 from .progress import MODES
-from .recipes import DEFAULT_BACKBONE, FREEZE_CHOICES, PAPER, TINY
+from .recipes import (
+    AUGMENT_HELP,
+    AUGMENTATIONS,
+    DEFAULT_BACKBONE,
+    FREEZE_CHOICES,
+    PAPER,
+    RECIPE_CHOICES,
+    RESNET,
+    TINY,
+)
+from .schedules import SCHEDULE_HELP, SCHEDULES
 
 # A learning rate below 0 climbs the loss; 0 for the backbone keeps it as initialised.
 LEARNING_RATE = number(0, 10, low_inclusive=False)
@@ -33,12 +43,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="detr-r50 (the paper's start, resnet50 only; the default for "
                         "resnet50), none (random weights; the default otherwise), or a checkpoint to "
                         "fine-tune (.safetensors, official INTR .pth or a zoo name)")
-    parser.add_argument("--epochs", type=COUNT, help=f"epochs in total (resnet*: {PAPER['epochs']}, tiny: {TINY['epochs']})")
-    parser.add_argument("--batch-size", type=BATCH_SIZE, help=f"images per step and process (resnet*: {PAPER['batch_size']}, tiny: {TINY['batch_size']})")
-    parser.add_argument("--lr", type=LEARNING_RATE, help=f"learning rate (resnet*: {PAPER['lr']}, tiny: {TINY['lr']})")
-    parser.add_argument("--lr-backbone", type=BACKBONE_LEARNING_RATE, help=f"backbone learning rate (resnet*: {PAPER['lr_backbone']}, tiny: {TINY['lr_backbone']})")
-    parser.add_argument("--lr-drop", type=COUNT, help="epoch after which the learning rates drop 10x "
-                        f"(resnet*: {PAPER['lr_drop']}, tiny: {TINY['lr_drop']})")
+    parser.add_argument("--recipe", choices=RECIPE_CHOICES, help="default: the backbone's recipe below; "
+                        "paper: the paper's (resnet50 from DETR-R50 at 800 px, 140 epochs, batch 12, StepLR "
+                        "10x down at epoch 80, DETR's multi-scale resize), for reproducing its Table 1")
+    parser.add_argument("--epochs", type=COUNT, help=f"epochs in total (resnet*: {RESNET['epochs']}, tiny: {TINY['epochs']})")
+    parser.add_argument("--batch-size", type=BATCH_SIZE, help="images per step and process: under torchrun each "
+                        f"process takes this many (resnet*: {RESNET['batch_size']}, tiny: {TINY['batch_size']})")
+    parser.add_argument("--lr", type=LEARNING_RATE, help=f"peak learning rate (resnet*: {RESNET['lr']}, tiny: "
+                        f"{TINY['lr']}, for the recipe's batch size; the default is scaled by the square root of "
+                        "(processes x --batch-size x --accumulate) / the recipe's batch size, a given --lr is used "
+                        "as it is)")
+    parser.add_argument("--lr-backbone", type=BACKBONE_LEARNING_RATE, help=f"peak backbone learning rate (resnet*: "
+                        f"{RESNET['lr_backbone']}, tiny: {TINY['lr_backbone']}; scaled like --lr)")
+    parser.add_argument("--schedule", choices=SCHEDULES, help=SCHEDULE_HELP + " (default: cosine; "
+                        "--recipe paper: step)")
+    parser.add_argument("--warmup-epochs", type=number(0, 1000), help="epochs of linear warm-up (default 1; at "
+                        "most a fifth of the run; --recipe paper: 0)")
+    parser.add_argument("--lr-drop", type=COUNT, help="--schedule step: the epoch after which the learning rates "
+                        f"drop 10x (default: {PAPER['lr_drop']} of {PAPER['epochs']} epochs, in proportion for "
+                        "other --epochs)")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, help=AUGMENT_HELP + " (default: resnet* "
+                        f"{RESNET['augment']}, tiny {TINY['augment']})")
     parser.add_argument("--image-size", type=IMAGE_SIZE, help="short side in px (resnet*: 800, tiny: 128); the "
                         "longest side limit scales in proportion")
     parser.add_argument("--device", default="auto", choices=DEVICES)
@@ -51,9 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze", choices=FREEZE_CHOICES, help="keep the backbone (or the backbone, "
                         "projection and encoder) as initialised")
     parser.add_argument("--accumulate", type=COUNT, help="batches per optimizer step (default 1)")
-    parser.add_argument("--workers", type=WORKERS, help="data-loading processes (default: up to 4)")
-    parser.add_argument("--dropout", type=float, help="transformer dropout (default 0.1, the paper's); 0 lets "
-                        "CPU attention use its fused kernel, several times faster with hundreds of classes")
+    parser.add_argument("--workers", type=WORKERS, help="data-loading processes (default: none when the "
+                        "resized images or cached features are read from memory or the cache, else up to 4)")
+    parser.add_argument("--cache-features", action=argparse.BooleanOptionalAction, help="with a frozen "
+                        "backbone, compute its features once per image and variant and keep them in "
+                        "OUT/feature_cache (memory-mapped; reused by --resume, recomputed for changed images "
+                        "or weights). Default: on whenever --freeze is given")
+    parser.add_argument("--dropout", type=number(0, 0.99), help=f"transformer dropout (resnet*: {RESNET['dropout']}, "
+                        f"the paper's; tiny: {TINY['dropout']}); 0 lets CPU attention use its fused kernel, several "
+                        "times faster with hundreds of classes")
     parser.add_argument("--sampled-queries", type=int, metavar="K", help="decode only K classes per step: the "
                         "batch's true classes, the first pass's hardest other classes and random ones, with "
                         "the sampled-softmax (logQ) correction; step time and memory then do not grow with "

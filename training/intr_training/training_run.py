@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -25,17 +26,28 @@ from napari_intr.checkpoints import model_from_state, save_model
 from napari_intr.devices import resolve_device
 from napari_intr.model import IntrConfig
 
-from . import distributed, state
-from .data import ImageFolderDataset, collate, scan_collection
+from . import distributed, schedules, state
+from .data import ImageFolderDataset, VariantDataset, collate, scan_collection
 from .engine import evaluate, options_for, train_one_epoch
-from .initialization import freeze, initial_model
+from .feature_cache import CachedVariants, FeatureCache, FeatureLoader, collate_pending
+from .initialization import freeze, initial_model, set_dropout
 from .progress import Progress, make_progress
-from .recipes import CLIP_MAX_NORM, RECIPES, RUNTIME_ARGUMENTS, WEIGHT_DECAY
+from .recipes import (
+    CLIP_MAX_NORM,
+    PAPER,
+    PAPER_START,
+    RECIPES,
+    RUNTIME_ARGUMENTS,
+    STEP_DROP_SHARE,
+    WEIGHT_DECAY,
+)
 from .run_lock import RunLock
 from .sampling import QuerySampler
-from .transforms import eval_transform, train_transform
+from .transforms import Variant, eval_transform, fixed_variants, train_transform
 
 SHOWN_SKIPPED = 5  # unreadable images named one by one before the rest are counted
+# Resized training images are kept in memory (and no loader workers are started) up to this size.
+KEEP_IMAGES_BYTES = 2 * 2**30
 
 # Set by SIGTERM and checked after every step: the KeyboardInterrupt raised by the handler can
 # land where Python swallows exceptions (e.g. an at-fork callback as DataLoader workers start).
@@ -94,7 +106,7 @@ def run_training(args: argparse.Namespace) -> int:
 OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 
 
-def out_of_memory_message(error: BaseException, run: "TrainingRun | None") -> str | None:
+def out_of_memory_message(error: BaseException, run: TrainingRun | None) -> str | None:
     text = str(error).lower()
     if not (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(w in text for w in OUT_OF_MEMORY_WORDS)):
         return None
@@ -111,11 +123,19 @@ def with_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespac
     for name in ("epochs", "batch_size", "accumulate", "lr_drop"):
         if values.get(name) is not None and values[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
+    if values.get("dropout") is not None and not 0 <= values["dropout"] < 1:
+        raise ValueError(f"--dropout must be at least 0 and below 1, got {values['dropout']}")
+    if values.get("warmup_epochs") is not None and values["warmup_epochs"] < 0:
+        raise ValueError(f"--warmup-epochs must be 0 or more, got {values['warmup_epochs']}")
     return argparse.Namespace(**values)
 
 
 def general_defaults() -> dict:
-    return {"seed": 0, "val_split": 0.1, "accumulate": 1, "workers": min(4, max(0, (os.cpu_count() or 1) - 1))}
+    return {"seed": 0, "val_split": 0.1, "accumulate": 1}
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 class TrainingRun:
@@ -141,9 +161,15 @@ class TrainingRun:
                              "give another --out for a new run")
         self.dist, self.device = distributed.setup(resolve_device(args.device))
         if saved is not None:
+            if "schedule" not in saved["args"]:
+                raise ValueError(f"--resume: {self.out} was saved by an earlier napari-intr whose per-epoch "
+                                 "learning-rate schedule cannot be continued exactly; start a new run (add --init "
+                                 f"{self.out / state.LAST_FILE} to keep its weights)")
             self.args = args = self.resumed_arguments(args, saved["args"])
         else:
             self.args = args = with_defaults(args, general_defaults())
+            if args.recipe == "paper":
+                self.args = args = with_defaults(args, PAPER_START)
         collection = scan_collection(args.data, args.val_split, args.seed)
         self.class_names = collection.class_names
         if saved is not None and saved["class_names"] != self.class_names:
@@ -155,7 +181,8 @@ class TrainingRun:
             start = initial_model(args.init, self.class_names, args.backbone, args.image_size,
                                   torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None))
             model, self.init_description, init_warnings = start.model, start.description, start.warnings
-            self.args = args = with_defaults(args, RECIPES[model.config.backbone])
+            self.args = args = self.recipe_arguments(args, model.config.backbone)
+            set_dropout(model, args.dropout)
         else:
             # built on the meta device: every weight comes from the saved state
             model = model_from_state(IntrConfig.from_json(saved["config"]), self.class_names, saved["model"],
@@ -163,19 +190,22 @@ class TrainingRun:
             self.init_description, init_warnings = f"resumed after epoch {saved['epoch']}", []
         self.config = model.config
         self.frozen = freeze(model, args.freeze)
-        self.options = options_for(self.device)
+        self.options = options_for(self.device, args.batch_size * model.config.short_side ** 2)
         model.to(self.device)
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = self.build_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, args.lr_drop)
+        self.build_loaders(collection)
+        self.schedule = schedules.plan(args.schedule, args.epochs,
+                                       schedules.updates_per_epoch(len(self.train_loader), args.accumulate),
+                                       args.warmup_epochs, args.lr_drop)
+        self.scheduler = schedules.scheduler(self.optimizer, self.schedule)
         if saved is not None:
             self.restore(saved)
         self.wrapped = DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         ) if self.dist.active else model
-        self.build_loaders(collection)
         self.collection = collection
         sampled = getattr(args, "sampled_queries", None)
         self.query_sampler = None if sampled is None else QuerySampler(sampled, len(self.class_names),
@@ -194,6 +224,29 @@ class TrainingRun:
                                       f"saved run's setting ({saved_args.get(name)})")
         return argparse.Namespace(**values)
 
+    def recipe_arguments(self, args, backbone: str) -> argparse.Namespace:
+        """Fill what the command line left out from the recipe; scale its learning rates to the
+        effective batch (square root of effective / recipe batch: AdamW's rule of thumb)."""
+        recipe = PAPER if args.recipe == "paper" else RECIPES[backbone]
+        given = {name for name in ("lr", "lr_backbone") if getattr(args, name) is not None}
+        args = with_defaults(args, recipe)
+        effective = self.dist.world_size * args.batch_size * args.accumulate
+        scale = (effective / recipe["batch_size"]) ** 0.5
+        for name in {"lr", "lr_backbone"} - given:
+            setattr(args, name, recipe[name] * scale)
+        if args.schedule == "step" and args.lr_drop is None:
+            args.lr_drop = max(1, round(args.epochs * STEP_DROP_SHARE))
+        if args.schedule == "step" and args.lr_drop >= args.epochs:
+            self.setup_warnings.append(f"--lr-drop {args.lr_drop} is not before the last epoch ({args.epochs}): the "
+                                       "learning rate never drops")
+        if args.schedule != "step" and args.lr_drop is not None and "lr_drop" not in recipe:
+            self.setup_warnings.append(f"--lr-drop {args.lr_drop} ignored: it applies to --schedule step only")
+        frozen = args.freeze is not None
+        if args.cache_features and not frozen:
+            raise ValueError("--cache-features needs a frozen backbone: add --freeze backbone (or encoder)")
+        args.cache_features = frozen if args.cache_features is None else args.cache_features
+        return args
+
     def build_optimizer(self) -> torch.optim.Optimizer:
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": self.args.lr},
@@ -201,25 +254,77 @@ class TrainingRun:
         return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=WEIGHT_DECAY)
 
     def restore(self, saved: dict) -> None:
+        planned = self.schedule.to_dict()
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scheduler.load_state_dict(saved["scheduler"])  # the saved Schedule's numbers come back too
+        if self.schedule.to_dict() != planned:  # --epochs changed: plan the rest anew
+            self.schedule.__dict__.update(planned)
+            self.setup_warnings.append(f"the learning-rate schedule now spans {self.args.epochs} epochs (it was planned "
+                                       f"for {saved['args']['epochs']}); the rate continues from that plan")
         self.epoch, self.history = saved["epoch"], list(saved["history"])
         self.best_val_acc, self.best_per_class = saved["best_val_acc"], dict(saved["best_per_class"])
         self.saved_rng = saved["rng"]
 
     def build_loaders(self, collection) -> None:
-        args, rank, world = self.args, self.dist.rank, self.dist.world_size
-        train_set = ImageFolderDataset(collection.train, train_transform(self.config, self.model.feature_stride))
+        """DETR's random multi-scale transform; or fixed (short side, flip) variants (--augment flip,
+        or a frozen backbone), kept in memory when they fit; or a frozen backbone's cached features."""
+        args, rank, world, config = self.args, self.dist.rank, self.dist.world_size, self.config
+        fixed = args.augment == "flip" or args.freeze is not None
+        self.variant_sets = []
+        val_samples = collection.val[rank::world]  # a plain shard per rank: counts stay exact
+        if not fixed:
+            train_set = ImageFolderDataset(collection.train, train_transform(config, self.model.feature_stride))
+            val_set = ImageFolderDataset(val_samples, eval_transform(config))
+            keep = False
+        else:
+            variants = fixed_variants(config, self.model.feature_stride, args.augment)
+            sides = {variant.short_side for variant in variants}
+            image_bytes = 4 * 3 * config.short_side * config.max_side  # the most one resized image takes
+            keep = (args.workers in (None, 0) and not args.cache_features
+                    and image_bytes * (len(collection.train) * len(sides) + len(val_samples)) <= KEEP_IMAGES_BYTES)
+            train_set = VariantDataset(collection.train, variants, config.max_side, args.seed, keep)
+            val_set = VariantDataset(val_samples, [Variant(config.short_side, False)], config.max_side, args.seed,
+                                     keep)
+            if args.cache_features:
+                train_set = CachedVariants(train_set, self.feature_cache("train", collection.train, variants))
+                val_set = CachedVariants(val_set, self.feature_cache("val", val_samples, val_set.variants))
+            self.variant_sets = [train_set, val_set]
+        workers = args.workers if args.workers is not None else (
+            0 if keep or args.cache_features else default_workers())
         # DistributedSampler shuffles with seed + epoch; with one process it is just that shuffle.
         self.sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
         self.loader_generator = torch.Generator()
-        common = dict(batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate,
+        common = dict(batch_size=args.batch_size, num_workers=workers,
+                      collate_fn=collate_pending if args.cache_features else collate,
                       pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                       generator=self.loader_generator)
         self.train_loader = DataLoader(train_set, sampler=self.sampler, **common)
-        # Validation: a plain shard per rank, no padding with repeated images (counts stay exact).
-        val_set = ImageFolderDataset(collection.val[rank::world], eval_transform(self.config))
         self.val_loader = DataLoader(val_set, shuffle=False, **common) if collection.val else None
+        if args.cache_features:
+            backbone = self.model.backbone[0]
+            self.train_loader = FeatureLoader(self.train_loader, train_set.cache, backbone, self.device)
+            if self.val_loader is not None:
+                self.val_loader = FeatureLoader(self.val_loader, val_set.cache, backbone, self.device)
+
+    def feature_cache(self, split: str, samples, variants) -> FeatureCache:
+        """rank 0 writes the cache layout (keeping valid slots of an earlier one); the others open it."""
+        name = split if split == "train" else f"{split}-rank{self.dist.rank}"
+        backbone = self.model.backbone
+        arguments = (self.out, name, samples, variants, self.config.max_side, backbone[0], backbone.stride,
+                     backbone.num_channels)
+        if split == "train" and not self.dist.is_main:
+            distributed.barrier()
+            return FeatureCache.prepare(*arguments, create=False)[0]
+        cache, _ = FeatureCache.prepare(*arguments)
+        free = shutil.disk_usage(cache.folder).free
+        needed = cache.data.itemsize * cache.layout.total
+        if needed > free + cache.data_path.stat().st_size:
+            raise ValueError(f"the feature cache needs {needed / 2**30:.1f} GiB in {cache.folder} and "
+                             f"only {free / 2**30:.1f} GiB are free: free some space, lower --image-size, or "
+                             "train with --no-cache-features")
+        if split == "train" and self.dist.active:
+            distributed.barrier()
+        return cache
 
     @staticmethod
     def skipped_messages(skipped: list[str]) -> list[str]:
@@ -248,15 +353,15 @@ class TrainingRun:
         for epoch in range(self.epoch + 1, args.epochs + 1):
             started = time.monotonic()
             self.sampler.set_epoch(epoch)
+            for dataset in self.variant_sets:
+                dataset.set_epoch(epoch)
             self.loader_generator.manual_seed(args.seed + epoch)
             if self.query_sampler is not None:  # random negatives: seeded per epoch and rank (resumable)
                 self.query_sampler.generator.manual_seed((args.seed + epoch) * 1009 + self.dist.rank)
-            lr = self.optimizer.param_groups[0]["lr"]
-            on_step = self._step_reporter(epoch, started, lr, epoch_seconds)
+            on_step = self._step_reporter(epoch, started, epoch_seconds)
             result = train_one_epoch(self.wrapped, self.train_loader, self.optimizer, self.options, epoch=epoch,
                                      accumulate=args.accumulate, max_norm=CLIP_MAX_NORM, frozen=self.frozen,
-                                     sampler=self.query_sampler, on_step=on_step)
-            self.scheduler.step()
+                                     sampler=self.query_sampler, scheduler=self.scheduler, on_step=on_step)
             if result.images == 0:  # nothing learned: saving would write a random model as "trained"
                 raise ValueError(f"none of the {len(self.collection.train)} training images in {args.data} could "
                                  f"be used in epoch {epoch} (the reasons are above); nothing was saved for this "
@@ -270,12 +375,12 @@ class TrainingRun:
                 if self.val_loader is not None else None
             seconds = time.monotonic() - started
             epoch_seconds.append(seconds)
-            self.end_epoch(epoch, result, evaluation, lr, seconds)
+            self.end_epoch(epoch, result, evaluation, result.lr, seconds)
         distributed.barrier()
         self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / state.MODEL_FILE),
                            per_class_accuracy=self.best_per_class)
 
-    def _step_reporter(self, epoch: int, started: float, lr: float, epoch_seconds: list[float]):
+    def _step_reporter(self, epoch: int, started: float, epoch_seconds: list[float]):
         """on_step for train_one_epoch: stops at once on SIGTERM, else reports progress and the
         time left (this epoch's pace; later epochs at the mean epoch time so far)."""
         remaining_epochs = self.args.epochs - epoch
@@ -285,7 +390,7 @@ class TrainingRun:
                 raise KeyboardInterrupt
             per_step = (time.monotonic() - started) / step
             per_epoch = np.mean(epoch_seconds) if epoch_seconds else per_step * steps
-            self.progress.step(epoch, step, steps, loss, accuracy, lr,
+            self.progress.step(epoch, step, steps, loss, accuracy, self.optimizer.param_groups[0]["lr"],
                                per_step * (steps - step) + per_epoch * remaining_epochs)
 
         return on_step

@@ -107,13 +107,23 @@ class INTR(nn.Module):
         elif mask.shape != (images.shape[0], height, width) or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor [B, H, W] = {[images.shape[0], height, width]}, "
                              f"got {mask.dtype} {list(mask.shape)}")
-        features, feature_mask, pos = self.backbone(images, mask)
+        features, feature_mask = self.backbone[0](images, mask)
+        return self.encode_features(features, feature_mask, (height, width))
+
+    def encode_features(self, features: Tensor, feature_mask: Tensor,
+                        input_size: tuple[int, int] | None = None) -> EncodedImages:
+        """Projection and encoder on backbone feature maps [B, C, h, w] (mask [B, h, w], True on
+        padding): the second half of `encode`, for features computed earlier (a frozen backbone's
+        cache in training)."""
+        pos = self.backbone[1](feature_mask).to(features.dtype)
         src = self.input_proj(features)
         grid = tuple(src.shape[-2:])
         src, pos = src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2)  # [B, hw, D]
         padding_mask = feature_mask.flatten(1)
-        memory = self.transformer.encoder(src, padding_mask, pos)
-        return EncodedImages(memory, padding_mask, grid, (height, width))
+        memory = self.transformer.encoder(src, _mask_if_padded(padding_mask), pos)
+        if input_size is None:
+            input_size = (grid[0] * self.feature_stride, grid[1] * self.feature_stride)
+        return EncodedImages(memory, padding_mask, grid, input_size)
 
     def decode(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None,
                mode: str = "drop", return_attention: bool = True, shortlist: int | None = None,
@@ -154,7 +164,7 @@ class INTR(nn.Module):
         batch = encoded.memory.shape[0]
         key_values = self._cached_key_values(encoded)
         z_out, weights = self.transformer.decoder(
-            queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, encoded.padding_mask,
+            queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, _mask_if_padded(encoded.padding_mask),
             return_attention, key_values, context)
         logits = self.presence_vector(z_out).squeeze(-1)  # Eq. 6: w^T z_out per class
         if mode == "zero":
@@ -233,11 +243,12 @@ class INTR(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor | None = None, return_attention: bool = True,
                 choose_classes: Callable[[INTR, EncodedImages], list[int]] | None = None,
-                first_pass: bool = False) -> IntrOutput:
+                first_pass: bool = False, from_features: bool = False) -> IntrOutput:
         """The whole model. choose_classes(model, encoded) -> the classes to decode (drop mode;
         default all): sampled-query training picks them from the encoder memory. first_pass: also
-        return the first-pass scores of the decoded classes (training the shortlist head)."""
-        encoded = self.encode(images, mask)
+        return the first-pass scores of the decoded classes (training the shortlist head).
+        from_features: `images` are backbone feature maps and `mask` theirs (`encode_features`)."""
+        encoded = self.encode_features(images, mask) if from_features else self.encode(images, mask)
         classes = None if choose_classes is None else choose_classes(self, encoded)
         output = self.decode(encoded, classes, return_attention=return_attention)
         if first_pass:
@@ -285,6 +296,12 @@ class INTR(nn.Module):
 
 def _loose(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").casefold().split())
+
+
+def _mask_if_padded(padding_mask: Tensor) -> Tensor | None:
+    """None when nothing is padding: attention then runs without a mask, which lets
+    scaled_dot_product_attention take its fused kernels (several times faster on the CPU)."""
+    return padding_mask if bool(padding_mask.any()) else None
 
 
 def build_model(config: IntrConfig, class_names: Sequence[str] | None = None) -> INTR:

@@ -1,0 +1,170 @@
+"""The frozen-backbone feature cache: what it stores, what it reuses, what it recomputes."""
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from intr_training.data import VariantDataset, read_image, scan_collection
+from intr_training.feature_cache import (
+    CachedVariants,
+    FeatureCache,
+    FeatureLoader,
+    collate_pending,
+)
+from intr_training.transforms import apply_variant, fixed_variants, resize_normalise
+from napari_intr.model import IntrConfig, build_model
+from training_data import write_classes
+
+CONFIG = IntrConfig.tiny(2, short_side=64, max_side=112)
+
+
+def cache_for(out, samples, model, variants):
+    return FeatureCache.prepare(out, "train", samples, variants, CONFIG.max_side, model.backbone[0],
+                                model.feature_stride, model.backbone.num_channels)
+
+
+def run_epoch(cache, samples, model, variants, epoch=1):
+    dataset = CachedVariants(VariantDataset(samples, variants, CONFIG.max_side, seed=0), cache)
+    dataset.set_epoch(epoch)
+    loader = FeatureLoader(DataLoader(dataset, batch_size=3, collate_fn=collate_pending), cache,
+                           model.backbone[0], torch.device("cpu"))
+    return list(loader), loader.computed
+
+
+def test_cache_fills_once_and_holds_the_backbone_features(tmp_path):
+    data = write_classes(tmp_path / "data", {"a": 4, "b": 3}, size=72)
+    samples = scan_collection(data, 0).train
+    torch.manual_seed(0)
+    model = build_model(CONFIG).eval()
+    variants = fixed_variants(CONFIG, model.feature_stride, "multiscale")
+    assert len(variants) == 4  # two scales x (plain, mirrored)
+    cache, reused = cache_for(tmp_path / "run", samples, model, variants)
+    assert reused == 0 and cache.filled() == 0
+    batches, computed = run_epoch(cache, samples, model, variants)
+    assert computed == len(samples) == cache.filled()
+    assert all(batch.features for batch in batches)
+    assert sum(len(batch.labels) for batch in batches) == len(samples)
+    _, computed_again = run_epoch(cache, samples, model, variants)  # same epoch: same variants, all cached
+    assert computed_again == 0
+
+    for index in range(len(samples)):  # every stored map is the backbone's output
+        for variant_index, variant in enumerate(variants):
+            if not cache.has(index, variant_index):
+                continue
+            image = apply_variant(resize_normalise(read_image(samples[index][0]), variant.short_side,
+                                                   CONFIG.max_side), variant)
+            with torch.no_grad():
+                expected, _ = model.backbone[0](image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool))
+            torch.testing.assert_close(cache.read(index, variant_index), expected[0], atol=1e-5, rtol=1e-4)
+
+
+def test_changed_image_or_backbone_is_recomputed(tmp_path):
+    data = write_classes(tmp_path / "data", {"a": 3, "b": 3}, size=72)
+    samples = scan_collection(data, 0).train
+    torch.manual_seed(0)
+    model = build_model(CONFIG).eval()
+    variants = fixed_variants(CONFIG, model.feature_stride, "flip")
+    out = tmp_path / "run"
+    cache, _ = cache_for(out, samples, model, variants)
+    for epoch in (1, 2, 3, 4):
+        run_epoch(cache, samples, model, variants, epoch)
+    filled = cache.filled()
+    slots = {(i, v) for i in range(len(samples)) for v in range(len(variants)) if cache.has(i, v)}
+    cache.close()
+
+    reopened, reused = cache_for(out, samples, model, variants)  # nothing changed: all reused in place
+    assert reused == filled == reopened.filled()
+    reopened.close()
+
+    changed = samples[1][0]
+    pixels = np.asarray(Image.open(changed)).copy()
+    pixels[:20] = 255 - pixels[:20]
+    Image.fromarray(pixels).save(changed)
+    cache, reused = cache_for(out, samples, model, variants)
+    stale = sum(1 for i, _ in slots if i == 1)
+    assert stale and reused == filled - stale
+    assert not any(cache.has(1, v) for v in range(len(variants)))
+    assert all(cache.has(i, v) for i, v in slots if i != 1)
+    run_epoch(cache, samples, model, variants, 1)
+    for v in range(len(variants)):
+        if cache.has(1, v):
+            image = apply_variant(resize_normalise(read_image(changed), variants[v].short_side, CONFIG.max_side),
+                                  variants[v])
+            with torch.no_grad():
+                expected, _ = model.backbone[0](image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool))
+            torch.testing.assert_close(cache.read(1, v), expected[0], atol=1e-5, rtol=1e-4)
+    cache.close()
+
+    with torch.no_grad():
+        model.backbone[0].body[0][0].weight.mul_(1.01)  # new backbone weights: nothing is reused
+    cache, reused = cache_for(out, samples, model, variants)
+    assert reused == 0 and cache.filled() == 0
+
+
+def test_a_step_from_the_cache_equals_a_step_through_the_backbone(tmp_path):
+    """Same batch, same variants: the same logits and gradients (to float rounding)."""
+    data = write_classes(tmp_path / "data", {"a": 4, "b": 4}, size=72)
+    samples = scan_collection(data, 0).train
+    torch.manual_seed(0)
+    model = build_model(CONFIG.replace(dropout=0.0))
+    model.backbone.requires_grad_(False)
+    variants = fixed_variants(CONFIG, model.feature_stride, "multiscale")
+    cache, _ = cache_for(tmp_path / "run", samples, model, variants)
+    run_epoch(cache, samples, model, variants, epoch=5)  # fill the slots epoch 5 uses
+    images = VariantDataset(samples, variants, CONFIG.max_side, seed=0)
+    images.set_epoch(5)
+    indices = [i for i in range(len(samples)) if variants[images.variant_of(i)].short_side == CONFIG.short_side]
+    assert len(indices) >= 2
+    batch_images = torch.stack([images[i][0] for i in indices])
+    cached = torch.stack([cache.read(i, images.variant_of(i)) for i in indices])
+    model.backbone.eval()
+    results = []
+    for inputs, from_features in ((batch_images, False), (cached, True)):
+        model.zero_grad()
+        mask = torch.zeros(len(inputs), *inputs.shape[-2:], dtype=torch.bool)
+        logits = model(inputs, mask, return_attention=False, from_features=from_features).logits
+        torch.nn.functional.cross_entropy(logits, torch.tensor([samples[i][1] for i in indices])).backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (logits_a, grads_a), (logits_b, grads_b) = results
+    torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-4)
+    assert grads_a.keys() == grads_b.keys() and not any(name.startswith("backbone") for name in grads_a)
+    flat_a, flat_b = (torch.cat([grads[name].flatten() for name in sorted(grads)]) for grads in (grads_a, grads_b))
+    # gradients of near-equal logits amplify rounding (here ~1 %: float32, one image vs a batch)
+    assert (flat_a - flat_b).norm() <= 0.05 * flat_a.norm()
+
+
+def test_training_from_the_cache_equals_training_without_it(tmp_path, capsys):
+    """Whole runs, same seed: the same losses (to 1e-3) and learning rates. (Not the validation
+    accuracy: this barely trained model's logits are near-equal, so argmax ties flip either way.)
+    The cache encodes images one at a time and the uncached run a batch: features differ by float
+    rounding (~1e-7), which AdamW turns into steps of full size where a gradient is near zero, so
+    weights agree to a few updates' size (lr 5e-4 here), not bit for bit."""
+    from safetensors.torch import load_file
+
+    from intr_training import cli
+    from training_data import FAST, json_events
+
+    data = write_classes(tmp_path / "data", {"disc": 6, "diamond": 6, "third": 6})
+    runs = {}
+    for name, flag in (("cached", "--cache-features"), ("uncached", "--no-cache-features")):
+        assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / name), *FAST, "--epochs", "2",
+                         "--freeze", "backbone", "--augment", "multiscale", "--val-split", "0.34", flag,
+                         "--progress", "json"]) == 0
+        runs[name] = [e for e in json_events(capsys.readouterr().out) if e["event"] == "epoch"]
+    assert (tmp_path / "cached" / "feature_cache" / "train.f32").is_file()
+    assert not (tmp_path / "uncached" / "feature_cache").exists()
+    cached, uncached = (load_file(tmp_path / name / "last.safetensors") for name in ("cached", "uncached"))
+    for key in cached:
+        torch.testing.assert_close(cached[key], uncached[key], atol=5e-3, rtol=0, msg=key)
+    for a, b in zip(runs["cached"], runs["uncached"], strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-3 and a["lr"] == b["lr"]  # measured: ~3e-5
+
+
+def test_cache_flag_needs_a_frozen_backbone(tmp_path, capsys):
+    from intr_training import cli
+    from training_data import FAST
+
+    data = write_classes(tmp_path / "data", {"disc": 3, "diamond": 3})
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST, "--epochs", "1",
+                     "--cache-features"]) == 2
+    assert "--freeze backbone" in capsys.readouterr().err
