@@ -260,6 +260,8 @@ def training_rows(args, quick) -> list[dict]:
         cases.append(("resnet50", ["--backbone", "resnet50", "--image-size", "384", "--batch-size", "2",
                                    "--classes", "200", "--steps", "2", "--warmup", "1", "--rounds", "1"]))
     rows = []
+    if device == "cuda":
+        rows += paper_scale_rows(quick)
     for label, argv in cases:
         options = compare([*argv, "--device", device])
         ours, reference, a = options["ours"], options["reference"], options["args"]
@@ -275,6 +277,32 @@ def training_rows(args, quick) -> list[dict]:
         rows.append(row("(c) training", f"{label}: {memory} (MiB), ours vs reference",
                         f"{ours['peak_mib']:.0f} vs {reference['peak_mib']:.0f}", ratio,
                         "reference materialises the attention weights (return_attention=True)"))
+    return rows
+
+
+def paper_scale_rows(quick: bool) -> list[dict]:
+    """(c) at paper scale on CUDA: resnet50, C=200, batch 8, JPEGs via the DataLoader; the official
+    recipe's loop vs ours, and ours without each lever (paper_scale.py)."""
+    import paper_scale
+    argv = ["--device", "cuda", "--images", "48" if quick else "96", "--steps", "5" if quick else "20",
+            "--warmup", "3" if quick else "5"]
+    rows = []
+    for resize in ("multiscale", "fixed"):
+        result = paper_scale.compare([*argv, "--resize", resize])
+        results, a = result["results"], result["args"]
+        reference = results["reference"]
+        setting = (f"resnet50, batch {a.batch_size}, C={a.classes}, {resize} resize, JPEG files via DataLoader "
+                   f"({a.workers} workers), {a.steps} timed steps")
+        for name, r in results.items():
+            speed = r["images_per_second"] / reference["images_per_second"]
+            memory = r["peak_mib"] / reference["peak_mib"] if reference["peak_mib"] else float("nan")
+            target = ""
+            if name == "ours":
+                met = speed >= 2 and memory <= 0.5
+                target = f"; target >= 2x images/s at <= 0.5x memory: {'met' if met else 'NOT met'}"
+            rows.append(row("(c) training, paper scale", f"{resize}: {name}",
+                            f"{r['images_per_second']:.1f} img/s, {r['peak_mib']:.0f} MiB",
+                            f"{speed:.2f}x speed, {memory:.2f}x memory", setting + target))
     return rows
 
 

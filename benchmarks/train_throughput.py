@@ -18,6 +18,11 @@ fork and exec, so under a large parent such as run_all.py the growth would read 
 
     python benchmarks/train_throughput.py --backbone tiny --image-size 128 --batch-size 16
     python benchmarks/train_throughput.py --backbone resnet50 --image-size 384 --batch-size 2 --steps 3
+
+Paper scale (resnet50, C=200, batch 8, JPEG files decoded by the DataLoader, DETR multi-scale or
+fixed 800x1200; the official recipe's loop as reference, each speed lever measured on and off):
+
+    python benchmarks/train_throughput.py --paper --device cuda [paper_scale.py options]
 """
 from __future__ import annotations
 
@@ -136,6 +141,11 @@ def compare(argv: list[str]) -> dict:
 
 
 def main() -> None:
+    if "--paper" in sys.argv[1:]:
+        import paper_scale
+        sys.argv.remove("--paper")
+        paper_scale.main()
+        return
     args = parser().parse_args()
     if args.variant:
         print(json.dumps(measure(args)))

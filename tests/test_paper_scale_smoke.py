@@ -1,0 +1,48 @@
+"""benchmarks/paper_scale.py (the paper-scale GPU row of train_throughput.py) runs its code path on
+the CPU at a tiny size: JPEG files through the DataLoader, the reference loop and ours with every
+lever that exists off CUDA. No timing is asserted (benchmarks measure, tests do not)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_and_ours_run_on_jpeg_files_at_tiny_size(tmp_path):
+    paper_scale = load("paper_scale")
+    paths = paper_scale.write_jpegs(tmp_path / "jpegs", 4, (80, 120))
+    assert all(path.suffix == ".jpg" and path.stat().st_size > 0 for path in paths)
+    common = ["--backbone", "tiny", "--classes", "5", "--batch-size", "2", "--scale", "0.1", "--workers", "0",
+              "--steps", "1", "--warmup", "1", "--device", "cpu", "--jpeg-dir", str(tmp_path / "jpegs")]
+    for variant, resize in (("reference", "multiscale"), ("ours", "fixed")):
+        args = paper_scale.parse([*common, "--resize", resize, "--variant", variant])
+        result = paper_scale.measure(args)
+        assert result["images_per_second"] > 0 and result["device"] == "cpu"
+        assert result["levers"] == ([] if variant == "reference" else sorted(paper_scale.LEVERS))
+
+
+def test_run_all_has_the_paper_scale_row_on_cuda(monkeypatch):
+    run_all = load("run_all")
+    paper_scale = load("paper_scale")
+    calls = []
+
+    def fake_compare(argv):
+        calls.append(argv)
+        result = {"images_per_second": 10.0, "peak_mib": 100.0, "device": "cuda:0"}
+        return {"results": {"reference": result, "ours": {**result, "images_per_second": 25.0, "peak_mib": 40.0}},
+                "args": paper_scale.parse(argv)}
+
+    monkeypatch.setattr(paper_scale, "compare", fake_compare)
+    monkeypatch.setitem(sys.modules, "paper_scale", paper_scale)
+    rows = run_all.paper_scale_rows(quick=True)
+    assert {"--device", "cuda"} <= set(calls[0]) and len(calls) == 2  # multi-scale and fixed 800x1200
+    ours = [r for r in rows if r["measurement"].endswith(": ours")]
+    assert ours and all("2.50x speed, 0.40x memory" == r["ratio"] and "met" in r["target / notes"] for r in ours)
