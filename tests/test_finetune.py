@@ -71,6 +71,9 @@ def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune,
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("epoch") == 2, messages
     assert "step" in kinds and NOVEL in events[0]["classes"]
     assert widget.plot.point_count() >= 4 and len(widget.plot.epochs) == 2
+    widget.plot._redraw()
+    rates = [event["lr"] for event in events if event["event"] == "epoch"]
+    assert list(widget.plot.lr_line.get_ydata()) == [rate / max(rates) for rate in rates]  # the schedule, plotted
     assert [row[0] for row in widget.collection.summary.counts].count(NOVEL) == 1
     assert NOVEL in [name for name, _ in widget.results.rows()]
     assert any(level == "info" and "Fine-tuning finished" in text for level, text in messages)

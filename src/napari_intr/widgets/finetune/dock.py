@@ -215,7 +215,7 @@ class FineTuneWidget(QWidget):
             activity.set_description(f"{WIDGET_NAME}: epoch {event['epoch']}/{self._epochs}")
 
     def _on_epoch_event(self, event: dict) -> None:
-        self.plot.add_epoch({key: event.get(key) for key in ("epoch", "loss", "train_acc", "val_acc")})
+        self.plot.add_epoch({key: event.get(key) for key in ("epoch", "loss", "train_acc", "val_acc", "lr")})
         self.note.setText(flat_loss_note(self.plot.epoch_losses()))
         val = "n/a" if event.get("val_acc") is None else f"{event['val_acc']:.1%}"
         loss = "n/a" if event.get("loss") is None else f"{event['loss']:.4f}"

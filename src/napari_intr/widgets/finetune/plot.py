@@ -1,5 +1,6 @@
-"""A live plot of a training run: loss (left axis) and train/validation accuracy (right axis)
-against epochs, on matplotlib's Qt canvas; and the "loss is flat" hint (INTR's tracker #11)."""
+"""A live plot of a training run: loss (left axis), train/validation accuracy and the learning
+rate as a fraction of its peak (right axis) against epochs, on matplotlib's Qt canvas; and the
+"loss is flat" hint (INTR's tracker #11)."""
 from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -46,7 +47,9 @@ class TrainingPlot(FigureCanvasQTAgg):
         self.loss_axes.set_ylabel("loss", color="tab:blue")
         self.accuracy_axes.set_ylabel("accuracy")
         self.accuracy_axes.set_ylim(0, 1.02)
-        self.accuracy_axes.legend(handles=[self.step_line, *self.epoch_lines.values()],
+        # the epoch's learning rate (metrics.jsonl "lr") over its peak: warm-up, decay, drops
+        self.lr_line, = self.accuracy_axes.plot([], [], "--", color="tab:gray", linewidth=1, label="lr / peak")
+        self.accuracy_axes.legend(handles=[self.step_line, *self.epoch_lines.values(), self.lr_line],
                                   fontsize="x-small", loc="center right")
         figure.tight_layout()  # once: layout on every draw is what made redraws slow
         self._redraw_timer = QTimer(self)
@@ -85,6 +88,9 @@ class TrainingPlot(FigureCanvasQTAgg):
         for key, line in self.epoch_lines.items():
             points = [(row["epoch"], row[key]) for row in rows if row.get(key) is not None]
             line.set_data(*(zip(*points) if points else ([], [])))
+        rates = [(row["epoch"], row["lr"]) for row in rows if row.get("lr")]
+        peak = max((rate for _, rate in rates), default=1.0)
+        self.lr_line.set_data(*(zip(*[(epoch, rate / peak) for epoch, rate in rates]) if rates else ([], [])))
         self.loss_axes.relim()
         self.loss_axes.autoscale_view()
         self.draw_idle()

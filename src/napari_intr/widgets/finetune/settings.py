@@ -45,15 +45,17 @@ class SettingsBox(QGroupBox):
         self.epochs = _spin(1, 100_000, 20, "Epochs in total (Resume may raise it)")
         self.batch_size = _spin(1, 4096, 8, "Images per step: lower it when memory runs out")
         self.lr = QLineEdit()
-        self.lr.setPlaceholderText("recipe (tiny 5e-4, resnet 1e-4)")
+        self.lr.setPlaceholderText("recipe (tiny 1e-3, resnet 1e-4; peak of the schedule)")
         self.lr_backbone = QLineEdit()
-        self.lr_backbone.setPlaceholderText("recipe (tiny 5e-4, resnet 1e-5)")
+        self.lr_backbone.setPlaceholderText("recipe (tiny 1e-3, resnet 1e-5)")
         self.image_size = _spin(0, 4096, 0, "Short side in px; lower it when memory runs out")
         self.image_size.setSpecialValueText("model's")
         self.freeze = QComboBox()
         for label, value in FREEZE:
             self.freeze.addItem(label, value)
-        self.freeze.setToolTip("Keep parts of the base model as they are: faster, and safer on few images")
+        self.freeze.setToolTip("Keep parts of the base model as they are: faster, and safer on few images. A "
+                               "frozen backbone's features are computed once per image and kept in the run "
+                               "folder (feature_cache), so later epochs skip the backbone")
         self.device = QComboBox()
         self.device.addItems(DEVICES)
         self.device.setToolTip("auto: CUDA GPU, then Apple MPS, then CPU")
