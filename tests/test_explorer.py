@@ -351,7 +351,12 @@ def test_batch_panel_writes_readable_results(explorer, qtbot, messages, tmp_path
     for path in sorted(specimens_dir().glob("*.png"))[:3]:
         (images / path.name).write_bytes(path.read_bytes())
     batch = widget.batch
-    batch.inputs.path, batch.output.path = images, tmp_path / "out"
+    batch.inputs.path = images
+    batch.output.path = "  "  # empty is "none chosen" (magicgui's FileEdit alone says Path('.'))
+    assert batch.output.value is None and batch.output.path == ""
+    batch.run()
+    assert any("Choose an output folder" in text for _, text in messages)
+    batch.output.path = tmp_path / "out"
     batch.run()
     qtbot.waitUntil(lambda: not batch.task.busy, timeout=TIMEOUT_MS)
     assert "Explained 3 of 3" in batch.summary.full_text

@@ -126,7 +126,7 @@ def test_zoo_models_without_names_say_where_to_get_them(drawer, messages):
     box = widget.model_source
     box.picker.source.setCurrentIndex(box.picker.source.findData("intr-butterfly"))
     assert "needed for species names" in box.class_names.edit.placeholderText()
-    assert "Cambridge butterfly" in box.class_names.toolTip()
+    assert "Cambridge butterfly" in box.class_names.tooltip
     box._publish(widget.state.model, "intr-butterfly")  # as after loading it without a names file
     assert any(level == "warning" and "classes are shown as numbers" in text for level, text in messages)
     box.picker.source.setCurrentIndex(box.picker.source.findData("intr-cub"))

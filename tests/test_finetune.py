@@ -39,10 +39,10 @@ def write_novel_collection(root):
 def configure(widget, data, out, epochs):
     widget.collection.folder.path = data
     settings = widget.settings
-    settings.epochs.setValue(epochs)
-    settings.batch_size.setValue(8)
-    settings.image_size.setValue(64)
-    settings.device.setCurrentText("cpu")
+    settings.epochs.value = epochs
+    settings.batch_size.value = 8
+    settings.image_size.value = 64
+    settings.device.value = "cpu"
     settings.out.path = out
 
 

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..devices import DEVICES
-from .qt_helpers import FileField, TextLabel
+from .qt_helpers import PathEdit, TextLabel
 from .state import ExplorerState, follow
 from .workers import messages
 from .workers.jobs import load_model_job
@@ -45,12 +45,12 @@ class ModelSourcePicker(QWidget):
         self.source.currentIndexChanged.connect(self._source_changed)
         self.source.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.source.setMinimumContentsLength(12)
-        self.checkpoint = FileField("checkpoint file", "Choose an INTR checkpoint",
+        self.checkpoint = PathEdit("checkpoint file", "Choose an INTR checkpoint",
                                     file_filter="Checkpoints (*.safetensors *.pth *.pt);;All files (*)")
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Source", self.source)
-        form.addRow("Checkpoint", self.checkpoint)
+        form.addRow("Checkpoint", self.checkpoint.native)
         self._source_changed()
 
     def choice(self) -> str:
@@ -71,7 +71,7 @@ class ModelSourcePicker(QWidget):
         return Path(source).name if self.choice() == CHECKPOINT_FILE else source
 
     def _source_changed(self) -> None:
-        self.checkpoint.setEnabled(self.choice() == CHECKPOINT_FILE)
+        self.checkpoint.enabled = self.choice() == CHECKPOINT_FILE
 
 
 class ModelSourceBox(QGroupBox):
@@ -82,7 +82,7 @@ class ModelSourceBox(QGroupBox):
         super().__init__("Model", parent)
         self.state = state
         self.picker = ModelSourcePicker()
-        self.class_names = FileField("optional: text file, one class name per line",
+        self.class_names = PathEdit("optional: text file, one class name per line",
                                      "Choose a class-names file", file_filter="Text (*.txt);;All files (*)")
         self.device = QComboBox()
         self.device.addItems(DEVICES)
@@ -93,7 +93,7 @@ class ModelSourceBox(QGroupBox):
         self.task.busy_changed.connect(lambda busy: self.load_button.setEnabled(not busy))
         self.loaded = TextLabel("No model loaded")
         form = QFormLayout()
-        form.addRow("Class names", self.class_names)
+        form.addRow("Class names", self.class_names.native)
         form.addRow("Device", self.device)
         layout = QVBoxLayout(self)
         layout.addWidget(self.picker)
@@ -149,7 +149,7 @@ class ModelSourceBox(QGroupBox):
         else:
             text = "optional: text file, one class name per line"
         self.class_names.edit.setPlaceholderText(text)
-        self.class_names.setToolTip(self._missing_names_hint())
+        self.class_names.tooltip = self._missing_names_hint()
 
     def _show_loaded(self, *_) -> None:
         state = self.state

@@ -3,18 +3,16 @@ a read-only table, the scrolling column of boxes."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
+from magicgui.widgets import FileEdit
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QFileDialog,
     QGroupBox,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLayout,
-    QLineEdit,
-    QPushButton,
     QScrollArea,
     QSizePolicy,
     QTableWidget,
@@ -42,39 +40,31 @@ class TextLabel(QLabel):
         self.setVisible(bool(text))
 
 
-class FileField(QWidget):
-    """A path line edit with a Browse… button."""
+class PathEdit(FileEdit):
+    """magicgui's FileEdit (a line edit with a Browse… button) with a placeholder. Empty means
+    none: `value` is None and `path` is "" (FileEdit alone would give Path('.'), an existing
+    folder, and pass every "no folder chosen" check). Put `.native` in a Qt layout."""
 
     def __init__(self, placeholder: str, caption: str, folder: bool = False, file_filter: str = "",
-                 parent=None):
-        super().__init__(parent)
-        self.edit = QLineEdit()
+                 **kwargs):
+        super().__init__(mode="d" if folder else "r", filter=file_filter or None, nullable=True, **kwargs)
+        self.edit = self.line_edit.native  # the QLineEdit, for its placeholder and signals
         self.edit.setPlaceholderText(placeholder)
-        self.button = QPushButton("…")
-        self.button.setToolTip(caption)
-        self.button.setFixedWidth(32)
-        self.button.clicked.connect(self._browse)
-        self._caption, self._folder, self._filter = caption, folder, file_filter
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.edit, 1)
-        layout.addWidget(self.button)
+        self.choose_btn.text = "…"
+        self.choose_btn.tooltip = caption
+        self.choose_btn.native.setFixedWidth(32)
+
+    def get_value(self) -> Path | None:
+        return Path(self.path) if self.path else None
 
     @property
     def path(self) -> str:
-        return self.edit.text().strip()
+        """The typed or chosen path, stripped; "" when none."""
+        return self.line_edit.value.strip()
 
     @path.setter
     def path(self, value) -> None:
-        self.edit.setText(str(value))
-
-    def _browse(self) -> None:
-        if self._folder:
-            chosen = QFileDialog.getExistingDirectory(self, self._caption, self.path)
-        else:
-            chosen, _ = QFileDialog.getOpenFileName(self, self._caption, self.path, self._filter)
-        if chosen:
-            self.path = chosen
+        self.line_edit.value = "" if value is None else str(value)
 
 
 def read_only_table(columns, stretch_column: int = 0) -> QTableWidget:

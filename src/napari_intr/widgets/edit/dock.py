@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from napari_intr.manipulation import EditSession, check_region, compare_explanations, export, pillow_can_write
 
 from ..layers import LayerPicker, is_labels
-from ..qt_helpers import FileField, TextLabel, group_box, scroll_column
+from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column
 from ..state import follow, shared_state
 from ..workers import messages
 from ..workers.jobs import edit_job
@@ -81,7 +81,7 @@ class EditWidget(QWidget):
         self.edits.setMaximumHeight(90)
         self.status = TextLabel("Choose an image and press Edit, then paint the region to edit")
         self.report = EditReport(napari_viewer)
-        self.folder = FileField("folder for the edited image and the report", "Choose a folder", folder=True)
+        self.folder = PathEdit("folder for the edited image and the report", "Choose a folder", folder=True)
         self.export_button = QPushButton("Export")
         self.export_button.clicked.connect(self.export)
 
@@ -95,7 +95,7 @@ class EditWidget(QWidget):
         for button in (self.apply_button, self.undo_button, self.reset_button):
             buttons.addWidget(button)
         edit_box = group_box("Paint and edit", self.status, form, buttons, self.task, self.edits)
-        export_box = group_box("Export", self.folder, self.export_button)
+        export_box = group_box("Export", self.folder.native, self.export_button)
         # the report's tables grow with the class count, so boxes keep their stretch
         scroll_column(self, (edit_box, self.report, export_box), min_width=400, natural_height=False)
         follow(self.state.events.model, self._new_model, self)

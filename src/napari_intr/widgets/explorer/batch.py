@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QPushButton, QSpinBox, QVBoxLayout
+from magicgui.widgets import Container, SpinBox
+from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
 
-from ..qt_helpers import FileField, TextLabel
+from ..qt_helpers import PathEdit, TextLabel
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import batch_job
@@ -17,24 +18,20 @@ class BatchBox(QGroupBox):
     def __init__(self, state: ExplorerState, parent=None):
         super().__init__("Batch: a folder of images", parent)
         self.state = state
-        self.inputs = FileField("folder of images (searched recursively)", "Choose the image folder",
-                                folder=True)
-        self.output = FileField("new folder for the results", "Choose the output folder", folder=True)
-        self.top_k = QSpinBox()
-        self.top_k.setRange(1, 50)
-        self.top_k.setValue(5)
-        self.top_k.setToolTip("Classes per image in predictions.csv")
+        self.inputs = PathEdit("folder of images (searched recursively)", "Choose the image folder",
+                               folder=True, label="Images")
+        self.output = PathEdit("new folder for the results", "Choose the output folder", folder=True, label="Output")
+        self.top_k = SpinBox(label="Top-k", min=1, max=50, value=5, tooltip="Classes per image in predictions.csv")
+        # the settings: a magicgui form (FileEdit paths and a SpinBox)
+        self.form = Container(widgets=[self.inputs, self.output, self.top_k])
+        self.form.margins = (0, 0, 0, 0)
         self.run_button = QPushButton("Explain folder")
         self.run_button.clicked.connect(self.run)
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.run_button.setEnabled(not busy))
         self.summary = TextLabel("")
-        form = QFormLayout()
-        form.addRow("Images", self.inputs)
-        form.addRow("Output", self.output)
-        form.addRow("Top-k", self.top_k)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addWidget(self.form.native)
         layout.addWidget(self.run_button)
         layout.addWidget(self.task)
         layout.addWidget(self.summary)
@@ -45,7 +42,7 @@ class BatchBox(QGroupBox):
             messages.notify(problem, "warning")
             return
         self.summary.setText("")
-        self.task.start(batch_job, self.state.model, self.inputs.path, self.output.path, self.top_k.value(),
+        self.task.start(batch_job, self.state.model, self.inputs.path, self.output.path, self.top_k.value,
                         doing=f"Explaining the images in '{Path(self.inputs.path).name}'",
                         with_cancel_event=True, show_in_activity=True, on_result=self._report)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QPushButton, QVBoxLayout
+from magicgui.widgets import ComboBox, Container
+from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
 
 from napari_intr.explanation import layer_from_number
 
-from ..qt_helpers import FileField, TextLabel
+from ..qt_helpers import PathEdit, TextLabel
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import save_job
@@ -24,9 +25,12 @@ class SaveBox(QGroupBox):
         super().__init__("Save explanation", parent)
         self.viewer, self.state = viewer, state
         self.attention_box, self.regions_box = attention_box, regions_box
-        self.folder = FileField("folder for the files", "Choose a folder for the saved explanation", folder=True)
-        self.file_format = QComboBox()
-        self.file_format.addItems(FORMATS)
+        self.folder = PathEdit("folder for the files", "Choose a folder for the saved explanation", folder=True,
+                               label="Folder")
+        self.file_format = ComboBox(label="Maps as", choices=list(FORMATS.items()))
+        # the settings: a magicgui form
+        self.form = Container(widgets=[self.folder, self.file_format])
+        self.form.margins = (0, 0, 0, 0)
         self.save_button = QPushButton("Save explanation")
         self.save_button.setToolTip("The current class's attention maps (TIFF), the class table (CSV), the "
                                     "image (TIFF) and the attention over the image (PNG); explained regions too")
@@ -34,11 +38,8 @@ class SaveBox(QGroupBox):
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.save_button.setEnabled(not busy))
         self.summary = TextLabel("")
-        form = QFormLayout()
-        form.addRow("Folder", self.folder)
-        form.addRow("Maps as", self.file_format)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addWidget(self.form.native)
         layout.addWidget(self.save_button)
         layout.addWidget(self.task)
         layout.addWidget(self.summary)
@@ -68,7 +69,7 @@ class SaveBox(QGroupBox):
         stem = re.sub(r"[^\w.-]+", "_", source.name).strip("_.") or "explanation"
         self.summary.setText("")
         self.task.start(save_job, self.folder.path, stem, state.explanation, image, class_name, layer, regions,
-                        photo, pixel_size, FORMATS[self.file_format.currentText()], image_file,
+                        photo, pixel_size, self.file_format.value, image_file,
                         doing=f"Saving the explanation of '{source.name}'", on_result=self._report)
 
     def _explained_plane(self, source):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from magicgui.widgets import Container, FloatSpinBox
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
 
-from ..qt_helpers import FileField, TextLabel, read_only_table
+from ..qt_helpers import PathEdit, TextLabel, read_only_table
 from ..workers.jobs import FEW_IMAGES, CollectionSummary, scan_job
 from ..workers.task_bar import TaskBar
 
@@ -15,16 +16,15 @@ from ..workers.task_bar import TaskBar
 class CollectionBox(QGroupBox):
     def __init__(self, parent=None):
         super().__init__("Collection", parent)
-        self.folder = FileField("folder: <class name>/<images>, or train/ and val/",
-                                "Choose the image collection", folder=True)
+        self.folder = PathEdit("folder: <class name>/<images>, or train/ and val/",
+                               "Choose the image collection", folder=True, label="Folder")
         self.folder.edit.textChanged.connect(self._forget)
-        self.val_split = QDoubleSpinBox()
-        self.val_split.setRange(0.0, 0.5)
-        self.val_split.setSingleStep(0.05)
-        self.val_split.setValue(0.1)
-        self.val_split.setToolTip("Fraction of each class held out for validation (when the folder "
-                                  "has no train/ and val/ subfolders); 0: no validation")
-        self.val_split.valueChanged.connect(self._forget)
+        self.val_split = FloatSpinBox(label="Validation split", min=0.0, max=0.5, step=0.05, value=0.1, tooltip=(
+            "Fraction of each class held out for validation (when the folder has no train/ and val/ "
+            "subfolders); 0: no validation"))
+        self.val_split.changed.connect(self._forget)
+        self.form = Container(widgets=[self.folder, self.val_split])  # a magicgui form
+        self.form.margins = (0, 0, 0, 0)
         self.scan_button = QPushButton("Scan collection")
         self.scan_button.clicked.connect(lambda: self.scan())
         self.task = TaskBar()
@@ -34,11 +34,8 @@ class CollectionBox(QGroupBox):
         self.table.setMinimumHeight(120)
         self.table.setVisible(False)
         self.notes = TextLabel("")
-        form = QFormLayout()
-        form.addRow("Folder", self.folder)
-        form.addRow("Validation split", self.val_split)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addWidget(self.form.native)
         layout.addWidget(self.scan_button)
         layout.addWidget(self.task)
         layout.addWidget(self.table)
@@ -53,7 +50,7 @@ class CollectionBox(QGroupBox):
             from ..workers import messages
             messages.notify("Choose the collection folder first (one subfolder of images per class)", "warning")
             return
-        self.task.start(scan_job, root, self.val_split.value(), self.seed, doing=f"Scanning '{root}'",
+        self.task.start(scan_job, root, self.val_split.value, self.seed, doing=f"Scanning '{root}'",
                         on_result=lambda summary: self._scanned(summary, then))
 
     def _scanned(self, summary: CollectionSummary, then) -> None:

@@ -110,7 +110,7 @@ class FineTuneWidget(QWidget):
         """Scan the collection (a worker), then start a new run."""
         if self._refuse_while_running():
             return
-        self.collection.seed = self.settings.seed.value()
+        self.collection.seed = self.settings.seed.value
         self.collection.scan(then=self._start_scanned)
 
     def resume(self) -> None:
@@ -227,7 +227,7 @@ class FineTuneWidget(QWidget):
 
     def _on_done_event(self, event: dict) -> None:
         self._done = event
-        self.results.device = self.settings.device.currentText()
+        self.results.device = self.settings.device.value
         self.results.show_done(event)
 
     def _on_error_event(self, event: dict) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
+from magicgui.widgets import ComboBox, Container, LineEdit, SpinBox
+from qtpy.QtWidgets import QGroupBox, QVBoxLayout
 
 from ...devices import DEVICES
 from ..model_source import EXPLORER_MODEL, ModelSourcePicker
-from ..qt_helpers import FileField
+from ..qt_helpers import PathEdit
 from ..state import ExplorerState
 
 BASE_MODEL_FILE = "base_model.safetensors"  # the Explorer's in-memory model, saved into the run
@@ -27,12 +28,10 @@ def new_run_folder() -> Path:
     return default_runs_folder() / time.strftime("%Y%m%d-%H%M%S")
 
 
-def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
+def _rate_field(label: str, placeholder: str) -> LineEdit:
+    field = LineEdit(label=label, tooltip="Empty: the training recipe's value")
+    field.native.setPlaceholderText(placeholder)
+    return field
 
 
 class SettingsBox(QGroupBox):
@@ -42,37 +41,31 @@ class SettingsBox(QGroupBox):
         self.base = ModelSourcePicker(with_explorer_model=True)
         self.base.setToolTip("The model to start from; classes it knows keep what they learned, "
                              "new classes get fresh queries")
-        self.epochs = _spin(1, 100_000, 20, "Epochs in total (Resume may raise it)")
-        self.batch_size = _spin(1, 4096, 8, "Images per step: lower it when memory runs out")
-        self.lr = QLineEdit()
-        self.lr.setPlaceholderText("recipe (tiny 1e-3, resnet 1e-4; peak of the schedule)")
-        self.lr_backbone = QLineEdit()
-        self.lr_backbone.setPlaceholderText("recipe (tiny 1e-3, resnet 1e-5)")
-        self.image_size = _spin(0, 4096, 0, "Short side in px; lower it when memory runs out")
-        self.image_size.setSpecialValueText("model's")
-        self.freeze = QComboBox()
-        for label, value in FREEZE:
-            self.freeze.addItem(label, value)
-        self.freeze.setToolTip("Keep parts of the base model as they are: faster, and safer on few images. A "
-                               "frozen backbone's features are computed once per image and kept in the run "
-                               "folder (feature_cache), so later epochs skip the backbone")
-        self.device = QComboBox()
-        self.device.addItems(DEVICES)
-        self.device.setToolTip("auto: CUDA GPU, then Apple MPS, then CPU")
-        self.seed = _spin(0, 2**31 - 1, 0, "Seed for the split, the order and the augmentation")
-        self.out = FileField("output folder", "Choose the run's output folder", folder=True)
+        # the training settings: a magicgui form
+        self.epochs = SpinBox(label="Epochs", min=1, max=100_000, value=20,
+                              tooltip="Epochs in total (Resume may raise it)")
+        self.batch_size = SpinBox(label="Batch size", min=1, max=4096, value=8,
+                                  tooltip="Images per step: lower it when memory runs out")
+        self.lr = _rate_field("Learning rate", "recipe (tiny 1e-3, resnet 1e-4; peak of the schedule)")
+        self.lr_backbone = _rate_field("Backbone LR", "recipe (tiny 1e-3, resnet 1e-5)")
+        self.image_size = SpinBox(label="Image size", min=0, max=4096, value=0,
+                                  tooltip="Short side in px; lower it when memory runs out")
+        self.image_size.native.setSpecialValueText("model's")  # 0: the model's own size
+        self.freeze = ComboBox(label="Freeze", choices=FREEZE, tooltip=(
+            "Keep parts of the base model as they are: faster, and safer on few images. A frozen backbone's "
+            "features are computed once per image and kept in the run folder (feature_cache), so later "
+            "epochs skip the backbone"))
+        self.device = ComboBox(label="Device", choices=DEVICES, tooltip="auto: CUDA GPU, then Apple MPS, then CPU")
+        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0,
+                            tooltip="Seed for the split, the order and the augmentation")
+        self.out = PathEdit("output folder", "Choose the run's output folder", folder=True, label="Output folder")
         self.out.path = new_run_folder()
-        form = QFormLayout(self)
-        form.addRow(self.base)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Batch size", self.batch_size)
-        form.addRow("Learning rate", self.lr)
-        form.addRow("Backbone LR", self.lr_backbone)
-        form.addRow("Image size", self.image_size)
-        form.addRow("Freeze", self.freeze)
-        form.addRow("Device", self.device)
-        form.addRow("Seed", self.seed)
-        form.addRow("Output folder", self.out)
+        self.form = Container(widgets=[self.epochs, self.batch_size, self.lr, self.lr_backbone, self.image_size,
+                                       self.freeze, self.device, self.seed, self.out])
+        self.form.margins = (0, 0, 0, 0)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.base)
+        layout.addWidget(self.form.native)
 
     def output_folder(self) -> Path:
         if not self.out.path:
@@ -100,23 +93,23 @@ class SettingsBox(QGroupBox):
     def train_arguments(self, data: str, val_split: float, out: Path) -> list[str]:
         """Arguments of a new run (ValueError with a message for a bad field)."""
         arguments = ["--data", data, "--out", str(out), "--init", self.init_argument(out),
-                     "--epochs", str(self.epochs.value()), "--batch-size", str(self.batch_size.value()),
-                     "--device", self.device.currentText(), "--seed", str(self.seed.value()),
+                     "--epochs", str(self.epochs.value), "--batch-size", str(self.batch_size.value),
+                     "--device", self.device.value, "--seed", str(self.seed.value),
                      "--val-split", str(val_split)]
         for flag, field, label in (("--lr", self.lr, "learning rate"),
                                    ("--lr-backbone", self.lr_backbone, "backbone learning rate")):
-            if field.text().strip():
-                arguments += [flag, str(self._rate(field.text(), label))]
-        if self.image_size.value():
-            arguments += ["--image-size", str(self.image_size.value())]
-        if self.freeze.currentData():
-            arguments += ["--freeze", self.freeze.currentData()]
+            if field.value.strip():
+                arguments += [flag, str(self._rate(field.value, label))]
+        if self.image_size.value:
+            arguments += ["--image-size", str(self.image_size.value)]
+        if self.freeze.value:
+            arguments += ["--freeze", self.freeze.value]
         return arguments
 
     def resume_arguments(self, data: str, out: Path) -> list[str]:
         """A resumed run keeps its saved settings; only these may change."""
-        return ["--data", data, "--out", str(out), "--epochs", str(self.epochs.value()),
-                "--device", self.device.currentText(), "--resume"]
+        return ["--data", data, "--out", str(out), "--epochs", str(self.epochs.value),
+                "--device", self.device.value, "--resume"]
 
     @staticmethod
     def _rate(text: str, label: str) -> float:

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..qt_helpers import FileField, TextLabel
+from ..qt_helpers import PathEdit, TextLabel
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import atlas_job
@@ -36,9 +36,9 @@ class AtlasRunBox(QGroupBox):
     def __init__(self, state: ExplorerState, parent=None):
         super().__init__("Collection", parent)
         self.state = state
-        self.data = FileField("folder: one subfolder of images per class", "Choose the collection", folder=True)
+        self.data = PathEdit("folder: one subfolder of images per class", "Choose the collection", folder=True)
         self.data.edit.editingFinished.connect(self._suggest_output)
-        self.out = FileField("output folder (default: <collection>-atlas)", "Choose the atlas folder", folder=True)
+        self.out = PathEdit("output folder (default: <collection>-atlas)", "Choose the atlas folder", folder=True)
         self.layer = QSpinBox()
         self.layer.setRange(0, 64)
         self.layer.setSpecialValueText("last")
@@ -49,7 +49,7 @@ class AtlasRunBox(QGroupBox):
         self.per_head.setToolTip("Top images (patches) kept per class and head")
         self.pairs = QLineEdit()
         self.pairs.setPlaceholderText("A:B, C:D (default: the most confused pairs)")
-        self.parts = FileField("optional: CUB parts/part_locs.txt", "Choose CUB's part_locs.txt",
+        self.parts = PathEdit("optional: CUB parts/part_locs.txt", "Choose CUB's part_locs.txt",
                                file_filter="Text (*.txt);;All files (*)")
         self.run_button = QPushButton("Build atlas")
         self.run_button.setToolTip("Encode every image once, decode its class and its prediction, write "
@@ -62,12 +62,12 @@ class AtlasRunBox(QGroupBox):
         self.task.busy_changed.connect(self._busy_changed)
         self.summary = TextLabel("")
         form = QFormLayout()
-        form.addRow("Images", self.data)
-        form.addRow("Atlas folder", self.out)
+        form.addRow("Images", self.data.native)
+        form.addRow("Atlas folder", self.out.native)
         form.addRow("Decoder layer", self.layer)
         form.addRow("Patches per head", self.per_head)
         form.addRow("Look-alike pairs", self.pairs)
-        form.addRow("Part annotations", self.parts)
+        form.addRow("Part annotations", self.parts.native)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.open_button)
@@ -131,6 +131,6 @@ class AtlasRunBox(QGroupBox):
             self.out.path = default_output(self.data.path)
 
     def _busy_changed(self, busy: bool) -> None:
-        for widget in (self.run_button, self.open_button, self.data, self.out, self.layer, self.per_head,
-                       self.pairs, self.parts):
+        for widget in (self.run_button, self.open_button, self.data.native, self.out.native, self.layer,
+                       self.per_head, self.pairs, self.parts.native):
             widget.setEnabled(not busy)
