@@ -129,7 +129,7 @@ def test_painting_the_attribute_flips_background_does_not_undo_restores(widgets,
 
     # 4. transplant alba's pixels over the (blur-grown) attribute region: flips too
     from scipy.ndimage import binary_dilation
-    edit.options.operation.setCurrentText("transplant")
+    edit.options.operation.value = "transplant"
     edit.options.source.choose(ALBA_LAYER)
     paint(edit, binary_dilation(attribute_mask, iterations=3))
     apply(qtbot, edit)
@@ -181,7 +181,7 @@ def test_bad_input_is_refused_and_the_widget_stays_usable(widgets, qtbot, messag
     region[60:80, 60:80] = True
     paint(edit, region)
     viewer.add_image(np.zeros((80, 80, 3), np.uint8), name="small source", rgb=True)
-    edit.options.operation.setCurrentText("transplant")
+    edit.options.operation.value = "transplant"
     edit.options.source.choose("small source")
     apply(qtbot, edit)
     assert "the transplant source 'small source' is 80×80 but the edited image is 160×160" in last_warning()
@@ -192,7 +192,7 @@ def test_bad_input_is_refused_and_the_widget_stays_usable(widgets, qtbot, messag
     assert not edit.session.history and not any("(edited)" in layer.name for layer in viewer.layers)
     assert all(button.isEnabled() for button in (edit.apply_button, edit.undo_button, edit.start_button))
     # still usable: a valid blur applies and is explained
-    edit.options.operation.setCurrentText("blur")
+    edit.options.operation.value = "blur"
     apply(qtbot, edit)
     assert len(edit.session.history) == 1 and edit.report.effect is not None
     assert not any(level == "error" for level, _ in messages)

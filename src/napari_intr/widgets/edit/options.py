@@ -4,17 +4,16 @@ a click on any image layer), erase, blur, transplant (from another image layer, 
 from __future__ import annotations
 
 import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, SpinBox
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QColorDialog,
-    QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QStackedWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -41,8 +40,7 @@ class EditOptions(QWidget):
     def __init__(self, viewer, parent=None):
         super().__init__(parent)
         self.viewer = viewer
-        self.operation = QComboBox()
-        self.operation.addItems(OPERATIONS)
+        self.operation = ComboBox(label="Operation", choices=OPERATIONS)
         self.colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
         self.colour_button = QPushButton()
         self.colour_button.setToolTip("Choose the colour")
@@ -53,14 +51,14 @@ class EditOptions(QWidget):
                                     "layer chosen beside")
         self.pick_button.toggled.connect(self._picking)
         self.sample_layer = LayerPicker(viewer)
-        self.sigma = QDoubleSpinBox()
-        self.sigma.setRange(0.5, 50)
-        self.sigma.setValue(2.0)
-        self.sigma.setSuffix(" px")
+        # the blur and transplant settings: magicgui forms, one page each
+        self.sigma = FloatSpinBox(label="Gaussian σ", min=0.5, max=50, step=0.1, value=2.0)
+        self.sigma.native.setSuffix(" px")
         self.source = LayerPicker(viewer, tooltip="The image whose pixels are copied into the painted region")
-        self.dy, self.dx = QSpinBox(), QSpinBox()
-        for spin in (self.dy, self.dx):
-            spin.setRange(-100_000, 100_000)
+        self.source.label = "From layer"
+        self.dy = SpinBox(label="dy", min=-100_000, max=100_000, value=0)
+        self.dx = SpinBox(label="dx", min=-100_000, max=100_000, value=0)
+        offset = Container(label="Offset (px)", layout="horizontal", widgets=[self.dy, self.dx])
 
         recolour = QWidget()
         form = QFormLayout(recolour)
@@ -71,28 +69,20 @@ class EditOptions(QWidget):
         pick.addWidget(self.sample_layer.native, 1)
         form.addRow("Sample", pick)
         erase = QLabel("Fills the region from its surroundings (inpainting)")
-        blur = QWidget()
-        form = QFormLayout(blur)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Gaussian σ", self.sigma)
-        transplant = QWidget()
-        form = QFormLayout(transplant)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("From layer", self.source.native)
-        offset = QHBoxLayout()
-        offset.addWidget(QLabel("dy"))
-        offset.addWidget(self.dy)
-        offset.addWidget(QLabel("dx"))
-        offset.addWidget(self.dx)
-        form.addRow("Offset (px)", offset)
+        blur = Container(widgets=[self.sigma])
+        transplant = Container(widgets=[self.source, offset])
+        for form in (blur, transplant, offset):
+            form.margins = (0, 0, 0, 0)
         self.pages = QStackedWidget()
-        for page in (recolour, erase, blur, transplant):
+        for page in (recolour, erase, blur.native, transplant.native):
             self.pages.addWidget(page)
-        self.operation.currentIndexChanged.connect(self.pages.setCurrentIndex)
-        layout = QFormLayout(self)
+        self.operation.changed.connect(lambda name: self.pages.setCurrentIndex(OPERATIONS.index(name)))
+        choose = Container(widgets=[self.operation])
+        choose.margins = (0, 0, 0, 0)
+        layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addRow("Operation", self.operation)
-        layout.addRow(self.pages)
+        layout.addWidget(choose.native)
+        layout.addWidget(self.pages)
         self.set_colour(self.colour)
 
     def set_colour(self, colour) -> None:
@@ -111,13 +101,13 @@ class EditOptions(QWidget):
 
     def make_edit(self, image_shape):
         """The chosen edit; a ValueError names what to fix (e.g. a source of another size)."""
-        operation = self.operation.currentText()
+        operation = self.operation.value
         if operation == "recolour":
             return Recolour(self.colour)
         if operation == "erase":
             return Erase()
         if operation == "blur":
-            return Blur(self.sigma.value())
+            return Blur(self.sigma.value)
         layer = self.source.layer()
         if layer is None:
             raise ValueError("transplant: choose the image layer to copy from")
@@ -126,7 +116,7 @@ class EditOptions(QWidget):
             raise ValueError(f"the transplant source '{layer.name}' is {source.shape[0]}×{source.shape[1]} "
                              f"but the edited image is {image_shape[0]}×{image_shape[1]}; choose a "
                              "source of the same size")
-        return Transplant(source, (self.dy.value(), self.dx.value()), layer.name)
+        return Transplant(source, (self.dy.value, self.dx.value), layer.name)
 
     def _choose_colour(self) -> None:
         chosen = QColorDialog.getColor(QColor.fromRgbF(*self.colour), self, "Recolour with")
