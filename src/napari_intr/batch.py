@@ -99,7 +99,7 @@ class _OneProcessJob:
     """Every item in this process, no resume (what `start_job` provides when none is given)."""
 
     def __init__(self, keys: list[str]):
-        self.keys, self.share, self.done, self.records = keys, list(keys), {}, {}
+        self.keys, self.share, self.done, self.records = keys, list(keys), set(), {}
         self.is_main = True
 
     def record(self, key: str, record: dict) -> None:
@@ -187,12 +187,13 @@ def _explain_share(job, by_key: dict, explainer, settings: Settings, out_dir: Pa
 
 def _summary(merged, by_key: dict, settings: Settings, out_dir: Path, regions: bool) -> dict:
     """predictions.csv from the merged records (first process only: others get merged None) and
-    the counts, skipped items and notes of the summary."""
+    the counts, skipped items and notes of the summary. The records are streamed (twice: once for
+    the CSV, once for the counts); they are never all in memory."""
     summary = {"predictions": None, "attention_files": [], "done": 0, "skipped": [], "notes": []}
     if merged is None:
         return summary
     summary["predictions"] = write_csv(out_dir / PREDICTIONS_FILE, csv_columns(settings.top_k, regions),
-                                       [record["row"] for _, record in merged])
+                                       (record["row"] for _, record in merged))
     for key, record in merged:
         row = record["row"]
         if row.get("error"):

@@ -18,13 +18,18 @@ Rank/world size come from torchrun's RANK, WORLD_SIZE and LOCAL_RANK (see `distr
 join the process group with `distributed.setup` (gloo on CPU, nccl on GPUs) before `start`.
 Processes wait for each other by polling the `.end` files rather than in a collective, so a
 process may wait for a slower one for hours without hitting the process group's timeout.
+
+Memory does not grow with the records: the resume and the merge read the files line by line and
+keep, per item, only where its last line is (file, byte offset); the merged ledger is streamed,
+one record at a time, to whoever folds it (the CSV of `intr explain`, the heaps of `intr atlas`).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,19 +70,82 @@ def _end_file(folder: Path, rank: int) -> Path:
     return folder / f"rank-{rank:05d}.end"
 
 
-def _read_records(path: Path) -> dict[str, dict]:
-    """key -> record of a ledger or partial file; a line cut short by a crash is ignored."""
-    records: dict[str, dict] = {}
+def _read_lines(path: Path) -> Iterator[tuple[int, str, dict]]:
+    """(offset, key, record) of each line of a ledger or partial file, one at a time; a line cut
+    short by a crash is ignored."""
     if not path.is_file():
-        return records
-    with open(path, encoding="utf-8") as stream:
+        return
+    with open(path, "rb") as stream:
+        offset = 0
         for line in stream:
-            try:
-                entry = json.loads(line)
-                records[str(entry["key"])] = entry["record"]
-            except (ValueError, KeyError, TypeError):
-                continue
-    return records
+            start, offset = offset, offset + len(line)
+            entry = _parse(line)
+            if entry is not None:
+                yield start, entry[0], entry[1]
+
+
+def _parse(line: bytes) -> tuple[str, dict] | None:
+    try:
+        entry = json.loads(line)
+        return str(entry["key"]), entry["record"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class _Index:
+    """Where the last line of each item is, among the ledger and the partial files (later lines
+    win): two numbers per item, never its record, so memory does not grow with the records."""
+
+    def __init__(self, folder: Path, keys: list[str], counts: Callable[[str, dict], bool] | None = None):
+        self.files = [folder / LEDGER_FILE, *sorted(folder.glob("rank-*.jsonl"))]
+        self.keys = keys
+        position = {key: index for index, key in enumerate(keys)}
+        self.file = array("i", [-1]) * len(keys)    # which file holds the item's last line; -1: none
+        self.offset = array("q", [0]) * len(keys)
+        for number, path in enumerate(self.files):
+            for offset, key, record in _read_lines(path):
+                index = position.get(key)
+                if index is None:
+                    continue  # an item of an earlier, larger job
+                keep = counts is None or counts(key, record)
+                self.file[index], self.offset[index] = (number, offset) if keep else (-1, 0)
+
+    def present(self) -> Iterator[str]:
+        """The keys that have a (counting) record, in item order."""
+        return (key for key, number in zip(self.keys, self.file) if number >= 0)
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        """(key, record) in item order, each read from its file when it is needed."""
+        streams: dict[int, object] = {}
+        try:
+            for key, number, offset in zip(self.keys, self.file, self.offset):
+                if number < 0:
+                    continue
+                if number not in streams:
+                    streams[number] = open(self.files[number], "rb")  # noqa: SIM115 - closed below
+                stream = streams[number]
+                stream.seek(offset)
+                entry = _parse(stream.readline())
+                if entry is not None:
+                    yield key, entry[1]
+        finally:
+            for stream in streams.values():
+                stream.close()
+
+
+class MergedRecords:
+    """The merged ledger of a finished job, read from its file whenever it is iterated: (key, record)
+    in item order, one record in memory at a time (a collection may be huge)."""
+
+    def __init__(self, path: Path, count: int):
+        self.path, self.count = path, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        for _, key, record in _read_lines(self.path):
+            yield key, record
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -96,7 +164,7 @@ class ShardedRun:
     folder: Path
     keys: list[str]                 # every item of the job, in output order
     info: distributed.Distributed
-    done: dict[str, dict]           # records of items finished by earlier runs (kept as they are)
+    done: set[str]                  # items finished by earlier runs (their records stay on disk)
     share: list[str]                # the items this process does now
     pending_total: int              # items left for all processes together at the start
     _stream: object = field(default=None, repr=False)
@@ -135,10 +203,7 @@ class ShardedRun:
         distributed.barrier()  # the folder exists, with the settings; a restart has cleared it
         _end_file(folder, info.rank).unlink(missing_ok=True)
         _finish_cut_line(_part_file(folder, info.rank))
-        earlier = {} if restart else _earlier_records(folder)
-        wanted = set(keys)
-        done = {key: record for key, record in earlier.items()
-                if key in wanted and (is_done is None or is_done(key, record))}
+        done = set() if restart else set(_Index(folder, keys, is_done).present())
         todo = [key for key in keys if key not in done]
         run = cls(folder, keys, info, done, shard(todo, info.rank, info.world_size, group), len(todo))
         distributed.barrier()  # everybody has read the earlier records before anybody adds one
@@ -171,11 +236,12 @@ class ShardedRun:
                 self._offsets[rank] = start + complete
         return len(self.done) + self._counted, len(self.keys)
 
-    def finish(self, progress: Callable[[int, int], None] | None = None) -> list[tuple[str, dict]] | None:
+    def finish(self, progress: Callable[[int, int], None] | None = None) -> MergedRecords | None:
         """Wait for every process to end its share; rank 0 then merges all records.
 
-        Returns, on rank 0, (key, record) for every item of the job that has a record, in the
-        order of `keys`; None on the other ranks. progress(done, total) is called while waiting."""
+        Returns, on rank 0, the merged ledger: iterating it yields (key, record) for every item of
+        the job that has a record, in the order of `keys`, read from the file one at a time; None on
+        the other ranks. progress(done, total) is called while waiting."""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -188,28 +254,24 @@ class ShardedRun:
         distributed.barrier()
         if not self.info.is_main:
             return None
-        records = _earlier_records(self.folder)
-        merged = [(key, records[key]) for key in self.keys if key in records]
-        _write_atomically(self.folder / LEDGER_FILE, "".join(_json_line(key, record) for key, record in merged))
+        ledger, count = self.folder / LEDGER_FILE, 0
+        partial = ledger.with_name(ledger.name + ".part")
+        with open(partial, "w", encoding="utf-8") as stream:  # streamed: one record at a time
+            for key, record in _Index(self.folder, self.keys).records():
+                stream.write(_json_line(key, record))
+                count += 1
+        os.replace(partial, ledger)
         for stale in self.folder.glob("rank-*"):
             stale.unlink()
         if progress is not None:
-            progress(len(merged), len(self.keys))
-        return merged
+            progress(count, len(self.keys))
+        return MergedRecords(ledger, count)
 
     def close(self) -> None:
         """Close the partial file without finishing (an error or a cancel that ends this process)."""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
-
-
-def _earlier_records(folder: Path) -> dict[str, dict]:
-    """The ledger, then every partial file (a crashed run's records count; later lines win)."""
-    records = _read_records(folder / LEDGER_FILE)
-    for part in sorted(folder.glob("rank-*.jsonl")):
-        records.update(_read_records(part))
-    return records
 
 
 def _check_settings(folder: Path, settings: dict, task: str) -> None:
