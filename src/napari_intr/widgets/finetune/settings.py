@@ -48,9 +48,9 @@ class SettingsBox(QGroupBox):
                                   tooltip="Images per step: lower it when memory runs out")
         self.lr = _rate_field("Learning rate", "recipe (tiny 5e-4, resnet 1e-4; peak of the schedule)")
         self.lr_backbone = _rate_field("Backbone LR", "recipe (tiny 5e-4, resnet 1e-5)")
-        self.image_size = SpinBox(label="Image size", min=0, max=4096, value=0,
-                                  tooltip="Short side in px; lower it when memory runs out")
-        self.image_size.native.setSpecialValueText("model's")  # 0: the model's own size
+        # magicgui's SpinBox (superqt's) shows no special text for 0, so the label says what 0 means
+        self.image_size = SpinBox(label="Image size (0: model's)", min=0, max=4096, value=0,
+                                  tooltip="Short side in px, 0 for the model's own; lower it when memory runs out")
         self.freeze = ComboBox(label="Freeze", choices=FREEZE, tooltip=(
             "Keep parts of the base model as they are: faster, and safer on few images. A frozen backbone's "
             "features are computed once per image and kept in the run folder (feature_cache), so later "
