@@ -107,15 +107,16 @@ class INTR(nn.Module):
         elif mask.shape != (images.shape[0], height, width) or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor [B, H, W] = {[images.shape[0], height, width]}, "
                              f"got {mask.dtype} {list(mask.shape)}")
-        features, feature_mask = self.backbone[0](images, mask)
-        return self.encode_features(features, feature_mask, (height, width))
+        features, feature_mask, pos = self.backbone(images, mask)
+        return self.encode_features(features, feature_mask, (height, width), pos)
 
     def encode_features(self, features: Tensor, feature_mask: Tensor,
-                        input_size: tuple[int, int] | None = None) -> EncodedImages:
+                        input_size: tuple[int, int] | None = None, pos: Tensor | None = None) -> EncodedImages:
         """Projection and encoder on backbone feature maps [B, C, h, w] (mask [B, h, w], True on
         padding): the second half of `encode`, for features computed earlier (a frozen backbone's
         cache in training)."""
-        pos = self.backbone[1](feature_mask).to(features.dtype)
+        if pos is None:
+            pos = self.backbone[1](feature_mask).to(features.dtype)
         src = self.input_proj(features)
         grid = tuple(src.shape[-2:])
         src, pos = src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2)  # [B, hw, D]
