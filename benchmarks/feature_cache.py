@@ -16,32 +16,18 @@ detr-r50 (if its weights are in the cache) for accuracy that means something.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def load() -> str:
-    return "/".join(f"{value:.2f}" for value in os.getloadavg())
+from timed_training import timed_train
 
 
 def run(data: Path, out: Path, epochs: int, flag: str, args) -> dict:
-    command = [sys.executable, "-m", "intr_training", "train", "--data", str(data), "--out", str(out),
-               "--backbone", args.backbone, "--init", args.init, "--image-size", str(args.size),
-               "--epochs", str(epochs), "--freeze", "backbone", flag, "--batch-size", str(args.batch_size),
-               "--seed", "0", "--progress", "none"]
-    before = load()
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"seconds": seconds, "epochs": metrics, "load": f"{before} -> {load()}"}
+    result = timed_train(["--data", str(data), "--backbone", args.backbone, "--init", args.init,
+                          "--image-size", str(args.size), "--epochs", str(epochs), "--freeze", "backbone", flag,
+                          "--batch-size", str(args.batch_size), "--seed", "0", "--progress", "none"], out)
+    return {"seconds": result["seconds"], "epochs": result["metrics"], "load": result["load"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,13 +14,11 @@ run this on the held-out look-alike set once, to judge.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timed_training import timed_train
 
 RECIPES = {
     "new": [],
@@ -29,22 +27,9 @@ RECIPES = {
 }
 
 
-def load() -> str:
-    return "/".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def run(data: Path, out: Path, recipe: str, epochs: int, extra: list[str]) -> dict:
-    command = [sys.executable, "-m", "intr_training", "train", "--data", str(data), "--out", str(out),
-               "--backbone", "tiny", "--epochs", str(epochs), "--image-size", "128", "--progress", "none",
-               *RECIPES[recipe], *extra]
-    before = load()
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"seconds": seconds, "metrics": metrics, "load": f"{before} -> {load()}"}
+    return timed_train(["--data", str(data), "--backbone", "tiny", "--epochs", str(epochs), "--image-size", "128",
+                        "--progress", "none", *RECIPES[recipe], *extra], out)
 
 
 def main(argv: list[str] | None = None) -> None:
