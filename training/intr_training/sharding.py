@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from napari_intr.atomic import atomic_write
+
 from . import distributed
 
 LEDGER_FILE = "done.jsonl"
@@ -148,12 +150,6 @@ class MergedRecords:
             yield key, record
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 def _json_line(key: str, record: dict) -> str:
     return json.dumps({"key": key, "record": record}, ensure_ascii=False, sort_keys=True) + "\n"
 
@@ -198,8 +194,8 @@ class ShardedRun:
             if restart:
                 for stale in [*folder.glob("rank-*"), folder / LEDGER_FILE]:
                     stale.unlink(missing_ok=True)
-            _write_atomically(folder / SETTINGS_FILE,
-                              json.dumps(settings, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+            text = json.dumps(settings, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+            atomic_write(folder / SETTINGS_FILE, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
         distributed.barrier()  # the folder exists, with the settings; a restart has cleared it
         _end_file(folder, info.rank).unlink(missing_ok=True)
         _finish_cut_line(_part_file(folder, info.rank))

@@ -6,10 +6,10 @@ import base64
 import dataclasses
 import html
 import json
-import os
 import re
 from pathlib import Path
 
+from napari_intr.atomic import atomic_write
 from napari_intr.csv_output import write_csv
 
 from .aggregate import Atlas, ClassSummary, PairSummary
@@ -59,9 +59,7 @@ def _img(patch, exemplar: Exemplar, label: str) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
 def _cell_entry(cell: MontageCell, gap_after: int | None = None) -> dict:
