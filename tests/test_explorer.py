@@ -212,11 +212,14 @@ def test_explain_without_a_model_starts_the_load_and_says_when_it_fails(explorer
     widget.explain_box.explain_button.click()
     assert widget.model_source.task.busy  # Explain started the load itself
     qtbot.waitUntil(lambda: widget.state.explanation is not None, timeout=TIMEOUT_MS)
+    # the explanation is published before its task ends; a click before that finds the button disabled
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
     widget.state.model = None
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")  # the wrong number of classes: the load fails
     widget.model_source.class_names.path = names
     widget.explain_box.explain_button.click()
+    assert widget.model_source.task.busy
     qtbot.waitUntil(lambda: not widget.model_source.task.busy, timeout=TIMEOUT_MS)
     assert "did not load" in widget.explain_box.notes.full_text
     assert not widget.explain_box.waiting_for_model and widget.explain_box.explain_button.isEnabled()
