@@ -59,3 +59,16 @@ def test_many_classes_rows_state_ratios_and_targets():
     cases["train_sampled10000"] = {"seconds": 7.0, "peak_mib": 900, "classes": 10_000}
     training = many_classes.rows({"cases": cases, "args": args, "loads": []})[2]
     assert training[3].startswith("time 1.75x") and training[4].endswith("NOT met")
+
+
+def test_shown_maps_report_states_ratios_to_the_plain_forward():
+    spec = importlib.util.spec_from_file_location("shown_maps", BENCHMARKS / "shown_maps.py")
+    shown_maps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shown_maps)
+    medians = {"plain": 2.0, "explain_all": 3.0, "explain_shown": 2.2,
+               "decode_plain": 0.010, "decode_all": 0.030, "decode_shown": 0.012}
+    text = shown_maps.report({"median_seconds": medians, "loads": ["1.00", "2.00"], "threads": 1, "device": "cpu",
+                              "classes": 200, "decoder_layers": 6, "input": [800, 1200], "torch": "2"})
+    assert "| explain_all | 3 s | 1.50x plain |" in text and "| explain_shown | 2.2 s | 1.10x plain |" in text
+    assert "| decode_all | 30 ms | 3.00x decode_plain |" in text
+    assert "1.10x (target on the GPU <= 1.2x; on this device: met)" in text and "load 1.00 -> 2.00" in text

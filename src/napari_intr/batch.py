@@ -261,7 +261,9 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
             crop = crop_region(image, item.region, settings.margin)
             image, offset = crop.pixels, crop.offset
         name = item.path.stem if item.region is None else f"{item.path.stem} · {item.region.id}"
-        explanation = explainer.explain(image, name, settings.candidates, settings.mode, settings.shortlist)
+        # Only the saved layer's maps are computed (the others run without materialising weights).
+        explanation = explainer.explain(image, name, settings.candidates, settings.mode, settings.shortlist,
+                                        layers=[settings.layer])
     except (ValueError, OSError, RuntimeError, MemoryError) as error:
         # One bad image (damaged file, too small, out of memory) must not end the batch.
         row["error"] = reason(error)

@@ -56,7 +56,7 @@ class Comparison:
 
     def candidate_maps(self, layer: int = -1) -> np.ndarray:
         """[heads, C', h, w] raw attention of every candidate (a napari layer with a candidate axis)."""
-        return self.candidates.attention[self.candidates.layer_index(layer)].copy()
+        return self.candidates.layer_maps(layer).copy()
 
     def selected_maps_all(self, layer: int = -1) -> np.ndarray:
         """[heads, h, w] the selected class's raw maps when all classes were decoded."""

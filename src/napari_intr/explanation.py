@@ -44,7 +44,7 @@ class Explanation:
     class_indices: list[int]   # their indices in model.class_names
     logits: np.ndarray         # [C'] float32
     probabilities: np.ndarray  # [C'] softmax over the decoded classes
-    attention: np.ndarray      # [layers, heads, C', h, w] float32, each map sums to 1
+    attention: np.ndarray      # [layers, heads, C', h, w] float32, each map sums to 1 (see attention_layers)
     image_shape: tuple[int, int]
     input_shape: tuple[int, int]
     feature_stride: int
@@ -55,6 +55,10 @@ class Explanation:
     # Shortlist decoding: how many candidate classes the first pass scored; only the
     # `class_names` were decoded (probabilities are over those). None: every candidate decoded.
     candidates: int | None = None
+    # The 0-based decoder layers on attention's first axis, when only some were computed (the
+    # layer shown or saved), and how many layers the decoder has. None: every layer, in order.
+    attention_layers: list[int] | None = None
+    decoder_layers: int | None = None
 
     def labels(self) -> list[str]:
         """The decoded classes' labels for files (their names when the model has no labels)."""
@@ -67,7 +71,22 @@ class Explanation:
 
     @property
     def num_layers(self) -> int:
-        return self.attention.shape[0]
+        """The decoder's layers (whether or not this explanation holds all their maps)."""
+        return self.attention.shape[0] if self.decoder_layers is None else self.decoder_layers
+
+    def computed_layers(self) -> list[int]:
+        """The 0-based decoder layers whose maps this explanation holds."""
+        return list(range(self.num_layers)) if self.attention_layers is None else list(self.attention_layers)
+
+    def layer_maps(self, layer: int = -1) -> np.ndarray:
+        """[heads, C', h, w]: every decoded class's maps at a decoder layer (Python index)."""
+        index = self.layer_index(layer)
+        held = self.computed_layers()
+        if index not in held:
+            kept = ", ".join(f"L{i + 1}" for i in held)
+            raise ValueError(f"the maps of decoder layer L{index + 1} were not computed for this explanation "
+                             f"(it holds {kept}); explain again asking for that layer")
+        return self.attention[held.index(index)]
 
     @property
     def num_heads(self) -> int:
@@ -89,7 +108,7 @@ class Explanation:
         shared: divided by the largest weight of any head (compares heads); none: raw weights."""
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        maps = self.attention[self.layer_index(layer), :, self.column(class_name)]
+        maps = self.layer_maps(layer)[:, self.column(class_name)]
         if normalization == "none":
             return maps.copy()
         if normalization == "shared":
@@ -100,11 +119,11 @@ class Explanation:
         return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
 
     def mean_map(self, class_name: str, layer: int = -1) -> np.ndarray:
-        return self.attention[self.layer_index(layer), :, self.column(class_name)].mean(axis=0)
+        return self.layer_maps(layer)[:, self.column(class_name)].mean(axis=0)
 
     def head_order(self, class_name: str, layer: int = -1) -> list[int]:
         """Heads by their peak attention weight, highest first (the paper's "top maps")."""
-        peaks = self.attention[self.layer_index(layer), :, self.column(class_name)].max(axis=(1, 2))
+        peaks = self.layer_maps(layer)[:, self.column(class_name)].max(axis=(1, 2))
         return [int(i) for i in np.argsort(-peaks, kind="stable")]
 
     def cell_size(self) -> tuple[float, float]:
@@ -247,12 +266,15 @@ class Explainer:
         return EncodedImage(encoded, name, tuple(image.shape[:2]), tuple(inputs.shape[-2:]), notes)
 
     def decode(self, encoded: EncodedImage, classes: Iterable[int | str] | None = None,
-               mode: str = "drop", shortlist: int | None = None) -> Explanation:
+               mode: str = "drop", shortlist: int | None = None,
+               layers: Iterable[int] | None = None) -> Explanation:
         """Decoder only (no backbone pass): for class, layer and candidate-set switches.
-        shortlist K: decode only the first pass's top K candidates (see INTR.decode)."""
+        shortlist K: decode only the first pass's top K candidates (see INTR.decode).
+        layers: the decoder layers (Python indices) whose maps are computed and kept, e.g. the
+        one shown or saved; the others run without materialising weights. None: every layer."""
         with torch.inference_mode():
             output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True,
-                                       shortlist=shortlist)
+                                       shortlist=shortlist, attention_layers=layers)
         logits = output.logits[0].float()
         labels = getattr(self.model, "class_labels", self.model.class_names)
         notes = list(encoded.notes)
@@ -273,11 +295,14 @@ class Explainer:
             class_labels=[labels[i] for i in output.classes],
             notes=notes,
             candidates=output.candidates,
+            attention_layers=None if layers is None else list(output.attention_layers),
+            decoder_layers=None if layers is None else self.model.config.dec_layers,
         )
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
-                mode: str = "drop", shortlist: int | None = None) -> Explanation:
-        return self.decode(self.encode(image, name), classes, mode, shortlist)
+                mode: str = "drop", shortlist: int | None = None,
+                layers: Iterable[int] | None = None) -> Explanation:
+        return self.decode(self.encode(image, name), classes, mode, shortlist, layers)
 
 
 def shortlist_note(decoded: int, candidates: int) -> str:

@@ -46,6 +46,8 @@ class IntrOutput:
     candidates: int | None = None
     # [B, C'] first-pass scores of the decoded classes, when asked for (training the head).
     first_pass_logits: Tensor | None = None
+    # The 0-based decoder layers whose maps `attention` holds, in order along its first axis.
+    attention_layers: list[int] | None = None
 
     def probabilities(self) -> Tensor:
         return self.logits.softmax(dim=-1)
@@ -128,7 +130,7 @@ class INTR(nn.Module):
 
     def decode(self, encoded: EncodedImages, classes: Iterable[int | str] | None = None,
                mode: str = "drop", return_attention: bool = True, shortlist: int | None = None,
-               shortlist_context: bool = True) -> IntrOutput:
+               shortlist_context: bool = True, attention_layers: Iterable[int] | None = None) -> IntrOutput:
         """Decoder and presence vector for the candidate classes only, in the order given.
 
         mode "drop": only the candidates' queries enter the decoder (they attend among
@@ -144,15 +146,40 @@ class INTR(nn.Module):
         then sees exactly what it sees in the full decode. Layers 3 and up attend among the
         shortlist only, as drop mode. A 2-layer decoder thus gives the full decode's logits and
         maps for the shortlisted classes. False: plain drop mode on the shortlist.
+        attention_layers: with return_attention, the decoder layers (Python indices, -1 = the
+        last) whose maps are computed and returned, e.g. the one shown; the other layers run the
+        fused attention without materialising weights. None: every layer.
         """
         if mode not in DECODE_MODES:
             raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
         indices = self.class_indices(classes)
+        layers = self.decoder_layers(attention_layers) if return_attention else None
         if shortlist is not None:
-            return self._decode_shortlist(encoded, indices, mode, return_attention, shortlist, shortlist_context)
-        return self._decode(encoded, indices, mode, return_attention)
+            output = self._decode_shortlist(encoded, indices, mode, layers, shortlist, shortlist_context)
+        else:
+            output = self._decode(encoded, indices, mode, layers)
+        if output.attention is not None:
+            output.attention_layers = layers
+        return output
 
-    def _decode(self, encoded: EncodedImages, indices: list[int], mode: str, return_attention: bool,
+    def decoder_layers(self, layers: Iterable[int] | None = None) -> list[int]:
+        """Python indices of decoder layers (-1 = the last) -> sorted 0-based indices; None: all."""
+        count = self.config.dec_layers
+        if layers is None:
+            return list(range(count))
+        if isinstance(layers, (int, np.integer)):
+            layers = [layers]
+        chosen = set()
+        for layer in layers:
+            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -count <= layer < count:
+                raise ValueError(f"decoder layer {layer!r} is out of range: the decoder has {count} layers "
+                                 f"(0..{count - 1}, or -1 for the last)")
+            chosen.add(int(layer) % count)
+        if not chosen:
+            raise ValueError("attention_layers is empty: name at least one decoder layer, or None for all")
+        return sorted(chosen)
+
+    def _decode(self, encoded: EncodedImages, indices: list[int], mode: str, layers: list[int] | None,
                 context: tuple[Tensor, Tensor] | None = None) -> IntrOutput:
         index_tensor = torch.as_tensor(indices, device=self.device)
         queries = self.query_embed.weight
@@ -166,7 +193,7 @@ class INTR(nn.Module):
         key_values = self._cached_key_values(encoded)
         z_out, weights = self.transformer.decoder(
             queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, _mask_if_padded(encoded.padding_mask),
-            return_attention, key_values, context)
+            layers is not None, key_values, context, layers)
         logits = self.presence_vector(z_out).squeeze(-1)  # Eq. 6: w^T z_out per class
         if mode == "zero":
             logits = logits[:, index_tensor]
@@ -191,7 +218,7 @@ class INTR(nn.Module):
                                  self.query_embed.weight[index], encoded.memory, encoded.padding_mask,
                                  None if key_values is None else key_values[0], states=states)
 
-    def _decode_shortlist(self, encoded: EncodedImages, indices: list[int], mode: str, return_attention: bool,
+    def _decode_shortlist(self, encoded: EncodedImages, indices: list[int], mode: str, layers: list[int] | None,
                           shortlist: int, with_context: bool = True) -> IntrOutput:
         if isinstance(shortlist, bool) or not isinstance(shortlist, (int, np.integer)) or shortlist < 1:
             raise ValueError(f"shortlist must be a whole number of classes, at least 1, got {shortlist!r}")
@@ -218,7 +245,7 @@ class INTR(nn.Module):
 
         if len(groups) == 1:
             positions, rows = next(iter(groups.items()))
-            output = self._decode(encoded, [indices[p] for p in positions], mode, return_attention,
+            output = self._decode(encoded, [indices[p] for p in positions], mode, layers,
                                   context(positions, rows))
             output.candidates = len(indices)
             return output
@@ -228,7 +255,7 @@ class INTR(nn.Module):
         logits = encoded.memory.new_full((batch, len(union)), float("-inf"))
         attention = None
         for positions, rows in groups.items():
-            part = self._decode(encoded.select(rows), [indices[p] for p in positions], mode, return_attention,
+            part = self._decode(encoded.select(rows), [indices[p] for p in positions], mode, layers,
                                 context(positions, rows))
             rows_t = torch.as_tensor(rows, device=logits.device)
             columns = torch.as_tensor([column[p] for p in positions], device=logits.device)

@@ -6,6 +6,7 @@ encoding (§4, "Model"), so class queries are not tied to grid locations.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
@@ -99,21 +100,27 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, query_pos: Tensor, memory: Tensor, padding_mask: Tensor, need_weights: bool,
                 key_values: list[tuple[Tensor, Tensor]] | None = None,
-                context: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+                context: tuple[Tensor, Tensor] | None = None,
+                weight_layers: Collection[int] | None = None) -> tuple[Tensor, Tensor | None]:
         """query_pos [B, Q, D] class queries, memory [B, hw, D] -> Z_out [B, Q, D], weights
         [layers, B, heads, Q, hw] (or None). key_values: cached `cross_key_values(memory)`.
         context: (layer-1 outputs [B, M, D], queries [B, M, D]) of M classes left out of the
         decode, attended to by layer 2's self-attention, whose full-decode inputs they are
-        (shortlist decoding; later layers would need those classes' later states)."""
+        (shortlist decoding; later layers would need those classes' later states).
+        weight_layers: with need_weights, the 0-based layers whose weights are materialised
+        (in increasing order on the weights' first axis); the others run the fused attention
+        without weights. None: every layer."""
         tgt = torch.zeros_like(query_pos)  # the decoder input starts at zero (DETR)
         all_weights = []
         for index, layer in enumerate(self.layers):
             key_value = None if key_values is None else key_values[index]
+            wanted = need_weights and (weight_layers is None or index in weight_layers)
             # layer 1's self-attention sees zero values: the context would change nothing there
-            tgt, weights = layer(tgt, memory, padding_mask, query_pos, need_weights, key_value,
+            tgt, weights = layer(tgt, memory, padding_mask, query_pos, wanted, key_value,
                                  context if index == 1 else None)
-            all_weights.append(weights)
-        stacked = torch.stack(all_weights) if need_weights else None
+            if wanted:
+                all_weights.append(weights)
+        stacked = torch.stack(all_weights) if all_weights else None
         return self.norm(tgt), stacked
 
 

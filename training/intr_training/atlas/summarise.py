@@ -96,10 +96,10 @@ class ImageSummariser:
         footprint = Footprint.of(encoded.encoded.grid, encoded.image_shape, encoded.input_shape,
                                  model.feature_stride)
         with torch.inference_mode():
-            output = model.decode(encoded.encoded, None, return_attention=True)
+            output = model.decode(encoded.encoded, None, return_attention=True, attention_layers=[self.layer])
         probabilities = output.logits[0].float().softmax(-1).cpu().numpy()
         predicted = int(np.argmax(probabilities))
-        maps = output.attention[self.layer, 0].float().cpu().numpy()  # [heads, C, h, w]
+        maps = output.attention[0, 0].float().cpu().numpy()  # [heads, C, h, w] of self.layer only
         parts = self.parts.for_image(path)
         if parts.masks and any(mask.shape != footprint.image_shape for mask in parts.masks.values()):
             raise ValueError(f"the mask of {path.name} is not the size of the image")
@@ -153,9 +153,10 @@ class ImageSummariser:
             padding = encoded.padding_mask.expand(len(masks), -1) | masks
             everything_hidden = padding.all(dim=1).cpu().numpy()
             padding[torch.from_numpy(everything_hidden).to(model.device)] = False  # no keys left: no test
-            logits, weights = _decode_rows(model, encoded, queries, padding, need_weights=True)
+            logits, weights = _decode_rows(model, encoded, queries, padding, need_weights=True,
+                                           weight_layers=model.decoder_layers([self.layer]))
             margins = (logits[:, 0] - logits[:, 1]).cpu().numpy()
-            maps = weights[self.layer, :count].unflatten(-1, encoded.grid).float().cpu().numpy()  # [P, heads, 2, h, w]
+            maps = weights[0, :count].unflatten(-1, encoded.grid).float().cpu().numpy()  # [P, heads, 2, h, w]
         drops = margins[:count].repeat(heads) - margins[count:]
         drops = [None if hidden_all else float(f"{d:.6g}") for d, hidden_all in zip(drops, everything_hidden[count:])]
         result = {}
@@ -169,12 +170,15 @@ class ImageSummariser:
         return result
 
 
-def _decode_rows(model, encoded, queries: torch.Tensor, padding: torch.Tensor, need_weights: bool):
+def _decode_rows(model, encoded, queries: torch.Tensor, padding: torch.Tensor, need_weights: bool,
+                 weight_layers: list[int] | None = None):
     """Decoder and presence vector for one image, with its own query set and key mask per row.
 
-    queries [R, Q, D], padding [R, h·w] -> logits [R, Q], weights [layers, R, heads, Q, h·w]."""
+    queries [R, Q, D], padding [R, h·w] -> logits [R, Q], weights [layers, R, heads, Q, h·w]
+    (only the 0-based `weight_layers`, when given)."""
     rows = queries.shape[0]
     memory = encoded.memory.expand(rows, -1, -1)
     key_values = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in encoded.cross_key_values]
-    z_out, weights = model.transformer.decoder(queries, memory, padding, need_weights, key_values)
+    z_out, weights = model.transformer.decoder(queries, memory, padding, need_weights, key_values,
+                                               weight_layers=weight_layers)
     return model.presence_vector(z_out).squeeze(-1).float(), weights

@@ -78,7 +78,7 @@ def intr_maps(model: INTR, inputs: Tensor, class_index: int, layer: int = -1,
     size = tuple(inputs.shape[-2:])
     with torch.inference_mode():
         encoded = EncodedImage(model.encode(inputs), "image", size, size)
-    explanation = explainer.decode(encoded, classes, mode)
+    explanation = explainer.decode(encoded, classes, mode, layers=[layer])
     name = model.class_names[class_index]
     top = explanation.head_order(name, layer)[0]
     maps = np.stack([explanation.head_maps(name, layer, "none")[top], explanation.mean_map(name, layer)])

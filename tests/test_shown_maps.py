@@ -1,0 +1,88 @@
+"""Only the shown maps are computed: asking the decoder for some layers' attention gives exactly
+those layers' maps of the full computation, the same predictions, and no weights elsewhere."""
+import numpy as np
+import pytest
+import torch
+
+from napari_intr.explanation import Explainer
+from napari_intr.model import IntrConfig, build_model
+
+CLASSES = 7
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(3)
+    return build_model(IntrConfig.tiny(CLASSES, dec_layers=4, shortlist_head=True)).eval()
+
+
+@pytest.fixture(scope="module")
+def encoded(model):
+    torch.manual_seed(4)
+    images = torch.randn(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[1, :, 80:] = True  # one padded image: the masked attention path too
+    with torch.inference_mode():
+        return model.encode(images, mask)
+
+
+def _decode(model, encoded, **options):
+    with torch.inference_mode():
+        return model.decode(encoded, **options)
+
+
+@pytest.mark.parametrize("layers, expected", [([2], [2]), ([-1, 0], [0, 3]), (1, [1]), (None, [0, 1, 2, 3])])
+def test_chosen_layers_equal_the_full_computations_maps(model, encoded, layers, expected):
+    full = _decode(model, encoded)
+    chosen = _decode(model, encoded, attention_layers=layers)
+    assert chosen.attention_layers == expected and full.attention_layers == [0, 1, 2, 3]
+    assert chosen.attention.shape == (len(expected), *full.attention.shape[1:])
+    torch.testing.assert_close(chosen.attention, full.attention[expected], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chosen.logits, full.logits, rtol=1e-5, atol=1e-5)
+    assert chosen.logits.argmax(-1).tolist() == full.logits.argmax(-1).tolist()
+
+
+def test_shortlist_with_chosen_layers(model, encoded):
+    full = _decode(model, encoded, shortlist=3)
+    chosen = _decode(model, encoded, shortlist=3, attention_layers=[-1])
+    assert chosen.classes == full.classes and chosen.attention_layers == [3]
+    torch.testing.assert_close(chosen.attention, full.attention[[3]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chosen.logits, full.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_other_layers_run_without_weights(model, encoded):
+    asked = []
+    hooks = [layer.multihead_attn.register_forward_hook(
+        lambda module, args, output, index=index: asked.append((index, output[1] is not None)))
+        for index, layer in enumerate(model.transformer.decoder.layers)]
+    try:
+        _decode(model, encoded, attention_layers=[1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert asked == [(0, False), (1, True), (2, False), (3, False)]
+
+
+@pytest.mark.parametrize("layers", [[4], [-5], [], [True], ["last"]])
+def test_bad_layers_are_refused_with_a_message(model, encoded, layers):
+    with pytest.raises(ValueError, match="decoder layer|attention_layers is empty"):
+        _decode(model, encoded, attention_layers=layers)
+
+
+def test_explanation_of_one_layer(model):
+    image = np.random.default_rng(5).integers(0, 256, (70, 110, 3), dtype=np.uint8)
+    explainer = Explainer(model)
+    encoded = explainer.encode(image, "specimen")
+    full = explainer.decode(encoded)
+    shown = explainer.decode(encoded, layers=[-1])
+    assert shown.num_layers == full.num_layers == 4 and shown.computed_layers() == [3]
+    assert shown.attention.shape[0] == 1 and shown.top_class() == full.top_class()
+    np.testing.assert_allclose(shown.probabilities, full.probabilities, rtol=1e-5, atol=1e-6)
+    for name in full.class_names:
+        np.testing.assert_allclose(shown.head_maps(name, -1, "none"), full.head_maps(name, -1, "none"),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(shown.head_maps(name, 3), full.head_maps(name, 3), rtol=1e-4, atol=1e-5)
+        assert shown.head_order(name) == full.head_order(name)
+    np.testing.assert_allclose(shown.layer_maps(-1), full.layer_maps(3), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="decoder layer L2 were not computed .*holds L4"):
+        shown.head_maps(full.class_names[0], 1)
