@@ -221,3 +221,36 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(collection, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"summarised {27 - kept} images now, {kept} from an earlier run" in again.stdout
     assert (out / "atlas.html").is_file()
+
+
+def test_a_second_run_into_a_busy_output_folder_is_refused(collection, model, tmp_path, capsys):
+    """Another process holds OUT (as a running `intr atlas` does): a second atlas and an
+    `intr explain` into it are refused, naming the folder and the holder, and write nothing there;
+    once the holder is killed its lock is stale, and the next atlas takes it over and says so."""
+    from intr_training.run_lock import RunLocked, job_lock
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ("import sys; from intr_training.run_lock import job_lock\n"
+                                f"with job_lock({str(out)!r}, 'intr atlas'):\n"
+                                "    print('locked', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in out.iterdir())
+        for command in (["atlas", "--data", str(collection)], ["explain", str(collection)]):
+            assert main([*command, "--out", str(out), "--device", "cpu"]) == 2
+            err = capsys.readouterr().err
+            assert f"another intr atlas (pid {holder.pid}" in err and str(out) in err, err
+            assert "wait for it to finish" in err and "another output folder" in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == before  # nothing written beside the holder's
+    finally:
+        holder.kill()
+        holder.wait()
+    result = build_atlas(model, "sample", collection, out, AtlasOptions())
+    assert (out / "atlas.html").is_file()
+    assert any(f"took over the lock of an earlier run in {out} (pid {holder.pid}" in w for w in result.warnings)
+    assert not (out / ".intr.lock").exists()  # released at the end
+    with job_lock(out, "intr explain"):  # held in this process: the atlas is refused there too
+        with pytest.raises(RunLocked, match=r"another intr explain \(pid \d+"):
+            build_atlas(model, "sample", collection, out, AtlasOptions())

@@ -86,6 +86,7 @@ def _explain(args, files, boxes, margin, info, device) -> int:
     from napari_intr.loading import load_model
 
     from . import distributed
+    from .run_lock import job_lock
     from .sharding import ShardedRun
     if info.active and args.model in zoo.ZOO:
         # one download for all processes (they share the cache), the others wait for it
@@ -116,9 +117,11 @@ def _explain(args, files, boxes, margin, info, device) -> int:
 
     start_job = functools.partial(ShardedRun.start, restart=args.restart, info=info)
     try:
-        summary = explain_folder(model, files or [], args.out, classes, args.mode, args.top_k, layer,
-                                 args.map_class, os.fspath(args.model), progress, boxes=boxes, margin=margin,
-                                 tiff_format=args.tiff_format, start_job=start_job, shortlist=args.shortlist)
+        with job_lock(args.out, "intr explain", info):  # another run writing into --out is refused
+            summary = explain_folder(model, files or [], args.out, classes, args.mode, args.top_k, layer,
+                                     args.map_class, os.fspath(args.model), progress, boxes=boxes,
+                                     margin=margin, tiff_format=args.tiff_format, start_job=start_job,
+                                     shortlist=args.shortlist)
     finally:
         for bar in bars:
             bar.close()

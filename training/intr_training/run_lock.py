@@ -1,10 +1,12 @@
-"""One training run per output folder: OUT/.intr-train.lock holds the owner's pid and host.
+"""One run per output folder (`intr train`, `intr atlas`, `intr explain`): OUT/.intr.lock holds the
+owner's command, pid and host.
 
 Ownership is an exclusive `flock` on that file, which the kernel drops when the owner exits in
 any way (kill -9, crash), so a lock file left behind is recognised as stale and taken over,
 never waited for. A run that ends removes the file while still holding it; a run that locked
 the file just as it was removed notices (the path no longer names its file) and tries again.
 Where the file system has no flock (some network mounts), the recorded pid is checked instead.
+Under torchrun rank 0 holds the lock for the whole job (`job_lock`); every rank learns whether it got it.
 """
 from __future__ import annotations
 
@@ -14,9 +16,13 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-LOCK_FILE = ".intr-train.lock"
+from . import distributed
+
+LOCK_FILE = ".intr.lock"
 
 
 class RunLocked(RuntimeError):
@@ -24,8 +30,9 @@ class RunLocked(RuntimeError):
 
 
 class RunLock:
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, command: str = "intr train"):
         self.path = Path(out) / LOCK_FILE
+        self.command = command  # named to a second run that finds the folder busy
         self.stream = None
         self.created_folder = False
         self.stale_owner: dict | None = None  # the dead run whose lock was taken over
@@ -53,7 +60,7 @@ class RunLock:
                 self.stale_owner = previous
             stream.seek(0)
             stream.truncate()
-            stream.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
+            stream.write(json.dumps({"command": self.command, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
             stream.flush()
         except BaseException:
             stream.close()
@@ -131,8 +138,30 @@ def _alive(owner: dict) -> bool:
 
 
 def _busy_message(out: Path, owner: dict | None) -> str:
-    who = "another intr train"
+    who = f"another {owner.get('command') or 'intr run'}" if owner else "another intr run"
     if owner:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(owner.get("started", 0)))
         who += f" (pid {owner.get('pid')} on {owner.get('host')}, started {started})"
-    return f"{who} is writing to {out}; wait for it to finish (or stop it), or give another --out"
+    return (f"{who} is writing to {out}; wait for it to finish (or stop it), "
+            "or choose another output folder (--out)")
+
+
+@contextmanager
+def job_lock(out: str | os.PathLike, command: str,
+             info: distributed.Distributed | None = None) -> Iterator[RunLock]:
+    """Hold OUT's lock for a whole job: rank 0 takes it, and every rank of a torchrun job stops
+    with the same message when another run holds the folder (its other ranks never write there)."""
+    info = info or distributed.from_environment()
+    lock, refused = RunLock(Path(out).expanduser(), command), None
+    if info.is_main:
+        try:
+            lock.acquire()
+        except RunLocked as error:
+            refused = str(error)
+    refused = distributed.broadcast_from_main(refused)
+    if refused:
+        raise RunLocked(refused)
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from napari_intr import __version__
 
-from .. import sharding
+from .. import run_lock, sharding
 from ..data import Collection, class_images
 from .aggregate import DEFAULT_PAIR_COUNT, Atlas, AtlasBuilder
 from .parts import PartSource
@@ -23,6 +23,7 @@ from .report import write_report
 from .summarise import DEFAULT_PARTNERS, ImageSummariser
 
 TASK = "atlas"
+COMMAND = "intr atlas"
 DEFAULT_PER_HEAD = 6
 ERRORS_KEPT = (ValueError, OSError, RuntimeError, MemoryError)  # one bad image never ends the run
 
@@ -134,6 +135,40 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
     start = time.perf_counter()
     options = options or AtlasOptions()
     data, out = Path(data).expanduser(), Path(out).expanduser()
+    layers = model.config.dec_layers
+    layer, classes, partners = _checked(model, options, out)
+    parts = PartSource(options.parts)
+    items, warnings = collection_images(data, model, classes)
+    settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
+                else str(Path(options.parts).expanduser().resolve()),
+                "pairs": None if options.pairs is None else [list(pair) for pair in options.pairs],
+                "default_partners": DEFAULT_PARTNERS, "classes": classes}
+    with run_lock.job_lock(out, COMMAND) as lock:  # a second run into OUT is refused, naming it
+        if lock.stale_message():
+            warnings.append(lock.stale_message())
+        run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart)
+        result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
+        present = sorted({index for _, index in items.values()})  # default partners: classes with images
+        summariser = ImageSummariser(model, layer - 1, present, partners, parts)
+        _summarise_share(run, items, summariser, result, progress, should_stop)
+        if not result.cancelled:
+            merged = run.finish(progress)
+            if merged is not None:  # rank 0
+                names = [model.class_names[index] for index in present]
+                builder = AtlasBuilder(names, model.config.nheads, options.per_head, options.pairs,
+                                       DEFAULT_PAIR_COUNT)
+                result.atlas = builder.add_all(merged).build()
+                meta = {"model": model_name, "data": str(data), "layer": layer, "layers": layers,
+                        "heads": model.config.nheads, "per_head": options.per_head, "version": __version__,
+                        "consistency": _consistency_text(result.atlas, parts), "parts": settings["parts"],
+                        "pairs_requested": settings["pairs"]}
+                result.files = write_report(result.atlas, out, data, meta)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _checked(model, options: AtlasOptions, out: Path) -> tuple[int, list[str] | None, dict | None]:
+    """(1-based layer, classes or None, pair partners or None), or a ValueError saying what to fix."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {out} is a file; give a folder for the atlas")
     if options.per_head < 1:
@@ -152,16 +187,12 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
         missing = sorted({name for pair in options.pairs for name in pair} - set(classes))
         if missing:
             raise ValueError(f"--pairs names {', '.join(missing)}, which --classes leaves out; add them to --classes")
-    parts = PartSource(options.parts)
-    items, warnings = collection_images(data, model, classes)
-    settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
-                else str(Path(options.parts).expanduser().resolve()),
-                "pairs": None if options.pairs is None else [list(pair) for pair in options.pairs],
-                "default_partners": DEFAULT_PARTNERS, "classes": classes}
-    run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart)
-    result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
-    present = sorted({index for _, index in items.values()})  # default partners: classes with images
-    summariser = ImageSummariser(model, layer - 1, present, partners, parts)
+    return layer, classes, partners
+
+
+def _summarise_share(run, items: dict, summariser: ImageSummariser, result: AtlasRun, progress,
+                     should_stop) -> None:
+    """Summarise this process's share of the images (a cancel keeps every finished record)."""
     try:
         for key in run.share:
             if should_stop is not None and should_stop():
@@ -180,21 +211,6 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
         summariser.close()
         if result.cancelled or not _finished(result, run):
             run.close()
-    if result.cancelled:
-        result.seconds = time.perf_counter() - start
-        return result
-    merged = run.finish(progress)
-    if merged is not None:  # rank 0
-        names = [model.class_names[index] for index in present]
-        builder = AtlasBuilder(names, model.config.nheads, options.per_head, options.pairs, DEFAULT_PAIR_COUNT)
-        result.atlas = builder.add_all(merged).build()
-        meta = {"model": model_name, "data": str(data), "layer": layer, "layers": layers,
-                "heads": model.config.nheads, "per_head": options.per_head, "version": __version__,
-                "consistency": _consistency_text(result.atlas, parts), "parts": settings["parts"],
-                "pairs_requested": settings["pairs"]}
-        result.files = write_report(result.atlas, out, data, meta)
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def _finished(result: AtlasRun, run) -> bool:
