@@ -9,6 +9,7 @@ item. The `intr explain` command is intr_training/explain_cli.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .csv_output import write_csv
-from .io import find_images, read_image, read_pixel_size, reason
+from .io import find_images, read_pixel_size, reason
+from .large_images import BudgetedImage, read_within_budget
 from .regions import REGION_COLUMNS, Margin, Region, crop_region
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -234,15 +236,16 @@ def _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_f
 
 
 class _ImageReader:
-    """The last image read, kept for its next regions (a tray photo is read once, not per region)."""
+    """The last image read, kept for its next regions (a tray photo is read once, not per region).
+    An image too large to decode whole comes reduced k-fold (napari_intr.large_images)."""
 
     def __init__(self):
-        self.path, self.image, self.pixel_size = None, None, None
+        self.path, self.image, self.pixel_size = None, BudgetedImage(None), None
 
-    def read(self, path: Path):
+    def read(self, path: Path) -> BudgetedImage:
         if path != self.path:
-            self.path = self.image = None  # a failed read is not kept
-            self.image, self.pixel_size = read_image(path, allow_mapped=True), read_pixel_size(path)
+            self.path, self.image = None, BudgetedImage(None)  # a failed read is not kept
+            self.image, self.pixel_size = read_within_budget(path), read_pixel_size(path)
             self.path = path
         return self.image
 
@@ -255,10 +258,11 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
         region = item.region
         row.update(region=region.id, x0=region.x0, y0=region.y0, x1=region.x1, y1=region.y1)
     try:
-        image = reader.read(item.path)
-        offset = (0, 0)
+        read = reader.read(item.path)
+        image, offset = read.pixels, (0, 0)
         if item.region is not None:
-            crop = crop_region(image, item.region, settings.margin)
+            crop = crop_region(image, _reduced_region(item.region, read.factor),
+                               _reduced_margin(settings.margin, read.factor))
             image, offset = crop.pixels, crop.offset
         name = item.path.stem if item.region is None else f"{item.path.stem} · {item.region.id}"
         # Only the saved layer's maps are computed (the others run without materialising weights).
@@ -268,11 +272,35 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
         # One bad image (damaged file, too small, out of memory) must not end the batch.
         row["error"] = reason(error)
         return {"row": row, "notes": []}
+    if read.factor > 1:
+        explanation, offset = _on_file_grid(explanation, read, offset)
     row.update(prediction_cells(explanation, settings.top_k))
     shown = settings.class_for_maps or explanation.top_class()
     _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
     row.update(map_class=shown, attention_file=item.attention_file)
     return {"row": row, "notes": list(explanation.notes), "undecoded": explanation.undecoded}
+
+
+def _reduced_region(region: Region, factor: int) -> Region:
+    """A box in the file's pixels -> the same box in the pixels of the k-fold reduced image."""
+    if factor == 1:
+        return region
+    return Region(region.id, region.x0 / factor, region.y0 / factor, region.x1 / factor, region.y1 / factor)
+
+
+def _reduced_margin(margin: Margin, factor: int) -> Margin:
+    return margin if margin.percent or factor == 1 else Margin(margin.value / factor)
+
+
+def _on_file_grid(explanation, read: BudgetedImage, offset: tuple[int, int]):
+    """An explanation of a k-fold reduced image (or a crop of it at `offset`) placed on the file's
+    pixel grid: its image shape, the maps' scale, translate and pixel size are the file's, and
+    its notes say it was read reduced. Returns (explanation, offset in the file's pixels)."""
+    factor, (file_height, file_width) = read.factor, read.file_shape
+    top, left = offset[0] * factor, offset[1] * factor
+    height, width = explanation.image_shape
+    shape = (min(height * factor, file_height - top), min(width * factor, file_width - left))
+    return dataclasses.replace(explanation, image_shape=shape, notes=[read.note, *explanation.notes]), (top, left)
 
 
 def _write_maps(target: Path, explanation, class_name: str, settings: Settings, item: Item,

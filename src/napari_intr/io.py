@@ -8,6 +8,7 @@ from tifffile's metadata, so an ImageJ stack (ZYX) is not mistaken for an RGB im
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,10 @@ DECODE_COPIES = 4
 _PILLOW_MODES_KEPT = ("1", "L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 _CHANNEL_AXES = "SC"  # tifffile: S = samples of a pixel (RGB), C = channels (ImageJ)
 _AXIS_NAMES = {"Z": "depth (Z)", "T": "time (T)", "Q": "an unnamed axis", "I": "a page sequence"}
+
+
+class TooLargeError(ValueError):
+    """An image refused for its size before decoding (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def read_image(path: str | os.PathLike, allow_mapped: bool = False) -> np.ndarra
     header = read_header(path)  # damaged files and stacks are refused whatever the size
     try:
         check_decodable(path, header)
-    except ValueError:  # too large to decode in memory
+    except TooLargeError:
         mapped = _mapped_tiff(path) if allow_mapped and path.suffix.lower() in TIFF_SUFFIXES else None
         if mapped is None:
             raise
@@ -95,18 +100,39 @@ def check_decodable(path: Path, header: ImageHeader) -> None:
     size = f"{path.name} is {header.height}×{header.width} px"
     pixels = header.height * header.width
     if pixels > MAX_PIXELS:
-        raise ValueError(f"{size} ({pixels / 1e6:.0f} M pixels), more than the {MAX_PIXELS / 1e6:.0f} M "
+        raise TooLargeError(f"{size} ({pixels / 1e6:.0f} M pixels), more than the {MAX_PIXELS / 1e6:.0f} M "
                          "pixels napari-intr reads; downscale or crop it first")
     needed = header.decoded_bytes * DECODE_COPIES
-    available = available_memory()
-    limit, what = DECODE_BUDGET_BYTES, "the decode budget (INTR_MAX_DECODE_BYTES)"
-    if available is not None and available < limit:
-        limit, what = available, "the memory available now"
+    limit, what = decode_limit()
     if needed > limit:
-        raise ValueError(f"{size} ({header.channels} × {8 * header.bytes_per_sample}-bit); decoding it needs "
-                         f"about {_gib(needed)}, more than {what}, {_gib(limit)}. Downscale or crop it "
-                         "(the model sees it at most a few hundred px wide anyway), free memory, or (for "
-                         "intr explain) save it as an uncompressed TIFF, which is read strip by strip")
+        raise TooLargeError(f"{size} ({header.channels} × {8 * header.bytes_per_sample}-bit); decoding it needs "
+                            f"about {byte_size(needed)}, more than {what}, {byte_size(limit)}. Downscale or crop it "
+                            "(the model sees it at most a few hundred px wide anyway) or free memory; "
+                            f"{_reduced_read_advice(path)}")
+
+
+def _reduced_read_advice(path: Path) -> str:
+    if path.suffix.lower() in (*TIFF_SUFFIXES, ".jpg", ".jpeg"):
+        return "intr explain and the Explorer's batch read it reduced, piece by piece"
+    return ("intr explain and the Explorer's batch read TIFF and JPEG files this large reduced, piece by piece: "
+            f"convert it with libvips, which streams: {vips_advice(path)}")
+
+
+def vips_advice(path: Path, reduce: bool = False) -> str:
+    """A libvips command (it streams, so it converts images of any size) that writes a tiled TIFF
+    of `path`, or with `reduce` a JPEG a tenth of its size."""
+    if reduce:
+        return f"vips resize {shlex.quote(path.name)} {shlex.quote(path.stem + '_small.jpg')} 0.1"
+    return f"vips tiffsave {shlex.quote(path.name)} {shlex.quote(path.stem + '_tiled.tif')} --tile --compression deflate --bigtiff"
+
+
+def decode_limit() -> tuple[int, str]:
+    """The bytes a decode may use now, and what sets that limit: the decode budget or, when
+    less, the memory available now."""
+    available = available_memory()
+    if available is not None and available < DECODE_BUDGET_BYTES:
+        return available, "the memory available now"
+    return DECODE_BUDGET_BYTES, "the decode budget (INTR_MAX_DECODE_BYTES)"
 
 
 def available_memory() -> int | None:
@@ -143,8 +169,11 @@ def reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _gib(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB" if size >= 2**28 else f"{size / 2**20:.0f} MiB"
+def byte_size(size: int) -> str:
+    """A size in bytes as people read it."""
+    if size >= 2**28:
+        return f"{size / 2**30:.1f} GiB"
+    return f"{size / 2**20:.0f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 
 def _read_proc(path: str) -> str:
@@ -228,18 +257,24 @@ def _pillow_header(path: Path) -> ImageHeader:
 
 
 def _read_with_pillow(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from PIL import Image
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
     try:
         with Image.open(path) as image:
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)  # camera photos store rotation in EXIF
-            if image.mode not in _PILLOW_MODES_KEPT:
-                image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
-            pixels = np.asarray(image)
-            return pixels.astype(pixels.dtype.newbyteorder("="), copy=False)  # I;16B is big-endian
+            return pillow_pixels(image)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def pillow_pixels(image) -> np.ndarray:
+    """An opened Pillow image -> its pixels, upright (EXIF rotation applied), in a kept mode."""
+    from PIL import ImageOps
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)  # camera photos store rotation in EXIF
+    if image.mode not in _PILLOW_MODES_KEPT:
+        image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+    pixels = np.asarray(image)
+    return pixels.astype(pixels.dtype.newbyteorder("="), copy=False)  # I;16B is big-endian
 
 
 def find_images(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:

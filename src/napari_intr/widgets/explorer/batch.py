@@ -63,6 +63,7 @@ class BatchBox(QGroupBox):
         return None
 
     def _report(self, summary: dict) -> None:
+        from napari_intr.large_images import READ_REDUCED
         done, total = summary["done"], summary["total"]
         parts = [f"Explained {done} of {total} images in {summary['seconds']:.1f} s"]
         if summary["cancelled"]:
@@ -70,6 +71,9 @@ class BatchBox(QGroupBox):
         if summary["skipped"]:
             first_file, first_reason = summary["skipped"][0]
             parts.append(f"{len(summary['skipped'])} skipped, e.g. {Path(first_file).name}: {first_reason}")
+        reduced = [note for _, note in summary["notes"] if READ_REDUCED in note]
+        if reduced:  # too large to decode whole: the maps are right, but made from fewer pixels
+            parts.append(f"{len(reduced)} too large to decode whole, explained from a reduced image, e.g. {reduced[0]}")
         parts.append(f"results in {summary['predictions'].parent}")
         text = "; ".join(parts)
         self.summary.setText(text)

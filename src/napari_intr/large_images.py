@@ -1,0 +1,204 @@
+"""Images too large to decode whole, read reduced piece by piece within the decode budget.
+
+`read_within_budget` reads an image whole when it fits napari_intr.io's decode budget (and the
+memory available now). Past it, an uncompressed TIFF is memory-mapped (Explainer block-averages
+it band by band), any other TIFF is decoded one strip or tile at a time, each area-averaged into
+an accumulator of the reduced image, and a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale.
+The full-resolution pixels are never held. The reduction factor k is the smallest that fits the
+limit; every reduced read comes with a note naming the file, its sizes and k. Other formats (PNG
+is one zlib stream, BMP, GIF, WebP) are refused with a message that says how to convert them.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .io import ImageHeader, TooLargeError, byte_size, vips_advice
+
+# Bytes each sample of the reduced image costs: its float64 sum here, and the float32 copies the
+# model's preprocessing makes of it (io.DECODE_COPIES, as for a whole decode).
+REDUCED_SAMPLE_BYTES = 8 + 4 * io.DECODE_COPIES
+JPEG_SCALES = (2, 4, 8)  # what libjpeg decodes natively (Pillow's Image.draft)
+READ_REDUCED = "read reduced"  # in every note of a reduced read
+
+
+@dataclass(frozen=True)
+class BudgetedImage:
+    """An image as read within the budget: `pixels` (H×W or H×W×C, channels last); `factor` k > 1
+    when each pixel is the mean of k×k pixels of the file (`note` then says so)."""
+    pixels: np.ndarray
+    factor: int = 1
+    note: str | None = None
+    file_shape: tuple[int, int] | None = None  # (height, width) of the file's image
+
+
+def read_within_budget(path: str | os.PathLike) -> BudgetedImage:
+    """An image file, whole when it fits the decode budget, else reduced (see the module's doc);
+    ValueError naming the file when it can be read neither way."""
+    path = Path(path)
+    try:
+        pixels = io.read_image(path, allow_mapped=True)
+    except TooLargeError as refusal:
+        header = io.read_header(path)
+        limit, what = io.decode_limit()
+        if path.suffix.lower() in io.TIFF_SUFFIXES:
+            pixels, factor, how = _reduced_tiff(path, header, limit, what)
+        elif _pillow_format(path) == "JPEG":
+            pixels, factor, how = _reduced_jpeg(path, header, limit, what)
+        else:
+            raise refusal
+        note = (f"{path.name} is {header.height}×{header.width} px, about {byte_size(_whole_bytes(header))} "
+                f"to decode whole, more than {what} ({byte_size(limit)}): {READ_REDUCED} {factor}× "
+                f"({how}) to {pixels.shape[0]}×{pixels.shape[1]} px")
+        return BudgetedImage(pixels, factor, note, (header.height, header.width))
+    return BudgetedImage(pixels, file_shape=tuple(pixels.shape[:2]))
+
+
+def _whole_bytes(header: ImageHeader) -> int:
+    return header.decoded_bytes * io.DECODE_COPIES
+
+
+def reduction_factor(header: ImageHeader, room: int) -> int | None:
+    """The smallest k ≥ 2 whose k-fold reduced image fits `room` bytes; None if no k does."""
+    samples = header.height * header.width * header.channels * REDUCED_SAMPLE_BYTES
+    if room <= 0:
+        return None
+    factor = max(2, math.isqrt(samples // room))
+    while _reduced_bytes(header, factor) > room:
+        factor += 1
+        if factor > max(header.height, header.width):
+            return None
+    return factor
+
+
+def _reduced_bytes(header: ImageHeader, factor: int) -> int:
+    return (-(-header.height // factor) * -(-header.width // factor) * header.channels * REDUCED_SAMPLE_BYTES)
+
+
+# -- TIFF: one strip or tile at a time ------------------------------------------------------------
+
+def _reduced_tiff(path: Path, header: ImageHeader, limit: int, what: str) -> tuple[np.ndarray, int, str]:
+    import tifffile
+    with tifffile.TiffFile(path) as tiff:
+        layout = _page_channels(tiff.series[0], header, path.name)
+        page = layout[0][0]
+        dtype = np.dtype(page.dtype)
+        segment_bytes = math.prod(page.chunks) * dtype.itemsize
+        compressed = max(max(each.databytecounts) for each, _ in layout)
+        # a decoded segment, its float64 row sums (at most as large again, times 8 / itemsize),
+        # and the compressed bytes read for it (twice: the read buffer and the decoder's input)
+        working = segment_bytes * (1 + 8 // dtype.itemsize) + 2 * compressed
+        factor = reduction_factor(header, limit - working)
+        pieces = (f"tiles of {page.chunks[0]}×{page.chunks[1]} px" if page.is_tiled
+                  else f"strips of {page.chunks[0]} rows")
+        if factor is None:
+            raise TooLargeError(f"{path.name} is stored in {pieces}, {byte_size(segment_bytes)} each decoded: too "
+                                f"large to read piece by piece within {what} ({byte_size(limit)}). Re-save it "
+                                f"tiled, e.g. with libvips: {vips_advice(path)}")
+        sums = np.zeros((-(-header.height // factor), -(-header.width // factor), header.channels), np.float64)
+        for each, first_channel in layout:
+            for segment, (sample, _, row, column, _), _ in each.segments(maxworkers=1, buffersize=compressed):
+                if segment is None:  # an empty segment reads as zeros
+                    continue
+                rows, columns = min(segment.shape[1], header.height - row), min(segment.shape[2], header.width - column)
+                channel = first_channel + sample
+                add_block_sums(sums, segment[0, :rows, :columns], row, column, factor,
+                               slice(channel, channel + segment.shape[3]))
+    how = "tile by tile" if page.is_tiled else "strip by strip"
+    return block_means(sums, header.height, header.width, factor, dtype), factor, how
+
+
+def _page_channels(series, header: ImageHeader, name: str) -> list[tuple]:
+    """[(page, its first channel in the image)]: one page holding every channel (contiguous or
+    planar), or one single-channel page per channel (ImageJ's CYX); ValueError otherwise."""
+    pages = list(series.pages)
+    if any(page is None or page.imagedepth > 1 for page in pages):
+        raise TooLargeError(f"{name} is a volume (SGI image depth) or holds missing pages; it cannot be read "
+                            f"reduced. Save the plane you want as a 2-D TIFF: {vips_advice(Path(name))}")
+    if len(pages) == 1:
+        return [(pages[0], 0)]
+    if len(pages) == header.channels and all(page.samplesperpixel == 1 for page in pages):
+        return [(page, channel) for channel, page in enumerate(pages)]
+    raise TooLargeError(f"{name} stores its image in {len(pages)} pages of {pages[0].samplesperpixel} samples "
+                        f"(axes {series.axes}); it cannot be read reduced. Save it as one RGB or grey page: "
+                        f"{vips_advice(Path(name))}")
+
+
+def add_block_sums(sums: np.ndarray, piece: np.ndarray, row: int, column: int, factor: int,
+                   channels: slice) -> None:
+    """Add the pixels of `piece` (rows × columns [× samples]), whose top-left pixel is (row, column)
+    of the image, to the sums of the factor×factor blocks of the image they fall in."""
+    if piece.ndim == 2:
+        piece = piece[..., None]
+    row_starts = _block_starts(row, piece.shape[0], factor)
+    column_starts = _block_starts(column, piece.shape[1], factor)
+    block_rows = np.add.reduceat(piece, row_starts, axis=0, dtype=np.float64)
+    blocks = np.add.reduceat(block_rows, column_starts, axis=1)
+    top, left = row // factor, column // factor
+    sums[top: top + blocks.shape[0], left: left + blocks.shape[1], channels] += blocks
+
+
+def _block_starts(start: int, length: int, factor: int) -> np.ndarray:
+    """Offsets in a run of `length` pixels from `start` where a new factor-sized block begins."""
+    return np.unique(np.r_[0, np.arange((-start) % factor, length, factor)])
+
+
+def block_means(sums: np.ndarray, height: int, width: int, factor: int, dtype: np.dtype) -> np.ndarray:
+    """Block sums -> block means (edge blocks over the pixels they hold), in `dtype` for uint8 and
+    uint16 (rounded) and floats, float32 otherwise; grey images come back 2-D."""
+    block_heights = np.minimum(factor, height - factor * np.arange(sums.shape[0]))
+    block_widths = np.minimum(factor, width - factor * np.arange(sums.shape[1]))
+    sums /= (block_heights[:, None] * block_widths[None, :])[..., None]
+    if dtype in (np.uint8, np.uint16):
+        means = np.rint(sums).astype(dtype)
+    else:
+        means = sums.astype(dtype if np.issubdtype(dtype, np.floating) and dtype.itemsize >= 4 else np.float32)
+    return means[..., 0] if means.shape[-1] == 1 else means
+
+
+# -- JPEG: libjpeg's scaled decoding --------------------------------------------------------------
+
+def _reduced_jpeg(path: Path, header: ImageHeader, limit: int, what: str) -> tuple[np.ndarray, int, str]:
+    from PIL import Image
+    scale = next((scale for scale in JPEG_SCALES
+                  if _whole_bytes(_scaled_header(header, scale)) <= limit), None)
+    if scale is None:
+        raise TooLargeError(f"{path.name} is {header.height}×{header.width} px: even decoded at 1/{JPEG_SCALES[-1]} "
+                            f"scale it needs about {byte_size(_whole_bytes(_scaled_header(header, JPEG_SCALES[-1])))}, "
+                            f"more than {what} ({byte_size(limit)}). Free memory, or downscale it with libvips, "
+                            f"which streams: {vips_advice(path, reduce=True)}")
+    pixel_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # sized and checked above
+    try:
+        with Image.open(path) as opened:
+            reduced = (-(-header.width // scale), -(-header.height // scale))  # libjpeg rounds up
+            opened.draft(opened.mode, (max(1, header.width // scale), max(1, header.height // scale)))
+            if opened.size != reduced:  # never decode it whole
+                raise TooLargeError(f"{path.name}: the JPEG decoder did not reduce it (to {reduced[0]}×{reduced[1]} "
+                                    f"px); downscale it with libvips: {vips_advice(path, reduce=True)}")
+            pixels = io.pillow_pixels(opened)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pixel_limit
+    return pixels, scale, f"decoded by libjpeg at 1/{scale} scale"
+
+
+def _scaled_header(header: ImageHeader, scale: int) -> ImageHeader:
+    return ImageHeader(-(-header.height // scale), -(-header.width // scale), header.channels,
+                       header.bytes_per_sample)
+
+
+def _pillow_format(path: Path) -> str | None:
+    from PIL import Image
+    pixel_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read
+    try:
+        with Image.open(path) as opened:
+            return opened.format
+    except Exception:  # noqa: BLE001 - read_header already read it; any doubt means "not a JPEG"
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pixel_limit
+
