@@ -376,6 +376,27 @@ def test_batch_panel_writes_readable_results(explorer, qtbot, messages, tmp_path
     assert any("earlier run" in text for _, text in messages)
 
 
+def test_batch_panel_says_which_images_were_read_reduced(explorer, qtbot, messages, tmp_path, monkeypatch):
+    """An image past the decode budget is explained from a reduced read: the panel says so."""
+    viewer, widget = explorer
+    import tifffile
+
+    from napari_intr import io
+    images = tmp_path / "scans"
+    images.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    tifffile.imwrite(images / "drawer.tif", pixels, compression="zlib", tile=(64, 64))
+    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 1_000_000)  # as if it were a 50 000 px scan
+    batch = widget.batch
+    batch.inputs.path = images
+    batch.output.path = tmp_path / "out"
+    batch.run()
+    qtbot.waitUntil(lambda: not batch.task.busy, timeout=TIMEOUT_MS)
+    text = batch.summary.full_text
+    assert "Explained 1 of 1" in text and "1 too large to decode whole, explained from a reduced image" in text
+    assert re.search(r"drawer.tif is 600×800 px, .*read reduced \d+×", text)
+
+
 def test_viewer_first_then_torch_does_not_crash(tmp_path):
     """A fresh process: GL first (a shown viewer with an image), then the plugin and torch."""
     script = textwrap.dedent("""
