@@ -5,6 +5,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hostile_corpus import FAST, bomb_png, training_folder
+from hostile_corpus import FAST, blank_png, bomb_png, training_folder
 from intr_training import cli
 from intr_training.run_lock import RunLock
 
@@ -180,14 +181,29 @@ MEMORY_CAP_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS and /proc are Linux's")
 def test_memory_cap_refuses_before_decoding(tmp_path):
     """Under a 1 GiB address-space cap a 20 000² px image (2.2 GiB to decode, within the 8 GiB
-    budget) is refused from its header with the reason, not killed or met by a bare MemoryError."""
-    image = bomb_png(tmp_path / "scan.png", 20000, 20000)
+    budget) that cannot be read reduced (an interlaced PNG) is refused from its header with the
+    reason, not killed or met by a bare MemoryError."""
+    image = bomb_png(tmp_path / "scan.png", 20000, 20000, interlaced=True)
     done = subprocess.run([sys.executable, "-c", MEMORY_CAP_SCRIPT, str(image), str(tmp_path / "out")],
                           capture_output=True, text=True, env=ENV, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "skipped" in done.stderr and "scan.png is 20000×20000 px" in done.stderr
-    assert "more than the memory available now" in done.stderr
+    assert "more than the memory available now" in done.stderr and "interlaced" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS and /proc are Linux's")
+def test_memory_cap_reads_a_real_png_bomb_row_by_row(tmp_path):
+    """Under the same cap a complete 10 000² px PNG (300 KB on disk, 1.1 GiB to decode whole) is
+    read row by row into a reduced image and explained, with a note saying so."""
+    image = blank_png(tmp_path / "bomb.png", 10000, 10000)
+    done = subprocess.run([sys.executable, "-c", MEMORY_CAP_SCRIPT, str(image), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and "explained 1 of 1" in done.stdout
+    assert re.search(r"bomb.png is 10000×10000 px, .*more than the memory available now .*read reduced \d+× "
+                     r"\(row by row\)", done.stdout), done.stdout
 
 
 def test_a_batch_is_never_padded_beyond_the_size_limit():

@@ -4,7 +4,9 @@ with a note naming the file, its size and the factor; the rest are refused with 
 The budget is set small here (a few hundred KiB), so the files stay small."""
 import csv
 import json
+import struct
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -164,7 +166,66 @@ def test_jpeg_too_large_even_at_an_eighth_is_refused(tmp_path, monkeypatch):
         read_within_budget(path)
 
 
-@pytest.mark.parametrize("suffix", [".png", ".bmp"])
+PNG_KINDS = {
+    # id: the specimen as a Pillow image of that kind (the whole-image reader's result is the reference)
+    "rgb-8": lambda unit: Image.fromarray(np.round(unit[..., :3] * 255).astype(np.uint8)),
+    "rgba-8": lambda unit: Image.fromarray(np.round(unit * 255).astype(np.uint8)),
+    "grey-8": lambda unit: Image.fromarray(np.round(unit[..., 2] * 255).astype(np.uint8)),
+    "grey-16": lambda unit: Image.fromarray(np.round(unit[..., 2] * 65535).astype(np.uint16)),
+    "grey-alpha-8": lambda unit: Image.fromarray(np.round(unit[..., 2] * 255).astype(np.uint8)).convert("LA"),
+    "palette-8": lambda unit: Image.fromarray(np.round(unit[..., :3] * 255).astype(np.uint8)).quantize(64),
+    "palette-4-bit": lambda unit: Image.fromarray(np.round(unit[..., :3] * 255).astype(np.uint8)).quantize(16),
+    "bilevel": lambda unit: Image.fromarray(unit[..., 2] > 0.5),
+}
+
+
+@pytest.mark.parametrize("kind", PNG_KINDS, ids=list(PNG_KINDS))
+def test_png_over_the_budget_is_read_reduced_row_by_row_within_it(kind, tmp_path, budget):
+    """Every PNG colour type and bit depth Pillow writes, with its adaptive filters (Sub, Up,
+    Average, Paeth): the reduced read equals the whole decode reduced by block means."""
+    path = tmp_path / f"{kind}.png"
+    PNG_KINDS[kind](smooth_specimen(700, 950, 4)).save(path, optimize=True, bits=4 if "4-bit" in kind else 8)
+    whole = io._read_with_pillow(path)  # small enough here to compare with
+    with pytest.raises(TooLargeError, match="read it reduced"):
+        io.read_image(path)
+    read_within_budget(path)
+    read, peak = peak_bytes(read_within_budget, path)
+    assert peak <= budget, f"{peak} bytes allocated at the peak, the budget is {budget}"
+    factor = read.factor
+    assert factor >= 2 and read.pixels.shape[:2] == (-(-700 // factor), -(-950 // factor))
+    expected = block_means(whole, factor).reshape(read.pixels.shape)
+    assert np.abs(read.pixels - expected).max() <= (1e-6 if whole.dtype == bool else 0.5)
+    assert read.pixels.dtype == (np.float32 if whole.dtype == bool else whole.dtype)
+    assert f"{kind}.png is 700×950 px" in read.note and f"read reduced {factor}× (row by row)" in read.note
+
+
+@pytest.mark.parametrize("kind", ["interlaced", "16-bit colour"])
+def test_png_that_cannot_be_read_row_by_row_is_refused_with_a_conversion(kind, tmp_path, budget):
+    """Pillow writes neither: a header claiming one (and a few bytes of data) is enough."""
+    from hostile_corpus import png_chunk
+    path = tmp_path / "plate.png"
+    depth, interlace = (8, 1) if kind == "interlaced" else (16, 0)
+    header = struct.pack(">IIBBBBB", 950, 700, depth, 2, 0, 0, interlace)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(bytes(99)))
+                     + png_chunk(b"IEND", b""))
+    with pytest.raises(TooLargeError) as refused:
+        read_within_budget(path)
+    message = str(refused.value)
+    assert "plate.png is 700×950 px" in message and "decode budget" in message
+    assert kind in message and "PNG cannot be read row by row" in message
+    assert "vips tiffsave plate.png plate_tiled.tif" in message
+
+
+def test_truncated_png_read_row_by_row_says_where_it_ends(tmp_path, budget):
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.round(smooth_specimen(700, 950) * 255).astype(np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot read cut.png: .*(ends|truncated)"):
+        read_within_budget(path)
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".webp"])
 def test_other_formats_over_the_budget_are_refused_with_a_conversion(tmp_path, budget, suffix):
     path = tmp_path / f"scan{suffix}"
     Image.fromarray(np.zeros((700, 950, 3), np.uint8)).save(path)

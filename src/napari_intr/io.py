@@ -112,9 +112,9 @@ def check_decodable(path: Path, header: ImageHeader) -> None:
 
 
 def _reduced_read_advice(path: Path) -> str:
-    if path.suffix.lower() in (*TIFF_SUFFIXES, ".jpg", ".jpeg"):
+    if path.suffix.lower() in (*TIFF_SUFFIXES, ".jpg", ".jpeg", ".png"):
         return "intr explain and the Explorer's batch read it reduced, piece by piece"
-    return ("intr explain and the Explorer's batch read TIFF and JPEG files this large reduced, piece by piece: "
+    return ("intr explain and the Explorer's batch read TIFF, JPEG and PNG files this large reduced, piece by piece: "
             f"convert it with libvips, which streams: {vips_advice(path)}")
 
 

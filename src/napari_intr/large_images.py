@@ -3,15 +3,20 @@
 `read_within_budget` reads an image whole when it fits napari_intr.io's decode budget (and the
 memory available now). Past it, an uncompressed TIFF is memory-mapped (Explainer block-averages
 it band by band), any other TIFF is decoded one strip or tile at a time, each area-averaged into
-an accumulator of the reduced image, and a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale.
-The full-resolution pixels are never held. The reduction factor k is the smallest that fits the
-limit; every reduced read comes with a note naming the file, its sizes and k. Other formats (PNG
-is one zlib stream, BMP, GIF, WebP) are refused with a message that says how to convert them.
+an accumulator of the reduced image, a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale, and a
+PNG row by row. The full-resolution pixels are never held. The reduction factor k is the
+smallest that fits the limit; every reduced read comes with a note naming the file, its sizes and
+k. Other formats (BMP, GIF, WebP; interlaced and 16-bit colour PNGs) are refused with a message
+that says how to convert them.
 """
 from __future__ import annotations
 
+import io as bytes_io
 import math
 import os
+import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +53,9 @@ def read_within_budget(path: str | os.PathLike) -> BudgetedImage:
         limit, what = io.decode_limit()
         if path.suffix.lower() in io.TIFF_SUFFIXES:
             pixels, factor, how = _reduced_tiff(path, header, limit, what)
-        elif _pillow_format(path) == "JPEG":
-            pixels, factor, how = _reduced_jpeg(path, header, limit, what)
+        elif (kind := _pillow_format(path)) in ("JPEG", "PNG"):
+            read = _reduced_jpeg if kind == "JPEG" else _reduced_png
+            pixels, factor, how = read(path, header, limit, what)
         else:
             raise refusal
         note = (f"{path.name} is {header.height}×{header.width} px, about {byte_size(_whole_bytes(header))} "
@@ -202,3 +208,158 @@ def _pillow_format(path: Path) -> str | None:
     finally:
         Image.MAX_IMAGE_PIXELS = pixel_limit
 
+
+
+# -- PNG: row by row ------------------------------------------------------------------------------
+# A PNG is one zlib stream of filtered rows; each row's filter may refer to the row above. Rows are
+# inflated a band at a time (zlib's max_length bounds the output); Pillow unfilters each band as a
+# small PNG of its own, whose first row is the previous band's last row, unfiltered. That row's raw
+# bytes come from decoding the band once more as plain 8-bit pixels of the same bytes per pixel.
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_PNG_BYTES_AS_PIXELS = {1: 0, 2: 4, 3: 2, 4: 6}  # bytes per pixel -> the 8-bit colour type with as many
+_PNG_READ = 1 << 20  # compressed bytes read at a time
+_PNG_BAND_PIXELS = 1 << 24  # well below Pillow's decompression-bomb warning, for the bands' PNGs
+
+
+@dataclass(frozen=True)
+class _PngLayout:
+    width: int
+    height: int
+    bit_depth: int
+    colour_type: int
+    interlaced: bool
+    palette_chunks: bytes  # PLTE and tRNS, as they are in the file
+
+    @property
+    def stride(self) -> int:  # bytes of one unfiltered row
+        return -(-self.width * _PNG_CHANNELS[self.colour_type] * self.bit_depth // 8)
+
+    @property
+    def pixel_bytes(self) -> int:  # the "bpp" PNG's filters step by
+        return max(1, _PNG_CHANNELS[self.colour_type] * self.bit_depth // 8)
+
+
+def _reduced_png(path: Path, header: ImageHeader, limit: int, what: str) -> tuple[np.ndarray, int, str]:
+    with open(path, "rb") as file:
+        layout = _png_layout(file, path.name)
+        if layout.interlaced or layout.pixel_bytes > 4:
+            kind = "interlaced (Adam7)" if layout.interlaced else "16-bit colour"
+            raise TooLargeError(f"{path.name} is {header.height}×{header.width} px; decoding it whole needs about "
+                                f"{byte_size(_whole_bytes(header))}, more than {what}, {byte_size(limit)}, and an "
+                                f"{kind} PNG cannot be read row by row. Convert it with libvips, which streams: "
+                                f"{vips_advice(path)}")
+        # per row: the inflated, re-wrapped and decoded bytes, Pillow's 4-byte pixels twice, float64 sums
+        row_bytes = 6 * (layout.stride + 1) + layout.width * (8 + 8 * header.channels)
+        band_rows = min(layout.height, max(1, limit // 4 // row_bytes), max(1, _PNG_BAND_PIXELS // layout.width))
+        factor = reduction_factor(header, limit - band_rows * row_bytes)
+        if factor is None:
+            raise TooLargeError(f"{path.name} is {header.height}×{header.width} px: its rows are too long to read "
+                                f"one by one within {what} ({byte_size(limit)}); free memory, or convert it "
+                                f"with libvips, which streams: {vips_advice(path)}")
+        sums = np.zeros((-(-header.height // factor), -(-header.width // factor), header.channels), np.float64)
+        previous, row = bytes(layout.stride), 0  # the row above the first is zeros
+        for filtered in _png_bands(file, layout, band_rows, path.name):
+            raw = _unfilter(layout, previous, filtered)
+            previous = raw[-layout.stride:]
+            pixels = _png_pixels(layout, raw)
+            add_block_sums(sums, pixels, row, 0, factor, slice(0, header.channels))
+            row += pixels.shape[0]
+    return block_means(sums, header.height, header.width, factor, pixels.dtype), factor, "row by row"
+
+
+def _png_layout(file, name: str) -> _PngLayout:
+    """The header chunks of a PNG (the file is left at its first IDAT chunk)."""
+    if file.read(8) != PNG_SIGNATURE:
+        raise ValueError(f"cannot read {name}: not a PNG file")
+    palette, fields = b"", None
+    while True:
+        length, kind = _chunk_head(file, name)
+        if kind == b"IDAT":
+            file.seek(-8, os.SEEK_CUR)
+            break
+        data = file.read(length + 4)[:length]
+        if kind == b"IHDR":
+            fields = struct.unpack(">IIBBBBB", data)
+        elif kind in (b"PLTE", b"tRNS"):
+            palette += struct.pack(">I", length) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    if fields is None or fields[3] not in _PNG_CHANNELS:
+        raise ValueError(f"cannot read {name}: damaged PNG header")
+    width, height, bit_depth, colour_type, _, _, interlace = fields
+    return _PngLayout(width, height, bit_depth, colour_type, bool(interlace), palette)
+
+
+def _chunk_head(file, name: str) -> tuple[int, bytes]:
+    head = file.read(8)
+    if len(head) < 8:
+        raise ValueError(f"cannot read {name}: the PNG ends before its image data (truncated?)")
+    return struct.unpack(">I", head[:4])[0], head[4:]
+
+
+def _png_bands(file, layout: _PngLayout, band_rows: int, name: str) -> Iterator[bytes]:
+    """The filtered rows (filter byte + stride bytes each), band_rows at a time, inflated from the
+    IDAT chunks without ever holding more than one band of them."""
+    inflater, band, band_bytes = zlib.decompressobj(), bytearray(), band_rows * (layout.stride + 1)
+    total, expected = 0, layout.height * (layout.stride + 1)
+    for compressed in _idat_pieces(file, name):
+        while compressed and total + len(band) < expected:
+            band += inflater.decompress(compressed, min(band_bytes, expected - total) - len(band))
+            compressed = inflater.unconsumed_tail
+            if len(band) == min(band_bytes, expected - total):
+                total += len(band)
+                yield bytes(band)
+                band.clear()
+        if total >= expected:
+            return
+    raise ValueError(f"cannot read {name}: its image data ends after {total // (layout.stride + 1)} of "
+                     f"{layout.height} rows (truncated?)")
+
+
+def _idat_pieces(file, name: str) -> Iterator[bytes]:
+    while True:
+        length, kind = _chunk_head(file, name)
+        if kind == b"IEND":
+            return
+        if kind != b"IDAT":
+            file.seek(length + 4, os.SEEK_CUR)
+            continue
+        while length > 0:
+            piece = file.read(min(length, _PNG_READ))
+            if not piece:
+                raise ValueError(f"cannot read {name}: the file ends inside its image data (truncated?)")
+            length -= len(piece)
+            yield piece
+        file.seek(4, os.SEEK_CUR)  # the chunk's CRC
+
+
+def _unfilter(layout: _PngLayout, previous: bytes, filtered: bytes) -> bytes:
+    """Raw rows from filtered ones (Pillow's PNG decoder undoes the filters): the band becomes a
+    PNG of 8-bit pixels of the same bytes per pixel, after the previous raw row (filter None)."""
+    width = layout.stride // layout.pixel_bytes
+    rows = len(filtered) // (layout.stride + 1)
+    band = _png_file(width, rows + 1, 8, _PNG_BYTES_AS_PIXELS[layout.pixel_bytes], b"\0" + previous + filtered)
+    with _open_png(band) as image:
+        return image.tobytes()[layout.stride:]
+
+
+def _png_pixels(layout: _PngLayout, raw: bytes) -> np.ndarray:
+    """Raw rows -> pixels as the whole-image reader gives them (Pillow's modes and palette)."""
+    rows = len(raw) // layout.stride
+    unfiltered = b"".join(b"\0" + raw[i * layout.stride:(i + 1) * layout.stride] for i in range(rows))
+    band = _png_file(layout.width, rows, layout.bit_depth, layout.colour_type, unfiltered, layout.palette_chunks)
+    with _open_png(band) as image:
+        return io.pillow_pixels(image)
+
+
+def _png_file(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes, chunks: bytes = b"") -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    head = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (PNG_SIGNATURE + chunk(b"IHDR", head) + chunks + chunk(b"IDAT", zlib.compress(rows, 0))
+            + chunk(b"IEND", b""))
+
+
+def _open_png(data: bytes):
+    from PIL import Image
+    return Image.open(bytes_io.BytesIO(data), formats=["PNG"])
