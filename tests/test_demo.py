@@ -35,3 +35,16 @@ def test_demo_opens_another_image_headless(tmp_path):
     result = intr("--image", str(image), "--no-show")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1. " in result.stdout and "screenshot" not in result.stdout
+
+
+def test_demo_shows_an_image_too_large_to_decode_whole_reduced_and_says_so(tmp_path):
+    import tifffile
+    image = tmp_path / "drawer.tif"
+    pixels = np.random.default_rng(0).integers(0, 256, (700, 950, 3), dtype=np.uint8)
+    tifffile.imwrite(image, pixels, compression="zlib", tile=(64, 64))
+    result = subprocess.run([sys.executable, "-m", "intr_training", "demo", "--image", str(image), "--no-show"],
+                            capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "INTR_MAX_DECODE_BYTES": "2000000"})  # as if a 50 000 px scan
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1. " in result.stdout and "Traceback" not in result.stderr
+    assert "note: drawer.tif is 700×950 px" in result.stdout and "read reduced" in result.stdout

@@ -397,6 +397,32 @@ def test_batch_panel_says_which_images_were_read_reduced(explorer, qtbot, messag
     assert re.search(r"drawer.tif is 600×800 px, .*read reduced \d+×", text)
 
 
+def test_image_read_reduced_is_shown_on_the_files_grid_and_named_so(explorer, qtbot, messages, tmp_path,
+                                                                      monkeypatch):
+    """intr demo --image on a file too large to decode whole: the layer is the reduced image, named
+    so, placed on the file's pixel grid; a warning says so; the maps land on the image."""
+    viewer, widget = explorer
+    import tifffile
+
+    from napari_intr import io
+    from napari_intr.demo import _add_reduced
+    from napari_intr.large_images import read_within_budget
+    path = tmp_path / "drawer.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8),
+                     compression="zlib", tile=(64, 64))
+    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 1_000_000)
+    read = read_within_budget(path)
+    layer = _add_reduced(viewer, path, read)
+    factor = read.factor
+    assert layer.name == f"drawer (read reduced {factor}×)" and tuple(layer.scale) == (factor, factor)
+    assert any("read reduced" in text and level == "warning" for level, text in messages)
+    # the reduced layer covers the file's 600×800 px (to within one reduced pixel)
+    extent = np.asarray(layer.extent.world)
+    assert np.allclose(extent[1] - extent[0], (600, 800), atol=factor)
+    explain(qtbot, widget, layer.name)
+    assert_aligned(viewer, layer, attention_layers(viewer), widget.state.explanation)
+
+
 def test_viewer_first_then_torch_does_not_crash(tmp_path):
     """A fresh process: GL first (a shown viewer with an image), then the plugin and torch."""
     script = textwrap.dedent("""

@@ -15,18 +15,16 @@ def run_demo(image: str | None = None, screenshot: str | None = None, show: bool
     """Open the demo. Without `show`, or with `screenshot` (a PNG path), explain, print the top
     classes (and save the screenshot), then close."""
     headless = not show or screenshot
-    if image:  # napari's readers would blame a missing plugin for a damaged file
-        from napari_intr.io import check_decodable, read_header
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"no image at {image}")
-        check_decodable(Path(image), read_header(Path(image)))
+    reduced = _read_if_too_large(Path(image)) if image else None
     if screenshot:  # keep napari's Qt-binding notice out of the picture
         warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari
     viewer = napari.Viewer(title="INTR demo", show=show)
     # The plugin comes after the viewer, as when napari loads it (see widgets/__init__.py).
     from napari_intr.widgets.explorer.demo_driver import explain_when_ready, wait_for_explanation
-    if image:
+    if reduced is not None:
+        image_layer = _add_reduced(viewer, Path(image), reduced)
+    elif image:
         layers = viewer.open(image)
         image_layer = layers[0]
     else:
@@ -57,3 +55,33 @@ def run_demo(image: str | None = None, screenshot: str | None = None, show: bool
     finally:
         viewer.close()
     return 0
+
+
+def _read_if_too_large(path: Path):
+    """None for an image napari can open whole; its reduced read (napari_intr.large_images) for
+    one too large to decode whole; FileNotFoundError/ValueError naming the file otherwise (napari's
+    readers would blame a missing plugin for a damaged file)."""
+    from napari_intr.io import TooLargeError, check_decodable, read_header
+    from napari_intr.large_images import read_within_budget
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    try:
+        check_decodable(path, read_header(path))
+        return None
+    except TooLargeError:
+        return read_within_budget(path)
+
+
+def _add_reduced(viewer, path: Path, read):
+    """The reduced image as a layer on the file's pixel grid (each pixel the mean of k×k), named
+    and announced as reduced, so that nobody mistakes it for the file's resolution."""
+    from napari_intr.widgets.workers import messages
+    factor = read.factor
+    name = f"{path.stem} (read reduced {factor}×)" if factor > 1 else path.stem
+    layer = viewer.add_image(read.pixels, name=name, scale=(factor, factor),
+                             translate=((factor - 1) / 2, (factor - 1) / 2),
+                             rgb=read.pixels.ndim == 3 and read.pixels.shape[-1] in (3, 4))
+    if read.note:
+        print(f"note: {read.note}")
+        messages.notify(f"{read.note}; the layer shows it reduced", "warning")
+    return layer
