@@ -96,16 +96,17 @@ def _reduced_tiff(path: Path, header: ImageHeader, limit: int, what: str) -> tup
         dtype = np.dtype(page.dtype)
         segment_bytes = math.prod(page.chunks) * dtype.itemsize
         compressed = max(max(each.databytecounts) for each, _ in layout)
-        # a decoded segment, its float64 row sums (at most as large again, times 8 / itemsize),
-        # and the compressed bytes read for it (twice: the read buffer and the decoder's input)
-        working = segment_bytes * (1 + 8 // dtype.itemsize) + 2 * compressed
+        # a decoded segment, its row sums (k ≥ 2: at most half its rows, plus one), and the
+        # compressed bytes read for it (twice: the read buffer and the decoder's input)
+        row_sums = (page.chunks[0] // 2 + 1) * (segment_bytes // page.chunks[0]) // dtype.itemsize
+        working = segment_bytes + row_sums * _sum_dtype(dtype).itemsize + 2 * compressed
         factor = reduction_factor(header, limit - working)
         pieces = (f"tiles of {page.chunks[0]}×{page.chunks[1]} px" if page.is_tiled
                   else f"strips of {page.chunks[0]} rows")
         if factor is None:
             raise TooLargeError(f"{path.name} is stored in {pieces}, {byte_size(segment_bytes)} each decoded: too "
-                                f"large to read piece by piece within {what} ({byte_size(limit)}). Re-save it "
-                                f"tiled, e.g. with libvips: {vips_advice(path)}")
+                                f"large to read piece by piece within {what} ({byte_size(limit)}). Free memory, "
+                                f"or re-save it in small tiles, e.g. with libvips: {vips_advice(path)}")
         sums = np.zeros((-(-header.height // factor), -(-header.width // factor), header.channels), np.float64)
         for each, first_channel in layout:
             for segment, (sample, _, row, column, _), _ in each.segments(maxworkers=1, buffersize=compressed):
@@ -143,10 +144,16 @@ def add_block_sums(sums: np.ndarray, piece: np.ndarray, row: int, column: int, f
         piece = piece[..., None]
     row_starts = _block_starts(row, piece.shape[0], factor)
     column_starts = _block_starts(column, piece.shape[1], factor)
-    block_rows = np.add.reduceat(piece, row_starts, axis=0, dtype=np.float64)
-    blocks = np.add.reduceat(block_rows, column_starts, axis=1)
+    block_rows = np.add.reduceat(piece, row_starts, axis=0, dtype=_sum_dtype(piece.dtype))
+    blocks = np.add.reduceat(block_rows, column_starts, axis=1, dtype=np.float64)
     top, left = row // factor, column // factor
     sums[top: top + blocks.shape[0], left: left + blocks.shape[1], channels] += blocks
+
+
+def _sum_dtype(dtype: np.dtype) -> np.dtype:
+    """Exact sums of a block's rows: uint32 for 8- and 16-bit pixels (65535 × 65536 rows fit),
+    float64 otherwise (float32 sums overflow on extreme values such as a -3.4e38 no-data fill)."""
+    return np.dtype(np.uint32) if dtype in (np.uint8, np.uint16, np.bool_) else np.dtype(np.float64)
 
 
 def _block_starts(start: int, length: int, factor: int) -> np.ndarray:
