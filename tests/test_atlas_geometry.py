@@ -160,3 +160,43 @@ def test_effect_size_is_cohens_d():
     single = Moments()
     single.add(1.0)
     assert effect_size(a, single) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 5), (97, 131)])
+def test_montage_png_reads_back_pixel_for_pixel(shape):
+    import io
+
+    from PIL import Image
+
+    from intr_training.atlas.montage import png_bytes
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    rgb[:, : shape[1] // 2] = 255  # flat and noisy areas, rows that wrap modulo 256
+    for image in (rgb, Image.fromarray(rgb)):
+        with Image.open(io.BytesIO(png_bytes(image))) as read:
+            assert read.format == "PNG" and read.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(read), rgb)
+
+
+@pytest.mark.parametrize("gap_after", [None, 1])
+def test_montage_labels_sit_with_their_own_patch_in_every_row(gap_after):
+    """Every patch's file label lies in the band just above it and its caption just below it, in
+    its own column and row: no text reaches another row's patch, label or caption."""
+    from intr_training.atlas.montage import CAPTION, LABEL_BAND, LABEL_WIDTH, PATCH, MontageCell, draw_montage
+    rows, cols = 3, 4
+    grey = np.full((PATCH, PATCH, 3), 200, np.uint8)
+    cells = [[MontageCell(r, c, f"Some_class/a_rather_long_specimen_name_{r}{c:03d}.png", r, (0, 0, 1, 1),
+                          0.1 * r + 0.01 * c, "") for c in range(cols)] for r in range(rows)]
+    montage = np.asarray(draw_montage([("", [(cell, grey) for cell in row]) for row in cells], cols, gap_after))
+    ink = (montage < 150).all(axis=-1)  # text pixels (dark); background white, patches light grey
+    own = np.zeros_like(ink)
+    from intr_training.atlas.montage import cell_origin
+    for row in cells:
+        for cell in row:
+            y, x = cell_origin(cell.row, cell.col, gap_after)
+            label, caption = ink[y - LABEL_BAND:y, x:x + PATCH], ink[y + PATCH:y + PATCH + CAPTION, x:x + PATCH]
+            assert label.any() and caption.any(), (cell.row, cell.col)
+            own[y - LABEL_BAND:y, x:x + PATCH] = True
+            own[y + PATCH:y + PATCH + CAPTION, x:x + PATCH] = True
+            if cell.row:  # the band lies below the previous row's caption
+                assert y - LABEL_BAND >= cell_origin(cell.row - 1, cell.col, gap_after)[0] + PATCH + CAPTION
+    assert not ink[:, LABEL_WIDTH:][~own[:, LABEL_WIDTH:]].any()  # no text outside its own patch's bands

@@ -52,7 +52,16 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     heads = widget.state.model.config.nheads
     assert browser.heads.rowCount() == heads and len(shapes.data) == 2 * heads  # 2 images per class
     keys = [cell["key"] for cell in browser._cells]
-    assert [label[-4:] for label in shapes.features["label"]] == [key[-8:-4] for key in keys]  # file numbers
+    assert list(shapes.features["file"]) == keys
+    # The gallery is the montage, which labels each patch within its own row (file above, peak
+    # below: tests/test_atlas_geometry.py); the frames lie on the patch grid, with no text of their own.
+    from napari_intr.io import read_image
+    layout = browser.atlas["montages"]["classes"][first_class]
+    np.testing.assert_array_equal(np.asarray(image.data), read_image(out / layout["file"]))
+    for frame, cell in zip(shapes.data, browser._cells):
+        np.testing.assert_allclose(frame.min(axis=0), (cell["y"], cell["x"]))
+        np.testing.assert_allclose(frame.max(axis=0), (cell["y"] + cell["size"], cell["x"] + cell["size"]))
+    assert not shapes.text.visible or shapes.text.string.constant == ""
 
     browser.class_choice.setCurrentIndex(3)  # another class: the same image layer, new data
     assert gallery(viewer)[0] is image and browser.class_choice.currentText() in image.name

@@ -106,8 +106,8 @@ def crop(image: np.ndarray, box: tuple[float, float, float, float], size: int = 
     rows = np.floor(top + (np.arange(size) + 0.5) * height / size).astype(int)
     cols = np.floor(left + (np.arange(size) + 0.5) * width / size).astype(int)
     inside = ((rows >= 0) & (rows < image.shape[0]))[:, None] & ((cols >= 0) & (cols < image.shape[1]))[None, :]
-    patch = image[np.clip(rows, 0, image.shape[0] - 1)[:, None], np.clip(cols, 0, image.shape[1] - 1)[None, :]]
-    if not inside.all():
-        patch = patch.copy()
+    # Rows, then columns: two 1-D gathers cost a fraction of one 2-D fancy index.
+    patch = image.take(np.clip(rows, 0, image.shape[0] - 1), axis=0).take(np.clip(cols, 0, image.shape[1] - 1), axis=1)
+    if not inside.all():  # take made a copy: the image is untouched
         patch[~inside] = fill  # in the image's own dtype
     return patch

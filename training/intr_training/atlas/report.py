@@ -156,7 +156,7 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict) -> dict:
     document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
                 "classes": [dataclasses.asdict(c) for c in atlas.classes],
                 "pairs": [dataclasses.asdict(p) for p in atlas.pairs], "montages": layouts}
-    _write_atomically(out / ATLAS_JSON, (json.dumps(document, indent=1, allow_nan=False, default=_json_default)
+    _write_atomically(out / ATLAS_JSON, (json.dumps(document, separators=(",", ":"), allow_nan=False, default=_json_default)
                                          + "\n").encode("utf-8"))
     return {"html": out / ATLAS_HTML, "heads": out / "heads.csv", "pairs": out / "pairs.csv",
             "json": out / ATLAS_JSON, "montages": montage_dir}

@@ -1,8 +1,8 @@
 """Browse box: an atlas's classes and heads, its galleries as napari layers, its look-alike pairs.
 
 A gallery is the atlas's PNG montage (rows: heads; columns: the images with the highest peak,
-each patch centred on the peak) as an RGB image layer, with a Shapes layer framing and labelling
-every patch. Clicking a patch asks the dock to open that specimen in the Explorer."""
+each patch centred on the peak and labelled with its file and peak) as an RGB image layer, with a
+Shapes layer framing every patch. Clicking a patch asks the dock to open that specimen in the Explorer."""
 from __future__ import annotations
 
 import json
@@ -43,11 +43,6 @@ def read_atlas(folder: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the atlas in {folder}: {error}") from error
-
-
-def _short(stem: str, width: int = 12) -> str:
-    """A file stem that fits over a patch: its end, where numbered files differ."""
-    return stem if len(stem) <= width else "…" + stem[-(width - 1):]
 
 
 def _number(value, digits: int = 3) -> str:
@@ -144,7 +139,6 @@ class AtlasBrowser(QGroupBox):
         self._cells, self._query = layout["cells"], query
         boxes = [np.array([[c["y"], c["x"]], [c["y"] + c["size"], c["x"] + c["size"]]], dtype=float)
                  for c in self._cells]
-        labels = [_short(Path(c["key"]).stem) for c in self._cells]  # rows name the heads already
         image, shapes = self._gallery_layers()
         if image is None:
             image = self.viewer.add_image(montage, name=name, rgb=True, metadata={GALLERY_TAG: True})
@@ -153,10 +147,12 @@ class AtlasBrowser(QGroupBox):
             image.data, image.name = montage, name
         if shapes is not None:
             self.viewer.layers.remove(shapes)
+        # The montage labels every patch (its file above, its peak below, within its row): text in the
+        # image scales with it, where napari's text keeps its screen size and runs into the row above
+        # when the gallery is zoomed out. The frames mark what a click opens.
         shapes = self.viewer.add_shapes(
-            boxes, shape_type="rectangle", name=f"{name} · labels", edge_color="yellow", face_color="transparent",
-            edge_width=1.5, text={"string": "{label}", "anchor": "upper_left", "size": 7, "color": "yellow"},
-            features={"label": labels}, metadata={GALLERY_TAG: True})
+            boxes, shape_type="rectangle", name=f"{name} · patches", edge_color="yellow", face_color="transparent",
+            edge_width=1.5, features={"file": [c["key"] for c in self._cells]}, metadata={GALLERY_TAG: True})
         shapes.mouse_drag_callbacks.append(self._on_click)
         self._gallery = (image, shapes)
         self.viewer.reset_view()
