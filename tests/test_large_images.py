@@ -273,3 +273,43 @@ def test_batch_explains_huge_images_reduced_on_the_files_pixel_grid(tmp_path, bu
     factor = int(notes["drawer.tif"].split("read reduced ")[1].split("×")[0])
     assert abs(top - (scale_y - 1) / 2 - 200) <= factor and abs(left - (scale_x - 1) / 2 - 100) <= factor
     assert abs(grid[0] * scale_y - 300) <= 2 * factor and abs(grid[1] * scale_x - 300) <= 2 * factor
+
+
+def test_upright_turns_as_pillow_does():
+    from PIL import ImageOps
+
+    from napari_intr.large_images import upright
+    pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    for orientation in range(1, 9):
+        image = Image.fromarray(pixels)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.info["exif"] = exif.tobytes()
+        expected = np.asarray(ImageOps.exif_transpose(image))
+        assert np.array_equal(upright(pixels, orientation), expected), orientation
+
+
+def test_png_read_reduced_is_upright(tmp_path, budget):
+    """A PNG's EXIF orientation is applied to the reduced image, as the whole read applies it."""
+    from napari_intr.large_images import upright
+    stored = np.round(smooth_specimen(700, 950) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif)
+    assert io._read_with_pillow(tmp_path / "turned.png").shape == (950, 700, 3)  # the whole read turns it
+    read = read_within_budget(tmp_path / "turned.png")
+    assert read.file_shape == (950, 700) and "turned.png is 950×700 px" in read.note
+    expected = upright(block_means(stored, read.factor), 6)
+    assert np.abs(read.pixels - expected).max() <= 0.5
+
+
+def test_damaged_piece_of_a_huge_tiff_is_a_message_not_a_traceback(tmp_path, budget):
+    path = tmp_path / "scratched.tif"
+    write_tiff(path, np.uint8, 3, {"compression": "zlib", "tile": (64, 64)})
+    with tifffile.TiffFile(path) as tiff:
+        offset, count = tiff.pages[0].dataoffsets[40], tiff.pages[0].databytecounts[40]
+    data = bytearray(path.read_bytes())
+    data[offset: offset + count] = bytes(range(256)) * (count // 256) + bytes(count % 256)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"^cannot read scratched.tif: "):
+        read_within_budget(path)

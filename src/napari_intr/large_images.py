@@ -49,20 +49,56 @@ def read_within_budget(path: str | os.PathLike) -> BudgetedImage:
     try:
         pixels = io.read_image(path, allow_mapped=True)
     except TooLargeError as refusal:
-        header = io.read_header(path)
-        limit, what = io.decode_limit()
-        if path.suffix.lower() in io.TIFF_SUFFIXES:
-            pixels, factor, how = _reduced_tiff(path, header, limit, what)
-        elif (kind := _pillow_format(path)) in ("JPEG", "PNG"):
-            read = _reduced_jpeg if kind == "JPEG" else _reduced_png
-            pixels, factor, how = read(path, header, limit, what)
-        else:
-            raise refusal
-        note = (f"{path.name} is {header.height}×{header.width} px, about {byte_size(_whole_bytes(header))} "
-                f"to decode whole, more than {what} ({byte_size(limit)}): {READ_REDUCED} {factor}× "
-                f"({how}) to {pixels.shape[0]}×{pixels.shape[1]} px")
-        return BudgetedImage(pixels, factor, note, (header.height, header.width))
+        try:
+            return _read_reduced(path, refusal)
+        except (ValueError, MemoryError):
+            raise
+        except Exception as error:  # codecs raise many types for damaged pieces; all mean "unreadable"
+            raise ValueError(f"cannot read {path.name}: {io.reason(error)}") from error
     return BudgetedImage(pixels, file_shape=tuple(pixels.shape[:2]))
+
+
+def _read_reduced(path: Path, refusal: TooLargeError) -> BudgetedImage:
+    header = io.read_header(path)
+    limit, what = io.decode_limit()
+    orientation = 1  # TIFF: tifffile ignores the Orientation tag, whole or reduced
+    if path.suffix.lower() in io.TIFF_SUFFIXES:
+        pixels, factor, how = _reduced_tiff(path, header, limit, what)
+    elif (kind := _pillow_format(path)) == "JPEG":  # Pillow turns it upright
+        pixels, factor, how = _reduced_jpeg(path, header, limit, what)
+        orientation = _exif_orientation(path)
+    elif kind == "PNG":
+        pixels, factor, how = _reduced_png(path, header, limit, what)
+        orientation = _exif_orientation(path)
+        pixels = upright(pixels, orientation)
+    else:
+        raise refusal
+    file_shape = (header.width, header.height) if orientation in (5, 6, 7, 8) else (header.height, header.width)
+    note = (f"{path.name} is {file_shape[0]}×{file_shape[1]} px, about {byte_size(_whole_bytes(header))} "
+            f"to decode whole, more than {what} ({byte_size(limit)}): {READ_REDUCED} {factor}× "
+            f"({how}) to {pixels.shape[0]}×{pixels.shape[1]} px")
+    return BudgetedImage(pixels, factor, note, file_shape)
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """An image as stored -> as it is meant to be viewed, by its EXIF orientation (1-8), as
+    Pillow's ImageOps.exif_transpose does."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+             7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(turns[orientation](pixels)) if orientation in turns else pixels
+
+
+def _exif_orientation(path: Path) -> int:
+    from PIL import Image
+    pixel_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read
+    try:
+        with Image.open(path) as opened:
+            return int(opened.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: as stored, as Pillow's whole read does
+        return 1
+    finally:
+        Image.MAX_IMAGE_PIXELS = pixel_limit
 
 
 def _whole_bytes(header: ImageHeader) -> int:
