@@ -313,3 +313,16 @@ def test_damaged_piece_of_a_huge_tiff_is_a_message_not_a_traceback(tmp_path, bud
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"^cannot read scratched.tif: "):
         read_within_budget(path)
+
+
+def test_uncompressed_tiff_in_one_strip_is_read_reduced_band_by_band_for_a_viewer(tmp_path, budget):
+    """Batch explain takes its memory map (Explainer reads it in bands); a viewer, which would read a
+    map whole, gets it reduced band by band, within the budget, whatever its strips."""
+    path = tmp_path / "scan.tif"
+    pixels = write_tiff(path, np.uint16, 1, {})  # tifffile writes an uncompressed image as one strip
+    assert isinstance(read_within_budget(path).pixels, np.memmap)
+    read_within_budget(path, allow_mapped=False)
+    read, peak = peak_bytes(read_within_budget, path, False)
+    assert peak <= budget and read.factor >= 2 and not isinstance(read.pixels, np.memmap)
+    assert np.abs(read.pixels - block_means(pixels, read.factor)).max() <= 0.5
+    assert "scan.tif is 700×950 px" in read.note and "(band by band)" in read.note

@@ -69,7 +69,7 @@ def _read_if_too_large(path: Path):
         check_decodable(path, read_header(path))
         return None
     except TooLargeError:
-        return read_within_budget(path)
+        return read_within_budget(path, allow_mapped=False)  # napari would read a memory map whole
 
 
 def _add_reduced(viewer, path: Path, read):

@@ -62,7 +62,7 @@ def read_image(path: str | os.PathLike, allow_mapped: bool = False) -> np.ndarra
     try:
         check_decodable(path, header)
     except TooLargeError:
-        mapped = _mapped_tiff(path) if allow_mapped and path.suffix.lower() in TIFF_SUFFIXES else None
+        mapped = mapped_tiff(path) if allow_mapped and path.suffix.lower() in TIFF_SUFFIXES else None
         if mapped is None:
             raise
         return mapped
@@ -218,7 +218,7 @@ def _read_tiff(path: Path) -> np.ndarray:
     return _channels_last(image, axes)
 
 
-def _mapped_tiff(path: Path) -> np.ndarray | None:
+def mapped_tiff(path: Path) -> np.ndarray | None:
     """The pixels of an uncompressed, contiguous TIFF as a read-only memory map; None otherwise."""
     import tifffile
     try:

@@ -42,12 +42,14 @@ class BudgetedImage:
     file_shape: tuple[int, int] | None = None  # (height, width) of the file's image
 
 
-def read_within_budget(path: str | os.PathLike) -> BudgetedImage:
+def read_within_budget(path: str | os.PathLike, allow_mapped: bool = True) -> BudgetedImage:
     """An image file, whole when it fits the decode budget, else reduced (see the module's doc);
-    ValueError naming the file when it can be read neither way."""
+    ValueError naming the file when it can be read neither way. allow_mapped=False: an
+    uncompressed TIFF is read reduced too, not memory-mapped (for a viewer, which would read a
+    map whole to show it)."""
     path = Path(path)
     try:
-        pixels = io.read_image(path, allow_mapped=True)
+        pixels = io.read_image(path, allow_mapped=allow_mapped)
     except TooLargeError as refusal:
         try:
             return _read_reduced(path, refusal)
@@ -63,7 +65,9 @@ def _read_reduced(path: Path, refusal: TooLargeError) -> BudgetedImage:
     limit, what = io.decode_limit()
     orientation = 1  # TIFF: tifffile ignores the Orientation tag, whole or reduced
     if path.suffix.lower() in io.TIFF_SUFFIXES:
-        pixels, factor, how = _reduced_tiff(path, header, limit, what)
+        mapped = io.mapped_tiff(path)  # uncompressed and contiguous: bands of rows, whatever its strips
+        reduce = _reduced_tiff if mapped is None else _reduced_map
+        pixels, factor, how = reduce(mapped if mapped is not None else path, header, limit, what)
     elif (kind := _pillow_format(path)) == "JPEG":  # Pillow turns it upright
         pixels, factor, how = _reduced_jpeg(path, header, limit, what)
         orientation = _exif_orientation(path)
@@ -154,6 +158,21 @@ def _reduced_tiff(path: Path, header: ImageHeader, limit: int, what: str) -> tup
                                slice(channel, channel + segment.shape[3]))
     how = "tile by tile" if page.is_tiled else "strip by strip"
     return block_means(sums, header.height, header.width, factor, dtype), factor, how
+
+
+def _reduced_map(mapped: np.ndarray, header: ImageHeader, limit: int, what: str) -> tuple[np.ndarray, int, str]:
+    """A memory-mapped image, reduced a band of rows at a time (only that band is read)."""
+    row_bytes = mapped[0].nbytes * (1 + _sum_dtype(mapped.dtype).itemsize // mapped.dtype.itemsize)
+    band_rows = max(1, min(header.height, limit // 4 // row_bytes))
+    factor = reduction_factor(header, limit - band_rows * row_bytes)
+    if factor is None:
+        raise TooLargeError(f"an image of {header.height}×{header.width} px cannot be read reduced within {what} "
+                            f"({byte_size(limit)}); free memory")
+    band_rows = max(factor, band_rows // factor * factor)  # whole blocks per band
+    sums = np.zeros((-(-header.height // factor), -(-header.width // factor), header.channels), np.float64)
+    for row in range(0, header.height, band_rows):
+        add_block_sums(sums, np.asarray(mapped[row: row + band_rows]), row, 0, factor, slice(0, header.channels))
+    return block_means(sums, header.height, header.width, factor, mapped.dtype), factor, "band by band"
 
 
 def _page_channels(series, header: ImageHeader, name: str) -> list[tuple]:
