@@ -54,38 +54,54 @@ class HeadLook:
 def mass_radius(weights: np.ndarray, row: int, col: int, fraction: float = MASS_FRACTION) -> int:
     """Smallest k such that the (2k+1)² cells around (row, col), cut at the grid's edges, hold
     `fraction` of the map's mass."""
-    total = float(weights.sum())
-    if total <= 0:
-        return 0
-    rows, cols = weights.shape
-    # Cumulative sums let every radius be tested in O(1).
-    summed = np.zeros((rows + 1, cols + 1), dtype=np.float64)
-    summed[1:, 1:] = np.cumsum(np.cumsum(weights, axis=0, dtype=np.float64), axis=1)
-    for radius in range(max(rows, cols)):
-        top, bottom = max(row - radius, 0), min(row + radius + 1, rows)
-        left, right = max(col - radius, 0), min(col + radius + 1, cols)
-        mass = summed[bottom, right] - summed[top, right] - summed[bottom, left] + summed[top, left]
-        if mass >= fraction * total - 1e-12:
-            return radius
-    return max(rows, cols)
+    weights = np.asarray(weights, dtype=np.float64)
+    return int(_mass_radii(weights[None], np.array([row]), np.array([col]), fraction)[0])
+
+
+def _mass_radii(maps: np.ndarray, rows_at: np.ndarray, cols_at: np.ndarray, fraction: float) -> np.ndarray:
+    """`mass_radius` of every map of a stack [n, h, w] around its own cell, every radius at once."""
+    count, rows, cols = maps.shape
+    # Summed-area tables give each box's mass in O(1).
+    summed = np.zeros((count, rows + 1, cols + 1), dtype=np.float64)
+    summed[:, 1:, 1:] = np.cumsum(np.cumsum(maps, axis=1, dtype=np.float64), axis=2)
+    radii = np.arange(max(rows, cols))
+    top = np.maximum(rows_at[:, None] - radii, 0)
+    bottom = np.minimum(rows_at[:, None] + radii + 1, rows)
+    left = np.maximum(cols_at[:, None] - radii, 0)
+    right = np.minimum(cols_at[:, None] + radii + 1, cols)
+    which = np.arange(count)[:, None]
+    mass = (summed[which, bottom, right] - summed[which, top, right] - summed[which, bottom, left]
+            + summed[which, top, left])
+    total = maps.reshape(count, -1).sum(axis=1)
+    enough = mass >= fraction * total[:, None] - 1e-12
+    radius = np.where(enough.any(axis=1), enough.argmax(axis=1), max(rows, cols))
+    return np.where(total > 0, radius, 0)
 
 
 def look(weights: np.ndarray, footprint: Footprint) -> HeadLook:
     """Summarise one head's [h, w] map: peak, spread, and the square patch centred on the peak."""
-    weights = np.asarray(weights, dtype=np.float64)
-    row, col = np.unravel_index(int(np.argmax(weights)), weights.shape)
-    radius = mass_radius(weights, int(row), int(col))
-    rows, cols = weights.shape
-    covered = (min(row + radius + 1, rows) - max(row - radius, 0)) * (min(col + radius + 1, cols) - max(col - radius, 0))
-    spread = covered / (rows * cols)
-    short_side = min(footprint.image_shape)
-    side = max((2 * radius + 1) * max(footprint.cell), MIN_PATCH_CELLS * max(footprint.cell),
-               MIN_PATCH_FRACTION * short_side)
-    side = min(side, max(footprint.image_shape))
-    centre_y, centre_x = footprint.cell_centre(int(row), int(col))
-    box = (centre_y - side / 2, centre_x - side / 2, side, side)
-    return HeadLook(float(weights[row, col]), (int(row), int(col)), int(radius), float(spread),
-                    tuple(float(v) for v in box))
+    return looks(np.asarray(weights)[None], footprint)[0]
+
+
+def looks(maps: np.ndarray, footprint: Footprint) -> list[HeadLook]:
+    """`look` for a stack of maps [n, h, w] (an image's heads) in one pass."""
+    maps = np.asarray(maps, dtype=np.float64)
+    count, rows, cols = maps.shape
+    peak_rows, peak_cols = np.divmod(maps.reshape(count, -1).argmax(axis=1), cols)
+    radii = _mass_radii(maps, peak_rows, peak_cols, MASS_FRACTION)
+    covered = ((np.minimum(peak_rows + radii + 1, rows) - np.maximum(peak_rows - radii, 0))
+               * (np.minimum(peak_cols + radii + 1, cols) - np.maximum(peak_cols - radii, 0)))
+    short_side, cell = min(footprint.image_shape), max(footprint.cell)
+    found = []
+    for index in range(count):
+        row, col, radius = int(peak_rows[index]), int(peak_cols[index]), int(radii[index])
+        side = max((2 * radius + 1) * cell, MIN_PATCH_CELLS * cell, MIN_PATCH_FRACTION * short_side)
+        side = min(side, max(footprint.image_shape))
+        centre_y, centre_x = footprint.cell_centre(row, col)
+        box = (centre_y - side / 2, centre_x - side / 2, side, side)
+        found.append(HeadLook(float(maps[index, row, col]), (row, col), radius, float(covered[index] / (rows * cols)),
+                              tuple(float(v) for v in box)))
+    return found
 
 
 def masked_cells(grid: tuple[int, int], cell: tuple[int, int], radius: int) -> np.ndarray:

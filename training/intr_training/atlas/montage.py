@@ -90,14 +90,31 @@ def draw_montage(rows: list[tuple[str, list[tuple[MontageCell, np.ndarray]]]], c
     return montage
 
 
-def patch_label(draw: ImageDraw.ImageDraw, key: str) -> str:
+def patch_label(draw: ImageDraw.ImageDraw, key: str, room: float = PATCH - 4) -> str:
     """A file's name as it fits over a patch: its end, where numbered files differ."""
     stem = Path(key).stem
-    label = stem
-    while draw.textlength(label) > PATCH - 2 and len(stem) > 1:
-        stem = stem[1:]
-        label = "…" + stem
-    return label
+    if draw.textlength(stem) <= room:
+        return stem
+    # Measure characters once each (a montage measures hundreds of names); the sum of their
+    # advances is the name's width up to kerning, which the 2 px left of the room absorbs.
+    room -= draw.textlength("…")
+    kept = 0
+    for char in reversed(stem):
+        room -= _advance(draw, char)
+        if room < 0:
+            break
+        kept += 1
+    return "…" + stem[len(stem) - kept:]
+
+
+_ADVANCES: dict[tuple[int, str], float] = {}
+
+
+def _advance(draw: ImageDraw.ImageDraw, char: str) -> float:
+    key = (id(draw.getfont()), char)
+    if key not in _ADVANCES:
+        _ADVANCES[key] = draw.textlength(char)
+    return _ADVANCES[key]
 
 
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:

@@ -28,7 +28,7 @@ def _read_mask(path: Path) -> np.ndarray | None:
         return None
     from PIL import Image
     with Image.open(path) as opened:
-        return np.asarray(opened.convert("L")) > 127
+        return np.asarray(opened if opened.mode == "L" else opened.convert("L")) > 127
 
 
 def _mask_beside(image: Path, folder: str) -> Path:

@@ -19,7 +19,7 @@ import torch
 from napari_intr.explanation import Explainer
 from napari_intr.io import read_image
 
-from .geometry import Footprint, HeadLook, look, masked_cells
+from .geometry import Footprint, HeadLook, looks, masked_cells
 from .parts import ImageParts, PartSource
 
 RUNNER_UPS = 3  # other classes' probabilities kept per image (for the soft confusion of pairs)
@@ -110,11 +110,11 @@ class ImageSummariser:
             "others": [[model.class_names[i], float(probabilities[i])] for i in others[:RUNNER_UPS]],
             "shape": list(footprint.image_shape),
         }
-        own_looks = [look(maps[h, true_index], footprint) for h in range(len(maps))]
+        own_looks = looks(maps[:, true_index], footprint)
         record["true"] = pack([self._head(found, footprint, parts, features) for found in own_looks])
         if predicted != true_index:
-            record["predicted_heads"] = pack([head_record(look(maps[h, predicted], footprint), footprint, None)
-                                              for h in range(len(maps))])
+            record["predicted_heads"] = pack([head_record(found, footprint, None)
+                                              for found in looks(maps[:, predicted], footprint)])
         partners = self._partners_of(true_index, others)
         if partners:
             record["pairs"] = pack(self._pairs(encoded.encoded, true_index, partners, own_looks, footprint, parts))
@@ -163,8 +163,8 @@ class ImageSummariser:
         for p, b in enumerate(partners):
             result[model.class_names[b]] = {
                 "margin": float(f"{margins[p]:.6g}"),
-                "a": [head_record(look(maps[p, h, 0], footprint), footprint, parts) for h in range(heads)],
-                "b": [head_record(look(maps[p, h, 1], footprint), footprint, None) for h in range(heads)],
+                "a": [head_record(found, footprint, parts) for found in looks(maps[p, :, 0], footprint)],
+                "b": [head_record(found, footprint, None) for found in looks(maps[p, :, 1], footprint)],
                 "drop": drops[p * heads:(p + 1) * heads],
             }
         return result
