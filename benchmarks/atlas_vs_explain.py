@@ -16,7 +16,8 @@ atlas --pairs:  the same with the synthetic look-alike pairs named (images of cl
 The bundled tiny model is the smallest case (a cheap encoder makes the atlas's extra decodes and
 files weigh most); --resnet50 adds a randomly initialised resnet50 INTR (C=9) at 512×768 px,
 one image per class.
-Target: atlas / explain <= 1.3.
+Target: atlas / explain <= 1.3. Besides the wall-clock seconds, the CPU seconds of this process
+(all its threads: the atlas writes its montage PNGs on a worker thread while it assembles the page).
 """
 from __future__ import annotations
 
@@ -55,13 +56,15 @@ def measure(model, name: str, data: Path, work: Path, repeats: int, pairs) -> di
     for run in runs.values():
         run("warm")  # first calls allocate and pick kernels
     times = {label: [] for label in runs}
+    cpu = {label: [] for label in runs}
     for repeat in range(repeats):
         order = list(runs) if repeat % 2 == 0 else list(runs)[::-1]
         for label in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             runs[label](repeat)
             times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(values) for label, values in times.items()}
+            cpu[label].append(time.process_time() - start_cpu)  # all threads of this process
+    return {label: (statistics.median(times[label]), statistics.median(cpu[label])) for label in runs}
 
 
 def resize_collection(source: Path, target: Path, height: int, width: int) -> Path:
@@ -107,8 +110,9 @@ def main() -> None:
         for label, model, name, folder, size in cases:
             count = len(find_images(folder))  # hidden .masks and .specimens are not images to explain
             times = measure(model, name, folder, work / label.replace(" ", "_"), args.repeats, pairs)
-            for run, seconds in times.items():
-                rows.append((label, size, count, run, seconds, seconds / times["explain"]))
+            for run, (seconds, cpu_seconds) in times.items():
+                rows.append((label, size, count, run, seconds, seconds / times["explain"][0], cpu_seconds,
+                             cpu_seconds / times["explain"][1]))
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -117,10 +121,11 @@ def main() -> None:
     print(f"load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load_before)}, "
           f"after: {' / '.join(f'{v:.2f}' for v in load_after)}")
     print("| model | image size | images | run | seconds (median of "
-          f"{args.repeats}) | ms / image | ratio to explain |")
-    print("|---|---|---|---|---|---|---|")
-    for label, size, count, run, seconds, ratio in rows:
-        print(f"| {label} | {size} | {count} | {run} | {seconds:.2f} | {1000 * seconds / count:.1f} | {ratio:.2f} |")
+          f"{args.repeats}) | ms / image | ratio to explain | CPU seconds | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, size, count, run, seconds, ratio, cpu_seconds, cpu_ratio in rows:
+        print(f"| {label} | {size} | {count} | {run} | {seconds:.2f} | {1000 * seconds / count:.1f} | {ratio:.2f} "
+              f"| {cpu_seconds:.2f} | {cpu_ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -254,3 +254,24 @@ def test_a_second_run_into_a_busy_output_folder_is_refused(collection, model, tm
     with job_lock(out, "intr explain"):  # held in this process: the atlas is refused there too
         with pytest.raises(RunLocked, match=r"another intr explain \(pid \d+"):
             build_atlas(model, "sample", collection, out, AtlasOptions())
+
+
+def test_a_montage_that_cannot_be_written_fails_the_run(collection, model, tmp_path, monkeypatch):
+    """Montages are written on a worker thread: its failure (here a full disk) still ends the run
+    with the error, and the run's records stay for the next one."""
+    import errno
+
+    from intr_training.atlas import report
+    calls = []
+
+    def full_disk(image):
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "png_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        build_atlas(model, "sample", collection, tmp_path / "out", AtlasOptions())
+    assert calls and not list((tmp_path / "out" / "montages").glob("*.png"))
+    monkeypatch.undo()
+    again = build_atlas(model, "sample", collection, tmp_path / "out", AtlasOptions())
+    assert again.summarised_now == 0 and again.reused == 27 and (tmp_path / "out" / "atlas.html").is_file()

@@ -181,9 +181,17 @@ def test_montage_png_reads_back_pixel_for_pixel(shape):
 def test_montage_labels_sit_with_their_own_patch_in_every_row(gap_after):
     """Every patch's file label lies in the band just above it and its caption just below it, in
     its own column and row: no text reaches another row's patch, label or caption."""
-    from intr_training.atlas.montage import CAPTION, LABEL_BAND, LABEL_WIDTH, PATCH, MontageCell, draw_montage
+    from intr_training.atlas.montage import (
+        CAPTION,
+        LABEL_BAND,
+        LABEL_WIDTH,
+        PATCH,
+        MontageCell,
+        draw_montage,
+        jpeg_bytes,
+    )
     rows, cols = 3, 4
-    grey = np.full((PATCH, PATCH, 3), 200, np.uint8)
+    grey = jpeg_bytes(np.full((PATCH, PATCH, 3), 200, np.uint8))
     cells = [[MontageCell(r, c, f"Some_class/a_rather_long_specimen_name_{r}{c:03d}.png", r, (0, 0, 1, 1),
                           0.1 * r + 0.01 * c, "") for c in range(cols)] for r in range(rows)]
     montage = np.asarray(draw_montage([("", [(cell, grey) for cell in row]) for row in cells], cols, gap_after))

@@ -25,8 +25,10 @@ LABEL_WIDTH = 150
 BACKGROUND = (255, 255, 255)
 
 
-def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH) -> dict[tuple, np.ndarray]:
-    """(key, box) -> size×size×3 uint8 patch; each image is read once however many patches it gives."""
+def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH) -> dict[tuple, bytes]:
+    """(key, box) -> the size×size patch as JPEG bytes, encoded once for both the page and the
+    montages. Each image is read once however many patches (of any gallery) it gives; the encoded
+    patches are ~4 KB, so even a 200-class atlas holds them all in tens of MB."""
     by_key: dict[str, set] = {}
     for exemplar in exemplars:
         by_key.setdefault(exemplar.key, set()).add(tuple(exemplar.box))
@@ -37,7 +39,7 @@ def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH) -
         except (ValueError, OSError):
             image = None  # the image went away or changed since it was summarised: a grey tile
         for box in by_key[key]:
-            patches[(key, box)] = _patch(image, box, size)
+            patches[(key, box)] = jpeg_bytes(_patch(image, box, size))
     return patches
 
 
@@ -71,9 +73,9 @@ def cell_origin(row: int, col: int, gap_after: int | None = None) -> tuple[int, 
     return GAP + LABEL_BAND + row * ROW, x
 
 
-def draw_montage(rows: list[tuple[str, list[tuple[MontageCell, np.ndarray]]]], columns: int,
+def draw_montage(rows: list[tuple[str, list[tuple[MontageCell, bytes]]]], columns: int,
                  gap_after: int | None = None) -> Image.Image:
-    """rows: (label, [(cell, patch)]) -> one RGB image; each patch has its file's name just above it
+    """rows: (label, [(cell, encoded patch)]) -> one RGB image; each patch has its file's name just above it
     and its peak weight just below it, inside its own row (the napari gallery shows this image)."""
     width = cell_origin(0, columns - 1, gap_after)[1] + PATCH + GAP
     height = GAP + len(rows) * ROW
@@ -84,7 +86,8 @@ def draw_montage(rows: list[tuple[str, list[tuple[MontageCell, np.ndarray]]]], c
         draw.multiline_text((6, top + 4), label, fill=(20, 20, 20), spacing=2)
         for cell, patch in cells:
             y, x = cell_origin(cell.row, cell.col, gap_after)
-            montage.paste(Image.fromarray(patch), (x, y))
+            with Image.open(io.BytesIO(patch)) as decoded:
+                montage.paste(decoded, (x, y))
             draw.text((x + 1, y - LABEL_BAND + 1), patch_label(draw, cell.key), fill=(20, 40, 120))
             draw.text((x + 2, y + PATCH + 1), f"{cell.peak:.3f}", fill=(60, 60, 60))
     return montage

@@ -8,6 +8,7 @@ import functools
 import html
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from napari_intr.atomic import atomic_write
@@ -19,7 +20,6 @@ from .montage import (
     MontageCell,
     cell_origin,
     draw_montage,
-    jpeg_bytes,
     patches_for,
     png_bytes,
 )
@@ -53,8 +53,8 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
 
 
-def _img(patch, exemplar: Exemplar, label: str) -> str:
-    data = base64.b64encode(jpeg_bytes(patch)).decode("ascii")
+def _img(patch: bytes, exemplar: Exemplar, label: str) -> str:
+    data = base64.b64encode(patch).decode("ascii")
     title = html.escape(f"{exemplar.key} · {label} · peak {exemplar.peak:.4f}")
     return f'<img class="patch" src="data:image/jpeg;base64,{data}" title="{title}" alt="{title}">'
 
@@ -69,8 +69,33 @@ def _cell_entry(cell: MontageCell, gap_after: int | None = None) -> dict:
     return {**_plain(cell), "y": y, "x": x, "size": PATCH}
 
 
-def _class_section(summary: ClassSummary, data_root: Path, layer: int, montage_dir: Path) -> tuple[str, dict]:
-    patches = patches_for(data_root, [e for head in summary.heads for e in head.top])
+class _MontageWriter:
+    """Encodes and writes the montage PNGs on one worker thread while the page is assembled
+    (deflate and fsync release the GIL, so on a second core they cost no time). At most
+    PENDING montages wait for it, so memory stays that of a few montages."""
+    PENDING = 2
+
+    def __init__(self, folder: Path):
+        self.folder, self.jobs = folder, []
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="atlas-montages")
+
+    def write(self, name: str, montage) -> None:
+        while len(self.jobs) >= self.PENDING:
+            self.jobs.pop(0).result()  # a failed write (e.g. a full disk) raises here
+        self.jobs.append(self.pool.submit(lambda: _write_atomically(self.folder / name, png_bytes(montage))))
+
+    def __enter__(self) -> _MontageWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            for job in self.jobs:
+                job.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _class_section(summary: ClassSummary, patches: dict, layer: int, montages: _MontageWriter) -> tuple[str, dict]:
     rows, cells, montage_rows = [], [], []
     for head in summary.heads:
         label = f"L{layer} H{head.head + 1}"
@@ -90,7 +115,7 @@ def _class_section(summary: ClassSummary, data_root: Path, layer: int, montage_d
         montage_rows.append((f"H{head.head + 1}\nmean {_fmt(head.mean_peak)}\ncons. {consistency_text}", row_cells))
     columns = max([len(head.top) for head in summary.heads] + [1])
     name = f"class-{slug(summary.name)}.png"
-    _write_atomically(montage_dir / name, png_bytes(draw_montage(montage_rows, columns)))
+    montages.write(name, draw_montage(montage_rows, columns))
     accuracy = _percent(summary.accuracy)
     section = (f'<h3 id="class-{slug(summary.name)}">{html.escape(summary.name)}</h3>'
                f"<p class=muted>{summary.images} images, {accuracy} predicted correctly; "
@@ -99,8 +124,7 @@ def _class_section(summary: ClassSummary, data_root: Path, layer: int, montage_d
     return section, {"file": f"{MONTAGES}/{name}", "cells": cells, "columns": columns}
 
 
-def _pair_section(pair: PairSummary, data_root: Path, layer: int, montage_dir: Path) -> tuple[str, dict]:
-    patches = patches_for(data_root, [e for head in pair.heads for e in head.top_a + head.top_b])
+def _pair_section(pair: PairSummary, patches: dict, layer: int, montages: _MontageWriter) -> tuple[str, dict]:
     a, b = html.escape(pair.a), html.escape(pair.b)
     columns = max([len(h.top_a) for h in pair.heads] + [1])
     rows, cells, montage_rows = [], [], []
@@ -124,7 +148,7 @@ def _pair_section(pair: PairSummary, data_root: Path, layer: int, montage_dir: P
         label = f"#{rank} H{head.head + 1}\nd {_fmt(head.effect_size, 2)}\ndrop {_fmt(head.masking_drop)}"
         montage_rows.append((label, row_cells))
     name = f"pair-{slug(pair.a)}--{slug(pair.b)}.png"
-    _write_atomically(montage_dir / name, png_bytes(draw_montage(montage_rows, 2 * columns, gap_after=columns - 1)))
+    montages.write(name, draw_montage(montage_rows, 2 * columns, gap_after=columns - 1))
     section = (f'<h3 id="pair-{slug(pair.a)}--{slug(pair.b)}">{a} vs {b}</h3>'
                f"<p class=muted>Heads of the {a} query, decoding just {a} and {b}: "
                f"{pair.images_a} images of {a}, {pair.images_b} of {b}, {pair.confused} confused. "
@@ -144,20 +168,24 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict) -> dict:
     write_csv(out / "heads.csv", HEADS_COLUMNS, head_rows(atlas, layer))
     write_csv(out / "pairs.csv", PAIRS_COLUMNS, pair_rows(atlas, layer))
     class_sections, pair_sections, layouts = [], [], {"classes": {}, "pairs": {}}
-    for summary in atlas.classes:
-        section, layout = _class_section(summary, data_root, layer, montage_dir)
-        class_sections.append(section)
-        layouts["classes"][summary.name] = layout
-    for pair in atlas.pairs:
-        section, layout = _pair_section(pair, data_root, layer, montage_dir)
-        pair_sections.append(section)
-        layouts["pairs"][f"{pair.a}\t{pair.b}"] = layout
-    page = _page(atlas, meta, class_sections, pair_sections)
-    _write_atomically(out / ATLAS_HTML, page.encode("utf-8"))
-    document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
-                "classes": _plain(atlas.classes), "pairs": _plain(atlas.pairs), "montages": layouts}
-    _write_atomically(out / ATLAS_JSON, (json.dumps(document, separators=(",", ":"), allow_nan=False, default=_json_default)
-                                         + "\n").encode("utf-8"))
+    patches = patches_for(data_root, [e for summary in atlas.classes for head in summary.heads for e in head.top]
+                          + [e for pair in atlas.pairs for head in pair.heads for e in head.top_a + head.top_b])
+    with _MontageWriter(montage_dir) as montages:
+        for summary in atlas.classes:
+            section, layout = _class_section(summary, patches, layer, montages)
+            class_sections.append(section)
+            layouts["classes"][summary.name] = layout
+        for pair in atlas.pairs:
+            section, layout = _pair_section(pair, patches, layer, montages)
+            pair_sections.append(section)
+            layouts["pairs"][f"{pair.a}\t{pair.b}"] = layout
+        # the last montages are still being written meanwhile
+        page = _page(atlas, meta, class_sections, pair_sections)
+        _write_atomically(out / ATLAS_HTML, page.encode("utf-8"))
+        document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
+                    "classes": _plain(atlas.classes), "pairs": _plain(atlas.pairs), "montages": layouts}
+        _write_atomically(out / ATLAS_JSON, (json.dumps(document, separators=(",", ":"), allow_nan=False, default=_json_default)
+                                             + "\n").encode("utf-8"))
     return {"html": out / ATLAS_HTML, "heads": out / "heads.csv", "pairs": out / "pairs.csv",
             "json": out / ATLAS_JSON, "montages": montage_dir}
 
