@@ -56,10 +56,17 @@ def main(argv: list[str] | None = None) -> None:
         uncached = run(data, work / "uncached", args.uncached_epochs, "--no-cache-features", args)
 
     per_epoch = sum(e["seconds"] for e in uncached["epochs"]) / len(uncached["epochs"])
+    if args.data is None:
+        what = f"{args.images} synthetic images of {args.classes} classes"
+    else:
+        from intr_training.data import scan_collection
+        collection = scan_collection(args.data, 0.1, 0)
+        what = (f"{args.data}: {len(collection.train) + len(collection.val)} images of "
+                f"{len(collection.class_names)} classes")
     start_up = uncached["seconds"] - sum(e["seconds"] for e in uncached["epochs"])
     uncached_total = start_up + per_epoch * args.epochs
     extrapolated = args.uncached_epochs < args.epochs
-    print(f"{args.backbone} INTR, --freeze backbone, {args.images} images of {args.classes} classes at {args.size} px, "
+    print(f"{args.backbone} INTR, --freeze backbone, {what}, --image-size {args.size}, "
           f"batch {args.batch_size}, {args.epochs} epochs; {os.cpu_count()} CPU cores")
     print("| run | whole run | per epoch (first / last) | val acc per epoch | load before -> after |")
     print("|---|---:|---:|---|---|")

@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from intr_training import cli
 from intr_training.initialization import fine_tuned_queries, freeze
+from intr_training.recipes import NEW_MODEL
 from napari_intr import load_model, read_metadata
 from napari_intr.model import IntrConfig, build_model
 from training_data import FAST, json_events, write_classes
@@ -48,6 +49,7 @@ def test_run_writes_a_loadable_model_and_json_progress(tmp_path, capsys):
 
     model = load_model(out, device="cpu")
     assert model.class_names == ["diamond", "disc", "third"] and model.config.short_side == 64
+    assert model.config.hidden_dim == NEW_MODEL["tiny"]["hidden_dim"] != IntrConfig.tiny(3).hidden_dim  # a new tiny
     provenance = read_metadata(out / "model.safetensors")["provenance"]
     best = max(m["val_acc"] for m in metrics)
     assert provenance["best_val_acc"] == best == events[-1]["best_val_acc"]
@@ -96,4 +98,6 @@ def test_fine_tune_cli_to_new_classes_with_frozen_encoder(tmp_path, capsys):
         if name.startswith(("backbone.", "input_proj.", "transformer.encoder.")):
             assert torch.equal(before[name], after[name]), name
     assert not torch.equal(before["presence_vector.weight"], after["presence_vector.weight"])
-    assert load_model(out, device="cpu").class_names == ["diamond", "disc", "fresh"]
+    tuned = load_model(out, device="cpu")
+    assert tuned.class_names == ["diamond", "disc", "fresh"]
+    assert tuned.config.hidden_dim == IntrConfig.tiny(3).hidden_dim  # an older model keeps its own shape

@@ -10,7 +10,7 @@ from torch import nn
 from napari_intr.checkpoints import load_state
 from napari_intr.model import INTR, IntrConfig, build_model
 
-from .recipes import DEFAULT_BACKBONE, FREEZE_CHOICES
+from .recipes import DEFAULT_BACKBONE, FREEZE_CHOICES, NEW_MODEL
 
 NEW_QUERY_NOISE = 0.1  # new classes start near the mean old query, spread by this fraction of its std
 
@@ -83,7 +83,9 @@ def initial_model(init: str | None, class_names: list[str], backbone: str | None
         return from_checkpoint(init, class_names, backbone, image_size, generator, dropout)
     backbone = backbone or DEFAULT_BACKBONE
     # New models get the shortlist head (a few hundred parameters): shortlist decoding works on them.
-    overrides = {"shortlist_head": True} if dropout is None else {"shortlist_head": True, "dropout": dropout}
+    overrides = {"shortlist_head": True, **NEW_MODEL.get(backbone, {})}
+    if dropout is not None:
+        overrides["dropout"] = dropout
     config = with_image_size(IntrConfig.for_backbone(backbone, len(class_names), **overrides), image_size)
     model = build_model(config, class_names)
     if init == "none":

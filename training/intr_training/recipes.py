@@ -5,11 +5,13 @@ learning rate over the whole run (warm-up, then cosine decay: `schedules.py`), s
 ends decayed; `--recipe paper` is the paper's own (StepLR 10x down at epoch 80 of 140, DETR's
 multi-scale resize, dropout 0.1, resnet50 from DETR-R50) for reproducing its Table 1.
 
-The tiny recipe keeps the earlier tiny settings (peak lr 5e-4, DETR's multi-scale resize,
-dropout 0.1) and plans the rate over the run (one-epoch warm-up, cosine to the end). A faster
-variant (peak 1e-3, flips only with the resized images kept in memory, dropout 0) was judged on
-the held-out look-alike set of benchmarks/lookalikes.py and did worse (benchmarks/RESULTS.md);
-it is one command line away (`--lr 1e-3 --lr-backbone 1e-3 --augment flip --dropout 0`).
+The tiny recipe (tuned on a benchmarks/lookalikes.py collection of seed 1, never on the seed it
+is judged on; benchmarks/RESULTS.md): a new model of hidden width 128 (NEW_MODEL), batch 32 at
+peak lr 5e-4, flips only with the resized images kept in memory (no loader workers, no
+re-decoding per epoch), dropout 0 (CPU attention then takes its fused kernel). What held the
+earlier recipes back was the width and the learning rate per image, not augmentation or
+dropout: hidden 64 learned one look-alike group and stalled on the other; peak 1e-3-2e-3 at batch
+16 never got past the groups in 12 epochs; batch 8 learned later than 16 or 32.
 """
 from __future__ import annotations
 
@@ -21,8 +23,13 @@ PAPER = {"epochs": 140, "batch_size": 12, "lr": 1e-4, "lr_backbone": 1e-5, "sche
          "warmup_epochs": 0.0, "augment": "multiscale", "dropout": 0.1}
 PAPER_START = {"backbone": "resnet50", "init": "detr-r50", "image_size": 800}  # what --recipe paper also fixes
 RESNET = {**{k: v for k, v in PAPER.items() if k != "lr_drop"}, "schedule": "cosine", "warmup_epochs": 1.0}
-TINY = {"epochs": 40, "batch_size": 16, "lr": 5e-4, "lr_backbone": 5e-4, "schedule": "cosine", "warmup_epochs": 1.0,
-        "augment": "multiscale", "dropout": 0.1}
+TINY = {"epochs": 40, "batch_size": 32, "lr": 5e-4, "lr_backbone": 5e-4, "schedule": "cosine", "warmup_epochs": 1.0,
+        "augment": "flip", "dropout": 0.0}
+# The shape of a NEW tiny model in `intr train` (--init none): twice IntrConfig.tiny's width (hidden
+# 64), which stays for tests and the demo. On a look-alike collection hidden 128 got past the
+# species of both groups in 12 epochs where hidden 64 stalled at one group (benchmarks/RESULTS.md).
+# Older models keep their own shape: it is saved in every checkpoint.
+NEW_MODEL = {"tiny": {"hidden_dim": 128}}
 RECIPES = {backbone: TINY if backbone == "tiny" else RESNET for backbone in BACKBONES}
 RECIPE_CHOICES = ("default", "paper")
 # --schedule step without --lr-drop: the paper's proportion (epoch 80 of 140) of --epochs.
