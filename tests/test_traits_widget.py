@@ -98,10 +98,20 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
 
 def test_cancel_keeps_what_was_summarised_and_open_reads_a_finished_atlas(traits, qtbot, messages):
     viewer, widget, tmp_path = traits
+    from intr_training.run_lock import job_lock
+    out = tmp_path / "specimens-atlas"
+    with job_lock(out, "intr explain"):  # another run holds the folder: refused, saying so
+        widget.run_box.output_folder()
+        widget.run_box.run()
+        qtbot.waitUntil(lambda: not widget.run_box.task.busy, timeout=TIMEOUT_MS)
+    errors = [text for level, text in messages if level == "error"]
+    assert any("another intr explain" in text and str(out) in text and "another output folder" in text
+               for text in errors), errors
+    assert not (out / ".intr-atlas").exists()
+    messages.clear()
     widget.run_box.run()
     widget.run_box.task.cancel()
     qtbot.waitUntil(lambda: not widget.run_box.task.busy, timeout=TIMEOUT_MS)
-    out = tmp_path / "specimens-atlas"
     assert not (out / "atlas.html").exists()
     assert "Stopped" in widget.run_box.summary.full_text and not gallery(viewer)
     widget.run_box.open_existing()  # nothing to open yet: a warning, no traceback
