@@ -46,8 +46,8 @@ class SettingsBox(QGroupBox):
                               tooltip="Epochs in total (Resume may raise it)")
         self.batch_size = SpinBox(label="Batch size", min=1, max=4096, value=8,
                                   tooltip="Images per step: lower it when memory runs out")
-        self.lr = _rate_field("Learning rate", "recipe (tiny 5e-4, resnet 1e-4; peak of the schedule)")
-        self.lr_backbone = _rate_field("Backbone LR", "recipe (tiny 5e-4, resnet 1e-5)")
+        self.lr = _rate_field("Learning rate", "recipe (tiny 2.5e-4, resnet 1e-4; peak of the schedule)")
+        self.lr_backbone = _rate_field("Backbone LR", "recipe (tiny 2.5e-4, resnet 1e-5)")
         # magicgui's SpinBox (superqt's) shows no special text for 0, so the label says what 0 means
         self.image_size = SpinBox(label="Image size (0: model's)", min=0, max=4096, value=0,
                                   tooltip="Short side in px, 0 for the model's own; lower it when memory runs out")
