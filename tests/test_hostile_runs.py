@@ -100,6 +100,14 @@ def mountable_tmpfs() -> bool:
     return probe.returncode == 0
 
 
+def new_tiny_model_bytes() -> int:
+    """The weights of the model FULL_DISK_SCRIPT's runs train (a new tiny model; its width is the recipe's)."""
+    import torch
+    from intr_training.initialization import initial_model
+    model = initial_model("none", ["red", "blue"], "tiny", 64, torch.Generator()).model
+    return sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not mountable_tmpfs(), reason="no user namespaces here to mount a small tmpfs")
 def test_full_disk_on_a_real_tmpfs(tmp_path):
@@ -109,7 +117,7 @@ def test_full_disk_on_a_real_tmpfs(tmp_path):
     mounts = [tmp_path / name for name in ("model", "state", "resume")]
     for mount in mounts:
         mount.mkdir()
-    weights = 2_200_000  # the tiny model's safetensors file (2.13 MB) and a margin
+    weights = int(1.03 * new_tiny_model_bytes()) + 65_536  # its safetensors file, with a margin
     sizes = [int(1.5 * weights), int(2.6 * weights), int(5.5 * weights)]
     mount_all = " && ".join(f"mount -t tmpfs -o size={size} tmpfs {mount}" for size, mount in zip(sizes, mounts))
     # the resume mount first gets a good epoch, then --resume fills it
