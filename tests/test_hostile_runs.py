@@ -103,6 +103,7 @@ def mountable_tmpfs() -> bool:
 def new_tiny_model_bytes() -> int:
     """The weights of the model FULL_DISK_SCRIPT's runs train (a new tiny model; its width is the recipe's)."""
     import torch
+
     from intr_training.initialization import initial_model
     model = initial_model("none", ["red", "blue"], "tiny", 64, torch.Generator()).model
     return sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
