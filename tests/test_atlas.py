@@ -162,12 +162,12 @@ print(json.dumps({"images": result.atlas.images, "tops": tops, "max_rss_kib": rs
 def test_memory_stays_bounded_on_thousands_of_small_images(tmp_path):
     """300 and 2400 images of 32 px with a tiny random model, each run in a fresh process: the
     records (a ~2 KB JSON line each, ~6 KB once parsed) are streamed from the sharded job's files
-    into the atlas's heaps and statistics, never held together. From the merge on, the Python
-    memory grows by the merge's index alone (~10 bytes per image measured up to
-    the report, the records would be
-    ~6 KB; the report after it is bounded by the galleries, and its writer thread's timing makes
-    its peak vary by MBs, so it is not counted); the process's peak memory grows by the image list (paths, keys) alone, never by
-    records, images or maps; every gallery keeps N patches."""
+    into the atlas's heaps and statistics, never held together. From the merge up to the report,
+    the Python memory grows by the merge's index alone (~10 bytes per image measured; the records
+    would be ~6 KB). The report after it is bounded by the galleries; its writer thread's timing
+    makes its traced peak vary by MBs, so it is left out. The process's peak memory grows by the
+    image list (paths, keys) alone, never by records, images or maps; every gallery keeps N
+    patches."""
     rng = np.random.default_rng(0)
     peaks, merges = {}, {}
     for count in (300, 2400):
