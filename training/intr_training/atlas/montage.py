@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,22 +26,26 @@ LABEL_WIDTH = 150
 BACKGROUND = (255, 255, 255)
 
 
-def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH) -> dict[tuple, bytes]:
+def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH, workers: int = 2) -> dict[tuple, bytes]:
     """(key, box) -> the size×size patch as JPEG bytes, encoded once for both the page and the
     montages. Each image is read once however many patches (of any gallery) it gives; the encoded
-    patches are ~4 KB, so even a 200-class atlas holds them all in tens of MB."""
+    patches are ~4 KB, so even a 200-class atlas holds them all in tens of MB. `workers` threads
+    read and encode (decoding and JPEG encoding release the GIL)."""
     by_key: dict[str, set] = {}
     for exemplar in exemplars:
         by_key.setdefault(exemplar.key, set()).add(tuple(exemplar.box))
-    patches = {}
-    for key in sorted(by_key):
-        try:
-            image = read_image(data_root / key)
-        except (ValueError, OSError):
-            image = None  # the image went away or changed since it was summarised: a grey tile
-        for box in by_key[key]:
-            patches[(key, box)] = jpeg_bytes(_patch(image, box, size))
-    return patches
+    keys = sorted(by_key)
+    with ThreadPoolExecutor(workers, thread_name_prefix="atlas-patches") as pool:
+        cut = pool.map(lambda key: _image_patches(data_root / key, by_key[key], size), keys)
+        return {(key, box): patch for key, patches in zip(keys, cut) for box, patch in patches.items()}
+
+
+def _image_patches(path: Path, boxes: set, size: int) -> dict[tuple, bytes]:
+    try:
+        image = read_image(path)
+    except (ValueError, OSError):
+        image = None  # the image went away or changed since it was summarised: a grey tile
+    return {box: jpeg_bytes(_patch(image, box, size)) for box in boxes}
 
 
 def _patch(image: np.ndarray | None, box, size: int) -> np.ndarray:

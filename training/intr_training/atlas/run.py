@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,25 +193,37 @@ def _checked(model, options: AtlasOptions, out: Path) -> tuple[int, list[str] | 
 
 def _summarise_share(run, items: dict, summariser: ImageSummariser, result: AtlasRun, progress,
                      should_stop) -> None:
-    """Summarise this process's share of the images (a cancel keeps every finished record)."""
-    try:
-        for key in run.share:
-            if should_stop is not None and should_stop():
-                result.cancelled = True
-                break
-            path, class_index = items[key]
-            try:
-                record = summariser(path, class_index)
-            except ERRORS_KEPT as error:
-                record = {"error": f"{type(error).__name__}: {error}" if not str(error) else str(error)}
-            run.record(key, record)
-            result.summarised_now += 1
-            if progress is not None:
-                progress(*run.progress())
-    finally:
-        summariser.close()
-        if result.cancelled or not _finished(result, run):
-            run.close()
+    """Summarise this process's share of the images (a cancel keeps every finished record).
+
+    One worker thread reads the next image and its annotations while the model runs on this one
+    (decoding and file reads release the GIL; torch may hold only one core); a read's error
+    surfaces as that image's, in order."""
+    keys, ahead = list(run.share), None
+    with ThreadPoolExecutor(1, thread_name_prefix="atlas-read") as reader:
+        try:
+            ahead = reader.submit(summariser.load, items[keys[0]][0]) if keys else None
+            for position, key in enumerate(keys):
+                if should_stop is not None and should_stop():
+                    result.cancelled = True
+                    break
+                path, class_index = items[key]
+                loading = ahead
+                ahead = (reader.submit(summariser.load, items[keys[position + 1]][0])
+                         if position + 1 < len(keys) else None)
+                try:
+                    record = summariser(path, class_index, loading.result())
+                except ERRORS_KEPT as error:
+                    record = {"error": f"{type(error).__name__}: {error}" if not str(error) else str(error)}
+                run.record(key, record)
+                result.summarised_now += 1
+                if progress is not None:
+                    progress(*run.progress())
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+            summariser.close()
+            if result.cancelled or not _finished(result, run):
+                run.close()
 
 
 def _finished(result: AtlasRun, run) -> bool:

@@ -88,9 +88,15 @@ class ImageSummariser:
     def close(self) -> None:
         self._hook.remove()
 
-    def __call__(self, path: Path, true_index: int) -> dict:
+    def load(self, path: Path) -> tuple[np.ndarray, ImageParts]:
+        """The file work of one image (its pixels and its annotations), apart from the model's, so
+        that a worker thread can read the next image while the model runs on this one."""
+        return read_image(path), self.parts.for_image(path)
+
+    def __call__(self, path: Path, true_index: int, loaded: tuple[np.ndarray, ImageParts] | None = None) -> dict:
+        """One image's record; `loaded`: what `load(path)` returned, if it ran already."""
         model = self.model
-        image = read_image(path)
+        image, parts = self.load(path) if loaded is None else loaded
         encoded = self.explainer.encode(image, path.stem)
         features = self._features[0]  # [D, h, w]
         footprint = Footprint.of(encoded.encoded.grid, encoded.image_shape, encoded.input_shape,
@@ -100,7 +106,6 @@ class ImageSummariser:
         probabilities = output.logits[0].float().softmax(-1).cpu().numpy()
         predicted = int(np.argmax(probabilities))
         maps = output.attention[0, 0].float().cpu().numpy()  # [heads, C, h, w] of self.layer only
-        parts = self.parts.for_image(path)
         if parts.masks and any(mask.shape != footprint.image_shape for mask in parts.masks.values()):
             raise ValueError(f"the mask of {path.name} is not the size of the image")
         others = [int(i) for i in np.argsort(-probabilities, kind="stable") if i != true_index]
