@@ -1,6 +1,7 @@
 """Patches cut from the original images, and PNG montages of them (rows: heads; columns: top images)."""
 from __future__ import annotations
 
+import heapq
 import io
 import struct
 import zlib
@@ -15,7 +16,8 @@ from napari_intr.io import read_image
 from napari_intr.preprocess import to_float_rgb
 
 from .geometry import crop
-from .statistics import Exemplar
+from .statistics import Exemplar, _Reversed
+from .summarise import unpack
 
 PATCH = 96
 CAPTION = 14
@@ -26,18 +28,87 @@ LABEL_WIDTH = 150
 BACKGROUND = (255, 255, 255)
 
 
-def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH, workers: int = 2) -> dict[tuple, bytes]:
+class PatchCache:
+    """Patches cut while the summarising pass holds each image, so the report reads again only the
+    images it lacks (summarised by an earlier run or another process, or beyond the cap).
+
+    For every gallery a record can enter (a class's head; a side of a pair's head) it keeps the
+    running top N as the aggregation ranks them (peak, then key), and the JPEG patches of the
+    entries still in one; the cutting runs on the caller's worker thread. At most `limit`
+    patches are held (a pair gallery per class and likely partner can be many)."""
+    LIMIT = 20000  # ~4 KB each
+
+    def __init__(self, per_head: int, worker, limit: int = LIMIT):
+        self.per_head, self.worker, self.limit = per_head, worker, limit
+        self._tops: dict[tuple, list] = {}
+        self._held: dict[tuple, list] = {}  # (key, box) -> [galleries holding it, future of {box: bytes}]
+
+    def offer(self, key: str, record: dict, image: np.ndarray) -> None:
+        """Push one record's heads into the galleries; cut the patches that entered one."""
+        if "error" in record:
+            return
+        name = record["class"]
+        entering = []
+        for head, found in enumerate(unpack(record["true"])):
+            entering += self._push((name, head), key, found)
+        for partner, decoded in unpack(record.get("pairs", "{}")).items():
+            for head, found in enumerate(decoded["a"]):
+                entering += self._push((name, partner, head, "a"), key, found)
+            for head, found in enumerate(decoded["b"]):
+                entering += self._push((partner, name, head, "b"), key, found)
+        boxes = sorted(set(entering))
+        if boxes:
+            cut = self.worker.submit(lambda: {box: jpeg_bytes(_patch(image, box, PATCH)) for box in boxes})
+            for box in boxes:
+                if (key, box) in self._held:
+                    self._held[(key, box)][1] = cut
+
+    def _push(self, gallery: tuple, key: str, found: dict) -> list[tuple]:
+        top = self._tops.setdefault(gallery, [])
+        item = (found["peak"], _Reversed(key), tuple(found["box"]))
+        if len(top) < self.per_head:
+            heapq.heappush(top, item)
+        elif item > top[0]:
+            self._release((heapq.heapreplace(top, item)))
+        else:
+            return []
+        held = self._held.get((key, item[2]))
+        if held is not None:
+            held[0] += 1
+            return []
+        if len(self._held) >= self.limit:
+            return []
+        self._held[(key, item[2])] = [1, None]
+        return [item[2]]
+
+    def _release(self, item: tuple) -> None:
+        held = self._held.get((item[1].value, item[2]))
+        if held is not None:
+            held[0] -= 1
+            if held[0] == 0:
+                del self._held[(item[1].value, item[2])]
+
+    def patches(self) -> dict[tuple, bytes]:
+        """(key, box) -> JPEG bytes of every patch still held (waits for the last cuts)."""
+        return {(key, box): cut.result()[box] for (key, box), (_, cut) in self._held.items() if cut is not None}
+
+
+def patches_for(data_root: Path, exemplars: list[Exemplar], size: int = PATCH, workers: int = 2,
+                known: dict[tuple, bytes] | None = None) -> dict[tuple, bytes]:
     """(key, box) -> the size×size patch as JPEG bytes, encoded once for both the page and the
     montages. Each image is read once however many patches (of any gallery) it gives; the encoded
     patches are ~4 KB, so even a 200-class atlas holds them all in tens of MB. `workers` threads
-    read and encode (decoding and JPEG encoding release the GIL)."""
+    read and encode (decoding and JPEG encoding release the GIL); `known`: patches already cut
+    (a PatchCache's), not cut again."""
+    known = known or {}
     by_key: dict[str, set] = {}
     for exemplar in exemplars:
-        by_key.setdefault(exemplar.key, set()).add(tuple(exemplar.box))
+        if (exemplar.key, tuple(exemplar.box)) not in known:
+            by_key.setdefault(exemplar.key, set()).add(tuple(exemplar.box))
     keys = sorted(by_key)
     with ThreadPoolExecutor(workers, thread_name_prefix="atlas-patches") as pool:
         cut = pool.map(lambda key: _image_patches(data_root / key, by_key[key], size), keys)
-        return {(key, box): patch for key, patches in zip(keys, cut) for box, patch in patches.items()}
+        return {**known, **{(key, box): patch for key, patches in zip(keys, cut) for box, patch in patches.items()}}
 
 
 def _image_patches(path: Path, boxes: set, size: int) -> dict[tuple, bytes]:

@@ -159,8 +159,9 @@ def _pair_section(pair: PairSummary, patches: dict, layer: int, montages: _Monta
     return section, {"file": f"{MONTAGES}/{name}", "cells": cells, "columns": 2 * columns}
 
 
-def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict) -> dict:
-    """Write every output file; returns their paths."""
+def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict, patches: dict | None = None) -> dict:
+    """Write every output file; returns their paths. patches: (key, box) -> JPEG bytes already cut
+    (by the summarising pass); the others are cut from the images here."""
     out = Path(out)
     montage_dir = out / MONTAGES
     montage_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +170,8 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict) -> dict:
     write_csv(out / "pairs.csv", PAIRS_COLUMNS, pair_rows(atlas, layer))
     class_sections, pair_sections, layouts = [], [], {"classes": {}, "pairs": {}}
     patches = patches_for(data_root, [e for summary in atlas.classes for head in summary.heads for e in head.top]
-                          + [e for pair in atlas.pairs for head in pair.heads for e in head.top_a + head.top_b])
+                          + [e for pair in atlas.pairs for head in pair.heads for e in head.top_a + head.top_b],
+                          known=patches)
     with _MontageWriter(montage_dir) as montages:
         for summary in atlas.classes:
             section, layout = _class_section(summary, patches, layer, montages)
@@ -179,13 +181,14 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict) -> dict:
             section, layout = _pair_section(pair, patches, layer, montages)
             pair_sections.append(section)
             layouts["pairs"][f"{pair.a}\t{pair.b}"] = layout
-        # the last montages are still being written meanwhile
-        page = _page(atlas, meta, class_sections, pair_sections)
-        _write_atomically(out / ATLAS_HTML, page.encode("utf-8"))
-        document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
-                    "classes": _plain(atlas.classes), "pairs": _plain(atlas.pairs), "montages": layouts}
-        _write_atomically(out / ATLAS_JSON, (json.dumps(document, separators=(",", ":"), allow_nan=False, default=_json_default)
-                                             + "\n").encode("utf-8"))
+    # After the last montage is written: the page and atlas.json are built while no encoding runs, so
+    # the report's peak memory is the same from run to run (the worker's timing moved it by MBs).
+    page = _page(atlas, meta, class_sections, pair_sections)
+    _write_atomically(out / ATLAS_HTML, page.encode("utf-8"))
+    document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
+                "classes": _plain(atlas.classes), "pairs": _plain(atlas.pairs), "montages": layouts}
+    _write_atomically(out / ATLAS_JSON, (json.dumps(document, separators=(",", ":"), allow_nan=False, default=_json_default)
+                                         + "\n").encode("utf-8"))
     return {"html": out / ATLAS_HTML, "heads": out / "heads.csv", "pairs": out / "pairs.csv",
             "json": out / ATLAS_JSON, "montages": montage_dir}
 

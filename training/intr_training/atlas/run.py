@@ -19,6 +19,7 @@ from napari_intr import __version__
 from .. import run_lock, sharding
 from ..data import Collection, class_images
 from .aggregate import DEFAULT_PAIR_COUNT, Atlas, AtlasBuilder
+from .montage import PatchCache
 from .parts import PartSource
 from .report import write_report
 from .summarise import DEFAULT_PARTNERS, ImageSummariser
@@ -151,7 +152,7 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
         result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
         present = sorted({index for _, index in items.values()})  # default partners: classes with images
         summariser = ImageSummariser(model, layer - 1, present, partners, parts)
-        _summarise_share(run, items, summariser, result, progress, should_stop)
+        cache = _summarise_share(run, items, summariser, result, progress, should_stop, options.per_head)
         if not result.cancelled:
             merged = run.finish(progress)
             if merged is not None:  # rank 0
@@ -163,7 +164,7 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
                         "heads": model.config.nheads, "per_head": options.per_head, "version": __version__,
                         "consistency": _consistency_text(result.atlas, parts), "parts": settings["parts"],
                         "pairs_requested": settings["pairs"]}
-                result.files = write_report(result.atlas, out, data, meta)
+                result.files = write_report(result.atlas, out, data, meta, cache.patches())
     result.seconds = time.perf_counter() - start
     return result
 
@@ -192,14 +193,16 @@ def _checked(model, options: AtlasOptions, out: Path) -> tuple[int, list[str] | 
 
 
 def _summarise_share(run, items: dict, summariser: ImageSummariser, result: AtlasRun, progress,
-                     should_stop) -> None:
+                     should_stop, per_head: int) -> PatchCache:
     """Summarise this process's share of the images (a cancel keeps every finished record).
 
     One worker thread reads the next image and its annotations while the model runs on this one
     (decoding and file reads release the GIL; torch may hold only one core); a read's error
-    surfaces as that image's, in order."""
+    surfaces as that image's, in order. The same thread cuts the gallery patches the report will
+    need while the image is in memory (rank 0 only: it writes the report)."""
     keys, ahead = list(run.share), None
     with ThreadPoolExecutor(1, thread_name_prefix="atlas-read") as reader:
+        cache = PatchCache(per_head, reader, limit=PatchCache.LIMIT if run.info.rank == 0 else 0)
         try:
             ahead = reader.submit(summariser.load, items[keys[0]][0]) if keys else None
             for position, key in enumerate(keys):
@@ -211,10 +214,12 @@ def _summarise_share(run, items: dict, summariser: ImageSummariser, result: Atla
                 ahead = (reader.submit(summariser.load, items[keys[position + 1]][0])
                          if position + 1 < len(keys) else None)
                 try:
-                    record = summariser(path, class_index, loading.result())
+                    image, parts = loading.result()
+                    record = summariser(path, class_index, (image, parts))
                 except ERRORS_KEPT as error:
                     record = {"error": f"{type(error).__name__}: {error}" if not str(error) else str(error)}
                 run.record(key, record)
+                cache.offer(key, record, image)
                 result.summarised_now += 1
                 if progress is not None:
                     progress(*run.progress())
@@ -224,6 +229,7 @@ def _summarise_share(run, items: dict, summariser: ImageSummariser, result: Atla
             summariser.close()
             if result.cancelled or not _finished(result, run):
                 run.close()
+    return cache
 
 
 def _finished(result: AtlasRun, run) -> bool:
