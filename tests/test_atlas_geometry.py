@@ -66,6 +66,16 @@ def test_patch_outside_the_image_is_grey_and_keeps_its_centre():
     assert tile.dtype == np.uint8 and tile[0, 0, 0] == 127 and tile[-1, -1, 0] == 255
 
 
+def test_an_8_bit_rgb_patch_is_the_converted_patch():
+    """8-bit RGB patches skip the float round trip: every value, and the grey outside, as converted."""
+    from intr_training.atlas.montage import _patch
+    from napari_intr.preprocess import to_float_rgb
+    image = np.random.default_rng(0).integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    for box in [(-20.0, -30.0, 70.0, 70.0), (10.5, 60.25, 33.0, 33.0), (50.0, 100.0, 80.0, 80.0)]:
+        converted = (np.clip(to_float_rgb(crop(image, box, 48, fill=127)), 0, 1) * 255).round().astype(np.uint8)
+        assert np.array_equal(_patch(image, box, 48), converted)
+
+
 def test_spread_follows_the_mass():
     grid = (16, 16)
     footprint = Footprint.of(grid, (128, 128), (128, 128), STRIDE)

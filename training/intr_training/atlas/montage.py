@@ -35,11 +35,13 @@ class PatchCache:
     For every gallery a record can enter (a class's head; a side of a pair's head) it keeps the
     running top N as the aggregation ranks them (peak, then key), and the JPEG patches of the
     entries still in one; the cutting runs on the caller's worker thread. At most `limit`
-    patches are held (a pair gallery per class and likely partner can be many)."""
+    patches are held. pairs=False: the class galleries only (with the default pairs, a gallery per
+    class and likely partner, most of them never shown: cutting for them all cost more than the
+    report's reads for the few shown)."""
     LIMIT = 20000  # ~4 KB each
 
-    def __init__(self, per_head: int, worker, limit: int = LIMIT):
-        self.per_head, self.worker, self.limit = per_head, worker, limit
+    def __init__(self, per_head: int, worker, limit: int = LIMIT, pairs: bool = True):
+        self.per_head, self.worker, self.limit, self.pairs = per_head, worker, limit, pairs
         self._tops: dict[tuple, list] = {}
         self._held: dict[tuple, list] = {}  # (key, box) -> [galleries holding it, future of {box: bytes}]
 
@@ -51,7 +53,7 @@ class PatchCache:
         entering = []
         for head, found in enumerate(unpack(record["true"])):
             entering += self._push((name, head), key, found)
-        for partner, decoded in unpack(record.get("pairs", "{}")).items():
+        for partner, decoded in unpack(record.get("pairs", "{}") if self.pairs else "{}").items():
             for head, found in enumerate(decoded["a"]):
                 entering += self._push((name, partner, head, "a"), key, found)
             for head, found in enumerate(decoded["b"]):
@@ -122,6 +124,9 @@ def _image_patches(path: Path, boxes: set, size: int) -> dict[tuple, bytes]:
 def _patch(image: np.ndarray | None, box, size: int) -> np.ndarray:
     if image is None:
         return np.full((size, size, 3), 128, np.uint8)
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        # 8-bit RGB maps onto [0, 1] and back to itself (x / 255 · 255 rounds to x): the crop is the patch.
+        return crop(image, box, size, fill=127)
     if image.dtype in (np.uint8, np.uint16, np.bool_):
         # Integer images map to [0, 1] by a fixed scale: crop first, convert only the patch.
         scale = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(image.dtype, 1)
