@@ -75,6 +75,25 @@ def test_atlas_of_a_collection_encodes_each_image_once(collection, model, tmp_pa
     assert len(layout["cells"]) == 2 * model.config.nheads and montage.height > 4 * 96
 
 
+@pytest.mark.parametrize("pairs", [None, [(ALBA, RUBRA)]])
+def test_patches_cut_during_the_pass_equal_the_report_reading_them(collection, model, tmp_path, monkeypatch, pairs):
+    """The patches cut while each image is summarised are the report's own: the same files as a
+    run whose report reads every image again, and the report reads only what was not cut."""
+    from intr_training.atlas import montage
+    reads = []
+    original = montage._image_patches
+    monkeypatch.setattr(montage, "_image_patches", lambda path, *a: reads.append(path) or original(path, *a))
+    options = AtlasOptions(per_head=2, pairs=pairs)
+    build_atlas(model, "sample", collection, tmp_path / "cut", options)
+    read_with_cache = len(reads)
+    monkeypatch.setattr(montage.PatchCache, "LIMIT", 0)  # nothing held: the report cuts every patch
+    build_atlas(model, "sample", collection, tmp_path / "read", options)
+    assert outputs(tmp_path / "cut") == outputs(tmp_path / "read")
+    assert len(reads) > read_with_cache  # the pass's patches spared reads
+    if pairs is not None:
+        assert read_with_cache == 0  # class and named pairs' galleries: every patch was cut in the pass
+
+
 def test_cancel_then_rerun_skips_the_images_already_summarised(collection, model, tmp_path):
     calls = []
     stop_after = 10

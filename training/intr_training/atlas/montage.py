@@ -40,8 +40,9 @@ class PatchCache:
     report's reads for the few shown)."""
     LIMIT = 20000  # ~4 KB each
 
-    def __init__(self, per_head: int, worker, limit: int = LIMIT, pairs: bool = True):
-        self.per_head, self.worker, self.limit, self.pairs = per_head, worker, limit, pairs
+    def __init__(self, per_head: int, worker, limit: int | None = None, pairs: bool = True):
+        self.per_head, self.worker, self.pairs = per_head, worker, pairs
+        self.limit = self.LIMIT if limit is None else limit
         self._tops: dict[tuple, list] = {}
         self._held: dict[tuple, list] = {}  # (key, box) -> [galleries holding it, future of {box: bytes}]
 
