@@ -303,3 +303,22 @@ def test_a_montage_that_cannot_be_written_fails_the_run(collection, model, tmp_p
     monkeypatch.undo()
     again = build_atlas(model, "sample", collection, tmp_path / "out", AtlasOptions())
     assert again.summarised_now == 0 and again.reused == 27 and (tmp_path / "out" / "atlas.html").is_file()
+
+
+def test_an_image_that_fails_to_load_is_skipped_even_the_first(collection, model, tmp_path, monkeypatch):
+    """An image that cannot be read when its turn comes (changed or removed since the folder was
+    scanned) becomes that image's error, whether it is the first of the pass or a later one."""
+    from intr_training.atlas import summarise
+    original = summarise.read_image
+    first, later = sorted(p.relative_to(collection).as_posix() for p in collection.rglob("*.png")
+                          if p.parent.parent == collection)[::13][:2]
+
+    def read_image(path):
+        if path.relative_to(collection).as_posix() in (first, later):
+            raise OSError(f"{path} changed since the folder was scanned")
+        return original(path)
+
+    monkeypatch.setattr(summarise, "read_image", read_image)
+    result = build_atlas(model, "sample", collection, tmp_path / "out", AtlasOptions(per_head=2))
+    assert [key for key, _ in result.atlas.skipped] == [first, later]
+    assert result.atlas.images == 25 and (tmp_path / "out" / "atlas.html").is_file()

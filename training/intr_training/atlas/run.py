@@ -216,6 +216,7 @@ def _summarise_share(run, items: dict, summariser: ImageSummariser, result: Atla
                 loading = ahead
                 ahead = (reader.submit(summariser.load, items[keys[position + 1]][0])
                          if position + 1 < len(keys) else None)
+                image = None  # a read that fails leaves no image (nor the previous one) to cut from
                 try:
                     image, parts = loading.result()
                     record = summariser(path, class_index, (image, parts))
