@@ -19,11 +19,10 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
-from ..qt_helpers import TextLabel, scroll_column
+from ..qt_helpers import TextLabel, group_box, scroll_column
 from ..state import shared_state
 from ..workers import messages
 from ..workers.jobs import CollectionSummary
@@ -90,15 +89,7 @@ class FineTuneWidget(QWidget):
         buttons = QHBoxLayout()
         for button in (self.start_button, self.cancel_button, self.resume_button):
             buttons.addWidget(button)
-        box = QGroupBox("Run")
-        layout = QVBoxLayout(box)
-        layout.addLayout(buttons)
-        layout.addWidget(self.bar)
-        layout.addWidget(self.status)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.note)
-        layout.addWidget(self.log)
-        return box
+        return group_box("Run", buttons, self.bar, self.status, self.plot, self.note, self.log)
 
     # -- actions ---------------------------------------------------------------------------------
 
