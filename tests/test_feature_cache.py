@@ -1,9 +1,13 @@
 """The frozen-backbone feature cache: what it stores, what it reuses, what it recomputes."""
+import shutil
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from intr_training import feature_cache
 from intr_training.data import VariantDataset, read_image, scan_collection
 from intr_training.feature_cache import (
     CachedVariants,
@@ -168,3 +172,14 @@ def test_cache_flag_needs_a_frozen_backbone(tmp_path, capsys):
     assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST, "--epochs", "1",
                      "--cache-features"]) == 2
     assert "--freeze backbone" in capsys.readouterr().err
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_any_file_is_written(tmp_path, monkeypatch):
+    data = write_classes(tmp_path / "data", {"a": 2, "b": 2}, size=72)
+    samples = scan_collection(data, 0).train
+    model = build_model(CONFIG).eval()
+    variants = fixed_variants(CONFIG, model.feature_stride, "flip")
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 100))
+    with pytest.raises(ValueError, match="the feature cache needs .* GiB are free.*--no-cache-features"):
+        cache_for(tmp_path / "run", samples, model, variants)
+    assert not any((tmp_path / "run" / "feature_cache").iterdir())

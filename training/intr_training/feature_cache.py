@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,20 @@ class FeatureCache:
         cache = cls(folder, split, layout)
         if not create:
             return cache, 0
+        cache._check_space()
         return cache, cache._build_from(cls._previous(folder, split))
+
+    def _check_space(self) -> None:
+        """Refuse, before any file is written, a cache the disk cannot hold (the split's earlier
+        cache file, which this one replaces, counts as free)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        needed = np.dtype(DTYPE).itemsize * self.layout.total
+        free = shutil.disk_usage(self.folder).free
+        replaced = self.data_path.stat().st_size if self.data_path.exists() else 0
+        if needed > free + replaced:
+            raise ValueError(f"the feature cache needs {needed / 2**30:.1f} GiB in {self.folder} and "
+                             f"only {free / 2**30:.1f} GiB are free: free some space, lower --image-size, or "
+                             "train with --no-cache-features")
 
     @staticmethod
     def _previous(folder: Path, split: str) -> FeatureCache | None:
