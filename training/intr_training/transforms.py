@@ -67,9 +67,14 @@ def train_transform(config: IntrConfig, stride: int) -> v2.Compose:
 
 
 def eval_transform(config: IntrConfig) -> v2.Compose:
+    return fixed_size_transform(config.short_side, config.max_side)
+
+
+def fixed_size_transform(short_side: int, max_side: int) -> v2.Compose:
+    """float H×W×3 in [0, 1] -> normalised [3, h, w] at `short_side` (no randomness)."""
     return v2.Compose([
         ToTensor(),
-        ResizeShortSide([config.short_side], config.max_side),
+        ResizeShortSide([short_side], max_side),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
@@ -101,10 +106,7 @@ def variant_index(seed: int, epoch: int, index: int, count: int) -> int:
 
 def resize_normalise(image: np.ndarray, short_side: int, max_side: int) -> torch.Tensor:
     """float H×W×3 in [0, 1] -> normalised [3, h, w] at `short_side` (as eval_transform)."""
-    tensor = ToTensor()(image)
-    size = resized_shape(tensor.shape[-2], tensor.shape[-1], short_side, max_side)
-    tensor = TF.resize(tensor, list(size), antialias=True).clamp(0, 1)
-    return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+    return fixed_size_transform(short_side, max_side)(image)
 
 
 def apply_variant(resized: torch.Tensor, variant: Variant) -> torch.Tensor:
