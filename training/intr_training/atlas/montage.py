@@ -1,7 +1,6 @@
 """Patches cut from the original images, and PNG montages of them (rows: heads; columns: top images)."""
 from __future__ import annotations
 
-import heapq
 import io
 import struct
 import zlib
@@ -16,7 +15,7 @@ from napari_intr.io import read_image
 from napari_intr.preprocess import to_float_rgb
 
 from .geometry import crop
-from .statistics import Exemplar, _Reversed
+from .statistics import Exemplar, TopN
 from .summarise import unpack
 
 PATCH = 96
@@ -43,7 +42,7 @@ class PatchCache:
     def __init__(self, per_head: int, worker, limit: int | None = None, pairs: bool = True):
         self.per_head, self.worker, self.pairs = per_head, worker, pairs
         self.limit = self.LIMIT if limit is None else limit
-        self._tops: dict[tuple, list] = {}
+        self._tops: dict[tuple, TopN] = {}  # ranked by TopN, as the aggregation ranks them
         self._held: dict[tuple, list] = {}  # (key, box) -> [galleries holding it, future of {box: bytes}]
 
     def offer(self, key: str, record: dict, image: np.ndarray) -> None:
@@ -67,29 +66,30 @@ class PatchCache:
                     self._held[(key, box)][1] = cut
 
     def _push(self, gallery: tuple, key: str, found: dict) -> list[tuple]:
-        top = self._tops.setdefault(gallery, [])
-        item = (found["peak"], _Reversed(key), tuple(found["box"]))
-        if len(top) < self.per_head:
-            heapq.heappush(top, item)
-        elif item > top[0]:
-            self._release((heapq.heapreplace(top, item)))
-        else:
+        top = self._tops.get(gallery)
+        if top is None:
+            top = self._tops[gallery] = TopN(self.per_head)
+        box = tuple(found["box"])
+        entered, dropped = top.push(key, found["peak"], box)
+        if dropped is not None:
+            self._release(dropped)
+        if not entered:
             return []
-        held = self._held.get((key, item[2]))
+        held = self._held.get((key, box))
         if held is not None:
             held[0] += 1
             return []
         if len(self._held) >= self.limit:
             return []
-        self._held[(key, item[2])] = [1, None]
-        return [item[2]]
+        self._held[(key, box)] = [1, None]
+        return [box]
 
-    def _release(self, item: tuple) -> None:
-        held = self._held.get((item[1].value, item[2]))
+    def _release(self, entry: tuple) -> None:
+        held = self._held.get(entry)
         if held is not None:
             held[0] -= 1
             if held[0] == 0:
-                del self._held[(item[1].value, item[2])]
+                del self._held[entry]
 
     def patches(self) -> dict[tuple, bytes]:
         """(key, box) -> JPEG bytes of every patch still held (waits for the last cuts)."""

@@ -34,13 +34,17 @@ class TopN:
     def __init__(self, size: int):
         self.size, self._heap = size, []
 
-    def push(self, key: str, peak: float, box, covers_part: bool | None = None) -> None:
+    def push(self, key: str, peak: float, box, covers_part: bool | None = None) -> tuple[bool, tuple | None]:
+        """Offer one image; returns whether it entered, and the (key, box) it pushed out, if any."""
         # heapq keeps the smallest first: the entry to drop is the lowest peak, then the last key.
         item = (peak, _Reversed(key), tuple(box), covers_part)
         if len(self._heap) < self.size:
             heapq.heappush(self._heap, item)
-        elif item > self._heap[0]:
-            heapq.heapreplace(self._heap, item)
+            return True, None
+        if item > self._heap[0]:
+            dropped = heapq.heapreplace(self._heap, item)
+            return True, (dropped[1].value, dropped[2])
+        return False, None
 
     def best(self) -> list[Exemplar]:
         return [Exemplar(key.value, peak, box, covers) for peak, key, box, covers in sorted(self._heap, reverse=True)]
