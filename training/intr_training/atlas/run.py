@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_intr import __version__
+from napari_intr.explanation import layer_from_number
 
 from .. import run_lock, sharding
 from ..data import Collection, class_images
@@ -176,10 +177,7 @@ def _checked(model, options: AtlasOptions, out: Path) -> tuple[int, list[str] | 
         raise ValueError(f"the output {out} is a file; give a folder for the atlas")
     if options.per_head < 1:
         raise ValueError(f"--per-head must be at least 1, got {options.per_head}")
-    layers = model.config.dec_layers
-    layer = layers if options.layer is None else options.layer
-    if not 1 <= layer <= layers:
-        raise ValueError(f"--layer {layer} is out of range: the model's decoder has {layers} layers (1..{layers})")
+    layer = layer_from_number(-1 if options.layer is None else options.layer, model.config.dec_layers, "--layer") + 1
     classes = None
     if options.classes is not None:
         classes = [model.class_names[i] for i in model.class_indices(options.classes)]
