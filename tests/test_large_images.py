@@ -214,6 +214,11 @@ def test_png_that_cannot_be_read_row_by_row_is_refused_with_a_conversion(kind, t
     assert "plate.png is 700×950 px" in message and "decode budget" in message
     assert kind in message and "PNG cannot be read row by row" in message
     assert "vips tiffsave plate.png plate_tiled.tif" in message
+    with pytest.raises(TooLargeError) as whole:  # the whole-decode refusal does not promise a reduced read
+        io.read_image(path)
+    message = str(whole.value)
+    assert "read it reduced" not in message and f"but not {kind}" in message
+    assert "vips tiffsave plate.png plate_tiled.tif" in message
 
 
 def test_truncated_png_read_row_by_row_says_where_it_ends(tmp_path, budget):

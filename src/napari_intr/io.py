@@ -112,10 +112,32 @@ def check_decodable(path: Path, header: ImageHeader) -> None:
 
 
 def _reduced_read_advice(path: Path) -> str:
-    if path.suffix.lower() in (*TIFF_SUFFIXES, ".jpg", ".jpeg", ".png"):
+    suffix = path.suffix.lower()
+    unreadable = png_row_by_row_problem(*_png_ihdr(path)) if suffix == ".png" else None
+    if suffix in (*TIFF_SUFFIXES, ".jpg", ".jpeg", ".png") and unreadable is None:
         return "intr explain and the Explorer's batch read it reduced, piece by piece"
-    return ("intr explain and the Explorer's batch read TIFF, JPEG and PNG files this large reduced, piece by piece: "
-            f"convert it with libvips, which streams: {vips_advice(path)}")
+    but = f", but not {unreadable} PNGs" if unreadable else ""
+    return (f"intr explain and the Explorer's batch read TIFF, JPEG and PNG files this large reduced, piece by "
+            f"piece{but}: convert it with libvips, which streams: {vips_advice(path)}")
+
+
+def png_row_by_row_problem(bit_depth: int, colour_type: int, interlaced: bool) -> str | None:
+    """Why a PNG with these IHDR fields cannot be read row by row (napari_intr.large_images), e.g.
+    "interlaced (Adam7)"; None when it can."""
+    if interlaced:
+        return "interlaced (Adam7)"
+    if bit_depth == 16 and colour_type in (2, 6):  # RGB or RGBA: more than 4 bytes a pixel
+        return "16-bit colour"
+    return None
+
+
+def _png_ihdr(path: Path) -> tuple[int, int, bool]:
+    """(bit depth, colour type, interlaced) from a PNG's IHDR; (8, 2, False) if it has none."""
+    with open(path, "rb") as file:
+        head = file.read(33)
+    if len(head) < 29 or head[12:16] != b"IHDR":
+        return 8, 2, False  # not a PNG inside: read_header decided how to read it
+    return head[24], head[25], bool(head[28])
 
 
 def vips_advice(path: Path, reduce: bool = False) -> str:

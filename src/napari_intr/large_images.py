@@ -306,8 +306,8 @@ class _PngLayout:
 def _reduced_png(path: Path, header: ImageHeader, limit: int, what: str) -> tuple[np.ndarray, int, str]:
     with open(path, "rb") as file:
         layout = _png_layout(file, path.name)
-        if layout.interlaced or layout.pixel_bytes > 4:
-            kind = "interlaced (Adam7)" if layout.interlaced else "16-bit colour"
+        kind = io.png_row_by_row_problem(layout.bit_depth, layout.colour_type, layout.interlaced)
+        if kind is not None:
             raise TooLargeError(f"{path.name} is {header.height}×{header.width} px; decoding it whole needs about "
                                 f"{byte_size(_whole_bytes(header))}, more than {what}, {byte_size(limit)}, and an "
                                 f"{kind} PNG cannot be read row by row. Convert it with libvips, which streams: "
