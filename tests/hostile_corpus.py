@@ -9,16 +9,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
+
+
+@contextmanager
+def lock_holder(out: Path, command: str = "intr train") -> Iterator[subprocess.Popen]:
+    """Another process holding OUT's run lock as a running `command` does, for the with-block;
+    then it is killed, leaving its lock stale."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ("import sys; from intr_training.run_lock import RunLock\n"
+                                f"lock = RunLock({str(out)!r}, {command!r}).acquire()\n"
+                                "print('locked', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @dataclass

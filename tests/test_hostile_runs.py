@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hostile_corpus import FAST, blank_png, bomb_png, training_folder
+from hostile_corpus import FAST, blank_png, bomb_png, lock_holder, training_folder
 from intr_training import cli
 from intr_training.run_lock import RunLock
 
@@ -42,13 +42,7 @@ def no_partial_files(folder):
 def test_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
     data = training_folder(tmp_path / "data")
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys; from intr_training.run_lock import RunLock; "
-                                f"lock = RunLock({str(out)!r}).acquire(); print('locked', flush=True); "
-                                "sys.stdin.read()")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(out) as holder:
         before = digest(out)
         code, captured = train(capsys, data, out, "--progress", "json")
         assert code == 2
@@ -56,9 +50,7 @@ def test_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
         events = [json.loads(line) for line in captured.out.splitlines()]
         assert events[-1]["event"] == "error" and "another intr train" in events[-1]["message"]
         assert digest(out) == before  # nothing written over the running one's files
-    finally:
-        holder.communicate("")
-    # the holder is gone (as if killed): the lock it left is stale, taken over, and said so
+    # the holder was killed: the lock it left is stale, taken over, and said so
     with RunLock(out) as lock:
         assert f"took over the lock of an earlier run in {out} (pid {holder.pid}" in lock.stale_message()
 
