@@ -68,15 +68,15 @@ def _read_reduced(path: Path, refusal: TooLargeError) -> BudgetedImage:
         mapped = io.mapped_tiff(path)  # uncompressed and contiguous: bands of rows, whatever its strips
         reduce = _reduced_tiff if mapped is None else _reduced_map
         pixels, factor, how = reduce(mapped if mapped is not None else path, header, limit, what)
-    elif (kind := _pillow_format(path)) == "JPEG":  # Pillow turns it upright
-        pixels, factor, how = _reduced_jpeg(path, header, limit, what)
-        orientation = _exif_orientation(path)
-    elif kind == "PNG":
-        pixels, factor, how = _reduced_png(path, header, limit, what)
-        orientation = _exif_orientation(path)
-        pixels = upright(pixels, orientation)
     else:
-        raise refusal
+        kind, orientation = _pillow_kind(path)
+        if kind == "JPEG":  # Pillow turns it upright
+            pixels, factor, how = _reduced_jpeg(path, header, limit, what)
+        elif kind == "PNG":
+            pixels, factor, how = _reduced_png(path, header, limit, what)
+            pixels = upright(pixels, orientation)
+        else:
+            raise refusal
     file_shape = (header.width, header.height) if orientation in (5, 6, 7, 8) else (header.height, header.width)
     note = (f"{path.name} is {file_shape[0]}×{file_shape[1]} px, about {byte_size(_whole_bytes(header))} "
             f"to decode whole, more than {what} ({byte_size(limit)}): {READ_REDUCED} {factor}× "
@@ -91,18 +91,6 @@ def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
              5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
              7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
     return np.ascontiguousarray(turns[orientation](pixels)) if orientation in turns else pixels
-
-
-def _exif_orientation(path: Path) -> int:
-    from PIL import Image
-    pixel_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read
-    try:
-        with Image.open(path) as opened:
-            return int(opened.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - unreadable EXIF: as stored, as Pillow's whole read does
-        return 1
-    finally:
-        Image.MAX_IMAGE_PIXELS = pixel_limit
 
 
 def _whole_bytes(header: ImageHeader) -> int:
@@ -259,14 +247,20 @@ def _scaled_header(header: ImageHeader, scale: int) -> ImageHeader:
                        header.bytes_per_sample)
 
 
-def _pillow_format(path: Path) -> str | None:
+def _pillow_kind(path: Path) -> tuple[str | None, int]:
+    """(Pillow's format, EXIF orientation 1-8) from the file's header; (None, 1) if Pillow cannot
+    open it (read_header already read it; any doubt means "not a JPEG")."""
     from PIL import Image
     pixel_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read
     try:
         with Image.open(path) as opened:
-            return opened.format
-    except Exception:  # noqa: BLE001 - read_header already read it; any doubt means "not a JPEG"
-        return None
+            try:
+                orientation = int(opened.getexif().get(0x0112, 1))
+            except Exception:  # noqa: BLE001 - unreadable EXIF: as stored, as Pillow's whole read does
+                orientation = 1
+            return opened.format, orientation
+    except Exception:  # noqa: BLE001
+        return None, 1
     finally:
         Image.MAX_IMAGE_PIXELS = pixel_limit
 
