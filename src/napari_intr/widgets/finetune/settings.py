@@ -28,9 +28,12 @@ def new_run_folder() -> Path:
     return default_runs_folder() / time.strftime("%Y%m%d-%H%M%S")
 
 
-def _rate_field(label: str, placeholder: str) -> LineEdit:
+def _rate_field(label: str, key: str, note: str = "") -> LineEdit:
+    """A learning-rate field; empty means the recipe's value, which its placeholder shows (read
+    from intr_training.recipes, which imports no torch)."""
+    from intr_training.recipes import RECIPES
     field = LineEdit(label=label, tooltip="Empty: the training recipe's value")
-    field.native.setPlaceholderText(placeholder)
+    field.native.setPlaceholderText(f"recipe (tiny {RECIPES['tiny'][key]:g}, resnet {RECIPES['resnet50'][key]:g}{note})")
     return field
 
 
@@ -46,8 +49,8 @@ class SettingsBox(QGroupBox):
                               tooltip="Epochs in total (Resume may raise it)")
         self.batch_size = SpinBox(label="Batch size", min=1, max=4096, value=8,
                                   tooltip="Images per step: lower it when memory runs out")
-        self.lr = _rate_field("Learning rate", "recipe (tiny 2.5e-4, resnet 1e-4; peak of the schedule)")
-        self.lr_backbone = _rate_field("Backbone LR", "recipe (tiny 2.5e-4, resnet 1e-5)")
+        self.lr = _rate_field("Learning rate", "lr", "; peak of the schedule")
+        self.lr_backbone = _rate_field("Backbone LR", "lr_backbone")
         # magicgui's SpinBox (superqt's) shows no special text for 0, so the label says what 0 means
         self.image_size = SpinBox(label="Image size (0: model's)", min=0, max=4096, value=0,
                                   tooltip="Short side in px, 0 for the model's own; lower it when memory runs out")
