@@ -52,3 +52,4 @@ def _range(low, high) -> str:
 SEED = whole_number(0, SEED_MAX)
 COUNT = whole_number(1)        # epochs, batch sizes, images per class, top-k
 WORKERS = whole_number(0, 64)  # data-loading processes
+BATCH_SIZE = whole_number(1, 4096)

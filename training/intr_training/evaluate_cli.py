@@ -9,7 +9,7 @@ from pathlib import Path
 
 from napari_intr.devices import DEVICES
 
-from .cli_values import WORKERS, whole_number
+from .cli_values import BATCH_SIZE, WORKERS
 from .faithfulness import options as faithfulness_options
 
 
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "official checkpoints, which carry none)")
     parser.add_argument("--out", help="folder for confusion_matrix.csv, per_class_accuracy.csv and metrics.json")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    parser.add_argument("--batch-size", type=whole_number(1, 4096), default=16)
+    parser.add_argument("--batch-size", type=BATCH_SIZE, default=16)
     parser.add_argument("--workers", type=WORKERS, default=2, help="data-loading processes")
     parser.add_argument("--shortlist", type=int, metavar="K", help="decode only each image's top K classes of "
                         "the cheap first pass (as intr explain --shortlist); top-5 counts only decoded classes")
@@ -38,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
         faithfulness_options.check_arguments(args)
         from .faithfulness.methods import require_captum
         require_captum()
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,
                                           warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     summary = evaluate_folder(model, args.model, matched, args.out, args.batch_size, args.workers,

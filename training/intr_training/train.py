@@ -12,7 +12,7 @@ import argparse
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import BACKBONES
 
-from .cli_values import COUNT, SEED, WORKERS, number, whole_number
+from .cli_values import BATCH_SIZE, COUNT, SEED, WORKERS, number, whole_number
 from .progress import MODES
 from .recipes import (
     AUGMENT_HELP,
@@ -29,7 +29,6 @@ from .schedules import SCHEDULE_HELP, SCHEDULES
 # A learning rate below 0 climbs the loss; 0 for the backbone keeps it as initialised.
 LEARNING_RATE = number(0, 10, low_inclusive=False)
 BACKBONE_LEARNING_RATE = number(0, 10)
-BATCH_SIZE = whole_number(1, 4096)
 IMAGE_SIZE = whole_number(32, 4096, " px")
 VAL_SPLIT = number(0, 0.9)
 
