@@ -27,6 +27,15 @@ def cache_for(out, samples, model, variants):
                                 model.feature_stride, model.backbone.num_channels)
 
 
+def collection_and_model(tmp_path, counts, augment):
+    """A 72-px collection of `counts` images per class, a seeded tiny model in eval mode and its variants."""
+    data = write_classes(tmp_path / "data", counts, size=72)
+    samples = scan_collection(data, 0).train
+    torch.manual_seed(0)
+    model = build_model(CONFIG).eval()
+    return samples, model, fixed_variants(CONFIG, model.feature_stride, augment)
+
+
 def run_epoch(cache, samples, model, variants, epoch=1):
     dataset = CachedVariants(VariantDataset(samples, variants, CONFIG.max_side, seed=0), cache)
     dataset.set_epoch(epoch)
@@ -36,11 +45,7 @@ def run_epoch(cache, samples, model, variants, epoch=1):
 
 
 def test_cache_fills_once_and_holds_the_backbone_features(tmp_path):
-    data = write_classes(tmp_path / "data", {"a": 4, "b": 3}, size=72)
-    samples = scan_collection(data, 0).train
-    torch.manual_seed(0)
-    model = build_model(CONFIG).eval()
-    variants = fixed_variants(CONFIG, model.feature_stride, "multiscale")
+    samples, model, variants = collection_and_model(tmp_path, {"a": 4, "b": 3}, "multiscale")
     assert len(variants) == 4  # two scales x (plain, mirrored)
     cache, reused = cache_for(tmp_path / "run", samples, model, variants)
     assert reused == 0 and cache.filled() == 0
@@ -63,11 +68,7 @@ def test_cache_fills_once_and_holds_the_backbone_features(tmp_path):
 
 
 def test_changed_image_or_backbone_is_recomputed(tmp_path):
-    data = write_classes(tmp_path / "data", {"a": 3, "b": 3}, size=72)
-    samples = scan_collection(data, 0).train
-    torch.manual_seed(0)
-    model = build_model(CONFIG).eval()
-    variants = fixed_variants(CONFIG, model.feature_stride, "flip")
+    samples, model, variants = collection_and_model(tmp_path, {"a": 3, "b": 3}, "flip")
     out = tmp_path / "run"
     cache, _ = cache_for(out, samples, model, variants)
     for epoch in (1, 2, 3, 4):
@@ -175,10 +176,7 @@ def test_cache_flag_needs_a_frozen_backbone(tmp_path, capsys):
 
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_any_file_is_written(tmp_path, monkeypatch):
-    data = write_classes(tmp_path / "data", {"a": 2, "b": 2}, size=72)
-    samples = scan_collection(data, 0).train
-    model = build_model(CONFIG).eval()
-    variants = fixed_variants(CONFIG, model.feature_stride, "flip")
+    samples, model, variants = collection_and_model(tmp_path, {"a": 2, "b": 2}, "flip")
     monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 100))
     with pytest.raises(ValueError, match="the feature cache needs .* GiB are free.*--no-cache-features"):
         cache_for(tmp_path / "run", samples, model, variants)
