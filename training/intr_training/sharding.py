@@ -251,12 +251,16 @@ class ShardedRun:
         if not self.info.is_main:
             return None
         ledger, count = self.folder / LEDGER_FILE, 0
-        partial = ledger.with_name(ledger.name + ".part")
-        with open(partial, "w", encoding="utf-8") as stream:  # streamed: one record at a time
-            for key, record in _Index(self.folder, self.keys).records():
-                stream.write(_json_line(key, record))
-                count += 1
-        os.replace(partial, ledger)
+
+        def write(temporary: str) -> None:
+            nonlocal count
+            with open(temporary, "w", encoding="utf-8") as stream:  # streamed: one record at a time
+                for key, record in _Index(self.folder, self.keys).records():
+                    stream.write(_json_line(key, record))
+                    count += 1
+
+        # Synced before the partial files it replaces are removed (a crash keeps one or the other).
+        atomic_write(ledger, write)
         for stale in self.folder.glob("rank-*"):
             stale.unlink()
         if progress is not None:
