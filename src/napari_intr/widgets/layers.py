@@ -45,7 +45,7 @@ def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
     """Mean first, then heads from the strongest to the weakest peak (Explanation.head_order)."""
     image, layer_number = source.name, explanation.layer_number(layer)
     maps = explanation.head_maps(class_name, layer, options.normalization)
-    mean = _scaled_mean(explanation, class_name, layer, options.normalization)
+    mean = scaled_mean(explanation, class_name, layer, options.normalization)
     order = explanation.head_order(class_name, layer)
     if options.upsample:  # image-sized maps sit exactly on the plane
         maps, mean = explanation.upsample(maps), explanation.upsample(mean)
@@ -65,7 +65,7 @@ def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
     return views
 
 
-def _scaled_mean(explanation, class_name: str, layer: int, normalization: str) -> np.ndarray:
+def scaled_mean(explanation, class_name: str, layer: int, normalization: str) -> np.ndarray:
     """per_map: min-max to [0, 1]; shared: on the heads' common scale (their largest weight)."""
     mean = explanation.mean_map(class_name, layer)
     if normalization == "shared":

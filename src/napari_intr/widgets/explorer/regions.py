@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
 
 from napari_intr.explanation import layer_name
 
-from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement
+from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, scaled_mean
 from ..qt_helpers import TextLabel, read_only_table
 from ..state import ExplorerState, follow
 from ..workers import messages
@@ -123,9 +123,7 @@ class RegionsBox(QGroupBox):
     def _show_maps(self, result, source) -> None:
         explanation, region = result.explanation, result.region
         top = explanation.top_class()
-        mean = explanation.mean_map(top, -1)
-        low, span = float(mean.min()), float(np.ptp(mean))
-        mean = (mean - low) / span if span > 0 else np.zeros_like(mean)
+        mean = scaled_mean(explanation, top, -1, "per_map")
         scale, translate = region_placement(explanation, result.offset, source)
         name = layer_name(f"{source.name} · {region.id}", top, explanation.num_layers, None)
         metadata = {"image": source.name, "region": region.id, "class": top, "decoder_layer": explanation.num_layers,
