@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hostile_corpus import lock_holder
 from intr_training import synth
 from intr_training.atlas import AtlasOptions, build_atlas
 from intr_training.cli import main
@@ -257,14 +258,7 @@ def test_a_second_run_into_a_busy_output_folder_is_refused(collection, model, tm
     once the holder is killed its lock is stale, and the next atlas takes it over and says so."""
     from intr_training.run_lock import RunLocked, job_lock
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys; from intr_training.run_lock import job_lock\n"
-                                f"with job_lock({str(out)!r}, 'intr atlas'):\n"
-                                "    print('locked', flush=True); sys.stdin.read()")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(out, "intr atlas") as holder:
         before = sorted(p.name for p in out.iterdir())
         for command in (["atlas", "--data", str(collection)], ["explain", str(collection)]):
             assert main([*command, "--out", str(out), "--device", "cpu"]) == 2
@@ -272,9 +266,6 @@ def test_a_second_run_into_a_busy_output_folder_is_refused(collection, model, tm
             assert f"another intr atlas (pid {holder.pid}" in err and str(out) in err, err
             assert "wait for it to finish" in err and "another output folder" in err and "Traceback" not in err
         assert sorted(p.name for p in out.iterdir()) == before  # nothing written beside the holder's
-    finally:
-        holder.kill()
-        holder.wait()
     result = build_atlas(model, "sample", collection, out, AtlasOptions())
     assert (out / "atlas.html").is_file()
     assert any(f"took over the lock of an earlier run in {out} (pid {holder.pid}" in w for w in result.warnings)
