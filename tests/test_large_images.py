@@ -331,3 +331,11 @@ def test_uncompressed_tiff_in_one_strip_is_read_reduced_band_by_band_for_a_viewe
     assert peak <= budget and read.factor >= 2 and not isinstance(read.pixels, np.memmap)
     assert np.abs(read.pixels - block_means(pixels, read.factor)).max() <= 0.5
     assert "scan.tif is 700×950 px" in read.note and "(band by band)" in read.note
+
+
+def test_uncompressed_tiff_whose_rows_do_not_fit_the_budget_is_refused_by_name(tmp_path, monkeypatch):
+    path = tmp_path / "scan.tif"
+    write_tiff(path, np.uint16, 1, {})
+    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 4000)  # less than one row and its sums
+    with pytest.raises(TooLargeError, match=r"^scan.tif is 700×950 px: its rows .* free memory"):
+        read_within_budget(path, allow_mapped=False)

@@ -66,8 +66,10 @@ def _read_reduced(path: Path, refusal: TooLargeError) -> BudgetedImage:
     orientation = 1  # TIFF: tifffile ignores the Orientation tag, whole or reduced
     if path.suffix.lower() in io.TIFF_SUFFIXES:
         mapped = io.mapped_tiff(path)  # uncompressed and contiguous: bands of rows, whatever its strips
-        reduce = _reduced_tiff if mapped is None else _reduced_map
-        pixels, factor, how = reduce(mapped if mapped is not None else path, header, limit, what)
+        if mapped is None:
+            pixels, factor, how = _reduced_tiff(path, header, limit, what)
+        else:
+            pixels, factor, how = _reduced_map(mapped, path.name, header, limit, what)
     else:
         kind, orientation = _pillow_kind(path)
         if kind == "JPEG":  # Pillow turns it upright
@@ -148,14 +150,15 @@ def _reduced_tiff(path: Path, header: ImageHeader, limit: int, what: str) -> tup
     return block_means(sums, header.height, header.width, factor, dtype), factor, how
 
 
-def _reduced_map(mapped: np.ndarray, header: ImageHeader, limit: int, what: str) -> tuple[np.ndarray, int, str]:
+def _reduced_map(mapped: np.ndarray, name: str, header: ImageHeader, limit: int,
+                 what: str) -> tuple[np.ndarray, int, str]:
     """A memory-mapped image, reduced a band of rows at a time (only that band is read)."""
     row_bytes = mapped[0].nbytes * (1 + _sum_dtype(mapped.dtype).itemsize // mapped.dtype.itemsize)
     band_rows = max(1, min(header.height, limit // 4 // row_bytes))
     factor = reduction_factor(header, limit - band_rows * row_bytes)
     if factor is None:
-        raise TooLargeError(f"an image of {header.height}×{header.width} px cannot be read reduced within {what} "
-                            f"({byte_size(limit)}); free memory")
+        raise TooLargeError(f"{name} is {header.height}×{header.width} px: its rows are too long to read reduced "
+                            f"within {what} ({byte_size(limit)}); free memory")
     band_rows = max(factor, band_rows // factor * factor)  # whole blocks per band
     sums = np.zeros((-(-header.height // factor), -(-header.width // factor), header.channels), np.float64)
     for row in range(0, header.height, band_rows):
