@@ -54,7 +54,7 @@ def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
         scale, translate = grid_placement(explanation, source.plane_scale, source.plane_translate)
     common = {ATTENTION_TAG: True, "image": image, "class": class_name, "decoder_layer": layer_number,
               "model": explanation.model_name, "normalization": options.normalization,
-              "probability": float(explanation.probabilities[explanation.class_names.index(class_name)]),
+              "probability": float(explanation.probabilities[explanation.column(class_name)]),
               "rank": explanation.rank_of(class_name)}
     views = [LayerView(layer_name(image, class_name, layer_number, None), mean.astype(np.float32),
                        scale, translate, True, {**common, "head": "mean"})]

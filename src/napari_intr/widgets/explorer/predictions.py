@@ -169,7 +169,7 @@ class PredictionsBox(QGroupBox):
     def _answer(self, name: str) -> str:
         explanation = self.explanation
         rank, total = explanation.rank_of(name), len(explanation.class_names)
-        probability = explanation.probabilities[explanation.class_names.index(name)]
+        probability = explanation.probabilities[explanation.column(name)]
         if rank == 1:
             return (f"Does '{name}' see itself? Yes: it is the top-1 prediction "
                     f"(p = {probability:.3f}).")

@@ -127,7 +127,7 @@ class RegionsBox(QGroupBox):
         scale, translate = region_placement(explanation, result.offset, source)
         name = layer_name(f"{source.name} · {region.id}", top, explanation.num_layers, None)
         metadata = {"image": source.name, "region": region.id, "class": top, "decoder_layer": explanation.num_layers,
-                    "head": "mean", "probability": float(explanation.probabilities[explanation.class_names.index(top)])}
+                    "head": "mean", "probability": float(explanation.probabilities[explanation.column(top)])}
         self.maps.show((source.name, region.id), name, mean, scale, translate, colormap="inferno",
                        limits=(0.0, 1.0), metadata=metadata)
 
@@ -140,8 +140,9 @@ class RegionsBox(QGroupBox):
             corners = np.array([[region.y0, region.x0], [region.y1, region.x1]]) - 0.5  # edges -> napari
             (row0, col0), (row1, col1) = corners * plane_scale + plane_translate
             rectangles.append(np.array([[row0, col0], [row0, col1], [row1, col1], [row1, col0]]))
-            colours.append(class_colour(explanation.class_indices[explanation.class_names.index(top)]))
-            probability = float(explanation.probabilities[explanation.class_names.index(top)])
+            column = explanation.column(top)
+            colours.append(class_colour(explanation.class_indices[column]))
+            probability = float(explanation.probabilities[column])
             texts.append(f"{region.id}: {top} ({probability:.2f})")
         name = f"{source.name} · regions (top-1)"
         if self.outlines is not None and self.outlines in self.viewer.layers:
