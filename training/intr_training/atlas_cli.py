@@ -9,7 +9,7 @@ import sys
 
 from napari_intr.devices import DEVICES
 
-from .cli_values import COUNT
+from .cli_values import COUNT, parse_names, parse_pairs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,13 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_intr.loading import load_model
 
     from . import distributed
-    from .atlas import (
-        DEFAULT_PER_HEAD,
-        AtlasOptions,
-        build_atlas,
-        parse_names,
-        parse_pairs,
-    )
+    from .atlas import DEFAULT_PER_HEAD, AtlasOptions, build_atlas
 
     per_head = DEFAULT_PER_HEAD if args.per_head is None else args.per_head
     options = AtlasOptions(layer=args.layer, classes=parse_names(args.classes, "--classes"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import DECODE_MODES
 
-from .cli_values import COUNT
+from .cli_values import COUNT, parse_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +94,7 @@ def _explain(args, files, boxes, margin, info, device) -> int:
             zoo.fetch(args.model)
         distributed.barrier()
     model = load_model(args.model, class_names=args.class_names, device=device)
-    classes = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else None
-    if args.classes is not None and not classes:
-        raise ValueError("--classes is empty; give class names separated by commas")
+    classes = parse_names(args.classes, "--classes")
     model.class_indices(classes)  # unknown names fail here, before any warning or progress bar
     if classes is not None and len(classes) == 1 and info.is_main:
         print("intr explain: warning: with a single candidate class every probability is 1; "

@@ -8,14 +8,7 @@ from .aggregate import (
            PairHead,
            PairSummary,
 )
-from .run import (
-           DEFAULT_PER_HEAD,
-           AtlasOptions,
-           AtlasRun,
-           build_atlas,
-           parse_names,
-           parse_pairs,
-)
+from .run import DEFAULT_PER_HEAD, AtlasOptions, AtlasRun, build_atlas
 
 __all__ = ["DEFAULT_PER_HEAD", "Atlas", "AtlasBuilder", "AtlasOptions", "AtlasRun", "ClassSummary",
-           "HeadSummary", "PairHead", "PairSummary", "build_atlas", "parse_names", "parse_pairs"]
+           "HeadSummary", "PairHead", "PairSummary", "build_atlas"]

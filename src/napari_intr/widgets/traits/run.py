@@ -83,9 +83,7 @@ class AtlasRunBox(QGroupBox):
         return self.out.path
 
     def options(self) -> dict:
-        from intr_training.atlas import (
-            parse_pairs,  # the CLI's rule; torch is loaded with the model
-        )
+        from intr_training.cli_values import parse_pairs  # the CLI's rule
         return {"layer": self.layer.value() or None, "per_head": self.per_head.value(),
                 "pairs": parse_pairs(self.pairs.text(), "Look-alike pairs"), "parts": self.parts.path or None}
 
