@@ -73,22 +73,23 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def rgb_png(path: Path, width: int, height: int, data: bytes, interlaced: bool = False) -> Path:
+    """A PNG of width × height 8-bit RGB pixels whose image data (IDAT) is `data`."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data)
+                     + png_chunk(b"IEND", b""))
+    return path
+
+
 def bomb_png(path: Path, width: int, height: int, interlaced: bool = False) -> Path:
     """A valid PNG header claiming width × height RGB pixels, with a few bytes of pixel data."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-                     + png_chunk(b"IDAT", zlib.compress(bytes(4096))) + png_chunk(b"IEND", b""))
-    return path
+    return rgb_png(path, width, height, zlib.compress(bytes(4096)), interlaced)
 
 
 def blank_png(path: Path, width: int, height: int) -> Path:
     """A complete, valid black RGB PNG (a real decompression bomb: a 10 000² px one is 300 KB)."""
     compressor, row = zlib.compressobj(1), bytes(3 * width + 1)
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data)
-                     + png_chunk(b"IEND", b""))
-    return path
+    return rgb_png(path, width, height, b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush())
 
 
 def explain(tmp: Path, image: Path, *extra: str) -> list[str]:
