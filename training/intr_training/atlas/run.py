@@ -128,8 +128,7 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
         result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
         present = sorted({index for _, index in items.values()})  # default partners: classes with images
         summariser = ImageSummariser(model, layer - 1, present, partners, parts)
-        cache = _summarise_share(run, items, summariser, result, progress, should_stop,
-                                 PatchCache(options.per_head, None, pairs=options.pairs is not None))
+        cache = _summarise_share(run, items, summariser, result, progress, should_stop, options)
         if not result.cancelled:
             merged = run.finish(progress)
             if merged is not None:  # rank 0
@@ -167,7 +166,7 @@ def _checked(model, options: AtlasOptions, out: Path) -> tuple[int, list[str] | 
 
 
 def _summarise_share(run, items: dict, summariser: ImageSummariser, result: AtlasRun, progress,
-                     should_stop, cache: PatchCache) -> PatchCache:
+                     should_stop, options: AtlasOptions) -> PatchCache:
     """Summarise this process's share of the images (a cancel keeps every finished record).
 
     One worker thread reads the next image and its annotations while the model runs on this one
@@ -176,9 +175,8 @@ def _summarise_share(run, items: dict, summariser: ImageSummariser, result: Atla
     need while the image is in memory (rank 0 only: it writes the report)."""
     keys, ahead = list(run.share), None
     with ThreadPoolExecutor(1, thread_name_prefix="atlas-read") as reader:
-        cache.worker = reader
-        if run.info.rank != 0:
-            cache.limit = 0
+        cache = PatchCache(options.per_head, reader, limit=None if run.info.is_main else 0,
+                           pairs=options.pairs is not None)
         try:
             ahead = reader.submit(summariser.load, items[keys[0]][0]) if keys else None
             for position, key in enumerate(keys):
