@@ -105,10 +105,16 @@ def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: b
 def group_box(title: str, *parts) -> QGroupBox:
     """A titled box stacking `parts` (widgets and layouts) top to bottom."""
     box = QGroupBox(title)
-    column = QVBoxLayout(box)
+    stack(box, *parts)
+    return box
+
+
+def stack(owner: QWidget, *parts) -> QVBoxLayout:
+    """Lay `parts` (widgets and layouts) out in `owner` top to bottom."""
+    column = QVBoxLayout(owner)
     for part in parts:
         if isinstance(part, QLayout):
             column.addLayout(part)
         else:
             column.addWidget(part)
-    return box
+    return column

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
 
 from ..layers import LayerPicker
-from ..qt_helpers import TextLabel
+from ..qt_helpers import TextLabel, stack
 from ..state import ExplorerState, follow
 from ..workers import messages
 from ..workers.jobs import explain_job
@@ -47,11 +47,7 @@ class ExplainBox(QGroupBox):
         form.addRow("Shortlist", self.shortlist)
         row = QHBoxLayout()
         row.addWidget(self.explain_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(row)
-        layout.addWidget(self.task)
-        layout.addWidget(self.notes)
+        stack(self, form, row, self.task, self.notes)
         follow(state.events.model, self._new_model, self)
         self._new_model(state.model)
         follow(state.events.model, self._model_arrived, self)

@@ -12,10 +12,9 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
 )
 
-from ..qt_helpers import PathEdit, TextLabel
+from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import atlas_job
@@ -71,11 +70,7 @@ class AtlasRunBox(QGroupBox):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.open_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.task)
-        layout.addWidget(self.summary)
+        stack(self, form, buttons, self.task, self.summary)
 
     def output_folder(self) -> str:
         if not self.out.path and self.data.path:
