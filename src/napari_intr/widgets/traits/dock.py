@@ -38,16 +38,15 @@ class TraitsWidget(QWidget):
         """Add the specimen as an image layer, explain it in the Explorer, then show the patch's
         class, decoder layer and head there."""
         from napari_intr.io import read_image
-        try:
-            image = read_image(choice.path)
-        except (OSError, ValueError) as error:
-            messages.notify(f"Cannot open {choice.path.name}: {error}", "warning")
-            return
-        name = choice.path.stem
         layer = next((layer for layer in self.viewer.layers if layer.metadata.get("source_path") == str(choice.path)),
                      None)
-        if layer is None:
-            layer = self.viewer.add_image(image, name=name, metadata={"source_path": str(choice.path)})
+        if layer is None:  # read only a specimen not open yet (a second click on it reuses its layer)
+            try:
+                image = read_image(choice.path)
+            except (OSError, ValueError) as error:
+                messages.notify(f"Cannot open {choice.path.name}: {error}", "warning")
+                return
+            layer = self.viewer.add_image(image, name=choice.path.stem, metadata={"source_path": str(choice.path)})
         if self.state.model is None:
             messages.notify("Load a model first (Model box): the Explorer explains with it", "warning")
             return
