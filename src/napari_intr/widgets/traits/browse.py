@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 from ..qt_helpers import TextLabel, read_only_table
 from ..workers import messages
 
+ATLAS_JSON = "atlas.json"  # intr_training.atlas.report's name (not imported: it loads torch)
 GALLERY_TAG = "napari_intr_traits"  # metadata key marking the dock's layers
 HEAD_COLUMNS = ("head", "mean peak", "spread", "on specimen", "consistency")
 PAIR_COLUMNS = ("rank", "head", "effect size d", "masking drop", "peak on part")
@@ -38,7 +39,7 @@ class PatchChoice:
 
 
 def read_atlas(folder: str | Path) -> dict:
-    path = Path(folder) / "atlas.json"
+    path = Path(folder) / ATLAS_JSON
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:

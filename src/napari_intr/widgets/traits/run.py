@@ -19,8 +19,7 @@ from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import atlas_job
 from ..workers.task_bar import TaskBar
-
-ATLAS_JSON = "atlas.json"
+from .browse import ATLAS_JSON
 
 
 def default_output(data: str) -> str:
