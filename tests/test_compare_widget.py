@@ -110,6 +110,8 @@ def test_pair_comparison_on_cached_memory(widgets, qtbot):
 
 def test_presets_and_bad_input(widgets, qtbot, messages):
     viewer, explorer, compare = widgets
+    from napari_intr.model.config import DECODE_MODES
+    assert [compare.mode.itemData(i) for i in range(compare.mode.count())] == list(DECODE_MODES)
     compare.compare()  # nothing explained yet
     assert any(level == "warning" and "explain an image" in text for level, text in messages)
     explain(qtbot, explorer, f"{ALBA} (synthetic)")

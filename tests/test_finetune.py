@@ -59,6 +59,15 @@ def test_flat_loss_note():
     assert flat_loss_note([2.2, 2.2]) == ""  # too early to tell
 
 
+def test_the_freeze_choices_are_intr_trains(finetune):
+    from intr_training.recipes import FREEZE_CHOICES
+    _, widget = finetune
+    freeze = widget.settings.freeze
+    assert freeze.choices == (None, *FREEZE_CHOICES)  # None: freeze nothing
+    labels = [freeze.native.itemText(i) for i in range(freeze.native.count())]
+    assert labels == ["nothing", "backbone", "backbone and encoder"]
+
+
 def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune, qtbot, messages, tmp_path):
     viewer, widget = finetune
     data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"

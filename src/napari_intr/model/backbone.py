@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import IntrConfig
+from .config import BACKBONE_FEATURES, IntrConfig
 from .position_encoding import PositionEmbeddingSine
 
 
@@ -54,16 +54,11 @@ class TinyBody(nn.Sequential):
         super().__init__(*layers)
 
 
-BODY_CHANNELS = {"resnet50": 2048, "resnet34": 512, "resnet18": 512, "tiny": 128}
-BODY_STRIDES = {"resnet50": 32, "resnet34": 32, "resnet18": 32, "tiny": 8}
-
-
 class Backbone(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         self.body = TinyBody() if name == "tiny" else ResNetBody(name)
-        self.num_channels = BODY_CHANNELS[name]
-        self.stride = BODY_STRIDES[name]
+        self.num_channels, self.stride = BACKBONE_FEATURES[name]
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, H, W], mask [B, H, W] (True = padding) -> features [B, C, h, w], mask [B, h, w]."""

@@ -6,7 +6,10 @@ import json
 import math
 from dataclasses import dataclass
 
-BACKBONES = ("resnet50", "resnet34", "resnet18", "tiny")
+# The backbones (model/backbone.py builds them): the channels and stride (px per cell) of each
+# one's last feature map. The one table of them; `intr train --backbone` takes its names.
+BACKBONE_FEATURES = {"resnet50": (2048, 32), "resnet34": (512, 32), "resnet18": (512, 32), "tiny": (128, 8)}
+BACKBONES = tuple(BACKBONE_FEATURES)
 # How `INTR.decode` leaves the non-candidate classes out (see there). Here, not in intr.py, so
 # that command-line choices read it without importing torch.
 DECODE_MODES = ("drop", "zero")

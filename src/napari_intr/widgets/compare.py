@@ -36,6 +36,7 @@ from napari_intr.comparison import (
     top_k_candidates,
 )
 from napari_intr.explanation import layer_name
+from napari_intr.model.config import DECODE_MODES
 
 from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
 from .qt_helpers import TextLabel, group_box, read_only_table
@@ -44,7 +45,10 @@ from .workers import messages
 from .workers.jobs import compare_job
 from .workers.task_bar import TaskBar
 
-MODES = {"drop (default)": "drop", "zero (as in the paper)": "zero"}
+# What each of INTR.decode's modes (the choices: model.config.DECODE_MODES) says in the box and its note.
+MODE_TEXTS = {"drop": ("default", "only the candidates' queries enter the decoder"),
+              "zero": ("as in the paper", "every query enters the decoder, the non-candidates' zeroed, as the "
+                                          "paper describes")}
 NEEDS_TWO = "comparison needs two classes or more: tick at least two candidates"
 
 
@@ -90,7 +94,8 @@ class CompareWidget(QWidget):
         self.mode = QComboBox()
         self.mode.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.mode.setMinimumContentsLength(12)
-        self.mode.addItems(MODES)
+        for mode in DECODE_MODES:
+            self.mode.addItem(f"{mode} ({MODE_TEXTS[mode][0]})", mode)
         self.mode.currentIndexChanged.connect(self._show_mode)
         self.mode_note = TextLabel("")
         self.compare_button = QPushButton("Compare")
@@ -128,7 +133,7 @@ class CompareWidget(QWidget):
             self.candidates.set_checked(names)
 
     def mode_value(self) -> str:
-        return MODES[self.mode.currentText()]
+        return self.mode.currentData()
 
     # --- compare -------------------------------------------------------------------------------
     def compare(self) -> None:
@@ -260,9 +265,8 @@ class CompareWidget(QWidget):
 
     def _show_mode(self, *_) -> None:
         mode = self.mode_value()
-        self.mode_note.setText(f"Mode '{mode}'" + (" (the default)" if mode == "drop" else "") + ": " + (
-            "only the candidates' queries enter the decoder" if mode == "drop"
-            else "every query enters the decoder, the non-candidates' zeroed, as the paper describes"))
+        kind, note = MODE_TEXTS[mode]
+        self.mode_note.setText(f"Mode '{mode}'" + (" (the default)" if kind == "default" else "") + f": {note}")
 
     def _need_explanation(self, what: str) -> bool:
         if self.state.explanation is None or self.state.encoded is None:

@@ -14,7 +14,8 @@ from ..qt_helpers import PathEdit
 from ..state import ExplorerState
 
 BASE_MODEL_FILE = "base_model.safetensors"  # the Explorer's in-memory model, saved into the run
-FREEZE = (("nothing", None), ("backbone", "backbone"), ("backbone and encoder", "encoder"))
+# How the Freeze box names `intr train --freeze`'s choices (intr_training.recipes.FREEZE_CHOICES).
+FREEZE_LABELS = {"encoder": "backbone and encoder"}
 
 
 def default_runs_folder() -> Path:
@@ -26,6 +27,12 @@ def default_runs_folder() -> Path:
 
 def new_run_folder() -> Path:
     return default_runs_folder() / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _freeze_choices() -> list[tuple[str, str | None]]:
+    """Freeze nothing, or one of `intr train --freeze`'s choices."""
+    from intr_training.recipes import FREEZE_CHOICES
+    return [("nothing", None), *((FREEZE_LABELS.get(choice, choice), choice) for choice in FREEZE_CHOICES)]
 
 
 def _rate_field(label: str, key: str, note: str = "") -> LineEdit:
@@ -54,7 +61,7 @@ class SettingsBox(QGroupBox):
         # magicgui's SpinBox (superqt's) shows no special text for 0, so the label says what 0 means
         self.image_size = SpinBox(label="Image size (0: model's)", min=0, max=4096, value=0,
                                   tooltip="Short side in px, 0 for the model's own; lower it when memory runs out")
-        self.freeze = ComboBox(label="Freeze", choices=FREEZE, tooltip=(
+        self.freeze = ComboBox(label="Freeze", choices=_freeze_choices(), tooltip=(
             "Keep parts of the base model as they are: faster, and safer on few images. A frozen backbone's "
             "features are computed once per image and kept in the run folder (feature_cache), so later "
             "epochs skip the backbone"))
