@@ -160,6 +160,8 @@ def test_shrinking_averages_blocks_on_the_preprocessing_scale():
     (np.zeros((2, 64, 64, 3), np.uint8), "2-D grey, RGB or RGBA"),
     (np.zeros(64, np.uint8), "2-D grey, RGB or RGBA"),
     (np.full((2000, 2000), np.nan, np.float32), "NaN"),  # also after shrinking
+    (np.ones((64, 64), np.complex64), "unsupported data type complex64"),
+    (np.ones((2000, 2000), np.complex64), "unsupported data type complex64"),  # not shrunk to its real part
 ])
 def test_bad_images_raise_clear_errors(model, bad, message):
     with pytest.raises(ValueError, match=message):

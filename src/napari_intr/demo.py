@@ -75,12 +75,13 @@ def _read_if_too_large(path: Path):
 def _add_reduced(viewer, path: Path, read):
     """The reduced image as a layer on the file's pixel grid (each pixel the mean of k×k), named
     and announced as reduced, so that nobody mistakes it for the file's resolution."""
+    from napari_intr.preprocess import is_colour
     from napari_intr.widgets.workers import messages
     factor = read.factor
     name = f"{path.stem} (read reduced {factor}×)" if factor > 1 else path.stem
     layer = viewer.add_image(read.pixels, name=name, scale=(factor, factor),
                              translate=((factor - 1) / 2, (factor - 1) / 2),
-                             rgb=read.pixels.ndim == 3 and read.pixels.shape[-1] in (3, 4))
+                             rgb=is_colour(read.pixels))
     if read.note:
         print(f"note: {read.note}")
         messages.notify(f"{read.note}; the layer shows it reduced", "warning")

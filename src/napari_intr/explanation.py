@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .model import INTR, EncodedImages
-from .preprocess import TYPE_RANGES, layout_problem, resized_shape
+from .preprocess import MIN_IMAGE_SIZE, TYPE_RANGES, dtype_problem, layout_problem, resized_shape
 
 NORMALIZATIONS = ("per_map", "shared", "none")
 # Images this many times larger (per side) than the model input are block-averaged in numpy
@@ -83,8 +83,8 @@ class Explanation:
         index = self.layer_index(layer)
         held = self.computed_layers()
         if index not in held:
-            kept = ", ".join(f"L{i + 1}" for i in held)
-            raise ValueError(f"the maps of decoder layer L{index + 1} were not computed for this explanation "
+            kept = ", ".join(f"L{layer_number(i)}" for i in held)
+            raise ValueError(f"the maps of decoder layer L{layer_number(index)} were not computed for this explanation "
                              f"(it holds {kept}); explain again asking for that layer")
         return self.attention[held.index(index)]
 
@@ -193,9 +193,9 @@ def layer_number(layer: int, num_layers: int | None = None) -> int:
     return layer_index(layer, num_layers) + 1
 
 
-def layer_from_number(number: int, num_layers: int, option: str = "layer") -> int:
-    """The 0-based decoder layer of `number` as people count it (1 = the first, -1 = the last)."""
-    if number == -1:
+def layer_from_number(number: int | None, num_layers: int, option: str = "layer") -> int:
+    """The 0-based decoder layer of `number` as people count it (1 = the first; -1 or None = the last)."""
+    if number is None or number == -1:
         return num_layers - 1
     if not 1 <= number <= num_layers:
         raise ValueError(f"{option} {number} is out of range: the model's decoder has {num_layers} layers "
@@ -221,10 +221,10 @@ def shrink_huge_image(image: np.ndarray, short_side: int, max_side: int) -> tupl
     uint8/uint16/bool are scaled to [0, 1] floats as preprocessing would; other types keep their
     values (preprocessing stretches them to [0, 1] anyway)."""
     image = np.asarray(image)
-    if image.ndim not in (2, 3) or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+    if layout_problem(image.shape, min_size=0) or dtype_problem(image.dtype):
         return image, None  # preprocessing explains what is wrong with the image
     height, width = image.shape[:2]
-    if min(height, width) < SHRINK_FACTOR_THRESHOLD * 32:
+    if min(height, width) < SHRINK_FACTOR_THRESHOLD * MIN_IMAGE_SIZE:
         return image, None
     target_height, target_width = resized_shape(height, width, short_side, max_side)
     factor = min(height // target_height, width // target_width)

@@ -18,6 +18,7 @@ import numpy as np
 from .atomic import atomic_write
 from .explanation import Explanation
 from .io import PixelSize
+from .preprocess import is_colour
 from .regions import REGION_COLUMNS, RegionResult
 
 FORMATS = ("imagej", "ome")
@@ -183,7 +184,7 @@ def write_image_tiff(path: str | os.PathLike, image: np.ndarray, pixel_size: Pix
     """The image itself beside its maps (RGB or grey as it is), with its physical scale if known."""
     import tifffile
     image = np.asarray(image)
-    options = {"photometric": "rgb" if image.ndim == 3 and image.shape[-1] in (3, 4) else "minisblack"}
+    options = {"photometric": "rgb" if is_colour(image) else "minisblack"}
     per_cm = {"mm": 10.0, "µm": 1e4, "cm": 1.0, "nm": 1e7}.get(pixel_size.unit) if pixel_size else None
     if per_cm:
         options.update(resolution=(per_cm / pixel_size.x, per_cm / pixel_size.y), resolutionunit="CENTIMETER")

@@ -27,7 +27,7 @@ from skimage.restoration import inpaint_biharmonic
 from .comparison import symmetric_limits
 from .csv_output import write_csv
 from .explanation import Explanation, layer_number
-from .preprocess import intensity_range, layout_problem
+from .preprocess import intensity_range, is_colour, layout_problem
 
 # rgb2gray's weights: an RGB colour painted into a grey image becomes its luminance.
 LUMINANCE = np.array([0.2125, 0.7154, 0.0721])
@@ -408,8 +408,7 @@ def pillow_can_write(image: np.ndarray) -> bool:
 def write_image(image: np.ndarray, path: Path) -> None:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
-        rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-        tifffile.imwrite(path, image, photometric="rgb" if rgb else "minisblack")
+        tifffile.imwrite(path, image, photometric="rgb" if is_colour(image) else "minisblack")
         return
     if not pillow_can_write(image):
         raise ValueError(f"{path.suffix or 'this format'} cannot hold a {image.dtype} image of shape "

@@ -55,6 +55,19 @@ def layout_problem(shape, what: str = "image", min_size: int = MIN_IMAGE_SIZE) -
     return None
 
 
+def is_colour(image: np.ndarray) -> bool:
+    """RGB or RGBA (channels last), as opposed to grey: how the image is shown and written."""
+    return image.ndim == 3 and image.shape[-1] in (3, 4)
+
+
+def dtype_problem(dtype) -> str | None:
+    """Why an image of this data type cannot be explained (not a number, or complex); None when it can."""
+    dtype = np.dtype(dtype)
+    if dtype != bool and (not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating)):
+        return f"image has unsupported data type {dtype}"
+    return None
+
+
 def intensity_range(image: np.ndarray, notes: list[str] | None = None) -> tuple[float, float]:
     """The intensities that mean 0 and 1: the type's range for uint8/uint16/bool, [0, 1] for
     values already inside it, otherwise the minimum and maximum, or robust percentiles where a
@@ -91,9 +104,9 @@ def to_float_rgb(image: np.ndarray, notes: list[str] | None = None) -> np.ndarra
         image = image[..., 0] if image.shape[-1] == 1 else image[..., :3]  # alpha only says where the specimen was cut out
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype != bool and (not np.issubdtype(image.dtype, np.number)
-                                or np.issubdtype(image.dtype, np.complexfloating)):
-        raise ValueError(f"image has unsupported data type {image.dtype}")
+    problem = dtype_problem(image.dtype)
+    if problem:
+        raise ValueError(problem)
     if image.dtype not in TYPE_RANGES and not np.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values; fill or crop them before explaining")
     return to_unit_range(image, notes)

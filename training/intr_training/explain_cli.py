@@ -99,7 +99,7 @@ def _explain(args, files, boxes, margin, info, device) -> int:
     if classes is not None and len(classes) == 1 and info.is_main:
         print("intr explain: warning: with a single candidate class every probability is 1; "
               "the maps still show where that class's query looks", file=sys.stderr)
-    layer = layer_from_number(-1 if args.layer is None else args.layer, model.config.dec_layers, "--layer")
+    layer = layer_from_number(args.layer, model.config.dec_layers, "--layer")
     bars = []  # opened at the first report, so that argument errors print without a bar
 
     def progress(done: int, total: int, path: Path) -> None:

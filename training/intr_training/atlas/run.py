@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_intr import __version__
-from napari_intr.explanation import layer_from_number
+from napari_intr.explanation import layer_from_number, layer_number
 
 from .. import run_lock, sharding
 from ..data import Collection, class_images
@@ -114,7 +114,8 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
     options = options or AtlasOptions()
     data, out = Path(data).expanduser(), Path(out).expanduser()
     layers = model.config.dec_layers
-    layer, classes, partners = _checked(model, options, out)
+    layer_index, classes, partners = _checked(model, options, out)
+    layer = layer_number(layer_index)  # as people count it, in the settings and the report
     parts = PartSource(options.parts)
     items, warnings = collection_images(data, model, classes)
     settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
@@ -127,7 +128,7 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
         run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart)
         result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
         present = sorted({index for _, index in items.values()})  # default partners: classes with images
-        summariser = ImageSummariser(model, layer - 1, present, partners, parts)
+        summariser = ImageSummariser(model, layer_index, present, partners, parts)
         cache = _summarise_share(run, items, summariser, result, progress, should_stop, options)
         if not result.cancelled:
             merged = run.finish(progress)
@@ -146,12 +147,12 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
 
 
 def _checked(model, options: AtlasOptions, out: Path) -> tuple[int, list[str] | None, dict | None]:
-    """(1-based layer, classes or None, pair partners or None), or a ValueError saying what to fix."""
+    """(0-based decoder layer, classes or None, pair partners or None), or a ValueError saying what to fix."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {out} is a file; give a folder for the atlas")
     if options.per_head < 1:
         raise ValueError(f"--per-head must be at least 1, got {options.per_head}")
-    layer = layer_from_number(-1 if options.layer is None else options.layer, model.config.dec_layers, "--layer") + 1
+    layer = layer_from_number(options.layer, model.config.dec_layers, "--layer")
     classes = None
     if options.classes is not None:
         classes = [model.class_names[i] for i in model.class_indices(options.classes)]
