@@ -1,20 +1,11 @@
 """benchmarks/run_all.py records given measurements as RESULTS.md with the expected sections.
 No measuring and no timing assertions: only the table and record functions (no torch needed)."""
-import importlib.util
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_run_all():
-    spec = importlib.util.spec_from_file_location("run_all", BENCHMARKS / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import many_classes  # benchmarks/ is on the tests' pythonpath (pyproject.toml)
+import run_all
+import shown_maps
 
 
 def test_results_file_has_machine_and_table_and_keeps_other_devices(tmp_path):
-    run_all = load_run_all()
     rows = [run_all.row("(a) explain", "resnet50: class switch", "400.0 ms", "full/switch 20.0x", "target"),
             run_all.row("(b) all C classes", "Grad-CAM | all", "1.0 s", "", "EXTRAPOLATED"),
             run_all.row("(c) training", "tiny: images/s", "9 vs 8", "ours/ref 1.1x"),
@@ -39,11 +30,6 @@ def test_results_file_has_machine_and_table_and_keeps_other_devices(tmp_path):
 
 
 def test_many_classes_rows_state_ratios_and_targets():
-    import sys
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("many_classes", BENCHMARKS / "many_classes.py")
-    many_classes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(many_classes)
     args = vars(many_classes.parser().parse_args([]))
     cases = {"full200": {"seconds": 2.0, "peak_mib": 400, "decoded": 200, "classes": 200},
              "shortlist10000": {"seconds": 2.4, "peak_mib": 500, "decoded": 64, "classes": 10_000},
@@ -62,9 +48,6 @@ def test_many_classes_rows_state_ratios_and_targets():
 
 
 def test_shown_maps_report_states_ratios_to_the_plain_forward():
-    spec = importlib.util.spec_from_file_location("shown_maps", BENCHMARKS / "shown_maps.py")
-    shown_maps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shown_maps)
     medians = {"plain": 2.0, "explain_all": 3.0, "explain_shown": 2.2,
                "decode_plain": 0.010, "decode_all": 0.030, "decode_shown": 0.012}
     text = shown_maps.report({"median_seconds": medians, "loads": ["1.00", "2.00"], "threads": 1, "device": "cpu",

@@ -1,23 +1,13 @@
 """benchmarks/paper_scale.py (the paper-scale GPU row of train_throughput.py) runs its code path on
 the CPU at a tiny size: JPEG files through the DataLoader, the reference loop and ours with every
 lever that exists off CUDA. No timing is asserted (benchmarks measure, tests do not)."""
-import importlib.util
 import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import paper_scale  # benchmarks/ is on the tests' pythonpath (pyproject.toml)
+import run_all
 
 
 def test_reference_and_ours_run_on_jpeg_files_at_tiny_size(tmp_path):
-    paper_scale = load("paper_scale")
     paths = paper_scale.write_jpegs(tmp_path / "jpegs", 4, (80, 120))
     assert all(path.suffix == ".jpg" and path.stat().st_size > 0 for path in paths)
     common = ["--backbone", "tiny", "--classes", "5", "--batch-size", "2", "--scale", "0.1", "--workers", "0",
@@ -30,8 +20,6 @@ def test_reference_and_ours_run_on_jpeg_files_at_tiny_size(tmp_path):
 
 
 def test_run_all_has_the_paper_scale_row_on_cuda(monkeypatch):
-    run_all = load("run_all")
-    paper_scale = load("paper_scale")
     calls = []
 
     def fake_compare(argv):
