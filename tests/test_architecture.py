@@ -114,3 +114,56 @@ def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def declared_dependencies() -> tuple[set[str], set[str]]:
+    """(the core dependencies, those of the user-facing extras) named in pyproject.toml."""
+    import re
+
+    import pytest
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def names(requirements):
+        return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower().replace("_", "-") for r in requirements}
+    extras = project["optional-dependencies"]
+    return names(project["dependencies"]), names(r for extra, rs in extras.items() if extra != "testing" for r in rs)
+
+
+def third_party_imports(path: Path, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = ast.walk(tree)
+    if top_level_only:
+        nodes = [node for statement in tree.body if not isinstance(statement, (ast.FunctionDef, ast.ClassDef))
+                 for node in ast.walk(statement)]
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    import sys
+    return {name for name in found if name not in sys.stdlib_module_names and name not in PACKAGES}
+
+
+def test_every_imported_package_is_declared():
+    """A package the code imports is a dependency (or, imported only where its feature needs it,
+    an extra's: napari and Qt for the app, captum for the faithfulness evaluation); outside the
+    widgets, what is imported at module level is a core dependency."""
+    from importlib.metadata import packages_distributions
+    core, extras = declared_dependencies()
+    distributions = packages_distributions()
+
+    def distribution(module):
+        return {name.lower().replace("_", "-") for name in distributions.get(module, [module])}
+    undeclared, module_level_extras = {}, {}
+    for name, path in project_modules().items():
+        for module in third_party_imports(path, top_level_only=False):
+            if not distribution(module) & (core | extras):
+                undeclared.setdefault(module, []).append(name)
+        if not name.startswith("napari_intr.widgets"):
+            for module in third_party_imports(path, top_level_only=True):
+                if not distribution(module) & core:
+                    module_level_extras.setdefault(module, []).append(name)
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+    assert not module_level_extras, f"an extra's package imported at module level: {module_level_extras}"

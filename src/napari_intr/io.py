@@ -152,23 +152,16 @@ def decode_limit() -> tuple[int, str]:
     """The bytes a decode may use now, and what sets that limit: the decode budget or, when
     less, the memory available now."""
     available = available_memory()
-    if available is not None and available < DECODE_BUDGET_BYTES:
+    if available < DECODE_BUDGET_BYTES:
         return available, "the memory available now"
     return DECODE_BUDGET_BYTES, "the decode budget (INTR_MAX_DECODE_BYTES)"
 
 
-def available_memory() -> int | None:
+def available_memory() -> int:
     """Bytes this process can still allocate: free RAM, its cgroup's limit and its address-space
-    limit (ulimit -v), whichever is smallest; None where none of them can be read."""
-    limits = []
-    try:
-        import psutil
-        limits.append(psutil.virtual_memory().available)
-    except ImportError:
-        meminfo = _read_proc("/proc/meminfo")
-        for line in meminfo.splitlines():
-            if line.startswith("MemAvailable:"):
-                limits.append(int(line.split()[1]) * 1024)
+    limit (ulimit -v), whichever is smallest."""
+    import psutil  # free RAM on every platform (/proc/meminfo is Linux's only)
+    limits = [psutil.virtual_memory().available]
     cgroup_max, cgroup_now = _read_proc("/sys/fs/cgroup/memory.max"), _read_proc("/sys/fs/cgroup/memory.current")
     if cgroup_max.strip().isdigit() and cgroup_now.strip().isdigit():
         limits.append(max(int(cgroup_max) - int(cgroup_now), 0))
@@ -180,7 +173,7 @@ def available_memory() -> int | None:
             limits.append(max(soft - int(statm[0]) * os.sysconf("SC_PAGE_SIZE"), 0))
     except (ImportError, OSError, ValueError):
         pass
-    return min(limits) if limits else None
+    return min(limits)
 
 
 def reason(error: BaseException) -> str:
