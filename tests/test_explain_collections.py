@@ -104,6 +104,33 @@ def test_region_margin_and_bad_boxes(monkeypatch, capsys, tray, tmp_path):
     assert code == 2 and "or --boxes BOXES.csv" in capsys.readouterr().err
 
 
+def test_boxes_that_cannot_be_explained_are_named_and_the_others_explained(monkeypatch, capsys, tray, tmp_path):
+    """A box outside its photo and a photo that does not exist: each gets its CSV row with the
+    reason, the command names them, and the good box is explained; a header without the needed
+    columns stops the run before any work, naming the file and the columns it needs."""
+    folder, _ = tray
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(f"image,x0,y0,x1,y1,id\n{folder / 'drawer.png'},30,20,190,180,good\n"
+                     f"{folder / 'drawer.png'},500,10,600,100,outside\n{folder / 'lost.png'},0,0,50,50,lost\n")
+    out = tmp_path / "out"
+    assert intr_explain(monkeypatch, "--boxes", boxes, "--out", out, "--device", "cpu") == 0
+    printed = capsys.readouterr()
+    assert "explained 1 of 3 regions" in printed.out
+    assert "drawer.png region outside: region outside (x 500–600, y 10–100) lies outside the image, which " \
+           "spans x 0–440 and y 0–420 (440 px wide, 420 px tall)" in printed.err
+    assert f"lost.png region lost: no image file at {folder / 'lost.png'}" in printed.err
+    rows = {row["region"]: row for row in read_rows(out)}
+    assert rows["good"]["top1_class"] and not rows["good"]["error"]
+    assert "lies outside the image" in rows["outside"]["error"] and "no image file" in rows["lost"]["error"]
+    assert not rows["outside"]["attention_file"] and not rows["lost"]["attention_file"]
+
+    boxes.write_text("file,left,top,right,bottom\ndrawer.png,30,20,190,180\n")
+    assert intr_explain(monkeypatch, "--boxes", boxes, "--out", tmp_path / "other", "--device", "cpu") == 2
+    assert (f"intr explain: error: boxes file {boxes} lacks the column(s) image, x0, y0, x1, y1: its header must "
+            "be image,x0,y0,x1,y1[,id]") in capsys.readouterr().err
+    assert not (tmp_path / "other" / PREDICTIONS_FILE).exists()
+
+
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
     """A tiny model's checkpoint and seven small images in two folders (one of them damaged)."""

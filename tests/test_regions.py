@@ -27,6 +27,14 @@ def test_boxes_file_with_and_without_ids(tmp_path):
     assert read[tmp_path / "b.png"] == [Region("1", 0.5, 1, 30, 40.5)]  # numbered within its image
 
 
+def test_boxes_files_saved_with_semicolons_or_tabs(tmp_path):
+    """Spreadsheets in many locales save CSV with semicolons and decimal commas; tabs are read too."""
+    for name, text in (("semicolons.csv", "\ufeffimage;x0;y0;x1;y1;id\na.png;10,5;20;110;220;moth 1\n"),
+                       ("tabs.csv", "image\tx0\ty0\tx1\ty1\tid\na.png\t10.5\t20\t110\t220\tmoth 1\n")):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assert read_boxes(tmp_path / name) == {tmp_path / "a.png": [Region("moth 1", 10.5, 20, 110, 220)]}
+
+
 @pytest.mark.parametrize("text, message", [
     ("image,x0,y0,x1\na.png,1,2,3\n", r"lacks the column\(s\) y1: its header must be image,x0,y0,x1,y1\[,id\]"),
     ("image,x0,y0,x1,y1\na.png,1,2,three,4\n", r"line 2: x0, y0, x1, y1 must be numbers.*three"),
@@ -60,7 +68,8 @@ def test_margins_and_crops_stay_inside_the_image():
     assert Margin.parse("10%").pixels(40, 20) == 4 and str(Margin.parse("10%")) == "10%"
     edge = crop_region(image, Region("b", 100, 80, 130, 110), Margin.parse("25%"))
     assert edge.offset == (72, 92) and edge.pixels.shape == (28, 28)
-    with pytest.raises(ValueError, match=r"region c \(x 200–300, y 0–10\) lies outside the 100×120 px image"):
+    with pytest.raises(ValueError, match=r"region c \(x 200–300, y 0–10\) lies outside the image, which spans "
+                                         r"x 0–120 and y 0–100 \(120 px wide, 100 px tall\)"):
         crop_region(image, Region("c", 200, 0, 300, 10))
     for bad in ("-3", "ten", "nan%"):
         with pytest.raises(ValueError, match="margin"):

@@ -261,6 +261,7 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
         read = reader.read(item.path)
         image, offset = read.pixels, (0, 0)
         if item.region is not None:
+            item.region.crop_bounds(read.file_shape)  # a box outside is named in the file's pixels
             crop = crop_region(image, _reduced_region(item.region, read.factor),
                                _reduced_margin(settings.margin, read.factor))
             image, offset = crop.pixels, crop.offset

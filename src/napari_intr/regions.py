@@ -35,7 +35,8 @@ class Region:
         row0, col0 = max(0, math.floor(self.y0 - pad)), max(0, math.floor(self.x0 - pad))
         row1, col1 = min(height, math.ceil(self.y1 + pad)), min(width, math.ceil(self.x1 + pad))
         if row1 <= row0 or col1 <= col0:
-            raise ValueError(f"region {self.id} ({self.describe()}) lies outside the {height}×{width} px image")
+            raise ValueError(f"region {self.id} ({self.describe()}) lies outside the image, which spans "
+                             f"x 0–{width} and y 0–{height} ({width} px wide, {height} px tall)")
         return row0, col0, row1, col1
 
     def describe(self) -> str:
@@ -104,7 +105,9 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
         raise FileNotFoundError(f"no boxes file at {path}")
     try:
         with open(path, newline="", encoding="utf-8-sig") as stream:
-            reader = csv.DictReader(stream)
+            delimiter = _delimiter(stream.readline())
+            stream.seek(0)
+            reader = csv.DictReader(stream, delimiter=delimiter)
             header = [name.strip().lower() for name in (reader.fieldnames or [])]
             rows = list(reader)
     except UnicodeDecodeError:
@@ -127,7 +130,7 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
         image = Path(row["image"]).expanduser()
         image = image if image.is_absolute() else path.parent / image
         try:
-            x0, y0, x1, y1 = (float(row[column]) for column in BOX_COLUMNS[1:])
+            x0, y0, x1, y1 = (_number(row[column], delimiter) for column in BOX_COLUMNS[1:])
         except ValueError:
             raise ValueError(f"{where}: x0, y0, x1, y1 must be numbers (pixels), got "
                              f"{', '.join(row[c] or '(empty)' for c in BOX_COLUMNS[1:])}") from None
@@ -143,6 +146,20 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
     if not boxes:
         raise ValueError(f"boxes file {path} lists no boxes")
     return boxes
+
+
+def _delimiter(header: str) -> str:
+    """Spreadsheets in many locales save "CSV" with semicolons (or tabs): the header line tells."""
+    if "," not in header:
+        for other in (";", "\t"):
+            if other in header:
+                return other
+    return ","
+
+
+def _number(text: str, delimiter: str) -> float:
+    """A coordinate; semicolon-separated files come from locales that write 10,5 for 10.5."""
+    return float(text.replace(",", ".") if delimiter == ";" else text)
 
 
 def regions_from_labels(labels: np.ndarray) -> list[Region]:
