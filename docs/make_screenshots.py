@@ -113,7 +113,7 @@ class Tutorial:
         edit.start()
         pose = synth.sample_pose(np.random.default_rng((20240501, 1)), 160)  # the pair's shared pose
         _, attribute = synth.render(ALBA, pose, 160)
-        edit.options.operation.setCurrentText("transplant")
+        edit.options.operation.value = "transplant"
         edit.options.source.choose(ALBA_LAYER)
         edit.region_layer.data = binary_dilation(attribute, iterations=3).astype(np.uint8)
         edit.apply()
@@ -129,10 +129,10 @@ class Tutorial:
         finetune = self.dock("INTR Fine-tune")
         finetune.collection.folder.path = str(collection)
         settings = finetune.settings
-        settings.epochs.setValue(3)
-        settings.batch_size.setValue(8)
-        settings.image_size.setValue(64)
-        settings.device.setCurrentText("cpu")
+        settings.epochs.value = 3
+        settings.batch_size.value = 8
+        settings.image_size.value = 64
+        settings.device.value = "cpu"
         settings.out.path = str(self.work / f"finetune-run-{time.strftime('%H%M%S')}")
         finetune.start()
         wait_until(lambda: finetune.running, "fine-tuning to start")
