@@ -92,6 +92,35 @@ def test_the_plugin_never_imports_training_at_module_level():
     assert not {name: found for name, found in offenders.items() if found}
 
 
+GUI_PACKAGES = {"napari", "qtpy", "magicgui", "superqt", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy"}
+# `intr demo` opens napari: its command calls the demo in the widgets (inside its run()).
+OPENS_NAPARI = {"intr_training.demo_cli"}
+
+
+def test_only_the_widgets_import_napari_and_qt():
+    """Data flows one way: the model, the core and training never import the widgets, napari or Qt
+    (not even inside functions), except the command that opens napari; the widgets import them."""
+    modules = project_modules()
+    offenders = {}
+    for name, path in modules.items():
+        if name.startswith("napari_intr.widgets") or name in OPENS_NAPARI:
+            continue
+        found = {m for m in imports(name, path, modules) if m.startswith("napari_intr.widgets")}
+        found |= third_party_imports(path, top_level_only=False) & GUI_PACKAGES
+        if found:
+            offenders[name] = sorted(found)
+    assert not offenders
+
+
+def test_the_model_imports_only_itself_and_preprocessing():
+    """model/ maps onto the paper's Fig. 2 and stands on its own (README: Architecture)."""
+    modules = project_modules()
+    allowed = ("napari_intr.model", "napari_intr.preprocess", "napari_intr._lazy")
+    offenders = {name: sorted(m for m in imports(name, path, modules) if not m.startswith(allowed))
+                 for name, path in modules.items() if name.startswith("napari_intr.model")}
+    assert not {name: found for name, found in offenders.items() if found}
+
+
 def test_command_line_parsing_stays_out_of_the_core():
     """The `intr` commands live in intr_training (cli.py, train.py, *_cli.py, faithfulness/options.py)."""
     offenders = set()

@@ -405,14 +405,14 @@ def test_image_read_reduced_is_shown_on_the_files_grid_and_named_so(explorer, qt
     import tifffile
 
     from napari_intr import io
-    from napari_intr.demo import _add_reduced
     from napari_intr.large_images import read_within_budget
+    from napari_intr.widgets.explorer.demo import add_reduced
     path = tmp_path / "drawer.tif"
     tifffile.imwrite(path, np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8))
     monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 1_000_000)
     assert isinstance(read_within_budget(path).pixels, np.memmap)  # for Explainer, which reads it in bands
     read = read_within_budget(path, allow_mapped=False)  # what intr demo shows: uncompressed, read reduced
-    layer = _add_reduced(viewer, path, read)
+    layer = add_reduced(viewer, path, read)
     factor = read.factor
     assert layer.name == f"drawer (read reduced {factor}×)" and tuple(layer.scale) == (factor, factor)
     assert any("read reduced" in text and level == "warning" for level, text in messages)

@@ -1,5 +1,6 @@
 """`intr demo`: napari on a bundled specimen, the INTR Explorer docked, the bundled model's
-explanation shown (napari_intr.demo). `--screenshot PATH` / `--no-show` run it headless and exit."""
+explanation shown (napari_intr.widgets.explorer.demo). `--screenshot PATH` / `--no-show` run it
+headless and exit."""
 from __future__ import annotations
 
 import argparse
@@ -17,5 +18,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_intr.demo import run_demo
+    from napari_intr.widgets.explorer.demo import run_demo
     return run_demo(args.image, args.screenshot, show=not args.no_show, timeout=args.timeout)
