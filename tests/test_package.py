@@ -1,6 +1,7 @@
 """The package as napari and pip see it: light imports, the npe2 manifest, the wheel's contents."""
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,11 @@ def test_npe2_discovers_the_manifest():
     manager.discover()
     manifest = manager.get_manifest("napari-intr")
     assert manifest.name == "napari-intr"
+    # napari titles the Plugins and File ▸ Open Sample submenus with the display name: the docs' menu
+    # paths must read as napari shows them
+    docs = "".join((ROOT / name).read_text() for name in ("README.md", "docs/tutorial.md"))
+    submenus = set(re.findall(r"(?:Plugins|Open Sample) ▸ ([^▸*]+?)(?: ▸|\*\*|$)", docs, flags=re.M))
+    assert submenus == {manifest.display_name}
 
 
 def test_wheel_holds_the_manifest_sample_data_and_entry_point(tmp_path):
