@@ -104,3 +104,10 @@ def test_eval_model_without_matching_classes(tmp_path, capsys):
     code, captured = run_cli(capsys, "eval", "--model", str(tmp_path / "m.safetensors"), "--data",
                              str(tmp_path / "data"), "--workers", "0")
     assert code == 2 and "none of the 2 class folders" in captured.err
+
+
+def test_version(capsys):
+    """`intr --version` names the release (bug reports need it)."""
+    import napari_intr
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"intr {napari_intr.__version__}"

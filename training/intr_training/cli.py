@@ -33,6 +33,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="intr", description="INTR: interpretable fine-grained classification")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {napari_intr.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, summary) in COMMANDS.items():
         try:
