@@ -104,6 +104,30 @@ def test_region_margin_and_bad_boxes(monkeypatch, capsys, tray, tmp_path):
     assert code == 2 and "or --boxes BOXES.csv" in capsys.readouterr().err
 
 
+def test_maps_of_a_calibrated_photo_open_in_fiji_named_and_to_scale(monkeypatch, capsys, tray, tmp_path):
+    """A scanned tray (a TIFF at 200 px/cm): each region's maps are an ImageJ hyperstack whose
+    slices are named class · layer · head, in millimetres per map cell (checked with tifffile)."""
+    import tifffile
+    folder, _ = tray
+    photo = np.asarray(Image.open(folder / "drawer.png"))
+    tifffile.imwrite(tmp_path / "scan.tif", photo, photometric="rgb", resolution=(200, 200),
+                     resolutionunit="CENTIMETER")
+    (tmp_path / "boxes.csv").write_text("image,x0,y0,x1,y1,id\nscan.tif,30,20,190,180,alba\n")
+    assert intr_explain(monkeypatch, "--boxes", tmp_path / "boxes.csv", "--out", tmp_path / "out",
+                        "--device", "cpu") == 0
+    (row,) = read_rows(tmp_path / "out")
+    species, heads = row["map_class"], load_model("sample", device="cpu").config.nheads
+    with tifffile.TiffFile(tmp_path / "out" / row["attention_file"]) as tiff:
+        assert tiff.is_imagej and tiff.series[0].axes == "CYX" and tiff.series[0].shape[0] == heads
+        meta = tiff.imagej_metadata
+        assert meta["hyperstack"] and meta["channels"] == heads and meta["unit"] == "mm"
+        assert meta["Labels"] == [f"{species} · L2 · H{head}" for head in range(1, heads + 1)]
+        per_mm = tiff.pages[0].tags["XResolution"].value
+        cell_mm = per_mm[1] / per_mm[0]
+    _, metadata, _ = read_attention_tiff(tmp_path / "out" / row["attention_file"])
+    assert cell_mm == pytest.approx(0.05 * metadata["scale"][1], rel=1e-4)  # 0.05 mm per photo pixel
+
+
 def test_boxes_that_cannot_be_explained_are_named_and_the_others_explained(monkeypatch, capsys, tray, tmp_path):
     """A box outside its photo and a photo that does not exist: each gets its CSV row with the
     reason, the command names them, and the good box is explained; a header without the needed
