@@ -38,7 +38,8 @@ def stop_after_first_epoch(monkeypatch):
     # the paper's StepLR, DETR's random scales and flips, dropout: every RNG state must come back
     ["--schedule", "step", "--lr-drop", "1", "--augment", "multiscale", "--dropout", "0.1", "--warmup-epochs", "0.5"],
     ["--freeze", "backbone"],  # cosine from the frozen backbone's feature cache
-], ids=["cosine", "step-multiscale", "cached-features"])
+    ["--freeze", "backbone", "--precision", "bf16"],  # ... in bf16 autocast, as large CPU steps run
+], ids=["cosine", "step-multiscale", "cached-features", "cached-bf16"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, capsys, recipe):
     data = write_classes(tmp_path / "data", {"disc": 5, "diamond": 5})
     json = ["--progress", "json", "--epochs", "3"]
@@ -135,3 +136,17 @@ def test_sampled_query_run_resumes_exactly(tmp_path, monkeypatch, capsys):
     assert "shortlist_head.score.weight" in straight
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_a_run_saved_before_precision_existed_resumes_in_fp32_on_a_cpu(tmp_path, capsys):
+    from intr_training import state
+    data = write_classes(tmp_path / "data", {"disc": 4, "diamond": 4})
+    out = tmp_path / "run"
+    assert train(data, out, "--epochs", "1") == 0
+    saved = state.load_state(out)
+    assert saved["args"]["precision"] == "auto"
+    del saved["args"]["precision"]
+    torch.save(saved, out / state.STATE_FILE)
+    assert train(data, out, "--epochs", "2", "--resume") == 0
+    assert state.load_state(out)["args"]["precision"] == "fp32"
+    assert "ignored" not in capsys.readouterr().err

@@ -68,4 +68,24 @@ def test_small_steps_train_in_fp32_on_cuda_large_ones_in_bf16():
     cuda = torch.device("cuda")  # options only: no GPU needed
     assert not options_for(cuda, 16 * 128 * 128).amp and not options_for(cuda, 2 * 384 * 384).amp
     assert options_for(cuda, 8 * 800 * 800).amp and options_for(cuda, AMP_MIN_PIXELS).amp
-    assert not options_for(torch.device("cpu"), 8 * 800 * 800).amp
+    assert options_for(cuda).amp  # size unknown (evaluation): as before
+    assert options_for(cuda, 8 * 800 * 800).channels_last and options_for(cuda, 16 * 128 * 128).channels_last
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_steps_use_bf16_only_when_large_and_native(monkeypatch, native):
+    from intr_training import engine
+    monkeypatch.setattr(engine, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    large = engine.options_for(cpu, engine.AMP_MIN_PIXELS)
+    assert large.amp is native and large.channels_last is native  # NHWC paid on the CPU only in bf16
+    assert not engine.options_for(cpu, 32 * 128 * 128).amp  # the tiny recipe stays in the fp32 it was tuned in
+    assert not engine.options_for(cpu).amp  # size unknown (evaluation): fp32 on a CPU
+    assert not engine.options_for(cpu, engine.AMP_MIN_PIXELS, "fp32").amp
+    assert engine.options_for(cpu, 16, "bf16").amp
+
+
+def test_an_unknown_precision_is_refused():
+    from intr_training.engine import options_for
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        options_for(torch.device("cpu"), 1, "fp16")

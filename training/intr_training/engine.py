@@ -1,6 +1,6 @@
 """Train one epoch, evaluate once (DETR's engine.py). INTR's loss is the cross-entropy of the
 class logits (Eq. 6-7); training runs attention through scaled_dot_product_attention
-(`return_attention=False`), in bf16 autocast and channels-last on CUDA."""
+(`return_attention=False`), in bf16 autocast and channels-last for large steps (options_for)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import Batch
 from .distributed import sum_over_ranks
+from .recipes import PRECISIONS
 from .sampling import QuerySampler, sampled_cross_entropy
 
 TOP_K = 5
@@ -23,27 +24,55 @@ TOP_K = 5
 @dataclass(frozen=True)
 class StepOptions:
     device: torch.device
-    amp: bool = False            # bf16 autocast (CUDA only)
-    channels_last: bool = False  # CUDA convolutions prefer NHWC
+    amp: bool = False            # bf16 autocast
+    channels_last: bool = False  # NHWC convolutions: faster on CUDA, and on the CPU in bf16
 
 
 # bf16 autocast pays only for large steps: on the H200 it was slower than fp32 for tiny at
 # 16 x 128^2 px (0.68x) and resnet50 at 2 x 384^2 px (0.86x) (benchmarks/RESULTS.md). Below this
 # many pixels per step training runs in fp32 (TF32 matmuls); paper scale (8 x 800 x 1200) is above.
+# On a CPU with native bf16 (AVX512-BF16) a resnet50 step of 8 x 512^2 px ran its transformer 1.9x
+# and its backbone 2.0x (with channels-last) faster in bf16; smaller CPU steps (the tiny recipe's)
+# keep the fp32 they were tuned in.
 AMP_MIN_PIXELS = 8 * 512 * 512
 
 
-def options_for(device: torch.device, pixels_per_step: int | None = None) -> StepOptions:
-    """Step options for `device`; pixels_per_step (batch x short side^2) picks fp32 for small steps."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively (not emulated, which is slower than fp32). CUDA
+    counts as native, as before this check existed (training GPUs since Ampere are)."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def options_for(device: torch.device, pixels_per_step: int | None = None, precision: str = "auto") -> StepOptions:
+    """Step options for `device`. precision "auto": bf16 for steps of at least AMP_MIN_PIXELS
+    (pixels_per_step: batch x short side^2; unknown counts as large on CUDA, small on a CPU) where
+    bf16 is native; "fp32" or "bf16" as said."""
     on_cuda = device.type == "cuda"
-    amp = on_cuda and (pixels_per_step is None or pixels_per_step >= AMP_MIN_PIXELS)
+    if precision == "auto":
+        large = pixels_per_step >= AMP_MIN_PIXELS if pixels_per_step is not None else on_cuda
+        amp = large and native_bf16(device)
+    elif precision in PRECISIONS:
+        amp = precision == "bf16"
+    else:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if on_cuda and not amp:
         torch.backends.cuda.matmul.allow_tf32 = True
-    return StepOptions(device, amp=amp, channels_last=on_cuda)
+    return StepOptions(device, amp=amp, channels_last=on_cuda or amp)
+
+
+def precision_name(options: StepOptions) -> str:
+    return "bf16" if options.amp else "fp32"
 
 
 def autocast(options: StepOptions):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if options.amp else nullcontext()
+    return torch.autocast(options.device.type, dtype=torch.bfloat16) if options.amp else nullcontext()
 
 
 def to_device(batch: Batch, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

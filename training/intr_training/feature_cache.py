@@ -33,6 +33,7 @@ from napari_intr.atomic import atomic_write
 from napari_intr.preprocess import resized_shape
 
 from .data import Batch, Sample, VariantDataset, image_size
+from .engine import StepOptions, autocast
 
 CACHE_FOLDER = "feature_cache"
 CACHE_FORMAT = 1
@@ -87,14 +88,15 @@ class FeatureCache:
 
     @classmethod
     def prepare(cls, out: Path, split: str, samples: list[Sample], variants: list, max_side: int,
-                backbone: torch.nn.Module, stride: int, channels: int, fingerprint: str | None = None,
-                create: bool = True) -> tuple[FeatureCache, int]:
+                backbone: torch.nn.Module, stride: int, channels: int, precision: str = "fp32",
+                fingerprint: str | None = None, create: bool = True) -> tuple[FeatureCache, int]:
         """The cache for these samples and variants, keeping every still-valid slot of an earlier
-        cache in `out`; returns it and the number of slots reused."""
+        cache in `out`; returns it and the number of slots reused. precision: what the backbone
+        computes in ("fp32", "bf16"): features of another precision are recomputed."""
         folder = Path(out) / CACHE_FOLDER
         fingerprint = fingerprint or backbone_fingerprint(backbone)
         fingerprint = hashlib.blake2b(json.dumps(
-            [fingerprint, max_side, stride, channels, [[v.short_side, v.flip] for v in variants]]).encode(),
+            [fingerprint, max_side, stride, channels, [[v.short_side, v.flip] for v in variants], precision]).encode(),
             digest_size=16).hexdigest()
         images, shapes, offsets, total = [], [], [], 0
         for path, _ in samples:
@@ -285,10 +287,11 @@ def pad_features(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 
 class FeatureLoader:
     """Iterates a DataLoader of CachedVariants and yields feature batches: missing slots are
-    computed with the (frozen, eval-mode) backbone, written to the cache, then used."""
+    computed with the (frozen, eval-mode) backbone, in the step's precision and memory format,
+    written to the cache, then used."""
 
-    def __init__(self, loader, cache: FeatureCache, backbone: torch.nn.Module, device: torch.device):
-        self.loader, self.cache, self.backbone, self.device = loader, cache, backbone, device
+    def __init__(self, loader, cache: FeatureCache, backbone: torch.nn.Module, options: StepOptions):
+        self.loader, self.cache, self.backbone, self.options = loader, cache, backbone, options
         self.computed = 0
 
     def __len__(self) -> int:
@@ -308,9 +311,12 @@ class FeatureLoader:
         was_training = self.backbone.training
         self.backbone.eval()
         for group in by_shape.values():
-            images = torch.stack([item.tensor for item in group]).to(self.device)
-            mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=self.device)
-            features, _ = self.backbone(images, mask)
+            images = torch.stack([item.tensor for item in group]).to(self.options.device)
+            if self.options.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=self.options.device)
+            with autocast(self.options):
+                features, _ = self.backbone(images, mask)
             for item, feature in zip(group, features.float().cpu()):
                 self.cache.write(item.image, item.variant, feature)
                 item.tensor, item.cached = feature, True

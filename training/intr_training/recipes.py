@@ -41,6 +41,10 @@ AUGMENT_HELP = ("multiscale: DETR's random short side (0.75-1x --image-size) and
 FROZEN_SCALES = (0.875, 1.0)  # "multiscale" with a frozen backbone: these fractions of the short side
 WEIGHT_DECAY = 1e-4
 CLIP_MAX_NORM = 0.1
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_HELP = ("auto: bf16 autocast for steps of at least 8 images of 512x512 px (or as many pixels) on a "
+                  "GPU and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 otherwise; fp32; bf16: always "
+                  "bf16 autocast")
 FREEZE_CHOICES = ("backbone", "encoder")  # "encoder": backbone, projection and encoder
 # These may change when a run is resumed; everything else comes from the saved run.
 RUNTIME_ARGUMENTS = ("data", "out", "epochs", "device", "resume", "progress", "workers")

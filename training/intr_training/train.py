@@ -20,6 +20,8 @@ from .recipes import (
     DEFAULT_BACKBONE,
     FREEZE_CHOICES,
     PAPER,
+    PRECISION_HELP,
+    PRECISIONS,
     RECIPE_CHOICES,
     RESNET,
     TINY,
@@ -81,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "backbone, compute its features once per image and variant and keep them in "
                         "OUT/feature_cache (memory-mapped; reused by --resume, recomputed for changed images "
                         "or weights). Default: on whenever --freeze is given")
+    parser.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + " (default: auto)")
     parser.add_argument("--dropout", type=number(0, 0.99), help=f"transformer dropout (resnet*: {RESNET['dropout']}, "
                         f"the paper's; tiny: {TINY['dropout']}); 0 lets CPU attention use its fused kernel, several "
                         "times faster with hundreds of classes")

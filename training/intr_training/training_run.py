@@ -27,7 +27,7 @@ from napari_intr.model import IntrConfig
 
 from . import distributed, schedules, state
 from .data import ImageFolderDataset, VariantDataset, collate, scan_collection
-from .engine import evaluate, options_for, train_one_epoch
+from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import CachedVariants, FeatureCache, FeatureLoader, collate_pending
 from .initialization import freeze, initial_model, set_dropout
 from .progress import Progress, make_progress
@@ -167,6 +167,7 @@ class TrainingRun:
             self.args = args = self.resumed_arguments(args, saved["args"])
         else:
             self.args = args = with_defaults(args, general_defaults())
+            args.precision = args.precision or "auto"
             if args.recipe == "paper":
                 self.args = args = with_defaults(args, PAPER_START)
         collection = scan_collection(args.data, args.val_split, args.seed)
@@ -189,7 +190,7 @@ class TrainingRun:
             self.init_description, init_warnings = f"resumed after epoch {saved['epoch']}", []
         self.config = model.config
         self.frozen = freeze(model, args.freeze)
-        self.options = options_for(self.device, args.batch_size * model.config.short_side ** 2)
+        self.options = options_for(self.device, args.batch_size * model.config.short_side ** 2, args.precision)
         model.to(self.device)
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -214,6 +215,8 @@ class TrainingRun:
     def resumed_arguments(self, args, saved_args: dict) -> argparse.Namespace:
         """The saved run's settings, except what may change between sessions (RUNTIME_ARGUMENTS)."""
         values = dict(saved_args)
+        # Runs saved before --precision trained in fp32 on a CPU and "auto" on CUDA: continue alike.
+        values.setdefault("precision", "auto" if self.device.type == "cuda" else "fp32")
         for name in RUNTIME_ARGUMENTS:
             if getattr(args, name) is not None:
                 values[name] = getattr(args, name)
@@ -301,16 +304,16 @@ class TrainingRun:
         self.val_loader = DataLoader(val_set, shuffle=False, **common) if collection.val else None
         if args.cache_features:
             backbone = self.model.backbone[0]
-            self.train_loader = FeatureLoader(self.train_loader, train_set.cache, backbone, self.device)
+            self.train_loader = FeatureLoader(self.train_loader, train_set.cache, backbone, self.options)
             if self.val_loader is not None:
-                self.val_loader = FeatureLoader(self.val_loader, val_set.cache, backbone, self.device)
+                self.val_loader = FeatureLoader(self.val_loader, val_set.cache, backbone, self.options)
 
     def feature_cache(self, split: str, samples, variants) -> FeatureCache:
         """rank 0 writes the cache layout (keeping valid slots of an earlier one); the others open it."""
         name = split if split == "train" else f"{split}-rank{self.dist.rank}"
         backbone = self.model.backbone
         arguments = (self.out, name, samples, variants, self.config.max_side, backbone[0], backbone.stride,
-                     backbone.num_channels)
+                     backbone.num_channels, precision_name(self.options))
         if split == "train" and not self.dist.is_main:
             distributed.barrier()
             return FeatureCache.prepare(*arguments, create=False)[0]
