@@ -2,6 +2,7 @@
 
     python benchmarks/feature_cache.py                       # resnet50, 500 images, 10 classes, 512 px, 20 epochs
     python benchmarks/feature_cache.py --images 40 --uncached-epochs 1 --epochs 3   # a shorter look
+    python benchmarks/feature_cache.py --parts       # per-image time of a step's two halves, fp32 vs bf16
 
 Both runs are `intr train --freeze backbone` on the same synthetic collection (`intr synth
 --species 10`, 10 % held out for validation) and seed, as separate processes: "cached" with the
@@ -11,7 +12,13 @@ time per epoch is EXTRAPOLATED to --epochs (start-up time counted once), which t
 Accuracy: each run's validation accuracy per epoch (the same epochs are comparable). Load
 averages are recorded before and after each run: on a shared 2-core machine read the ratio
 with them. --init none: random weights (timing does not depend on them); pass a checkpoint or
-detr-r50 (if its weights are in the cache) for accuracy that means something.
+detr-r50 (if its weights are in the cache) for accuracy that means something. --precision is
+intr train's (auto: bf16 for these step sizes on a CPU with native bf16); --uncached-precisions
+adds uncached runs in other precisions (e.g. fp32, how intr train ran on a CPU before --precision).
+
+--parts times, in this process, what the cache saves (the frozen backbone's forward) and what a
+cached step still does (projection, encoder, decoder: forward, backward, clipping, AdamW) per
+image, in fp32 and in bf16 autocast with channels-last: the bound on what the cache can save.
 """
 from __future__ import annotations
 
@@ -20,14 +27,81 @@ import os
 import tempfile
 from pathlib import Path
 
-from timed_training import timed_train
+from timed_training import load, timed_train
 
 
-def run(data: Path, out: Path, epochs: int, flag: str, args) -> dict:
+def run(data: Path, out: Path, epochs: int, flag: str, precision: str, args) -> dict:
     result = timed_train(["--data", str(data), "--backbone", args.backbone, "--init", args.init,
                           "--image-size", str(args.size), "--epochs", str(epochs), "--freeze", "backbone", flag,
-                          "--batch-size", str(args.batch_size), "--seed", "0", "--progress", "none"], out)
+                          "--batch-size", str(args.batch_size), "--precision", precision, "--seed", "0",
+                          "--progress", "none"], out)
     return {"seconds": result["seconds"], "epochs": result["metrics"], "load": result["load"]}
+
+
+def parts(args) -> None:
+    """Per-image seconds of the frozen backbone's forward and of a cached step, fp32 vs bf16."""
+    import time
+    from contextlib import nullcontext
+
+    import torch
+
+    from intr_training.engine import native_bf16
+    from intr_training.recipes import RECIPES
+    from napari_intr.model import IntrConfig, build_model
+
+    torch.manual_seed(0)
+    config = IntrConfig.for_backbone(args.backbone, args.classes).replace(
+        short_side=args.size, max_side=args.size, dropout=RECIPES[args.backbone]["dropout"], shortlist_head=True)
+    model = build_model(config)
+    model.backbone.requires_grad_(False)
+    model.backbone.eval()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5)
+    images = torch.randn(args.batch_size, 3, args.size, args.size)
+    mask = torch.zeros(args.batch_size, args.size, args.size, dtype=torch.bool)
+    labels = torch.randint(0, args.classes, (args.batch_size,))
+    with torch.no_grad():
+        features, feature_mask = model.backbone[0](images, mask)
+
+    def seconds_per_image(function) -> float:
+        function()  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2] / args.batch_size
+
+    def backbone_forward(bf16: bool):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            model.backbone[0](images.contiguous(memory_format=torch.channels_last) if bf16 else images, mask)
+
+    def cached_step(bf16: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            output = model(features, feature_mask, return_attention=False, first_pass=True, from_features=True)
+        loss = (torch.nn.functional.cross_entropy(output.logits.float(), labels)
+                + torch.nn.functional.cross_entropy(output.first_pass_logits.float(), labels))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 0.1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    before = load()
+    rows = {}
+    for bf16 in (False, True):
+        model.backbone.to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
+        rows[bf16] = (seconds_per_image(lambda bf16=bf16: backbone_forward(bf16)),
+                      seconds_per_image(lambda bf16=bf16: cached_step(bf16)))
+    print(f"{args.backbone} INTR, {args.classes} classes, batch {args.batch_size} of {args.size}x{args.size} px, "
+          f"{torch.get_num_threads()} torch threads, median of {args.repeats}; native bf16: "
+          f"{native_bf16(torch.device('cpu'))}; load {before} -> {load()}")
+    print("| per image | fp32 | bf16 autocast (channels-last) |\n|---|---:|---:|")
+    print(f"| backbone forward (what the cache saves) | {rows[False][0]:.3f} s | {rows[True][0]:.3f} s |")
+    print(f"| cached step (projection, encoder, decoder: forward, backward, AdamW) | {rows[False][1]:.3f} s | "
+          f"{rows[True][1]:.3f} s |")
+    for bf16, name in ((False, "fp32"), (True, "bf16")):
+        backbone, step = rows[bf16]
+        print(f"{name}: at most {(backbone + step) / step:.2f}x per epoch once the cache is full")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data", type=Path, help="an existing collection (else drawn with intr synth)")
     parser.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--precision", default="auto", help="intr train --precision of both runs")
+    parser.add_argument("--uncached-precisions", default="", help="comma-separated: more uncached runs in these "
+                        "precisions (e.g. fp32)")
+    parser.add_argument("--parts", action="store_true", help="time the two halves of a step instead (in-process)")
+    parser.add_argument("--repeats", type=int, default=3, help="--parts: timed repeats (median)")
     args = parser.parse_args(argv)
+    if args.parts:
+        parts(args)
+        return
 
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
@@ -52,10 +134,11 @@ def main(argv: list[str] | None = None) -> None:
             data = work / "data"
             write_collection(data, per_class=max(1, args.images // args.classes), size=args.size,
                              species_count=args.classes)
-        cached = run(data, work / "cached", args.epochs, "--cache-features", args)
-        uncached = run(data, work / "uncached", args.uncached_epochs, "--no-cache-features", args)
+        cached = run(data, work / "cached", args.epochs, "--cache-features", args.precision, args)
+        uncached = {precision: run(data, work / f"uncached-{precision}", args.uncached_epochs, "--no-cache-features",
+                                   precision, args)
+                    for precision in dict.fromkeys([args.precision, *filter(None, args.uncached_precisions.split(","))])}
 
-    per_epoch = sum(e["seconds"] for e in uncached["epochs"]) / len(uncached["epochs"])
     if args.data is None:
         what = f"{args.images} synthetic images of {args.classes} classes"
     else:
@@ -63,22 +146,29 @@ def main(argv: list[str] | None = None) -> None:
         collection = scan_collection(args.data, 0.1, 0)
         what = (f"{args.data}: {len(collection.train) + len(collection.val)} images of "
                 f"{len(collection.class_names)} classes")
-    start_up = uncached["seconds"] - sum(e["seconds"] for e in uncached["epochs"])
-    uncached_total = start_up + per_epoch * args.epochs
     extrapolated = args.uncached_epochs < args.epochs
     print(f"{args.backbone} INTR, --freeze backbone, {what}, --image-size {args.size}, "
-          f"batch {args.batch_size}, {args.epochs} epochs; {os.cpu_count()} CPU cores")
+          f"batch {args.batch_size}, {args.epochs} epochs; {os.cpu_count()} CPU cores, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print("| run | whole run | per epoch (first / last) | val acc per epoch | load before -> after |")
     print("|---|---:|---:|---|---|")
-    for name, result, total in (("cached", cached, cached["seconds"]), ("uncached", uncached, uncached_total)):
+    runs = [(f"cached, --precision {args.precision}", cached, cached["seconds"])]
+    for precision, result in uncached.items():
+        epochs = result["epochs"]
+        start_up = result["seconds"] - sum(e["seconds"] for e in epochs)
+        runs.append((f"uncached, --precision {precision}", result,
+                     start_up + sum(e["seconds"] for e in epochs) / len(epochs) * args.epochs))
+    for name, result, total in runs:
         epochs = result["epochs"]
         accuracies = " ".join(f"{e['val_acc']:.2f}" for e in epochs)
         label = f"{total / 60:.1f} min" + (" (EXTRAPOLATED from "
-                                           f"{args.uncached_epochs} epochs)" if name == "uncached" and extrapolated else "")
+                                           f"{args.uncached_epochs} epochs)" if name.startswith("uncached")
+                                           and extrapolated else "")
         print(f"| {name} | {label} | {epochs[0]['seconds']:.0f} s / {epochs[-1]['seconds']:.0f} s | {accuracies} | "
               f"{result['load']} |")
-    print(f"speed-up, whole run: {uncached_total / cached['seconds']:.1f}x"
-          + (" (uncached extrapolated)" if extrapolated else ""))
+    for name, _, total in runs[1:]:
+        print(f"speed-up, whole run, cached vs {name}: {total / cached['seconds']:.1f}x"
+              + (" (uncached extrapolated)" if extrapolated else ""))
 
 
 if __name__ == "__main__":

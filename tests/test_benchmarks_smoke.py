@@ -1,8 +1,14 @@
 """benchmarks/run_all.py records given measurements as RESULTS.md with the expected sections.
 No measuring and no timing assertions: only the table and record functions (no torch needed)."""
+from pathlib import Path
+
+import pytest
+
 import many_classes  # benchmarks/ is on the tests' pythonpath (pyproject.toml)
 import run_all
 import shown_maps
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_results_file_has_machine_and_table_and_keeps_other_devices(tmp_path):
@@ -55,3 +61,33 @@ def test_shown_maps_report_states_ratios_to_the_plain_forward():
     assert "| explain_all | 3 s | 1.50x plain |" in text and "| explain_shown | 2.2 s | 1.10x plain |" in text
     assert "| decode_all | 30 ms | 3.00x decode_plain |" in text
     assert "1.10x (target on the GPU <= 1.2x; on this device: met)" in text and "load 1.00 -> 2.00" in text
+
+
+def run_feature_cache(tmp_path, *arguments):
+    import os
+    import subprocess
+    import sys
+    root = BENCHMARKS.parent
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root / "training")])}
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "feature_cache.py"), *arguments], cwd=tmp_path,
+                               capture_output=True, text=True, env=environment, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return completed.stdout
+
+
+def test_feature_cache_parts_time_both_halves_in_both_precisions(tmp_path):
+    text = run_feature_cache(tmp_path, "--parts", "--backbone", "tiny", "--size", "64", "--batch-size", "2",
+                             "--repeats", "1")
+    assert "| backbone forward (what the cache saves) |" in text and "| cached step" in text
+    assert "fp32: at most" in text and "bf16: at most" in text and "native bf16:" in text
+
+
+@pytest.mark.slow  # three small training runs in child processes
+def test_feature_cache_runs_cached_and_uncached_in_each_precision(tmp_path):
+    text = run_feature_cache(tmp_path, "--backbone", "tiny", "--size", "64", "--images", "8", "--classes", "2",
+                             "--epochs", "2", "--uncached-epochs", "1", "--batch-size", "2",
+                             "--uncached-precisions", "fp32", "--work", str(tmp_path / "work"))
+    assert "| cached, --precision auto |" in text
+    assert "| uncached, --precision auto | " in text and "| uncached, --precision fp32 | " in text
+    assert "EXTRAPOLATED from 1 epochs" in text
+    assert "cached vs uncached, --precision auto:" in text and "cached vs uncached, --precision fp32:" in text
