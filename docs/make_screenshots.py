@@ -149,7 +149,7 @@ class Tutorial:
         wait_until(lambda: traits.state.model is not None, "a model for the atlas")
         traits.run_box.data.path = str(collection)
         traits.run_box.out.path = str(self.work / f"atlas-{time.strftime('%H%M%S')}")
-        traits.run_box.pairs.setText(f"{synth.SHOWCASE_PAIR[1]}:{synth.SHOWCASE_PAIR[0]}")
+        traits.run_box.pairs.value = f"{synth.SHOWCASE_PAIR[1]}:{synth.SHOWCASE_PAIR[0]}"
         traits.run_box.run()
         wait_until(lambda: not traits.run_box.task.busy, "the atlas")
         if traits.browser.pair_choice.count():

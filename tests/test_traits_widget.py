@@ -36,7 +36,7 @@ def gallery(viewer):
 def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     viewer, widget, tmp_path = traits
     from intr_training import synth
-    widget.run_box.pairs.setText(f"{synth.SHOWCASE_PAIR[1]}:{synth.SHOWCASE_PAIR[0]}")
+    widget.run_box.pairs.value = f"{synth.SHOWCASE_PAIR[1]}:{synth.SHOWCASE_PAIR[0]}"
     widget.run_box.run()
     assert widget.run_box.task.busy and not widget.run_box.run_button.isEnabled()
     qtbot.waitUntil(lambda: not widget.run_box.task.busy, timeout=TIMEOUT_MS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+from magicgui.widgets import ComboBox, Container
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -82,22 +83,20 @@ class ModelSourceBox(QGroupBox):
         super().__init__("Model", parent)
         self.state = state
         self.picker = ModelSourcePicker()
-        self.class_names = PathEdit("optional: text file, one class name per line",
-                                     "Choose a class-names file", file_filter="Text (*.txt);;All files (*)")
-        self.device = QComboBox()
-        self.device.addItems(DEVICES)
-        self.device.setToolTip("auto: CUDA GPU, then Apple MPS, then CPU")
+        # the loading settings: a magicgui form
+        self.class_names = PathEdit("optional: text file, one class name per line", "Choose a class-names file",
+                                    file_filter="Text (*.txt);;All files (*)", label="Class names")
+        self.device = ComboBox(label="Device", choices=DEVICES, tooltip="auto: CUDA GPU, then Apple MPS, then CPU")
+        self.form = Container(widgets=[self.class_names, self.device])
+        self.form.margins = (0, 0, 0, 0)
         self.load_button = QPushButton("Load model")
         self.load_button.clicked.connect(self.load)
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.load_button.setEnabled(not busy))
         self.loaded = TextLabel("No model loaded")
-        form = QFormLayout()
-        form.addRow("Class names", self.class_names.native)
-        form.addRow("Device", self.device)
         layout = QVBoxLayout(self)
         layout.addWidget(self.picker)
-        layout.addLayout(form)
+        layout.addWidget(self.form.native)
         layout.addWidget(self.load_button)
         layout.addWidget(self.task)
         layout.addWidget(self.loaded)
@@ -112,7 +111,7 @@ class ModelSourceBox(QGroupBox):
         except ValueError as error:
             messages.notify(str(error), "warning")
             return
-        self.task.start(load_model_job, source, self.class_names.path or None, self.device.currentText(),
+        self.task.start(load_model_job, source, self.class_names.path or None, self.device.value,
                         doing=f"Loading model '{label}'", with_cancel_event=True,
                         show_in_activity=True, on_result=lambda model: self._publish(model, label))
 

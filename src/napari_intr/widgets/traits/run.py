@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from magicgui.widgets import Container, LineEdit, SpinBox
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLineEdit,
-    QPushButton,
-    QSpinBox,
-)
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QPushButton
 
 from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
@@ -34,21 +28,23 @@ class AtlasRunBox(QGroupBox):
     def __init__(self, state: ExplorerState, parent=None):
         super().__init__("Collection", parent)
         self.state = state
-        self.data = PathEdit("folder: one subfolder of images per class", "Choose the collection", folder=True)
+        # the collection, the atlas folder and the atlas options: a magicgui form
+        self.data = PathEdit("folder: one subfolder of images per class", "Choose the collection", folder=True,
+                             label="Images")
         self.data.edit.editingFinished.connect(self._suggest_output)
-        self.out = PathEdit("output folder (default: <collection>-atlas)", "Choose the atlas folder", folder=True)
-        self.layer = QSpinBox()
-        self.layer.setRange(0, 64)
-        self.layer.setSpecialValueText("last")
-        self.layer.setToolTip("Decoder layer whose attention is summarised (1-based; 'last' as in the paper)")
-        self.per_head = QSpinBox()
-        self.per_head.setRange(1, 50)
-        self.per_head.setValue(6)
-        self.per_head.setToolTip("Top images (patches) kept per class and head")
-        self.pairs = QLineEdit()
-        self.pairs.setPlaceholderText("A:B, C:D (default: the most confused pairs)")
+        self.out = PathEdit("output folder (default: <collection>-atlas)", "Choose the atlas folder", folder=True,
+                            label="Atlas folder")
+        # magicgui's SpinBox (superqt's) shows no special text for 0, so the label says what 0 means
+        self.layer = SpinBox(label="Decoder layer (0: last)", min=0, max=64, value=0, tooltip=(
+            "Decoder layer whose attention is summarised (1-based; 0: the last, as in the paper)"))
+        self.per_head = SpinBox(label="Patches per head", min=1, max=50, value=6,
+                                tooltip="Top images (patches) kept per class and head")
+        self.pairs = LineEdit(label="Look-alike pairs")
+        self.pairs.native.setPlaceholderText("A:B, C:D (default: the most confused pairs)")
         self.parts = PathEdit("optional: CUB parts/part_locs.txt", "Choose CUB's part_locs.txt",
-                               file_filter="Text (*.txt);;All files (*)")
+                              file_filter="Text (*.txt);;All files (*)", label="Part annotations")
+        self.form = Container(widgets=[self.data, self.out, self.layer, self.per_head, self.pairs, self.parts])
+        self.form.margins = (0, 0, 0, 0)
         self.run_button = QPushButton("Build atlas")
         self.run_button.setToolTip("Encode every image once, decode its class and its prediction, write "
                                    "atlas.html, heads.csv, pairs.csv and montages; a re-run skips done images")
@@ -59,17 +55,10 @@ class AtlasRunBox(QGroupBox):
         self.task = TaskBar()
         self.task.busy_changed.connect(self._busy_changed)
         self.summary = TextLabel("")
-        form = QFormLayout()
-        form.addRow("Images", self.data.native)
-        form.addRow("Atlas folder", self.out.native)
-        form.addRow("Decoder layer", self.layer)
-        form.addRow("Patches per head", self.per_head)
-        form.addRow("Look-alike pairs", self.pairs)
-        form.addRow("Part annotations", self.parts.native)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.open_button)
-        stack(self, form, buttons, self.task, self.summary)
+        stack(self, self.form.native, buttons, self.task, self.summary)
 
     def output_folder(self) -> str:
         if not self.out.path and self.data.path:
@@ -78,8 +67,8 @@ class AtlasRunBox(QGroupBox):
 
     def options(self) -> dict:
         from intr_training.cli_values import parse_pairs  # the CLI's rule
-        return {"layer": self.layer.value() or None, "per_head": self.per_head.value(),
-                "pairs": parse_pairs(self.pairs.text(), "Look-alike pairs"), "parts": self.parts.path or None}
+        return {"layer": self.layer.value or None, "per_head": self.per_head.value,
+                "pairs": parse_pairs(self.pairs.value, "Look-alike pairs"), "parts": self.parts.path or None}
 
     def run(self) -> None:
         if self.state.model is None:
@@ -123,6 +112,6 @@ class AtlasRunBox(QGroupBox):
             self.out.path = default_output(self.data.path)
 
     def _busy_changed(self, busy: bool) -> None:
-        for widget in (self.run_button, self.open_button, self.data.native, self.out.native, self.layer,
-                       self.per_head, self.pairs, self.parts.native):
-            widget.setEnabled(not busy)
+        self.form.enabled = not busy
+        for button in (self.run_button, self.open_button):
+            button.setEnabled(not busy)
