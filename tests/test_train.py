@@ -12,7 +12,8 @@ from napari_intr.model import IntrConfig, build_model
 from training_data import FAST, json_events, write_classes
 
 EVENT_KEYS = {
-    "start": {"epochs", "steps_per_epoch", "classes", "train_images", "val_images", "skipped_images", "out"},
+    "start": {"epochs", "steps_per_epoch", "classes", "train_images", "val_images", "skipped_images", "out",
+              "precision"},
     "step": {"epoch", "step", "steps", "loss", "accuracy", "lr", "eta_seconds"},
     "epoch": {"epoch", "loss", "train_acc", "val_acc", "lr", "seconds", "best_val_acc"},
     "done": {"best_val_acc", "model", "per_class_accuracy"},
@@ -36,6 +37,7 @@ def test_run_writes_a_loadable_model_and_json_progress(tmp_path, capsys):
     start = events[0]
     assert start["classes"] == ["diamond", "disc", "third"]
     assert (start["train_images"], start["val_images"], start["skipped_images"]) == (12, 3, 1)
+    assert start["precision"] == "fp32"  # small CPU steps
     steps = [event for event in events if event["event"] == "step"]
     assert steps[-1]["step"] == steps[-1]["steps"] == start["steps_per_epoch"] == 3
 

@@ -68,6 +68,7 @@ def options_for(device: torch.device, pixels_per_step: int | None = None, precis
 
 
 def precision_name(options: StepOptions) -> str:
+    """What a run reports and the feature cache records: "bf16" (autocast) or "fp32"."""
     return "bf16" if options.amp else "fp32"
 
 

@@ -114,7 +114,7 @@ class TtyProgress(Progress):
     def start(self, **info):
         self.epochs = info["epochs"]
         print(f"training on {info['train_images']} images ({info['val_images']} for validation) of "
-              f"{len(info['classes'])} classes; writing to {info['out']}", file=sys.stderr)
+              f"{len(info['classes'])} classes in {info['precision']}; writing to {info['out']}", file=sys.stderr)
 
     def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds):
         from tqdm.auto import tqdm
