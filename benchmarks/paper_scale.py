@@ -6,6 +6,11 @@
 reference: the official INTR/DETR recipe's loop: PIL decoding and transforms (random flip, DETR's
     random resize, ToTensor, Normalize) in DataLoader workers, fp32, attention weights materialised
     (return_attention=True, as nn.MultiheadAttention does), plain AdamW, same batch and workers.
+intr train: the product's own loop, as `intr train --init none` runs it: its dataset (napari_intr.io
+    reading, DETR-style multi-scale transform or --augment flip's fixed variants), collate, DataLoader
+    (pinned memory on CUDA), model (shortlist head), optimizer, step options (bf16 autocast and
+    channels-last by step size: engine.options_for) and engine.train_one_epoch (clipping, the loss
+    check every step). Its figure is what `intr train` gets; "ours" shows what the levers could add.
 ours: the levers in LEVERS that are switched on (all by default; `--levers amp,sdpa` picks some).
     Each lever also runs alone switched off ("ours - lever"), so the table shows what each pays.
 
@@ -153,8 +158,82 @@ def make_loader(args, levers: set, gpu_jpeg: bool, on_cuda: bool):
     return loader
 
 
+class Batches:
+    """The first `count` batches of a DataLoader, as one epoch (train_one_epoch takes its len)."""
+
+    def __init__(self, loader, count: int):
+        self.loader, self.count = loader, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        produced = 0
+        while produced < self.count:
+            for batch in self.loader:
+                yield batch
+                produced += 1
+                if produced == self.count:
+                    return
+
+
+def measure_intr_train(args) -> dict:
+    """The product's training loop (intr train), timed over --steps batches after --warmup."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from intr_training import engine
+    from intr_training.data import ImageFolderDataset, VariantDataset, collate
+    from intr_training.initialization import initial_model
+    from intr_training.recipes import CLIP_MAX_NORM, RECIPES
+    from intr_training.training_run import optimizer_for
+    from intr_training.transforms import fixed_variants, train_transform
+    from napari_intr.devices import resolve_device
+
+    device = resolve_device(args.device)
+    on_cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    class_names = [f"class {i}" for i in range(args.classes)]
+    short_side = round(800 * args.scale)
+    model = initial_model("none", class_names, args.backbone, short_side, torch.Generator().manual_seed(0)).model
+    samples = [(path, i % args.classes) for i, path in enumerate(sorted(Path(args.jpeg_dir).glob("*.jpg")))]
+    if args.resize == "fixed":
+        dataset = VariantDataset(samples, fixed_variants(model.config, model.feature_stride, "flip"),
+                                 model.config.max_side, seed=0)
+    else:
+        dataset = ImageFolderDataset(samples, train_transform(model.config, model.feature_stride))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        collate_fn=collate, pin_memory=on_cuda, drop_last=True)
+    options = engine.options_for(device, args.batch_size * short_side ** 2)
+    model.to(device).train()
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    recipe = RECIPES[args.backbone]
+    optimizer = optimizer_for(model, recipe["lr"], recipe["lr_backbone"])
+
+    def epoch(steps: int) -> None:
+        engine.train_one_epoch(model, Batches(loader, steps), optimizer, options, epoch=1, max_norm=CLIP_MAX_NORM)
+
+    from train_throughput import peak_rss_kib
+    rss_before = peak_rss_kib()
+    epoch(args.warmup)
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    epoch(args.steps)
+    if on_cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else (peak_rss_kib() - rss_before) / 1024
+    return {"images_per_second": args.steps * args.batch_size / seconds, "peak_mib": peak, "device": str(device),
+            "levers": [], "precision": "bf16" if options.amp else "fp32"}
+
+
 def measure(args) -> dict:
     import torch
+    if args.variant == "intr-train":
+        return measure_intr_train(args)
 
     from napari_intr.devices import resolve_device
     from napari_intr.model import IntrConfig, build_model
@@ -267,12 +346,12 @@ def compare(argv: list[str]) -> dict:
             size = (max(64, round(800 * args.scale)), max(64, round(1200 * args.scale)))
             write_jpegs(Path(temporary), args.images, size)
             argv = [*argv, "--jpeg-dir", temporary]
-        variants = {"reference": [], "ours": []}
+        variants = {"reference": [], "intr train": [], "ours": []}
         if not args.no_ablation:
             variants.update({f"ours - {lever}": [] for lever in args.levers})
         for _ in range(args.rounds):
             for variant in list(variants):
-                extra = ["--variant", "reference" if variant == "reference" else "ours"]
+                extra = ["--variant", {"reference": "reference", "intr train": "intr-train"}.get(variant, "ours")]
                 if variant.startswith("ours - "):
                     extra += ["--levers", ",".join(lever for lever in args.levers if lever != variant[7:])]
                 command = [sys.executable, __file__, *argv, *extra]

@@ -137,6 +137,14 @@ def default_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
+def optimizer_for(model: torch.nn.Module, lr: float, lr_backbone: float) -> torch.optim.Optimizer:
+    """DETR's AdamW: the backbone at its own learning rate; frozen parameters left out."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": lr},
+              {"params": [p for n, p in named if n.startswith("backbone.")], "lr": lr_backbone}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=WEIGHT_DECAY)
+
+
 class TrainingRun:
     def __init__(self, args: argparse.Namespace, progress: Progress):
         self.args, self.progress = args, progress
@@ -250,10 +258,7 @@ class TrainingRun:
         return args
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": self.args.lr},
-                  {"params": [p for n, p in named if n.startswith("backbone.")], "lr": self.args.lr_backbone}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=WEIGHT_DECAY)
+        return optimizer_for(self.model, self.args.lr, self.args.lr_backbone)
 
     def restore(self, saved: dict) -> None:
         planned = self.schedule.to_dict()
