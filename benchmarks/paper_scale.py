@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from napari_intr.devices import DEVICES
+from napari_intr.model.config import BACKBONES
+
 LEVERS = ("amp", "sdpa", "channels_last", "fused_adamw", "compile", "loader", "gpu_jpeg")
 LEVER_HELP = {
     "amp": "bf16 autocast", "sdpa": "scaled_dot_product_attention, no attention weights",
@@ -307,7 +310,7 @@ def measure(args) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="resnet50", choices=("tiny", "resnet18", "resnet34", "resnet50"))
+    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (per GPU)")
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--resize", choices=("multiscale", "fixed"), default="multiscale",
@@ -322,7 +325,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated: " + ", ".join(
         f"{name} ({text})" for name, text in LEVER_HELP.items()))
     parser.add_argument("--no-ablation", action="store_true", help="only reference and ours, not ours - each lever")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     return parser
 
