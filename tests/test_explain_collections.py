@@ -259,4 +259,6 @@ def test_a_zoo_model_without_names_warns_in_one_line(monkeypatch, capsys, tmp_pa
                         "--device", "cpu") == 0
     errors = capsys.readouterr().err
     assert "intr explain: warning: intr-butterfly: classes are shown as numbers;" in errors
+    (line,) = [line for line in errors.splitlines() if "warning" in line]
+    assert "Cambridge butterfly" in line and line.endswith("; pass it with --class-names FILE")
     assert "warnings.warn" not in errors

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 def _show_warning(command, message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings (e.g. a zoo model without class names) as one line for people; others as Python shows them."""
     if issubclass(category, UserWarning) and filename.startswith(_PROJECT_ROOTS):
-        print(f"intr {command}: warning: {message}", file=file or sys.stderr)
+        from napari_intr.loading import MissingClassNames
+        how = "; pass it with --class-names FILE" if issubclass(category, MissingClassNames) else ""
+        print(f"intr {command}: warning: {message}{how}", file=file or sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
