@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from napari_intr.io import read_image
-from napari_intr.preprocess import to_float_rgb
+from napari_intr.preprocess import TYPE_RANGES, to_float_rgb
 
 from .geometry import crop
 from .statistics import Exemplar, TopN
@@ -128,10 +128,10 @@ def _patch(image: np.ndarray | None, box, size: int) -> np.ndarray:
     if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
         # 8-bit RGB maps onto [0, 1] and back to itself (x / 255 · 255 rounds to x): the crop is the patch.
         return crop(image, box, size, fill=127)
-    if image.dtype in (np.uint8, np.uint16, np.bool_):
-        # Integer images map to [0, 1] by a fixed scale: crop first, convert only the patch.
-        scale = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(image.dtype, 1)
-        patch = to_float_rgb(crop(image, box, size, fill=scale // 2))
+    if image.dtype in TYPE_RANGES:
+        # uint8, uint16 and bool map to [0, 1] by their type's range: crop first (mid-grey fill),
+        # convert only the patch.
+        patch = to_float_rgb(crop(image, box, size, fill=int(TYPE_RANGES[image.dtype]) // 2))
     else:  # float images are stretched by their own range: convert the whole image
         patch = crop(to_float_rgb(image), box, size)
     return (np.clip(patch, 0, 1) * 255).round().astype(np.uint8)
