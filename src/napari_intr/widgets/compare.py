@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QListView,
     QPushButton,
     QSpinBox,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -39,7 +38,7 @@ from napari_intr.explanation import layer_name
 from napari_intr.model.config import DECODE_MODES
 
 from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from .qt_helpers import TextLabel, group_box, read_only_table
+from .qt_helpers import TextLabel, fill_table, group_box, read_only_table, set_items
 from .state import follow, shared_state
 from .workers import messages
 from .workers.jobs import compare_job
@@ -179,13 +178,8 @@ class CompareWidget(QWidget):
     def _show_comparison(self) -> None:
         comparison, (source, _) = self.comparison, self._compared
         rows = comparison.table()
-        self.table.setRowCount(len(rows))
-        for row, entry in enumerate(rows):
-            cells = (entry["name"], f"{entry['probability']:.4f}", f"{entry['probability_all_classes']:.4f}")
-            for column, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                item.setToolTip(text)
-                self.table.setItem(row, column, item)
+        fill_table(self.table, [(entry["name"], f"{entry['probability']:.4f}",
+                                 f"{entry['probability_all_classes']:.4f}") for entry in rows])
         among = comparison.candidates
         self.summary.setText(
             f"Mode {comparison.mode}. Among the {len(rows)} candidates the model picks "
@@ -242,10 +236,7 @@ class CompareWidget(QWidget):
     def _new_model(self, model) -> None:
         names = list(self.state.class_names) if model is not None else []
         self.candidates.set_classes(names)
-        self.selected.blockSignals(True)
-        self.selected.clear()
-        self.selected.addItems(names)
-        self.selected.blockSignals(False)
+        set_items(self.selected, names)
         self.k.setRange(MIN_CANDIDATES, max(MIN_CANDIDATES, len(names)))
         self._update_enabled()
 

@@ -1,5 +1,5 @@
 """The small Qt pieces every dock uses: a wrapping status label, a path field with Browse…,
-a read-only table, the scrolling column of boxes."""
+a read-only table and its rows, a drop-down's items, the scrolling column of boxes."""
 from __future__ import annotations
 
 import textwrap
@@ -9,6 +9,7 @@ from magicgui.widgets import FileEdit
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QGroupBox,
     QHeaderView,
     QLabel,
@@ -16,6 +17,7 @@ from qtpy.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -79,6 +81,31 @@ def read_only_table(columns, stretch_column: int = 0) -> QTableWidget:
     header.setSectionResizeMode(stretch_column, QHeaderView.Stretch)
     table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
     return table
+
+
+def fill_table(table: QTableWidget, rows, numeric_columns=()) -> None:
+    """Show `rows` (sequences of texts) in the table, replacing what it showed. Every cell's full
+    text is its tooltip (long names are elided); the `numeric_columns` align right."""
+    table.setRowCount(len(rows))
+    for row, cells in enumerate(rows):
+        for column, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            item.setToolTip(text)
+            if column in numeric_columns:
+                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            table.setItem(row, column, item)
+
+
+def set_items(combo: QComboBox, items, keep_current: bool = False) -> None:
+    """Replace a drop-down's items without signalling the change (and the choice, unless
+    `keep_current` and the current text is among the new items)."""
+    combo.blockSignals(True)
+    current = combo.currentText()
+    combo.clear()
+    combo.addItems(list(items))
+    if keep_current and current:
+        combo.setCurrentText(current)
+    combo.blockSignals(False)
 
 
 def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: bool = True) -> QVBoxLayout:

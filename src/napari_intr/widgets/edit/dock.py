@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from napari_intr.manipulation import EditSession, check_region, compare_explanations, export, pillow_can_write
 
 from ..layers import LayerPicker, is_labels
-from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column
+from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column, set_items
 from ..state import follow, shared_state
 from ..workers import messages
 from ..workers.jobs import edit_job
@@ -277,13 +277,7 @@ class EditWidget(QWidget):
         self.edits.addItems(descriptions or ["(no edits yet)"])
 
     def _new_model(self, model) -> None:
-        self.attention_class.blockSignals(True)
-        current = self.attention_class.currentText()
-        self.attention_class.clear()
-        self.attention_class.addItems(list(self.state.class_names) if model is not None else [])
-        if current:
-            self.attention_class.setCurrentText(current)
-        self.attention_class.blockSignals(False)
+        set_items(self.attention_class, self.state.class_names if model is not None else (), keep_current=True)
         self.current_explanation = None  # explained by the previous model
 
     def _busy_changed(self, busy: bool) -> None:

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, check_image, sample_colour
 
-from ..layers import LayerPicker
+from ..layers import LayerPicker, plane_ndim
 from ..workers import messages
 
 OPERATIONS = ("recolour", "erase", "blur", "transplant")
@@ -30,7 +30,7 @@ def plain_image(layer) -> np.ndarray:
     if layer.multiscale:
         raise ValueError(f"'{layer.name}' is multiscale; edit a single-resolution 2-D image")
     data = np.asarray(layer.data)
-    if data.ndim != (3 if layer.rgb else 2):
+    if data.ndim != plane_ndim(layer):
         raise ValueError(f"'{layer.name}' has shape {data.shape}; edit a 2-D grey or RGB(A) image "
                          "(split a stack first: right-click the layer ▸ Split Stack)")
     return check_image(data)

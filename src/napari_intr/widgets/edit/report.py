@@ -4,24 +4,15 @@ before, diverging colour map, symmetric contrast limits) for the chosen class.""
 from __future__ import annotations
 
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QGroupBox, QTableWidget, QTableWidgetItem, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QVBoxLayout
 
 from napari_intr.explanation import layer_name, layer_number
 
 from ..layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from ..qt_helpers import TextLabel, read_only_table
+from ..qt_helpers import TextLabel, fill_table, read_only_table
 
 CLASS_COLUMNS = ("Class", "p before", "p after", "Δp", "Δlogit")
 HEAD_COLUMNS = ("Head", "in region before", "after", "change")
-
-
-def _fill(table: QTableWidget, rows) -> None:
-    table.setRowCount(len(rows))
-    for row, cells in enumerate(rows):
-        for column, text in enumerate(cells):
-            item = QTableWidgetItem(text)
-            item.setToolTip(text)
-            table.setItem(row, column, item)
 
 
 class EditReport(QGroupBox):
@@ -63,10 +54,10 @@ class EditReport(QGroupBox):
         else:
             self.flag.setText(f"Top-1 unchanged: '{effect.top1_after}'")
             self.flag.setStyleSheet("")
-        _fill(self.classes, [(row["name"], f"{row['probability_before']:.4f}",
+        fill_table(self.classes, [(row["name"], f"{row['probability_before']:.4f}",
                               f"{row['probability_after']:.4f}", f"{row['probability_change']:+.4f}",
                               f"{row['logit_change']:+.3f}") for row in effect.table()])
-        _fill(self.heads, [(f"H{row['head']}", f"{row['mass_before']:.3f}", f"{row['mass_after']:.3f}",
+        fill_table(self.heads, [(f"H{row['head']}", f"{row['mass_before']:.3f}", f"{row['mass_after']:.3f}",
                             f"{row['mass_change']:+.3f}") for row in effect.head_table()])
         number = layer_number(effect.layer)
         self.note.setText(f"Attention of '{effect.class_name}', decoder layer {number}. Layers "

@@ -6,6 +6,7 @@ from napari.layers import Image, Labels
 
 from napari_intr.preprocess import layout_problem
 
+from ..layers import plane_ndim
 from ..state import ImageSource
 
 
@@ -29,7 +30,7 @@ def explainable_plane(layer, viewer) -> tuple[np.ndarray, ImageSource]:
                          "layers: choose an Image layer (photo, grey or RGB)")
     notes: list[str] = []
     data, level_factor = _pick_level(layer, notes)
-    plane_dims = 3 if layer.rgb else 2
+    plane_dims = plane_ndim(layer)
     name = layer.name
     if not layer.rgb and data.ndim == 3 and data.shape[0] == 3:
         plane = np.moveaxis(np.asarray(data), 0, -1)

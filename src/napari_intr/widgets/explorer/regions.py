@@ -10,14 +10,13 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QPushButton,
-    QTableWidgetItem,
     QVBoxLayout,
 )
 
 from napari_intr.explanation import layer_name
 
-from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, scaled_mean
-from ..qt_helpers import TextLabel, read_only_table
+from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, plane_ndim, scaled_mean
+from ..qt_helpers import TextLabel, fill_table, read_only_table
 from ..state import ExplorerState, follow
 from ..workers import messages
 from ..workers.jobs import regions_job
@@ -112,13 +111,13 @@ class RegionsBox(QGroupBox):
             messages.notify(f"Region {region.id}: {reason}", "warning")
 
     def _fill_table(self, results) -> None:
-        self.table.setRowCount(len(results))
-        for row, result in enumerate(results):
+        rows = []
+        for result in results:
             cells = [result.region.id]
             for entry in result.explanation.table()[:3]:
                 cells += [entry["name"], f"{entry['probability']:.3f}"]
-            for column, text in enumerate(cells):
-                self.table.setItem(row, column, QTableWidgetItem(text))
+            rows.append(cells)
+        fill_table(self.table, rows)
 
     def _show_maps(self, result, source) -> None:
         explanation, region = result.explanation, result.region
@@ -175,7 +174,7 @@ def full_resolution_plane(layer, viewer):
     if not layer.multiscale:
         return plane, source
     base = layer.data[0]
-    leading = base.ndim - (3 if layer.rgb else 2)
+    leading = base.ndim - plane_ndim(layer)
     index = current_index(layer, viewer, leading, base.shape) if leading else ()
     full = ImageSource(layer, source.name, tuple(float(s) for s in layer.scale[-2:]),
                        tuple(float(t) for t in layer.translate[-2:]), source.notes)

@@ -6,9 +6,9 @@ from typing import Callable
 
 from magicgui.widgets import Container, FloatSpinBox
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
 
-from ..qt_helpers import PathEdit, TextLabel, read_only_table
+from ..qt_helpers import PathEdit, TextLabel, fill_table, read_only_table
 from ..workers.jobs import FEW_IMAGES, CollectionSummary, scan_job
 from ..workers.task_bar import TaskBar
 
@@ -55,13 +55,8 @@ class CollectionBox(QGroupBox):
 
     def _scanned(self, summary: CollectionSummary, then) -> None:
         self.summary = summary
-        self.table.setRowCount(len(summary.counts))
-        for row, (name, train, val) in enumerate(summary.counts):
-            for column, value in enumerate((name, str(train), str(val))):
-                item = QTableWidgetItem(value)
-                if column:
-                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                self.table.setItem(row, column, item)
+        fill_table(self.table, [(name, str(train), str(val)) for name, train, val in summary.counts],
+                   numeric_columns=(1, 2))
         self.table.setVisible(True)
         total_train = sum(train for _, train, _ in summary.counts)
         total_val = sum(val for _, _, val in summary.counts)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QGroupBox, QPushButton, QTableWidgetItem, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
 
-from ..qt_helpers import TextLabel, read_only_table
+from ..qt_helpers import TextLabel, fill_table, read_only_table
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import load_model_job
@@ -45,12 +45,8 @@ class RunResultsBox(QGroupBox):
         per_class = event.get("per_class_accuracy") or {}
         self.summary.setText(f"Best validation accuracy: {_percent(event.get('best_val_acc'))}\n"
                              f"Model: {self.model_path}")
-        self.table.setRowCount(len(per_class))
-        for row, (name, accuracy) in enumerate(sorted(per_class.items())):
-            self.table.setItem(row, 0, QTableWidgetItem(name))
-            item = QTableWidgetItem(_percent(accuracy))
-            item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-            self.table.setItem(row, 1, item)
+        fill_table(self.table, [(name, _percent(accuracy)) for name, accuracy in sorted(per_class.items())],
+                   numeric_columns=(1,))
         self.table.setVisible(bool(per_class))
         self.setVisible(True)
 

@@ -16,11 +16,10 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QLabel,
-    QTableWidgetItem,
     QVBoxLayout,
 )
 
-from ..qt_helpers import TextLabel, read_only_table
+from ..qt_helpers import TextLabel, fill_table, read_only_table, set_items
 from ..workers import messages
 
 ATLAS_JSON = "atlas.json"  # intr_training.atlas.report's name (not imported: it loads torch)
@@ -98,12 +97,8 @@ class AtlasBrowser(QGroupBox):
                              f"{meta['layer']} of {meta['layers']}, model {meta['model']}; "
                              f"{len(self.atlas['pairs'])} look-alike pairs. Full report: "
                              f"{self.folder / 'atlas.html'}")
-        for combo, items in ((self.class_choice, [c["name"] for c in classes]),
-                             (self.pair_choice, [f"{p['a']} vs {p['b']}" for p in self.atlas["pairs"]])):
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(items)
-            combo.blockSignals(False)
+        set_items(self.class_choice, [c["name"] for c in classes])
+        set_items(self.pair_choice, [f"{p['a']} vs {p['b']}" for p in self.atlas["pairs"]])
         self._set_enabled(True)
         self.show_class()
 
@@ -113,12 +108,10 @@ class AtlasBrowser(QGroupBox):
             return
         name = self.class_choice.currentText()
         summary = next(c for c in self.atlas["classes"] if c["name"] == name)
-        self.heads.setRowCount(0)
-        for head in summary["heads"]:
-            consistency = _number(head["consistency"], 2) + (f" ({head['part']})" if head["part"] else "")
-            self._add_row(self.heads, (f"H{head['head'] + 1}", _number(head["mean_peak"]),
-                                       _number(head["mean_spread"], 2), _number(head["on_specimen"], 2),
-                                       consistency))
+        fill_table(self.heads, [(f"H{head['head'] + 1}", _number(head["mean_peak"]), _number(head["mean_spread"], 2),
+                                 _number(head["on_specimen"], 2), _number(head["consistency"], 2)
+                                 + (f" ({head['part']})" if head["part"] else ""))
+                                for head in summary["heads"]])
         layout = self.atlas["montages"]["classes"][name]
         self._show_gallery(layout, f"atlas · {name} · L{self.atlas['meta']['layer']} gallery", name)
 
@@ -126,10 +119,9 @@ class AtlasBrowser(QGroupBox):
         if self.atlas is None or self.pair_choice.currentIndex() < 0:
             return
         pair = self.atlas["pairs"][self.pair_choice.currentIndex()]
-        self.pair_heads.setRowCount(0)
-        for rank, head in enumerate(pair["heads"], start=1):
-            self._add_row(self.pair_heads, (str(rank), f"H{head['head'] + 1}", _number(head["effect_size"], 2),
-                                            _number(head["masking_drop"]), _number(head["on_part_a"], 2)))
+        fill_table(self.pair_heads, [(str(rank), f"H{head['head'] + 1}", _number(head["effect_size"], 2),
+                                      _number(head["masking_drop"]), _number(head["on_part_a"], 2))
+                                     for rank, head in enumerate(pair["heads"], start=1)])
         layout = self.atlas["montages"]["pairs"][f"{pair['a']}\t{pair['b']}"]
         self._show_gallery(layout, f"atlas · {pair['a']} vs {pair['b']} · L{self.atlas['meta']['layer']} "
                                    "(left: A's images, right: B's)", pair["a"])
@@ -197,13 +189,6 @@ class AtlasBrowser(QGroupBox):
         if row_cells:
             y = row_cells[0]["y"] + row_cells[0]["size"] / 2
             self.viewer.camera.center = (y, self.viewer.camera.center[-1])
-
-    @staticmethod
-    def _add_row(table, values) -> None:
-        row = table.rowCount()
-        table.insertRow(row)
-        for column, value in enumerate(values):
-            table.setItem(row, column, QTableWidgetItem(value))
 
     def _set_enabled(self, enabled: bool) -> None:
         for widget in (self.class_choice, self.heads, self.pair_choice, self.pair_heads):

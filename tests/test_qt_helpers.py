@@ -1,0 +1,32 @@
+"""The small Qt pieces the docks share (widgets/qt_helpers.py)."""
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox
+
+
+def test_fill_table_replaces_the_rows_with_tooltips_and_right_aligned_numbers(qtbot):
+    from napari_intr.widgets.qt_helpers import fill_table, read_only_table
+    table = read_only_table(("Class", "train", "val"))
+    qtbot.addWidget(table)
+    fill_table(table, [("a", "1", "2"), ("b", "3", "4"), ("c", "5", "6")])
+    fill_table(table, [("Heliconia synthetica-rubra", "12", "3")], numeric_columns=(1, 2))
+    assert table.rowCount() == 1
+    assert [table.item(0, column).text() for column in range(3)] == ["Heliconia synthetica-rubra", "12", "3"]
+    assert table.item(0, 0).toolTip() == "Heliconia synthetica-rubra"
+    assert table.item(0, 1).textAlignment() & Qt.AlignRight and not table.item(0, 0).textAlignment() & Qt.AlignRight
+
+
+def test_set_items_replaces_them_quietly_and_can_keep_the_choice(qtbot):
+    from napari_intr.widgets.qt_helpers import set_items
+    combo = QComboBox()
+    qtbot.addWidget(combo)
+    changes = []
+    combo.currentIndexChanged.connect(changes.append)
+    set_items(combo, ["alba", "rubra"])
+    combo.setCurrentText("rubra")
+    changes.clear()
+    set_items(combo, ["flava", "rubra", "alba"], keep_current=True)
+    assert combo.currentText() == "rubra" and changes == []
+    set_items(combo, ["flava", "alba"], keep_current=True)  # gone: the first item
+    assert combo.currentText() == "flava"
+    set_items(combo, ["alba", "flava"])
+    assert combo.currentText() == "alba" and changes == []
