@@ -30,3 +30,23 @@ def test_set_items_replaces_them_quietly_and_can_keep_the_choice(qtbot):
     assert combo.currentText() == "flava"
     set_items(combo, ["alba", "flava"])
     assert combo.currentText() == "alba" and changes == []
+
+
+def test_search_field_filters_by_the_key_column_in_any_case(qtbot):
+    from qtpy.QtGui import QStandardItem, QStandardItemModel
+
+    from napari_intr.widgets.qt_helpers import search_field
+    model = QStandardItemModel()
+    for name, number in (("Heliconia rubra", "1"), ("Heliconia alba", "2"), ("Morpho peleides", "3")):
+        model.appendRow([QStandardItem(number), QStandardItem(name)])
+    field, proxy = search_field(model, "Filter classes…", key_column=1)
+    qtbot.addWidget(field)
+
+    def shown():
+        return [proxy.index(row, 1).data() for row in range(proxy.rowCount())]
+    field.setText("  HELICONIA ")
+    assert shown() == ["Heliconia rubra", "Heliconia alba"]
+    field.setText("2")  # the number column is not searched
+    assert shown() == []
+    field.clear()
+    assert len(shown()) == 3 and field.placeholderText() == "Filter classes…"

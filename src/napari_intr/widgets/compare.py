@@ -11,7 +11,7 @@ Explorer stays short, and the comparison can sit beside it."""
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QSortFilterProxyModel, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QStandardItem, QStandardItemModel
 from qtpy.QtWidgets import (
     QComboBox,
@@ -19,7 +19,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListView,
     QPushButton,
     QSpinBox,
@@ -38,7 +37,7 @@ from napari_intr.explanation import layer_name
 from napari_intr.model.config import DECODE_MODES
 
 from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from .qt_helpers import TextLabel, fill_table, group_box, read_only_table, set_items
+from .qt_helpers import TextLabel, fill_table, group_box, read_only_table, search_field, set_items
 from .state import follow, shared_state
 from .workers import messages
 from .workers.jobs import compare_job
@@ -278,14 +277,8 @@ class CandidateList(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.filter = QLineEdit()
-        self.filter.setPlaceholderText("Search classes…")
-        self.filter.setClearButtonEnabled(True)
         self.model = QStandardItemModel(self)
-        self.proxy = QSortFilterProxyModel(self)
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
-        self.filter.textChanged.connect(self._apply_filter)
+        self.filter, self.proxy = search_field(self.model, "Search classes…")
         self.list = QListView()
         self.list.setModel(self.proxy)
         self.list.setUniformItemSizes(True)  # no size hint per row
@@ -333,5 +326,3 @@ class CandidateList(QWidget):
     def visible_names(self) -> list[str]:
         return [self.proxy.index(row, 0).data() for row in range(self.proxy.rowCount())]
 
-    def _apply_filter(self, *_) -> None:
-        self.proxy.setFilterFixedString(self.filter.text().strip())

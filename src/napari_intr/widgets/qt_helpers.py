@@ -1,12 +1,13 @@
 """The small Qt pieces every dock uses: a wrapping status label, a path field with Browse…,
-a read-only table and its rows, a drop-down's items, the scrolling column of boxes."""
+a read-only table and its rows, a drop-down's items, a search field over a list of classes, the
+scrolling column of boxes."""
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
 
 from magicgui.widgets import FileEdit
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -14,6 +15,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QLayout,
+    QLineEdit,
     QScrollArea,
     QSizePolicy,
     QTableWidget,
@@ -106,6 +108,20 @@ def set_items(combo: QComboBox, items, keep_current: bool = False) -> None:
     if keep_current and current:
         combo.setCurrentText(current)
     combo.blockSignals(False)
+
+
+def search_field(model, placeholder: str, key_column: int = 0) -> tuple[QLineEdit, QSortFilterProxyModel]:
+    """A search field and the proxy of `model` that shows only the rows whose `key_column` contains
+    the typed text (any case; spaces around it ignored). Views show the proxy."""
+    proxy = QSortFilterProxyModel(model)
+    proxy.setSourceModel(model)
+    proxy.setFilterKeyColumn(key_column)
+    proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
+    field = QLineEdit()
+    field.setPlaceholderText(placeholder)
+    field.setClearButtonEnabled(True)
+    field.textChanged.connect(lambda text: proxy.setFilterFixedString(text.strip()))
+    return field, proxy
 
 
 def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: bool = True) -> QVBoxLayout:

@@ -9,7 +9,6 @@ from qtpy.QtCore import (
     QAbstractTableModel,
     QItemSelectionModel,
     QModelIndex,
-    QSortFilterProxyModel,
     Qt,
     Signal,
 )
@@ -18,12 +17,11 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QGroupBox,
     QHeaderView,
-    QLineEdit,
     QTableView,
     QVBoxLayout,
 )
 
-from ..qt_helpers import TextLabel
+from ..qt_helpers import TextLabel, search_field
 
 COLUMNS = ("Rank", "Class", "Probability", "Logit")
 NAME_COLUMN = 1
@@ -85,15 +83,8 @@ class PredictionsBox(QGroupBox):
 
     def __init__(self, parent=None):
         super().__init__("Results", parent)
-        self.filter = QLineEdit()
-        self.filter.setPlaceholderText("Filter classes…")
-        self.filter.setClearButtonEnabled(True)
         self.model = PredictionsModel(self)
-        self.proxy = QSortFilterProxyModel(self)
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setFilterKeyColumn(NAME_COLUMN)
-        self.proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
-        self.filter.textChanged.connect(self._apply_filter)
+        self.filter, self.proxy = search_field(self.model, "Filter classes…", NAME_COLUMN)
         self.table = QTableView()
         self.table.setModel(self.proxy)
         self.table.verticalHeader().setVisible(False)
@@ -176,5 +167,3 @@ class PredictionsBox(QGroupBox):
         return (f"Does '{name}' see itself? No: rank {rank} of {total} (p = {probability:.3f}); "
                 f"the model picks '{explanation.top_class()}'.")
 
-    def _apply_filter(self, *_) -> None:
-        self.proxy.setFilterFixedString(self.filter.text().strip())
