@@ -27,7 +27,7 @@ from skimage.restoration import inpaint_biharmonic
 from .comparison import symmetric_limits
 from .csv_output import write_csv
 from .explanation import Explanation, layer_number
-from .preprocess import intensity_range, is_colour, layout_problem
+from .preprocess import fractions, intensity_range, is_colour, layout_problem
 
 # rgb2gray's weights: an RGB colour painted into a grey image becomes its luminance.
 LUMINANCE = np.array([0.2125, 0.7154, 0.0721])
@@ -70,7 +70,7 @@ def sample_colour(image: np.ndarray, point: tuple[int, int]) -> tuple[float, flo
     if not (0 <= row < image.shape[0] and 0 <= column < image.shape[1]):
         raise ValueError(f"point ({row}, {column}) lies outside the {image.shape[0]}×{image.shape[1]} image")
     low, high = intensity_range(image)
-    values = (_colour(image)[row, column].astype(np.float64) - low) / (high - low)
+    values = fractions(_colour(image)[row, column], low, high)
     return tuple(float(v) for v in np.broadcast_to(values, 3))
 
 
@@ -84,7 +84,7 @@ class Edit(ABC):
         region = check_region(mask, image.shape)
         window = _window(region, self.margin)
         low, high = intensity_range(image)
-        crop = (_colour(image)[window].astype(np.float64) - low) / (high - low)
+        crop = fractions(_colour(image)[window], low, high)
         painted = self._paint(crop, region[window], window, image.shape)
         edited = image.copy()
         target, inside = _colour(edited)[window], region[window]
@@ -193,7 +193,7 @@ class Transplant(Edit):
             raise ValueError(f"offset ({dy}, {dx}) moves the painted region outside the source image; "
                              "use a smaller offset or paint further from the edge")
         low, high = intensity_range(self.source)
-        pixels = (_colour(self.source)[ys, xs].astype(np.float64) - low) / (high - low)
+        pixels = fractions(_colour(self.source)[ys, xs], low, high)
         painted = crop.copy()
         painted[region] = _channels(pixels, crop.shape[-1])
         return painted

@@ -82,6 +82,12 @@ def intensity_range(image: np.ndarray, notes: list[str] | None = None) -> tuple[
     return (low, high) if high > low else (low, low + 1.0)
 
 
+def fractions(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Intensities as fractions of (low, high), an intensity_range: float64, not clipped (float64:
+    x - low of float32 values near ±3.4e38 would overflow to inf)."""
+    return (np.asarray(values).astype(np.float64) - low) / (high - low)
+
+
 def to_unit_range(image: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
     """Any numeric image -> float32 in [0, 1] by its intensity_range (values outside are clipped)."""
     if image.dtype in TYPE_RANGES:
@@ -89,8 +95,7 @@ def to_unit_range(image: np.ndarray, notes: list[str] | None = None) -> np.ndarr
     low, high = intensity_range(image, notes)
     if (low, high) == (0.0, 1.0):
         return np.clip(image.astype(np.float32), 0, 1)
-    # float64: (x - low) of float32 values near ±3.4e38 would overflow to inf
-    return np.clip((image.astype(np.float64) - low) / (high - low), 0, 1).astype(np.float32)
+    return np.clip(fractions(image, low, high), 0, 1).astype(np.float32)
 
 
 def to_float_rgb(image: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
