@@ -121,13 +121,23 @@ def test_the_model_imports_only_itself_and_preprocessing():
     assert not {name: found for name, found in offenders.items() if found}
 
 
+# The `intr` commands: cli.py dispatches, train.py and *_cli.py define and parse the arguments.
+COMMAND_LINE = {"intr_training.cli", "intr_training.cli_values", "intr_training.train",
+                "intr_training.faithfulness.options"}
+# training_run.py is the run DETR's main.py starts: it takes the parsed settings (an argparse.Namespace).
+NAMESPACE_USERS = {"intr_training.training_run"}
+
+
 def test_command_line_parsing_stays_out_of_the_core():
-    """The `intr` commands live in intr_training (cli.py, train.py, *_cli.py, faithfulness/options.py)."""
+    """The core and the work the commands call never define or parse arguments (the synth.py /
+    synth_cli.py split everywhere)."""
     offenders = set()
     for name, path in project_modules().items():
+        if name in COMMAND_LINE or name.endswith("_cli") or name in ARGPARSE_IN_CORE:
+            continue
         text = path.read_text(encoding="utf-8")
-        if name.startswith("napari_intr") and name not in ARGPARSE_IN_CORE and (
-                "import argparse" in text or "def add_arguments" in text):
+        parses = "ArgumentParser" in text or "add_argument" in text or "parse_args" in text
+        if parses or ("import argparse" in text and name not in NAMESPACE_USERS):
             offenders.add(name)
     assert not offenders
 
