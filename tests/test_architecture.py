@@ -40,7 +40,19 @@ def imports(name: str, path: Path, modules: dict[str, Path], top_level_only: boo
                 base = ".".join(anchor + ([node.module] if node.module else []))
             for alias in node.names:  # `from package import module` imports the module
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    found.update(lazy_modules(tree, package))
     return {module for module in found if module in modules or module.split(".")[0] in PACKAGES}
+
+
+def lazy_modules(tree: ast.Module, package: str) -> set[str]:
+    """The submodules a package's `_LAZY` table imports on first use (_lazy.lazy_getattr)."""
+    found = set()
+    for statement in tree.body:
+        if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Dict)
+                and any(isinstance(target, ast.Name) and target.id == "_LAZY" for target in statement.targets)):
+            found.update(f"{package}.{value.value}" for value in statement.value.values
+                         if isinstance(value, ast.Constant) and isinstance(value.value, str))
+    return found
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -73,6 +85,16 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     modules = {"napari_intr.a": tmp_path / "a.py", "napari_intr.b": tmp_path / "b.py"}
     graph = {name: imports(name, path, modules) - {name} for name, path in modules.items()}
     assert find_cycle(graph) == ["napari_intr.a", "napari_intr.b", "napari_intr.a"]
+
+
+def test_the_cycle_finder_follows_a_packages_lazy_attributes(tmp_path):
+    (tmp_path / "__init__.py").write_text('_LAZY = {"load": "loading"}\n')
+    (tmp_path / "loading.py").write_text("from . import helpers\n")
+    (tmp_path / "helpers.py").write_text("def late():\n    from . import load\n")
+    modules = {"napari_intr": tmp_path / "__init__.py", "napari_intr.loading": tmp_path / "loading.py",
+               "napari_intr.helpers": tmp_path / "helpers.py"}
+    graph = {name: imports(name, path, modules) - {name} for name, path in modules.items()}
+    assert find_cycle(graph) == ["napari_intr", "napari_intr.loading", "napari_intr.helpers", "napari_intr"]
 
 
 def test_no_import_cycles_between_the_project_modules():

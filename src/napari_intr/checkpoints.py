@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ._version import __version__
 from .atomic import atomic_write
 from .class_names import check_class_names
 from .model import INTR, IntrConfig, build_model
@@ -24,7 +25,6 @@ class CheckpointError(ValueError):
 
 def save_model(model: INTR, path: str | os.PathLike, **provenance) -> Path:
     """Write `model` to `path` (.safetensors) atomically; keyword arguments go into its provenance."""
-    from . import __version__
     provenance = {"package_version": __version__, **provenance}
     metadata = {
         "format": FORMAT,
