@@ -67,6 +67,7 @@ class Tutorial:
             scroll.ensureWidgetVisible(show, 0, 0)
         _close_notifications(self.viewer)
         self.viewer.reset_view()
+        _fit_visible_layers(self.viewer)
         wait_until(lambda: True, "the canvas to redraw")
         target = self.out / filename
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +181,23 @@ class Tutorial:
         explorer.regions.explain_regions()
         wait_until(lambda: not explorer.regions.task.busy and explorer.regions.results, "the regions")
         self.shoot("06-tray.png", show=explorer.regions.summary)
+
+
+def _fit_visible_layers(viewer) -> None:
+    """After reset_view (which fits every layer, hidden ones too: the atlas montage of step 5 is
+    large), zoom onto the shown layers. The zoom grows by the smaller of the two extent ratios, so
+    the shown layers still fit along both axes."""
+    def extent(layers):
+        corners = np.array([np.asarray(layer.extent.world)[:, -2:] for layer in layers])
+        return corners[:, 0].min(axis=0), corners[:, 1].max(axis=0)
+    visible = [layer for layer in viewer.layers if layer.visible]
+    if not visible:
+        return
+    (all_low, all_high), (low, high) = extent(viewer.layers), extent(visible)
+    viewer.camera.zoom *= float(np.min((all_high - all_low) / np.maximum(high - low, 1e-9)))
+    center = list(viewer.camera.center)
+    center[-2:] = (low + high) / 2
+    viewer.camera.center = tuple(center)
 
 
 def _close_notifications(viewer) -> None:
