@@ -325,4 +325,3 @@ class CandidateList(QWidget):
 
     def visible_names(self) -> list[str]:
         return [self.proxy.index(row, 0).data() for row in range(self.proxy.rowCount())]
-

@@ -166,4 +166,3 @@ class PredictionsBox(QGroupBox):
                     f"(p = {probability:.3f}).")
         return (f"Does '{name}' see itself? No: rank {rank} of {total} (p = {probability:.3f}); "
                 f"the model picks '{explanation.top_class()}'.")
-
