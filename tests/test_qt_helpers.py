@@ -15,6 +15,17 @@ def test_fill_table_replaces_the_rows_with_tooltips_and_right_aligned_numbers(qt
     assert table.item(0, 1).textAlignment() & Qt.AlignRight and not table.item(0, 0).textAlignment() & Qt.AlignRight
 
 
+def test_fill_table_leaves_no_cell_of_what_it_showed_before(qtbot):
+    # the Regions table: a region explained by a two-class model has no 3rd class
+    from napari_intr.widgets.qt_helpers import fill_table, read_only_table
+    table = read_only_table(("Region", "Top class", "p", "2nd", "p", "3rd", "p"))
+    qtbot.addWidget(table)
+    fill_table(table, [("1", "alba", "0.6", "rubra", "0.3", "flava", "0.1")])
+    fill_table(table, [("1", "alba", "0.7", "rubra", "0.3")])
+    assert [table.item(0, column) and table.item(0, column).text() for column in range(7)] == [
+        "1", "alba", "0.7", "rubra", "0.3", None, None]
+
+
 def test_set_items_replaces_them_quietly_and_can_keep_the_choice(qtbot):
     from napari_intr.widgets.qt_helpers import set_items
     combo = QComboBox()

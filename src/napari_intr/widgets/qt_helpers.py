@@ -87,7 +87,9 @@ def read_only_table(columns, stretch_column: int = 0) -> QTableWidget:
 
 def fill_table(table: QTableWidget, rows, numeric_columns=()) -> None:
     """Show `rows` (sequences of texts) in the table, replacing what it showed. Every cell's full
-    text is its tooltip (long names are elided); the `numeric_columns` align right."""
+    text is its tooltip (long names are elided); the `numeric_columns` align right. A row shorter
+    than the table leaves its last cells empty (e.g. a region of a two-class model has no 3rd class)."""
+    table.clearContents()  # setRowCount keeps the cells of the rows it keeps
     table.setRowCount(len(rows))
     for row, cells in enumerate(rows):
         for column, text in enumerate(cells):
