@@ -35,6 +35,15 @@ def test_boxes_files_saved_with_semicolons_or_tabs(tmp_path):
         assert read_boxes(tmp_path / name) == {tmp_path / "a.png": [Region("moth 1", 10.5, 20, 110, 220)]}
 
 
+def test_boxes_separator_is_the_one_that_yields_the_box_columns(tmp_path):
+    """An extra column's name may hold a comma in a semicolon or tab file, a semicolon in a CSV."""
+    for name, text in (("semicolons.csv", "image;x0;y0;x1;y1;note, if any\na.png;10,5;20;110;220;left, torn\n"),
+                       ("tabs.csv", "image\tx0\ty0\tx1\ty1\tnote, if any\na.png\t10.5\t20\t110\t220\tleft\n"),
+                       ("commas.csv", 'image,x0,y0,x1,y1,"note; if any"\na.png,10.5,20,110,220,"left; torn"\n')):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assert read_boxes(tmp_path / name) == {tmp_path / "a.png": [Region("1", 10.5, 20, 110, 220)]}, name
+
+
 @pytest.mark.parametrize("text, message", [
     ("image,x0,y0,x1\na.png,1,2,3\n", r"lacks the column\(s\) y1: its header must be image,x0,y0,x1,y1\[,id\]"),
     ("image,x0,y0,x1,y1\na.png,1,2,three,4\n", r"line 2: x0, y0, x1, y1 must be numbers.*three"),

@@ -149,7 +149,14 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
 
 
 def _delimiter(header: str) -> str:
-    """Spreadsheets in many locales save "CSV" with semicolons (or tabs): the header line tells."""
+    """Spreadsheets in many locales save "CSV" with semicolons (or tabs): the header line tells.
+    The separator that yields the box columns wins (another column's name may hold a comma);
+    failing that, the one found, so that the message names the columns missing."""
+    import csv
+    for delimiter in (",", ";", "\t"):
+        names = next(csv.reader([header], delimiter=delimiter), [])
+        if set(BOX_COLUMNS) <= {name.strip().lower() for name in names}:
+            return delimiter
     if "," not in header:
         for other in (";", "\t"):
             if other in header:
