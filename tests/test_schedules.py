@@ -89,3 +89,19 @@ def test_an_unknown_precision_is_refused():
     from intr_training.engine import options_for
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
         options_for(torch.device("cpu"), 1, "fp16")
+
+
+@pytest.mark.parametrize(("instructions", "native"), [({}, False), ({"avx512_bf16": True}, True),
+                                                       ({"amx_bf16": True}, True)])
+def test_an_avx512_cpu_without_bf16_instructions_is_not_native(monkeypatch, instructions, native):
+    """oneDNN's check accepts any AVX-512 CPU (bf16 emulated there, slower than fp32): auto keeps fp32."""
+    import platform
+
+    from intr_training import engine
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {
+        "architecture": "x86_64", "avx512_f": True, "avx512_bw": True, "avx512_vl": True, "avx512_dq": True,
+        **instructions}, raising=False)
+    assert engine.native_bf16(torch.device("cpu")) is native
+    assert engine.options_for(torch.device("cpu"), engine.AMP_MIN_PIXELS).amp is native

@@ -4,6 +4,7 @@ class logits (Eq. 6-7); training runs attention through scaled_dot_product_atten
 from __future__ import annotations
 
 import math
+import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -43,11 +44,24 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        return _cpu_bf16_instructions()
     return False
+
+
+def _cpu_bf16_instructions() -> bool:
+    """x86: AVX512-BF16 or AMX-BF16. oneDNN's own check (torch.ops.mkldnn._is_mkldnn_bf16_supported)
+    also accepts AVX-512 CPUs without them (Skylake to Ice Lake), where it emulates bf16."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        capabilities = getattr(torch.cpu, "get_capabilities", None)
+        if capabilities is not None:
+            found = capabilities()
+            return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+        check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # torch before get_capabilities
+        return bool(check is not None and check())
+    try:  # ARM: oneDNN checks the bf16 extension itself
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def options_for(device: torch.device, pixels_per_step: int | None = None, precision: str = "auto") -> StepOptions:
