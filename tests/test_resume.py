@@ -150,3 +150,13 @@ def test_a_run_saved_before_precision_existed_resumes_in_fp32_on_a_cpu(tmp_path,
     assert train(data, out, "--epochs", "2", "--resume") == 0
     assert state.load_state(out)["args"]["precision"] == "fp32"
     assert "ignored" not in capsys.readouterr().err
+    # Asked for on resume: the precision it continues in is named (was "(None)"), and asking for it is no conflict.
+    for epochs, precision, warned in (("3", "bf16", True), ("4", "fp32", False)):
+        saved = state.load_state(out)
+        del saved["args"]["precision"]
+        torch.save(saved, out / state.STATE_FILE)
+        assert train(data, out, "--epochs", epochs, "--resume", "--precision", precision) == 0
+        err = capsys.readouterr().err
+        assert ("--precision bf16 ignored: --resume continues with the saved run's setting (fp32)" in err) is warned
+        assert "ignored" in err if warned else "ignored" not in err
+        assert state.load_state(out)["args"]["precision"] == "fp32"

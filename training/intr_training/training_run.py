@@ -229,9 +229,9 @@ class TrainingRun:
             if getattr(args, name) is not None:
                 values[name] = getattr(args, name)
         for name, value in vars(args).items():
-            if name not in RUNTIME_ARGUMENTS and value is not None and value != saved_args.get(name):
+            if name not in RUNTIME_ARGUMENTS and value is not None and value != values.get(name):
                 self.setup_warnings.append(f"--{name.replace('_', '-')} {value} ignored: --resume continues with the "
-                                      f"saved run's setting ({saved_args.get(name)})")
+                                      f"saved run's setting ({values.get(name)})")
         return argparse.Namespace(**values)
 
     def recipe_arguments(self, args, backbone: str) -> argparse.Namespace:
