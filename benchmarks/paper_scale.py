@@ -198,7 +198,9 @@ def measure_intr_train(args) -> dict:
     torch.manual_seed(0)
     class_names = [f"class {i}" for i in range(args.classes)]
     short_side = round(800 * args.scale)
-    model = initial_model("none", class_names, args.backbone, short_side, torch.Generator().manual_seed(0)).model
+    recipe = RECIPES[args.backbone]
+    model = initial_model("none", class_names, args.backbone, short_side, torch.Generator().manual_seed(0),
+                          recipe["dropout"]).model  # the recipe's dropout, as intr train sets it
     samples = [(path, i % args.classes) for i, path in enumerate(sorted(Path(args.jpeg_dir).glob("*.jpg")))]
     if args.resize == "fixed":
         dataset = VariantDataset(samples, fixed_variants(model.config, model.feature_stride, "flip"),
@@ -211,7 +213,6 @@ def measure_intr_train(args) -> dict:
     model.to(device).train()
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
-    recipe = RECIPES[args.backbone]
     optimizer = optimizer_for(model, recipe["lr"], recipe["lr_backbone"])
 
     def epoch(steps: int) -> None:

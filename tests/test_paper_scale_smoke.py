@@ -3,6 +3,8 @@ the CPU at a tiny size: JPEG files through the DataLoader, the reference loop an
 lever that exists off CUDA. No timing is asserted (benchmarks measure, tests do not)."""
 import sys
 
+import torch
+
 import paper_scale  # benchmarks/ is on the tests' pythonpath (pyproject.toml)
 import run_all
 
@@ -24,11 +26,14 @@ def test_reference_and_ours_run_on_jpeg_files_at_tiny_size(tmp_path):
 
 def test_the_intr_train_variant_runs_the_products_epoch_loop(tmp_path, monkeypatch):
     from intr_training import engine
-    epochs = []
+    from intr_training.recipes import RECIPES
+    epochs, dropouts = [], set()
     original = engine.train_one_epoch
 
     def counted(model, loader, *args, **kwargs):
         epochs.append(len(loader))
+        dropouts.update(m.p for m in model.modules() if isinstance(m, torch.nn.Dropout))
+        dropouts.add(model.config.dropout)
         return original(model, loader, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_one_epoch", counted)
@@ -38,6 +43,7 @@ def test_the_intr_train_variant_runs_the_products_epoch_loop(tmp_path, monkeypat
                               str(tmp_path / "jpegs"), "--variant", "intr-train"])
     assert paper_scale.measure(args)["images_per_second"] > 0
     assert epochs == [2, 3]  # warm-up, then the timed steps (the loader wraps around its 3 images)
+    assert dropouts == {RECIPES["tiny"]["dropout"]}  # intr train's recipe (tiny: 0, CPU attention's fused kernel)
 
 
 def test_run_all_has_the_paper_scale_row_on_cuda(monkeypatch):
