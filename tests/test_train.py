@@ -20,6 +20,13 @@ EVENT_KEYS = {
 }
 
 
+def test_the_json_protocol_names_every_key_the_events_carry():
+    from intr_training import progress
+    for event, keys in EVENT_KEYS.items():
+        documented = progress.__doc__.split(f'{{"event": "{event}"', 1)[1].split("}", 1)[0]
+        assert {key for key in keys if f'"{key}":' not in documented} == set(), event
+
+
 def test_run_writes_a_loadable_model_and_json_progress(tmp_path, capsys):
     data = write_classes(tmp_path / "data", {"disc": 5, "diamond": 5, "third": 5})
     (data / "disc" / "broken.png").write_bytes(b"not an image")

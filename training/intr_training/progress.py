@@ -6,8 +6,9 @@ Every object has an "event" key:
 
   {"event": "start", "epochs": int, "steps_per_epoch": int, "classes": [str],
    "train_images": int, "val_images": int, "skipped_images": int, "out": str,
-   "first_epoch": int, "init": str}
-      first_epoch is 1, or the next epoch when --resume continues a run.
+   "first_epoch": int, "init": str, "precision": str}
+      first_epoch is 1, or the next epoch when --resume continues a run; precision is what
+      the steps compute in: "bf16" (autocast) or "fp32" (intr train --precision).
   {"event": "step", "epoch": int, "step": int, "steps": int, "loss": float,
    "accuracy": float, "lr": float, "eta_seconds": float}
       loss and accuracy are running means over the epoch so far; at most about four per
