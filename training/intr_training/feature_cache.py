@@ -6,14 +6,15 @@ most of the work of a CPU fine-tune. The cache holds them in the run folder:
 
     OUT/feature_cache/<split>.f32    float32 feature maps, one slot per (image, variant), memory-mapped
     OUT/feature_cache/<split>.done   one byte per slot: 1 once the slot holds its features
-    OUT/feature_cache/<split>.json   layout: fingerprint (backbone weights, sizes, variants), and per
+    OUT/feature_cache/<split>.json   layout: fingerprint (weights, sizes, variants, precision), and per
                                      image its path, file size, modification time and slot shapes
 
 A slot is filled the first time an epoch draws it (so the first epochs cost what an uncached
 epoch costs, and an interrupted run keeps what it computed); `--resume` reuses the files. An
 image whose file changed (size or modification time) is recomputed, and so is everything when
-the backbone weights, image size or variants change. Images are encoded one at a time (same-size
-images together), unpadded: features of a padded batch would depend on the other images in it.
+the backbone weights, image size, variants or precision (fp32, bf16 autocast) change. Images are
+encoded one at a time (same-size images together), unpadded: features of a padded batch would
+depend on the other images in it.
 """
 from __future__ import annotations
 
