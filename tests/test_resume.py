@@ -142,12 +142,13 @@ def test_a_run_saved_before_precision_existed_resumes_in_fp32_on_a_cpu(tmp_path,
     from intr_training import state
     data = write_classes(tmp_path / "data", {"disc": 4, "diamond": 4})
     out = tmp_path / "run"
-    assert train(data, out, "--epochs", "1") == 0
+    cpu = ("--device", "cpu")  # the fp32 default is the CPU's (a GPU's is auto)
+    assert train(data, out, *cpu, "--epochs", "1") == 0
     saved = state.load_state(out)
     assert saved["args"]["precision"] == "auto"
     del saved["args"]["precision"]
     torch.save(saved, out / state.STATE_FILE)
-    assert train(data, out, "--epochs", "2", "--resume") == 0
+    assert train(data, out, *cpu, "--epochs", "2", "--resume") == 0
     assert state.load_state(out)["args"]["precision"] == "fp32"
     assert "ignored" not in capsys.readouterr().err
     # Asked for on resume: the precision it continues in is named (was "(None)"), and asking for it is no conflict.
@@ -155,7 +156,7 @@ def test_a_run_saved_before_precision_existed_resumes_in_fp32_on_a_cpu(tmp_path,
         saved = state.load_state(out)
         del saved["args"]["precision"]
         torch.save(saved, out / state.STATE_FILE)
-        assert train(data, out, "--epochs", epochs, "--resume", "--precision", precision) == 0
+        assert train(data, out, *cpu, "--epochs", epochs, "--resume", "--precision", precision) == 0
         err = capsys.readouterr().err
         assert ("--precision bf16 ignored: --resume continues with the saved run's setting (fp32)" in err) is warned
         assert "ignored" in err if warned else "ignored" not in err
