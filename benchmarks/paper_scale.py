@@ -218,20 +218,28 @@ def measure_intr_train(args) -> dict:
     def epoch(steps: int) -> None:
         engine.train_one_epoch(model, Batches(loader, steps), optimizer, options, epoch=1, max_norm=CLIP_MAX_NORM)
 
+    return {**timed(args, device, epoch), "levers": [], "precision": "bf16" if options.amp else "fp32"}
+
+
+def timed(args, device, run) -> dict:
+    """run(args.warmup) untimed, then run(args.steps) timed: images/s and peak memory (CUDA's
+    allocator peak of the timed steps; on the CPU the growth of the resident high-water mark)."""
+    import torch
+
     from train_throughput import peak_rss_kib
+    on_cuda = device.type == "cuda"
     rss_before = peak_rss_kib()
-    epoch(args.warmup)
+    run(args.warmup)
     if on_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    epoch(args.steps)
+    run(args.steps)
     if on_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else (peak_rss_kib() - rss_before) / 1024
-    return {"images_per_second": args.steps * args.batch_size / seconds, "peak_mib": peak, "device": str(device),
-            "levers": [], "precision": "bf16" if options.amp else "fp32"}
+    return {"images_per_second": args.steps * args.batch_size / seconds, "peak_mib": peak, "device": str(device)}
 
 
 def measure(args) -> dict:
@@ -287,26 +295,13 @@ def measure(args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def synchronize():
-        if on_cuda:
-            torch.cuda.synchronize()
-
-    from train_throughput import peak_rss_kib
     stream = batches()
-    rss_before = peak_rss_kib()
-    for _ in range(args.warmup):
-        step(*next(stream))
-    synchronize()
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        step(*next(stream))
-    synchronize()
-    seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else (peak_rss_kib() - rss_before) / 1024
-    return {"images_per_second": args.steps * args.batch_size / seconds, "peak_mib": peak, "device": str(device),
-            "levers": sorted(levers)}
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            step(*next(stream))
+
+    return {**timed(args, device, steps), "levers": sorted(levers)}
 
 
 def parser() -> argparse.ArgumentParser:
