@@ -16,9 +16,10 @@ detr-r50 (if its weights are in the cache) for accuracy that means something. --
 intr train's (auto: bf16 for these step sizes on a CPU with native bf16); --uncached-precisions
 adds uncached runs in other precisions (e.g. fp32, how intr train ran on a CPU before --precision).
 
---parts times, in this process, what the cache saves (the frozen backbone's forward) and what a
-cached step still does (projection, encoder, decoder: forward, backward, clipping, AdamW) per
-image, in fp32 and in bf16 autocast with channels-last: the bound on what the cache can save.
+--parts times, in this process, what the cache saves (the frozen backbone's forward, batch norm
+folded as training computes it) and what a cached step still does (projection, encoder,
+decoder: forward, backward, clipping, intr train's AdamW) per image, in fp32 and in bf16
+autocast with channels-last: the bound on what the cache can save.
 """
 from __future__ import annotations
 
@@ -45,9 +46,12 @@ def parts(args) -> None:
 
     import torch
 
-    from intr_training.engine import native_bf16
+    from intr_training.engine import StepOptions, native_bf16
+    from intr_training.feature_cache import backbone_features
     from intr_training.recipes import RECIPES
+    from intr_training.training_run import optimizer_for
     from napari_intr.model import IntrConfig, build_model
+    from napari_intr.model.backbone import folded_batch_norm
 
     torch.manual_seed(0)
     config = IntrConfig.for_backbone(args.backbone, args.classes).replace(
@@ -56,7 +60,7 @@ def parts(args) -> None:
     model.backbone.requires_grad_(False)
     model.backbone.eval()
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-5)
+    optimizer = optimizer_for(model, 1e-5, 1e-5)
     images = torch.randn(args.batch_size, 3, args.size, args.size)
     mask = torch.zeros(args.batch_size, args.size, args.size, dtype=torch.bool)
     labels = torch.randint(0, args.classes, (args.batch_size,))
@@ -72,9 +76,8 @@ def parts(args) -> None:
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2] / args.batch_size
 
-    def backbone_forward(bf16: bool):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            model.backbone[0](images.contiguous(memory_format=torch.channels_last) if bf16 else images, mask)
+    def backbone_forward(bf16: bool):  # as the cache fills: batch norm folded (training_run.py)
+        backbone_features(folded, images, mask, StepOptions(torch.device("cpu"), amp=bf16, channels_last=bf16))
 
     def cached_step(bf16: bool):
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
@@ -90,6 +93,7 @@ def parts(args) -> None:
     rows = {}
     for bf16 in (False, True):
         model.backbone.to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
+        folded = folded_batch_norm(model.backbone[0])
         rows[bf16] = (seconds_per_image(lambda bf16=bf16: backbone_forward(bf16)),
                       seconds_per_image(lambda bf16=bf16: cached_step(bf16)))
     print(f"{args.backbone} INTR, {args.classes} classes, batch {args.batch_size} of {args.size}x{args.size} px, "

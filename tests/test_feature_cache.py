@@ -171,13 +171,19 @@ def test_training_from_the_cache_equals_training_without_it(tmp_path, capsys, pr
         assert abs(a["loss"] - b["loss"]) < tolerance[1] and a["lr"] == b["lr"]  # measured: ~3e-5 (fp32)
 
 
-def test_features_of_another_precision_are_recomputed(tmp_path):
+def filled_cache(tmp_path):
+    """A run folder whose cache holds an epoch's features; its samples, model and variants."""
     samples, model, variants = collection_and_model(tmp_path, {"a": 2, "b": 2}, "flip")
     out = tmp_path / "run"
     cache, _ = cache_for(out, samples, model, variants)
     run_epoch(cache, samples, model, variants)
     assert cache.filled() > 0
     cache.close()
+    return out, samples, model, variants
+
+
+def test_features_of_another_precision_are_recomputed(tmp_path):
+    out, samples, model, variants = filled_cache(tmp_path)
     again, reused = cache_for(out, samples, model, variants)
     assert reused == again.filled() > 0
     again.close()
@@ -202,3 +208,12 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_any_file_is_written(tmp_
     with pytest.raises(ValueError, match="the feature cache needs .* GiB are free.*--no-cache-features"):
         cache_for(tmp_path / "run", samples, model, variants)
     assert not any((tmp_path / "run" / "feature_cache").iterdir())
+
+
+def test_features_computed_another_way_are_recomputed(tmp_path, monkeypatch):
+    """The fingerprint holds how features are computed (FEATURE_COMPUTATION: e.g. batch norm
+    folded or not): a cache from another computation reuses nothing."""
+    out, samples, model, variants = filled_cache(tmp_path)
+    monkeypatch.setattr(feature_cache, "FEATURE_COMPUTATION", feature_cache.FEATURE_COMPUTATION + 1)
+    again, reused = cache_for(out, samples, model, variants)
+    assert reused == 0 and again.filled() == 0

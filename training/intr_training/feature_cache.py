@@ -38,6 +38,9 @@ from .engine import StepOptions, autocast
 
 CACHE_FOLDER = "feature_cache"
 CACHE_FORMAT = 1
+# How the features are computed, part of the fingerprint: a change recomputes every slot.
+# 2: batch norm folded into the convolutions (napari_intr.model.backbone.folded_batch_norm).
+FEATURE_COMPUTATION = 2
 # float32, not float16: INTR's early gradients are small differences of near-equal logits, and
 # float16 features changed them by ~10 % in our test; float32 makes the cache exact.
 DTYPE, SUFFIX = np.float32, "f32"
@@ -97,7 +100,8 @@ class FeatureCache:
         folder = Path(out) / CACHE_FOLDER
         fingerprint = fingerprint or backbone_fingerprint(backbone)
         fingerprint = hashlib.blake2b(json.dumps(
-            [fingerprint, max_side, stride, channels, [[v.short_side, v.flip] for v in variants], precision]).encode(),
+            [fingerprint, max_side, stride, channels, [[v.short_side, v.flip] for v in variants], precision,
+             FEATURE_COMPUTATION]).encode(),
             digest_size=16).hexdigest()
         images, shapes, offsets, total = [], [], [], 0
         for path, _ in samples:
@@ -286,10 +290,41 @@ def pad_features(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return batch, mask
 
 
+def backbone_features(backbone: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor,
+                      options: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen backbone's float32 features [B, C, h, w] and mask [B, h, w] of images [B, 3, H, W],
+    in the step's precision and memory format. backbone: `folded_batch_norm` of the model's."""
+    images, mask = images.to(options.device), mask.to(options.device)
+    if options.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    was_training = backbone.training
+    with torch.no_grad(), autocast(options):
+        features, feature_mask = backbone.eval()(images, mask)
+    backbone.train(was_training)
+    return features.float(), feature_mask
+
+
+class BackboneFeatures:
+    """Iterates a DataLoader of image batches and yields their features (a frozen backbone
+    without the cache: computed as the cache computes them)."""
+
+    def __init__(self, loader, backbone: torch.nn.Module, options: StepOptions):
+        self.loader, self.backbone, self.options = loader, backbone, options
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if len(batch.labels):
+                features, mask = backbone_features(self.backbone, batch.images, batch.mask, self.options)
+                batch = Batch(features, mask, batch.labels, batch.skipped, features=True)
+            yield batch
+
+
 class FeatureLoader:
     """Iterates a DataLoader of CachedVariants and yields feature batches: missing slots are
-    computed with the (frozen, eval-mode) backbone, in the step's precision and memory format,
-    written to the cache, then used."""
+    computed with the frozen backbone (`backbone_features`), written to the cache, then used."""
 
     def __init__(self, loader, cache: FeatureCache, backbone: torch.nn.Module, options: StepOptions):
         self.loader, self.cache, self.backbone, self.options = loader, cache, backbone, options
@@ -309,20 +344,14 @@ class FeatureLoader:
         by_shape: dict[tuple, list[Pending]] = {}
         for item in missing:
             by_shape.setdefault(tuple(item.tensor.shape), []).append(item)
-        was_training = self.backbone.training
-        self.backbone.eval()
         for group in by_shape.values():
-            images = torch.stack([item.tensor for item in group]).to(self.options.device)
-            if self.options.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=self.options.device)
-            with autocast(self.options):
-                features, _ = self.backbone(images, mask)
-            for item, feature in zip(group, features.float().cpu()):
+            images = torch.stack([item.tensor for item in group])
+            mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
+            features, _ = backbone_features(self.backbone, images, mask, self.options)
+            for item, feature in zip(group, features.cpu()):
                 self.cache.write(item.image, item.variant, feature)
                 item.tensor, item.cached = feature, True
                 self.computed += 1
-        self.backbone.train(was_training)
         features, mask = pad_features([item.tensor for item in kept])
         return Batch(features, mask, torch.tensor([item.label for item in kept]), skipped, features=True)
 

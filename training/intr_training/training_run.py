@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from napari_intr.checkpoints import model_from_state, save_model
 from napari_intr.devices import resolve_device
 from napari_intr.model import IntrConfig
+from napari_intr.model.backbone import folded_batch_norm
 
 from . import distributed, schedules, state
 from .data import ImageFolderDataset, VariantDataset, collate, scan_collection
 from .engine import evaluate, options_for, precision_name, train_one_epoch
-from .feature_cache import CachedVariants, FeatureCache, FeatureLoader, collate_pending
+from .feature_cache import BackboneFeatures, CachedVariants, FeatureCache, FeatureLoader, collate_pending
 from .initialization import freeze, initial_model, set_dropout
 from .progress import Progress, make_progress
 from .recipes import (
@@ -274,7 +275,8 @@ class TrainingRun:
 
     def build_loaders(self, collection) -> None:
         """DETR's random multi-scale transform; or fixed (short side, flip) variants (--augment flip,
-        or a frozen backbone), kept in memory when they fit; or a frozen backbone's cached features."""
+        or a frozen backbone), kept in memory when they fit. A frozen backbone's features come
+        from the cache, or are computed as the batches come, by its batch-norm-folded copy."""
         args, rank, world, config = self.args, self.dist.rank, self.dist.world_size, self.config
         fixed = args.augment == "flip" or args.freeze is not None
         self.variant_sets = []
@@ -307,11 +309,16 @@ class TrainingRun:
                       generator=self.loader_generator)
         self.train_loader = DataLoader(train_set, sampler=self.sampler, **common)
         self.val_loader = DataLoader(val_set, shuffle=False, **common) if collection.val else None
-        if args.cache_features:
-            backbone = self.model.backbone[0]
-            self.train_loader = FeatureLoader(self.train_loader, train_set.cache, backbone, self.options)
-            if self.val_loader is not None:
-                self.val_loader = FeatureLoader(self.val_loader, val_set.cache, backbone, self.options)
+        if args.freeze is not None:  # the frozen backbone's features come with the batches
+            backbone = folded_batch_norm(self.model.backbone[0])
+            if args.cache_features:
+                self.train_loader = FeatureLoader(self.train_loader, train_set.cache, backbone, self.options)
+                if self.val_loader is not None:
+                    self.val_loader = FeatureLoader(self.val_loader, val_set.cache, backbone, self.options)
+            else:
+                self.train_loader = BackboneFeatures(self.train_loader, backbone, self.options)
+                if self.val_loader is not None:
+                    self.val_loader = BackboneFeatures(self.val_loader, backbone, self.options)
 
     def feature_cache(self, split: str, samples, variants) -> FeatureCache:
         """rank 0 writes the cache layout (keeping valid slots of an earlier one); the others open it."""

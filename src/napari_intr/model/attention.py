@@ -5,14 +5,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import dropout
+
 
 class MultiheadAttention(nn.Module):
     """Batch-first multi-head attention.
 
     Parameter names and shapes match `torch.nn.MultiheadAttention`, so DETR and INTR state
     dicts load unchanged. With `need_weights=False` it runs `scaled_dot_product_attention`
-    and never builds the [B, heads, Nq, Nk] weight tensor (training); with `need_weights=True`
-    it returns the post-softmax weights per head (the explanation).
+    and never returns the [B, heads, Nq, Nk] weight tensor (training; without dropout, or on a
+    GPU, it never builds it either); with `need_weights=True` it returns the post-softmax
+    weights per head (the explanation).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
@@ -42,17 +45,21 @@ class MultiheadAttention(nn.Module):
         w_q, b_q = self.in_proj_weight.chunk(3)[0], self.in_proj_bias.chunk(3)[0]
         q = self._heads(F.linear(query, w_q, b_q))
         k, v = key_value if key_value is not None else self.project_key_value(key, value)
-        dropout = self.dropout if self.training else 0.0
+        dropout_p = self.dropout if self.training else 0.0
 
-        if need_weights:
+        # On the CPU, scaled_dot_product_attention with dropout runs this same math, with torch's
+        # slower dropout (dropout.py); without dropout it takes a fused kernel.
+        explicit = need_weights or (dropout_p > 0 and q.device.type == "cpu")
+        if explicit:
             scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
             if key_padding_mask is not None:
                 scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
             weights = scores.softmax(dim=-1)  # [B, heads, Nq, Nk]
-            out = F.dropout(weights, dropout, self.training) @ v
+            out = dropout(weights, dropout_p, self.training) @ v
+            weights = weights if need_weights else None
         else:
             allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
             weights = None
         out = out.transpose(1, 2).flatten(2)  # [B, Nq, D]
         return self.out_proj(out), weights

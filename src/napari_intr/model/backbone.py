@@ -1,6 +1,8 @@
 """Feature extractor f_theta (Fig. 2, left): a CNN whose last feature map becomes the image tokens."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,6 +81,45 @@ class Joiner(nn.Sequential):
         features, feature_mask = self[0](images, mask)
         pos = self[1](feature_mask).to(features.dtype)
         return features, feature_mask, pos
+
+
+def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    folded = copy.deepcopy(conv)
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
+                                        norm.weight, norm.bias)
+    folded.weight, folded.bias = nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)
+    return folded
+
+
+def _is_batch_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.BatchNorm2d, _frozen_batch_norm()))
+
+
+def _fold_children(module: nn.Module) -> None:
+    """Fold each (conv, batch norm) pair among `module`'s children: consecutive in a Sequential
+    (TinyBody's blocks, ResNet's downsample) or named convN / bnN (ResNet's stem and bottlenecks)."""
+    children = dict(module.named_children())
+    pairs = list(zip(children, list(children)[1:])) if isinstance(module, nn.Sequential) else [
+        (name, "bn" + name[4:]) for name in children if name.startswith("conv") and "bn" + name[4:] in children]
+    for conv_name, norm_name in pairs:
+        conv, norm = children[conv_name], children[norm_name]
+        if isinstance(conv, nn.Conv2d) and _is_batch_norm(norm):
+            setattr(module, conv_name, _fold_pair(conv, norm))
+            setattr(module, norm_name, nn.Identity())
+    for child in module.children():
+        _fold_children(child)
+
+
+def folded_batch_norm(backbone: Backbone) -> Backbone:
+    """A copy of a FROZEN backbone (eval mode, weights fixed) with every batch norm folded into
+    the convolution before it: the same function, but in bf16 autocast the frozen batch norm's
+    separate float32 arithmetic (and the casts around it) was a large part of resnet50's forward
+    on the CPU (benchmarks/RESULTS.md). For computing features only: train and save `backbone`."""
+    folded = copy.deepcopy(backbone).eval()
+    with torch.no_grad():
+        _fold_children(folded.body)
+    return folded.requires_grad_(False)
 
 
 def build_backbone(config: IntrConfig) -> Joiner:

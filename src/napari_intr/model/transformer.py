@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .attention import MultiheadAttention
 from .config import IntrConfig
+from .dropout import Dropout
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -24,7 +25,7 @@ class TransformerEncoderLayer(nn.Module):
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, src: Tensor, padding_mask: Tensor, pos: Tensor) -> Tensor:
         q = k = src + pos
@@ -43,7 +44,7 @@ class TransformerDecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def exchange(self, tgt: Tensor, query_pos: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Class queries exchange context among themselves (query self-attention). context:
