@@ -145,10 +145,10 @@ def test_a_step_from_the_cache_equals_a_step_through_the_backbone(tmp_path):
 def test_training_from_the_cache_equals_training_without_it(tmp_path, capsys, precision):
     """Whole runs, same seed: the same losses (to 1e-3 in fp32) and learning rates. (Not the validation
     accuracy: this barely trained model's logits are near-equal, so argmax ties flip either way.)
-    The cache encodes images one at a time and the uncached run a batch: features differ by float
-    rounding (~1e-7), which AdamW turns into steps of full size where a gradient is near zero, so
-    weights agree to a few updates' size (lr 5e-4 here), not bit for bit. In bf16 (autocast, as
-    large CPU steps run) the backbone's features carry bf16 rounding (~0.4 %) both ways."""
+    Features can differ by float rounding (~1e-7; a GPU encodes the cache's images by shape and
+    the uncached batches padded), which AdamW turns into steps of full size where a gradient is
+    near zero, so weights agree to a few updates' size (lr 5e-4 here), not bit for bit. In bf16
+    (autocast, as large CPU steps run) the backbone's features carry bf16 rounding (~0.4 %) both ways."""
     from safetensors.torch import load_file
 
     from intr_training import cli
@@ -217,3 +217,31 @@ def test_features_computed_another_way_are_recomputed(tmp_path, monkeypatch):
     monkeypatch.setattr(feature_cache, "FEATURE_COMPUTATION", feature_cache.FEATURE_COMPUTATION + 1)
     again, reused = cache_for(out, samples, model, variants)
     assert reused == 0 and again.filled() == 0
+
+
+@pytest.mark.parametrize("flag", ["--cache-features", "--no-cache-features"])
+def test_frozen_runs_compute_features_with_the_folded_backbone(tmp_path, monkeypatch, flag):
+    """With --freeze, cached or not, the features come from one batch-norm-folded copy of the
+    backbone (model/backbone.py: folded_batch_norm); the model's own backbone never runs."""
+    from intr_training import cli, training_run
+    from napari_intr.model.backbone import Backbone, _is_batch_norm
+    from training_data import FAST
+
+    folded, callers = [], []
+    fold, forward = training_run.folded_batch_norm, Backbone.forward
+
+    def folding(backbone):
+        folded.append(fold(backbone))
+        return folded[-1]
+
+    def counted_forward(self, images, mask):
+        callers.append(self)
+        return forward(self, images, mask)
+
+    monkeypatch.setattr(training_run, "folded_batch_norm", folding)
+    monkeypatch.setattr(Backbone, "forward", counted_forward)
+    data = write_classes(tmp_path / "data", {"disc": 3, "diamond": 3})
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST, "--epochs", "1",
+                     "--freeze", "backbone", "--val-split", "0.34", flag, "--progress", "none"]) == 0
+    assert len(folded) == 1 and not any(_is_batch_norm(module) for module in folded[0].modules())
+    assert callers and all(caller is folded[0] for caller in callers)
