@@ -7,8 +7,8 @@ work=${1:-build-default-model}
 mkdir -p "$work"
 intr synth --out "$work/synth-train" --per-class 60 --size 128 --seed 0
 # One thread per process keeps OpenMP from spinning against other work on small machines.
-# Today's tiny recipe (README "Recipes"); the bundled file was built with the recipe of its day
-# (sample_data/README.md), so a rebuild gives another model, not the same bytes.
+# The tiny recipe (README "Recipes") the bundled file was built with on 2026-12-01
+# (sample_data/README.md); another machine or torch version may not give the same bytes.
 OMP_NUM_THREADS=1 intr train --data "$work/synth-train" --out "$work/run" --backbone tiny \
     --epochs 25 --seed 0 --progress none
 cp "$work/run/model.safetensors" sample_data/intr_tiny_synthetic.safetensors
