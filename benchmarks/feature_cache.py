@@ -48,16 +48,16 @@ def parts(args) -> None:
 
     from intr_training.engine import StepOptions, native_bf16
     from intr_training.feature_cache import backbone_features
+    from intr_training.initialization import freeze, initial_model
     from intr_training.recipes import RECIPES
     from intr_training.training_run import optimizer_for
-    from napari_intr.model import IntrConfig, build_model
     from napari_intr.model.backbone import folded_batch_norm
 
     torch.manual_seed(0)
-    config = IntrConfig.for_backbone(args.backbone, args.classes).replace(
-        short_side=args.size, max_side=args.size, dropout=RECIPES[args.backbone]["dropout"], shortlist_head=True)
-    model = build_model(config)
-    model.backbone.requires_grad_(False)
+    # The new model `intr train --init none --freeze backbone` starts from (the recipe's dropout).
+    model = initial_model("none", [f"class {i}" for i in range(args.classes)], args.backbone, args.size,
+                          torch.Generator().manual_seed(0), RECIPES[args.backbone]["dropout"]).model
+    freeze(model, "backbone")
     model.backbone.eval()
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer_for(model, 1e-5, 1e-5)
