@@ -22,6 +22,7 @@ CUDA; growth of the process's resident high-water mark on the CPU (a smoke run).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -170,14 +171,8 @@ class Batches:
     def __len__(self) -> int:
         return self.count
 
-    def __iter__(self):
-        produced = 0
-        while produced < self.count:
-            for batch in self.loader:
-                yield batch
-                produced += 1
-                if produced == self.count:
-                    return
+    def __iter__(self):  # the loader's epochs one after another, cut at `count` batches
+        return itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.count)
 
 
 def measure_intr_train(args) -> dict:
