@@ -6,6 +6,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .config import BACKBONE_FEATURES, IntrConfig
 from .position_encoding import PositionEmbeddingSine
@@ -83,15 +84,6 @@ class Joiner(nn.Sequential):
         return features, feature_mask, pos
 
 
-def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
-    folded = copy.deepcopy(conv)
-    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
-                                        norm.weight, norm.bias)
-    folded.weight, folded.bias = nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)
-    return folded
-
-
 def _is_batch_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.BatchNorm2d, _frozen_batch_norm()))
 
@@ -105,7 +97,7 @@ def _fold_children(module: nn.Module) -> None:
     for conv_name, norm_name in pairs:
         conv, norm = children[conv_name], children[norm_name]
         if isinstance(conv, nn.Conv2d) and _is_batch_norm(norm):
-            setattr(module, conv_name, _fold_pair(conv, norm))
+            setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))  # duck-typed: FrozenBatchNorm2d too
             setattr(module, norm_name, nn.Identity())
     for child in module.children():
         _fold_children(child)
