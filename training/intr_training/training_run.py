@@ -131,7 +131,7 @@ def with_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespac
 
 
 def general_defaults() -> dict:
-    return {"seed": 0, "val_split": 0.1, "accumulate": 1}
+    return {"seed": 0, "val_split": 0.1, "accumulate": 1, "precision": "auto"}
 
 
 def default_workers() -> int:
@@ -180,7 +180,6 @@ class TrainingRun:
             self.args = args = self.resumed_arguments(args, saved["args"])
         else:
             self.args = args = with_defaults(args, general_defaults())
-            args.precision = args.precision or "auto"
             if args.recipe == "paper":
                 self.args = args = with_defaults(args, PAPER_START)
         collection = scan_collection(args.data, args.val_split, args.seed)
