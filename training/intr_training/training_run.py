@@ -314,14 +314,14 @@ class TrainingRun:
         self.val_loader = DataLoader(val_set, shuffle=False, **common) if collection.val else None
         if args.freeze is not None:  # the frozen backbone's features come with the batches
             backbone = folded_batch_norm(self.model.backbone[0])
-            if args.cache_features:
-                self.train_loader = FeatureLoader(self.train_loader, train_set.cache, backbone, self.options)
-                if self.val_loader is not None:
-                    self.val_loader = FeatureLoader(self.val_loader, val_set.cache, backbone, self.options)
-            else:
-                self.train_loader = BackboneFeatures(self.train_loader, backbone, self.options)
-                if self.val_loader is not None:
-                    self.val_loader = BackboneFeatures(self.val_loader, backbone, self.options)
+
+            def features(loader, dataset):
+                if args.cache_features:
+                    return FeatureLoader(loader, dataset.cache, backbone, self.options)
+                return BackboneFeatures(loader, backbone, self.options)
+            self.train_loader = features(self.train_loader, train_set)
+            if self.val_loader is not None:
+                self.val_loader = features(self.val_loader, val_set)
 
     def feature_cache(self, split: str, samples, variants) -> FeatureCache:
         """rank 0 writes the cache layout (keeping valid slots of an earlier one); the others open it."""
