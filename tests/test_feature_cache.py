@@ -245,3 +245,25 @@ def test_frozen_runs_compute_features_with_the_folded_backbone(tmp_path, monkeyp
                      "--freeze", "backbone", "--val-split", "0.34", flag, "--progress", "none"]) == 0
     assert len(folded) == 1 and not any(_is_batch_norm(module) for module in folded[0].modules())
     assert callers and all(caller is folded[0] for caller in callers)
+
+
+def test_a_cached_run_hashes_the_backbone_once(tmp_path, monkeypatch):
+    """The train and validation caches share one fingerprint of the backbone's weights (hashing
+    them is resnet50's ~100 MB read), computed once per run."""
+    from intr_training import cli, training_run
+    from training_data import FAST
+
+    hashed = []
+    fingerprint = training_run.backbone_fingerprint
+
+    def counted(backbone):
+        hashed.append(backbone)
+        return fingerprint(backbone)
+
+    monkeypatch.setattr(training_run, "backbone_fingerprint", counted)
+    monkeypatch.setattr(feature_cache, "backbone_fingerprint", counted)
+    data = write_classes(tmp_path / "data", {"disc": 3, "diamond": 3})
+    assert cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST, "--epochs", "1",
+                     "--freeze", "backbone", "--val-split", "0.34", "--cache-features", "--progress", "none"]) == 0
+    assert len(hashed) == 1
+    assert (tmp_path / "run" / "feature_cache" / "val-rank0.json").is_file()

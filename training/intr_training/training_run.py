@@ -29,7 +29,14 @@ from napari_intr.model.backbone import folded_batch_norm
 from . import distributed, schedules, state
 from .data import ImageFolderDataset, VariantDataset, collate, scan_collection
 from .engine import evaluate, options_for, precision_name, train_one_epoch
-from .feature_cache import BackboneFeatures, CachedVariants, FeatureCache, FeatureLoader, collate_pending
+from .feature_cache import (
+    BackboneFeatures,
+    CachedVariants,
+    FeatureCache,
+    FeatureLoader,
+    backbone_fingerprint,
+    collate_pending,
+)
 from .initialization import freeze, initial_model, set_dropout
 from .progress import Progress, make_progress
 from .recipes import (
@@ -298,8 +305,11 @@ class TrainingRun:
             val_set = VariantDataset(val_samples, [Variant(config.short_side, False)], config.max_side, args.seed,
                                      keep)
             if args.cache_features:
-                train_set = CachedVariants(train_set, self.feature_cache("train", collection.train, variants))
-                val_set = CachedVariants(val_set, self.feature_cache("val", val_samples, val_set.variants))
+                fingerprint = backbone_fingerprint(self.model.backbone[0])  # hashes every weight: once
+                train_set = CachedVariants(train_set, self.feature_cache("train", collection.train, variants,
+                                                                         fingerprint))
+                val_set = CachedVariants(val_set, self.feature_cache("val", val_samples, val_set.variants,
+                                                                     fingerprint))
             self.variant_sets = [train_set, val_set]
         workers = args.workers if args.workers is not None else (
             0 if keep or args.cache_features else default_workers())
@@ -323,12 +333,13 @@ class TrainingRun:
             if self.val_loader is not None:
                 self.val_loader = features(self.val_loader, val_set)
 
-    def feature_cache(self, split: str, samples, variants) -> FeatureCache:
-        """rank 0 writes the cache layout (keeping valid slots of an earlier one); the others open it."""
+    def feature_cache(self, split: str, samples, variants, fingerprint: str) -> FeatureCache:
+        """rank 0 writes the cache layout (keeping valid slots of an earlier one); the others open it.
+        fingerprint: `backbone_fingerprint` of the model's backbone."""
         name = split if split == "train" else f"{split}-rank{self.dist.rank}"
         backbone = self.model.backbone
         arguments = (self.out, name, samples, variants, self.config.max_side, backbone[0], backbone.stride,
-                     backbone.num_channels, precision_name(self.options))
+                     backbone.num_channels, precision_name(self.options), fingerprint)
         if split == "train" and not self.dist.is_main:
             distributed.barrier()
             return FeatureCache.prepare(*arguments, create=False)[0]
