@@ -204,12 +204,6 @@ class KeyedLayers:
         return layer
 
 
-def plane_ndim(layer) -> int:
-    """The dimensions of one plane of an image layer: rows and columns, and channels if RGB(A);
-    dimensions before them are napari's sliders."""
-    return 3 if layer.rgb else 2
-
-
 def is_image(layer) -> bool:
     # napari hands plugins proxy layers: compare class names, not types
     return layer.__class__.__name__ == "Image" and ATTENTION_TAG not in layer.metadata

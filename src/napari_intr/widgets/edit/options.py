@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, check_image, sample_colour
 
-from ..layers import LayerPicker, plane_ndim
+from ..layers import LayerPicker
 from ..workers import messages
 
 OPERATIONS = ("recolour", "erase", "blur", "transplant")
@@ -30,7 +30,7 @@ def plain_image(layer) -> np.ndarray:
     if layer.multiscale:
         raise ValueError(f"'{layer.name}' is multiscale; edit a single-resolution 2-D image")
     data = np.asarray(layer.data)
-    if data.ndim != plane_ndim(layer):
+    if layer.ndim != 2:  # napari's ndim leaves out an RGB(A) layer's channels
         raise ValueError(f"'{layer.name}' has shape {data.shape}; edit a 2-D grey or RGB(A) image "
                          "(split a stack first: right-click the layer ▸ Split Stack)")
     return check_image(data)

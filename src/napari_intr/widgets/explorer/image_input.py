@@ -6,7 +6,6 @@ from napari.layers import Image, Labels
 
 from napari_intr.preprocess import layout_problem
 
-from ..layers import plane_ndim
 from ..state import ImageSource
 
 
@@ -30,18 +29,18 @@ def explainable_plane(layer, viewer) -> tuple[np.ndarray, ImageSource]:
                          "layers: choose an Image layer (photo, grey or RGB)")
     notes: list[str] = []
     data, level_factor = _pick_level(layer, notes)
-    plane_dims = plane_ndim(layer)
+    sliders = layer.ndim - 2  # napari's ndim leaves out an RGB(A) layer's channels
     name = layer.name
     if not layer.rgb and data.ndim == 3 and data.shape[0] == 3:
         plane = np.moveaxis(np.asarray(data), 0, -1)
         notes.append(f"'{layer.name}' has shape {tuple(data.shape)}: its 3 planes were read as red, "
                      "green, blue (channel-first). To explain one plane alone, split the stack "
                      "(right-click the layer ▸ Split Stack) and choose a plane")
-    elif data.ndim > plane_dims:
-        index = current_index(layer, viewer, data.ndim - plane_dims, data.shape)
+    elif sliders > 0:
+        index = current_index(layer, viewer, sliders, data.shape)
         plane = np.asarray(data[index])
         name = f"{layer.name} [{', '.join(str(i) for i in index)}]"
-        notes.append(f"'{layer.name}' has {data.ndim - plane_dims} slider dimension(s): explained "
+        notes.append(f"'{layer.name}' has {sliders} slider dimension(s): explained "
                      f"the current slice {list(index)}; move the slider and Explain again for another")
     elif data.ndim < 2:
         raise InputError(f"'{layer.name}' has shape {tuple(data.shape)}; choose a 2-D image")

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
 
 from napari_intr.explanation import layer_name
 
-from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, plane_ndim, scaled_mean
+from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, scaled_mean
 from ..qt_helpers import TextLabel, fill_table, read_only_table
 from ..state import ExplorerState, follow
 from ..workers import messages
@@ -174,7 +174,7 @@ def full_resolution_plane(layer, viewer):
     if not layer.multiscale:
         return plane, source
     base = layer.data[0]
-    leading = base.ndim - plane_ndim(layer)
+    leading = layer.ndim - 2  # napari's ndim leaves out an RGB(A) layer's channels
     index = current_index(layer, viewer, leading, base.shape) if leading else ()
     full = ImageSource(layer, source.name, tuple(float(s) for s in layer.scale[-2:]),
                        tuple(float(t) for t in layer.translate[-2:]), source.notes)
