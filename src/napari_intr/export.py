@@ -36,7 +36,7 @@ def prediction_cells(explanation: Explanation, top_k: int) -> dict:
     labels, cells = explanation.labels(), {}
     for rank, entry in enumerate(explanation.table()[:top_k], start=1):
         cells[f"top{rank}_class"] = entry["name"]
-        cells[f"top{rank}_label"] = labels[explanation.class_names.index(entry["name"])]
+        cells[f"top{rank}_label"] = labels[explanation.column(entry["name"])]
         cells[f"top{rank}_probability"] = float(f"{entry['probability']:.6g}")
     return cells
 
@@ -157,7 +157,7 @@ CLASS_TABLE_COLUMNS = ["rank", "class", "label", "probability", "logit", "index"
 def explanation_metadata(explanation: Explanation, class_name: str, layer: int, image_file: str | None = None,
                          offset: tuple[int, int] = (0, 0)) -> dict:
     """What an attention TIFF says about itself (Info property / OME description), as JSON."""
-    column = explanation.class_names.index(class_name)
+    column = explanation.column(class_name)
     scale, translate = explanation.grid_to_image()
     return {
         "image": explanation.image_name, "class": class_name, "label": explanation.labels()[column],
@@ -175,7 +175,7 @@ def explanation_metadata(explanation: Explanation, class_name: str, layer: int, 
 
 def class_table_rows(explanation: Explanation) -> list[dict]:
     labels = explanation.labels()
-    return [{"rank": entry["rank"], "class": entry["name"], "label": labels[explanation.class_names.index(entry["name"])],
+    return [{"rank": entry["rank"], "class": entry["name"], "label": labels[explanation.column(entry["name"])],
              "probability": float(f"{entry['probability']:.6g}"), "logit": float(f"{entry['logit']:.6g}"),
              "index": entry["index"]} for entry in explanation.table()]
 
@@ -249,7 +249,7 @@ def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.
         placed = _unit(explanation.upsample(explanation.mean_map(top, layer)))
         heat[row: row + height, column: column + width] = np.maximum(heat[row: row + height, column: column + width],
                                                                       placed)
-        colour = colormaps["tab10"](explanation.class_indices[explanation.class_names.index(top)] % 10)[:3]
+        colour = colormaps["tab10"](explanation.class_indices[explanation.column(top)] % 10)[:3]
         outlines.append((region, colour))
     written.append(write_image_tiff(folder / f"{stem}_image.tif", photo, pixel_size))
     written.append(write_overlay_png(folder / f"{stem}_overlay.png", photo, heat, outlines=outlines))
