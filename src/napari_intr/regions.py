@@ -7,6 +7,7 @@ one (exclusive, as numpy slicing), x along columns and y along rows. A margin wi
 """
 from __future__ import annotations
 
+import csv
 import math
 import os
 from dataclasses import dataclass
@@ -97,8 +98,6 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
 
     Columns image,x0,y0,x1,y1 and optionally id (default: the region's number within its image,
     from 1); any other columns are ignored. Relative image paths are taken from the CSV's folder."""
-    import csv
-
     from .csv_output import unescape_cell
     path = Path(path)
     if not path.is_file():
@@ -152,7 +151,6 @@ def _delimiter(header: str) -> str:
     """Spreadsheets in many locales save "CSV" with semicolons (or tabs): the header line tells.
     The separator that yields the box columns wins (another column's name may hold a comma);
     failing that, the one found, so that the message names the columns missing."""
-    import csv
     for delimiter in (",", ";", "\t"):
         names = next(csv.reader([header], delimiter=delimiter), [])
         if set(BOX_COLUMNS) <= {name.strip().lower() for name in names}:
