@@ -189,7 +189,7 @@ class FineTuneWidget(QWidget):
             self._activity.total = total
             self._activity.set_description(f"{WIDGET_NAME}: epoch {self._first_epoch}/{self._epochs}")
         self.status.setText(f"Training on {event['train_images']} images ({event['val_images']} for "
-                            f"validation) of {len(event['classes'])} classes in {event.get('precision', 'fp32')}; "
+                            f"validation) of {len(event['classes'])} classes in {event['precision']}; "
                             f"{event['init']}")
 
     def _on_step_event(self, event: dict) -> None:
