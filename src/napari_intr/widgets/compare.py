@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QListView,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -37,7 +36,7 @@ from napari_intr.explanation import layer_name
 from napari_intr.model.config import DECODE_MODES
 
 from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from .qt_helpers import TextLabel, fill_table, group_box, read_only_table, search_field, set_items
+from .qt_helpers import TextLabel, fill_table, group_box, read_only_table, search_field, set_items, stack
 from .state import follow, shared_state
 from .workers import messages
 from .workers.jobs import compare_job
@@ -58,11 +57,7 @@ class CompareWidget(QWidget):
         self.comparison: Comparison | None = None
         self._compared = None  # (source, explanation) the comparison belongs to
         self.status = TextLabel("")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.status)
-        layout.addWidget(self._choice_box())
-        layout.addWidget(self._results_box())
-        layout.addStretch(1)
+        stack(self, self.status, self._choice_box(), self._results_box()).addStretch(1)
         self.setMinimumWidth(380)
         follow(self.state.events.model, self._new_model, self)
         follow(self.state.events.explanation, self._new_explanation, self)
@@ -285,10 +280,7 @@ class CandidateList(QWidget):
         self.list.setEditTriggers(QListView.NoEditTriggers)
         self.list.setMinimumHeight(120)
         self.list.setToolTip("Tick the classes to compare (at least two)")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.filter)
-        layout.addWidget(self.list)
+        stack(self, self.filter, self.list).setContentsMargins(0, 0, 0, 0)
 
     def set_classes(self, names) -> None:
         """New class list (a new model); ticks of classes still present are kept."""

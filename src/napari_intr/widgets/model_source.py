@@ -11,12 +11,11 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..devices import DEVICES
-from .qt_helpers import PathEdit, TextLabel
+from .qt_helpers import PathEdit, TextLabel, stack
 from .state import ExplorerState, follow
 from .workers import messages
 from .workers.jobs import load_model_job
@@ -94,12 +93,7 @@ class ModelSourceBox(QGroupBox):
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.load_button.setEnabled(not busy))
         self.loaded = TextLabel("No model loaded")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.picker)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.load_button)
-        layout.addWidget(self.task)
-        layout.addWidget(self.loaded)
+        stack(self, self.picker, self.form.native, self.load_button, self.task, self.loaded)
         follow(state.events.model, self._show_loaded, self)
         self.picker.source.currentIndexChanged.connect(self._hint_class_names)
         self._hint_class_names()

@@ -13,13 +13,13 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QStackedWidget,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, check_image, sample_colour
 
 from ..layers import LayerPicker
+from ..qt_helpers import stack
 from ..workers import messages
 
 OPERATIONS = ("recolour", "erase", "blur", "transplant")
@@ -79,10 +79,7 @@ class EditOptions(QWidget):
         self.operation.changed.connect(lambda name: self.pages.setCurrentIndex(OPERATIONS.index(name)))
         choose = Container(widgets=[self.operation])
         choose.margins = (0, 0, 0, 0)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(choose.native)
-        layout.addWidget(self.pages)
+        stack(self, choose.native, self.pages).setContentsMargins(0, 0, 0, 0)
         self.set_colour(self.colour)
 
     def set_colour(self, colour) -> None:

@@ -4,12 +4,12 @@ before, diverging colour map, symmetric contrast limits) for the chosen class.""
 from __future__ import annotations
 
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QGroupBox, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox
 
 from napari_intr.explanation import layer_name, layer_number
 
 from ..layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from ..qt_helpers import TextLabel, fill_table, read_only_table
+from ..qt_helpers import TextLabel, fill_table, read_only_table, stack
 
 CLASS_COLUMNS = ("Class", "p before", "p after", "Δp", "Δlogit")
 HEAD_COLUMNS = ("Head", "in region before", "after", "change")
@@ -30,11 +30,7 @@ class EditReport(QGroupBox):
         self.heads.setToolTip("Share of the chosen class's attention (each map sums to 1) that falls "
                               "inside the painted region")
         self.note = TextLabel("")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.flag)
-        layout.addWidget(self.classes)
-        layout.addWidget(self.heads)
-        layout.addWidget(self.note)
+        stack(self, self.flag, self.classes, self.heads, self.note)
         self.effect = None
 
     def clear(self, text: str) -> None:

@@ -5,12 +5,12 @@ the cached encoder memory), so they are instant and run on the GUI thread."""
 from __future__ import annotations
 
 from magicgui.widgets import ComboBox, Container, SpinBox
-from qtpy.QtWidgets import QGroupBox, QLabel, QListWidget, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QLabel, QListWidget, QPushButton
 
 from napari_intr.explanation import layer_from_number
 
 from ..layers import DisplayOptions, LiveLayerSet, layer_views
-from ..qt_helpers import TextLabel
+from ..qt_helpers import TextLabel, stack
 from ..state import ExplorerState, follow
 from ..workers import messages
 
@@ -42,12 +42,7 @@ class AttentionBox(QGroupBox):
         self.ranking = QListWidget()
         self.ranking.setMaximumHeight(110)
         self.ranking.setToolTip("Heads by their peak attention weight: the strongest first")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.showing)
-        layout.addWidget(self.display.native)
-        layout.addWidget(QLabel("Heads ranked by peak attention:"))
-        layout.addWidget(self.ranking)
-        layout.addWidget(self.keep_button)
+        stack(self, self.showing, self.display.native, QLabel("Heads ranked by peak attention:"), self.ranking, self.keep_button)
         self.display.changed.connect(self.update_layers)
         follow(state.events.explanation, self._new_explanation, self)
         self._set_enabled(False)

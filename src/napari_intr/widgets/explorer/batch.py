@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from magicgui.widgets import Container, SpinBox
-from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QPushButton
 
-from ..qt_helpers import PathEdit, TextLabel
+from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import batch_job
@@ -30,11 +30,7 @@ class BatchBox(QGroupBox):
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.run_button.setEnabled(not busy))
         self.summary = TextLabel("")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.task)
-        layout.addWidget(self.summary)
+        stack(self, self.form.native, self.run_button, self.task, self.summary)
 
     def run(self) -> None:
         problem = self._problem()

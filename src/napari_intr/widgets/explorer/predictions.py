@@ -18,10 +18,9 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHeaderView,
     QTableView,
-    QVBoxLayout,
 )
 
-from ..qt_helpers import TextLabel, search_field
+from ..qt_helpers import TextLabel, search_field, stack
 
 COLUMNS = ("Rank", "Class", "Probability", "Logit")
 NAME_COLUMN = 1
@@ -105,11 +104,7 @@ class PredictionsBox(QGroupBox):
         self.not_decoded = TextLabel("")
         self.not_decoded.setVisible(False)
         self.answer = TextLabel("Explain an image to see its classes")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.filter)
-        layout.addWidget(self.table)
-        layout.addWidget(self.not_decoded)
-        layout.addWidget(self.answer)
+        stack(self, self.filter, self.table, self.not_decoded, self.answer)
         self.explanation = None
 
     def show_explanation(self, explanation) -> None:

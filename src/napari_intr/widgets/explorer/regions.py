@@ -10,13 +10,12 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QPushButton,
-    QVBoxLayout,
 )
 
 from napari_intr.explanation import layer_name
 
 from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, scaled_mean
-from ..qt_helpers import TextLabel, fill_table, read_only_table
+from ..qt_helpers import TextLabel, fill_table, read_only_table, stack
 from ..state import ExplorerState, follow
 from ..workers import messages
 from ..workers.jobs import regions_job
@@ -62,12 +61,7 @@ class RegionsBox(QGroupBox):
         form = QFormLayout()
         form.addRow("Regions layer", self.regions_layer.native)
         form.addRow("Margin", self.margin)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.explain_button)
-        layout.addWidget(self.task)
-        layout.addWidget(self.table)
-        layout.addWidget(self.summary)
+        stack(self, form, self.explain_button, self.task, self.table, self.summary)
         self.maps = KeyedLayers(viewer)
         self.outlines = None
         self.results: list = []    # regions.RegionResult of the last run

@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container
-from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QPushButton
 
 from napari_intr.explanation import layer_from_number
 
-from ..qt_helpers import PathEdit, TextLabel
+from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import save_job
@@ -38,11 +38,7 @@ class SaveBox(QGroupBox):
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.save_button.setEnabled(not busy))
         self.summary = TextLabel("")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.save_button)
-        layout.addWidget(self.task)
-        layout.addWidget(self.summary)
+        stack(self, self.form.native, self.save_button, self.task, self.summary)
 
     def save(self) -> None:
         state, regions = self.state, self.regions_box.results

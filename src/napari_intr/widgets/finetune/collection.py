@@ -6,9 +6,9 @@ from typing import Callable
 
 from magicgui.widgets import Container, FloatSpinBox
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QPushButton
 
-from ..qt_helpers import PathEdit, TextLabel, fill_table, read_only_table
+from ..qt_helpers import PathEdit, TextLabel, fill_table, read_only_table, stack
 from ..workers.jobs import FEW_IMAGES, CollectionSummary, scan_job
 from ..workers.task_bar import TaskBar
 
@@ -34,12 +34,7 @@ class CollectionBox(QGroupBox):
         self.table.setMinimumHeight(120)
         self.table.setVisible(False)
         self.notes = TextLabel("")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.scan_button)
-        layout.addWidget(self.task)
-        layout.addWidget(self.table)
-        layout.addWidget(self.notes)
+        stack(self, self.form.native, self.scan_button, self.task, self.table, self.notes)
         self.summary: CollectionSummary | None = None
         self.seed = 0  # the split's seed: the settings' seed, set by the owner before a scan
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QPushButton
 
-from ..qt_helpers import TextLabel, fill_table, read_only_table
+from ..qt_helpers import TextLabel, fill_table, read_only_table, stack
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import load_model_job
@@ -31,11 +31,7 @@ class RunResultsBox(QGroupBox):
         self.use_button.clicked.connect(self.use_in_explorer)
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.use_button.setEnabled(not busy))
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.summary)
-        layout.addWidget(self.table)
-        layout.addWidget(self.use_button)
-        layout.addWidget(self.task)
+        stack(self, self.summary, self.table, self.use_button, self.task)
         self.model_path: Path | None = None
         self.device = "auto"
         self.setVisible(False)

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, LineEdit, SpinBox
-from qtpy.QtWidgets import QGroupBox, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox
 
 from ...devices import DEVICES
 from ..model_source import EXPLORER_MODEL, ModelSourcePicker
-from ..qt_helpers import PathEdit
+from ..qt_helpers import PathEdit, stack
 from ..state import ExplorerState
 
 BASE_MODEL_FILE = "base_model.safetensors"  # the Explorer's in-memory model, saved into the run
@@ -73,9 +73,7 @@ class SettingsBox(QGroupBox):
         self.form = Container(widgets=[self.epochs, self.batch_size, self.lr, self.lr_backbone, self.image_size,
                                        self.freeze, self.device, self.seed, self.out])
         self.form.margins = (0, 0, 0, 0)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.base)
-        layout.addWidget(self.form.native)
+        stack(self, self.base, self.form.native)
 
     def output_folder(self) -> Path:
         if not self.out.path:
