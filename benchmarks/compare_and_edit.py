@@ -15,8 +15,6 @@ Ratios are time / full explain. Models have random weights: timing does not depe
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -27,27 +25,12 @@ from napari_intr.devices import resolve_device
 from napari_intr.explanation import Explainer
 from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, compare_explanations
 from napari_intr.model import IntrConfig, build_model
+from timed_training import median_seconds
 
 CASES = [  # (label, config, image height, image width)
     ("tiny", IntrConfig.tiny(10), 128, 192),
     ("resnet50", IntrConfig(num_classes=200), 800, 1200),
 ]
-
-
-def median_seconds(functions: dict, repeats: int, device: torch.device) -> dict:
-    """Median of each function, run in turn within every repeat so that load from other
-    processes affects them alike (one warm-up call each first)."""
-    for function in functions.values():
-        function()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            function()  # results come back as numpy arrays, which waits for the device
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure(config: IntrConfig, height: int, width: int, repeats: int, device: torch.device) -> dict:

@@ -14,8 +14,6 @@ Target: full / switch >= 20x for the resnet50 model.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -23,27 +21,12 @@ import torch
 from napari_intr.devices import resolve_device
 from napari_intr.explanation import Explainer
 from napari_intr.model import IntrConfig, build_model
+from timed_training import median_seconds
 
 CASES = [  # (label, config, image height, image width)
     ("resnet50", IntrConfig(num_classes=200), 800, 1200),
     ("tiny", IntrConfig.tiny(10), 128, 192),
 ]
-
-
-def median_seconds(functions: dict, repeats: int, device: torch.device) -> dict:
-    """Median time of each function, run in turn within every repeat so that load from other
-    processes affects them alike."""
-    for function in functions.values():
-        function()  # warm-up: first calls allocate and pick kernels
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            function()  # Explainer returns numpy arrays, which waits for the device
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def prepare(config: IntrConfig, height: int, width: int, repeats: int, device: torch.device) -> tuple:

@@ -28,7 +28,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from timed_training import load, timed_train
+from timed_training import load, median_seconds, timed_train
 
 
 def run(data: Path, out: Path, epochs: int, flag: str, precision: str, args) -> dict:
@@ -41,7 +41,6 @@ def run(data: Path, out: Path, epochs: int, flag: str, precision: str, args) -> 
 
 def parts(args) -> None:
     """Per-image seconds of the frozen backbone's forward and of a cached step, fp32 vs bf16."""
-    import time
     from contextlib import nullcontext
 
     import torch
@@ -67,15 +66,6 @@ def parts(args) -> None:
     with torch.no_grad():
         features, feature_mask = model.backbone[0](images, mask)
 
-    def seconds_per_image(function) -> float:
-        function()  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - started)
-        return sorted(times)[len(times) // 2] / args.batch_size
-
     def backbone_forward(bf16: bool):  # as the cache fills: batch norm folded (training_run.py)
         backbone_features(folded, images, mask, StepOptions(torch.device("cpu"), amp=bf16, channels_last=bf16))
 
@@ -94,8 +84,9 @@ def parts(args) -> None:
     for bf16 in (False, True):
         model.backbone.to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
         folded = folded_batch_norm(model.backbone[0])
-        rows[bf16] = (seconds_per_image(lambda bf16=bf16: backbone_forward(bf16)),
-                      seconds_per_image(lambda bf16=bf16: cached_step(bf16)))
+        seconds = median_seconds({"backbone": lambda bf16=bf16: backbone_forward(bf16),
+                                  "step": lambda bf16=bf16: cached_step(bf16)}, args.repeats)
+        rows[bf16] = (seconds["backbone"] / args.batch_size, seconds["step"] / args.batch_size)
     print(f"{args.backbone} INTR, {args.classes} classes, batch {args.batch_size} of {args.size}x{args.size} px, "
           f"{torch.get_num_threads()} torch threads, median of {args.repeats}; native bf16: "
           f"{native_bf16(torch.device('cpu'))}; load {before} -> {load()}")

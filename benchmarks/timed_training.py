@@ -1,11 +1,12 @@
-"""One `intr train` run in a fresh process, timed, with its per-epoch metrics and the machine's load.
-
-Shared by the training benchmarks (feature_cache.py, tiny_recipe.py), which run as scripts from
-this folder."""
+"""Timing shared by the benchmarks, which run as scripts from this folder: the machine's load,
+one `intr train` run in a fresh process (feature_cache.py, tiny_recipe.py) and the median time of
+functions run side by side in this process (explain_vs_switch.py, compare_and_edit.py,
+feature_cache.py --parts, tiny_grid.py)."""
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -27,3 +28,22 @@ def timed_train(arguments: list[str], out: Path) -> dict:
         raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"seconds": seconds, "metrics": metrics, "load": f"{before} -> {load()}"}
+
+
+def median_seconds(functions: dict, repeats: int, device=None) -> dict:
+    """Median time of each function, run in turn within every repeat so that load from other
+    processes affects them alike (one warm-up call each first: first calls allocate and pick
+    kernels). On CUDA (`device`) the queue is drained before each timed call; each function must
+    wait for its own results (e.g. by returning numpy arrays)."""
+    for function in functions.values():
+        function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            if device is not None and device.type == "cuda":
+                import torch
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -30,13 +30,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
-from timed_training import load
+from timed_training import load, median_seconds
 
 
 @contextlib.contextmanager
@@ -73,14 +72,10 @@ def seconds_per_explain(model_path: Path, test: Path) -> tuple[float, tuple[int,
     model = load_model(model_path, device="cpu")
     image = read_image(min(test.rglob("*.png")))
     inputs = model.preprocess(image)
-    times = []
     with torch.inference_mode():
-        for _ in range(22):
-            started = time.perf_counter()
-            output = model(inputs)
-            times.append(time.perf_counter() - started)
-    grid = tuple(output.attention.shape[-2:])
-    return statistics.median(times[2:]), grid
+        grid = tuple(model(inputs).attention.shape[-2:])  # and, with median_seconds' own, two warm-ups
+        seconds = median_seconds({"explain": lambda: model(inputs)}, 20)["explain"]
+    return seconds, grid
 
 
 def measure(name: str, model_path: Path, args: argparse.Namespace) -> dict:

@@ -91,3 +91,11 @@ def test_feature_cache_runs_cached_and_uncached_in_each_precision(tmp_path):
     assert "| uncached, --precision auto | " in text and "| uncached, --precision fp32 | " in text
     assert "EXTRAPOLATED from 1 epochs" in text
     assert "cached vs uncached, --precision auto:" in text and "cached vs uncached, --precision fp32:" in text
+
+
+def test_median_seconds_warms_up_once_then_runs_the_functions_in_turn():
+    import timed_training
+    calls = []
+    medians = timed_training.median_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved repeats
+    assert set(medians) == {"a", "b"} and all(seconds >= 0 for seconds in medians.values())
