@@ -90,11 +90,14 @@ def autocast(options: StepOptions):
     return torch.autocast(options.device.type, dtype=torch.bfloat16) if options.amp else nullcontext()
 
 
+def device_images(images: torch.Tensor, options: StepOptions) -> torch.Tensor:
+    """images (or cached features) [B, C, H, W] on the step's device, in its memory format."""
+    images = images.to(options.device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if options.channels_last else images
+
+
 def to_device(batch: Batch, options: StepOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    images = batch.images.to(options.device, non_blocking=True)
-    if options.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, batch.mask.to(options.device), batch.labels.to(options.device)
+    return device_images(batch.images, options), batch.mask.to(options.device), batch.labels.to(options.device)
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ from napari_intr.atomic import atomic_write
 from napari_intr.preprocess import resized_shape
 
 from .data import Batch, Sample, VariantDataset, image_size
-from .engine import StepOptions, autocast
+from .engine import StepOptions, autocast, device_images
 
 CACHE_FOLDER = "feature_cache"
 CACHE_FORMAT = 1
@@ -296,9 +296,7 @@ def backbone_features(backbone: torch.nn.Module, images: torch.Tensor, mask: tor
     in the step's precision and memory format. backbone: `folded_batch_norm` of the model's.
     On the CPU one image at a time: resnet50 at 512 px in bf16 took 0.118 s per image so, 0.139 s
     in batches of 4 and 0.141 s in batches of 8 (benchmarks/RESULTS.md); a GPU wants batches."""
-    images, mask = images.to(options.device), mask.to(options.device)
-    if options.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images, mask = device_images(images, options), mask.to(options.device)
     was_training = backbone.training
     backbone.eval()
     size = 1 if options.device.type == "cpu" else len(images)
