@@ -162,11 +162,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             # Gradients are averaged across ranks only on the micro-batch that updates.
             with nullcontext() if update or not distributed else model.no_sync():
                 loss, predicted = train_step(model, batch, options, sampler)
-                if not math.isfinite(loss.item()):
-                    raise RuntimeError(f"the loss became {loss.item()} at epoch {epoch}, step {step}: "
+                value = loss.item()  # one device-to-host read per step
+                if not math.isfinite(value):
+                    raise RuntimeError(f"the loss became {value} at epoch {epoch}, step {step}: "
                                        "training diverged. Lower --lr (e.g. by 10x) and start again")
                 (loss / accumulate).backward()
-            loss_sum += loss.item() * len(batch.labels)
+            loss_sum += value * len(batch.labels)
             correct += int((predicted == batch.labels).sum())
             count += len(batch.labels)
         if update:
