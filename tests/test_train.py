@@ -1,6 +1,7 @@
 """`intr train`: output files, JSON progress, fine-tuning to another class set, freezing."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -110,3 +111,18 @@ def test_fine_tune_cli_to_new_classes_with_frozen_encoder(tmp_path, capsys):
     tuned = load_model(out, device="cpu")
     assert tuned.class_names == ["diamond", "disc", "fresh"]
     assert tuned.config.hidden_dim == IntrConfig.tiny(3).hidden_dim  # an older model keeps its own shape
+
+
+def test_a_diverged_loss_stops_the_epoch_with_advice(monkeypatch):
+    from intr_training import engine
+    from intr_training.data import Batch
+
+    def nan_step(model, batch, options, sampler=None):
+        return model(torch.zeros(1, 1)).sum() * float("nan"), torch.zeros(1, dtype=torch.long)
+
+    monkeypatch.setattr(engine, "train_step", nan_step)
+    model = torch.nn.Linear(1, 1)
+    batch = Batch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.bool), torch.zeros(1, dtype=torch.long), 0)
+    with pytest.raises(RuntimeError, match=r"the loss became nan at epoch 3, step 1: training diverged\. Lower --lr"):
+        engine.train_one_epoch(model, [batch], torch.optim.SGD(model.parameters(), 0.1),
+                               engine.StepOptions(torch.device("cpu")), epoch=3)
