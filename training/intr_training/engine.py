@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import Batch
 from .distributed import sum_over_ranks
-from .recipes import PRECISIONS
+from .recipes import AMP_MIN_IMAGES, AMP_MIN_SIDE, PRECISIONS
 from .sampling import QuerySampler, sampled_cross_entropy
 
 TOP_K = 5
@@ -34,8 +34,8 @@ class StepOptions:
 # many pixels per step training runs in fp32 (TF32 matmuls); paper scale (8 x 800 x 1200) is above.
 # On a CPU with native bf16 (AVX512-BF16) a resnet50 step of 8 x 512^2 px ran its transformer 1.9x
 # and its backbone 2.0x (with channels-last) faster in bf16; smaller CPU steps (the tiny recipe's)
-# keep the fp32 they were tuned in.
-AMP_MIN_PIXELS = 8 * 512 * 512
+# keep the fp32 they were tuned in. (The threshold is recipes.py's, which `intr train --help` states.)
+AMP_MIN_PIXELS = AMP_MIN_IMAGES * AMP_MIN_SIDE ** 2
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -42,9 +42,12 @@ FROZEN_SCALES = (0.875, 1.0)  # "multiscale" with a frozen backbone: these fract
 WEIGHT_DECAY = 1e-4
 CLIP_MAX_NORM = 0.1
 PRECISIONS = ("auto", "fp32", "bf16")
-PRECISION_HELP = ("auto: bf16 autocast for steps of at least 8 images of 512x512 px (or as many pixels) on a "
-                  "GPU and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 otherwise; fp32; bf16: always "
-                  "bf16 autocast")
+# "auto" precision's threshold: bf16 autocast from steps of this many images of this side (or as many
+# pixels) on; engine.py says why.
+AMP_MIN_IMAGES, AMP_MIN_SIDE = 8, 512
+PRECISION_HELP = (f"auto: bf16 autocast for steps of at least {AMP_MIN_IMAGES} images of {AMP_MIN_SIDE}x{AMP_MIN_SIDE} "
+                  "px (or as many pixels) on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 "
+                  "otherwise; fp32; bf16: always bf16 autocast")
 FREEZE_CHOICES = ("backbone", "encoder")  # "encoder": backbone, projection and encoder
 # These may change when a run is resumed; everything else comes from the saved run.
 RUNTIME_ARGUMENTS = ("data", "out", "epochs", "device", "resume", "progress", "workers")
