@@ -47,7 +47,7 @@ class PatchCache:
 
     def offer(self, key: str, record: dict, image: np.ndarray) -> None:
         """Push one record's heads into the galleries; cut the patches that entered one."""
-        if "error" in record:
+        if "error" in record or self.limit == 0:  # limit 0 (ranks other than 0): nothing is ever held
             return
         name = record["class"]
         entering = []
