@@ -335,7 +335,6 @@ class FeatureLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    @torch.no_grad()
     def complete(self, items: list) -> Batch:
         kept = [item for item in items if item is not None]
         skipped = len(items) - len(kept)
