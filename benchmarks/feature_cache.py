@@ -41,14 +41,13 @@ def run(data: Path, out: Path, epochs: int, flag: str, precision: str, args) -> 
 
 def parts(args) -> None:
     """Per-image seconds of the frozen backbone's forward and of a cached step, fp32 vs bf16."""
-    from contextlib import nullcontext
-
     import torch
 
-    from intr_training.engine import StepOptions, native_bf16
+    from intr_training.data import Batch
+    from intr_training.engine import StepOptions, native_bf16, train_step
     from intr_training.feature_cache import backbone_features
     from intr_training.initialization import freeze, initial_model
-    from intr_training.recipes import RECIPES
+    from intr_training.recipes import CLIP_MAX_NORM, RECIPES
     from intr_training.training_run import optimizer_for
     from napari_intr.model.backbone import folded_batch_norm
 
@@ -69,13 +68,11 @@ def parts(args) -> None:
     def backbone_forward(bf16: bool):  # as the cache fills: batch norm folded (training_run.py)
         backbone_features(folded, images, mask, StepOptions(torch.device("cpu"), amp=bf16, channels_last=bf16))
 
-    def cached_step(bf16: bool):
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            output = model(features, feature_mask, return_attention=False, first_pass=True, from_features=True)
-        loss = (torch.nn.functional.cross_entropy(output.logits.float(), labels)
-                + torch.nn.functional.cross_entropy(output.first_pass_logits.float(), labels))
+    def cached_step(bf16: bool):  # engine.train_step on a cached batch, then train_one_epoch's update
+        options = StepOptions(torch.device("cpu"), amp=bf16, channels_last=bf16)
+        loss, _ = train_step(model, Batch(features, feature_mask, labels, 0, features=True), options)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 0.1)
+        torch.nn.utils.clip_grad_norm_(trained, CLIP_MAX_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
