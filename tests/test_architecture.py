@@ -2,6 +2,7 @@
 modules (imports inside functions included), the inference core apart from training and from
 command-line parsing. Read from the source with `ast`, so nothing here imports the project."""
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,16 +22,21 @@ def project_modules() -> dict[str, Path]:
     return modules
 
 
+def import_nodes(tree: ast.Module, top_level_only: bool):
+    """Every node of the file, or those of the statements outside functions and classes (if/try
+    blocks included)."""
+    if not top_level_only:
+        return ast.walk(tree)
+    return [node for statement in tree.body if not isinstance(statement, (ast.FunctionDef, ast.ClassDef))
+            for node in ast.walk(statement)]
+
+
 def imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bool = False) -> set[str]:
     """The project modules that `name` imports: anywhere in the file, or at module level only."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    nodes = ast.walk(tree)
-    if top_level_only:  # statements outside functions and classes (if/try blocks included)
-        nodes = [node for statement in tree.body if not isinstance(statement, (ast.FunctionDef, ast.ClassDef))
-                 for node in ast.walk(statement)]
     found = set()
-    for node in nodes:
+    for node in import_nodes(tree, top_level_only):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -168,7 +174,6 @@ def test_ruff_is_clean():
     """`ruff check .` with the rules in pyproject.toml (pyflakes, isort, bugbear, complexity)."""
     import importlib.util
     import subprocess
-    import sys
     if importlib.util.find_spec("ruff") is None:
         import pytest
         pytest.skip("ruff is not installed (it comes with the testing extra)")
@@ -192,18 +197,12 @@ def declared_dependencies() -> tuple[set[str], set[str]]:
 
 
 def third_party_imports(path: Path, top_level_only: bool) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes = ast.walk(tree)
-    if top_level_only:
-        nodes = [node for statement in tree.body if not isinstance(statement, (ast.FunctionDef, ast.ClassDef))
-                 for node in ast.walk(statement)]
     found = set()
-    for node in nodes:
+    for node in import_nodes(ast.parse(path.read_text(encoding="utf-8")), top_level_only):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             found.add(node.module.split(".")[0])
-    import sys
     return {name for name in found if name not in sys.stdlib_module_names and name not in PACKAGES}
 
 
