@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.data is None:
         what = f"{args.images} synthetic images of {args.classes} classes"
     else:
-        from intr_training.data import scan_collection
+        from napari_intr.collection.scan import scan_collection
         collection = scan_collection(args.data, 0.1, 0)
         what = (f"{args.data}: {len(collection.train) + len(collection.val)} images of "
                 f"{len(collection.class_names)} classes")

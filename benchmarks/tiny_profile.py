@@ -21,8 +21,9 @@ import time
 def measure(data: str, threads: int, profile: bool) -> dict:
     import torch
 
-    from intr_training.data import collate, read_image, scan_collection
+    from intr_training.data import collate
     from intr_training.transforms import resize_normalise
+    from napari_intr.collection.scan import read_image, scan_collection
     from napari_intr.model import IntrConfig, build_model
     torch.set_num_threads(threads)
     collection = scan_collection(data, 0.2, 0)

@@ -35,8 +35,8 @@ def hidden_64_start(data: Path, folder: Path) -> Path:
     """A random tiny model of the earlier width (hidden 64) for the data's classes, as a file for --init."""
     import torch
 
-    from intr_training.data import scan_collection
     from napari_intr import save_model
+    from napari_intr.collection.scan import scan_collection
     from napari_intr.model import IntrConfig, build_model
     classes = scan_collection(data).class_names
     torch.manual_seed(0)

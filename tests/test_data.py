@@ -5,8 +5,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from intr_training.data import ImageFolderDataset, collate, read_image, scan_collection
+from intr_training.data import ImageFolderDataset, collate
 from intr_training.transforms import eval_transform, train_transform, training_sizes
+from napari_intr.collection.scan import read_image, scan_collection
 from napari_intr.model import IntrConfig, build_model
 from training_data import write_classes
 

@@ -5,8 +5,8 @@ import json
 import torch
 
 from intr_training import cli
-from intr_training.data import read_image
 from napari_intr import load_model, save_model
+from napari_intr.collection.scan import read_image
 from napari_intr.model import IntrConfig, build_model
 from training_data import write_classes
 

@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from intr_training import feature_cache
-from intr_training.data import VariantDataset, read_image, scan_collection
+from intr_training.data import VariantDataset
 from intr_training.engine import StepOptions
 from intr_training.feature_cache import (
     CachedVariants,
@@ -17,6 +17,7 @@ from intr_training.feature_cache import (
     collate_pending,
 )
 from intr_training.transforms import apply_variant, fixed_variants, resize_normalise
+from napari_intr.collection.scan import read_image, scan_collection
 from napari_intr.model import IntrConfig, build_model
 from training_data import write_classes
 

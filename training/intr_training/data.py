@@ -1,141 +1,18 @@
-"""Image collections in ImageFolder layout: find classes and images, split, load, batch.
-
-A collection is `ROOT/<class>/<image>` (a seeded, stratified validation split is drawn from
-it) or `ROOT/train/<class>/…` plus `ROOT/val/<class>/…`. Hidden files and folders (".masks",
-".ipynb_checkpoints") are ignored, and so are files that are not images. Images whose header
-cannot be read, or whose pixels would not fit in memory, are skipped with their reason when the
-collection is scanned; images that fail to decode or resize later make the dataset return None
-(the reason goes to stderr), and `collate` drops them.
+"""Training data: datasets over a scanned collection (napari_intr.collection.scan), loading and
+batching. Images that fail to decode or resize make the dataset return None (the reason goes to
+stderr), and `collate` drops them.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from napari_intr import io
-from napari_intr.class_names import clean_class_name
-from napari_intr.io import IMAGE_SUFFIXES
-from napari_intr.preprocess import MIN_IMAGE_SIZE, pad_batch, to_float_rgb
-
-Sample = tuple[Path, int]  # (image path, class index)
-
-
-@dataclass
-class Collection:
-    root: Path
-    class_names: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    skipped: list[str] = field(default_factory=list)  # unreadable images, one message each
-    warnings: list[str] = field(default_factory=list)
-
-
-def is_visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Any PNG/JPEG/TIFF (8/16-bit, grey, RGB, RGBA) -> float32 H×W×3 in [0, 1], read exactly
-    as batch explain and the plugin read it (napari_intr.io), so EXIF rotation etc. agree."""
-    return to_float_rgb(io.read_image(path))
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    header = io.read_header(path)
-    return header.height, header.width
-
-
-def unreadable_reason(path: Path) -> str | None:
-    """Why an image cannot be used, from its header alone (damaged, a stack, too small, or too
-    large to decode in the memory there is); None if it looks usable."""
-    try:
-        header = io.read_header(path)
-        io.check_decodable(path, header)
-    except (ValueError, OSError) as error:
-        return io.reason(error)
-    if min(header.height, header.width) < MIN_IMAGE_SIZE:
-        return f"it is {header.height}×{header.width} px; INTR needs at least {MIN_IMAGE_SIZE} px on each side"
-    return None
-
-
-def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
-    """Class name -> readable images, for the class folders directly under `folder`."""
-    classes: dict[str, list[Path]] = {}
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and is_visible(p)):
-        name = clean_class_name(class_dir.name)
-        if name in classes:
-            raise ValueError(f"class folders {class_dir.name!r} and another one both give the class name "
-                             f"{name!r} in {folder}; rename one of them")
-        images = []
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            relative = path.relative_to(class_dir).parts
-            if not all(part[0] != "." for part in relative) or path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            reason = unreadable_reason(path)
-            if reason:
-                collection.skipped.append(f"{path} skipped: {reason}")
-            else:
-                images.append(path)
-        if images:
-            classes[name] = images
-        else:
-            collection.warnings.append(f"class folder {class_dir} has no readable images; class {name!r} "
-                                       "is left out")
-    return classes
-
-
-def stratified_split(classes: dict[str, list[Path]], fraction: float, seed: int
-                     ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Per class, a seeded random `fraction` of the images for validation: at least one where a
-    class has two or more images, and never all of them."""
-    rng = np.random.default_rng(seed)
-    train, val = {}, {}
-    for name, images in classes.items():
-        order = rng.permutation(len(images))
-        count = int(round(fraction * len(images)))
-        if fraction > 0 and len(images) >= 2:
-            count = min(max(count, 1), len(images) - 1)
-        count = min(count, len(images) - 1)
-        val[name] = sorted(images[i] for i in order[:count])
-        train[name] = sorted(images[i] for i in order[count:])
-    return train, val
-
-
-def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0) -> Collection:
-    """Classes, train and validation samples of the collection at `root`."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist; give a folder with one subfolder "
-                                "of images per class")
-    if not 0 <= val_split < 1:
-        raise ValueError(f"--val-split must be at least 0 and below 1, got {val_split}")
-    collection = Collection(root, [], [], [])
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train = class_images(root / "train", collection)
-        val = class_images(root / "val", collection)
-        for name in sorted(set(val) - set(train)):
-            collection.warnings.append(f"validation class {name!r} has no training images; its "
-                                       "validation images are left out")
-            del val[name]
-    else:
-        train, val = stratified_split(class_images(root, collection), val_split, seed)
-    names = list(train)
-    if not names:
-        raise ValueError(f"{root} has no class folders with images; expected {root}/<class name>/<image> "
-                         "(PNG, JPEG or TIFF)")
-    if len(names) < 2:
-        raise ValueError(f"{root} has only one class with images ({names[0]!r}); a classifier needs at "
-                         "least two class folders")
-    collection.class_names = names
-    collection.train = [(path, index) for index, name in enumerate(names) for path in train[name]]
-    collection.val = [(path, index) for index, name in enumerate(names) for path in val.get(name, [])]
-    return collection
+from napari_intr.collection.scan import Sample, read_image
+from napari_intr.preprocess import pad_batch
 
 
 class ImageFolderDataset(Dataset):

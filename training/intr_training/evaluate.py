@@ -12,11 +12,12 @@ from typing import Callable
 from torch.utils.data import DataLoader
 
 from napari_intr.atomic import atomic_write
+from napari_intr.collection.scan import Collection, class_images
 from napari_intr.csv_output import write_csv
 from napari_intr.devices import resolve_device
 from napari_intr.model import INTR
 
-from .data import Collection, ImageFolderDataset, class_images, collate
+from .data import ImageFolderDataset, collate
 from .engine import Evaluation, evaluate, options_for
 from .transforms import eval_transform
 

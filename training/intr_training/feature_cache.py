@@ -31,9 +31,10 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_intr.atomic import atomic_write
+from napari_intr.collection.scan import Sample, image_size
 from napari_intr.preprocess import resized_shape
 
-from .data import Batch, Sample, VariantDataset, image_size
+from .data import Batch, VariantDataset
 from .engine import StepOptions, autocast, device_images
 
 CACHE_FOLDER = "feature_cache"

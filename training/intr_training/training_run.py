@@ -22,12 +22,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from napari_intr.checkpoints import model_from_state, save_model
+from napari_intr.collection.scan import scan_collection
 from napari_intr.devices import resolve_device
 from napari_intr.model import IntrConfig
 from napari_intr.model.backbone import folded_batch_norm
 
 from . import distributed, schedules, state
-from .data import ImageFolderDataset, VariantDataset, collate, scan_collection
+from .data import ImageFolderDataset, VariantDataset, collate
 from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import (
     BackboneFeatures,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_intr import __version__
+from napari_intr.collection.scan import Collection, class_images
 from napari_intr.explanation import layer_from_number, layer_number
 
 from .. import run_lock, sharding
-from ..data import Collection, class_images
 from .aggregate import DEFAULT_PAIR_COUNT, Atlas, AtlasBuilder
 from .montage import PatchCache
 from .parts import PartSource

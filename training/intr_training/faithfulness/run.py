@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from napari_intr.collection.scan import read_image
 from napari_intr.explanation import layer_from_number, layer_number
 from napari_intr.model import INTR
 
 from .. import synth
-from ..data import read_image
 from . import flips, metrics, report, sanity
 from .methods import INTR_TOP_HEAD, METHODS, ClassScore, all_maps, intr_maps
 

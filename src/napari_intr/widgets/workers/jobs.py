@@ -221,7 +221,7 @@ class CollectionSummary:
 
 @reports_runtime_errors
 def scan_job(root: str, val_split: float, seed: int):
-    from intr_training.data import scan_collection
+    from napari_intr.collection.scan import scan_collection
     collection = scan_collection(root, val_split, seed)
     train, val = {}, {}
     for _, index in collection.train:
