@@ -5,7 +5,7 @@
 Both run in this process, one after the other within every repeat (so load from other processes
 hits them alike), on a fresh output folder each time (the atlas summarises every image again):
 
-explain:        batch explain (napari_intr.batch.explain_folder): encode + decode of all classes,
+explain:        batch explain (napari_intr.collection.explain.explain_folder): encode + decode of all classes,
                 predictions.csv and one TIFF of head maps per image.
 atlas:          build_atlas with default pairs: encode once, decode all classes (true and predicted
                 class's maps), one more decoder call for the 2 pair decodes and 2 × heads masked
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from intr_training import synth
-from intr_training.atlas import AtlasOptions, build_atlas
-from napari_intr.batch import explain_folder
+from napari_intr import synth
+from napari_intr.atlas import AtlasOptions, build_atlas
+from napari_intr.collection.explain import explain_folder
 from napari_intr.io import find_images
 from napari_intr.loading import load_model
 from napari_intr.model import IntrConfig, build_model

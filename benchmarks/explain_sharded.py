@@ -3,7 +3,7 @@ side by side in one run, plus a re-run that finds everything done (resume cost).
 
     python benchmarks/explain_sharded.py [--images 48] [--size 160] [--processes 2] [--model sample]
 
-Draws `--images` synthetic specimens (intr_training.synth), explains them once with one process
+Draws `--images` synthetic specimens (napari_intr.synth), explains them once with one process
 and once with K processes into fresh folders, checks the two predictions.csv name the same
 classes, and prints images/s, the speed-up and the load averages before and after. Each process
 gets `cores // K` torch threads (at least 1), so the two runs use the same cores.
@@ -49,8 +49,8 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--model", default="sample")
     args = parser.parse_args()
-    from intr_training.synth import SPECIES, write_collection
     from napari_intr.io import find_images
+    from napari_intr.synth import SPECIES, write_collection
     cores = os.cpu_count() or 1
     per_class = max(1, -(-args.images // len(SPECIES)))
     with tempfile.TemporaryDirectory() as scratch:

@@ -47,9 +47,9 @@ def parts(args) -> None:
     from intr_training.engine import StepOptions, native_bf16, train_step
     from intr_training.feature_cache import backbone_features
     from intr_training.initialization import freeze, initial_model
-    from intr_training.recipes import CLIP_MAX_NORM, RECIPES
     from intr_training.training_run import optimizer_for
     from napari_intr.model.backbone import folded_batch_norm
+    from napari_intr.recipes import CLIP_MAX_NORM, RECIPES
 
     torch.manual_seed(0)
     # The new model `intr train --init none --freeze backbone` starts from (the recipe's dropout).
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         work = args.work or Path(temporary)
         data = args.data
         if data is None:
-            from intr_training.synth import write_collection
+            from napari_intr.synth import write_collection
             data = work / "data"
             write_collection(data, per_class=max(1, args.images // args.classes), size=args.size,
                              species_count=args.classes)

@@ -62,7 +62,7 @@ def run(seconds: float, epochs: int) -> dict:
     viewer = napari.Viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Fine-tune")
     app = napari.qt.get_qapp()
-    from intr_training.synth import write_collection
+    from napari_intr.synth import write_collection
 
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "collection"

@@ -183,10 +183,10 @@ def measure_intr_train(args) -> dict:
     from intr_training import engine
     from intr_training.data import ImageFolderDataset, VariantDataset, collate
     from intr_training.initialization import initial_model
-    from intr_training.recipes import CLIP_MAX_NORM, RECIPES
     from intr_training.training_run import optimizer_for
     from intr_training.transforms import fixed_variants, train_transform
     from napari_intr.devices import resolve_device
+    from napari_intr.recipes import CLIP_MAX_NORM, RECIPES
 
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"

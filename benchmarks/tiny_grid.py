@@ -85,7 +85,7 @@ def measure(name: str, model_path: Path, args: argparse.Namespace) -> dict:
          "--out", str(out / "accuracy"))
     accuracy = json.loads((out / "accuracy" / "metrics.json").read_text())
     started = time.perf_counter()
-    from intr_training.faithfulness import run
+    from napari_intr.faithfulness import run
     limit = ["--limit", str(args.limit)] if args.limit else []
     check = run.sanity_check
     if not args.sanity:

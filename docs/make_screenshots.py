@@ -107,7 +107,7 @@ class Tutorial:
         """3. Paint an attribute: alba's white forewing spot transplanted onto rubra."""
         from scipy.ndimage import binary_dilation
 
-        from intr_training import synth
+        from napari_intr import synth
         self.explorer()
         edit = self.dock("INTR Edit")
         edit.image.choose(RUBRA_LAYER)
@@ -123,7 +123,7 @@ class Tutorial:
 
     def finetune(self) -> None:
         """4. Fine-tune on a new collection (a small synthetic one: 4 images per species, 64 px)."""
-        from intr_training.synth import write_collection
+        from napari_intr.synth import write_collection
         collection = self.work / "new-collection"
         if not collection.exists():
             write_collection(collection, per_class=4, size=64, seed=5)
@@ -142,7 +142,7 @@ class Tutorial:
 
     def traits(self) -> None:
         """5. Read the trait atlas: which head looks where, per species and per look-alike pair."""
-        from intr_training import synth
+        from napari_intr import synth
         collection = self.work / "atlas-collection"
         if not collection.exists():
             synth.write_collection(collection, per_class=3, size=96, seed=3)

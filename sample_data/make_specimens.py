@@ -2,7 +2,7 @@
 
     python sample_data/make_specimens.py
 
-Each specimen is `intr_training.synth.render(species, pose, SIZE)` with a pose drawn from a
+Each specimen is `napari_intr.synth.render(species, pose, SIZE)` with a pose drawn from a
 fixed seed; the two species of the look-alike pair are rendered from the SAME pose, so the
 images differ only in the attribute that tells them apart. The seeds are not used by
 `intr synth` collections (those key their generators on seed, species name and index), so the
@@ -19,7 +19,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "training"))  # a source checkout without an install
-from intr_training import synth  # noqa: E402
+from napari_intr import synth  # noqa: E402
 
 SIZE = 160
 # (species, pose seed): the look-alike pair shares seed 1, so it shares the pose.

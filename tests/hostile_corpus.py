@@ -30,7 +30,7 @@ def lock_holder(out: Path, command: str = "intr train") -> Iterator[subprocess.P
     """Another process holding OUT's run lock as a running `command` does, for the with-block;
     then it is killed, leaving its lock stale."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys; from intr_training.run_lock import RunLock\n"
+        [sys.executable, "-c", ("import sys; from napari_intr.collection.run_lock import RunLock\n"
                                 f"lock = RunLock({str(out)!r}, {command!r}).acquire()\n"
                                 "print('locked', flush=True); sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

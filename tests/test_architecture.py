@@ -151,7 +151,7 @@ def test_the_model_imports_only_itself_and_preprocessing():
 
 # The `intr` commands: cli.py dispatches, train.py and *_cli.py define and parse the arguments.
 COMMAND_LINE = {"intr_training.cli", "intr_training.cli_values", "intr_training.train",
-                "intr_training.faithfulness.options"}
+                "intr_training.faithfulness_options"}
 # training_run.py is the run DETR's main.py starts: it takes the parsed settings (an argparse.Namespace).
 NAMESPACE_USERS = {"intr_training.training_run"}
 

@@ -13,10 +13,9 @@ import torch
 from PIL import Image
 
 from hostile_corpus import lock_holder
-from intr_training import synth
-from intr_training.atlas import AtlasOptions, build_atlas
 from intr_training.cli import main
-from napari_intr import load_model
+from napari_intr import load_model, synth
+from napari_intr.atlas import AtlasOptions, build_atlas
 
 ALBA, RUBRA = synth.SHOWCASE_PAIR[1], synth.SHOWCASE_PAIR[0]
 
@@ -80,7 +79,7 @@ def test_atlas_of_a_collection_encodes_each_image_once(collection, model, tmp_pa
 def test_patches_cut_during_the_pass_equal_the_report_reading_them(collection, model, tmp_path, monkeypatch, pairs):
     """The patches cut while each image is summarised are the report's own: the same files as a
     run whose report reads every image again, and the report reads only what was not cut."""
-    from intr_training.atlas import montage
+    from napari_intr.atlas import montage
     reads = []
     original = montage._image_patches
     monkeypatch.setattr(montage, "_image_patches", lambda path, *a: reads.append(path) or original(path, *a))
@@ -150,8 +149,8 @@ def test_two_processes_under_torchrun_give_the_single_process_result(collection,
 MEMORY_RUN = """
 import json, sys, tracemalloc
 import torch
-from intr_training import sharding
-from intr_training.atlas import AtlasOptions, build_atlas
+from napari_intr.collection import sharding
+from napari_intr.atlas import AtlasOptions, build_atlas
 from napari_intr.model import IntrConfig, build_model
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -160,7 +159,7 @@ def traced_finish(self, *args, **kwargs):  # from the merge on: Python allocatio
     tracemalloc.start()
     return finish(self, *args, **kwargs)
 sharding.ShardedRun.finish = traced_finish
-from intr_training.atlas import run as atlas_run
+from napari_intr.atlas import run as atlas_run
 write_report = atlas_run.write_report
 merge_peaks = []
 def measured_write_report(*args, **kwargs):  # the report's montage thread makes its own peak vary
@@ -231,7 +230,7 @@ def test_bad_arguments_get_clear_messages(collection, tmp_path, capsys):
 # the 27 images could all be done before the signal arrives).
 HELD_AFTER_THREE = """
 import sys, time
-from intr_training.atlas.summarise import ImageSummariser
+from napari_intr.atlas.summarise import ImageSummariser
 from intr_training.cli import main
 summarise, calls = ImageSummariser.__call__, []
 def held_after_three(self, *args, **kwargs):
@@ -274,7 +273,7 @@ def test_a_second_run_into_a_busy_output_folder_is_refused(collection, model, tm
     """Another process holds OUT (as a running `intr atlas` does): a second atlas and an
     `intr explain` into it are refused, naming the folder and the holder, and write nothing there;
     once the holder is killed its lock is stale, and the next atlas takes it over and says so."""
-    from intr_training.run_lock import RunLocked, job_lock
+    from napari_intr.collection.run_lock import RunLocked, job_lock
     out = tmp_path / "out"
     with lock_holder(out, "intr atlas") as holder:
         before = sorted(p.name for p in out.iterdir())
@@ -298,7 +297,7 @@ def test_a_montage_that_cannot_be_written_fails_the_run(collection, model, tmp_p
     with the error, and the run's records stay for the next one."""
     import errno
 
-    from intr_training.atlas import report
+    from napari_intr.atlas import report
     calls = []
 
     def full_disk(image):
@@ -317,7 +316,7 @@ def test_a_montage_that_cannot_be_written_fails_the_run(collection, model, tmp_p
 def test_an_image_that_fails_to_load_is_skipped_even_the_first(collection, model, tmp_path, monkeypatch):
     """An image that cannot be read when its turn comes (changed or removed since the folder was
     scanned) becomes that image's error, whether it is the first of the pass or a later one."""
-    from intr_training.atlas import summarise
+    from napari_intr.atlas import summarise
     original = summarise.read_image
     first, later = sorted(p.relative_to(collection).as_posix() for p in collection.rglob("*.png")
                           if p.parent.parent == collection)[::13][:2]

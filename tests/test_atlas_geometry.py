@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from intr_training.atlas.geometry import Footprint, crop, look, mass_radius
-from intr_training.atlas.parts import ATTRIBUTE, ImageParts, PartSource
-from intr_training.atlas.statistics import HeadStats, Moments, TopN, effect_size
-from intr_training.atlas.summarise import head_record
+from napari_intr.atlas.geometry import Footprint, crop, look, mass_radius
+from napari_intr.atlas.parts import ATTRIBUTE, ImageParts, PartSource
+from napari_intr.atlas.statistics import HeadStats, Moments, TopN, effect_size
+from napari_intr.atlas.summarise import head_record
 from napari_intr.preprocess import resized_shape
 
 STRIDE = 8
@@ -60,7 +60,7 @@ def test_patch_outside_the_image_is_grey_and_keeps_its_centre():
     assert found.box[0] < 0 and found.box[1] < 0
     patch = crop(np.ones((128, 128, 3), np.float32), found.box, size=32)
     assert patch[0, 0, 0] == pytest.approx(0.5) and patch[-1, -1, 0] == 1
-    from intr_training.atlas.montage import _patch
+    from napari_intr.atlas.montage import _patch
     white = np.full((128, 128, 3), 255, np.uint8)
     tile = _patch(white, found.box, 32)  # uint8 images are cropped before conversion
     assert tile.dtype == np.uint8 and tile[0, 0, 0] == 127 and tile[-1, -1, 0] == 255
@@ -68,7 +68,7 @@ def test_patch_outside_the_image_is_grey_and_keeps_its_centre():
 
 def test_an_8_bit_rgb_patch_is_the_converted_patch():
     """8-bit RGB patches skip the float round trip: every value, and the grey outside, as converted."""
-    from intr_training.atlas.montage import _patch
+    from napari_intr.atlas.montage import _patch
     from napari_intr.preprocess import to_float_rgb
     image = np.random.default_rng(0).integers(0, 256, (90, 140, 3), dtype=np.uint8)
     for box in [(-20.0, -30.0, 70.0, 70.0), (10.5, 60.25, 33.0, 33.0), (50.0, 100.0, 80.0, 80.0)]:
@@ -110,7 +110,7 @@ def test_consistency_without_parts_is_the_mean_pairwise_cosine_of_the_features()
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(6, 16))
     stats = HeadStats(top=2)
-    from intr_training.atlas.summarise import encode_vector
+    from napari_intr.atlas.summarise import encode_vector
     units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     for index, unit in enumerate(units):
         record = head_record(look(blob((4, 4), 1, 1), footprint), footprint, ImageParts())
@@ -178,7 +178,7 @@ def test_montage_png_reads_back_pixel_for_pixel(shape):
 
     from PIL import Image
 
-    from intr_training.atlas.montage import png_bytes
+    from napari_intr.atlas.montage import png_bytes
     rgb = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
     rgb[:, : shape[1] // 2] = 255  # flat and noisy areas, rows that wrap modulo 256
     for image in (rgb, Image.fromarray(rgb)):
@@ -191,7 +191,7 @@ def test_montage_png_reads_back_pixel_for_pixel(shape):
 def test_montage_labels_sit_with_their_own_patch_in_every_row(gap_after):
     """Every patch's file label lies in the band just above it and its caption just below it, in
     its own column and row: no text reaches another row's patch, label or caption."""
-    from intr_training.atlas.montage import (
+    from napari_intr.atlas.montage import (
         CAPTION,
         LABEL_BAND,
         LABEL_WIDTH,
@@ -207,7 +207,7 @@ def test_montage_labels_sit_with_their_own_patch_in_every_row(gap_after):
     montage = np.asarray(draw_montage([("", [(cell, grey) for cell in row]) for row in cells], cols, gap_after))
     ink = (montage < 150).all(axis=-1)  # text pixels (dark); background white, patches light grey
     own = np.zeros_like(ink)
-    from intr_training.atlas.montage import cell_origin
+    from napari_intr.atlas.montage import cell_origin
     for row in cells:
         for cell in row:
             y, x = cell_origin(cell.row, cell.col, gap_after)

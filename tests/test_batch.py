@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from intr_training import cli
-from napari_intr.batch import PREDICTIONS_FILE, csv_columns, explain_folder
 from napari_intr.checkpoints import save_model
+from napari_intr.collection.explain import PREDICTIONS_FILE, csv_columns, explain_folder
 from napari_intr.explanation import Explainer
 from napari_intr.export import read_attention_tiff
 from napari_intr.io import find_images, read_image

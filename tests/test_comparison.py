@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from intr_training import synth
+from napari_intr import synth
 from napari_intr.comparison import compare, most_confused_with, symmetric_limits, top_k_candidates
 from napari_intr.explanation import Explainer
 from napari_intr.model import IntrConfig, build_model

@@ -64,7 +64,7 @@ def test_batch_explain_escapes_hostile_file_and_class_names(tmp_path):
     import torch
     from PIL import Image
 
-    from napari_intr.batch import PREDICTIONS_FILE, explain_folder
+    from napari_intr.collection.explain import PREDICTIONS_FILE, explain_folder
     from napari_intr.model import IntrConfig, build_model
     names = ["=cmd|' /C calc'!A0", "+Heliconius", "-melpomene", "@danaus"]
     torch.manual_seed(0)

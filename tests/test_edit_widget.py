@@ -28,7 +28,7 @@ def widgets(pair_with_explorer):
 @pytest.fixture(scope="module")
 def attribute_mask():
     """Where alba's white spots are (and rubra has none): the pair's synth attribute mask."""
-    from intr_training import synth
+    from napari_intr import synth
     pose = synth.sample_pose(np.random.default_rng(POSE_SEED), SIZE)
     alba, mask = synth.render(ALBA, pose, SIZE)
     from napari_intr.widgets.samples import specimen_path

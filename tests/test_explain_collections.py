@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from intr_training import cli
-from napari_intr.batch import PREDICTIONS_FILE, explain_folder
 from napari_intr.checkpoints import save_model
+from napari_intr.collection.explain import PREDICTIONS_FILE, explain_folder
 from napari_intr.explanation import Explainer
 from napari_intr.export import read_attention_tiff
 from napari_intr.io import read_image
@@ -171,7 +171,7 @@ def collection(tmp_path_factory):
 
 
 def test_a_rerun_skips_what_a_crashed_run_finished(monkeypatch, capsys, collection, tmp_path):
-    from intr_training.sharding import ShardedRun
+    from napari_intr.collection.sharding import ShardedRun
     checkpoint, images = collection
     model = load_model(checkpoint, device="cpu")
     out = tmp_path / "out"

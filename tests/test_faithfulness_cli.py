@@ -5,8 +5,8 @@ import shutil
 import pytest
 
 from intr_training import cli
-from intr_training.faithfulness.methods import METHODS
-from intr_training.synth import write_collection
+from napari_intr.faithfulness.methods import METHODS
+from napari_intr.synth import write_collection
 
 FAST = ["--rise-masks", "8", "--steps", "4", "--workers", "0", "--device", "cpu"]
 

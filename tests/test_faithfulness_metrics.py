@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from intr_training.faithfulness import metrics, sanity
-from intr_training.faithfulness.flips import background_disc
-from intr_training.faithfulness.methods import INTR_HEAD_MEAN, INTR_TOP_HEAD, ClassScore, grad_cam, intr_maps, rise
+from napari_intr.faithfulness import metrics, sanity
+from napari_intr.faithfulness.flips import background_disc
+from napari_intr.faithfulness.methods import INTR_HEAD_MEAN, INTR_TOP_HEAD, ClassScore, grad_cam, intr_maps, rise
 from napari_intr.model import IntrConfig, build_model
 
 SIZE = 32

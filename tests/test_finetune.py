@@ -27,7 +27,7 @@ def finetune(make_napari_viewer, monkeypatch, messages):
 
 def write_novel_collection(root):
     """The nine synthetic species, plus a tenth: rubra's images with inverted colours."""
-    from intr_training.synth import write_collection
+    from napari_intr.synth import write_collection
     write_collection(root, per_class=4, size=64, seed=5)
     (root / NOVEL).mkdir()
     for path in sorted((root / "Heliconia synthetica-rubra").glob("*.png")):
@@ -60,7 +60,7 @@ def test_flat_loss_note():
 
 
 def test_the_freeze_choices_are_intr_trains(finetune):
-    from intr_training.recipes import FREEZE_CHOICES
+    from napari_intr.recipes import FREEZE_CHOICES
     _, widget = finetune
     freeze = widget.settings.freeze
     assert freeze.choices == (None, *FREEZE_CHOICES)  # None: freeze nothing

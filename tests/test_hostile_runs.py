@@ -17,7 +17,7 @@ import pytest
 
 from hostile_corpus import FAST, blank_png, bomb_png, lock_holder, training_folder
 from intr_training import cli
-from intr_training.run_lock import RunLock
+from napari_intr.collection.run_lock import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "training"),
@@ -240,7 +240,7 @@ def test_huge_uncompressed_tiff_is_read_strip_by_strip(tmp_path, monkeypatch):
     import torch
 
     from napari_intr import io
-    from napari_intr.batch import explain_folder
+    from napari_intr.collection.explain import explain_folder
     from napari_intr.model import IntrConfig, build_model
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)

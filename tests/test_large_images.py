@@ -247,7 +247,7 @@ def test_batch_explains_huge_images_reduced_on_the_files_pixel_grid(tmp_path, bu
     placement and the notes are in the file's pixels."""
     import torch
 
-    from napari_intr.batch import explain_folder
+    from napari_intr.collection.explain import explain_folder
     from napari_intr.model import IntrConfig, build_model
     from napari_intr.regions import Region
     folder = tmp_path / "scans"

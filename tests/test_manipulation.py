@@ -15,7 +15,7 @@ from skimage.measure import label, regionprops
 from skimage.morphology import disk as disk_footprint
 from skimage.restoration import inpaint_biharmonic
 
-from intr_training import synth
+from napari_intr import synth
 from napari_intr.explanation import Explainer
 from napari_intr.loading import sample_model_path
 from napari_intr.manipulation import (

@@ -26,7 +26,7 @@ def test_reference_and_ours_run_on_jpeg_files_at_tiny_size(tmp_path):
 
 def test_the_intr_train_variant_runs_the_products_epoch_loop(tmp_path, monkeypatch):
     from intr_training import engine
-    from intr_training.recipes import RECIPES
+    from napari_intr.recipes import RECIPES
     epochs, dropouts = [], set()
     original = engine.train_one_epoch
 

@@ -139,7 +139,7 @@ def test_sampled_query_run_resumes_exactly(tmp_path, monkeypatch, capsys):
 
 
 def test_a_run_saved_before_precision_existed_resumes_in_fp32_on_a_cpu(tmp_path, capsys):
-    from intr_training import state
+    from napari_intr import run_folder as state
     data = write_classes(tmp_path / "data", {"disc": 4, "diamond": 4})
     out = tmp_path / "run"
     cpu = ("--device", "cpu")  # the fp32 default is the CPU's (a GPU's is auto)

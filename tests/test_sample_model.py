@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import napari_intr
-from intr_training import synth
+from napari_intr import synth
 from napari_intr.loading import sample_model_path
 
 FRESH_SEED = 20261127  # not the seed the model was trained on (0): these images are new to it

@@ -1,4 +1,4 @@
-"""Sharded, resumable jobs (intr_training.sharding): shares, merge, resume after a crash.
+"""Sharded, resumable jobs (napari_intr.collection.sharding): shares, merge, resume after a crash.
 
 Several "processes" are threads here, with a threading barrier standing in for the process
 group's; the real torchrun path is tested end to end in test_explain_sharded.py."""
@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from intr_training import distributed, sharding
-from intr_training.sharding import ShardedRun, shard, state_dir
+from napari_intr import distributed
+from napari_intr.collection import sharding
+from napari_intr.collection.sharding import ShardedRun, shard, state_dir
 
 KEYS = [f"image-{k:02d}.png" for k in range(11)]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import napari_intr
-from intr_training import synth
+from napari_intr import synth
 from napari_intr.explanation import Explainer
 from napari_intr.model import IntrConfig, build_model
 

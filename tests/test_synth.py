@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.morphology import dilation, disk
 
-from intr_training import synth
+from napari_intr import synth
 
 SIZE = 96
 

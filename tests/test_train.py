@@ -7,9 +7,9 @@ from safetensors.torch import load_file
 
 from intr_training import cli
 from intr_training.initialization import fine_tuned_queries, freeze
-from intr_training.recipes import NEW_MODEL
 from napari_intr import load_model, read_metadata
 from napari_intr.model import IntrConfig, build_model
+from napari_intr.recipes import NEW_MODEL
 from training_data import FAST, json_events, write_classes
 
 EVENT_KEYS = {

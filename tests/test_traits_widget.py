@@ -17,7 +17,7 @@ def traits(make_napari_viewer, qtbot, messages, tmp_path):
     viewer = make_napari_viewer()
     import torch
     torch.set_num_threads(1)
-    from intr_training import synth
+    from napari_intr import synth
     from napari_intr.widgets.state import shared_state
     shared_state(viewer).model = None
     synth.write_collection(tmp_path / "specimens", per_class=2, size=64, seed=3)
@@ -35,7 +35,7 @@ def gallery(viewer):
 
 def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     viewer, widget, tmp_path = traits
-    from intr_training import synth
+    from napari_intr import synth
     widget.run_box.pairs.value = f"{synth.SHOWCASE_PAIR[1]}:{synth.SHOWCASE_PAIR[0]}"
     widget.run_box.run()
     assert widget.run_box.task.busy and not widget.run_box.run_button.isEnabled()
@@ -98,7 +98,7 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
 
 def test_cancel_keeps_what_was_summarised_and_open_reads_a_finished_atlas(traits, qtbot, messages):
     viewer, widget, tmp_path = traits
-    from intr_training.run_lock import job_lock
+    from napari_intr.collection.run_lock import job_lock
     out = tmp_path / "specimens-atlas"
     with job_lock(out, "intr explain"):  # another run holds the folder: refused, saying so
         widget.run_box.output_folder()

@@ -35,10 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from napari_intr import distributed
+    from napari_intr.atlas import DEFAULT_PER_HEAD, AtlasOptions, build_atlas
     from napari_intr.loading import load_model
-
-    from . import distributed
-    from .atlas import DEFAULT_PER_HEAD, AtlasOptions, build_atlas
 
     per_head = DEFAULT_PER_HEAD if args.per_head is None else args.per_head
     options = AtlasOptions(layer=args.layer, classes=parse_names(args.classes, "--classes"),

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from napari_intr.distributed import sum_over_ranks
+from napari_intr.recipes import AMP_MIN_IMAGES, AMP_MIN_SIDE, PRECISIONS
+
 from .data import Batch
-from .distributed import sum_over_ranks
-from .recipes import AMP_MIN_IMAGES, AMP_MIN_SIDE, PRECISIONS
 from .sampling import QuerySampler, sampled_cross_entropy
 
 TOP_K = 5

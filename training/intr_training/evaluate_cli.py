@@ -9,8 +9,8 @@ from pathlib import Path
 
 from napari_intr.devices import DEVICES
 
+from . import faithfulness_options
 from .cli_values import BATCH_SIZE, WORKERS
-from .faithfulness import options as faithfulness_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +36,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.explanations:
         faithfulness_options.check_arguments(args)
-        from .faithfulness.methods import require_captum
+        from napari_intr.faithfulness.methods import require_captum
         require_captum()
     model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,
                                           warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     summary = evaluate_folder(model, args.model, matched, args.out, args.batch_size, args.workers,
                               args.shortlist, args.compare_full)
     if args.explanations:
-        from .faithfulness.run import evaluate_explanations
+        from napari_intr.faithfulness.run import evaluate_explanations
         summary["explanations"] = evaluate_explanations(
             model, matched.samples, root, matched.folder, faithfulness_options.settings(args))
     if args.json:

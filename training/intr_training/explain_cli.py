@@ -1,8 +1,8 @@
 """`intr explain`: explain images, a folder, or the regions of a boxes file (the work is
-napari_intr.batch.explain_folder): predictions.csv plus one attention TIFF per image or region.
+napari_intr.collection.explain.explain_folder): predictions.csv plus one attention TIFF per image or region.
 
 `torchrun --nproc-per-node K -m intr_training explain …` shares the images over K processes
-(one per GPU, or CPU processes) through intr_training.sharding; the output is the same as one
+(one per GPU, or CPU processes) through napari_intr.collection.sharding; the output is the same as one
 process's. Any run continues where an earlier one into the same folder stopped (--restart redoes
 everything)."""
 from __future__ import annotations
@@ -53,11 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_intr import distributed
     from napari_intr.devices import resolve_device
     from napari_intr.io import find_images
     from napari_intr.regions import Margin, read_boxes
-
-    from . import distributed
     if not args.inputs and not args.boxes:
         raise ValueError("give image files or folders to explain, or --boxes BOXES.csv")
     boxes = read_boxes(args.boxes) if args.boxes else None
@@ -80,14 +79,12 @@ def run(args: argparse.Namespace) -> int:
 def _explain(args, files, boxes, margin, info, device) -> int:
     from tqdm import tqdm
 
-    from napari_intr import zoo
-    from napari_intr.batch import explain_folder
+    from napari_intr import distributed, zoo
+    from napari_intr.collection.explain import explain_folder
+    from napari_intr.collection.run_lock import job_lock
+    from napari_intr.collection.sharding import ShardedRun
     from napari_intr.explanation import layer_from_number
     from napari_intr.loading import load_model
-
-    from . import distributed
-    from .run_lock import job_lock
-    from .sharding import ShardedRun
     if info.active and args.model in zoo.ZOO:
         # one download for all processes (they share the cache), the others wait for it
         if info.is_main:

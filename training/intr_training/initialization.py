@@ -9,8 +9,7 @@ from torch import nn
 
 from napari_intr.checkpoints import load_state
 from napari_intr.model import INTR, IntrConfig, build_model
-
-from .recipes import DEFAULT_BACKBONE, FREEZE_CHOICES, NEW_MODEL
+from napari_intr.recipes import DEFAULT_BACKBONE, FREEZE_CHOICES, NEW_MODEL
 
 NEW_QUERY_NOISE = 0.1  # new classes start near the mean old query, spread by this fraction of its std
 

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .synth import write_collection
+    from napari_intr.synth import write_collection
 
     with tqdm(desc="drawing specimens", unit="image") as bar:
         def progress(done: int, total: int) -> None:

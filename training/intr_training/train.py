@@ -11,10 +11,7 @@ import argparse
 
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import BACKBONES
-
-from .cli_values import BATCH_SIZE, COUNT, SEED, WORKERS, number, whole_number
-from .progress import MODES
-from .recipes import (
+from napari_intr.recipes import (
     AUGMENT_HELP,
     AUGMENTATIONS,
     DEFAULT_BACKBONE,
@@ -26,6 +23,9 @@ from .recipes import (
     RESNET,
     TINY,
 )
+
+from .cli_values import BATCH_SIZE, COUNT, SEED, WORKERS, number, whole_number
+from .progress import MODES
 from .schedules import SCHEDULE_HELP, SCHEDULES
 
 # A learning rate below 0 climbs the loss; 0 for the backbone keeps it as initialised.

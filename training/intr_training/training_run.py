@@ -21,13 +21,24 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from napari_intr import distributed, run_folder
 from napari_intr.checkpoints import model_from_state, save_model
+from napari_intr.collection.run_lock import RunLock
 from napari_intr.collection.scan import scan_collection
 from napari_intr.devices import resolve_device
 from napari_intr.model import IntrConfig
 from napari_intr.model.backbone import folded_batch_norm
+from napari_intr.recipes import (
+    CLIP_MAX_NORM,
+    PAPER,
+    PAPER_START,
+    RECIPES,
+    RUNTIME_ARGUMENTS,
+    STEP_DROP_SHARE,
+    WEIGHT_DECAY,
+)
 
-from . import distributed, schedules, state
+from . import schedules
 from .data import ImageFolderDataset, VariantDataset, collate
 from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import (
@@ -40,16 +51,6 @@ from .feature_cache import (
 )
 from .initialization import freeze, initial_model, set_dropout
 from .progress import Progress, make_progress
-from .recipes import (
-    CLIP_MAX_NORM,
-    PAPER,
-    PAPER_START,
-    RECIPES,
-    RUNTIME_ARGUMENTS,
-    STEP_DROP_SHARE,
-    WEIGHT_DECAY,
-)
-from .run_lock import RunLock
 from .sampling import QuerySampler
 from .transforms import Variant, eval_transform, fixed_variants, train_transform
 
@@ -175,8 +176,8 @@ class TrainingRun:
         args = self.args
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file; give a folder for the run's outputs")
-        saved = state.load_state(self.out) if args.resume else None
-        if saved is None and (self.out / state.STATE_FILE).exists():
+        saved = run_folder.load_state(self.out) if args.resume else None
+        if saved is None and (self.out / run_folder.STATE_FILE).exists():
             raise ValueError(f"{self.out} already holds a training run: add --resume to continue it, or "
                              "give another --out for a new run")
         self.dist, self.device = distributed.setup(resolve_device(args.device))
@@ -184,7 +185,7 @@ class TrainingRun:
             if "schedule" not in saved["args"]:
                 raise ValueError(f"--resume: {self.out} was saved by an earlier napari-intr whose per-epoch "
                                  "learning-rate schedule cannot be continued exactly; start a new run (add --init "
-                                 f"{self.out / state.LAST_FILE} to keep its weights)")
+                                 f"{self.out / run_folder.LAST_FILE} to keep its weights)")
             self.args = args = self.resumed_arguments(args, saved["args"])
         else:
             self.args = args = with_defaults(args, general_defaults())
@@ -194,9 +195,9 @@ class TrainingRun:
         self.class_names = collection.class_names
         if saved is not None and saved["class_names"] != self.class_names:
             raise ValueError(f"--resume: the classes in {args.data} differ from the saved run's "
-                             f"({state.class_difference(saved['class_names'], self.class_names)}); "
+                             f"({run_folder.class_difference(saved['class_names'], self.class_names)}); "
                              "resume with the same data, or start a new run in another --out")
-        state.seed_everything(args.seed)
+        run_folder.seed_everything(args.seed)
         if saved is None:
             start = initial_model(args.init, self.class_names, args.backbone, args.image_size,
                                   torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None))
@@ -369,9 +370,9 @@ class TrainingRun:
             self.progress.warning(message)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            state.write_classes(self.out, self.class_names)
+            run_folder.write_classes(self.out, self.class_names)
         if self.saved_rng is not None:
-            state.restore_rng_state(self.saved_rng)
+            run_folder.restore_rng_state(self.saved_rng)
         epoch_seconds = []
         for epoch in range(self.epoch + 1, args.epochs + 1):
             started = time.monotonic()
@@ -400,7 +401,7 @@ class TrainingRun:
             epoch_seconds.append(seconds)
             self.end_epoch(epoch, result, evaluation, result.lr, seconds)
         distributed.barrier()
-        self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / state.MODEL_FILE),
+        self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / run_folder.MODEL_FILE),
                            per_class_accuracy=self.best_per_class)
 
     def _step_reporter(self, epoch: int, started: float, epoch_seconds: list[float]):
@@ -437,12 +438,12 @@ class TrainingRun:
         """Metrics, weights, then the state that --resume reads: each file atomic, the state last."""
         provenance = dict(data=str(Path(self.args.data).expanduser().resolve()), epochs=epoch,
                           seed=self.args.seed, command=shlex.join(sys.argv), init=self.init_description)
-        state.write_metrics(self.out, self.history)
-        save_model(self.model, self.out / state.LAST_FILE, **provenance)
+        run_folder.write_metrics(self.out, self.history)
+        save_model(self.model, self.out / run_folder.LAST_FILE, **provenance)
         if improved:
-            save_model(self.model, self.out / state.MODEL_FILE, **provenance, best_val_acc=self.best_val_acc,
+            save_model(self.model, self.out / run_folder.MODEL_FILE, **provenance, best_val_acc=self.best_val_acc,
                        per_class_accuracy=self.best_per_class)
-        state.save_state(self.out, {
+        run_folder.save_state(self.out, {
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "best_val_acc": self.best_val_acc,
             "best_per_class": self.best_per_class, "class_names": self.class_names,
@@ -451,7 +452,7 @@ class TrainingRun:
         })
 
     def report_interrupt(self) -> None:
-        path = self.out / state.STATE_FILE
+        path = self.out / run_folder.STATE_FILE
         if self.epoch:
             message = (f"interrupted; epoch {self.epoch} of {self.args.epochs} is saved in {self.out}. Run the same "
                        "command with --resume to continue")

@@ -19,8 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from napari_intr.model import IntrConfig
 from napari_intr.preprocess import IMAGENET_MEAN, IMAGENET_STD, resized_shape
-
-from .recipes import AUGMENTATIONS, FROZEN_SCALES
+from napari_intr.recipes import AUGMENTATIONS, FROZEN_SCALES
 
 SMALLEST_SCALE = 0.75  # DETR trains at 480-800 px for an 800 px test size; we stay a bit closer
 

@@ -43,7 +43,7 @@ class BatchBox(QGroupBox):
                         with_cancel_event=True, show_in_activity=True, on_result=self._report)
 
     def _problem(self) -> str | None:
-        from napari_intr.batch import PREDICTIONS_FILE
+        from napari_intr.collection.explain import PREDICTIONS_FILE
         if self.state.model is None:
             return "No model loaded yet: press 'Load model' in the Model box"
         if not self.inputs.path or not Path(self.inputs.path).is_dir():

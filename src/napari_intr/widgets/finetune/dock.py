@@ -32,7 +32,7 @@ from .plot import TrainingPlot, flat_loss_note
 from .results import RunResultsBox
 from .settings import SettingsBox, default_runs_folder, new_run_folder
 
-STATE_FILE, METRICS_FILE = "training_state.pt", "metrics.jsonl"  # as intr_training.state writes them
+STATE_FILE, METRICS_FILE = "training_state.pt", "metrics.jsonl"  # as napari_intr.run_folder writes them
 WIDGET_NAME = "INTR Fine-tune"
 LOG_LINES = 5_000
 

@@ -14,7 +14,7 @@ from ..qt_helpers import PathEdit, stack
 from ..state import ExplorerState
 
 BASE_MODEL_FILE = "base_model.safetensors"  # the Explorer's in-memory model, saved into the run
-# How the Freeze box names `intr train --freeze`'s choices (intr_training.recipes.FREEZE_CHOICES).
+# How the Freeze box names `intr train --freeze`'s choices (napari_intr.recipes.FREEZE_CHOICES).
 FREEZE_LABELS = {"encoder": "backbone and encoder"}
 
 
@@ -31,14 +31,14 @@ def new_run_folder() -> Path:
 
 def _freeze_choices() -> list[tuple[str, str | None]]:
     """Freeze nothing, or one of `intr train --freeze`'s choices."""
-    from intr_training.recipes import FREEZE_CHOICES
+    from napari_intr.recipes import FREEZE_CHOICES
     return [("nothing", None), *((FREEZE_LABELS.get(choice, choice), choice) for choice in FREEZE_CHOICES)]
 
 
 def _rate_field(label: str, key: str, note: str = "") -> LineEdit:
     """A learning-rate field; empty means the recipe's value, which its placeholder shows (read
-    from intr_training.recipes, which imports no torch)."""
-    from intr_training.recipes import RECIPES
+    from napari_intr.recipes, which imports no torch)."""
+    from napari_intr.recipes import RECIPES
     field = LineEdit(label=label, tooltip="Empty: the training recipe's value")
     field.native.setPlaceholderText(f"recipe (tiny {RECIPES['tiny'][key]:g}, resnet {RECIPES['resnet50'][key]:g}{note})")
     return field

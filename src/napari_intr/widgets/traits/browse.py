@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 from ..qt_helpers import TextLabel, fill_table, read_only_table, set_items
 from ..workers import messages
 
-ATLAS_JSON = "atlas.json"  # intr_training.atlas.report's name (not imported: it loads torch)
+ATLAS_JSON = "atlas.json"  # napari_intr.atlas.report's name (not imported: it loads torch)
 GALLERY_TAG = "napari_intr_traits"  # metadata key marking the dock's layers
 HEAD_COLUMNS = ("head", "mean peak", "spread", "on specimen", "consistency")
 PAIR_COLUMNS = ("rank", "head", "effect size d", "masking drop", "peak on part")

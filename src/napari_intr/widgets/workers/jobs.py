@@ -130,8 +130,8 @@ def explain_job(model, model_name: str, image: np.ndarray, name: str, shortlist:
 
 @reports_runtime_errors
 def batch_job(model, inputs: str, out_dir: str, top_k: int, cancel: threading.Event):
-    """`napari_intr.batch.explain_folder` with progress and cancel; yields its summary."""
-    from napari_intr.batch import explain_folder
+    """`napari_intr.collection.explain.explain_folder` with progress and cancel; yields its summary."""
+    from napari_intr.collection.explain import explain_folder
     latest = {"done": 0, "total": 0, "path": ""}
 
     def progress(done, total, path):
@@ -236,9 +236,9 @@ def scan_job(root: str, val_split: float, seed: int):
 
 @reports_runtime_errors
 def atlas_job(model, model_name: str, data: str, out: str, options: dict, cancel: threading.Event):
-    """`intr_training.atlas.build_atlas` with progress and cancel (finished images are kept: the
+    """`napari_intr.atlas.build_atlas` with progress and cancel (finished images are kept: the
     next run continues); yields its AtlasRun."""
-    from intr_training.atlas import AtlasOptions, build_atlas
+    from napari_intr.atlas import AtlasOptions, build_atlas
     latest = {"done": 0, "total": 0}
 
     def progress(done, total):

@@ -4,7 +4,7 @@ An item is an image, or one region of a photograph holding many specimens (`boxe
 napari_intr.regions). Each item's TIFF is written first (atomically), then its record; the CSV
 is written from the records at the end (also on cancel). The work can be shared between the
 processes of a torchrun job and resumed after a crash: pass `start_job` (the `intr explain`
-command passes intr_training.sharding.ShardedRun.start); without it, one process does every
+command passes napari_intr.collection.sharding.ShardedRun.start); without it, one process does every
 item. The `intr explain` command is intr_training/explain_cli.py.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .csv_output import write_csv
-from .io import find_images, read_pixel_size, reason
-from .large_images import BudgetedImage, read_within_budget
-from .regions import REGION_COLUMNS, Margin, Region, crop_region
+from ..csv_output import write_csv
+from ..io import find_images, read_pixel_size, reason
+from ..large_images import BudgetedImage, read_within_budget
+from ..regions import REGION_COLUMNS, Margin, Region, crop_region
 
 PREDICTIONS_FILE = "predictions.csv"
 TASK = "explain"
@@ -28,7 +28,7 @@ TIFF_FORMATS = {"imagej": ".tif", "ome": ".ome.tif"}
 
 
 def csv_columns(top_k: int, regions: bool = False) -> list[str]:
-    from .export import prediction_columns
+    from ..export import prediction_columns
     return ["file", *(REGION_COLUMNS if regions else []), *prediction_columns(top_k), "map_class",
             "attention_file", "error"]
 
@@ -130,11 +130,11 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     be empty); margin: context added around each box. tiff_format: "imagej" or "ome". shortlist K:
     decode each item's first-pass top K classes only (the CSV ranks those; the rest were not decoded).
     start_job(out_dir, task, keys, settings, is_done=, group=): shares and resumes the work (see
-    intr_training.sharding). Unreadable images are skipped and reported. Returns a summary: total,
+    napari_intr.collection.sharding). Unreadable images are skipped and reported. Returns a summary: total,
     done, skipped [(item, reason)], notes, cancelled, resumed, seconds, predictions, attention_files;
     on the processes other than the first of a torchrun job, predictions is None.
     """
-    from .explanation import Explainer
+    from ..explanation import Explainer
     start = time.perf_counter()
     files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
     settings = _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist)
@@ -211,7 +211,7 @@ def _summary(merged, by_key: dict, settings: Settings, out_dir: Path, regions: b
 
 def _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist=None) -> Settings:
     candidates = model.class_indices(classes)
-    from .explanation import layer_index
+    from ..explanation import layer_index
     layer = layer_index(layer, model.config.dec_layers)
     if top_k < 1:
         raise ValueError(f"top-k must be at least 1, got {top_k}")
@@ -252,7 +252,7 @@ class _ImageReader:
 
 def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings, out_dir: Path) -> dict:
     """Explain one item, write its TIFF, and return its record: the CSV row and notes."""
-    from .export import prediction_cells
+    from ..export import prediction_cells
     row: dict = {"file": str(item.path)}
     if item.region is not None:
         region = item.region
@@ -307,7 +307,7 @@ def _on_file_grid(explanation, read: BudgetedImage, offset: tuple[int, int]):
 def _write_maps(target: Path, explanation, class_name: str, settings: Settings, item: Item,
                 offset: tuple[int, int], pixel_size) -> None:
     """heads planes of raw attention weights (natural head order), named per class, layer and head."""
-    from .export import (
+    from ..export import (
         attention_stack,
         explanation_metadata,
         map_pixel_size,

@@ -123,7 +123,7 @@ SPECIES: tuple[Species, ...] = (
 _BY_NAME = {s.name: s for s in SPECIES}
 # The look-alike pair the rest of the project points at: identical but for one spot.
 SHOWCASE_PAIR = ("Heliconia synthetica-rubra", "Heliconia synthetica-alba")
-SYNTH_NOTE = ("These images are procedurally drawn by intr_training.synth; they are not "
+SYNTH_NOTE = ("These images are procedurally drawn by napari_intr.synth; they are not "
               "photographs of real specimens and the species are fictional.")
 _SUPERSAMPLE = 2  # render at 2x and average down: cheap anti-aliasing
 

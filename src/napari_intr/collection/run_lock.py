@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import distributed
+from .. import distributed
 
 LOCK_FILE = ".intr.lock"
 

@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from napari_intr.atomic import atomic_write
 
-from . import distributed
+from .. import distributed
 
 LEDGER_FILE = "done.jsonl"
 SETTINGS_FILE = "settings.json"

@@ -1,7 +1,7 @@
 """`build_atlas`: a folder of class-labelled images -> the trait atlas, resumable and sharded.
 
 Pass 1 (the model, `summarise`): every image not summarised yet becomes one JSON record, kept in
-OUT/.intr-atlas/ through `intr_training.sharding` (a re-run skips what is there; torchrun ranks
+OUT/.intr-atlas/ through `napari_intr.collection.sharding` (a re-run skips what is there; torchrun ranks
 take interleaved shares and rank 0 merges them). Pass 2 (`aggregate`): the records, in key order,
 become statistics and top-N galleries. Pass 3 (`report`): the files.
 """
@@ -18,7 +18,7 @@ from napari_intr import __version__
 from napari_intr.collection.scan import Collection, class_images
 from napari_intr.explanation import layer_from_number, layer_number
 
-from .. import run_lock, sharding
+from ..collection import run_lock, sharding
 from .aggregate import DEFAULT_PAIR_COUNT, Atlas, AtlasBuilder
 from .montage import PatchCache
 from .parts import PartSource
