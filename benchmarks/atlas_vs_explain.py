@@ -36,7 +36,7 @@ from PIL import Image
 from napari_intr import synth
 from napari_intr.atlas import AtlasOptions, build_atlas
 from napari_intr.collection.explain import explain_folder
-from napari_intr.io import find_images
+from napari_intr.image_files import find_images
 from napari_intr.loading import load_model
 from napari_intr.model import IntrConfig, build_model
 

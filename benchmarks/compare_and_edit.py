@@ -22,8 +22,8 @@ from skimage.draw import disk
 
 from napari_intr.comparison import compare
 from napari_intr.devices import resolve_device
+from napari_intr.editing import Blur, Erase, Recolour, Transplant, compare_explanations
 from napari_intr.explanation import Explainer
-from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, compare_explanations
 from napari_intr.model import IntrConfig, build_model
 from timed_training import median_seconds
 

@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--model", default="sample")
     args = parser.parse_args()
-    from napari_intr.io import find_images
+    from napari_intr.image_files import find_images
     from napari_intr.synth import SPECIES, write_collection
     cores = os.cpu_count() or 1
     per_class = max(1, -(-args.images // len(SPECIES)))

@@ -4,7 +4,7 @@
 
 Writes one RGB photo-like image (gradients, rings and noise) as a deflate-tiled TIFF, an
 LZW-striped TIFF, a JPEG and a PNG, then reads each in a fresh process twice, side by side:
-  whole    napari_intr.io.read_image with the default budget (the full-resolution array)
+  whole    napari_intr.image_files.read_image with the default budget (the full-resolution array)
   reduced  napari_intr.large_images.read_within_budget with INTR_MAX_DECODE_BYTES = --budget-mib
 Memory is the process's peak resident set above its size just before the read (VmHWM after
 resetting it, Linux), so it counts Pillow's and the codecs' own buffers too. Prints a table and
@@ -26,7 +26,7 @@ READ_SCRIPT = """
 import json, sys, time
 import numpy as np
 import imagecodecs, tifffile, PIL.Image  # noqa: F401 - their code pages out of the measurement
-from napari_intr import io, large_images
+from napari_intr import image_files, large_images
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -35,7 +35,7 @@ np.zeros(1)  # imports and the first allocation out of the measurement
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set (VmHWM)
 before, start = rss("VmRSS:"), time.perf_counter()
 if sys.argv[2] == "whole":
-    pixels, factor = io.read_image(sys.argv[1]), 1
+    pixels, factor = image_files.read_image(sys.argv[1]), 1
 else:
     read = large_images.read_within_budget(sys.argv[1])
     pixels, factor = read.pixels, read.factor

@@ -81,7 +81,7 @@ def _train_case(case: str, args) -> dict:
 
     from intr_training.data import Batch
     from intr_training.engine import options_for, train_step
-    from intr_training.sampling import QuerySampler
+    from intr_training.query_sampling import QuerySampler
     from napari_intr.devices import resolve_device
     from napari_intr.model import IntrConfig, build_model
 

@@ -6,7 +6,7 @@
 reference: the official INTR/DETR recipe's loop: PIL decoding and transforms (random flip, DETR's
     random resize, ToTensor, Normalize) in DataLoader workers, fp32, attention weights materialised
     (return_attention=True, as nn.MultiheadAttention does), plain AdamW, same batch and workers.
-intr train: the product's own loop, as `intr train --init none` runs it: its dataset (napari_intr.io
+intr train: the product's own loop, as `intr train --init none` runs it: its dataset (napari_intr.image_files
     reading, DETR-style multi-scale transform or --augment flip's fixed variants), collate, DataLoader
     (pinned memory on CUDA), model (shortlist head), optimizer, step options (bf16 autocast and
     channels-last by step size: engine.options_for) and engine.train_one_epoch (clipping, the loss

@@ -68,7 +68,7 @@ def seconds_per_explain(model_path: Path, test: Path) -> tuple[float, tuple[int,
     import torch
 
     from napari_intr import load_model
-    from napari_intr.io import read_image
+    from napari_intr.image_files import read_image
     model = load_model(model_path, device="cpu")
     image = read_image(min(test.rglob("*.png")))
     inputs = model.preprocess(image)

@@ -160,7 +160,7 @@ class Tutorial:
 
     def tray(self) -> None:
         """6. A drawer photo: rectangles choose the specimens, each is explained on its own."""
-        from napari_intr.io import read_image
+        from napari_intr.image_files import read_image
         from napari_intr.loading import sample_data_dir
         explorer = self.explorer()
         for layer in list(self.viewer.layers):

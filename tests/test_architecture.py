@@ -149,8 +149,8 @@ def test_the_model_imports_only_itself_and_preprocessing():
     assert not {name: found for name, found in offenders.items() if found}
 
 
-# The `intr` commands: cli.py dispatches, train.py and *_cli.py define and parse the arguments.
-COMMAND_LINE = {"intr_training.cli", "intr_training.cli_values", "intr_training.train",
+# The `intr` commands: cli.py dispatches, train_cli.py and *_cli.py define and parse the arguments.
+COMMAND_LINE = {"intr_training.cli", "intr_training.cli_values", "intr_training.train_cli",
                 "intr_training.faithfulness_options"}
 # training_run.py is the run DETR's main.py starts: it takes the parsed settings (an argparse.Namespace).
 NAMESPACE_USERS = {"intr_training.training_run"}

@@ -13,7 +13,7 @@ from napari_intr.checkpoints import save_model
 from napari_intr.collection.explain import PREDICTIONS_FILE, csv_columns, explain_folder
 from napari_intr.explanation import Explainer
 from napari_intr.export import read_attention_tiff
-from napari_intr.io import find_images, read_image
+from napari_intr.image_files import find_images, read_image
 from napari_intr.model import IntrConfig, build_model
 
 NAMES = ["Heliconius erato", "Heliconius melpomene", "Morpho peleides", "Danaus plexippus"]

@@ -16,7 +16,7 @@ from napari_intr.checkpoints import save_model
 from napari_intr.collection.explain import PREDICTIONS_FILE, explain_folder
 from napari_intr.explanation import Explainer
 from napari_intr.export import read_attention_tiff
-from napari_intr.io import read_image
+from napari_intr.image_files import read_image
 from napari_intr.loading import load_model, sample_data_dir
 from napari_intr.model import IntrConfig, build_model
 

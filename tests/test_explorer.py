@@ -381,12 +381,12 @@ def test_batch_panel_says_which_images_were_read_reduced(explorer, qtbot, messag
     viewer, widget = explorer
     import tifffile
 
-    from napari_intr import io
+    from napari_intr import image_files
     images = tmp_path / "scans"
     images.mkdir()
     pixels = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
     tifffile.imwrite(images / "drawer.tif", pixels, compression="zlib", tile=(64, 64))
-    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 1_000_000)  # as if it were a 50 000 px scan
+    monkeypatch.setattr(image_files, "DECODE_BUDGET_BYTES", 1_000_000)  # as if it were a 50 000 px scan
     batch = widget.batch
     batch.inputs.path = images
     batch.output.path = tmp_path / "out"
@@ -404,12 +404,12 @@ def test_image_read_reduced_is_shown_on_the_files_grid_and_named_so(explorer, qt
     viewer, widget = explorer
     import tifffile
 
-    from napari_intr import io
+    from napari_intr import image_files
     from napari_intr.large_images import read_within_budget
     from napari_intr.widgets.explorer.demo import add_reduced
     path = tmp_path / "drawer.tif"
     tifffile.imwrite(path, np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8))
-    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 1_000_000)
+    monkeypatch.setattr(image_files, "DECODE_BUDGET_BYTES", 1_000_000)
     assert isinstance(read_within_budget(path).pixels, np.memmap)  # for Explainer, which reads it in bands
     read = read_within_budget(path, allow_mapped=False)  # what intr demo shows: uncompressed, read reduced
     layer = add_reduced(viewer, path, read)

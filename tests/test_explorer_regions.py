@@ -15,7 +15,7 @@ PIXEL = 0.5  # the image layer's scale: world units per pixel, as for a calibrat
 
 
 def drawer_photo():
-    from napari_intr.io import read_image
+    from napari_intr.image_files import read_image
     from napari_intr.loading import sample_data_dir
     photo = np.full((420, 440, 3), (205, 196, 176), np.uint8)
     for stem, (row, column) in PLACES.items():

@@ -16,7 +16,7 @@ from napari_intr.export import (
     write_attention_tiff,
     write_overlay_png,
 )
-from napari_intr.io import PixelSize, read_pixel_size
+from napari_intr.image_files import PixelSize, read_pixel_size
 from napari_intr.model import IntrConfig, build_model
 
 LABELS = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]

@@ -226,7 +226,7 @@ def test_a_batch_is_never_padded_beyond_the_size_limit():
 
 
 def test_every_skip_has_a_reason():
-    from napari_intr.io import reason
+    from napari_intr.image_files import reason
     assert reason(MemoryError()).startswith("out of memory")
     assert reason(OSError()) == "OSError"
     assert reason(ValueError("bad")) == "bad"
@@ -239,7 +239,7 @@ def test_huge_uncompressed_tiff_is_read_strip_by_strip(tmp_path, monkeypatch):
     import tifffile
     import torch
 
-    from napari_intr import io
+    from napari_intr import image_files
     from napari_intr.collection.explain import explain_folder
     from napari_intr.model import IntrConfig, build_model
     rng = np.random.default_rng(0)
@@ -248,11 +248,11 @@ def test_huge_uncompressed_tiff_is_read_strip_by_strip(tmp_path, monkeypatch):
     folder.mkdir()
     tifffile.imwrite(folder / "plain.tif", pixels)
     tifffile.imwrite(folder / "zipped.tif", pixels, compression="zlib", rowsperstrip=16)
-    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 1_000_000)  # as if these were 50 000 px scans
-    mapped = io.read_image(folder / "plain.tif", allow_mapped=True)
+    monkeypatch.setattr(image_files, "DECODE_BUDGET_BYTES", 1_000_000)  # as if these were 50 000 px scans
+    mapped = image_files.read_image(folder / "plain.tif", allow_mapped=True)
     assert isinstance(mapped, np.memmap) and mapped.shape == (600, 800, 3)
     with pytest.raises(ValueError, match="decode budget"):
-        io.read_image(folder / "plain.tif")  # callers that need the pixels in memory are refused
+        image_files.read_image(folder / "plain.tif")  # callers that need the pixels in memory are refused
     torch.manual_seed(0)
     model = build_model(IntrConfig.tiny(3), ["a", "b", "c"]).eval()
     summary = explain_folder(model, [folder], tmp_path / "out", top_k=2)

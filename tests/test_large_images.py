@@ -13,8 +13,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_intr import io
-from napari_intr.io import TooLargeError
+from napari_intr import image_files
+from napari_intr.image_files import TooLargeError
 from napari_intr.large_images import JPEG_SCALES, read_within_budget
 
 BUDGET = 1_000_000  # bytes: less than one whole copy of every image below
@@ -22,7 +22,7 @@ BUDGET = 1_000_000  # bytes: less than one whole copy of every image below
 
 @pytest.fixture
 def budget(monkeypatch):
-    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", BUDGET)
+    monkeypatch.setattr(image_files, "DECODE_BUDGET_BYTES", BUDGET)
     return BUDGET
 
 
@@ -85,7 +85,7 @@ def test_tiff_over_the_budget_is_read_reduced_segment_by_segment_within_it(layou
     pixels = write_tiff(path, dtype, channels, options)
     assert pixels.nbytes > budget  # one whole copy would not fit, let alone the 4 a decode makes
     with pytest.raises(TooLargeError, match="read it reduced"):
-        io.read_image(path)
+        image_files.read_image(path)
     read_within_budget(path)  # imports and caches out of the measurement
     read, peak = peak_bytes(read_within_budget, path)
     assert peak <= budget, f"{peak} bytes allocated at the peak, the budget is {budget}"
@@ -158,7 +158,7 @@ def test_huge_jpeg_read_reduced_is_upright(tmp_path, budget):
 
 
 def test_jpeg_too_large_even_at_an_eighth_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 20_000)
+    monkeypatch.setattr(image_files, "DECODE_BUDGET_BYTES", 20_000)
     path = tmp_path / "mural.jpg"
     Image.fromarray(np.zeros((1600, 1600, 3), np.uint8)).save(path)
     with pytest.raises(TooLargeError, match=r"mural.jpg is 1600×1600 px: even decoded at 1/8 scale .* "
@@ -185,9 +185,9 @@ def test_png_over_the_budget_is_read_reduced_row_by_row_within_it(kind, tmp_path
     Average, Paeth): the reduced read equals the whole decode reduced by block means."""
     path = tmp_path / f"{kind}.png"
     PNG_KINDS[kind](smooth_specimen(700, 950, 4)).save(path, optimize=True, bits=4 if "4-bit" in kind else 8)
-    whole = io._read_with_pillow(path)  # small enough here to compare with
+    whole = image_files._read_with_pillow(path)  # small enough here to compare with
     with pytest.raises(TooLargeError, match="read it reduced"):
-        io.read_image(path)
+        image_files.read_image(path)
     read_within_budget(path)
     read, peak = peak_bytes(read_within_budget, path)
     assert peak <= budget, f"{peak} bytes allocated at the peak, the budget is {budget}"
@@ -215,7 +215,7 @@ def test_png_that_cannot_be_read_row_by_row_is_refused_with_a_conversion(kind, t
     assert kind in message and "PNG cannot be read row by row" in message
     assert "vips tiffsave plate.png plate_tiled.tif" in message
     with pytest.raises(TooLargeError) as whole:  # the whole-decode refusal does not promise a reduced read
-        io.read_image(path)
+        image_files.read_image(path)
     message = str(whole.value)
     assert "read it reduced" not in message and f"but not {kind}" in message
     assert "vips tiffsave plate.png plate_tiled.tif" in message
@@ -301,7 +301,7 @@ def test_png_read_reduced_is_upright(tmp_path, budget):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif)
-    assert io._read_with_pillow(tmp_path / "turned.png").shape == (950, 700, 3)  # the whole read turns it
+    assert image_files._read_with_pillow(tmp_path / "turned.png").shape == (950, 700, 3)  # the whole read turns it
     read = read_within_budget(tmp_path / "turned.png")
     assert read.file_shape == (950, 700) and "turned.png is 950×700 px" in read.note
     expected = upright(block_means(stored, read.factor), 6)
@@ -336,6 +336,6 @@ def test_uncompressed_tiff_in_one_strip_is_read_reduced_band_by_band_for_a_viewe
 def test_uncompressed_tiff_whose_rows_do_not_fit_the_budget_is_refused_by_name(tmp_path, monkeypatch):
     path = tmp_path / "scan.tif"
     write_tiff(path, np.uint16, 1, {})
-    monkeypatch.setattr(io, "DECODE_BUDGET_BYTES", 4000)  # less than one row and its sums
+    monkeypatch.setattr(image_files, "DECODE_BUDGET_BYTES", 4000)  # less than one row and its sums
     with pytest.raises(TooLargeError, match=r"^scan.tif is 700×950 px: its rows .* free memory"):
         read_within_budget(path, allow_mapped=False)

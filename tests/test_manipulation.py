@@ -16,9 +16,7 @@ from skimage.morphology import disk as disk_footprint
 from skimage.restoration import inpaint_biharmonic
 
 from napari_intr import synth
-from napari_intr.explanation import Explainer
-from napari_intr.loading import sample_model_path
-from napari_intr.manipulation import (
+from napari_intr.editing import (
     Blur,
     EditSession,
     Erase,
@@ -29,6 +27,8 @@ from napari_intr.manipulation import (
     region_on_grid,
     sample_colour,
 )
+from napari_intr.explanation import Explainer
+from napari_intr.loading import sample_model_path
 from napari_intr.model import IntrConfig, build_model
 
 NAMES = ["Heliconius erato", "Heliconius melpomene", "Morpho peleides", "Danaus plexippus"]

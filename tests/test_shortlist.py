@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from _intr_reference import one_torch_thread, seeded_model  # noqa: F401 (an autouse fixture)
 from intr_training.data import Batch
 from intr_training.engine import StepOptions, evaluate, train_step
-from intr_training.sampling import QuerySampler, sampled_cross_entropy
+from intr_training.query_sampling import QuerySampler, sampled_cross_entropy
 from napari_intr.checkpoints import load_checkpoint, save_model
 from napari_intr.explanation import Explainer
 from napari_intr.model import IntrConfig

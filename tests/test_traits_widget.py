@@ -55,7 +55,7 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     assert list(shapes.features["file"]) == keys
     # The gallery is the montage, which labels each patch within its own row (file above, peak
     # below: tests/test_atlas_geometry.py); the frames lie on the patch grid, with no text of their own.
-    from napari_intr.io import read_image
+    from napari_intr.image_files import read_image
     layout = browser.atlas["montages"]["classes"][first_class]
     np.testing.assert_array_equal(np.asarray(image.data), read_image(out / layout["file"]))
     for frame, cell in zip(shapes.data, browser._cells):

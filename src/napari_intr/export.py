@@ -17,7 +17,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .explanation import Explanation
-from .io import PixelSize
+from .image_files import PixelSize
 from .preprocess import is_colour
 from .regions import REGION_COLUMNS, RegionResult
 

@@ -1,6 +1,6 @@
 """Images too large to decode whole, read reduced piece by piece within the decode budget.
 
-`read_within_budget` reads an image whole when it fits napari_intr.io's decode budget (and the
+`read_within_budget` reads an image whole when it fits napari_intr.image_files's decode budget (and the
 memory available now). Past it, an uncompressed TIFF is memory-mapped (Explainer block-averages
 it band by band), any other TIFF is decoded one strip or tile at a time, each area-averaged into
 an accumulator of the reduced image, a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale, and a
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .io import ImageHeader, TooLargeError, byte_size, vips_advice
+from . import image_files
+from .image_files import ImageHeader, TooLargeError, byte_size, vips_advice
 
 # Bytes each sample of the reduced image costs: its float64 sum here, and the float32 copies the
-# model's preprocessing makes of it (io.DECODE_COPIES, as for a whole decode).
-REDUCED_SAMPLE_BYTES = 8 + 4 * io.DECODE_COPIES
+# model's preprocessing makes of it (image_files.DECODE_COPIES, as for a whole decode).
+REDUCED_SAMPLE_BYTES = 8 + 4 * image_files.DECODE_COPIES
 JPEG_SCALES = (2, 4, 8)  # what libjpeg decodes natively (Pillow's Image.draft)
 READ_REDUCED = "read reduced"  # in every note of a reduced read
 
@@ -49,23 +49,23 @@ def read_within_budget(path: str | os.PathLike, allow_mapped: bool = True) -> Bu
     map whole to show it)."""
     path = Path(path)
     try:
-        pixels = io.read_image(path, allow_mapped=allow_mapped)
+        pixels = image_files.read_image(path, allow_mapped=allow_mapped)
     except TooLargeError as refusal:
         try:
             return _read_reduced(path, refusal)
         except (ValueError, MemoryError):
             raise
         except Exception as error:  # codecs raise many types for damaged pieces; all mean "unreadable"
-            raise ValueError(f"cannot read {path.name}: {io.reason(error)}") from error
+            raise ValueError(f"cannot read {path.name}: {image_files.reason(error)}") from error
     return BudgetedImage(pixels, file_shape=tuple(pixels.shape[:2]))
 
 
 def _read_reduced(path: Path, refusal: TooLargeError) -> BudgetedImage:
-    header = io.read_header(path)
-    limit, what = io.decode_limit()
+    header = image_files.read_header(path)
+    limit, what = image_files.decode_limit()
     orientation = 1  # TIFF: tifffile ignores the Orientation tag, whole or reduced
-    if path.suffix.lower() in io.TIFF_SUFFIXES:
-        mapped = io.mapped_tiff(path)  # uncompressed and contiguous: bands of rows, whatever its strips
+    if path.suffix.lower() in image_files.TIFF_SUFFIXES:
+        mapped = image_files.mapped_tiff(path)  # uncompressed and contiguous: bands of rows, whatever its strips
         if mapped is None:
             pixels, factor, how = _reduced_tiff(path, header, limit, what)
         else:
@@ -96,7 +96,7 @@ def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _whole_bytes(header: ImageHeader) -> int:
-    return header.decoded_bytes * io.DECODE_COPIES
+    return header.decoded_bytes * image_files.DECODE_COPIES
 
 
 def reduction_factor(header: ImageHeader, room: int) -> int | None:
@@ -239,7 +239,7 @@ def _reduced_jpeg(path: Path, header: ImageHeader, limit: int, what: str) -> tup
             if opened.size != reduced:  # never decode it whole
                 raise TooLargeError(f"{path.name}: the JPEG decoder did not reduce it (to {reduced[0]}×{reduced[1]} "
                                     f"px); downscale it with libvips: {vips_advice(path, reduce=True)}")
-            pixels = io.pillow_pixels(opened)
+            pixels = image_files.pillow_pixels(opened)
     finally:
         Image.MAX_IMAGE_PIXELS = pixel_limit
     return pixels, scale, f"decoded by libjpeg at 1/{scale} scale"
@@ -303,7 +303,7 @@ class _PngLayout:
 def _reduced_png(path: Path, header: ImageHeader, limit: int, what: str) -> tuple[np.ndarray, int, str]:
     with open(path, "rb") as file:
         layout = _png_layout(file, path.name)
-        kind = io.png_row_by_row_problem(layout.bit_depth, layout.colour_type, layout.interlaced)
+        kind = image_files.png_row_by_row_problem(layout.bit_depth, layout.colour_type, layout.interlaced)
         if kind is not None:
             raise TooLargeError(f"{path.name} is {header.height}×{header.width} px; decoding it whole needs about "
                                 f"{byte_size(_whole_bytes(header))}, more than {what}, {byte_size(limit)}, and an "
@@ -408,7 +408,7 @@ def _png_pixels(layout: _PngLayout, raw: bytes) -> np.ndarray:
     unfiltered = b"".join(b"\0" + raw[i * layout.stride:(i + 1) * layout.stride] for i in range(rows))
     band = _png_file(layout.width, rows, layout.bit_depth, layout.colour_type, unfiltered, layout.palette_chunks)
     with _open_png(band) as image:
-        return io.pillow_pixels(image)
+        return image_files.pillow_pixels(image)
 
 
 def _png_file(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes, chunks: bytes = b"") -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 import napari_intr
 
 COMMANDS = {
-    "train": ("intr_training.train", "train or fine-tune an INTR model on an image folder"),
+    "train": ("intr_training.train_cli", "train or fine-tune an INTR model on an image folder"),
     "eval": ("intr_training.evaluate_cli", "accuracy, per-class accuracy and confusion matrix of a model"),
     "synth": ("intr_training.synth_cli", "draw synthetic mimic-ring specimens (offline test data)"),
     "explain": ("intr_training.explain_cli", "explain images or a folder: CSV of predictions, TIFF attention maps"),
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         # Users get the message, not a traceback; INTR_DEBUG=1 shows where it came from.
         if os.environ.get("INTR_DEBUG"):
             raise
-        from napari_intr.io import reason
+        from napari_intr.image_files import reason
         print(f"intr {args.command}: error: {reason(error)}", file=sys.stderr)
         return 2
 

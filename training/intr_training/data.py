@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from napari_intr import io
+from napari_intr import image_files
 from napari_intr.collection.scan import Sample, read_image
 from napari_intr.preprocess import pad_batch
 
@@ -27,7 +27,7 @@ class ImageFolderDataset(Dataset):
         try:
             return self.transform(read_image(path)), label
         except Exception as error:  # a damaged, huge or extreme image must never end an epoch
-            print(f"warning: {path} skipped: {io.reason(error)}", file=sys.stderr)
+            print(f"warning: {path} skipped: {image_files.reason(error)}", file=sys.stderr)
             return None
 
 

@@ -18,7 +18,7 @@ from napari_intr.distributed import sum_over_ranks
 from napari_intr.recipes import AMP_MIN_IMAGES, AMP_MIN_SIDE, PRECISIONS
 
 from .data import Batch
-from .sampling import QuerySampler, sampled_cross_entropy
+from .query_sampling import QuerySampler, sampled_cross_entropy
 
 TOP_K = 5
 
@@ -109,7 +109,7 @@ def train_step(model: nn.Module, batch: Batch, options: StepOptions, sampler: Qu
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward one batch; returns the loss (not yet backpropagated) and the predicted classes.
 
-    sampler: sampled-query training (sampling.py): the decoder sees the sampler's K classes and
+    sampler: sampled-query training (query_sampling.py): the decoder sees the sampler's K classes and
     the loss is the corrected cross-entropy over them. A model with a shortlist head adds the
     head's cross-entropy over the same classes, which trains the first pass jointly."""
     images, mask, labels = to_device(batch, options)

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from napari_intr import distributed
     from napari_intr.devices import resolve_device
-    from napari_intr.io import find_images
+    from napari_intr.image_files import find_images
     from napari_intr.regions import Margin, read_boxes
     if not args.inputs and not args.boxes:
         raise ValueError("give image files or folders to explain, or --boxes BOXES.csv")

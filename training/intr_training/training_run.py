@@ -51,7 +51,7 @@ from .feature_cache import (
 )
 from .initialization import freeze, initial_model, set_dropout
 from .progress import Progress, make_progress
-from .sampling import QuerySampler
+from .query_sampling import QuerySampler
 from .transforms import Variant, eval_transform, fixed_variants, train_transform
 
 SHOWN_SKIPPED = 5  # unreadable images named one by one before the rest are counted

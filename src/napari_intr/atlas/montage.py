@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from napari_intr.io import read_image
+from napari_intr.image_files import read_image
 from napari_intr.preprocess import TYPE_RANGES, to_float_rgb
 
 from .geometry import crop

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from napari_intr.explanation import Explainer
-from napari_intr.io import read_image
+from napari_intr.image_files import read_image
 
 from .geometry import Footprint, HeadLook, looks, masked_cells
 from .parts import ImageParts, PartSource

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..csv_output import write_csv
-from ..io import find_images, read_pixel_size, reason
+from ..image_files import find_images, read_pixel_size, reason
 from ..large_images import BudgetedImage, read_within_budget
 from ..regions import REGION_COLUMNS, Margin, Region, crop_region
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import image_files
 from ..class_names import clean_class_name
-from ..io import IMAGE_SUFFIXES
+from ..image_files import IMAGE_SUFFIXES
 from ..preprocess import MIN_IMAGE_SIZE, to_float_rgb
 
 Sample = tuple[Path, int]  # (image path, class index)
@@ -38,13 +38,13 @@ def is_visible(path: Path) -> bool:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Any PNG/JPEG/TIFF (8/16-bit, grey, RGB, RGBA) -> float32 H×W×3 in [0, 1], read exactly
-    as batch explain and the plugin read it (napari_intr.io), so EXIF rotation etc. agree."""
-    return to_float_rgb(io.read_image(path))
+    as batch explain and the plugin read it (napari_intr.image_files), so EXIF rotation etc. agree."""
+    return to_float_rgb(image_files.read_image(path))
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
-    header = io.read_header(path)
+    header = image_files.read_header(path)
     return header.height, header.width
 
 
@@ -52,10 +52,10 @@ def unreadable_reason(path: Path) -> str | None:
     """Why an image cannot be used, from its header alone (damaged, a stack, too small, or too
     large to decode in the memory there is); None if it looks usable."""
     try:
-        header = io.read_header(path)
-        io.check_decodable(path, header)
+        header = image_files.read_header(path)
+        image_files.check_decodable(path, header)
     except (ValueError, OSError) as error:
-        return io.reason(error)
+        return image_files.reason(error)
     if min(header.height, header.width) < MIN_IMAGE_SIZE:
         return f"it is {header.height}×{header.width} px; INTR needs at least {MIN_IMAGE_SIZE} px on each side"
     return None

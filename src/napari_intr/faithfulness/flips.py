@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_dilation, distance_transform_edt
 
-from napari_intr.manipulation import Recolour, Transplant
+from napari_intr.editing import Recolour, Transplant
 from napari_intr.model import INTR
 from napari_intr.preprocess import TYPE_RANGES
 

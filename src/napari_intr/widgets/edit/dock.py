@@ -4,7 +4,7 @@ Edit adds a labels layer over the chosen image to paint on. Apply runs the chose
 the painted region in a worker, writes the result to the layer `<image> (edited)` (the original
 is never changed) and explains the edited image: the report shows before vs after. Edits stack;
 Undo and Reset restore earlier images and their predictions exactly (nothing is re-run). Export
-writes the edited image and a JSON + CSV report (`napari_intr.manipulation.export`).
+writes the edited image and a JSON + CSV report (`napari_intr.editing.export`).
 
 A separate dock widget sharing the Explorer's state (the loaded model): editing is its own
 workflow and needs the room of its own dock."""
@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_intr.manipulation import EditSession, check_region, compare_explanations, export, pillow_can_write
+from napari_intr.editing import EditSession, check_region, compare_explanations, export, pillow_can_write
 
 from ..layers import LayerPicker, is_labels
 from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column, set_items

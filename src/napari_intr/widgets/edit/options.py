@@ -1,6 +1,6 @@
 """The Edit widget's operation and its settings: recolour (a chosen colour, or one sampled with
 a click on any image layer), erase, blur, transplant (from another image layer, with an offset).
-`make_edit` turns the settings into a `napari_intr.manipulation` edit or says what is wrong."""
+`make_edit` turns the settings into a `napari_intr.editing` edit or says what is wrong."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_intr.manipulation import Blur, Erase, Recolour, Transplant, check_image, sample_colour
+from napari_intr.editing import Blur, Erase, Recolour, Transplant, check_image, sample_colour
 
 from ..layers import LayerPicker
 from ..qt_helpers import stack

@@ -63,7 +63,7 @@ def _read_if_too_large(path: Path):
     """None for an image napari can open whole; its reduced read (napari_intr.large_images) for
     one too large to decode whole; FileNotFoundError/ValueError naming the file otherwise (napari's
     readers would blame a missing plugin for a damaged file)."""
-    from ...io import TooLargeError, check_decodable, read_header
+    from ...image_files import TooLargeError, check_decodable, read_header
     from ...large_images import read_within_budget
     if not path.is_file():
         raise FileNotFoundError(f"no image at {path}")

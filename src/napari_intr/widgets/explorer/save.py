@@ -92,7 +92,7 @@ def _file_of(layer) -> str | None:
 
 def _layer_pixel_size(layer):
     """The layer's own physical scale, when napari knows its units (e.g. from a calibrated reader)."""
-    from napari_intr.io import PixelSize
+    from napari_intr.image_files import PixelSize
     units = getattr(layer, "units", None)
     if not units or len(units) < 2:
         return None
@@ -104,5 +104,5 @@ def _layer_pixel_size(layer):
 
 
 def _pixel_size(image_file: str | None):
-    from napari_intr.io import read_pixel_size
+    from napari_intr.image_files import read_pixel_size
     return read_pixel_size(image_file) if image_file and Path(image_file).is_file() else None

@@ -127,7 +127,7 @@ class AtlasBrowser(QGroupBox):
                                    "(left: A's images, right: B's)", pair["a"])
 
     def _show_gallery(self, layout: dict, name: str, query: str) -> None:
-        from napari_intr.io import read_image
+        from napari_intr.image_files import read_image
         montage = read_image(self.folder / layout["file"])
         self._cells, self._query = layout["cells"], query
         boxes = [np.array([[c["y"], c["x"]], [c["y"] + c["size"], c["x"] + c["size"]]], dtype=float)

@@ -37,7 +37,7 @@ class TraitsWidget(QWidget):
     def open_in_explorer(self, choice: PatchChoice) -> None:
         """Add the specimen as an image layer, explain it in the Explorer, then show the patch's
         class, decoder layer and head there."""
-        from napari_intr.io import read_image
+        from napari_intr.image_files import read_image
         layer = next((layer for layer in self.viewer.layers if layer.metadata.get("source_path") == str(choice.path)),
                      None)
         if layer is None:  # read only a specimen not open yet (a second click on it reuses its layer)

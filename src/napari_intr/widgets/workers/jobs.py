@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from napari_intr.manipulation import EditSession
+    from napari_intr.editing import EditSession
 
 _POLL_SECONDS = 0.1
 
