@@ -1,6 +1,6 @@
 """The house rules that keep the tree easy to change: no import cycles between the project's
-modules (imports inside functions included), the inference core apart from training and from
-command-line parsing. Read from the source with `ast`, so nothing here imports the project."""
+modules (imports inside functions included), folder order is import order (the plugin package
+never imports training), command-line parsing apart from the work. Read from the source with `ast`, so nothing here imports the project."""
 import ast
 import sys
 from pathlib import Path
@@ -112,12 +112,57 @@ def test_no_import_cycles_between_the_project_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_plugin_never_imports_training_at_module_level():
+def test_nothing_under_src_imports_training():
+    """The plugin package never imports intr_training, not even inside a function: the Fine-tune
+    dock trains through the `intr train` child process."""
     modules = project_modules()
-    offenders = {name: sorted(m for m in imports(name, path, modules, top_level_only=True)
-                              if m.startswith("intr_training"))
+    offenders = {name: sorted(m for m in imports(name, path, modules) if m.split(".")[0] == "intr_training")
                  for name, path in modules.items() if name.startswith("napari_intr")}
     assert not {name: found for name, found in offenders.items() if found}
+
+
+# Folder order is import order (README: Architecture): a module imports only from its own floor and
+# the floors below it, inside functions too. The model stands on preprocessing alone.
+FLOORS = ("model", "core", "collection runs", "analyses", "widgets", "training", "the intr command")
+COMMAND_MODULES = {"intr_training", "intr_training.__main__", "intr_training.cli", "intr_training.cli_values",
+                   "intr_training.faithfulness_options"}
+
+
+def floor(module: str) -> str:
+    """The floor of a module by its folder (src/napari_intr/<folder>/, training/intr_training/)."""
+    package, _, rest = module.partition(".")
+    top = rest.split(".")[0]
+    if package == "intr_training":
+        return "the intr command" if module in COMMAND_MODULES or module.endswith("_cli") else "training"
+    if top in ("model", "preprocess", "_lazy", "_version"):
+        return "model"
+    return {"collection": "collection runs", "atlas": "analyses", "faithfulness": "analyses",
+            "widgets": "widgets"}.get(top, "core")
+
+
+def imports_against_the_floors(modules: dict[str, Path]) -> dict[str, list[str]]:
+    found = {}
+    for name, path in modules.items():
+        above = sorted(m for m in imports(name, path, modules)
+                       if m in modules and FLOORS.index(floor(m)) > FLOORS.index(floor(name)))
+        if above:
+            found[name] = [f"{m} ({floor(m)}, above {floor(name)})" for m in above]
+    return found
+
+
+def test_the_floor_rule_finds_an_upward_import_inside_a_function(tmp_path):
+    (tmp_path / "explanation.py").write_text("def late():\n    from .atlas import report\n")
+    (tmp_path / "report.py").write_text("from .. import explanation\n")
+    modules = {"napari_intr.explanation": tmp_path / "explanation.py",
+               "napari_intr.atlas.report": tmp_path / "report.py"}
+    assert imports_against_the_floors(modules) == {
+        "napari_intr.explanation": ["napari_intr.atlas.report (analyses, above core)"]}
+
+
+def test_folder_order_is_import_order():
+    """model/ < the core (src/napari_intr/*.py) < collection/ < atlas/, faithfulness/ < widgets/ <
+    training/intr_training/ < the `intr` command (cli.py, *_cli.py)."""
+    assert not imports_against_the_floors(project_modules())
 
 
 GUI_PACKAGES = {"napari", "qtpy", "magicgui", "superqt", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy"}

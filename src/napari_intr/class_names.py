@@ -3,6 +3,8 @@
 A list entry has a *label*, as the data set writes it ("001.Black_footed_Albatross", the CUB
 folder name, kept in exports so that they join with the data set's own files), and a *name*
 shown to people ("Black-footed Albatross"). Entries without an "NNN." index are both at once.
+Names people type ("A, B"; look-alike pairs "A:B, C:D") are read by `parse_names` and
+`parse_pairs`, for the `intr` commands and the docks alike.
 """
 from __future__ import annotations
 
@@ -112,3 +114,28 @@ def check_class_count(names: list[str], num_classes: int, origin: str = "the cla
     if len(names) != num_classes:
         raise ValueError(f"{origin}: {len(names)} class names were given but the model has "
                          f"{num_classes} classes; give a class-names file with exactly one line per class")
+
+
+def parse_names(text: str | None, what: str) -> list[str] | None:
+    """"A, B" -> ["A", "B"]; None stays None (every class)."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"{what} is empty; give names separated by commas")
+    return names
+
+
+def parse_pairs(text: str | None, what: str = "pairs") -> list[tuple[str, str]] | None:
+    """"A:B, C:D" -> [(A, B), (C, D)]: heads of A's query telling A from B. None: the most confused."""
+    if text is None or not text.strip():
+        return None
+    pairs = []
+    for item in parse_names(text, what):
+        sides = [side.strip() for side in item.split(":")]
+        if len(sides) != 2 or not all(sides):
+            raise ValueError(f"{what}: {item!r} is not a pair; write A:B (class names), pairs separated by commas")
+        if sides[0] == sides[1]:
+            raise ValueError(f"{what}: {item!r} pairs a class with itself; give two different classes")
+        pairs.append((sides[0], sides[1]))
+    return pairs

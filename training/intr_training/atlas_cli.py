@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from napari_intr.class_names import parse_names, parse_pairs
 from napari_intr.devices import DEVICES
 
-from .cli_values import COUNT, parse_names, parse_pairs
+from .cli_values import COUNT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -49,31 +49,6 @@ def _range(low, high) -> str:
     return f"at least {low:g}" if low is not None else f"at most {high:g}"
 
 
-def parse_names(text: str | None, what: str) -> list[str] | None:
-    """"A, B" -> ["A", "B"]; None stays None (every class)."""
-    if text is None:
-        return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ValueError(f"{what} is empty; give names separated by commas")
-    return names
-
-
-def parse_pairs(text: str | None, what: str = "pairs") -> list[tuple[str, str]] | None:
-    """"A:B, C:D" -> [(A, B), (C, D)]: heads of A's query telling A from B. None: the most confused."""
-    if text is None or not text.strip():
-        return None
-    pairs = []
-    for item in parse_names(text, what):
-        sides = [side.strip() for side in item.split(":")]
-        if len(sides) != 2 or not all(sides):
-            raise ValueError(f"{what}: {item!r} is not a pair; write A:B (class names), pairs separated by commas")
-        if sides[0] == sides[1]:
-            raise ValueError(f"{what}: {item!r} pairs a class with itself; give two different classes")
-        pairs.append((sides[0], sides[1]))
-    return pairs
-
-
 SEED = whole_number(0, SEED_MAX)
 COUNT = whole_number(1)        # epochs, batch sizes, images per class, top-k
 WORKERS = whole_number(0, 64)  # data-loading processes

@@ -13,10 +13,11 @@ import os
 import sys
 from pathlib import Path
 
+from napari_intr.class_names import parse_names
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import DECODE_MODES
 
-from .cli_values import COUNT, parse_names
+from .cli_values import COUNT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

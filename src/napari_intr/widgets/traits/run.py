@@ -8,6 +8,7 @@ from magicgui.widgets import Container, LineEdit, SpinBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QPushButton
 
+from ...class_names import parse_pairs  # `intr atlas --pairs`'s rule
 from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
 from ..workers import messages
@@ -66,7 +67,6 @@ class AtlasRunBox(QGroupBox):
         return self.out.path
 
     def options(self) -> dict:
-        from intr_training.cli_values import parse_pairs  # the CLI's rule
         return {"layer": self.layer.value or None, "per_head": self.per_head.value,
                 "pairs": parse_pairs(self.pairs.value, "Look-alike pairs"), "parts": self.parts.path or None}
 
