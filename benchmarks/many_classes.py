@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from train_throughput import peak_rss_kib
+from peak_memory import peak_rss_kib
 
 EXPLAIN_CASES = ("full200", "shortlist10000", "full10000")
 TRAIN_CASES = ("train_full200", "train_sampled10000")

@@ -221,7 +221,7 @@ def timed(args, device, run) -> dict:
     allocator peak of the timed steps; on the CPU the growth of the resident high-water mark)."""
     import torch
 
-    from train_throughput import peak_rss_kib
+    from peak_memory import peak_rss_kib
     on_cuda = device.type == "cuda"
     rss_before = peak_rss_kib()
     run(args.warmup)

@@ -28,27 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import BACKBONES
+from peak_memory import peak_rss_kib
 
 VARIANTS = ("ours", "reference")
-
-
-def peak_rss_kib() -> int:
-    """The resident-set high-water mark of this process image, in KiB."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def measure(args) -> dict:

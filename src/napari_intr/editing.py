@@ -26,7 +26,7 @@ from skimage.restoration import inpaint_biharmonic
 
 from .comparison import symmetric_limits
 from .csv_output import write_csv
-from .explanation import Explanation, layer_number
+from .explanation import Explanation, head_number, layer_number
 from .preprocess import fractions, intensity_range, is_colour, layout_problem
 
 # rgb2gray's weights: an RGB colour painted into a grey image becomes its luminance.
@@ -305,7 +305,7 @@ class EditEffect:
                  "logit_change": float(self.logits_after[c] - self.logits_before[c])} for c in order]
 
     def head_table(self) -> list[dict]:
-        return [{"head": head + 1, "mass_before": float(before), "mass_after": float(after),
+        return [{"head": head_number(head), "mass_before": float(before), "mass_after": float(after),
                  "mass_change": float(after - before)}
                 for head, (before, after) in enumerate(zip(self.mass_before, self.mass_after))]
 

@@ -114,9 +114,7 @@ class Explanation:
         if normalization == "shared":
             peak = maps.max()
             return maps / peak if peak > 0 else np.zeros_like(maps)
-        low = maps.min(axis=(1, 2), keepdims=True)
-        span = maps.max(axis=(1, 2), keepdims=True) - low
-        return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+        return min_max(maps, axis=(1, 2))
 
     def mean_map(self, class_name: str, layer: int = -1) -> np.ndarray:
         return self.layer_maps(layer)[:, self.column(class_name)].mean(axis=0)
@@ -172,8 +170,23 @@ class Explanation:
         return layer_number(layer, self.num_layers)
 
 
-# Decoder layers: 0-based Python indices inside (negative from the end), numbered from 1 for
-# people (CLI options, layer names, reports, "L6"). These three functions convert between them.
+def min_max(values: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Scaled to [0, 1] (over `axis`: per map with axis=(1, 2) of [heads, h, w]); all zeros where
+    the values are flat. The one rule for every map people see as "min-max" (per_map maps, the
+    mean map, exported heat maps)."""
+    values = np.asarray(values, dtype=np.result_type(values, np.float32))
+    low = values.min(axis=axis, keepdims=True)
+    span = values.max(axis=axis, keepdims=True) - low
+    return np.divide(values - low, span, out=np.zeros_like(values), where=span > 0)
+
+
+# Decoder layers and heads: 0-based Python indices inside (layers negative from the end), numbered
+# from 1 for people (CLI options, layer names, reports, "L6 H3"). These functions convert between them.
+
+def head_number(head: int) -> int:
+    """A head as people count it (H1 = the first) from its 0-based index."""
+    return head + 1
+
 
 def layer_index(layer: int, num_layers: int) -> int:
     """The 0-based decoder layer of a Python index (-1 = the last); ValueError when out of range."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .explanation import Explanation
+from .explanation import Explanation, head_number, min_max
 from .image_files import PixelSize
 from .preprocess import is_colour
 from .regions import REGION_COLUMNS, RegionResult
@@ -57,7 +57,7 @@ def attention_stack(explanation: Explanation, classes: Sequence[str], layers: Se
     stack = np.stack([np.stack([explanation.head_maps(name, layer, normalization="none") for layer in layers])
                       for name in classes]).astype(np.float32)
     numbers = [explanation.layer_number(layer) for layer in layers]
-    labels = [plane_label(label, number, head + 1) for label in class_labels for number in numbers
+    labels = [plane_label(label, number, head_number(head)) for label in class_labels for number in numbers
               for head in range(explanation.num_heads)]
     return stack, labels
 
@@ -162,7 +162,7 @@ def explanation_metadata(explanation: Explanation, class_name: str, layer: int, 
     return {
         "image": explanation.image_name, "class": class_name, "label": explanation.labels()[column],
         "layer": explanation.layer_number(layer), "heads": explanation.num_heads,
-        "top_heads": [h + 1 for h in explanation.head_order(class_name, layer)],
+        "top_heads": [head_number(h) for h in explanation.head_order(class_name, layer)],
         "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
         "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
         "scored_by_first_pass_only": explanation.undecoded,  # shortlist decoding: classes not decoded
@@ -213,7 +213,7 @@ def save_explanation(folder: str | os.PathLike, stem: str, explanation: Explanat
                              map_pixel_size(explanation, pixel_size), file_format),
         write_csv(folder / f"{stem}_classes.csv", CLASS_TABLE_COLUMNS, class_table_rows(explanation)),
         write_image_tiff(folder / f"{stem}_image.tif", image, pixel_size),
-        write_overlay_png(folder / f"{stem}_overlay.png", image, _unit(explanation.upsample(
+        write_overlay_png(folder / f"{stem}_overlay.png", image, min_max(explanation.upsample(
             explanation.mean_map(class_name, layer)))),
     ]
     return written
@@ -246,7 +246,7 @@ def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.
                                             map_pixel_size(explanation, pixel_size), file_format))
         row, column = result.offset
         height, width = explanation.image_shape
-        placed = _unit(explanation.upsample(explanation.mean_map(top, layer)))
+        placed = min_max(explanation.upsample(explanation.mean_map(top, layer)))
         heat[row: row + height, column: column + width] = np.maximum(heat[row: row + height, column: column + width],
                                                                       placed)
         colour = colormaps["tab10"](explanation.class_indices[explanation.column(top)] % 10)[:3]
@@ -264,8 +264,3 @@ def region_rows(results: list[RegionResult], top_k: int = 3) -> list[dict]:
 
 def region_columns(top_k: int = 3) -> list[str]:
     return [*REGION_COLUMNS, *prediction_columns(top_k)]
-
-
-def _unit(heatmap: np.ndarray) -> np.ndarray:
-    low, high = float(heatmap.min()), float(heatmap.max())
-    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)

@@ -176,9 +176,26 @@ def available_memory() -> int:
     return min(limits)
 
 
+# How torch (CUDA, MPS, the CPU allocator) and Python word running out of memory.
+OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+GPU_WORDS = ("cuda", "mps", "gpu")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is running out of memory: Python's MemoryError, torch's OutOfMemoryError, or
+    an error worded so (the one rule; the CLI, training and the plugin word it each for their user)."""
+    text = str(error).lower()
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or any(words in text for words in OUT_OF_MEMORY_WORDS))
+
+
+def is_out_of_gpu_memory(error: BaseException) -> bool:
+    return is_out_of_memory(error) and any(words in str(error).lower() for words in GPU_WORDS)
+
+
 def reason(error: BaseException) -> str:
     """An exception as a non-empty reason (MemoryError() and some OSErrors have no text)."""
-    if isinstance(error, MemoryError):
+    if is_out_of_memory(error):
         detail = f" ({error})" if str(error) else ""
         return f"out of memory{detail}; close other programs, or downscale the image"
     return str(error) or type(error).__name__

@@ -2,6 +2,7 @@
 the project's one CSV writer (`napari_intr.csv_output`: formula-safe cells, atomic files)."""
 from __future__ import annotations
 
+from ..explanation import head_number
 from .aggregate import Atlas
 
 HEADS_COLUMNS = ["class", "layer", "head", "images", "accuracy", "mean_peak", "median_peak", "mean_spread",
@@ -21,7 +22,7 @@ def head_rows(atlas: Atlas, layer: int) -> list[dict]:
     for summary in atlas.classes:
         for head in summary.heads:
             rows.append({
-                "class": summary.name, "layer": layer, "head": head.head + 1, "images": head.images,
+                "class": summary.name, "layer": layer, "head": head_number(head.head), "images": head.images,
                 "accuracy": number(summary.accuracy), "mean_peak": number(head.mean_peak),
                 "median_peak": number(head.median_peak), "mean_spread": number(head.mean_spread),
                 "on_specimen": number(head.on_specimen), "consistency": number(head.consistency),
@@ -38,7 +39,7 @@ def pair_rows(atlas: Atlas, layer: int) -> list[dict]:
     for pair in atlas.pairs:
         for rank, head in enumerate(pair.heads, start=1):
             rows.append({
-                "class_a": pair.a, "class_b": pair.b, "rank": rank, "layer": layer, "head": head.head + 1,
+                "class_a": pair.a, "class_b": pair.b, "rank": rank, "layer": layer, "head": head_number(head.head),
                 "effect_size": number(head.effect_size), "masking_drop": number(head.masking_drop),
                 "mean_peak_on_a": number(head.mean_peak_a), "mean_peak_on_b": number(head.mean_peak_b), "peak_on_part_a": number(head.on_part_a),
                 "top_patches_on_part_a": number(head.top_a_covering_part),

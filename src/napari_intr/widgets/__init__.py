@@ -1,6 +1,6 @@
 """The napari side of napari-intr: dock widgets, sample data and the shared state.
 
-One module or folder per dock (`explorer/`, `compare.py`, `edit/`, `finetune/`), its boxes
+One module or folder per dock (`explorer/`, `compare.py`, `edit/`, `finetune/`, `traits/`), its boxes
 inside it; what several docks use beside them: `state.py` (the evented state they share),
 `model_source.py` (choosing a model), `layers.py` (the layers that show explanations, and the
 pickers of the viewer's layers), `qt_helpers.py` (small Qt pieces), and `workers/` (every

@@ -32,7 +32,7 @@ from napari_intr.comparison import (
     symmetric_limits,
     top_k_candidates,
 )
-from napari_intr.explanation import layer_name
+from napari_intr.explanation import head_number, layer_name
 from napari_intr.model.config import DECODE_MODES
 
 from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
@@ -197,20 +197,20 @@ class CompareWidget(QWidget):
                   "candidates": list(comparison.candidate_names), "selected": selected}
         for head in range(among.num_heads):
             visible = head == strongest
-            base = layer_name(image, "candidates", number, head + 1)
+            base = layer_name(image, "candidates", number, head_number(head))
             self.layers.show(("candidates", image, head), base, maps[head], scale, translate,
                              colormap="inferno", limits=(0, maps[head].max()), visible=visible,
-                             metadata={**common, "head": head + 1, "axis 0": "candidate"})
+                             metadata={**common, "head": head_number(head), "axis 0": "candidate"})
             peak = max(with_all[head].max(), with_candidates[head].max())
             for kind, data in (("all classes", with_all[head]), ("candidates only", with_candidates[head])):
-                self.layers.show((kind, image, head), f"{layer_name(image, selected, number, head + 1)} · {kind}",
+                self.layers.show((kind, image, head), f"{layer_name(image, selected, number, head_number(head))} · {kind}",
                                  data, scale, translate, colormap="inferno", limits=(0, peak),
-                                 visible=False, metadata={**common, "head": head + 1, "decoded": kind})
+                                 visible=False, metadata={**common, "head": head_number(head), "decoded": kind})
             self.layers.show(("difference", image, head),
-                             f"{layer_name(image, selected, number, head + 1)} · candidates − all",
+                             f"{layer_name(image, selected, number, head_number(head))} · candidates − all",
                              difference[head], scale, translate, colormap=DIFFERENCE_COLORMAP,
                              limits=(-limits[head], limits[head]), visible=visible, diverging=True,
-                             metadata={**common, "head": head + 1, "decoded": "candidates − all"})
+                             metadata={**common, "head": head_number(head), "decoded": "candidates − all"})
 
     def _show_slider_class(self, *_) -> None:
         """Say which candidate napari's slider points at in the candidate layers."""

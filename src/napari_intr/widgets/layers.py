@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import ComboBox
 from qtpy.QtWidgets import QComboBox
 
-from napari_intr.explanation import layer_name
+from napari_intr.explanation import head_number, layer_name, min_max
 
 from .state import ImageSource
 
@@ -59,9 +59,9 @@ def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
     views = [LayerView(layer_name(image, class_name, layer_number, None), mean.astype(np.float32),
                        scale, translate, True, {**common, "head": "mean"})]
     for rank, head in enumerate(order, start=1):
-        views.append(LayerView(layer_name(image, class_name, layer_number, head + 1),
+        views.append(LayerView(layer_name(image, class_name, layer_number, head_number(head)),
                                maps[head].astype(np.float32), scale, translate, False,
-                               {**common, "head": head + 1, "head_rank": rank}))
+                               {**common, "head": head_number(head), "head_rank": rank}))
     return views
 
 
@@ -71,8 +71,7 @@ def scaled_mean(explanation, class_name: str, layer: int, normalization: str) ->
     if normalization == "shared":
         peak = explanation.head_maps(class_name, layer, "none").max()
         return mean / peak if peak > 0 else np.zeros_like(mean)
-    low, span = mean.min(), np.ptp(mean)
-    return (mean - low) / span if span > 0 else np.zeros_like(mean)
+    return min_max(mean)
 
 
 class LiveLayerSet:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from qtpy.QtGui import QFont
 from qtpy.QtWidgets import QGroupBox
 
-from napari_intr.explanation import layer_name, layer_number
+from napari_intr.explanation import head_number, layer_name, layer_number
 
 from ..layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
 from ..qt_helpers import TextLabel, fill_table, read_only_table, stack
@@ -62,10 +62,10 @@ class EditReport(QGroupBox):
         scale, translate = grid_placement(after, tuple(image_layer.scale[-2:]), tuple(image_layer.translate[-2:]))
         for head, (difference, limit) in enumerate(zip(effect.difference, effect.limits)):
             self.layers.show(("edit difference", edited_name, head),
-                             f"{layer_name(edited_name, effect.class_name, number, head + 1)} · after − before",
+                             f"{layer_name(edited_name, effect.class_name, number, head_number(head))} · after − before",
                              difference, scale, translate, colormap=DIFFERENCE_COLORMAP,
                              limits=(-limit, limit), diverging=True, visible=head == 0,
-                             metadata={"image": edited_name, "class": effect.class_name, "head": head + 1,
+                             metadata={"image": edited_name, "class": effect.class_name, "head": head_number(head),
                                        "decoder_layer": number, "difference": "after − before"})
 
     def rows(self) -> list[tuple[str, ...]]:

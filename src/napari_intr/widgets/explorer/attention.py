@@ -7,7 +7,7 @@ from __future__ import annotations
 from magicgui.widgets import ComboBox, Container, SpinBox
 from qtpy.QtWidgets import QGroupBox, QLabel, QListWidget, QPushButton
 
-from napari_intr.explanation import layer_from_number
+from napari_intr.explanation import head_number, layer_from_number
 
 from ..layers import DisplayOptions, LiveLayerSet, layer_views
 from ..qt_helpers import TextLabel, stack
@@ -74,7 +74,7 @@ class AttentionBox(QGroupBox):
         self.ranking.clear()
         heads = explanation.head_maps(self.class_name, layer, "none").max(axis=(1, 2))
         for position, head in enumerate(explanation.head_order(self.class_name, layer), start=1):
-            self.ranking.addItem(f"{position}. H{head + 1}   peak weight {heads[head]:.4f}")
+            self.ranking.addItem(f"{position}. H{head_number(head)}   peak weight {heads[head]:.4f}")
 
     def keep(self) -> None:
         source = self.state.source

@@ -5,6 +5,8 @@ import logging
 
 from napari.utils import notifications
 
+from ...image_files import is_out_of_gpu_memory, is_out_of_memory
+
 _log = logging.getLogger("napari_intr")
 # Errors whose message is written for users (ours, torch's device errors, files, bad values).
 _EXPECTED = (ValueError, OSError, RuntimeError, ImportError, TypeError, KeyError, MemoryError)
@@ -18,12 +20,12 @@ def notify(text: str, level: str = "info") -> None:
 def describe_error(error: BaseException, doing: str) -> str:
     """One line for the user: what failed and why; the traceback goes to the log only."""
     _log.debug("%s failed", doing, exc_info=error)
-    if isinstance(error, MemoryError):
-        return (f"{doing} ran out of memory: choose a smaller image or crop it, or use a smaller "
-                "model (the bundled tiny one) or the CPU device")
-    if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
+    if is_out_of_gpu_memory(error):
         return (f"{doing} ran out of GPU memory: choose the 'cpu' device, or a smaller image: "
                 f"{str(error).splitlines()[0]}")
+    if is_out_of_memory(error):
+        return (f"{doing} ran out of memory: choose a smaller image or crop it, or use a smaller "
+                "model (the bundled tiny one) or the CPU device")
     text = str(error) or type(error).__name__
     if not isinstance(error, _EXPECTED):
         text = f"{type(error).__name__}: {text}"

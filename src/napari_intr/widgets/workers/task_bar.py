@@ -15,7 +15,7 @@ from .jobs import Cancelled, JobFailed, Progress, Result
 
 
 class TaskBar(QWidget):
-    """`start(job, *args)` runs a generator job (see workers.py) on a napari thread worker.
+    """`start(job, *args)` runs a generator job (see jobs.py) on a napari thread worker.
 
     Results and errors arrive on the GUI thread; `busy_changed` fires on start and on every
     end (success, error or cancel), so owners re-enable their buttons in one place.
