@@ -7,6 +7,7 @@ import warnings
 from importlib.resources import files
 from pathlib import Path
 
+from . import run_folder
 from .checkpoints import CheckpointError, load_checkpoint
 from .class_names import bundled_class_list
 from .devices import resolve_device
@@ -71,9 +72,9 @@ def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR
         raise FileNotFoundError(f"no model at {path}: give a checkpoint file, '{SAMPLE_MODEL}', "
                                 f"or a zoo name ({', '.join(zoo.ZOO)}).{hint}")
     if path.is_dir():
-        candidate = path / "model.safetensors"
+        candidate = path / run_folder.MODEL_FILE
         if not candidate.exists():
-            raise FileNotFoundError(f"{path} is a folder without model.safetensors; give the checkpoint file")
+            raise FileNotFoundError(f"{path} is a folder without {run_folder.MODEL_FILE}; give the checkpoint file")
         path = candidate
     with open(path, "rb") as stream:
         head = stream.read(16)

@@ -1,12 +1,15 @@
-"""A training run on disk. Everything is written atomically, so a kill at any moment leaves
-either the previous file or the new one, never a torn one.
+"""A training run on disk: the one place that names its files and reads and writes them (`intr
+train` writes the run; `load_model` and the Fine-tune dock read it). Everything is written
+atomically, so a kill at any moment leaves either the previous file or the new one, never a torn one.
 
-OUT/model.safetensors   best validation accuracy so far (napari_intr.load_model reads it)
-OUT/last.safetensors    the latest epoch
-OUT/training_state.pt   what --resume needs: weights, optimizer, scheduler, epoch, best metric,
-                        RNG states, class names, config, arguments, the metrics history
-OUT/metrics.jsonl       one JSON line per epoch
-OUT/classes.txt         the class names, one per line
+OUT/model.safetensors       best validation accuracy so far (napari_intr.load_model reads it)
+OUT/last.safetensors        the latest epoch
+OUT/training_state.pt       what --resume needs: weights, optimizer, scheduler, epoch, best metric,
+                            RNG states, class names, config, arguments, the metrics history
+OUT/metrics.jsonl           one JSON line per epoch
+OUT/classes.txt             the class names, one per line
+OUT/base_model.safetensors  the Fine-tune dock's starting model, when it was the Explorer's
+OUT/train.log               the Fine-tune dock's log of the `intr train` child process
 
 training_state.pt holds tensors and plain containers only (RNG states as tensors), so it loads
 with `torch.load(weights_only=True)`.
@@ -18,17 +21,18 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from napari_intr.atomic import atomic_write
+from .atomic import atomic_write
 
 STATE_FORMAT = "napari-intr training state"
 STATE_VERSION = 1
 STATE_FILE, MODEL_FILE, LAST_FILE = "training_state.pt", "model.safetensors", "last.safetensors"
 METRICS_FILE, CLASSES_FILE = "metrics.jsonl", "classes.txt"
+BASE_MODEL_FILE, LOG_FILE = "base_model.safetensors", "train.log"
 
 
 def rng_state() -> dict:
+    import torch
     numpy_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -40,6 +44,7 @@ def rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
+    import torch
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -51,12 +56,14 @@ def restore_rng_state(state: dict) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def save_state(out: Path, state: dict) -> Path:
+    import torch
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION, "rng": rng_state(), **state}
     return atomic_write(out / STATE_FILE, lambda temporary: torch.save(payload, temporary))
 
@@ -67,6 +74,7 @@ def load_state(out: Path) -> dict:
         raise FileNotFoundError(f"--resume: {out} has no {STATE_FILE}, so there is no run to continue; "
                                 "start without --resume (or give the --out of an earlier run)")
     try:
+        import torch
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling, zip and OS errors alike
         raise ValueError(f"--resume: {path} could not be read ({type(error).__name__}: {error}); delete "
@@ -77,6 +85,20 @@ def load_state(out: Path) -> dict:
         raise ValueError(f"--resume: {path} was written by another napari-intr version "
                          f"(state version {state.get('version')}); start a new run")
     return state
+
+
+def holds_run(out: Path) -> bool:
+    """Whether `out` holds a saved run (one that --resume can continue)."""
+    return (Path(out) / STATE_FILE).is_file()
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """The saved epochs of metrics.jsonl; none when the file is missing or unreadable."""
+    try:
+        lines = (Path(out) / METRICS_FILE).read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return []
 
 
 def write_metrics(out: Path, history: list[dict]) -> Path:

@@ -415,17 +415,33 @@ def image_rng(seed: int, species_name: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(species_name.encode()), index])
 
 
-def mask_path(image_path: str | Path) -> Path:
-    """out/<species>/<file>.png -> out/.masks/<species>/<file>.png (hidden from loaders)."""
+# A synthetic collection on disk (this module is its one owner): OUT/<species>/<file>.png (or
+# OUT/train/… and OUT/val/…), each image's attribute mask and specimen mask in hidden folders beside
+# the class folders, and OUT/synth.json (species, rings, look-alike pairs).
+SYNTH_JSON, MASKS_FOLDER, SPECIMENS_FOLDER = "synth.json", ".masks", ".specimens"
+
+
+def beside(image_path: str | Path, folder: str) -> Path:
+    """out/<species>/<file>.png -> out/<folder>/<species>/<file>.png (hidden from loaders)."""
     image_path = Path(image_path)
-    return image_path.parent.parent / ".masks" / image_path.parent.name / image_path.name
+    return image_path.parent.parent / folder / image_path.parent.name / image_path.name
+
+
+def mask_path(image_path: str | Path) -> Path:
+    """Where the image's attribute mask is."""
+    return beside(image_path, MASKS_FOLDER)
 
 
 def specimen_mask_path(image_path: str | Path) -> Path:
-    """out/<species>/<file>.png -> out/.specimens/<species>/<file>.png: where the specimen (not the
-    background) is, for statistics such as the trait atlas's "peak on the specimen"."""
-    image_path = Path(image_path)
-    return image_path.parent.parent / ".specimens" / image_path.parent.name / image_path.name
+    """Where the specimen (not the background) is, for statistics such as the trait atlas's "peak
+    on the specimen"."""
+    return beside(image_path, SPECIMENS_FOLDER)
+
+
+def read_info(folder: str | Path) -> dict | None:
+    """The folder's synth.json, or None when it has none."""
+    path = Path(folder) / SYNTH_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_mask(image_path: str | Path) -> np.ndarray | None:
@@ -441,14 +457,14 @@ def _clear_previous_run(out: Path) -> None:
     refuse = (f"{out} already contains files that are not from a previous synth run "
               f"(e.g. {{}}); choose an empty or new folder so nothing of yours is overwritten")
     try:
-        previous = json.loads((out / "synth.json").read_text())
+        previous = json.loads((out / SYNTH_JSON).read_text())
         assert previous.get("synthetic") is True
         known = {s["name"] for s in previous["species"]}
     except Exception:
         raise ValueError(refuse.format(entries[0].name)) from None
     for entry in entries:
-        ok = entry.name == "synth.json" or (
-            entry.is_dir() and entry.name in known | {".masks", ".specimens", "train", "val"}
+        ok = entry.name == SYNTH_JSON or (
+            entry.is_dir() and entry.name in known | {MASKS_FOLDER, SPECIMENS_FOLDER, "train", "val"}
             and all(f.is_dir() or f.suffix == ".png" for f in entry.rglob("*")))
         if not ok:
             raise ValueError(refuse.format(entry.name))
@@ -498,8 +514,8 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
         "val_per_class": val_per_class, "mode": "catalogue" if species_count is None else "many-species",
         "species": [{"name": s.name, "ring": s.ring, "attribute": s.attribute} for s in catalogue],
         "look_alike_pairs": [list(pair) for pair in look_alike_pairs(catalogue)],
-        "masks": ".masks/<species name>/<image file name>",
-        "specimen_masks": ".specimens/<species name>/<image file name>",
+        "masks": f"{MASKS_FOLDER}/<species name>/<image file name>",
+        "specimen_masks": f"{SPECIMENS_FOLDER}/<species name>/<image file name>",
     }
-    (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SYNTH_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,14 +1,15 @@
 """Trait atlas: what each head of each class's query looks for across a whole collection, and
-which heads tell look-alike species apart (Qt-free; `intr atlas` and the INTR Traits dock)."""
-from .aggregate import (
-           Atlas,
-           AtlasBuilder,
-           ClassSummary,
-           HeadSummary,
-           PairHead,
-           PairSummary,
-)
-from .run import DEFAULT_PER_HEAD, AtlasOptions, AtlasRun, build_atlas
+which heads tell look-alike species apart (Qt-free; `intr atlas` and the INTR Traits dock). Its
+names are imported on first use, so that the dock reads an atlas folder (`folder`) without torch."""
+from .._lazy import lazy_getattr
 
-__all__ = ["DEFAULT_PER_HEAD", "Atlas", "AtlasBuilder", "AtlasOptions", "AtlasRun", "ClassSummary",
-           "HeadSummary", "PairHead", "PairSummary", "build_atlas"]
+_LAZY = {
+    "Atlas": "aggregate", "AtlasBuilder": "aggregate", "ClassSummary": "aggregate", "HeadSummary": "aggregate",
+    "PairHead": "aggregate", "PairSummary": "aggregate",
+    "DEFAULT_PER_HEAD": "run", "AtlasOptions": "run", "AtlasRun": "run", "build_atlas": "run",
+}
+
+__all__ = sorted(_LAZY)
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

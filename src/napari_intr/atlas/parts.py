@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import synth
 from .geometry import Footprint, HeadLook
 
 ATTRIBUTE = "attribute"
-MASKS_FOLDER = ".masks"
-SPECIMENS_FOLDER = ".specimens"
 
 
 def _read_mask(path: Path) -> np.ndarray | None:
@@ -29,11 +28,6 @@ def _read_mask(path: Path) -> np.ndarray | None:
     from PIL import Image
     with Image.open(path) as opened:
         return np.asarray(opened if opened.mode == "L" else opened.convert("L")) > 127
-
-
-def _mask_beside(image: Path, folder: str) -> Path:
-    """DATA/<class>/<file> -> DATA/<folder>/<class>/<file>, as `synth.mask_path` lays them out."""
-    return image.parent.parent / folder / image.parent.name / image.name
 
 
 @dataclass
@@ -134,10 +128,10 @@ class PartSource:
             parts.points = dict(self._points.get(tail, {}))
             parts.specimen_box = self._boxes.get(tail)
         else:
-            mask = _read_mask(_mask_beside(image, MASKS_FOLDER))
+            mask = _read_mask(synth.mask_path(image))
             if mask is not None:
                 parts.masks[ATTRIBUTE] = mask
-        parts.specimen_mask = _read_mask(_mask_beside(image, SPECIMENS_FOLDER))
+        parts.specimen_mask = _read_mask(synth.specimen_mask_path(image))
         return parts
 
 

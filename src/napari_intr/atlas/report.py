@@ -6,15 +6,15 @@ import base64
 import dataclasses
 import functools
 import html
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from napari_intr.atomic import atomic_write
 from napari_intr.csv_output import write_csv
+from napari_intr.explanation import head_number
 
 from .aggregate import Atlas, ClassSummary, PairSummary
+from .folder import ATLAS_HTML, HEADS_CSV, MONTAGES, PAIRS_CSV, write_atlas_json, write_bytes
 from .montage import (
     PATCH,
     MontageCell,
@@ -25,10 +25,6 @@ from .montage import (
 )
 from .statistics import Exemplar
 from .tables import HEADS_COLUMNS, PAIRS_COLUMNS, head_rows, pair_rows
-
-ATLAS_JSON = "atlas.json"
-ATLAS_HTML = "atlas.html"
-MONTAGES = "montages"
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
@@ -59,10 +55,6 @@ def _img(patch: bytes, exemplar: Exemplar, label: str) -> str:
     return f'<img class="patch" src="data:image/jpeg;base64,{data}" title="{title}" alt="{title}">'
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
-
-
 def _cell_entry(cell: MontageCell, gap_after: int | None = None) -> dict:
     """A montage cell for atlas.json, with where its patch lies in the PNG (for clicks in napari)."""
     y, x = cell_origin(cell.row, cell.col, gap_after)
@@ -82,7 +74,7 @@ class _MontageWriter:
     def write(self, name: str, montage) -> None:
         while len(self.jobs) >= self.PENDING:
             self.jobs.pop(0).result()  # a failed write (e.g. a full disk) raises here
-        self.jobs.append(self.pool.submit(lambda: _write_atomically(self.folder / name, png_bytes(montage))))
+        self.jobs.append(self.pool.submit(lambda: write_bytes(self.folder / name, png_bytes(montage))))
 
     def __enter__(self) -> _MontageWriter:
         return self
@@ -98,7 +90,7 @@ class _MontageWriter:
 def _class_section(summary: ClassSummary, patches: dict, layer: int, montages: _MontageWriter) -> tuple[str, dict]:
     rows, cells, montage_rows = [], [], []
     for head in summary.heads:
-        label = f"L{layer} H{head.head + 1}"
+        label = f"L{layer} H{head_number(head.head)}"
         consistency = _fmt(head.consistency, 2) + (f" ({html.escape(head.part)})" if head.part else "")
         stats = (f"mean peak {_fmt(head.mean_peak)}<br>median {_fmt(head.median_peak)}<br>"
                  f"spread {_percent(head.mean_spread)}<br>on specimen {_percent(head.on_specimen)}<br>"
@@ -112,7 +104,7 @@ def _class_section(summary: ClassSummary, patches: dict, layer: int, montages: _
             row_cells.append((cell, patches[(exemplar.key, tuple(exemplar.box))]))
             cells.append(_cell_entry(cell))
         consistency_text = "–" if head.consistency is None else f"{head.consistency:.2f}"
-        montage_rows.append((f"H{head.head + 1}\nmean {_fmt(head.mean_peak)}\ncons. {consistency_text}", row_cells))
+        montage_rows.append((f"H{head_number(head.head)}\nmean {_fmt(head.mean_peak)}\ncons. {consistency_text}", row_cells))
     columns = max([len(head.top) for head in summary.heads] + [1])
     name = f"class-{slug(summary.name)}.png"
     montages.write(name, draw_montage(montage_rows, columns))
@@ -129,7 +121,7 @@ def _pair_section(pair: PairSummary, patches: dict, layer: int, montages: _Monta
     columns = max([len(h.top_a) for h in pair.heads] + [1])
     rows, cells, montage_rows = [], [], []
     for rank, head in enumerate(pair.heads, start=1):
-        label = f"L{layer} H{head.head + 1}"
+        label = f"L{layer} H{head_number(head.head)}"
         stats = (f"rank {rank}<br>effect size d {_fmt(head.effect_size, 2)}<br>"
                  f"masking drop {_fmt(head.masking_drop)}<br>peak on A {_fmt(head.mean_peak_a)}<br>"
                  f"peak on B {_fmt(head.mean_peak_b)}<br>peak on a part (A) {_percent(head.on_part_a)}<br>"
@@ -145,7 +137,7 @@ def _pair_section(pair: PairSummary, patches: dict, layer: int, montages: _Monta
                                    exemplar.peak, side)
                 row_cells.append((cell, patches[(exemplar.key, tuple(exemplar.box))]))
                 cells.append(_cell_entry(cell, gap_after=columns - 1))
-        label = f"#{rank} H{head.head + 1}\nd {_fmt(head.effect_size, 2)}\ndrop {_fmt(head.masking_drop)}"
+        label = f"#{rank} H{head_number(head.head)}\nd {_fmt(head.effect_size, 2)}\ndrop {_fmt(head.masking_drop)}"
         montage_rows.append((label, row_cells))
     name = f"pair-{slug(pair.a)}--{slug(pair.b)}.png"
     montages.write(name, draw_montage(montage_rows, 2 * columns, gap_after=columns - 1))
@@ -166,8 +158,8 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict, patches: 
     montage_dir = out / MONTAGES
     montage_dir.mkdir(parents=True, exist_ok=True)
     layer = meta["layer"]
-    write_csv(out / "heads.csv", HEADS_COLUMNS, head_rows(atlas, layer))
-    write_csv(out / "pairs.csv", PAIRS_COLUMNS, pair_rows(atlas, layer))
+    write_csv(out / HEADS_CSV, HEADS_COLUMNS, head_rows(atlas, layer))
+    write_csv(out / PAIRS_CSV, PAIRS_COLUMNS, pair_rows(atlas, layer))
     class_sections, pair_sections, layouts = [], [], {"classes": {}, "pairs": {}}
     patches = patches_for(data_root, [e for summary in atlas.classes for head in summary.heads for e in head.top]
                           + [e for pair in atlas.pairs for head in pair.heads for e in head.top_a + head.top_b],
@@ -184,13 +176,12 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict, patches: 
     # After the last montage is written: the page and atlas.json are built while no encoding runs, so
     # the report's peak memory is the same from run to run (the worker's timing moved it by MBs).
     page = _page(atlas, meta, class_sections, pair_sections)
-    _write_atomically(out / ATLAS_HTML, page.encode("utf-8"))
+    write_bytes(out / ATLAS_HTML, page.encode("utf-8"))
     document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
                 "classes": _plain(atlas.classes), "pairs": _plain(atlas.pairs), "montages": layouts}
-    _write_atomically(out / ATLAS_JSON, (json.dumps(document, separators=(",", ":"), allow_nan=False, default=_json_default)
-                                         + "\n").encode("utf-8"))
-    return {"html": out / ATLAS_HTML, "heads": out / "heads.csv", "pairs": out / "pairs.csv",
-            "json": out / ATLAS_JSON, "montages": montage_dir}
+    atlas_json = write_atlas_json(out, document, default=_json_default)
+    return {"html": out / ATLAS_HTML, "heads": out / HEADS_CSV, "pairs": out / PAIRS_CSV,
+            "json": atlas_json, "montages": montage_dir}
 
 
 def _plain(value):

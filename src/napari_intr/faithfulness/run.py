@@ -1,7 +1,6 @@
 """`intr eval --explanations`: every metric for every method on one model and image folder."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from itertools import zip_longest
@@ -48,10 +47,9 @@ def spread(samples: list[tuple[Path, int]], limit: int | None) -> list[tuple[Pat
 
 def synth_info(root: Path, folder: Path) -> dict | None:
     for place in (folder, root):
-        if (place / "synth.json").is_file():
-            info = json.loads((place / "synth.json").read_text())
-            if info.get("look_alike_pairs") and info.get("species"):
-                return info
+        info = synth.read_info(place)
+        if info and info.get("look_alike_pairs") and info.get("species"):
+            return info
     return None
 
 

@@ -7,7 +7,6 @@ continues it). The finished model goes to every Explorer through the shared stat
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from napari.utils.progress import cancelable_progress
@@ -22,6 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ... import run_folder
 from ..qt_helpers import TextLabel, group_box, scroll_column
 from ..state import shared_state
 from ..workers import messages
@@ -32,7 +32,6 @@ from .plot import TrainingPlot, flat_loss_note
 from .results import RunResultsBox
 from .settings import SettingsBox, default_runs_folder, new_run_folder
 
-STATE_FILE, METRICS_FILE = "training_state.pt", "metrics.jsonl"  # as napari_intr.run_folder writes them
 WIDGET_NAME = "INTR Fine-tune"
 LOG_LINES = 5_000
 
@@ -109,7 +108,7 @@ class FineTuneWidget(QWidget):
             return
         try:
             out = self.settings.output_folder()
-            if not (out / STATE_FILE).is_file():
+            if not run_folder.holds_run(out):
                 raise ValueError(f"{out} holds no saved run to resume; choose the output folder of a "
                                  "stopped run, or press Start for a new one")
             if not self.collection.folder.path:
@@ -139,7 +138,7 @@ class FineTuneWidget(QWidget):
             return
         try:
             out = self.settings.output_folder()
-            if (out / STATE_FILE).exists():
+            if run_folder.holds_run(out):
                 raise ValueError(f"{out} already holds a run: press Resume to continue it, or choose "
                                  "another output folder")
             arguments = self.settings.train_arguments(summary.root, summary.val_split, out)
@@ -152,7 +151,7 @@ class FineTuneWidget(QWidget):
         self._reset_run()
         self.plot.clear()
         if resumed:
-            for record in self._saved_metrics(out):
+            for record in run_folder.read_metrics(out):
                 self.plot.add_epoch(record)
         self.results.setVisible(False)
         try:
@@ -328,14 +327,6 @@ class FineTuneWidget(QWidget):
         self.bar.setVisible(running)
         if running:
             self.bar.setRange(0, 0)
-
-    @staticmethod
-    def _saved_metrics(out: Path) -> list[dict]:
-        try:
-            lines = (out / METRICS_FILE).read_text().splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
-        except (OSError, ValueError):
-            return []
 
 
 def _status(name: str):

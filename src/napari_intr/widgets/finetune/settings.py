@@ -8,12 +8,12 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, LineEdit, SpinBox
 from qtpy.QtWidgets import QGroupBox
 
+from ... import run_folder
 from ...devices import DEVICES
 from ..model_source import EXPLORER_MODEL, ModelSourcePicker
 from ..qt_helpers import PathEdit, stack
 from ..state import ExplorerState
 
-BASE_MODEL_FILE = "base_model.safetensors"  # the Explorer's in-memory model, saved into the run
 # How the Freeze box names `intr train --freeze`'s choices (napari_intr.recipes.FREEZE_CHOICES).
 FREEZE_LABELS = {"encoder": "backbone and encoder"}
 
@@ -96,7 +96,7 @@ class SettingsBox(QGroupBox):
             return name
         from napari_intr import save_model
         out.mkdir(parents=True, exist_ok=True)
-        return str(save_model(model, out / BASE_MODEL_FILE, source=f"INTR Explorer model '{name}'"))
+        return str(save_model(model, out / run_folder.BASE_MODEL_FILE, source=f"INTR Explorer model '{name}'"))
 
     def train_arguments(self, data: str, val_split: float, out: Path) -> list[str]:
         """Arguments of a new run (ValueError with a message for a bad field)."""

@@ -5,7 +5,6 @@ each patch centred on the peak and labelled with its file and peak) as an RGB im
 Shapes layer framing every patch. Clicking a patch asks the dock to open that specimen in the Explorer."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +18,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ...atlas.folder import ATLAS_HTML, read_atlas
 from ..qt_helpers import TextLabel, fill_table, read_only_table, set_items
 from ..workers import messages
 
-ATLAS_JSON = "atlas.json"  # napari_intr.atlas.report's name (not imported: it loads torch)
 GALLERY_TAG = "napari_intr_traits"  # metadata key marking the dock's layers
 HEAD_COLUMNS = ("head", "mean peak", "spread", "on specimen", "consistency")
 PAIR_COLUMNS = ("rank", "head", "effect size d", "masking drop", "peak on part")
@@ -35,14 +34,6 @@ class PatchChoice:
     class_name: str  # the query whose attention the patch shows
     layer: int       # 1-based decoder layer
     head: int        # 1-based head
-
-
-def read_atlas(folder: str | Path) -> dict:
-    path = Path(folder) / ATLAS_JSON
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read the atlas in {folder}: {error}") from error
 
 
 def _number(value, digits: int = 3) -> str:
@@ -96,7 +87,7 @@ class AtlasBrowser(QGroupBox):
         self.summary.setText(f"{self.atlas['images']} images of {len(classes)} classes, decoder layer "
                              f"{meta['layer']} of {meta['layers']}, model {meta['model']}; "
                              f"{len(self.atlas['pairs'])} look-alike pairs. Full report: "
-                             f"{self.folder / 'atlas.html'}")
+                             f"{self.folder / ATLAS_HTML}")
         set_items(self.class_choice, [c["name"] for c in classes])
         set_items(self.pair_choice, [f"{p['a']} vs {p['b']}" for p in self.atlas["pairs"]])
         self._set_enabled(True)

@@ -8,13 +8,13 @@ from magicgui.widgets import Container, LineEdit, SpinBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QPushButton
 
+from ...atlas.folder import holds_atlas
 from ...class_names import parse_pairs  # `intr atlas --pairs`'s rule
 from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
 from ..workers import messages
 from ..workers.jobs import atlas_job
 from ..workers.task_bar import TaskBar
-from .browse import ATLAS_JSON
 
 
 def default_output(data: str) -> str:
@@ -90,7 +90,7 @@ class AtlasRunBox(QGroupBox):
 
     def open_existing(self) -> None:
         out = self.output_folder()
-        if not out or not (Path(out) / ATLAS_JSON).is_file():
+        if not out or not holds_atlas(out):
             messages.notify(f"No atlas in '{out or '(no folder chosen)'}': choose the folder an atlas was "
                             "written to, or build one", "warning")
             return

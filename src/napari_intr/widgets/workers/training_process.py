@@ -24,7 +24,8 @@ from pathlib import Path
 
 from qtpy.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-LOG_FILE = "train.log"
+from ... import run_folder
+
 STOP_WAIT_MS = 15_000  # the child saves nothing on SIGTERM (epochs are saved as they end): quick
 # A SIGTERM can be lost: the child turns it into KeyboardInterrupt, which Python swallows when it
 # lands in a callback such as the at-fork handlers run as DataLoader workers start. Repeat it.
@@ -77,7 +78,7 @@ class TrainingProcess(QObject):
         if self.running:
             raise RuntimeError("a training process is already running")
         out.mkdir(parents=True, exist_ok=True)
-        self.log_path = out / LOG_FILE
+        self.log_path = out / run_folder.LOG_FILE
         self._log = open(self.log_path, "a", encoding="utf-8")
         command = train_command(arguments)
         self._write_log(f"$ {shlex.join(command)}")
