@@ -24,8 +24,10 @@ def whole_number(low: int | None = None, high: int | None = None, what: str = ""
     return parse
 
 
-def number(low: float | None = None, high: float | None = None, low_inclusive: bool = True, what: str = ""):
-    """An argparse type: a finite float in [low, high] (or (low, high] without low_inclusive)."""
+def number(low: float | None = None, high: float | None = None, low_inclusive: bool = True, what: str = "",
+           high_inclusive: bool = True):
+    """An argparse type: a finite float in [low, high] (either end open without low_inclusive /
+    high_inclusive)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -34,9 +36,11 @@ def number(low: float | None = None, high: float | None = None, low_inclusive: b
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         below = low is not None and (value < low if low_inclusive else value <= low)
-        if below or (high is not None and value > high):
-            bound = _range(low, high) if low_inclusive else f"above {low:g}" + (
-                f" and at most {high:g}" if high is not None else "")
+        above = high is not None and (value > high if high_inclusive else value >= high)
+        if below or above:
+            lower = (f"at least {low:g}" if low_inclusive else f"above {low:g}") if low is not None else ""
+            upper = (f"at most {high:g}" if high_inclusive else f"below {high:g}") if high is not None else ""
+            bound = _range(low, high) if low_inclusive and high_inclusive else " and ".join(filter(None, (lower, upper)))
             raise argparse.ArgumentTypeError(f"must be {bound}{what}, got {text}")
         return value
     parse.__name__ = "number"

@@ -33,6 +33,7 @@ LEARNING_RATE = number(0, 10, low_inclusive=False)
 BACKBONE_LEARNING_RATE = number(0, 10)
 IMAGE_SIZE = whole_number(32, 4096, " px")
 VAL_SPLIT = number(0, 0.9)
+DROPOUT = number(0, 1, high_inclusive=False)  # the range TrainSettings and the model config check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "OUT/feature_cache (memory-mapped; reused by --resume, recomputed for changed images "
                         "or weights). Default: on whenever --freeze is given")
     parser.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + " (default: auto)")
-    parser.add_argument("--dropout", type=number(0, 0.99), help=f"transformer dropout (resnet*: {RESNET['dropout']}, "
+    parser.add_argument("--dropout", type=DROPOUT, help=f"transformer dropout (resnet*: {RESNET['dropout']}, "
                         f"the paper's; tiny: {TINY['dropout']}); 0 lets CPU attention use its fused kernel, several "
                         "times faster with hundreds of classes")
     parser.add_argument("--sampled-queries", type=int, metavar="K", help="decode only K classes per step: the "
@@ -95,4 +96,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .training_run import run_training
-    return run_training(args)
+    return run_training(vars(args))

@@ -7,7 +7,6 @@ gives the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import signal
@@ -26,19 +25,15 @@ from napari_intr.checkpoints import model_from_state, save_model
 from napari_intr.collection.run_lock import RunLock
 from napari_intr.collection.scan import scan_collection
 from napari_intr.devices import resolve_device
+from napari_intr.image_files import is_out_of_memory
 from napari_intr.model import IntrConfig
 from napari_intr.model.backbone import folded_batch_norm
 from napari_intr.recipes import (
     CLIP_MAX_NORM,
-    PAPER,
-    PAPER_START,
-    RECIPES,
-    RUNTIME_ARGUMENTS,
-    STEP_DROP_SHARE,
     WEIGHT_DECAY,
 )
 
-from . import schedules
+from . import schedules, train_settings
 from .data import ImageFolderDataset, VariantDataset, collate
 from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import (
@@ -68,23 +63,24 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_training(args: argparse.Namespace) -> int:
-    """One `intr train` run from its parsed arguments; returns the exit code (130: interrupted).
+def run_training(command_line: dict) -> int:
+    """One `intr train` run from its command line (argparse's values, None where not given);
+    returns the exit code (130: interrupted).
 
     Interruption (Ctrl-C, SIGTERM from the plugin's Cancel): the state of the last completed epoch
     is already on disk, so the run stops at once, mid-epoch if need be, drops the partial epoch;
     `--resume` repeats that epoch from its start, with the same batches."""
-    progress = make_progress(args.progress, distributed.from_environment().is_main)
+    progress = make_progress(command_line.get("progress"), distributed.from_environment().is_main)
     on_main_thread = threading.current_thread() is threading.main_thread()
     STOP_REQUESTED.clear()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
     training = None
-    lock = RunLock(Path(args.out).expanduser())
+    lock = RunLock(Path(command_line["out"]).expanduser())
     try:
         try:
             if distributed.from_environment().is_main:  # the other ranks write into rank 0's folder
                 lock.acquire()
-            training = TrainingRun(args, progress)
+            training = TrainingRun(command_line, progress)
             if lock.stale_message():
                 training.setup_warnings.append(lock.stale_message())
             training.fit()
@@ -111,36 +107,14 @@ def run_training(args: argparse.Namespace) -> int:
         distributed.cleanup()
 
 
-# How torch (CUDA, MPS, the CPU allocator) and Python word running out of memory.
-OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
-
-
 def out_of_memory_message(error: BaseException, run: TrainingRun | None) -> str | None:
-    text = str(error).lower()
-    if not (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(w in text for w in OUT_OF_MEMORY_WORDS)):
+    if not is_out_of_memory(error):
         return None
     settings = ""
     if run is not None and hasattr(run, "config"):
-        settings = f" with --batch-size {run.args.batch_size} and --image-size {run.config.short_side}"
+        settings = f" with --batch-size {run.settings.batch_size} and --image-size {run.config.short_side}"
     return (f"out of memory{settings}: lower --batch-size (add --accumulate K to keep the effective "
             "batch size) or --image-size")
-
-
-def with_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
-    values = vars(args).copy()
-    values.update({name: value for name, value in defaults.items() if values.get(name) is None})
-    for name in ("epochs", "batch_size", "accumulate", "lr_drop"):
-        if values.get(name) is not None and values[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
-    if values.get("dropout") is not None and not 0 <= values["dropout"] < 1:
-        raise ValueError(f"--dropout must be at least 0 and below 1, got {values['dropout']}")
-    if values.get("warmup_epochs") is not None and values["warmup_epochs"] < 0:
-        raise ValueError(f"--warmup-epochs must be 0 or more, got {values['warmup_epochs']}")
-    return argparse.Namespace(**values)
-
-
-def general_defaults() -> dict:
-    return {"seed": 0, "val_split": 0.1, "accumulate": 1, "precision": "auto"}
 
 
 def default_workers() -> int:
@@ -160,9 +134,11 @@ def optimizer_for(model: torch.nn.Module, lr: float, lr_backbone: float) -> torc
 
 
 class TrainingRun:
-    def __init__(self, args: argparse.Namespace, progress: Progress):
-        self.args, self.progress = args, progress
-        self.out = Path(args.out).expanduser()
+    """Its configuration is `self.settings` (train_settings.TrainSettings), resolved in `setup`."""
+
+    def __init__(self, command_line: dict, progress: Progress):
+        self.command_line, self.progress = command_line, progress
+        self.out = Path(command_line["out"]).expanduser()
         self.epoch = 0  # completed epochs
         self.history: list[dict] = []
         self.best_val_acc, self.best_per_class = None, {}
@@ -173,54 +149,57 @@ class TrainingRun:
     # -- setup ---------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        args = self.args
+        command_line = self.command_line
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file; give a folder for the run's outputs")
-        saved = run_folder.load_state(self.out) if args.resume else None
+        saved = run_folder.load_state(self.out) if command_line.get("resume") else None
         if saved is None and (self.out / run_folder.STATE_FILE).exists():
             raise ValueError(f"{self.out} already holds a training run: add --resume to continue it, or "
                              "give another --out for a new run")
-        self.dist, self.device = distributed.setup(resolve_device(args.device))
+        self.dist, self.device = distributed.setup(resolve_device(command_line.get("device") or "auto"))
         if saved is not None:
             if "schedule" not in saved["args"]:
                 raise ValueError(f"--resume: {self.out} was saved by an earlier napari-intr whose per-epoch "
                                  "learning-rate schedule cannot be continued exactly; start a new run (add --init "
                                  f"{self.out / run_folder.LAST_FILE} to keep its weights)")
-            self.args = args = self.resumed_arguments(args, saved["args"])
+            self.settings, warnings = train_settings.resumed(command_line, saved["args"], self.device.type)
+            self.setup_warnings += warnings
+            start = self.settings.saved()
         else:
-            self.args = args = with_defaults(args, general_defaults())
-            if args.recipe == "paper":
-                self.args = args = with_defaults(args, PAPER_START)
-        collection = scan_collection(args.data, args.val_split, args.seed)
+            start = train_settings.start_values(command_line)
+        collection = scan_collection(start["data"], start["val_split"], start["seed"])
         self.class_names = collection.class_names
         if saved is not None and saved["class_names"] != self.class_names:
-            raise ValueError(f"--resume: the classes in {args.data} differ from the saved run's "
+            raise ValueError(f"--resume: the classes in {start['data']} differ from the saved run's "
                              f"({run_folder.class_difference(saved['class_names'], self.class_names)}); "
                              "resume with the same data, or start a new run in another --out")
-        run_folder.seed_everything(args.seed)
+        run_folder.seed_everything(start["seed"])
         if saved is None:
-            start = initial_model(args.init, self.class_names, args.backbone, args.image_size,
-                                  torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None))
-            model, self.init_description, init_warnings = start.model, start.description, start.warnings
-            self.args = args = self.recipe_arguments(args, model.config.backbone)
-            set_dropout(model, args.dropout)
+            first = initial_model(start.get("init"), self.class_names, start.get("backbone"), start.get("image_size"),
+                                  torch.Generator().manual_seed(start["seed"]), start.get("dropout"))
+            model, self.init_description, init_warnings = first.model, first.description, first.warnings
+            self.settings, warnings = train_settings.new_run(command_line, model.config.backbone,
+                                                             self.dist.world_size)
+            self.setup_warnings += warnings
+            set_dropout(model, self.settings.dropout)
         else:
             # built on the meta device: every weight comes from the saved state
             model = model_from_state(IntrConfig.from_json(saved["config"]), self.class_names, saved["model"],
                                      self.out)
             self.init_description, init_warnings = f"resumed after epoch {saved['epoch']}", []
+        settings = self.settings
         self.config = model.config
-        self.frozen = freeze(model, args.freeze)
-        self.options = options_for(self.device, args.batch_size * model.config.short_side ** 2, args.precision)
+        self.frozen = freeze(model, settings.freeze)
+        self.options = options_for(self.device, settings.batch_size * model.config.short_side ** 2, settings.precision)
         model.to(self.device)
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = self.build_optimizer()
         self.build_loaders(collection)
-        self.schedule = schedules.plan(args.schedule, args.epochs,
-                                       schedules.updates_per_epoch(len(self.train_loader), args.accumulate),
-                                       args.warmup_epochs, args.lr_drop)
+        self.schedule = schedules.plan(settings.schedule, settings.epochs,
+                                       schedules.updates_per_epoch(len(self.train_loader), settings.accumulate),
+                                       settings.warmup_epochs, settings.lr_drop)
         self.scheduler = schedules.scheduler(self.optimizer, self.schedule)
         if saved is not None:
             self.restore(saved)
@@ -228,50 +207,13 @@ class TrainingRun:
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         ) if self.dist.active else model
         self.collection = collection
-        sampled = getattr(args, "sampled_queries", None)
+        sampled = settings.sampled_queries
         self.query_sampler = None if sampled is None else QuerySampler(sampled, len(self.class_names),
                                                                        torch.Generator())
         self.setup_warnings += init_warnings + collection.warnings + self.skipped_messages(collection.skipped)
 
-    def resumed_arguments(self, args, saved_args: dict) -> argparse.Namespace:
-        """The saved run's settings, except what may change between sessions (RUNTIME_ARGUMENTS)."""
-        values = dict(saved_args)
-        # Runs saved before --precision trained in fp32 on a CPU and "auto" on CUDA: continue alike.
-        values.setdefault("precision", "auto" if self.device.type == "cuda" else "fp32")
-        for name in RUNTIME_ARGUMENTS:
-            if getattr(args, name) is not None:
-                values[name] = getattr(args, name)
-        for name, value in vars(args).items():
-            if name not in RUNTIME_ARGUMENTS and value is not None and value != values.get(name):
-                self.setup_warnings.append(f"--{name.replace('_', '-')} {value} ignored: --resume continues with the "
-                                      f"saved run's setting ({values.get(name)})")
-        return argparse.Namespace(**values)
-
-    def recipe_arguments(self, args, backbone: str) -> argparse.Namespace:
-        """Fill what the command line left out from the recipe; scale its learning rates to the
-        effective batch (square root of effective / recipe batch: AdamW's rule of thumb)."""
-        recipe = PAPER if args.recipe == "paper" else RECIPES[backbone]
-        given = {name for name in ("lr", "lr_backbone") if getattr(args, name) is not None}
-        args = with_defaults(args, recipe)
-        effective = self.dist.world_size * args.batch_size * args.accumulate
-        scale = (effective / recipe["batch_size"]) ** 0.5
-        for name in {"lr", "lr_backbone"} - given:
-            setattr(args, name, recipe[name] * scale)
-        if args.schedule == "step" and args.lr_drop is None:
-            args.lr_drop = max(1, round(args.epochs * STEP_DROP_SHARE))
-        if args.schedule == "step" and args.lr_drop >= args.epochs:
-            self.setup_warnings.append(f"--lr-drop {args.lr_drop} is not before the last epoch ({args.epochs}): the "
-                                       "learning rate never drops")
-        if args.schedule != "step" and args.lr_drop is not None and "lr_drop" not in recipe:
-            self.setup_warnings.append(f"--lr-drop {args.lr_drop} ignored: it applies to --schedule step only")
-        frozen = args.freeze is not None
-        if args.cache_features and not frozen:
-            raise ValueError("--cache-features needs a frozen backbone: add --freeze backbone (or encoder)")
-        args.cache_features = frozen if args.cache_features is None else args.cache_features
-        return args
-
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return optimizer_for(self.model, self.args.lr, self.args.lr_backbone)
+        return optimizer_for(self.model, self.settings.lr, self.settings.lr_backbone)
 
     def restore(self, saved: dict) -> None:
         planned = self.schedule.to_dict()
@@ -279,7 +221,7 @@ class TrainingRun:
         self.scheduler.load_state_dict(saved["scheduler"])  # the saved Schedule's numbers come back too
         if self.schedule.to_dict() != planned:  # --epochs changed: plan the rest anew
             self.schedule.__dict__.update(planned)
-            self.setup_warnings.append(f"the learning-rate schedule now spans {self.args.epochs} epochs (it was planned "
+            self.setup_warnings.append(f"the learning-rate schedule now spans {self.settings.epochs} epochs (it was planned "
                                        f"for {saved['args']['epochs']}); the rate continues from that plan")
         self.epoch, self.history = saved["epoch"], list(saved["history"])
         self.best_val_acc, self.best_per_class = saved["best_val_acc"], dict(saved["best_per_class"])
@@ -289,8 +231,8 @@ class TrainingRun:
         """DETR's random multi-scale transform; or fixed (short side, flip) variants (--augment flip,
         or a frozen backbone), kept in memory when they fit. A frozen backbone's features come
         from the cache, or are computed as the batches come, by its batch-norm-folded copy."""
-        args, rank, world, config = self.args, self.dist.rank, self.dist.world_size, self.config
-        fixed = args.augment == "flip" or args.freeze is not None
+        settings, rank, world, config = self.settings, self.dist.rank, self.dist.world_size, self.config
+        fixed = settings.augment == "flip" or settings.freeze is not None
         self.variant_sets = []
         val_samples = collection.val[rank::world]  # a plain shard per rank: counts stay exact
         if not fixed:
@@ -298,37 +240,37 @@ class TrainingRun:
             val_set = ImageFolderDataset(val_samples, eval_transform(config))
             keep = False
         else:
-            variants = fixed_variants(config, self.model.feature_stride, args.augment)
+            variants = fixed_variants(config, self.model.feature_stride, settings.augment)
             sides = {variant.short_side for variant in variants}
             image_bytes = 4 * 3 * config.short_side * config.max_side  # the most one resized image takes
-            keep = (args.workers in (None, 0) and not args.cache_features
+            keep = (settings.workers in (None, 0) and not settings.cache_features
                     and image_bytes * (len(collection.train) * len(sides) + len(val_samples)) <= KEEP_IMAGES_BYTES)
-            train_set = VariantDataset(collection.train, variants, config.max_side, args.seed, keep)
-            val_set = VariantDataset(val_samples, [Variant(config.short_side, False)], config.max_side, args.seed,
+            train_set = VariantDataset(collection.train, variants, config.max_side, settings.seed, keep)
+            val_set = VariantDataset(val_samples, [Variant(config.short_side, False)], config.max_side, settings.seed,
                                      keep)
-            if args.cache_features:
+            if settings.cache_features:
                 fingerprint = backbone_fingerprint(self.model.backbone[0])  # hashes every weight: once
                 train_set = CachedVariants(train_set, self.feature_cache("train", collection.train, variants,
                                                                          fingerprint))
                 val_set = CachedVariants(val_set, self.feature_cache("val", val_samples, val_set.variants,
                                                                      fingerprint))
             self.variant_sets = [train_set, val_set]
-        workers = args.workers if args.workers is not None else (
-            0 if keep or args.cache_features else default_workers())
+        workers = settings.workers if settings.workers is not None else (
+            0 if keep or settings.cache_features else default_workers())
         # DistributedSampler shuffles with seed + epoch; with one process it is just that shuffle.
-        self.sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        self.sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
         self.loader_generator = torch.Generator()
-        common = dict(batch_size=args.batch_size, num_workers=workers,
-                      collate_fn=collate_pending if args.cache_features else collate,
+        common = dict(batch_size=settings.batch_size, num_workers=workers,
+                      collate_fn=collate_pending if settings.cache_features else collate,
                       pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                       generator=self.loader_generator)
         self.train_loader = DataLoader(train_set, sampler=self.sampler, **common)
         self.val_loader = DataLoader(val_set, shuffle=False, **common) if collection.val else None
-        if args.freeze is not None:  # the frozen backbone's features come with the batches
+        if settings.freeze is not None:  # the frozen backbone's features come with the batches
             backbone = folded_batch_norm(self.model.backbone[0])
 
             def features(loader, dataset):
-                if args.cache_features:
+                if settings.cache_features:
                     return FeatureLoader(loader, dataset.cache, backbone, self.options)
                 return BackboneFeatures(loader, backbone, self.options)
             self.train_loader = features(self.train_loader, train_set)
@@ -360,9 +302,9 @@ class TrainingRun:
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> None:
-        args = self.args
+        settings = self.settings
         self.progress.start(
-            epochs=args.epochs, steps_per_epoch=len(self.train_loader), classes=self.class_names,
+            epochs=settings.epochs, steps_per_epoch=len(self.train_loader), classes=self.class_names,
             train_images=len(self.collection.train), val_images=len(self.collection.val),
             skipped_images=len(self.collection.skipped), out=str(self.out), first_epoch=self.epoch + 1,
             init=self.init_description, precision=precision_name(self.options))
@@ -374,20 +316,20 @@ class TrainingRun:
         if self.saved_rng is not None:
             run_folder.restore_rng_state(self.saved_rng)
         epoch_seconds = []
-        for epoch in range(self.epoch + 1, args.epochs + 1):
+        for epoch in range(self.epoch + 1, settings.epochs + 1):
             started = time.monotonic()
             self.sampler.set_epoch(epoch)
             for dataset in self.variant_sets:
                 dataset.set_epoch(epoch)
-            self.loader_generator.manual_seed(args.seed + epoch)
+            self.loader_generator.manual_seed(settings.seed + epoch)
             if self.query_sampler is not None:  # random negatives: seeded per epoch and rank (resumable)
-                self.query_sampler.generator.manual_seed((args.seed + epoch) * 1009 + self.dist.rank)
+                self.query_sampler.generator.manual_seed((settings.seed + epoch) * 1009 + self.dist.rank)
             on_step = self._step_reporter(epoch, started, epoch_seconds)
             result = train_one_epoch(self.wrapped, self.train_loader, self.optimizer, self.options, epoch=epoch,
-                                     accumulate=args.accumulate, max_norm=CLIP_MAX_NORM, frozen=self.frozen,
+                                     accumulate=settings.accumulate, max_norm=CLIP_MAX_NORM, frozen=self.frozen,
                                      sampler=self.query_sampler, scheduler=self.scheduler, on_step=on_step)
             if result.images == 0:  # nothing learned: saving would write a random model as "trained"
-                raise ValueError(f"none of the {len(self.collection.train)} training images in {args.data} could "
+                raise ValueError(f"none of the {len(self.collection.train)} training images in {settings.data} could "
                                  f"be used in epoch {epoch} (the reasons are above); nothing was saved for this "
                                  "epoch. Check the files (truncated or damaged images?) and run again")
             if result.skipped:
@@ -395,7 +337,7 @@ class TrainingRun:
                                       "skipped (see the messages above)")
             # Sampled-query runs validate with a shortlist of the same size: cost independent of C too.
             evaluation = evaluate(self.model, self.val_loader, self.options, len(self.class_names),
-                                  shortlist=getattr(args, "sampled_queries", None)) \
+                                  shortlist=settings.sampled_queries) \
                 if self.val_loader is not None else None
             seconds = time.monotonic() - started
             epoch_seconds.append(seconds)
@@ -407,7 +349,7 @@ class TrainingRun:
     def _step_reporter(self, epoch: int, started: float, epoch_seconds: list[float]):
         """on_step for train_one_epoch: stops at once on SIGTERM, else reports progress and the
         time left (this epoch's pace; later epochs at the mean epoch time so far)."""
-        remaining_epochs = self.args.epochs - epoch
+        remaining_epochs = self.settings.epochs - epoch
 
         def on_step(step, steps, loss, accuracy):
             if STOP_REQUESTED.is_set():
@@ -436,8 +378,8 @@ class TrainingRun:
 
     def save(self, epoch: int, improved: bool) -> None:
         """Metrics, weights, then the state that --resume reads: each file atomic, the state last."""
-        provenance = dict(data=str(Path(self.args.data).expanduser().resolve()), epochs=epoch,
-                          seed=self.args.seed, command=shlex.join(sys.argv), init=self.init_description)
+        provenance = dict(data=str(Path(self.settings.data).expanduser().resolve()), epochs=epoch,
+                          seed=self.settings.seed, command=shlex.join(sys.argv), init=self.init_description)
         run_folder.write_metrics(self.out, self.history)
         save_model(self.model, self.out / run_folder.LAST_FILE, **provenance)
         if improved:
@@ -448,13 +390,13 @@ class TrainingRun:
             "scheduler": self.scheduler.state_dict(), "best_val_acc": self.best_val_acc,
             "best_per_class": self.best_per_class, "class_names": self.class_names,
             "config": self.config.to_json(), "history": self.history,
-            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "args": self.settings.saved(),
         })
 
     def report_interrupt(self) -> None:
         path = self.out / run_folder.STATE_FILE
         if self.epoch:
-            message = (f"interrupted; epoch {self.epoch} of {self.args.epochs} is saved in {self.out}. Run the same "
+            message = (f"interrupted; epoch {self.epoch} of {self.settings.epochs} is saved in {self.out}. Run the same "
                        "command with --resume to continue")
             self.progress.interrupted(self.epoch, str(path), message)
         else:
