@@ -41,6 +41,22 @@ def test_a_resumed_run_keeps_its_saved_settings_except_the_runtime_ones():
     assert warnings == [f"--lr 0.5 ignored: --resume continues with the saved run's setting ({saved.lr})"]
 
 
+def test_a_saved_run_without_a_recipe_setting_is_refused_by_name():
+    saved, _ = train_settings.new_run(command_line(), "tiny", 1)
+    incomplete = {name: value for name, value in saved.saved().items() if name != "augment"}
+    with pytest.raises(ValueError, match="the saved run has no augment setting"):
+        train_settings.resumed(command_line("--resume"), incomplete, "cpu")
+
+
+def test_a_frozen_backbone_caches_its_features_unless_told_not_to():
+    assert train_settings.new_run(command_line("--freeze", "backbone"), "tiny", 1)[0].cache_features is True
+    assert train_settings.new_run(command_line("--freeze", "backbone", "--no-cache-features"), "tiny", 1)[0] \
+        .cache_features is False
+    assert train_settings.new_run(command_line(), "tiny", 1)[0].cache_features is False
+    with pytest.raises(ValueError, match="--cache-features needs a frozen backbone"):
+        train_settings.new_run(command_line("--cache-features"), "tiny", 1)
+
+
 def test_settings_are_frozen_and_check_their_ranges_once():
     settings, _ = train_settings.new_run(command_line(), "tiny", 1)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -30,6 +30,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def settings(args: argparse.Namespace):
-    from .run import Settings
+    from napari_intr.faithfulness.run import Settings
     return Settings(out=args.out, model_name=str(args.model), layer=args.layer, rise_masks=args.rise_masks,
                     steps=args.steps, explain_class=args.explain_class, limit=args.limit)

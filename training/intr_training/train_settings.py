@@ -21,19 +21,20 @@ from napari_intr.recipes import PAPER, PAPER_START, RECIPES, RUNTIME_ARGUMENTS, 
 
 @dataclass(frozen=True)
 class TrainSettings:
+    """Fields without a default come from the recipe (or the saved run); the defaults are source 1."""
     data: str
     out: str
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_backbone: float
+    schedule: str
+    warmup_epochs: float
+    augment: str
     backbone: str | None = None        # None: the --init checkpoint's (or the default backbone)
     init: str | None = None
     recipe: str | None = None          # None or "default": the backbone's; "paper"
-    epochs: int = 1
-    batch_size: int = 1
-    lr: float = 1e-4
-    lr_backbone: float = 1e-5
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
     lr_drop: int | None = None         # --schedule step: the epoch after which the rates drop 10x
-    augment: str = "flip"
     image_size: int | None = None      # None: the model's own short side
     device: str = "auto"
     seed: int = 0
@@ -43,20 +44,13 @@ class TrainSettings:
     freeze: str | None = None
     accumulate: int = 1
     workers: int | None = None         # None: chosen from what the loader reads
-    cache_features: bool = False
+    cache_features: bool | None = None  # None: on whenever a part is frozen (resolved for a new run)
     precision: str = "auto"
     dropout: float | None = None       # None: the model's own (a resumed model keeps its saved dropout)
     sampled_queries: int | None = None
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "accumulate", "lr_drop"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{flag(name)} must be at least 1, got {value}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:  # the model config's range
-            raise ValueError(f"--dropout must be at least 0 and below 1, got {self.dropout}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}")
+        check_ranges(vars(self))
 
     def saved(self) -> dict:
         """Plain values for the run folder (training_state.pt's "args")."""
@@ -65,7 +59,22 @@ class TrainSettings:
 
 FIELDS = tuple(field.name for field in dataclasses.fields(TrainSettings))
 # 1. The defaults: what neither a recipe nor the command line sets.
-DEFAULTS = {"seed": 0, "val_split": 0.1, "accumulate": 1, "precision": "auto", "device": "auto", "resume": False}
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainSettings)
+            if field.default is not dataclasses.MISSING}
+FROM_THE_RECIPE = tuple(name for name in FIELDS if name not in DEFAULTS and name not in ("data", "out"))
+
+
+def check_ranges(values: dict) -> None:
+    """The one check of the settings' ranges (of those present in `values`)."""
+    for name in ("epochs", "batch_size", "accumulate", "lr_drop"):
+        value = values.get(name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag(name)} must be at least 1, got {value}")
+    dropout = values.get("dropout")
+    if dropout is not None and not 0 <= dropout < 1:  # the model config's range
+        raise ValueError(f"--dropout must be at least 0 and below 1, got {dropout}")
+    if values.get("warmup_epochs") is not None and values["warmup_epochs"] < 0:
+        raise ValueError(f"--warmup-epochs must be 0 or more, got {values['warmup_epochs']}")
 
 
 def flag(name: str) -> str:
@@ -84,7 +93,7 @@ def start_values(command_line: dict) -> dict:
     if command_line.get("recipe") == "paper":
         values.update(PAPER_START)
     values |= given(command_line)
-    TrainSettings(**values)  # the given values' ranges, before the data is scanned
+    check_ranges(values)  # what was given, before the data is scanned
     return values
 
 
@@ -117,9 +126,14 @@ def resumed(command_line: dict, saved: dict, device_type: str) -> tuple[TrainSet
     """The saved run's settings (training_state.pt's "args"), except what may change between
     sessions (RUNTIME_ARGUMENTS); returns them and warnings for the other values given."""
     values = {name: value for name, value in saved.items() if name in FIELDS}
+    missing = [flag(name) for name in FROM_THE_RECIPE if name not in values]
+    if missing:
+        raise ValueError(f"--resume: the saved run has no {', '.join(missing)} setting (an earlier napari-intr "
+                         "saved it); start a new run")
     # Runs saved before --precision trained in fp32 on a CPU and "auto" on CUDA: continue alike.
     values.setdefault("precision", "auto" if device_type == "cuda" else "fp32")
-    values.setdefault("cache_features", values.get("freeze") is not None)
+    if values.get("cache_features") is None:
+        values["cache_features"] = values.get("freeze") is not None
     warnings = []
     for name, value in given(command_line).items():
         if name in RUNTIME_ARGUMENTS:
