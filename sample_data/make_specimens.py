@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent / "training"))  # a source checkout without an install
+sys.path.insert(0, str(ROOT.parent / "src"))  # a source checkout without an install
 from napari_intr import synth  # noqa: E402
 
 SIZE = 160

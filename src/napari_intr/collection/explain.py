@@ -4,8 +4,9 @@ An item is an image, or one region of a photograph holding many specimens (`boxe
 napari_intr.regions). Each item's TIFF is written first (atomically), then its record; the CSV
 is written from the records at the end (also on cancel). The work can be shared between the
 processes of a torchrun job and resumed after a crash: pass `start_job` (the `intr explain`
-command passes napari_intr.collection.sharding.ShardedRun.start); without it, one process does every
-item. The `intr explain` command is intr_training/explain_cli.py.
+command passes `sharding.ShardedRun.start`, beside this module); without it, one process does every
+item with no ledger (the Explorer's batch box). The `intr explain` command is
+intr_training/explain_cli.py.
 """
 from __future__ import annotations
 
