@@ -98,27 +98,49 @@ def test_labels_objects_choose_regions_and_bad_choices_are_explained(drawer, qtb
     assert any("margin 'wide' is not a number" in text for _, text in messages)
 
 
-def test_save_explanation_writes_maps_table_image_and_overlay(drawer, qtbot, tmp_path):
+def saved(qtbot, widget, folder) -> list[str]:
+    widget.save_box.folder.path = str(folder)
+    widget.save_box.save()
+    qtbot.waitUntil(lambda: not widget.save_box.task.busy, timeout=TIMEOUT_MS)
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_save_explanation_saves_the_current_result_under_its_images_name(drawer, qtbot, tmp_path):
+    """Single and region explains in turn: each Save writes the last one's files, named after its
+    image (regions after their photo), and region results go when an image is explained."""
     viewer, widget = drawer
     widget.explain()
     qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
-    viewer.add_shapes([np.array([[20, 30], [20, 189], [179, 189], [179, 30]]) * PIXEL + [10, -4]],
-                      shape_type="rectangle", name="one")
+    box = np.array([[20, 30], [20, 189], [179, 189], [179, 30]])
+    viewer.add_shapes([box * PIXEL + [10, -4], (box + [204, 220]) * PIXEL + [10, -4]], shape_type="rectangle",
+                      name="two")
+    viewer.add_shapes([box * PIXEL + [10, -4]], shape_type="rectangle", name="one")
     explain_regions(qtbot, widget, "one")
-    widget.save_box.folder.path = str(tmp_path / "saved")
-    widget.save_box.save()
-    qtbot.waitUntil(lambda: not widget.save_box.task.busy, timeout=TIMEOUT_MS)
-    names = sorted(path.name for path in (tmp_path / "saved").iterdir())
-    assert names == ["drawer_attention.tif", "drawer_classes.csv", "drawer_image.tif", "drawer_overlay.png",
-                     "drawer_regions_1_attention.tif", "drawer_regions_image.tif", "drawer_regions_overlay.png",
-                     "drawer_regions_regions.csv"]
-    from napari_intr.export import read_attention_tiff
-    maps, metadata, labels = read_attention_tiff(tmp_path / "saved" / "drawer_attention.tif")
-    assert metadata["class"] == widget.attention.class_name and len(labels) == maps.shape[0] * maps.shape[1]
-    with open(tmp_path / "saved" / "drawer_regions_regions.csv", newline="", encoding="utf-8") as stream:
+    assert widget.state.explanation is None and "1 regions of 'drawer'" in widget.results.answer.full_text
+    assert saved(qtbot, widget, tmp_path / "regions") == [
+        "drawer_1_attention.tif", "drawer_image.tif", "drawer_overlay.png", "drawer_regions.csv"]
+    with open(tmp_path / "regions" / "drawer_regions.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert rows[0]["region"] == "1" and rows[0]["top1_class"] == "Heliconia synthetica-alba"
-    assert "Saved 8 files" in widget.save_box.summary.full_text
+    assert "Saved 4 files" in widget.save_box.summary.full_text
+
+    viewer.add_image(drawer_photo()[20:180, 30:190], name="alba 0004", rgb=True)
+    widget.explain_box.image.choose("alba 0004")
+    widget.explain()
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
+    assert widget.regions.results == [] and widget.regions.table.rowCount() == 0
+    assert saved(qtbot, widget, tmp_path / "single") == [
+        "alba_0004_attention.tif", "alba_0004_classes.csv", "alba_0004_image.tif", "alba_0004_overlay.png"]
+    from napari_intr.export import read_attention_tiff
+    maps, metadata, labels = read_attention_tiff(tmp_path / "single" / "alba_0004_attention.tif")
+    assert metadata["class"] == widget.attention.class_name and len(labels) == maps.shape[0] * maps.shape[1]
+    assert metadata["image"] == "alba 0004"
+
+    widget.explain_box.image.choose("drawer")
+    explain_regions(qtbot, widget, "two")
+    assert saved(qtbot, widget, tmp_path / "regions again") == [
+        "drawer_1_attention.tif", "drawer_2_attention.tif", "drawer_image.tif", "drawer_overlay.png",
+        "drawer_regions.csv"]
 
 
 def test_zoo_models_without_names_say_where_to_get_them(drawer, messages):

@@ -86,7 +86,9 @@ class AttentionBox(QGroupBox):
 
     def _new_explanation(self, explanation) -> None:
         self._set_enabled(explanation is not None)
-        if explanation is None:
+        if explanation is None:  # the layers stay; this box no longer drives them
+            self.showing.setText("Explain an image to see the attention of each head")
+            self.ranking.clear()
             return
         with self.decoder_layer.changed.blocked():
             self.decoder_layer.max = explanation.num_layers

@@ -30,6 +30,7 @@ class ExplorerWidget(QWidget):
         self.batch = BatchBox(state)
         follow(state.events.explanation, self.results.show_explanation, self.results)
         self.results.class_selected.connect(self.attention.set_class)
+        self.regions.explained.connect(self.results.answer.setText)
         self.model_source.task.busy_changed.connect(
             lambda busy: None if busy else self.explain_box.model_load_ended())
 

@@ -5,6 +5,7 @@ region's attention on the photo and outlines the regions in their top-1 class's 
 from __future__ import annotations
 
 import numpy as np
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -37,6 +38,11 @@ def class_colour(index: int) -> np.ndarray:
 
 
 class RegionsBox(QGroupBox):
+    """Region results belong to their photo: explaining regions replaces the single-image
+    explanation (the Results and Save boxes then show the regions), and explaining an image
+    clears the regions (their layers stay in the viewer)."""
+    explained = Signal(str)  # a line for the Results box: which photo's regions are shown
+
     def __init__(self, viewer, state: ExplorerState, image_box, parent=None):
         super().__init__("Regions: many specimens in one photo", parent)
         self.viewer, self.state, self.image_box = viewer, state, image_box
@@ -67,6 +73,7 @@ class RegionsBox(QGroupBox):
         self.results: list = []    # regions.RegionResult of the last run
         self.photo = None          # (full-resolution plane, ImageSource) of the last run
         follow(state.events.model, self._model_changed, self)
+        follow(state.events.explanation, self._image_explained, self)
 
     def explain_regions(self) -> None:
         from napari_intr.regions import Margin
@@ -92,6 +99,7 @@ class RegionsBox(QGroupBox):
             messages.notify("The regions were explained with the previous model; press Explain regions "
                             "again for the new one", "info")
             return
+        self.state.clear_explanation()  # the regions are now the current result (before they are set)
         self.results, self.photo = results, (plane, source)
         self._fill_table(results)
         for result in results:
@@ -101,6 +109,8 @@ class RegionsBox(QGroupBox):
                   "the heads, last decoder layer) lies on the photo")]
         lines += [f"Region {region.id} skipped: {reason}" for region, reason in failures]
         self.summary.setText("\n".join(lines))
+        self.explained.emit(f"{len(results)} regions of '{source.name}' explained: their classes are in "
+                            "the Regions table")
         for region, reason in failures:
             messages.notify(f"Region {region.id}: {reason}", "warning")
 
@@ -147,8 +157,18 @@ class RegionsBox(QGroupBox):
             metadata={ATTENTION_TAG: True, "image": source.name})
 
     def _model_changed(self, *_) -> None:
+        self.clear()
+
+    def _image_explained(self, explanation) -> None:
+        if explanation is not None and self.results:
+            self.clear("The regions' results were cleared: an image was explained since. Explain "
+                       "regions again to show or save them")
+
+    def clear(self, note: str = "") -> None:
         self.results, self.photo = [], None
         self.table.setRowCount(0)
+        if note:
+            self.summary.setText(note)
 
 
 def region_placement(explanation, offset, source) -> tuple[tuple[float, float], tuple[float, float]]:
