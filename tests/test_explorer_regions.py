@@ -76,6 +76,20 @@ def test_rectangles_choose_regions_explained_and_placed_on_the_photo(drawer, qtb
         np.testing.assert_allclose(last_edge, box[1], atol=1e-6)
     outlines = viewer.layers["drawer · regions (top-1)"]
     assert len(outlines.data) == 4 and len({tuple(colour) for colour in outlines.edge_color}) == 4
+    # the labels name the epithet (look-alikes differ there) and never run into each other
+    assert [label.split(": ")[1].split(" (")[0] for label in outlines.features["full"]] == [
+        name.split(" ", 1)[1] for name in expected]
+    from napari_intr.widgets.explorer.regions import CHARACTER_WIDTH, LABEL_SIZE, LINE_HEIGHT
+    from napari_intr.widgets.layers import camera_of
+    for zoom, all_full in ((0.2, False), (40.0, True)):
+        camera_of(viewer).zoom = zoom
+        labels, size = list(outlines.features["label"]), LABEL_SIZE / zoom
+        assert (labels == list(outlines.features["full"])) == all_full
+        rects = [(np.min(shape[:, 0]) - LINE_HEIGHT * size, np.min(shape[:, 1]), np.min(shape[:, 0]),
+                  np.min(shape[:, 1]) + CHARACTER_WIDTH * size * len(label))
+                 for shape, label in zip(outlines.data, labels, strict=True) if label]
+        assert rects and not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+                                 for i, a in enumerate(rects) for b in rects[i + 1:])
 
 
 def test_labels_objects_choose_regions_and_bad_choices_are_explained(drawer, qtbot, messages):

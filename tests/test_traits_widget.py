@@ -91,7 +91,8 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     assert explorer.attention.decoder_layer.value == choice.layer
     shown = [layer.name for layer in viewer.layers if layer.visible and layer.metadata.get("head") not in
              (None, "mean") and layer.metadata.get("image") == choice.path.stem]
-    assert shown == [f"{choice.path.stem} · {choice.class_name} · L{choice.layer} H{choice.head}"]
+    from napari_intr.explanation import layer_name
+    assert shown == [layer_name(choice.path.stem, choice.class_name, choice.layer, choice.head)]
     original = viewer.layers[choice.path.stem]
     assert original.data.shape[:2] == (64, 64)
 

@@ -197,7 +197,7 @@ class CompareWidget(QWidget):
                   "candidates": list(comparison.candidate_names), "selected": selected}
         for head in range(among.num_heads):
             visible = head == strongest
-            base = layer_name(image, "candidates", number, head + 1)
+            base = f"{image} ◂ candidate queries · L{number} H{head + 1}"  # the slider picks the candidate
             self.layers.show(("candidates", image, head), base, maps[head], scale, translate,
                              colormap="inferno", limits=(0, maps[head].max()), visible=visible,
                              metadata={**common, "head": head + 1, "axis 0": "candidate"})
@@ -277,6 +277,7 @@ class CandidateList(QWidget):
         self.list = QListView()
         self.list.setModel(self.proxy)
         self.list.setUniformItemSizes(True)  # no size hint per row
+        self.list.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
         self.list.setEditTriggers(QListView.NoEditTriggers)
         self.list.setMinimumHeight(120)
         self.list.setToolTip("Tick the classes to compare (at least two)")
@@ -290,6 +291,7 @@ class CandidateList(QWidget):
         items = []
         for name in names:
             item = QStandardItem(name)
+            item.setToolTip(name)
             item.setCheckable(True)
             item.setCheckState(Qt.Checked if name in ticked else Qt.Unchecked)
             items.append(item)

@@ -204,6 +204,12 @@ class KeyedLayers:
         return layer
 
 
+def camera_of(viewer):
+    """The viewer's camera: `viewer.scene.camera` since napari 0.9 (`viewer.camera` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def is_image(layer) -> bool:
     # napari hands plugins proxy layers: compare class names, not types
     return layer.__class__.__name__ == "Image" and ATTENTION_TAG not in layer.metadata

@@ -82,6 +82,7 @@ def read_only_table(columns, stretch_column: int = 0) -> QTableWidget:
     header.setSectionResizeMode(QHeaderView.ResizeToContents)
     header.setSectionResizeMode(stretch_column, QHeaderView.Stretch)
     table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
+    table.setWordWrap(False)  # wrapped at a space, "Heliconia synthetica-rubra" showed as "Heliconia ..."
     return table
 
 
@@ -102,14 +103,28 @@ def fill_table(table: QTableWidget, rows, numeric_columns=()) -> None:
 
 def set_items(combo: QComboBox, items, keep_current: bool = False) -> None:
     """Replace a drop-down's items without signalling the change (and the choice, unless
-    `keep_current` and the current text is among the new items)."""
+    `keep_current` and the current text is among the new items). Each item's full text is its
+    tooltip; the drop-down fits a narrow dock (fit_combo)."""
+    fit_combo(combo)
     combo.blockSignals(True)
     current = combo.currentText()
     combo.clear()
-    combo.addItems(list(items))
+    for item in items:
+        combo.addItem(item)
+        combo.setItemData(combo.count() - 1, item, Qt.ToolTipRole)
     if keep_current and current:
         combo.setCurrentText(current)
     combo.blockSignals(False)
+
+
+def fit_combo(combo: QComboBox, characters: int = 12) -> QComboBox:
+    """A drop-down as narrow as `characters` letters whatever its items, so that long class names
+    never push its arrow (or the dock's other controls) off the right edge; the list it opens
+    shows the full names, elided in the middle where even that is too narrow."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    combo.view().setTextElideMode(Qt.ElideMiddle)
+    return combo
 
 
 def search_field(model, placeholder: str, key_column: int = 0) -> tuple[QLineEdit, QSortFilterProxyModel]:

@@ -13,9 +13,9 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from napari_intr.explanation import layer_name
+from napari_intr.explanation import layer_name, short_class_name
 
-from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, scaled_mean
+from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, camera_of, grid_placement, scaled_mean
 from ..qt_helpers import TextLabel, fill_table, read_only_table, stack
 from ..state import ExplorerState, follow
 from ..workers import messages
@@ -25,6 +25,8 @@ from ..workers.task_bar import TaskBar
 COLUMNS = ("Region", "Top class", "p", "2nd", "p", "3rd", "p")
 MARGINS = ("0", "5%", "10%", "20%", "16")
 OUTLINE_WIDTH = 3
+LABEL_SIZE = 10  # napari draws text at this size on screen, whatever the zoom
+CHARACTER_WIDTH, LINE_HEIGHT = 0.62, 1.4  # of LABEL_SIZE: DejaVu Sans, as napari draws it
 
 
 def is_region_layer(layer) -> bool:
@@ -70,6 +72,10 @@ class RegionsBox(QGroupBox):
         stack(self, form, self.explain_button, self.task, self.table, self.summary)
         self.maps = KeyedLayers(viewer)
         self.outlines = None
+        self._labels: tuple = ()   # (boxes, full texts, region ids) of the outlines' labels
+        zoomed = camera_of(viewer).events.zoom
+        zoomed.connect(self._place_labels)
+        self.destroyed.connect(lambda *_, zoomed=zoomed, slot=self._place_labels: zoomed.disconnect(slot))
         self.results: list = []    # regions.RegionResult of the last run
         self.photo = None          # (full-resolution plane, ImageSource) of the last run
         follow(state.events.model, self._model_changed, self)
@@ -146,15 +152,31 @@ class RegionsBox(QGroupBox):
             column = explanation.column(top)
             colours.append(class_colour(explanation.class_indices[column]))
             probability = float(explanation.probabilities[column])
-            texts.append(f"{region.id}: {top} ({probability:.2f})")
+            texts.append(f"{region.id}: {short_class_name(top)} ({probability:.2f})")
         name = f"{source.name} · regions (top-1)"
         if self.outlines is not None and self.outlines in self.viewer.layers:
             self.viewer.layers.remove(self.outlines)  # our own layer, replaced by the new run's
         self.outlines = self.viewer.add_shapes(
             rectangles, shape_type="rectangle", name=name, edge_color=colours, face_color="transparent",
-            edge_width=OUTLINE_WIDTH * float(plane_scale.mean()), properties={"label": texts},
-            text={"string": "{label}", "anchor": "upper_left", "size": 10, "color": "white"},
+            edge_width=OUTLINE_WIDTH * float(plane_scale.mean()),
+            features={"label": texts, "full": texts, "region": [result.region.id for result in results]},
+            text={"string": "{label}", "anchor": "upper_left", "size": LABEL_SIZE, "color": "white"},
             metadata={ATTENTION_TAG: True, "image": source.name})
+        self._labels = ([np.array([r.min(axis=0), r.max(axis=0)]) for r in rectangles], texts,
+                        [result.region.id for result in results])
+        self._place_labels()
+
+    def _place_labels(self, *_) -> None:
+        """Napari's text keeps its screen size as the canvas zooms out, so at fit-to-view the
+        labels of neighbouring regions ran into each other: each zoom re-places them."""
+        if self.outlines is None or self.outlines not in self.viewer.layers or not self._labels:
+            return
+        boxes, texts, ids = self._labels
+        shown = label_texts(boxes, texts, ids, LABEL_SIZE / max(float(camera_of(self.viewer).zoom), 1e-9))
+        if list(self.outlines.features["label"]) != shown:
+            features = self.outlines.features.copy()
+            features["label"] = shown
+            self.outlines.features = features
 
     def _model_changed(self, *_) -> None:
         self.clear()
@@ -169,6 +191,27 @@ class RegionsBox(QGroupBox):
         self.table.setRowCount(0)
         if note:
             self.summary.setText(note)
+
+
+def label_texts(boxes, texts, short_texts, text_size: float) -> list[str]:
+    """What each region's label says so that no two labels overlap: its full text, else its short
+    text (the region id: the Regions table names its class), else nothing. `boxes`: per region
+    [[row0, col0], [row1, col1]] in world units; `text_size`: the labels' size in world units at
+    the current zoom. A label sits on its box's top edge, starting at the box's left."""
+    placed, shown = [], []
+    for box, candidates in zip(boxes, zip(texts, short_texts, strict=True), strict=True):
+        (row0, col0), _ = np.asarray(box, dtype=float)
+        chosen = ""
+        for text in candidates:
+            text = str(text)
+            rect = (row0 - LINE_HEIGHT * text_size, col0, row0, col0 + CHARACTER_WIDTH * text_size * len(text))
+            if not any(rect[0] < other[2] and other[0] < rect[2] and rect[1] < other[3] and other[1] < rect[3]
+                       for other in placed):
+                chosen = text
+                placed.append(rect)
+                break
+        shown.append(chosen)
+    return shown
 
 
 def region_placement(explanation, offset, source) -> tuple[tuple[float, float], tuple[float, float]]:

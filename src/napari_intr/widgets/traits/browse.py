@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -19,7 +19,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..qt_helpers import TextLabel, fill_table, read_only_table, set_items
+from napari_intr.explanation import short_class_name
+
+from ..qt_helpers import TextLabel, fill_table, fit_combo, read_only_table, set_items
 from ..workers import messages
 
 ATLAS_JSON = "atlas.json"  # intr_training.atlas.report's name (not imported: it loads torch)
@@ -62,12 +64,12 @@ class AtlasBrowser(QGroupBox):
         self._cells: list[dict] = []
         self._query: str | None = None  # whose attention the shown gallery's patches are
         self.summary = TextLabel("Build or open an atlas to browse it")
-        self.class_choice = QComboBox()
+        self.class_choice = fit_combo(QComboBox())
         self.class_choice.currentIndexChanged.connect(self.show_class)
         self.heads = read_only_table(HEAD_COLUMNS, stretch_column=4)
         self.heads.setMaximumHeight(170)
         self.heads.itemSelectionChanged.connect(self._focus_head)
-        self.pair_choice = QComboBox()
+        self.pair_choice = fit_combo(QComboBox())
         self.pair_choice.currentIndexChanged.connect(self.show_pair)
         self.pair_heads = read_only_table(PAIR_COLUMNS, stretch_column=4)
         self.pair_heads.setMaximumHeight(170)
@@ -98,7 +100,10 @@ class AtlasBrowser(QGroupBox):
                              f"{len(self.atlas['pairs'])} look-alike pairs. Full report: "
                              f"{self.folder / 'atlas.html'}")
         set_items(self.class_choice, [c["name"] for c in classes])
-        set_items(self.pair_choice, [f"{p['a']} vs {p['b']}" for p in self.atlas["pairs"]])
+        set_items(self.pair_choice, [f"{short_class_name(p['a'])} vs {short_class_name(p['b'])}"
+                                     for p in self.atlas["pairs"]])
+        for index, pair in enumerate(self.atlas["pairs"]):  # the full names on hover
+            self.pair_choice.setItemData(index, f"{pair['a']} vs {pair['b']}", Qt.ToolTipRole)
         self._set_enabled(True)
         self.show_class()
 
