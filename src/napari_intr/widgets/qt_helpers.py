@@ -7,10 +7,11 @@ import textwrap
 from pathlib import Path
 
 from magicgui.widgets import FileEdit
-from qtpy.QtCore import QSortFilterProxyModel, Qt
+from qtpy.QtCore import QEvent, QObject, QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDockWidget,
     QGroupBox,
     QHeaderView,
     QLabel,
@@ -160,6 +161,54 @@ def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: b
     layout.addWidget(scroll)
     owner.setMinimumWidth(min_width)
     return column
+
+
+INTR_DOCK = "napari_intr_dock"  # Qt property marking the contents of our docks
+
+
+class _JoinDockTabs(QObject):
+    """On a dock's first Show (it then sits in its QDockWidget), tabify it with the INTR docks
+    already open in the same dock area, and bring it to the front."""
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Show:
+            watched.removeEventFilter(self)
+            join_dock_tabs(watched)
+        return False
+
+
+def tabbed_dock(widget: QWidget) -> QWidget:
+    """Make `widget` (a dock's contents) join the other INTR docks as a tab. Five docks side by
+    side in napari's right area left each one row; as tabs each gets the whole height, and
+    one click (the tab bar names them) switches task."""
+    widget.setProperty(INTR_DOCK, True)
+    widget._join_dock_tabs = _JoinDockTabs(widget)
+    widget.installEventFilter(widget._join_dock_tabs)
+    return widget
+
+
+def _dock_of(widget: QWidget):
+    while widget is not None and not isinstance(widget, QDockWidget):
+        widget = widget.parentWidget()
+    return widget
+
+
+def join_dock_tabs(widget: QWidget) -> None:
+    dock = _dock_of(widget)
+    window = dock.parentWidget() if dock is not None else None
+    if dock is None or window is None or not hasattr(window, "tabifyDockWidget") or dock.isFloating():
+        return
+    area = window.dockWidgetArea(dock)
+    for other in window.findChildren(QDockWidget):
+        if (other is dock or other.isFloating() or not other.isVisible()
+                or window.dockWidgetArea(other) != area):
+            continue
+        contents = [other.widget(), *(other.widget().findChildren(QWidget) if other.widget() else [])]
+        if any(part.property(INTR_DOCK) for part in contents if part is not None):
+            window.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return
 
 
 def group_box(title: str, *parts) -> QGroupBox:

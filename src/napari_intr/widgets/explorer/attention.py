@@ -5,6 +5,7 @@ the cached encoder memory), so they are instant and run on the GUI thread."""
 from __future__ import annotations
 
 from magicgui.widgets import ComboBox, Container, SpinBox
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QLabel, QListWidget, QPushButton
 
 from napari_intr.explanation import layer_from_number
@@ -41,6 +42,7 @@ class AttentionBox(QGroupBox):
         self.keep_button.clicked.connect(self.keep)
         self.ranking = QListWidget()
         self.ranking.setMaximumHeight(110)
+        self.ranking.setTextElideMode(Qt.ElideMiddle)
         self.ranking.setToolTip("Heads by their peak attention weight: the strongest first")
         stack(self, self.showing, self.display.native, QLabel("Heads ranked by peak attention:"), self.ranking, self.keep_button)
         self.display.changed.connect(self.update_layers)

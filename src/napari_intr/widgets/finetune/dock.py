@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..qt_helpers import TextLabel, group_box, scroll_column
+from ..qt_helpers import TextLabel, group_box, scroll_column, tabbed_dock
 from ..state import shared_state
 from ..workers import messages
 from ..workers.jobs import CollectionSummary
@@ -50,6 +50,7 @@ class _ActivityBar(cancelable_progress):
 class FineTuneWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        tabbed_dock(self)
         self.viewer = napari_viewer
         self.state = shared_state(napari_viewer)
         self.collection = CollectionBox()

@@ -15,7 +15,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
-    QLabel,
     QVBoxLayout,
 )
 
@@ -83,7 +82,7 @@ class AtlasBrowser(QGroupBox):
         pair_form.addRow("Look-alike pair", self.pair_choice)
         layout.addLayout(pair_form)
         layout.addWidget(self.pair_heads)
-        layout.addWidget(QLabel("Click a patch in the gallery to open that specimen in the Explorer."))
+        layout.addWidget(TextLabel("Click a patch in the gallery to open that specimen in the Explorer."))
         self._set_enabled(False)
 
     def load(self, folder: str | Path) -> None:
@@ -154,6 +153,15 @@ class AtlasBrowser(QGroupBox):
         shapes.mouse_drag_callbacks.append(self._on_click)
         self._gallery = (image, shapes)
         self.viewer.reset_view()
+
+    def beside_gallery(self) -> tuple[float, float]:
+        """Where a specimen opened from the gallery goes (its top-left, world units): right of the
+        gallery, so it never covers the patches and their labels."""
+        image, _ = self._gallery_layers()
+        if image is None:
+            return (0.0, 0.0)
+        low, high = (np.asarray(corner, dtype=float)[-2:] for corner in np.asarray(image.extent.world))
+        return (float(low[0]), float(high[1] + 0.05 * (high[1] - low[1]) + 1))
 
     def _gallery_layers(self):
         """The gallery's (image, shapes) layers still in the viewer (None where the user deleted one)."""
