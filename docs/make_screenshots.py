@@ -100,7 +100,13 @@ class Tutorial:
     def compare(self) -> None:
         """2. Why not the mimic? Only the look-alike pair's queries decode."""
         compare = self.dock("INTR Compare")
-        compare.candidates.set_checked([RUBRA, ALBA])
+        compare.selected.setCurrentText(ALBA)  # as the tutorial says: alba selected, Most confused
+        compare.k.setValue(2)
+        compare.tick_most_confused()
+        ticked = compare.candidates.checked()
+        if sorted(ticked) != sorted([RUBRA, ALBA]):
+            raise RuntimeError(f"Most confused with {ALBA} selected ticked {ticked}, not the look-alike pair "
+                               "the tutorial promises: change docs/tutorial.md step 2")
         compare.selected.setCurrentText(RUBRA)
         compare.compare()
         wait_until(lambda: not compare.task.busy and compare.comparison is not None, "the comparison")
@@ -141,7 +147,7 @@ class Tutorial:
         finetune.start()
         wait_until(lambda: finetune.running, "fine-tuning to start")
         wait_until(lambda: not finetune.running, "fine-tuning to finish")
-        self.shoot("04-finetune.png", show=finetune.status)
+        self.shoot("04-finetune.png", show=finetune.plot)  # the caption promises the curves
 
     def traits(self) -> None:
         """5. Read the trait atlas: which head looks where, per species and per look-alike pair."""

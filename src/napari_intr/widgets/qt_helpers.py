@@ -72,16 +72,18 @@ class PathEdit(FileEdit):
         self.line_edit.value = "" if value is None else str(value)
 
 
-def read_only_table(columns, stretch_column: int = 0) -> QTableWidget:
-    """A table with these column titles, no row numbers, no editing; one column takes the
-    spare width and the others fit their contents."""
+def read_only_table(columns, stretch_column: int | tuple[int, ...] = 0) -> QTableWidget:
+    """A table with these column titles, no row numbers, no editing; the stretch column(s) (the
+    class names) share the width the others (fitting their contents) leave, eliding in the
+    middle rather than making the table scroll sideways."""
     table = QTableWidget(0, len(columns))
     table.setHorizontalHeaderLabels(columns)
     table.verticalHeader().setVisible(False)
     table.setEditTriggers(QAbstractItemView.NoEditTriggers)
     header = table.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeToContents)
-    header.setSectionResizeMode(stretch_column, QHeaderView.Stretch)
+    for column in (stretch_column,) if isinstance(stretch_column, int) else stretch_column:
+        header.setSectionResizeMode(column, QHeaderView.Stretch)
     table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
     table.setWordWrap(False)  # wrapped at a space, "Heliconia synthetica-rubra" showed as "Heliconia ..."
     return table

@@ -81,6 +81,7 @@ class EditWidget(QWidget):
         self.task.busy_changed.connect(self._busy_changed)
         self.edits = QListWidget()
         self.edits.setTextElideMode(Qt.ElideMiddle)  # "transplant from <layer> over 700 px": both ends matter
+        self.edits.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # elide, never scroll sideways
         self.edits.setMaximumHeight(90)
         self.status = TextLabel("Choose an image and press Edit, then paint the region to edit")
         self.report = EditReport(napari_viewer)
@@ -278,6 +279,8 @@ class EditWidget(QWidget):
         self.edits.clear()
         descriptions = self.session.descriptions() if self.session is not None else []
         self.edits.addItems(descriptions or ["(no edits yet)"])
+        for row in range(self.edits.count()):  # the whole description, however narrow the dock
+            self.edits.item(row).setToolTip(self.edits.item(row).text())
 
     def _new_model(self, model) -> None:
         set_items(self.attention_class, self.state.class_names if model is not None else (), keep_current=True)

@@ -62,7 +62,7 @@ class RegionsBox(QGroupBox):
         self.explain_button.clicked.connect(self.explain_regions)
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.explain_button.setEnabled(not busy))
-        self.table = read_only_table(COLUMNS, stretch_column=1)
+        self.table = read_only_table(COLUMNS, stretch_column=(1, 3, 5))  # the three class columns
         self.table.setMinimumHeight(120)
         self.summary = TextLabel("Draw rectangles in a Shapes layer over the photo (or label the "
                                  "specimens), choose it here, and press Explain regions")
