@@ -121,13 +121,20 @@ class RegionsBox(QGroupBox):
             messages.notify(f"Region {region.id}: {reason}", "warning")
 
     def _fill_table(self, results) -> None:
-        rows = []
+        """Three classes a row share a dock's width: each shows its short name (the epithet, which
+        tells look-alikes apart) and its full name on hover."""
+        rows, full_names = [], []
         for result in results:
-            cells = [result.region.id]
+            cells, names = [result.region.id], []
             for entry in result.explanation.table()[:3]:
-                cells += [entry["name"], f"{entry['probability']:.3f}"]
+                cells += [short_class_name(entry["name"]), f"{entry['probability']:.3f}"]
+                names.append(entry["name"])
             rows.append(cells)
+            full_names.append(names)
         fill_table(self.table, rows)
+        for row, names in enumerate(full_names):
+            for column, name in zip((1, 3, 5), names):
+                self.table.item(row, column).setToolTip(name)
 
     def _show_maps(self, result, source) -> None:
         explanation, region = result.explanation, result.region
