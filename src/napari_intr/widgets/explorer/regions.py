@@ -22,7 +22,7 @@ from ..workers import messages
 from ..workers.jobs import regions_job
 from ..workers.task_bar import TaskBar
 
-COLUMNS = ("Region", "Top class", "p", "2nd", "p", "3rd", "p")
+COLUMNS = ("Region", "Top class", "p", "2nd", "p")  # the saved CSV has the 3rd too: a dock has room for two
 MARGINS = ("0", "5%", "10%", "20%", "16")
 OUTLINE_WIDTH = 3
 LABEL_SIZE = 10  # napari draws text at this size on screen, whatever the zoom
@@ -62,7 +62,7 @@ class RegionsBox(QGroupBox):
         self.explain_button.clicked.connect(self.explain_regions)
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.explain_button.setEnabled(not busy))
-        self.table = read_only_table(COLUMNS, stretch_column=(1, 3, 5))  # the three class columns
+        self.table = read_only_table(COLUMNS, stretch_column=(1, 3))  # the class columns
         self.table.setMinimumHeight(120)
         self.summary = TextLabel("Draw rectangles in a Shapes layer over the photo (or label the "
                                  "specimens), choose it here, and press Explain regions")
@@ -121,19 +121,19 @@ class RegionsBox(QGroupBox):
             messages.notify(f"Region {region.id}: {reason}", "warning")
 
     def _fill_table(self, results) -> None:
-        """Three classes a row share a dock's width: each shows its short name (the epithet, which
+        """Two classes a row share a dock's width: each shows its short name (the epithet, which
         tells look-alikes apart) and its full name on hover."""
         rows, full_names = [], []
         for result in results:
             cells, names = [result.region.id], []
-            for entry in result.explanation.table()[:3]:
+            for entry in result.explanation.table()[:2]:
                 cells += [short_class_name(entry["name"]), f"{entry['probability']:.3f}"]
                 names.append(entry["name"])
             rows.append(cells)
             full_names.append(names)
         fill_table(self.table, rows)
         for row, names in enumerate(full_names):
-            for column, name in zip((1, 3, 5), names):
+            for column, name in zip((1, 3), names):
                 self.table.item(row, column).setToolTip(name)
 
     def _show_maps(self, result, source) -> None:
