@@ -52,6 +52,7 @@ def test_pair_comparison_on_cached_memory(widgets, qtbot):
     reference = core_compare(explainer, explainer.encode(np.asarray(viewer.layers[rubra].data), rubra),
                              RUBRA, pair)
     calls, handle = backbone_counter(model)  # from here on, nothing may run the backbone
+    from napari_intr.explanation import short_class_name
     try:
         assert "'drop' (the default)" in compare.mode_note.full_text
         compare.candidates.set_checked([RUBRA, ALBA])
@@ -76,7 +77,7 @@ def test_pair_comparison_on_cached_memory(widgets, qtbot):
         assert all(layer.data.shape[0] == 2 and layer.ndim == 3 for layer in candidates)
         np.testing.assert_allclose(candidates[0].data, comparison.candidate_maps()[candidates[0].metadata["head"] - 1])
         differences = compare_layers(viewer, "candidates − all")
-        assert len(differences) == heads and all(RUBRA in layer.name for layer in differences)
+        assert len(differences) == heads and all(f"◂ query {short_class_name(RUBRA)} ·" in layer.name for layer in differences)
         for layer in differences:
             low, high = layer.contrast_limits
             assert np.isclose(low, -high) and high > 0 and layer.colormap.name == "PiYG (clear at 0)"
@@ -92,7 +93,7 @@ def test_pair_comparison_on_cached_memory(widgets, qtbot):
         compare.selected.setCurrentText(ALBA)
         assert compare.comparison.selected == ALBA and len(viewer.layers) == count
         assert compare_layers(viewer, "candidates − all") == differences
-        assert all(ALBA in layer.name for layer in differences)
+        assert all(f"◂ query {short_class_name(ALBA)} ·" in layer.name for layer in differences)
         alba_difference = compare.comparison.difference()
         for layer in differences:
             np.testing.assert_allclose(layer.data, alba_difference[layer.metadata["head"] - 1], atol=1e-7)

@@ -103,16 +103,17 @@ def test_painting_the_attribute_flips_background_does_not_undo_restores(widgets,
     assert float(edit.report.heads.item(0, 1).text()) == pytest.approx(effect.mass_before[0], abs=1e-3)
     differences = [layer for layer in viewer.layers if layer.metadata.get("difference") == "after − before"]
     assert len(differences) == heads
+    from napari_intr.explanation import short_class_name
     for layer in differences:
         low, high = layer.contrast_limits
         assert np.isclose(low, -high) and high > 0 and layer.colormap.name == "PiYG (clear at 0)"
-        assert f"· {RUBRA} ·" in layer.name
+        assert f"◂ query {short_class_name(RUBRA)} ·" in layer.name
         np.testing.assert_allclose(layer.data, effect.difference[layer.metadata["head"] - 1])
     calls.clear()  # the edit explained its image; switching the class must not
     edit.attention_class.setCurrentText(ALBA)
     handle.remove()
     assert calls == [] and edit.report.effect.class_name == ALBA
-    assert all(f"· {ALBA} ·" in layer.name for layer in differences) and len(
+    assert all(f"◂ query {short_class_name(ALBA)} ·" in layer.name for layer in differences) and len(
         [layer for layer in viewer.layers if layer.metadata.get("difference")]) == heads
 
     # 3. undo restores the previous image and, exactly, its prediction

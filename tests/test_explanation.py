@@ -127,8 +127,17 @@ def test_grid_to_image_and_upsample_agree(model, shape):
 
 
 def test_layer_names_are_one_based_as_the_paper():
-    assert layer_name("img", "Morpho peleides", 6, 3) == "img · Morpho peleides · L6 H3"
-    assert layer_name("img", "Morpho peleides", 6, None) == "img · Morpho peleides · L6 mean"
+    assert layer_name("img", "Morpho peleides", 6, 3) == "img ◂ query peleides · L6 H3"
+    assert layer_name("img", "Morpho peleides", 6, None) == "img ◂ query peleides · L6 mean"
+
+
+def test_short_class_names_keep_the_part_that_tells_look_alikes_apart():
+    from napari_intr.explanation import short_class_name
+    rubra, alba = short_class_name("Heliconia synthetica-rubra"), short_class_name("Heliconia synthetica-alba")
+    assert (rubra, alba) == ("synthetica-rubra", "synthetica-alba")
+    assert layer_name("alba_0004", "Heliconia synthetica-rubra", 2, 4) == "alba_0004 ◂ query synthetica-rubra · L2 H4"
+    for whole in ("Black-footed Albatross", "001.Black_footed_Albatross", "12", "Danaus"):
+        assert short_class_name(whole) == whole
 
 
 def test_huge_image_is_shrunk_with_a_note(model):

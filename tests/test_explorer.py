@@ -96,7 +96,8 @@ def test_class_and_layer_switches_update_layers_in_place(explorer, qtbot):
     second = widget.results.rows()[1][1]
     widget.results.select_class(second)
     assert attention_layers(viewer) == layers and len(viewer.layers) == count
-    assert all(second in layer.name for layer in layers)
+    from napari_intr.explanation import short_class_name
+    assert all(f"◂ query {short_class_name(second)} ·" in layer.name for layer in layers)
     assert all(layer.name != name for layer, (name, _) in zip(layers, before))
     assert any(not np.array_equal(layer.data, data) for layer, (_, data) in zip(layers, before))
     shown = [layer for layer in layers if layer.visible]

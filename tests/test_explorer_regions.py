@@ -59,7 +59,8 @@ def test_rectangles_choose_regions_explained_and_placed_on_the_photo(drawer, qtb
     assert table.rowCount() == 4
     names = widget.state.model.class_names
     expected = [next(n for n in names if n.lower().replace(" ", "-") == stem) for stem in PLACES]
-    assert [table.item(row, 1).text() for row in range(4)] == expected  # each region its own species
+    assert [table.item(row, 1).toolTip() for row in range(4)] == expected  # each region its own species
+    assert [table.item(row, 1).text() for row in range(4)] == [name.split(" ", 1)[1] for name in expected]
     assert all(float(table.item(row, 2).text()) > 0.9 for row in range(4))
 
     photo_layer = viewer.layers["drawer"]
@@ -76,6 +77,20 @@ def test_rectangles_choose_regions_explained_and_placed_on_the_photo(drawer, qtb
         np.testing.assert_allclose(last_edge, box[1], atol=1e-6)
     outlines = viewer.layers["drawer · regions (top-1)"]
     assert len(outlines.data) == 4 and len({tuple(colour) for colour in outlines.edge_color}) == 4
+    # the labels name the epithet (look-alikes differ there) and never run into each other
+    assert [label.split(": ")[1].split(" (")[0] for label in outlines.features["full"]] == [
+        name.split(" ", 1)[1] for name in expected]
+    from napari_intr.widgets.explorer.regions import CHARACTER_WIDTH, LABEL_SIZE, LINE_HEIGHT
+    from napari_intr.widgets.layers import camera_of
+    for zoom, all_full in ((0.2, False), (40.0, True)):
+        camera_of(viewer).zoom = zoom
+        labels, size = list(outlines.features["label"]), LABEL_SIZE / zoom
+        assert (labels == list(outlines.features["full"])) == all_full
+        rects = [(np.min(shape[:, 0]) - LINE_HEIGHT * size, np.min(shape[:, 1]), np.min(shape[:, 0]),
+                  np.min(shape[:, 1]) + CHARACTER_WIDTH * size * len(label))
+                 for shape, label in zip(outlines.data, labels, strict=True) if label]
+        assert rects and not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+                                 for i, a in enumerate(rects) for b in rects[i + 1:])
 
 
 def test_labels_objects_choose_regions_and_bad_choices_are_explained(drawer, qtbot, messages):
@@ -98,27 +113,49 @@ def test_labels_objects_choose_regions_and_bad_choices_are_explained(drawer, qtb
     assert any("margin 'wide' is not a number" in text for _, text in messages)
 
 
-def test_save_explanation_writes_maps_table_image_and_overlay(drawer, qtbot, tmp_path):
+def saved(qtbot, widget, folder) -> list[str]:
+    widget.save_box.folder.path = str(folder)
+    widget.save_box.save()
+    qtbot.waitUntil(lambda: not widget.save_box.task.busy, timeout=TIMEOUT_MS)
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_save_explanation_saves_the_current_result_under_its_images_name(drawer, qtbot, tmp_path):
+    """Single and region explains in turn: each Save writes the last one's files, named after its
+    image (regions after their photo), and region results go when an image is explained."""
     viewer, widget = drawer
     widget.explain()
     qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
-    viewer.add_shapes([np.array([[20, 30], [20, 189], [179, 189], [179, 30]]) * PIXEL + [10, -4]],
-                      shape_type="rectangle", name="one")
+    box = np.array([[20, 30], [20, 189], [179, 189], [179, 30]])
+    viewer.add_shapes([box * PIXEL + [10, -4], (box + [204, 220]) * PIXEL + [10, -4]], shape_type="rectangle",
+                      name="two")
+    viewer.add_shapes([box * PIXEL + [10, -4]], shape_type="rectangle", name="one")
     explain_regions(qtbot, widget, "one")
-    widget.save_box.folder.path = str(tmp_path / "saved")
-    widget.save_box.save()
-    qtbot.waitUntil(lambda: not widget.save_box.task.busy, timeout=TIMEOUT_MS)
-    names = sorted(path.name for path in (tmp_path / "saved").iterdir())
-    assert names == ["drawer_attention.tif", "drawer_classes.csv", "drawer_image.tif", "drawer_overlay.png",
-                     "drawer_regions_1_attention.tif", "drawer_regions_image.tif", "drawer_regions_overlay.png",
-                     "drawer_regions_regions.csv"]
-    from napari_intr.export import read_attention_tiff
-    maps, metadata, labels = read_attention_tiff(tmp_path / "saved" / "drawer_attention.tif")
-    assert metadata["class"] == widget.attention.class_name and len(labels) == maps.shape[0] * maps.shape[1]
-    with open(tmp_path / "saved" / "drawer_regions_regions.csv", newline="", encoding="utf-8") as stream:
+    assert widget.state.explanation is None and "1 regions of 'drawer'" in widget.results.answer.full_text
+    assert saved(qtbot, widget, tmp_path / "regions") == [
+        "drawer_1_attention.tif", "drawer_image.tif", "drawer_overlay.png", "drawer_regions.csv"]
+    with open(tmp_path / "regions" / "drawer_regions.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert rows[0]["region"] == "1" and rows[0]["top1_class"] == "Heliconia synthetica-alba"
-    assert "Saved 8 files" in widget.save_box.summary.full_text
+    assert "Saved 4 files" in widget.save_box.summary.full_text
+
+    viewer.add_image(drawer_photo()[20:180, 30:190], name="alba 0004", rgb=True)
+    widget.explain_box.image.choose("alba 0004")
+    widget.explain()
+    qtbot.waitUntil(lambda: not widget.explain_box.task.busy, timeout=TIMEOUT_MS)
+    assert widget.regions.results == [] and widget.regions.table.rowCount() == 0
+    assert saved(qtbot, widget, tmp_path / "single") == [
+        "alba_0004_attention.tif", "alba_0004_classes.csv", "alba_0004_image.tif", "alba_0004_overlay.png"]
+    from napari_intr.export import read_attention_tiff
+    maps, metadata, labels = read_attention_tiff(tmp_path / "single" / "alba_0004_attention.tif")
+    assert metadata["class"] == widget.attention.class_name and len(labels) == maps.shape[0] * maps.shape[1]
+    assert metadata["image"] == "alba 0004"
+
+    widget.explain_box.image.choose("drawer")
+    explain_regions(qtbot, widget, "two")
+    assert saved(qtbot, widget, tmp_path / "regions again") == [
+        "drawer_1_attention.tif", "drawer_2_attention.tif", "drawer_image.tif", "drawer_overlay.png",
+        "drawer_regions.csv"]
 
 
 def test_zoo_models_without_names_say_where_to_get_them(drawer, messages):

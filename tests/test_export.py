@@ -104,13 +104,31 @@ def test_overlay_png_leaves_unattended_pixels_as_they_were(tmp_path):
     image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     heat = np.zeros((40, 60), np.float32)
     heat[10:20, 30:40] = 1
-    path = write_overlay_png(tmp_path / "overlay.png", image, heat)
+    path = write_overlay_png(tmp_path / "overlay.png", image, heat, colour_bar=False)
     written = np.asarray(Image.open(path))
     assert written.shape == (40, 60, 3) and written.dtype == np.uint8
     np.testing.assert_array_equal(written[heat == 0], image[heat == 0])
     assert not np.array_equal(written[heat == 1], image[heat == 1])
     with pytest.raises(ValueError, match="heat map is"):
         write_overlay_png(tmp_path / "x.png", image, heat[:10])
+
+
+def test_overlay_png_shows_weak_attention_visibly_with_a_colour_bar(tmp_path):
+    """Attention is peaked: a pixel at a quarter of the peak must still show (it used to be blended
+    at an eighth, about 14 grey levels on grey), and a colour bar says which colour is the peak."""
+    from matplotlib import colormaps
+    image = np.full((64, 96, 3), 128, np.uint8)
+    heat = np.zeros((64, 96), np.float32)
+    heat[:, 48:] = 0.25
+    heat[30:34, 60:64] = 1.0  # the peak, a few pixels
+    written = np.asarray(Image.open(write_overlay_png(tmp_path / "overlay.png", image, heat)))
+    assert written.shape[0] == 64 and written.shape[1] > 96
+    quarter = np.abs(written[:, 48:56].astype(int) - 128).max(axis=-1)
+    assert quarter.min() >= 25
+    np.testing.assert_array_equal(written[:, :48], image[:, :48])
+    bar = written[:, 96:].reshape(-1, 3)
+    peak_colour = np.round(np.asarray(colormaps["inferno"](1.0)[:3]) * 255)
+    assert np.abs(bar - peak_colour).max(axis=1).min() <= 2  # the bar holds the colour of the peak
 
 
 def test_save_explanation_writes_maps_table_image_and_overlay(explanation, tmp_path):
@@ -134,4 +152,5 @@ def test_save_explanation_writes_maps_table_image_and_overlay(explanation, tmp_p
         np.testing.assert_array_equal(tiff.asarray(), image)
         x_resolution = tiff.pages[0].tags["XResolution"].value
         assert x_resolution[0] / x_resolution[1] == pytest.approx(100)  # 0.1 mm pixels: 100 per cm
-    assert np.asarray(Image.open(written[3])).shape == (96, 128, 3)
+    overlay = np.asarray(Image.open(written[3]))
+    assert overlay.shape[0] == 96 and overlay.shape[1] > 128 and overlay.shape[2] == 3  # with its colour bar

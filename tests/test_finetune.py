@@ -52,11 +52,32 @@ def run_to_end(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
 
 
-def test_flat_loss_note():
-    from napari_intr.widgets.finetune.plot import flat_loss_note
-    assert flat_loss_note([2.2, 2.19, 2.21]).startswith("The loss has not dropped in 3 epochs")
-    assert flat_loss_note([2.2, 1.5, 1.4]) == ""
-    assert flat_loss_note([2.2, 2.2]) == ""  # too early to tell
+def test_the_loss_note_tells_a_plateau_from_instability():
+    from napari_intr.widgets.finetune.plot import loss_trend, loss_trend_note
+    assert loss_trend([2.2, 2.19, 2.21]) == "flat" and "plateau" in loss_trend_note([2.2, 2.19, 2.21])
+    assert "be patient" in loss_trend_note([2.2, 2.19, 2.21])
+    assert loss_trend([2.2, 1.5, 1.4]) == "" == loss_trend_note([2.2, 1.5, 1.4])
+    assert loss_trend([2.2, 2.2]) == ""  # too early to tell
+    # the run of the issue: 0.015 -> 0.106 is not "be patient", it is a diverging run
+    diverging = [0.9, 0.2, 0.015, 0.05, 0.106]
+    assert loss_trend(diverging) == "unstable"
+    note = loss_trend_note(diverging)
+    assert "unstable" in note and "0.015 (epoch 3) to 0.106 (epoch 5, ×7.1)" in note and "lower learning rate" in note
+    assert "be patient" not in note
+    assert loss_trend([2.2, 2.2, 6.0, 2.1]) == "unstable"  # a spike, even if it comes back down
+    assert "from 2.200 (epoch 2) to 6.000 (epoch 3, ×2.7)" in loss_trend_note([2.2, 2.2, 6.0, 2.1])
+    assert loss_trend([None, 1.0, 0.5]) == ""  # a diverged (null) epoch is left out
+
+
+def test_accuracy_comes_with_its_count_and_exact_interval():
+    from scipy.stats import binomtest
+
+    from napari_intr.widgets.finetune.results import accuracy_text, clopper_pearson
+    assert accuracy_text(1.0, 9) == "100 % of 9 (66–100 %, 95 % Clopper–Pearson interval)"
+    for correct, total in ((0, 5), (3, 9), (17, 18), (40, 40)):
+        reference = binomtest(correct, total).proportion_ci(0.95, method="exact")
+        assert clopper_pearson(correct, total) == pytest.approx((reference.low, reference.high), abs=1e-9)
+    assert accuracy_text(0.5, None) == "50.0%" and accuracy_text(None, 0) == "n/a (no validation images)"
 
 
 def test_the_freeze_choices_are_intr_trains(finetune):
@@ -86,6 +107,12 @@ def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune,
     assert [row[0] for row in widget.collection.summary.counts].count(NOVEL) == 1
     assert NOVEL in [name for name, _ in widget.results.rows()]
     assert any(level == "info" and "Fine-tuning finished" in text for level, text in messages)
+    # the accuracy says how many images it rests on, with its interval, and warns when they are few
+    val_images = events[0]["val_images"]
+    assert 0 < val_images < 30
+    summary = widget.results.summary.full_text
+    assert f"% of {val_images} (" in summary and "95 % Clopper–Pearson interval" in summary
+    assert f"only {val_images} validation images" in summary
     log = (out / "train.log").read_text()
     assert '"event": "done"' in log and "intr_training train" in log
     assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
@@ -101,6 +128,8 @@ def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune,
     model_path = str(out / "model.safetensors")
     qtbot.waitUntil(lambda: explorer.state.model_name == model_path, timeout=TRAIN_TIMEOUT_MS)
     assert NOVEL in explorer.state.class_names and len(explorer.state.class_names) == 10
+    source = explorer.model_source.picker  # the Source box names the model it now uses
+    assert source.source.currentText().startswith("Checkpoint file") and source.checkpoint.path == model_path
     explorer.explain()
     qtbot.waitUntil(lambda: explorer.state.explanation is not None and not explorer.explain_box.task.busy,
                     timeout=TRAIN_TIMEOUT_MS)

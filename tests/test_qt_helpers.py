@@ -61,3 +61,18 @@ def test_search_field_filters_by_the_key_column_in_any_case(qtbot):
     assert shown() == []
     field.clear()
     assert len(shown()) == 3 and field.placeholderText() == "Filter classes…"
+
+
+def test_class_columns_share_a_narrow_table_and_elide_in_the_middle(qtbot):
+    """The Regions table in a 440 px dock: three class columns elide ("Heliconia s…etica-alba"), the
+    table does not scroll sideways, and no name wraps to "Heliconia ..." (the Edit report did)."""
+    from napari_intr.widgets.qt_helpers import fill_table, read_only_table
+    table = read_only_table(("Region", "Top class", "p", "2nd", "p", "3rd", "p"), stretch_column=(1, 3, 5))
+    qtbot.addWidget(table)
+    fill_table(table, [("1", "Heliconia synthetica-alba", "1.000", "Heliconia synthetica-rubra", "0.000",
+                        "Papilionella simulata-coccinea", "0.000")])
+    table.setFixedWidth(420)
+    table.show()
+    qtbot.waitExposed(table)
+    assert table.horizontalScrollBar().maximum() == 0
+    assert table.textElideMode() == Qt.ElideMiddle and not table.wordWrap()

@@ -28,6 +28,20 @@ def test_the_json_protocol_names_every_key_the_events_carry():
         assert {key for key in keys if f'"{key}":' not in documented} == set(), event
 
 
+def test_without_a_terminal_each_epoch_is_one_plain_line_on_stdout(tmp_path, capsys):
+    """`intr train … > log`: stdout is not a terminal (nor is pytest's capture), so no bar and no
+    JSON, but a record a batch job can keep: a start line, one line per epoch, a done line."""
+    data = write_classes(tmp_path / "data", {"disc": 4, "diamond": 4})
+    code = cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "2",
+                     "--val-split", "0.25", *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("training on 6 images (2 for validation) of 2 classes")
+    assert [line.split(":")[0] for line in lines[1:]] == ["epoch 1/2", "epoch 2/2", "done"]
+    assert "\r" not in captured.out + captured.err and "batch" not in captured.err  # no tqdm bar
+
+
 def test_run_writes_a_loadable_model_and_json_progress(tmp_path, capsys):
     data = write_classes(tmp_path / "data", {"disc": 5, "diamond": 5, "third": 5})
     (data / "disc" / "broken.png").write_bytes(b"not an image")

@@ -91,9 +91,16 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     assert explorer.attention.decoder_layer.value == choice.layer
     shown = [layer.name for layer in viewer.layers if layer.visible and layer.metadata.get("head") not in
              (None, "mean") and layer.metadata.get("image") == choice.path.stem]
-    assert shown == [f"{choice.path.stem} · {choice.class_name} · L{choice.layer} H{choice.head}"]
+    from napari_intr.explanation import layer_name
+    assert shown == [layer_name(choice.path.stem, choice.class_name, choice.layer, choice.head)]
     original = viewer.layers[choice.path.stem]
     assert original.data.shape[:2] == (64, 64)
+    # the specimen opens beside the gallery, never over its patches, and the view moves onto it
+    specimen, montage = np.asarray(original.extent.world)[:, -2:], np.asarray(image.extent.world)[:, -2:]
+    assert specimen[0][1] > montage[1][1]
+    from napari_intr.widgets.layers import camera_of
+    centre = np.asarray(camera_of(viewer).center)[-2:]
+    assert np.all(centre >= specimen[0] - 0.5) and np.all(centre <= specimen[1] + 0.5)
 
 
 def test_cancel_keeps_what_was_summarised_and_open_reads_a_finished_atlas(traits, qtbot, messages):

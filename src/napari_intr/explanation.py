@@ -21,10 +21,24 @@ SHRINK_FACTOR_THRESHOLD = 2
 _SHRINK_BAND_ROWS = 64  # output rows per block-averaging pass, bounds the temporary memory
 
 
+def short_class_name(name: str) -> str:
+    """A class name as short as it can be without losing what tells look-alikes apart, for layer
+    names, drop-downs and canvas labels (the full name goes into tooltips and files). A binomial
+    ("Heliconia synthetica-rubra") drops its genus, which relatives share, and keeps the epithet
+    ("synthetica-rubra"); other names ("Black-footed Albatross", "012") stay whole."""
+    genus, _, epithet = name.strip().partition(" ")
+    if genus[:1].isupper() and genus.isalpha() and epithet[:1].islower():
+        return epithet
+    return name
+
+
 def layer_name(image: str, class_name: str, layer: int, head: int | None) -> str:
-    """Layer and file names, 1-based as in the paper (L6 is the last of 6 layers)."""
+    """The name of a layer that shows `class_name`'s query attending over `image`, 1-based as in the
+    paper (L6 is the last of 6 layers): "alba_0004 ◂ query synthetica-rubra · L2 H4". The image
+    comes first and the query is marked, so a map of rubra's query on the alba image never reads
+    as a map of the rubra image; the class is shortened so the end that differs stays in view."""
     what = "mean" if head is None else f"H{head}"
-    return f"{image} · {class_name} · L{layer} {what}"
+    return f"{image} ◂ query {short_class_name(class_name)} · L{layer} {what}"
 
 
 @dataclass(eq=False)  # holds tensors: identity, not element-wise, comparison

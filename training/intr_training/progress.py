@@ -1,4 +1,5 @@
-"""How `intr train` reports progress: a tqdm bar, JSON lines, or nothing.
+"""How `intr train` reports progress: a tqdm bar (on a terminal), plain lines (one per epoch, on
+stdout: `intr train … > log` keeps a record), JSON lines, or nothing.
 
 JSON protocol (`--progress json`; the plugin's fine-tuning widget reads it). stdout carries
 one JSON object per line, flushed at once, and nothing else; messages for people go to stderr.
@@ -32,12 +33,13 @@ import math
 import sys
 import time
 
-MODES = ("tty", "json", "none")
+MODES = ("tty", "plain", "json", "none")
 STEP_INTERVAL_SECONDS = 0.25
 
 
 def default_mode() -> str:
-    return "tty" if sys.stdout.isatty() else "none"
+    """The bar only on a terminal; redirected or piped output gets plain lines."""
+    return "tty" if sys.stdout.isatty() else "plain"
 
 
 def _plain(value):
@@ -106,18 +108,25 @@ class JsonProgress(Progress):
 
 
 class TtyProgress(Progress):
-    """One tqdm bar per epoch on stderr, and a summary line after each epoch."""
+    """One tqdm bar per epoch on stderr, and a summary line after each epoch (stderr, beside the bar)."""
 
-    def __init__(self):
+    def __init__(self, stream=None, bar: bool = True):
+        self.stream = stream  # None: sys.stderr at the time of writing (pytest swaps it)
+        self.show_bar = bar
         self.bar = None
         self.epochs = 0
 
+    def line(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
+
     def start(self, **info):
         self.epochs = info["epochs"]
-        print(f"training on {info['train_images']} images ({info['val_images']} for validation) of "
-              f"{len(info['classes'])} classes in {info['precision']}; writing to {info['out']}", file=sys.stderr)
+        self.line(f"training on {info['train_images']} images ({info['val_images']} for validation) of "
+                  f"{len(info['classes'])} classes in {info['precision']}; writing to {info['out']}")
 
     def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds):
+        if not self.show_bar:
+            return
         from tqdm.auto import tqdm
         if self.bar is None:
             self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False)
@@ -127,14 +136,15 @@ class TtyProgress(Progress):
     def epoch(self, **summary):
         self.close()
         val = "n/a" if summary["val_acc"] is None else f"{summary['val_acc']:.3f}"
-        print(f"epoch {summary['epoch']}/{self.epochs}: loss {summary['loss']:.4f}, train acc "
-              f"{summary['train_acc']:.3f}, val acc {val}, lr {summary['lr']:.2e}, "
-              f"{summary['seconds']:.0f} s", file=sys.stderr)
+        loss = "n/a" if summary["loss"] is None else f"{summary['loss']:.4f}"
+        self.line(f"epoch {summary['epoch']}/{self.epochs}: loss {loss}, train acc "
+                  f"{summary['train_acc']:.3f}, val acc {val}, lr {summary['lr']:.2e}, "
+                  f"{summary['seconds']:.0f} s")
 
     def done(self, **summary):
         best = summary["best_val_acc"]
-        print(f"done: best validation accuracy {'n/a' if best is None else f'{best:.3f}'}; "
-              f"model: {summary['model']}", file=sys.stderr)
+        self.line(f"done: best validation accuracy {'n/a' if best is None else f'{best:.3f}'}; "
+                  f"model: {summary['model']}")
 
     def interrupted(self, epoch: int, state, message: str):
         self.close()
@@ -144,6 +154,17 @@ class TtyProgress(Progress):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class PlainProgress(TtyProgress):
+    """Not a terminal (`intr train … > log`, a batch job): the same lines, one per epoch, on stdout,
+    and no bar (its carriage returns make a log unreadable)."""
+
+    def __init__(self):
+        super().__init__(bar=False)
+
+    def line(self, text: str) -> None:
+        print(text, file=sys.stdout, flush=True)
 
 
 class OtherRankProgress(Progress):
@@ -159,4 +180,4 @@ def make_progress(mode: str | None, is_main: bool = True) -> Progress:
         return OtherRankProgress()
     if mode == "none":
         return Progress()
-    return JsonProgress() if mode == "json" else TtyProgress()
+    return {"json": JsonProgress, "plain": PlainProgress}.get(mode, TtyProgress)()

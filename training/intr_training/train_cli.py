@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=SEED, help="seed for everything random (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--progress", choices=MODES, help="tty: a progress bar (default on a terminal); "
-                        "json: one JSON object per line on stdout (see intr_training.progress); none")
+                        "plain: one line per epoch on stdout (default when stdout is not a terminal, e.g. "
+                        "`> log`); json: one JSON object per line on stdout (see intr_training.progress); none")
     parser.add_argument("--val-split", type=VAL_SPLIT, help="fraction of each class held out for "
                         "validation when DATA has no val/ folder (default 0.1)")
     parser.add_argument("--freeze", choices=FREEZE_CHOICES, help="keep the backbone (or the backbone, "

@@ -36,7 +36,17 @@ from napari_intr.explanation import head_number, layer_name
 from napari_intr.model.config import DECODE_MODES
 
 from .layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
-from .qt_helpers import TextLabel, fill_table, group_box, read_only_table, search_field, set_items, stack
+from .qt_helpers import (
+    TextLabel,
+    fill_table,
+    group_box,
+    read_only_table,
+    scroll_column,
+    search_field,
+    set_items,
+    stack,
+    tabbed_dock,
+)
 from .state import follow, shared_state
 from .workers import messages
 from .workers.jobs import compare_job
@@ -52,13 +62,13 @@ NEEDS_TWO = "comparison needs two classes or more: tick at least two candidates"
 class CompareWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        tabbed_dock(self)
         self.viewer, self.state = napari_viewer, shared_state(napari_viewer)
         self.layers = KeyedLayers(napari_viewer)
         self.comparison: Comparison | None = None
         self._compared = None  # (source, explanation) the comparison belongs to
         self.status = TextLabel("")
-        stack(self, self.status, self._choice_box(), self._results_box()).addStretch(1)
-        self.setMinimumWidth(380)
+        scroll_column(self, (self.status, self._choice_box(), self._results_box()), min_width=380)
         follow(self.state.events.model, self._new_model, self)
         follow(self.state.events.explanation, self._new_explanation, self)
         napari_viewer.dims.events.current_step.connect(self._show_slider_class)
@@ -197,7 +207,7 @@ class CompareWidget(QWidget):
                   "candidates": list(comparison.candidate_names), "selected": selected}
         for head in range(among.num_heads):
             visible = head == strongest
-            base = layer_name(image, "candidates", number, head_number(head))
+            base = f"{image} ◂ candidate queries · L{number} H{head_number(head)}"  # the slider picks the candidate
             self.layers.show(("candidates", image, head), base, maps[head], scale, translate,
                              colormap="inferno", limits=(0, maps[head].max()), visible=visible,
                              metadata={**common, "head": head_number(head), "axis 0": "candidate"})
@@ -277,6 +287,7 @@ class CandidateList(QWidget):
         self.list = QListView()
         self.list.setModel(self.proxy)
         self.list.setUniformItemSizes(True)  # no size hint per row
+        self.list.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
         self.list.setEditTriggers(QListView.NoEditTriggers)
         self.list.setMinimumHeight(120)
         self.list.setToolTip("Tick the classes to compare (at least two)")
@@ -290,6 +301,7 @@ class CandidateList(QWidget):
         items = []
         for name in names:
             item = QStandardItem(name)
+            item.setToolTip(name)
             item.setCheckable(True)
             item.setCheckState(Qt.Checked if name in ticked else Qt.Unchecked)
             items.append(item)

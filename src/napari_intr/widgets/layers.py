@@ -203,6 +203,29 @@ class KeyedLayers:
         return layer
 
 
+def camera_of(viewer):
+    """The viewer's camera: `viewer.scene.camera` since napari 0.9 (`viewer.camera` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def bring_into_view(viewer, layer) -> None:
+    """Fit the view to `layer` unless the view is already over it (the camera's centre on it):
+    after Explain the canvas shows the explained image, not, say, the other image of a pair,
+    while a view zoomed into a detail of that image is left as the user set it."""
+    low, high = (np.asarray(corner, dtype=float)[-2:] for corner in np.asarray(layer.extent.world))
+    camera = camera_of(viewer)
+    centre = np.asarray(camera.center, dtype=float)[-2:]
+    if np.all(centre >= low - 0.5) and np.all(centre <= high + 0.5):
+        return
+    try:
+        viewer.fit_to_view(layers=[layer])  # napari >= 0.9
+    except (AttributeError, TypeError):
+        centre = list(camera.center)
+        centre[-2:] = (low + high) / 2
+        camera.center = tuple(centre)
+
+
 def is_image(layer) -> bool:
     # napari hands plugins proxy layers: compare class names, not types
     return layer.__class__.__name__ == "Image" and ATTENTION_TAG not in layer.metadata

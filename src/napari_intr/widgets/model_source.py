@@ -70,6 +70,16 @@ class ModelSourcePicker(QWidget):
         source = self.chosen_source()
         return Path(source).name if self.choice() == CHECKPOINT_FILE else source
 
+    def show_source(self, source: str) -> None:
+        """Show `source` ("sample", a zoo name or a checkpoint path) as the choice, e.g. for a model
+        that another dock published (Fine-tune's "Use in Explorer"), so the box never names a
+        model other than the one loaded."""
+        index = self.source.findData(source)
+        if index < 0:
+            index = self.source.findData(CHECKPOINT_FILE)
+            self.checkpoint.path = source
+        self.source.setCurrentIndex(index)
+
     def _source_changed(self) -> None:
         self.checkpoint.enabled = self.choice() == CHECKPOINT_FILE
 
@@ -149,6 +159,8 @@ class ModelSourceBox(QGroupBox):
         if state.model is None:
             self.loaded.setText("No model loaded")
             return
+        if state.model_name and state.model_name not in (self.picker.choice(), self.picker.checkpoint.path):
+            self.picker.show_source(state.model_name)
         config = state.model.config
         self.loaded.setText(f"Loaded: {state.model_name} — {len(state.class_names)} classes, "
                             f"{config.backbone} backbone, {config.dec_layers} decoder layers × "

@@ -7,10 +7,11 @@ import textwrap
 from pathlib import Path
 
 from magicgui.widgets import FileEdit
-from qtpy.QtCore import QSortFilterProxyModel, Qt
+from qtpy.QtCore import QEvent, QObject, QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDockWidget,
     QGroupBox,
     QHeaderView,
     QLabel,
@@ -71,17 +72,20 @@ class PathEdit(FileEdit):
         self.line_edit.value = "" if value is None else str(value)
 
 
-def read_only_table(columns, stretch_column: int = 0) -> QTableWidget:
-    """A table with these column titles, no row numbers, no editing; one column takes the
-    spare width and the others fit their contents."""
+def read_only_table(columns, stretch_column: int | tuple[int, ...] = 0) -> QTableWidget:
+    """A table with these column titles, no row numbers, no editing; the stretch column(s) (the
+    class names) share the width the others (fitting their contents) leave, eliding in the
+    middle rather than making the table scroll sideways."""
     table = QTableWidget(0, len(columns))
     table.setHorizontalHeaderLabels(columns)
     table.verticalHeader().setVisible(False)
     table.setEditTriggers(QAbstractItemView.NoEditTriggers)
     header = table.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeToContents)
-    header.setSectionResizeMode(stretch_column, QHeaderView.Stretch)
+    for column in (stretch_column,) if isinstance(stretch_column, int) else stretch_column:
+        header.setSectionResizeMode(column, QHeaderView.Stretch)
     table.setTextElideMode(Qt.ElideMiddle)  # look-alike names differ at their ends
+    table.setWordWrap(False)  # wrapped at a space, "Heliconia synthetica-rubra" showed as "Heliconia ..."
     return table
 
 
@@ -102,14 +106,28 @@ def fill_table(table: QTableWidget, rows, numeric_columns=()) -> None:
 
 def set_items(combo: QComboBox, items, keep_current: bool = False) -> None:
     """Replace a drop-down's items without signalling the change (and the choice, unless
-    `keep_current` and the current text is among the new items)."""
+    `keep_current` and the current text is among the new items). Each item's full text is its
+    tooltip; the drop-down fits a narrow dock (fit_combo)."""
+    fit_combo(combo)
     combo.blockSignals(True)
     current = combo.currentText()
     combo.clear()
-    combo.addItems(list(items))
+    for item in items:
+        combo.addItem(item)
+        combo.setItemData(combo.count() - 1, item, Qt.ToolTipRole)
     if keep_current and current:
         combo.setCurrentText(current)
     combo.blockSignals(False)
+
+
+def fit_combo(combo: QComboBox, characters: int = 12) -> QComboBox:
+    """A drop-down as narrow as `characters` letters whatever its items, so that long class names
+    never push its arrow (or the dock's other controls) off the right edge; the list it opens
+    shows the full names, elided in the middle where even that is too narrow."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    combo.view().setTextElideMode(Qt.ElideMiddle)
+    return combo
 
 
 def search_field(model, placeholder: str, key_column: int = 0) -> tuple[QLineEdit, QSortFilterProxyModel]:
@@ -145,6 +163,54 @@ def scroll_column(owner: QWidget, boxes, min_width: int = 440, natural_height: b
     layout.addWidget(scroll)
     owner.setMinimumWidth(min_width)
     return column
+
+
+INTR_DOCK = "napari_intr_dock"  # Qt property marking the contents of our docks
+
+
+class _JoinDockTabs(QObject):
+    """On a dock's first Show (it then sits in its QDockWidget), tabify it with the INTR docks
+    already open in the same dock area, and bring it to the front."""
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Show:
+            watched.removeEventFilter(self)
+            join_dock_tabs(watched)
+        return False
+
+
+def tabbed_dock(widget: QWidget) -> QWidget:
+    """Make `widget` (a dock's contents) join the other INTR docks as a tab. Five docks side by
+    side in napari's right area left each one row; as tabs each gets the whole height, and
+    one click (the tab bar names them) switches task."""
+    widget.setProperty(INTR_DOCK, True)
+    widget._join_dock_tabs = _JoinDockTabs(widget)
+    widget.installEventFilter(widget._join_dock_tabs)
+    return widget
+
+
+def _dock_of(widget: QWidget):
+    while widget is not None and not isinstance(widget, QDockWidget):
+        widget = widget.parentWidget()
+    return widget
+
+
+def join_dock_tabs(widget: QWidget) -> None:
+    dock = _dock_of(widget)
+    window = dock.parentWidget() if dock is not None else None
+    if dock is None or window is None or not hasattr(window, "tabifyDockWidget") or dock.isFloating():
+        return
+    area = window.dockWidgetArea(dock)
+    for other in window.findChildren(QDockWidget):
+        if (other is dock or other.isFloating() or not other.isVisible()
+                or window.dockWidgetArea(other) != area):
+            continue
+        contents = [other.widget(), *(other.widget().findChildren(QWidget) if other.widget() else [])]
+        if any(part.property(INTR_DOCK) for part in contents if part is not None):
+            window.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return
 
 
 def group_box(title: str, *parts) -> QGroupBox:

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -26,7 +27,7 @@ from qtpy.QtWidgets import (
 from napari_intr.editing import EditSession, check_region, compare_explanations, export, pillow_can_write
 
 from ..layers import LayerPicker, is_labels
-from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column, set_items
+from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column, set_items, tabbed_dock
 from ..state import follow, shared_state
 from ..workers import messages
 from ..workers.jobs import edit_job
@@ -52,6 +53,7 @@ def export_paths(session: EditSession, image_layer, folder: Path) -> tuple[Path,
 class EditWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        tabbed_dock(self)
         self.viewer, self.state = napari_viewer, shared_state(napari_viewer)
         self.session: EditSession | None = None
         self.image_layer = self.region_layer = self.edited_layer = None
@@ -78,6 +80,8 @@ class EditWidget(QWidget):
         self.task = TaskBar()
         self.task.busy_changed.connect(self._busy_changed)
         self.edits = QListWidget()
+        self.edits.setTextElideMode(Qt.ElideMiddle)  # "transplant from <layer> over 700 px": both ends matter
+        self.edits.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # elide, never scroll sideways
         self.edits.setMaximumHeight(90)
         self.status = TextLabel("Choose an image and press Edit, then paint the region to edit")
         self.report = EditReport(napari_viewer)
@@ -275,6 +279,8 @@ class EditWidget(QWidget):
         self.edits.clear()
         descriptions = self.session.descriptions() if self.session is not None else []
         self.edits.addItems(descriptions or ["(no edits yet)"])
+        for row in range(self.edits.count()):  # the whole description, however narrow the dock
+            self.edits.item(row).setToolTip(self.edits.item(row).text())
 
     def _new_model(self, model) -> None:
         set_items(self.attention_class, self.state.class_names if model is not None else (), keep_current=True)

@@ -5,6 +5,7 @@ the cached encoder memory), so they are instant and run on the GUI thread."""
 from __future__ import annotations
 
 from magicgui.widgets import ComboBox, Container, SpinBox
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QLabel, QListWidget, QPushButton
 
 from napari_intr.explanation import head_number, layer_from_number
@@ -41,6 +42,7 @@ class AttentionBox(QGroupBox):
         self.keep_button.clicked.connect(self.keep)
         self.ranking = QListWidget()
         self.ranking.setMaximumHeight(110)
+        self.ranking.setTextElideMode(Qt.ElideMiddle)
         self.ranking.setToolTip("Heads by their peak attention weight: the strongest first")
         stack(self, self.showing, self.display.native, QLabel("Heads ranked by peak attention:"), self.ranking, self.keep_button)
         self.display.changed.connect(self.update_layers)
@@ -86,7 +88,9 @@ class AttentionBox(QGroupBox):
 
     def _new_explanation(self, explanation) -> None:
         self._set_enabled(explanation is not None)
-        if explanation is None:
+        if explanation is None:  # the layers stay; this box no longer drives them
+            self.showing.setText("Explain an image to see the attention of each head")
+            self.ranking.clear()
             return
         with self.decoder_layer.changed.blocked():
             self.decoder_layer.max = explanation.num_layers

@@ -5,7 +5,7 @@ from __future__ import annotations
 from qtpy.QtWidgets import QWidget
 
 from ..model_source import ModelSourceBox
-from ..qt_helpers import scroll_column
+from ..qt_helpers import scroll_column, tabbed_dock
 from ..state import follow, shared_state
 from .attention import AttentionBox
 from .batch import BatchBox
@@ -18,6 +18,7 @@ from .save import SaveBox
 class ExplorerWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        tabbed_dock(self)
         self.viewer = napari_viewer
         self.state = state = shared_state(napari_viewer)
         state.clear_explanation()  # a new Explorer starts afresh: its boxes show no earlier result
@@ -30,6 +31,7 @@ class ExplorerWidget(QWidget):
         self.batch = BatchBox(state)
         follow(state.events.explanation, self.results.show_explanation, self.results)
         self.results.class_selected.connect(self.attention.set_class)
+        self.regions.explained.connect(self.results.answer.setText)
         self.model_source.task.busy_changed.connect(
             lambda busy: None if busy else self.explain_box.model_load_ended())
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
 
-from ..layers import LayerPicker
+from ..layers import LayerPicker, bring_into_view
 from ..qt_helpers import TextLabel, stack
 from ..state import ExplorerState, follow
 from ..workers import messages
@@ -102,6 +102,8 @@ class ExplainBox(QGroupBox):
         state.source = source
         state.encoded = encoded
         state.explanation = explanation  # last: listeners read source and encoded too
+        if source.layer in self.viewer.layers:
+            bring_into_view(self.viewer, source.layer)
         notes = [*source.notes, *explanation.notes]
         self.notes.setText("\n".join(f"Note: {note}" for note in notes))
         for note in notes:

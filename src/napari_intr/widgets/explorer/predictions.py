@@ -55,11 +55,10 @@ class PredictionsModel(QAbstractTableModel):
             return self._rows[row][column]
         if role == Qt.TextAlignmentRole and column != NAME_COLUMN:
             return int(Qt.AlignRight | Qt.AlignVCenter)
-        if row == 0 and self._rows:  # rank order: the first row is the top-1
-            if role == Qt.FontRole:
-                return self._bold
-            if role == Qt.ToolTipRole:
-                return "the model's prediction (top-1)"
+        if role == Qt.ToolTipRole and column == NAME_COLUMN:  # the full name, however narrow the column
+            return self._rows[row][column] + (" — the model's prediction (top-1)" if row == 0 else "")
+        if row == 0 and role == Qt.FontRole:  # rank order: the first row is the top-1
+            return self._bold
         return None
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):

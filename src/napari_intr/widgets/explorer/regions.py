@@ -5,6 +5,7 @@ region's attention on the photo and outlines the regions in their top-1 class's 
 from __future__ import annotations
 
 import numpy as np
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -12,18 +13,20 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from napari_intr.explanation import layer_name
+from napari_intr.explanation import layer_name, short_class_name
 
-from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, grid_placement, scaled_mean
+from ..layers import ATTENTION_TAG, KeyedLayers, LayerPicker, camera_of, grid_placement, scaled_mean
 from ..qt_helpers import TextLabel, fill_table, read_only_table, stack
 from ..state import ExplorerState, follow
 from ..workers import messages
 from ..workers.jobs import regions_job
 from ..workers.task_bar import TaskBar
 
-COLUMNS = ("Region", "Top class", "p", "2nd", "p", "3rd", "p")
+COLUMNS = ("Region", "Top class", "p", "2nd", "p")  # the saved CSV has the 3rd too: a dock has room for two
 MARGINS = ("0", "5%", "10%", "20%", "16")
 OUTLINE_WIDTH = 3
+LABEL_SIZE = 10  # napari draws text at this size on screen, whatever the zoom
+CHARACTER_WIDTH, LINE_HEIGHT = 0.62, 1.4  # of LABEL_SIZE: DejaVu Sans, as napari draws it
 
 
 def is_region_layer(layer) -> bool:
@@ -37,6 +40,11 @@ def class_colour(index: int) -> np.ndarray:
 
 
 class RegionsBox(QGroupBox):
+    """Region results belong to their photo: explaining regions replaces the single-image
+    explanation (the Results and Save boxes then show the regions), and explaining an image
+    clears the regions (their layers stay in the viewer)."""
+    explained = Signal(str)  # a line for the Results box: which photo's regions are shown
+
     def __init__(self, viewer, state: ExplorerState, image_box, parent=None):
         super().__init__("Regions: many specimens in one photo", parent)
         self.viewer, self.state, self.image_box = viewer, state, image_box
@@ -54,7 +62,7 @@ class RegionsBox(QGroupBox):
         self.explain_button.clicked.connect(self.explain_regions)
         self.task = TaskBar()
         self.task.busy_changed.connect(lambda busy: self.explain_button.setEnabled(not busy))
-        self.table = read_only_table(COLUMNS, stretch_column=1)
+        self.table = read_only_table(COLUMNS, stretch_column=(1, 3))  # the class columns
         self.table.setMinimumHeight(120)
         self.summary = TextLabel("Draw rectangles in a Shapes layer over the photo (or label the "
                                  "specimens), choose it here, and press Explain regions")
@@ -64,9 +72,14 @@ class RegionsBox(QGroupBox):
         stack(self, form, self.explain_button, self.task, self.table, self.summary)
         self.maps = KeyedLayers(viewer)
         self.outlines = None
+        self._labels: tuple = ()   # (boxes, full texts, region ids) of the outlines' labels
+        zoomed = camera_of(viewer).events.zoom
+        zoomed.connect(self._place_labels)
+        self.destroyed.connect(lambda *_, zoomed=zoomed, slot=self._place_labels: zoomed.disconnect(slot))
         self.results: list = []    # regions.RegionResult of the last run
         self.photo = None          # (full-resolution plane, ImageSource) of the last run
         follow(state.events.model, self._model_changed, self)
+        follow(state.events.explanation, self._image_explained, self)
 
     def explain_regions(self) -> None:
         from napari_intr.regions import Margin
@@ -92,6 +105,7 @@ class RegionsBox(QGroupBox):
             messages.notify("The regions were explained with the previous model; press Explain regions "
                             "again for the new one", "info")
             return
+        self.state.clear_explanation()  # the regions are now the current result (before they are set)
         self.results, self.photo = results, (plane, source)
         self._fill_table(results)
         for result in results:
@@ -101,17 +115,26 @@ class RegionsBox(QGroupBox):
                   "the heads, last decoder layer) lies on the photo")]
         lines += [f"Region {region.id} skipped: {reason}" for region, reason in failures]
         self.summary.setText("\n".join(lines))
+        self.explained.emit(f"{len(results)} regions of '{source.name}' explained: their classes are in "
+                            "the Regions table")
         for region, reason in failures:
             messages.notify(f"Region {region.id}: {reason}", "warning")
 
     def _fill_table(self, results) -> None:
-        rows = []
+        """Two classes a row share a dock's width: each shows its short name (the epithet, which
+        tells look-alikes apart) and its full name on hover."""
+        rows, full_names = [], []
         for result in results:
-            cells = [result.region.id]
-            for entry in result.explanation.table()[:3]:
-                cells += [entry["name"], f"{entry['probability']:.3f}"]
+            cells, names = [result.region.id], []
+            for entry in result.explanation.table()[:2]:
+                cells += [short_class_name(entry["name"]), f"{entry['probability']:.3f}"]
+                names.append(entry["name"])
             rows.append(cells)
+            full_names.append(names)
         fill_table(self.table, rows)
+        for row, names in enumerate(full_names):
+            for column, name in zip((1, 3), names):
+                self.table.item(row, column).setToolTip(name)
 
     def _show_maps(self, result, source) -> None:
         explanation, region = result.explanation, result.region
@@ -136,19 +159,66 @@ class RegionsBox(QGroupBox):
             column = explanation.column(top)
             colours.append(class_colour(explanation.class_indices[column]))
             probability = float(explanation.probabilities[column])
-            texts.append(f"{region.id}: {top} ({probability:.2f})")
+            texts.append(f"{region.id}: {short_class_name(top)} ({probability:.2f})")
         name = f"{source.name} · regions (top-1)"
         if self.outlines is not None and self.outlines in self.viewer.layers:
             self.viewer.layers.remove(self.outlines)  # our own layer, replaced by the new run's
         self.outlines = self.viewer.add_shapes(
             rectangles, shape_type="rectangle", name=name, edge_color=colours, face_color="transparent",
-            edge_width=OUTLINE_WIDTH * float(plane_scale.mean()), properties={"label": texts},
-            text={"string": "{label}", "anchor": "upper_left", "size": 10, "color": "white"},
+            edge_width=OUTLINE_WIDTH * float(plane_scale.mean()),
+            features={"label": texts, "full": texts, "region": [result.region.id for result in results]},
+            text={"string": "{label}", "anchor": "upper_left", "size": LABEL_SIZE, "color": "white"},
             metadata={ATTENTION_TAG: True, "image": source.name})
+        self._labels = ([np.array([r.min(axis=0), r.max(axis=0)]) for r in rectangles], texts,
+                        [result.region.id for result in results])
+        self._place_labels()
+
+    def _place_labels(self, *_) -> None:
+        """Napari's text keeps its screen size as the canvas zooms out, so at fit-to-view the
+        labels of neighbouring regions ran into each other: each zoom re-places them."""
+        if self.outlines is None or self.outlines not in self.viewer.layers or not self._labels:
+            return
+        boxes, texts, ids = self._labels
+        shown = label_texts(boxes, texts, ids, LABEL_SIZE / max(float(camera_of(self.viewer).zoom), 1e-9))
+        if list(self.outlines.features["label"]) != shown:
+            features = self.outlines.features.copy()
+            features["label"] = shown
+            self.outlines.features = features
 
     def _model_changed(self, *_) -> None:
+        self.clear()
+
+    def _image_explained(self, explanation) -> None:
+        if explanation is not None and self.results:
+            self.clear("The regions' results were cleared: an image was explained since. Explain "
+                       "regions again to show or save them")
+
+    def clear(self, note: str = "") -> None:
         self.results, self.photo = [], None
         self.table.setRowCount(0)
+        if note:
+            self.summary.setText(note)
+
+
+def label_texts(boxes, texts, short_texts, text_size: float) -> list[str]:
+    """What each region's label says so that no two labels overlap: its full text, else its short
+    text (the region id: the Regions table names its class), else nothing. `boxes`: per region
+    [[row0, col0], [row1, col1]] in world units; `text_size`: the labels' size in world units at
+    the current zoom. A label sits on its box's top edge, starting at the box's left."""
+    placed, shown = [], []
+    for box, candidates in zip(boxes, zip(texts, short_texts, strict=True), strict=True):
+        (row0, col0), _ = np.asarray(box, dtype=float)
+        chosen = ""
+        for text in candidates:
+            text = str(text)
+            rect = (row0 - LINE_HEIGHT * text_size, col0, row0, col0 + CHARACTER_WIDTH * text_size * len(text))
+            if not any(rect[0] < other[2] and other[0] < rect[2] and rect[1] < other[3] and other[1] < rect[3]
+                       for other in placed):
+                chosen = text
+                placed.append(rect)
+                break
+        shown.append(chosen)
+    return shown
 
 
 def region_placement(explanation, offset, source) -> tuple[tuple[float, float], tuple[float, float]]:

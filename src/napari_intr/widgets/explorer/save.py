@@ -41,6 +41,8 @@ class SaveBox(QGroupBox):
         stack(self, self.form.native, self.save_button, self.task, self.summary)
 
     def save(self) -> None:
+        """Save the current result: the explained image, or the explained regions of a photo
+        (never both: each clears the other), in files named after that image."""
         state, regions = self.state, self.regions_box.results
         if state.explanation is None and not regions:
             messages.notify("Nothing to save yet: Explain an image (or Explain regions) first", "warning")
@@ -48,24 +50,24 @@ class SaveBox(QGroupBox):
         if not self.folder.path:
             messages.notify("Choose a folder for the saved explanation", "warning")
             return
-        source = state.source if state.explanation is not None else self.regions_box.photo[1]
-        image = None
-        if state.explanation is not None:
+        explanation, image, photo = state.explanation, None, None
+        if explanation is not None:
+            source = state.source
             try:
                 image = self._explained_plane(source)
             except ValueError as error:
                 messages.notify(str(error), "warning")
                 return
-        photo = self.regions_box.photo[0] if regions else None
+            regions = []
+        else:
+            photo, source = self.regions_box.photo
         image_file = _file_of(source.layer)
         pixel_size = _layer_pixel_size(source.layer) or _pixel_size(image_file)
-        explanation = state.explanation
         layer = layer_from_number(self.attention_box.decoder_layer.value, explanation.num_layers) if explanation else -1
-        class_name = self.attention_box.class_name or (state.explanation.top_class() if state.explanation else None)
-        stem = re.sub(r"[^\w.-]+", "_", source.name).strip("_.") or "explanation"
+        class_name = (self.attention_box.class_name or explanation.top_class()) if explanation else None
         self.summary.setText("")
-        self.task.start(save_job, self.folder.path, stem, state.explanation, image, class_name, layer, regions,
-                        photo, pixel_size, self.file_format.value, image_file,
+        self.task.start(save_job, self.folder.path, file_stem(source.name), explanation, image, class_name, layer,
+                        regions, photo, pixel_size, self.file_format.value, image_file,
                         doing=f"Saving the explanation of '{source.name}'", on_result=self._report)
 
     def _explained_plane(self, source):
@@ -83,6 +85,11 @@ class SaveBox(QGroupBox):
         folder = Path(written[0]).parent if written else Path(self.folder.path)
         self.summary.setText(f"Saved {len(written)} files in {folder}: " + ", ".join(Path(p).name for p in written))
         messages.notify(f"Saved {len(written)} files in {folder}")
+
+
+def file_stem(image_name: str) -> str:
+    """The start of every saved file's name: the image's (layer) name, safe on every file system."""
+    return re.sub(r"[^\w.-]+", "_", image_name).strip("_.") or "explanation"
 
 
 def _file_of(layer) -> str | None:

@@ -22,14 +22,14 @@ from qtpy.QtWidgets import (
 )
 
 from ... import run_folder
-from ..qt_helpers import TextLabel, group_box, scroll_column
+from ..qt_helpers import TextLabel, group_box, scroll_column, tabbed_dock
 from ..state import shared_state
 from ..workers import messages
 from ..workers.jobs import CollectionSummary
 from ..workers.training_process import TrainingProcess
 from .collection import CollectionBox
-from .plot import TrainingPlot, flat_loss_note
-from .results import RunResultsBox
+from .plot import TrainingPlot, loss_trend_note
+from .results import RunResultsBox, accuracy_text
 from .settings import SettingsBox, default_runs_folder, new_run_folder
 
 WIDGET_NAME = "INTR Fine-tune"
@@ -49,6 +49,7 @@ class _ActivityBar(cancelable_progress):
 class FineTuneWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        tabbed_dock(self)
         self.viewer = napari_viewer
         self.state = shared_state(napari_viewer)
         self.collection = CollectionBox()
@@ -180,6 +181,7 @@ class FineTuneWidget(QWidget):
 
     def _on_start_event(self, event: dict) -> None:
         self._first_epoch, self._epochs = event["first_epoch"], event["epochs"]
+        self.results.val_images = event["val_images"]
         self._steps_per_epoch = max(1, event["steps_per_epoch"])
         total = max(1, (self._epochs - self._first_epoch + 1) * self._steps_per_epoch)
         self.bar.setRange(0, total)
@@ -207,7 +209,7 @@ class FineTuneWidget(QWidget):
 
     def _on_epoch_event(self, event: dict) -> None:
         self.plot.add_epoch({key: event.get(key) for key in ("epoch", "loss", "train_acc", "val_acc", "lr")})
-        self.note.setText(flat_loss_note(self.plot.epoch_losses()))
+        self.note.setText(loss_trend_note(self.plot.epoch_losses()))
         val = "n/a" if event.get("val_acc") is None else f"{event['val_acc']:.1%}"
         loss = "n/a" if event.get("loss") is None else f"{event['loss']:.4f}"
         self.log.appendPlainText(f"epoch {event['epoch']}/{self._epochs}: loss {loss}, train accuracy "
@@ -235,9 +237,8 @@ class FineTuneWidget(QWidget):
     def _on_ended(self, exit_code: int, crashed: bool) -> None:
         log = self.process.log_path
         if self._done is not None and exit_code == 0:
-            best = self._done.get("best_val_acc")
-            text = (f"Fine-tuning finished: best validation accuracy "
-                    f"{'n/a' if best is None else f'{best:.1%}'}; model in {self._done['model']}")
+            best = accuracy_text(self._done.get("best_val_acc"), self.results.val_images)
+            text = f"Fine-tuning finished: best validation accuracy {best}; model in {self._done['model']}"
             level, status = "info", "Finished"
             if log is not None and log.parent.parent == default_runs_folder():
                 self.settings.out.path = new_run_folder()  # Start again makes a new run

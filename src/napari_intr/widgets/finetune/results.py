@@ -13,9 +13,33 @@ from ..workers import messages
 from ..workers.jobs import load_model_job
 from ..workers.task_bar import TaskBar
 
+FEW_VALIDATION_IMAGES = 30  # below this an accuracy is too uncertain to compare runs by
+
 
 def _percent(value) -> str:
     return "n/a" if value is None else f"{value:.1%}"
+
+
+def clopper_pearson(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) interval of a proportion: it never claims more than the
+    images show, also at 0 or all correct, where the normal approximation collapses to a point."""
+    from scipy.stats import beta
+    tail = (1 - confidence) / 2
+    low = 0.0 if correct == 0 else float(beta.ppf(tail, correct, total - correct + 1))
+    high = 1.0 if correct == total else float(beta.ppf(1 - tail, correct + 1, total - correct))
+    return low, high
+
+
+def accuracy_text(accuracy: float | None, images: int | None) -> str:
+    """"100 % of 9 (66–100 %, 95 % Clopper–Pearson interval)": an accuracy with the count it rests
+    on and its uncertainty; just the percentage when the count is unknown."""
+    if accuracy is None:
+        return "n/a (no validation images)" if images == 0 else "n/a"
+    if not images:
+        return f"{accuracy:.1%}"
+    correct = round(accuracy * images)
+    low, high = clopper_pearson(correct, images)
+    return f"{100 * accuracy:.0f} % of {images} ({100 * low:.0f}–{100 * high:.0f} %, 95 % Clopper–Pearson interval)"
 
 
 class RunResultsBox(QGroupBox):
@@ -34,13 +58,18 @@ class RunResultsBox(QGroupBox):
         stack(self, self.summary, self.table, self.use_button, self.task)
         self.model_path: Path | None = None
         self.device = "auto"
+        self.val_images: int | None = None  # from the run's start event
         self.setVisible(False)
 
     def show_done(self, event: dict) -> None:
         self.model_path = Path(event["model"])
         per_class = event.get("per_class_accuracy") or {}
-        self.summary.setText(f"Best validation accuracy: {_percent(event.get('best_val_acc'))}\n"
-                             f"Model: {self.model_path}")
+        lines = [f"Best validation accuracy: {accuracy_text(event.get('best_val_acc'), self.val_images)}"]
+        if self.val_images is not None and 0 < self.val_images < FEW_VALIDATION_IMAGES:
+            lines.append(f"Warning: only {self.val_images} validation images; with fewer than "
+                         f"{FEW_VALIDATION_IMAGES} the accuracy can be far from the truth (see the interval). "
+                         "Validate on more images (a val/ folder, or a larger split) before trusting it.")
+        self.summary.setText("\n".join([*lines, f"Model: {self.model_path}"]))
         fill_table(self.table, [(name, _percent(accuracy)) for name, accuracy in sorted(per_class.items())],
                    numeric_columns=(1,))
         self.table.setVisible(bool(per_class))

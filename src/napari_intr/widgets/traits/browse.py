@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
-    QLabel,
     QVBoxLayout,
 )
 
 from ...atlas.folder import ATLAS_HTML, read_atlas
-from ..qt_helpers import TextLabel, fill_table, read_only_table, set_items
+from ...explanation import short_class_name
+from ..qt_helpers import TextLabel, fill_table, fit_combo, read_only_table, set_items
 from ..workers import messages
 
 GALLERY_TAG = "napari_intr_traits"  # metadata key marking the dock's layers
@@ -53,12 +53,12 @@ class AtlasBrowser(QGroupBox):
         self._cells: list[dict] = []
         self._query: str | None = None  # whose attention the shown gallery's patches are
         self.summary = TextLabel("Build or open an atlas to browse it")
-        self.class_choice = QComboBox()
+        self.class_choice = fit_combo(QComboBox())
         self.class_choice.currentIndexChanged.connect(self.show_class)
         self.heads = read_only_table(HEAD_COLUMNS, stretch_column=4)
         self.heads.setMaximumHeight(170)
         self.heads.itemSelectionChanged.connect(self._focus_head)
-        self.pair_choice = QComboBox()
+        self.pair_choice = fit_combo(QComboBox())
         self.pair_choice.currentIndexChanged.connect(self.show_pair)
         self.pair_heads = read_only_table(PAIR_COLUMNS, stretch_column=4)
         self.pair_heads.setMaximumHeight(170)
@@ -72,7 +72,7 @@ class AtlasBrowser(QGroupBox):
         pair_form.addRow("Look-alike pair", self.pair_choice)
         layout.addLayout(pair_form)
         layout.addWidget(self.pair_heads)
-        layout.addWidget(QLabel("Click a patch in the gallery to open that specimen in the Explorer."))
+        layout.addWidget(TextLabel("Click a patch in the gallery to open that specimen in the Explorer."))
         self._set_enabled(False)
 
     def load(self, folder: str | Path) -> None:
@@ -89,7 +89,10 @@ class AtlasBrowser(QGroupBox):
                              f"{len(self.atlas['pairs'])} look-alike pairs. Full report: "
                              f"{self.folder / ATLAS_HTML}")
         set_items(self.class_choice, [c["name"] for c in classes])
-        set_items(self.pair_choice, [f"{p['a']} vs {p['b']}" for p in self.atlas["pairs"]])
+        set_items(self.pair_choice, [f"{short_class_name(p['a'])} vs {short_class_name(p['b'])}"
+                                     for p in self.atlas["pairs"]])
+        for index, pair in enumerate(self.atlas["pairs"]):  # the full names on hover
+            self.pair_choice.setItemData(index, f"{pair['a']} vs {pair['b']}", Qt.ToolTipRole)
         self._set_enabled(True)
         self.show_class()
 
@@ -140,6 +143,15 @@ class AtlasBrowser(QGroupBox):
         shapes.mouse_drag_callbacks.append(self._on_click)
         self._gallery = (image, shapes)
         self.viewer.reset_view()
+
+    def beside_gallery(self) -> tuple[float, float]:
+        """Where a specimen opened from the gallery goes (its top-left, world units): right of the
+        gallery, so it never covers the patches and their labels."""
+        image, _ = self._gallery_layers()
+        if image is None:
+            return (0.0, 0.0)
+        low, high = (np.asarray(corner, dtype=float)[-2:] for corner in np.asarray(image.extent.world))
+        return (float(low[0]), float(high[1] + 0.05 * (high[1] - low[1]) + 1))
 
     def _gallery_layers(self):
         """The gallery's (image, shapes) layers still in the viewer (None where the user deleted one)."""

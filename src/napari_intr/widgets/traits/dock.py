@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QWidget
 from napari_intr.explanation import layer_name
 
 from ..model_source import ModelSourceBox
-from ..qt_helpers import scroll_column
+from ..qt_helpers import scroll_column, tabbed_dock
 from ..state import follow, shared_state
 from ..workers import messages
 from .browse import AtlasBrowser, PatchChoice
@@ -22,6 +22,7 @@ EXPLORER = ("napari-intr", "INTR Explorer")
 class TraitsWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        tabbed_dock(self)
         self.viewer = napari_viewer
         self.state = state = shared_state(napari_viewer)
         self.model_source = ModelSourceBox(state)  # the Explorer's model: loading here loads it there
@@ -46,7 +47,8 @@ class TraitsWidget(QWidget):
             except (OSError, ValueError) as error:
                 messages.notify(f"Cannot open {choice.path.name}: {error}", "warning")
                 return
-            layer = self.viewer.add_image(image, name=choice.path.stem, metadata={"source_path": str(choice.path)})
+            layer = self.viewer.add_image(image, name=choice.path.stem, translate=self.browser.beside_gallery(),
+                                          metadata={"source_path": str(choice.path)})
         if self.state.model is None:
             messages.notify("Load a model first (Model box): the Explorer explains with it", "warning")
             return

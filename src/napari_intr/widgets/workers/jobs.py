@@ -163,7 +163,7 @@ def regions_job(model, model_name: str, photo, regions: list, margin, name: str,
 @reports_runtime_errors
 def save_job(folder: str, stem: str, explanation, image, class_name: str | None, layer: int, regions: list,
              photo, pixel_size, file_format: str, image_file: str | None):
-    """The Explorer's "save explanation": the current explanation and/or the regions of a photo."""
+    """The Explorer's "save explanation": the current explanation, or the regions of a photo."""
     from napari_intr.export import save_explanation, save_regions
     written = []
     if explanation is not None and class_name is not None:
@@ -172,7 +172,7 @@ def save_job(folder: str, stem: str, explanation, image, class_name: str | None,
                                     pixel_size, file_format, image_file)
     if regions:
         yield Progress(1, 2, f"saving {len(regions)} regions")
-        written += save_regions(folder, f"{stem}_regions" if written else stem, regions, np.asarray(photo), layer,
+        written += save_regions(folder, stem, regions, np.asarray(photo), layer,
                                 pixel_size, file_format, image_file=image_file)
     yield Result(written)
 
