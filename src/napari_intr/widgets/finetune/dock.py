@@ -29,7 +29,7 @@ from ..workers.jobs import CollectionSummary
 from ..workers.training_process import TrainingProcess
 from .collection import CollectionBox
 from .plot import TrainingPlot, flat_loss_note
-from .results import RunResultsBox
+from .results import RunResultsBox, calibration_text
 from .settings import SettingsBox, default_runs_folder, new_run_folder
 
 STATE_FILE, METRICS_FILE = "training_state.pt", "metrics.jsonl"  # as intr_training.state writes them
@@ -238,7 +238,8 @@ class FineTuneWidget(QWidget):
         if self._done is not None and exit_code == 0:
             best = self._done.get("best_val_acc")
             text = (f"Fine-tuning finished: best validation accuracy "
-                    f"{'n/a' if best is None else f'{best:.1%}'}; model in {self._done['model']}")
+                    f"{'n/a' if best is None else f'{best:.1%}'}; model in {self._done['model']}. "
+                    f"{calibration_text(self._done.get('calibration'))}")
             level, status = "info", "Finished"
             if log is not None and log.parent.parent == default_runs_folder():
                 self.settings.out.path = new_run_folder()  # Start again makes a new run
