@@ -31,6 +31,8 @@ DEFAULT_ALPHA = 0.10  # prediction sets miss the true species of at most this sh
 METHOD = "lac"
 FORMAT_VERSION = 1
 METADATA_KEY = "calibration"  # the checkpoint metadata entry (napari_intr.checkpoints)
+SUBSET_NOTE = ("not judged against the calibration: its threshold and prediction sets hold for all the "
+               "model's classes, not a chosen subset")
 
 
 class CalibrationError(ValueError):
@@ -210,6 +212,14 @@ def judge(calibration: Calibration | None, logits: np.ndarray, class_names: list
     members = members[np.argsort(-probabilities[members], kind="stable")]
     return CalibratedPrediction(score, bool(score >= calibration.threshold),
                                 [class_names[i] for i in members], calibration)
+
+
+def rejected_text(calibration: Calibration, names: list[str], total: int, what: str = "images",
+                  shown: int = 5) -> str:
+    """How a collection's rejected items are counted and listed (never summarised as a species)."""
+    listed = ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
+    return (f"none of the {calibration.classes:,} species: {len(names)} of {total} {what}"
+            + (f" ({listed})" if names else ""))
 
 
 # -- evaluation -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .calibration import CalibratedPrediction, judge
+from .calibration import SUBSET_NOTE, CalibratedPrediction, judge
 from .model import INTR, EncodedImages
 from .preprocess import MIN_IMAGE_SIZE, TYPE_RANGES, dtype_problem, layout_problem, resized_shape
 
@@ -289,6 +289,9 @@ class Explainer:
         notes = list(encoded.notes)
         if output.candidates is not None and output.candidates > len(output.classes):
             notes.append(shortlist_note(len(output.classes), output.candidates))
+        calibrated = self.judge(output.classes, logits, output.candidates)
+        if calibrated is None and getattr(self.model, "calibration", None) is not None:
+            notes.append(SUBSET_NOTE)
         return Explanation(
             image_name=encoded.image_name,
             class_names=[self.model.class_names[i] for i in output.classes],
@@ -306,7 +309,7 @@ class Explainer:
             candidates=output.candidates,
             attention_layers=None if layers is None else list(output.attention_layers),
             decoder_layers=None if layers is None else self.model.config.dec_layers,
-            calibrated=self.judge(output.classes, logits, output.candidates),
+            calibrated=calibrated,
         )
 
     def judge(self, classes: list[int], logits: torch.Tensor, candidates: int | None) -> CalibratedPrediction | None:
@@ -317,7 +320,7 @@ class Explainer:
             return None
         full = torch.full((len(names),), float("-inf"))
         full[torch.as_tensor(classes)] = logits.cpu()
-        return judge(self.model.calibration, full.numpy(), names)
+        return judge(getattr(self.model, "calibration", None), full.numpy(), names)
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
                 mode: str = "drop", shortlist: int | None = None,
