@@ -148,3 +148,82 @@ def open_set_report(model: INTR, known_logits: np.ndarray, known_labels: np.ndar
         report.update(threshold=calibration.threshold, known_kept=float((known >= calibration.threshold).mean()),
                       unknown_rejected=float((unknown < calibration.threshold).mean()))
     return report
+
+
+def evaluate_open_set(model: INTR, samples: list[tuple[Path, int]], folder: Path, unknown=None,
+                      batch_size: int = 16, workers: int = 0) -> dict:
+    """`intr eval`'s open-set part: with --unknown, AUROC and FPR at 95 % TPR of known vs unknown
+    images; for a calibrated model, the empirical coverage and mean set size of its prediction
+    sets on the known images, overall and per class (a fair test only on images it was not
+    calibrated on: a folder it was calibrated on is flagged)."""
+    from napari_intr.calibration import coverage_table
+    report: dict = {"calibrated": model.calibration is not None}
+    unknown_set = unknown_samples(model, unknown) if unknown is not None else None  # refused before any work
+    known_logits, known_labels = collect_logits(model, samples, batch_size, workers)
+    if unknown_set is not None:
+        unknown_logits, _ = collect_logits(model, unknown_set, batch_size, workers)
+        report["open_set"] = {"unknown": str(unknown), **open_set_report(model, known_logits, known_labels,
+                                                                        unknown_logits)}
+        report["_scores"] = (known_logits, unknown_logits)
+    calibration = model.calibration
+    if calibration is not None:
+        from napari_intr.calibration import softmax
+        report["coverage"] = {"nominal": 1 - calibration.alpha, "method": calibration.method,
+                              "calibration_images": calibration.images,
+                              **coverage_table(softmax(known_logits), known_labels, calibration.quantile,
+                                               model.class_names)}
+        used = calibration.data is not None and Path(calibration.data).resolve() == Path(folder).resolve()
+        report["coverage"]["same_as_calibration_data"] = used
+    return report
+
+
+def write_open_set_outputs(out: Path, model: INTR, report: dict) -> list[Path]:
+    """coverage.csv (per class) and open_set.png: the coverage per class against the nominal level,
+    the set sizes and, with unknown images, the score histograms and the ROC curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from napari_intr.csv_output import write_csv
+    written = []
+    coverage, open_set = report.get("coverage"), report.get("open_set")
+    if coverage is not None:
+        written.append(write_csv(out / "coverage.csv", ["class", "images", "coverage", "mean_set_size"],
+                                 ([name, c["images"], c["coverage"], c["mean_set_size"]]
+                                  for name, c in coverage["per_class"].items())))
+    panels = [p for p in ("coverage", "open_set") if report.get(p) is not None]
+    if not panels:
+        return written
+    figure, axes = plt.subplots(1, 2 * len(panels), figsize=(5 * 2 * len(panels), 4), squeeze=False)
+    axes = list(axes[0])
+    if coverage is not None:
+        names = list(coverage["per_class"])
+        axis = axes.pop(0)
+        axis.barh(names, [coverage["per_class"][n]["coverage"] for n in names], color="tab:blue")
+        axis.axvline(coverage["nominal"], color="black", linestyle="--", label=f"nominal {coverage['nominal']:.0%}")
+        axis.set(xlim=(0, 1), xlabel="coverage", title=f"coverage {coverage['coverage']:.1%} overall")
+        axis.legend(loc="lower left")
+        axis = axes.pop(0)
+        axis.barh(names, [coverage["per_class"][n]["mean_set_size"] for n in names], color="tab:orange")
+        axis.set(xlabel="mean prediction-set size", title=f"mean set size {coverage['mean_set_size']:.2f}")
+    if open_set is not None:
+        known_logits, unknown_logits = report["_scores"]
+        known = open_set_scores(known_logits, open_set["score"])
+        unknown = open_set_scores(unknown_logits, open_set["score"])
+        axis = axes.pop(0)
+        bins = np.linspace(min(known.min(), unknown.min()), max(known.max(), unknown.max()), 40)
+        axis.hist(known, bins, alpha=0.6, label="known species")
+        axis.hist(unknown, bins, alpha=0.6, label="unknown")
+        if "threshold" in open_set:
+            axis.axvline(open_set["threshold"], color="black", linestyle="--", label="threshold")
+        axis.set(xlabel=open_set["score"].replace("_", " "), ylabel="images", title="open-set score")
+        axis.legend()
+        axis = axes.pop(0)
+        thresholds = np.sort(np.concatenate([known, unknown]))[::-1]
+        axis.plot([(unknown >= t).mean() for t in thresholds], [(known >= t).mean() for t in thresholds])
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        axis.set(xlabel="unknown kept (FPR)", ylabel="known kept (TPR)", title=f"ROC, AUROC {open_set['auroc']:.3f}")
+    figure.tight_layout()
+    figure.savefig(out / "open_set.png", dpi=100)
+    plt.close(figure)
+    return [*written, out / "open_set.png"]
