@@ -43,10 +43,10 @@ def prediction_columns(top_k: int) -> list[str]:
 def prediction_cells(explanation: Explanation, top_k: int) -> dict:
     """The cells of `prediction_columns` for one explanation (probabilities to 6 significant digits)."""
     labels, cells = explanation.labels(), {}
-    verdict = explanation.calibrated
-    if verdict is not None:
-        cells.update(known="yes" if verdict.known else "no", open_set_score=float(f"{verdict.score:.6g}"),
-                     prediction_set=SET_SEPARATOR.join(verdict.prediction_set))
+    verdict = explanation.calibrated  # None: not calibrated (or a subset of classes), empty cells
+    cells.update(known=None if verdict is None else "yes" if verdict.known else "no",
+                 open_set_score=None if verdict is None else float(f"{verdict.score:.6g}"),
+                 prediction_set=None if verdict is None else SET_SEPARATOR.join(verdict.prediction_set))
     for rank, entry in enumerate(explanation.table()[:top_k], start=1):
         cells[f"top{rank}_class"] = entry["name"]
         cells[f"top{rank}_label"] = labels[explanation.column(entry["name"])]

@@ -90,8 +90,8 @@ def print_report(summary: dict) -> None:
 
 
 def print_open_set(summary: dict) -> None:
-    if not summary.get("calibrated", True) and "open_set" not in summary:
-        return
+    if "open_set" not in summary and "coverage" not in summary:
+        return  # a model without calibration, judged without --unknown: as before
     if "open_set" in summary:
         report = summary["open_set"]
         print(f"known vs unknown ({report['known_images']} vs {report['unknown_images']} images from "
@@ -113,5 +113,5 @@ def print_open_set(summary: dict) -> None:
         width = max(len(name) for name in coverage["per_class"])
         for name, values in coverage["per_class"].items():
             print(f"  {name:<{width}}  coverage {values['coverage']:.3f}  mean set size {values['mean_set_size']:.2f}")
-    elif not summary["calibrated"]:
+    elif not summary.get("calibrated"):
         print("the model is not calibrated: no prediction sets (calibrate it with intr calibrate)")
