@@ -102,7 +102,7 @@ def samples_of(model, folder: Path, label=True) -> list:
 def synthetic(work: Path) -> dict:
     from intr_training import synth
     from intr_training.calibrate import calibrate_samples, collect_logits
-    from napari_intr.calibration import coverage_table, softmax
+    from napari_intr.calibration import coverage_table, open_set_scores, softmax
     from napari_intr.loading import load_model
     work.mkdir(parents=True, exist_ok=True)
     known = [s.name for s in synth.SPECIES if s.ring in KNOWN_RINGS]
@@ -131,14 +131,15 @@ def synthetic(work: Path) -> dict:
             "tuning": scores_table(calibration_logits, {"morpho": tuning_unknown}),
             "test": scores_table(test_logits, {"morpho": test_unknown}),
             "coverage": coverage, "test_accuracy": float((test_logits.argmax(-1) == test_labels).mean()),
-            "known_kept": float((test_logits.max(-1) >= calibration.threshold).mean()),
-            "unknown_rejected": float((test_unknown.max(-1) < calibration.threshold).mean())}
+            "score": calibration.score,
+            "known_kept": float((open_set_scores(test_logits, calibration.score) >= calibration.threshold).mean()),
+            "unknown_rejected": float((open_set_scores(test_unknown, calibration.score) < calibration.threshold).mean())}
 
 
 def lookalikes(work: Path) -> dict:
     import lookalikes as generator
-    from intr_training.calibrate import collect_logits
-    from napari_intr.calibration import coverage_table, softmax
+    from intr_training.calibrate import calibrate_samples, collect_logits
+    from napari_intr.calibration import DEFAULT_SCORE, coverage_table, open_set_scores, softmax
     from napari_intr.loading import load_model
     work.mkdir(parents=True, exist_ok=True)
     for name, seed, per_class, val in (("drawn-train", 2025, 150, 40), ("drawn-test", 2026, 100, 0)):
@@ -153,15 +154,21 @@ def lookalikes(work: Path) -> dict:
                                                         for p in sorted((test / n).iterdir())])
     unknowns = {group: collect_logits(model, [(p, -1) for n in names for p in sorted((test / n).iterdir())])[0]
                 for group, names in (("look-alike", LOOKALIKE_UNKNOWN), ("not look-alike", OTHER_UNKNOWN))}
+    trained_with = None if model.calibration is None else model.calibration.score
+    if trained_with != DEFAULT_SCORE:  # calibrated by an earlier default: the same validation images again
+        calibrate_samples(model, [(p, model.class_names.index(n)) for n in LOOKALIKE_KNOWN
+                                  for p in sorted((work / "known" / "val" / n).iterdir())], "val")
     calibration = model.calibration
     result = {"training": run, "calibration": None if calibration is None else calibration.describe(),
+              "calibrated_by_intr_train_with": trained_with,
               "test": scores_table(known_logits, unknowns),
               "test_accuracy": float((known_logits.argmax(-1) == known_labels).mean())}
     if calibration is not None:
         result["coverage"] = coverage_table(softmax(known_logits), known_labels, calibration.quantile, model.class_names)
-        result["rejected"] = {group: float((logits.max(-1) < calibration.threshold).mean())
+        score = calibration.score
+        result["rejected"] = {group: float((open_set_scores(logits, score) < calibration.threshold).mean())
                               for group, logits in unknowns.items()}
-        result["known_kept"] = float((known_logits.max(-1) >= calibration.threshold).mean())
+        result["known_kept"] = float((open_set_scores(known_logits, score) >= calibration.threshold).mean())
     return result
 
 

@@ -1,10 +1,11 @@
 """"None of these species": an open-set threshold and split-conformal prediction sets, calibrated
 on images of known species and stored with the model (this module owns that metadata's format).
 
-- Open-set score: the maximum logit, i.e. the highest presence score w^T z_out of any class
-  query (Eq. 6: "which class sees itself most?"). A good closed-set classifier's maximum logit is
-  a strong open-set score (Vaze et al., ICLR 2022); benchmarks/open_set.py measures it against
-  the energy, the presence margin and the maximum softmax (benchmarks/RESULTS.md, issue 25).
+- Open-set score: the energy, log sum_c exp(w^T z_out,c), of the presence scores of every class
+  query (Eq. 6: "how much does any class see itself?"; Liu et al., NeurIPS 2020). It is close to
+  the maximum logit, a strong open-set score for a good closed-set classifier (Vaze et al., ICLR
+  2022), and was chosen over it, the presence margin and the maximum softmax by
+  benchmarks/open_set.py on a synthetic tuning split (benchmarks/RESULTS.md, issue 25).
 - Threshold: the k-th lowest score of n calibration images, k = floor((n + 1)(1 - keep)), so
   that a new image exchangeable with them scores at least the threshold with probability at
   least `keep` (default 95 %); below it the image is "none of the N species".
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 SCORES = ("max_logit", "energy", "presence_margin", "max_softmax")
-DEFAULT_SCORE = "max_logit"
+DEFAULT_SCORE = "energy"
 DEFAULT_KEEP = 0.95   # share of known-species images kept as known
 DEFAULT_ALPHA = 0.10  # prediction sets miss the true species of at most this share of images
 METHOD = "lac"
