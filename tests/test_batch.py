@@ -53,7 +53,7 @@ def test_csv_and_tiffs(model, folder, tmp_path):
     assert [path for path, _ in summary["skipped"]] == [str(folder / "broken.png")]
     assert seen == [(k, 5) for k in range(1, 6)]
     columns, rows = read_rows(out)
-    assert columns == csv_columns(3) == ["file", "top1_class", "top1_label", "top1_probability", "top2_class",
+    assert columns == csv_columns(3) == ["file", "known", "open_set_score", "prediction_set", "top1_class", "top1_label", "top1_probability", "top2_class",
                                          "top2_label", "top2_probability", "top3_class", "top3_label",
                                          "top3_probability", "map_class", "attention_file", "error"]
     assert [row["file"] for row in rows] == [str(p) for p in find_images(folder)]
@@ -65,6 +65,7 @@ def test_csv_and_tiffs(model, folder, tmp_path):
         assert row["top1_class"] == expected.top_class() == row["map_class"]
         assert float(row["top1_probability"]) == pytest.approx(expected.table()[0]["probability"], rel=1e-5)
         assert row["top1_label"] == row["top1_class"]  # a model without labels: its names
+        assert row["known"] == row["open_set_score"] == row["prediction_set"] == ""  # not calibrated
         maps, metadata, labels = read_attention_tiff(out / row["attention_file"])
         assert labels == [f"{row['map_class']} · L2 · H{h}" for h in range(1, 5)]  # Fiji's slice names
         assert maps.dtype == np.float32 and maps.shape == expected.attention.shape[1:2] + expected.attention.shape[3:]

@@ -99,3 +99,23 @@ def test_median_seconds_warms_up_once_then_runs_the_functions_in_turn():
     medians = timed_training.median_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
     assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved repeats
     assert set(medians) == {"a", "b"} and all(seconds >= 0 for seconds in medians.values())
+
+
+def test_open_set_reuses_a_finished_run_and_tabulates_every_score(tmp_path):
+    import json
+
+    import numpy as np
+
+    import open_set
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "seconds": 2.0, "val_acc": 1.0}) + "\n"
+                                               for e in (1, 2)))
+    assert open_set.finished_run(run, epochs=3) is None  # unfinished: trained again
+    (tmp_path / "train.jsonl").write_text(json.dumps({"event": "done", "train_seconds": 4.0}) + "\n")
+    finished = open_set.finished_run(run, epochs=2)
+    assert finished["epoch_seconds"] == 4.0 and finished["done"]["train_seconds"] == 4.0
+    known = np.array([[5.0, 0.0], [4.0, 1.0], [6.0, 0.0]])
+    table = open_set.scores_table(known, {"far": np.array([[0.0, 0.1], [0.2, 0.0]])})
+    assert set(table) == {"max_logit", "energy", "presence_margin", "max_softmax"}
+    assert table["max_logit"]["far"]["auroc"] == 1.0

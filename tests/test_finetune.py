@@ -113,6 +113,10 @@ def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune,
     summary = widget.results.summary.full_text
     assert f"% of {val_images} (" in summary and "95 % Clopper–Pearson interval" in summary
     assert f"only {val_images} validation images" in summary
+    finished = next(text for level, text in messages if "Fine-tuning finished" in text)
+    calibration = events[-1]["calibration"]  # said in the final message, calibrated or why not
+    assert ("Calibrated on" if calibration["calibrated"] else "Not calibrated") in finished
+    assert ("Calibrated on" if calibration["calibrated"] else "Not calibrated") in widget.results.summary.text()
     log = (out / "train.log").read_text()
     assert '"event": "done"' in log and "intr_training train" in log
     assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()

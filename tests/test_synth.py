@@ -198,3 +198,24 @@ def test_many_species_collection_with_held_out_split(tmp_path):
     # a second run over the first replaces it
     synth.write_collection(tmp_path / "many", per_class=1, size=48, species_count=3)
     assert not (tmp_path / "many" / "train").exists()
+
+
+def test_only_draws_chosen_species_and_rings_including_unseen_ones(tmp_path, capsys):
+    from intr_training.cli import main
+    unseen = synth.many_species(5)[0]  # a many-species ring: none of them is in the bundled model
+    code = main(["synth", "--out", str(tmp_path / "open"), "--per-class", "1", "--size", "32",
+                 "--only", f"morpho, {unseen.ring}, {synth.SHOWCASE_PAIR[0]}"])
+    assert code == 0, capsys.readouterr().err
+    drawn = json.loads((tmp_path / "open" / "synth.json").read_text())
+    names = [s["name"] for s in drawn["species"]]
+    morpho = [s.name for s in synth.SPECIES if s.ring == "morpho"]
+    ring = [s.name for s in synth.many_species(synth.MANY_SPECIES_MAX) if s.ring == unseen.ring]
+    assert names == [*morpho, *ring, synth.SHOWCASE_PAIR[0]] and drawn["mode"] == "chosen"
+    assert sorted(p.name for p in (tmp_path / "open").iterdir() if not p.name.startswith(".")) == sorted(
+        [*names, "synth.json"])
+    from napari_intr import load_model
+    assert not set(ring) & set(load_model("sample").class_names)  # species the bundled model never saw
+    assert main(["synth", "--out", str(tmp_path / "bad"), "--only", "Papilio nonexistens"]) == 2
+    assert "no species or ring is called 'Papilio nonexistens'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not both"):
+        synth.write_collection(tmp_path / "both", 1, 32, species_count=4, only=["morpho"])

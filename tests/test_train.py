@@ -17,7 +17,7 @@ EVENT_KEYS = {
               "precision"},
     "step": {"epoch", "step", "steps", "loss", "accuracy", "lr", "eta_seconds"},
     "epoch": {"epoch", "loss", "train_acc", "val_acc", "lr", "seconds", "best_val_acc"},
-    "done": {"best_val_acc", "model", "per_class_accuracy"},
+    "done": {"best_val_acc", "model", "per_class_accuracy", "calibration", "train_seconds"},
 }
 
 
@@ -79,6 +79,26 @@ def test_run_writes_a_loadable_model_and_json_progress(tmp_path, capsys):
     assert provenance["best_val_acc"] == best == events[-1]["best_val_acc"]
     assert set(provenance["per_class_accuracy"]) == set(model.class_names)
     assert provenance["seed"] == 0 and provenance["data"] == str(data.resolve())
+    # 3 validation images are too few to calibrate: said, and the model behaves as uncalibrated
+    assert not events[-1]["calibration"]["calibrated"] and model.calibration is None
+    assert "only 3 calibration images" in events[-1]["calibration"]["reason"]
+    assert "at least 19" in events[-1]["calibration"]["reason"]
+    assert any("not calibrated" in event.get("message", "") for event in events if event["event"] == "warning")
+
+
+def test_a_run_ends_calibrated_on_its_validation_images(tmp_path, capsys):
+    data = write_classes(tmp_path / "data", {"disc": 16, "diamond": 16})
+    out = tmp_path / "run"
+    code = cli.main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--progress", "json",
+                     "--val-split", "0.75", *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    done = json_events(captured.out)[-1]
+    calibration = load_model(out, device="cpu").calibration
+    assert done["calibration"]["calibrated"] and calibration is not None
+    assert calibration.images == done["calibration"]["images"] == 24 and calibration.classes == 2
+    assert (calibration.keep, calibration.alpha, calibration.score) == (0.95, 0.1, "energy")
+    assert 0 <= done["calibration"]["seconds"] and done["train_seconds"] > 0
 
 
 def test_fine_tuning_keeps_matched_queries_and_adds_new_ones():

@@ -15,8 +15,8 @@ from scipy.ndimage import binary_dilation
 from intr_training import cli, synth
 from napari_intr import load_model
 from napari_intr.comparison import most_confused_with
+from napari_intr.editing import Transplant
 from napari_intr.explanation import Explainer, layer_name
-from napari_intr.manipulation import Transplant
 
 TUTORIAL = " ".join((Path(__file__).resolve().parents[1] / "docs" / "tutorial.md").read_text().split())
 RUBRA, ALBA = synth.SHOWCASE_PAIR
@@ -33,7 +33,7 @@ def says(*phrases: str) -> None:
 def pair():
     """The bundled look-alikes as the sample data holds them, their spot and specimen masks, and
     the bundled model's explanation of each."""
-    from napari_intr.io import read_image
+    from napari_intr.image_files import read_image
     from napari_intr.loading import sample_data_dir
     pose = synth.sample_pose(np.random.default_rng((20240501, 1)), SIZE)
     explainer = Explainer(load_model("sample", device="cpu"))

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ._version import __version__
 from .atomic import atomic_write
+from .calibration import METADATA_KEY, Calibration, CalibrationError
 from .class_names import check_class_names
 from .model import INTR, IntrConfig, build_model
 
@@ -35,6 +36,8 @@ def save_model(model: INTR, path: str | os.PathLike, **provenance) -> Path:
     }
     if model.class_labels != model.class_names:
         metadata["class_labels"] = json.dumps(model.class_labels)
+    if getattr(model, "calibration", None) is not None:
+        metadata[METADATA_KEY] = model.calibration.to_json()
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     return atomic_write(path, lambda temporary: save_file(state, temporary, metadata=metadata))
 
@@ -57,11 +60,20 @@ def read_metadata(path: str | os.PathLike) -> dict:
             "class_names": json.loads(metadata["class_names"]),
             "class_labels": json.loads(metadata["class_labels"]) if "class_labels" in metadata else None,
             "provenance": json.loads(metadata.get("provenance", "{}")),
+            "calibration": None,
         }
         check_class_names(info["class_names"], "its class names")
     except (KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON, config or names
         raise CheckpointError(f"{path} has damaged or unsupported napari-intr metadata ({error}); "
                               "save or download it again") from error
+    if METADATA_KEY in metadata:
+        try:
+            info["calibration"] = Calibration.from_json(metadata[METADATA_KEY])
+        except CalibrationError as error:
+            raise CheckpointError(f"{path}: {error}") from error
+        if info["calibration"].classes != info["config"].num_classes:
+            raise CheckpointError(f"{path}: its calibration is for {info['calibration'].classes} classes, the model "
+                                  f"has {info['config'].num_classes}; calibrate it again with intr calibrate")
     return info
 
 
@@ -86,6 +98,7 @@ def load_checkpoint(path: str | os.PathLike, class_names=None, device=None) -> I
     if labels is not None and len(labels) == len(names):
         model.class_labels = labels
     model.provenance = info["provenance"]
+    model.calibration = info["calibration"]
     return model.to(device or "cpu").eval()
 
 

@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .calibration import SUBSET_NOTE, CalibratedPrediction, judge
 from .model import INTR, EncodedImages
 from .preprocess import MIN_IMAGE_SIZE, TYPE_RANGES, dtype_problem, layout_problem, resized_shape
 
@@ -73,6 +74,14 @@ class Explanation:
     # layer shown or saved), and how many layers the decoder has. None: every layer, in order.
     attention_layers: list[int] | None = None
     decoder_layers: int | None = None
+    # Known species or "none of the N species", and the conformal prediction set, when the model
+    # is calibrated and every class was a candidate (napari_intr.calibration); None otherwise.
+    calibrated: CalibratedPrediction | None = None
+
+    @property
+    def rejected(self) -> bool:
+        """True when a calibrated model finds none of its species in the image."""
+        return self.calibrated is not None and not self.calibrated.known
 
     def labels(self) -> list[str]:
         """The decoded classes' labels for files (their names when the model has no labels)."""
@@ -307,6 +316,9 @@ class Explainer:
         notes = list(encoded.notes)
         if output.candidates is not None and output.candidates > len(output.classes):
             notes.append(shortlist_note(len(output.classes), output.candidates))
+        calibrated = self.judge(output.classes, logits, output.candidates)
+        if calibrated is None and getattr(self.model, "calibration", None) is not None:
+            notes.append(SUBSET_NOTE)
         return Explanation(
             image_name=encoded.image_name,
             class_names=[self.model.class_names[i] for i in output.classes],
@@ -324,7 +336,18 @@ class Explainer:
             candidates=output.candidates,
             attention_layers=None if layers is None else list(output.attention_layers),
             decoder_layers=None if layers is None else self.model.config.dec_layers,
+            calibrated=calibrated,
         )
+
+    def judge(self, classes: list[int], logits: torch.Tensor, candidates: int | None) -> CalibratedPrediction | None:
+        """The calibrated verdict when every class of the model was a candidate (a shortlist's
+        undecoded classes count with no probability)."""
+        names = self.model.class_names
+        if len(classes) != len(names) and candidates != len(names):
+            return None
+        full = torch.full((len(names),), float("-inf"))
+        full[torch.as_tensor(classes)] = logits.cpu()
+        return judge(getattr(self.model, "calibration", None), full.numpy(), names)
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
                 mode: str = "drop", shortlist: int | None = None,

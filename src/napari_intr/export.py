@@ -26,14 +26,27 @@ AXES = "TZCYX"  # T: class, Z: decoder layer, C: head (ImageJ's hyperstack order
 _IMAGEJ_UNITS = {"µm": "micron"}  # ImageJ writes micrometres as "micron"
 
 
+# Whether a calibrated model finds one of its species (yes/no), its open-set score, and the
+# conformal prediction set (napari_intr.calibration); empty cells for a model not calibrated.
+OPEN_SET_COLUMNS = ("known", "open_set_score", "prediction_set")
+SET_SEPARATOR = "; "
+
+
 def prediction_columns(top_k: int) -> list[str]:
-    """Table columns of the top-k classes: as people read them, as their list writes them, probability."""
-    return [f"top{rank}_{what}" for rank in range(1, top_k + 1) for what in ("class", "label", "probability")]
+    """Table columns: the open-set verdict, then the top-k classes (as people read them, as their
+    list writes them, probability). For a rejected image (known = no) the top-k are the nearest
+    known species, not a prediction."""
+    return [*OPEN_SET_COLUMNS,
+            *(f"top{rank}_{what}" for rank in range(1, top_k + 1) for what in ("class", "label", "probability"))]
 
 
 def prediction_cells(explanation: Explanation, top_k: int) -> dict:
     """The cells of `prediction_columns` for one explanation (probabilities to 6 significant digits)."""
     labels, cells = explanation.labels(), {}
+    verdict = explanation.calibrated  # None: not calibrated (or a subset of classes), empty cells
+    cells.update(known=None if verdict is None else "yes" if verdict.known else "no",
+                 open_set_score=None if verdict is None else float(f"{verdict.score:.6g}"),
+                 prediction_set=None if verdict is None else SET_SEPARATOR.join(verdict.prediction_set))
     for rank, entry in enumerate(explanation.table()[:top_k], start=1):
         cells[f"top{rank}_class"] = entry["name"]
         cells[f"top{rank}_label"] = labels[explanation.column(entry["name"])]

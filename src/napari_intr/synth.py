@@ -220,6 +220,26 @@ def find_species(name: str) -> Species:
                      "many_species()")
 
 
+def choose_species(names: list[str]) -> tuple[Species, ...]:
+    """Species chosen by name or by ring (every species of it), from the hand-made catalogue or the
+    many-species mode, in the order given. Many-species names (e.g. "Fictilia rubra-nuda-alba",
+    ring "Fictilia rubra-nuda") are species the bundled model has never seen: open-set test data."""
+    if not _MANY:
+        many_species(MANY_SPECIES_MAX)
+    everything = (*SPECIES, *_MANY.values())
+    chosen: dict[str, Species] = {}
+    for name in names:
+        found = [s for s in everything if s.name == name] or [s for s in everything if s.ring == name]
+        if not found:
+            rings = sorted({s.ring for s in SPECIES})
+            raise ValueError(f"no species or ring is called {name!r}: give names of the catalogue "
+                             f"({', '.join(s.name for s in SPECIES[:2])}, …), its rings ({', '.join(rings)}), or "
+                             "many-species names such as 'Fictilia rubra-nuda-alba' (species the bundled model "
+                             "has never seen)")
+        chosen.update((s.name, s) for s in found)
+    return tuple(chosen.values())
+
+
 def look_alike_pairs(species: tuple[Species, ...] = SPECIES) -> list[tuple[str, str]]:
     """All pairs of species in the same ring (the showcase pair comes first)."""
     pairs = [(a.name, b.name) for a, b in combinations(species, 2) if a.ring == b.ring]
@@ -474,12 +494,13 @@ def _clear_previous_run(out: Path) -> None:
 
 def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed: int = 0,
                      progress: Callable[[int, int], None] | None = None, species_count: int | None = None,
-                     val_per_class: int = 0) -> dict:
+                     val_per_class: int = 0, only: list[str] | None = None) -> dict:
     """Write images, masks and synth.json (see module doc); returns the summary.
 
     species_count: the many-species mode (`many_species(species_count)`) instead of the
     hand-made catalogue. val_per_class > 0: out/train/<species>/ and out/val/<species>/ (the
-    validation images are further draws, never seen in training)."""
+    validation images are further draws, never seen in training). only: draw just these species or
+    rings (`choose_species`), from the catalogue or the many-species mode."""
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1 (got {per_class}); ask for 1 or more images")
     if size < 32:
@@ -489,7 +510,10 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
         raise ValueError(f"{out} is a file; give a folder path for the synthetic collection")
     if val_per_class < 0:
         raise ValueError(f"val_per_class must be 0 or more (got {val_per_class})")
-    catalogue = SPECIES if species_count is None else many_species(species_count)
+    if only is not None and species_count is not None:
+        raise ValueError("choose species either by count (--species N) or by name (--only), not both")
+    catalogue = choose_species(only) if only is not None else (
+        SPECIES if species_count is None else many_species(species_count))
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(out)
     splits = [(out, range(per_class))] if not val_per_class else [
@@ -511,7 +535,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
                     progress(done, total)
     summary = {
         "synthetic": True, "note": SYNTH_NOTE, "seed": seed, "size": size, "per_class": per_class,
-        "val_per_class": val_per_class, "mode": "catalogue" if species_count is None else "many-species",
+        "val_per_class": val_per_class, "mode": "chosen" if only is not None else "catalogue" if species_count is None else "many-species",
         "species": [{"name": s.name, "ring": s.ring, "attribute": s.attribute} for s in catalogue],
         "look_alike_pairs": [list(pair) for pair in look_alike_pairs(catalogue)],
         "masks": f"{MASKS_FOLDER}/<species name>/<image file name>",

@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
           f"({result.total} in all) in {result.seconds:.1f} s")
     for key, reason in atlas.skipped:
         print(f"skipped {key}: {reason}", file=sys.stderr)
+    if atlas.rejected:
+        print(f"none of the {len(atlas.classes)} species: {len(atlas.rejected)} images (below the calibrated "
+              "open-set threshold), left out of the summaries:")
+        for key, folder_class, score in atlas.rejected:
+            print(f"  {key} (folder {folder_class}, score {score:.3g})")
     print(f"atlas: {result.files['html']}")
     print(f"tables: {result.files['heads']}, {result.files['pairs']}; montages: {result.files['montages']}")
     if atlas.images == 0:

@@ -16,6 +16,8 @@ import napari_intr
 COMMANDS = {
     "train": ("intr_training.train_cli", "train or fine-tune an INTR model on an image folder"),
     "eval": ("intr_training.evaluate_cli", "accuracy, per-class accuracy and confusion matrix of a model"),
+    "calibrate": ("intr_training.calibrate_cli", "calibrate a model: an open-set threshold ('none of these "
+                  "species') and conformal prediction sets, stored with it"),
     "synth": ("intr_training.synth_cli", "draw synthetic mimic-ring specimens (offline test data)"),
     "explain": ("intr_training.explain_cli", "explain images or a folder: CSV of predictions, TIFF attention maps"),
     "atlas": ("intr_training.atlas_cli", "trait atlas: what each head looks for across a collection, "

@@ -82,10 +82,12 @@ def write_tables(out: Path, class_names: list[str], result: Evaluation, summary:
 
 
 def evaluate_folder(model: INTR, model_source, matched: MatchedImages, out=None, batch_size: int = 16,
-                    workers: int = 2, shortlist: int | None = None, compare_full: bool = False) -> dict:
+                    workers: int = 2, shortlist: int | None = None, compare_full: bool = False,
+                    extra: dict | None = None) -> dict:
     """Evaluate `model` on the matched images; with `out`, also write the tables there.
     shortlist K: decode each image's first-pass top K only; compare_full: also decode every
-    class and report the shortlist's agreement with it and its recall@K."""
+    class and report the shortlist's agreement with it and its recall@K. extra: more results for
+    the summary and metrics.json (the open-set evaluation)."""
     if shortlist is not None and (isinstance(shortlist, bool) or shortlist < 1):
         raise ValueError(f"--shortlist must be at least 1, got {shortlist}")
     if compare_full and shortlist is None:
@@ -96,6 +98,7 @@ def evaluate_folder(model: INTR, model_source, matched: MatchedImages, out=None,
     summary = summarize(model_source, model, matched, result)
     if shortlist is not None:
         summary["shortlist"] = shortlist
+    summary.update(extra or {})
     if out is not None:
         out = Path(out).expanduser()
         write_tables(out, model.class_names, result, summary)

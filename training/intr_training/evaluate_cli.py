@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the cheap first pass (as intr explain --shortlist); top-5 counts only decoded classes")
     parser.add_argument("--compare-full", action="store_true", help="with --shortlist: also decode every class "
                         "and report the shortlist's top-1 agreement with that and its recall@K")
+    parser.add_argument("--unknown", metavar="DIR", help="images of species the model was NOT trained on: "
+                        "reports AUROC and FPR at 95 %% TPR of known (--data) vs unknown images for each open-set "
+                        "score; a calibrated model also reports its prediction sets' coverage and size on --data")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     faithfulness_options.add_arguments(parser)
 
@@ -40,8 +43,16 @@ def run(args: argparse.Namespace) -> int:
         require_captum()
     model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,
                                           warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+    extra = {}
+    if args.unknown is not None or model.calibration is not None:
+        from .calibrate import evaluate_open_set, write_open_set_outputs
+        extra = evaluate_open_set(model, matched.samples, matched.folder, args.unknown, args.batch_size, args.workers)
+        scores = extra.pop("_scores", None)
+        if args.out is not None:
+            Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)
+            write_open_set_outputs(Path(args.out).expanduser(), model, {**extra, "_scores": scores})
     summary = evaluate_folder(model, args.model, matched, args.out, args.batch_size, args.workers,
-                              args.shortlist, args.compare_full)
+                              args.shortlist, args.compare_full, extra)
     if args.explanations:
         from napari_intr.faithfulness.run import evaluate_explanations
         summary["explanations"] = evaluate_explanations(
@@ -67,6 +78,7 @@ def print_report(summary: dict) -> None:
     width = max(len(name) for name in summary["per_class_accuracy"])
     for name, accuracy in summary["per_class_accuracy"].items():
         print(f"  {name:<{width}}  {'n/a' if accuracy is None else f'{accuracy:.3f}'}")
+    print_open_set(summary)
     if "explanations" in summary:
         print()
         print(summary["explanations"]["markdown"], end="")
@@ -75,3 +87,31 @@ def print_report(summary: dict) -> None:
         print(f"confusion matrix: {Path(summary['out']) / 'confusion_matrix.csv'}")
     else:
         print("add --out DIR to write the confusion matrix as CSV")
+
+
+def print_open_set(summary: dict) -> None:
+    if "open_set" not in summary and "coverage" not in summary:
+        return  # a model without calibration, judged without --unknown: as before
+    if "open_set" in summary:
+        report = summary["open_set"]
+        print(f"known vs unknown ({report['known_images']} vs {report['unknown_images']} images from "
+              f"{report['unknown']}):")
+        for name, values in report["scores"].items():
+            chosen = "  (the calibrated score)" if name == report["score"] and summary["calibrated"] else ""
+            print(f"  {name:<16} AUROC {values['auroc']:.4f}   FPR at 95 % TPR {values['fpr_at_95_tpr']:.4f}{chosen}")
+        if "threshold" in report:
+            print(f"  at the calibrated threshold {report['threshold']:.3g}: {report['known_kept']:.1%} of known "
+                  f"images kept, {report['unknown_rejected']:.1%} of unknown ones rejected")
+    if "coverage" in summary:
+        coverage = summary["coverage"]
+        print(f"prediction sets ({coverage['method'].upper()}, nominal {coverage['nominal']:.0%}): coverage "
+              f"{coverage['coverage']:.1%}, mean set size {coverage['mean_set_size']:.2f}, "
+              f"{coverage['empty_sets']} empty, on {coverage['images']} images")
+        if coverage["same_as_calibration_data"]:
+            print("  warning: these are the images the model was calibrated on; coverage is only a fair test on "
+                  "images it was not calibrated on")
+        width = max(len(name) for name in coverage["per_class"])
+        for name, values in coverage["per_class"].items():
+            print(f"  {name:<{width}}  coverage {values['coverage']:.3f}  mean set size {values['mean_set_size']:.2f}")
+    elif not summary.get("calibrated"):
+        print("the model is not calibrated: no prediction sets (calibrate it with intr calibrate)")

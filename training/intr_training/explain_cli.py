@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from napari_intr.calibration import SUBSET_NOTE
 from napari_intr.class_names import parse_names
 from napari_intr.devices import DEVICES
 from napari_intr.model.config import DECODE_MODES
@@ -141,5 +142,24 @@ def _print_summary(summary: dict, what: str) -> None:
     if summary.get("undecoded"):
         print(f"note: shortlist: for each image only its first-pass top classes were decoded; the other "
               f"{summary['undecoded']:,} classes were not (no probability, no maps)")
+    _print_open_set(summary, what)
     for path, reason in summary["skipped"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+
+
+def _print_open_set(summary: dict, what: str) -> None:
+    """Rejected items counted and listed: a calibrated model found none of its species in them."""
+    calibration = summary.get("calibration")
+    if calibration is None:
+        print("note: the model is not calibrated, so every image is named as one of its classes (the known and "
+              "prediction_set columns are empty); calibrate it with intr calibrate --model MODEL --data IMAGES")
+        return
+    if not summary["judged"]:
+        print(f"note: {SUBSET_NOTE}")
+        return
+    rejected = summary["rejected"]
+    print(f"none of the {calibration.classes:,} species: {len(rejected)} of {summary['done']} {what} "
+          f"({calibration.score.replace('_', ' ')} below {calibration.threshold:.3g}, calibrated on "
+          f"{calibration.images:,} images; known = no in the CSV)")
+    for path, score in rejected:
+        print(f"  {path} (score {score:.3g})")

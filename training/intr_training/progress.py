@@ -18,7 +18,12 @@ Every object has an "event" key:
    "lr": float, "seconds": float, "best_val_acc": float|null}
       after the epoch's files are on disk; val_acc is null without validation images.
   {"event": "warning", "message": str}
-  {"event": "done", "best_val_acc": float|null, "model": str, "per_class_accuracy": {str: float|null}}
+  {"event": "done", "best_val_acc": float|null, "model": str, "calibration": object,
+   "train_seconds": float, "per_class_accuracy": {str: float|null}}
+      calibration: the kept model calibrated on the validation images (napari_intr.calibration):
+      "calibrated": true with "score", "threshold", "keep", "alpha", "quantile", "images",
+      "known_kept", "coverage", "mean_set_size", "text" and "seconds"; or false with "reason".
+      train_seconds: the epochs' wall time, without the calibration.
   {"event": "error", "message": str}          then the process exits with code 2
   {"event": "interrupted", "epoch": int, "state": str|null, "message": str}
       on SIGINT/SIGTERM; epoch is the last completed epoch, state the training_state.pt that
@@ -145,6 +150,9 @@ class TtyProgress(Progress):
         best = summary["best_val_acc"]
         self.line(f"done: best validation accuracy {'n/a' if best is None else f'{best:.3f}'}; "
                   f"model: {summary['model']}")
+        calibration = summary.get("calibration") or {}
+        if calibration.get("calibrated"):
+            self.line(f"{calibration['text']} ({calibration['seconds']:.1f} s)")
 
     def interrupted(self, epoch: int, state, message: str):
         self.close()

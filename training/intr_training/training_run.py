@@ -34,6 +34,7 @@ from napari_intr.recipes import (
 )
 
 from . import schedules, train_settings
+from .calibrate import calibrate_training_run
 from .data import ImageFolderDataset, VariantDataset, collate
 from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import (
@@ -343,8 +344,22 @@ class TrainingRun:
             epoch_seconds.append(seconds)
             self.end_epoch(epoch, result, evaluation, result.lr, seconds)
         distributed.barrier()
+        calibration = self.calibrate() if self.dist.is_main else None
         self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / run_folder.MODEL_FILE),
-                           per_class_accuracy=self.best_per_class)
+                           per_class_accuracy=self.best_per_class, calibration=calibration,
+                           train_seconds=round(sum(epoch_seconds), 3))
+
+    def calibrate(self) -> dict:
+        """The open-set threshold and prediction sets of the kept model, from the validation
+        images, written into model.safetensors (napari_intr.calibration)."""
+        if not self.collection.val:
+            result = {"calibrated": False, "reason": "no validation images: the model is not calibrated; run "
+                      "intr calibrate --model MODEL --data IMAGES with images of its species it was not trained on"}
+        else:
+            result = calibrate_training_run(self.out / run_folder.MODEL_FILE, self.collection, self.device)
+        if not result["calibrated"]:
+            self.progress.warning(f"not calibrated: {result['reason']}")
+        return result
 
     def _step_reporter(self, epoch: int, started: float, epoch_seconds: list[float]):
         """on_step for train_one_epoch: stops at once on SIGTERM, else reports progress and the

@@ -78,6 +78,9 @@ class Atlas:
     images: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     confusion: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Images a calibrated model found none of its species in: (image, folder class, open-set
+    # score). Listed, never summarised as a species (not in the class, pair or confusion figures).
+    rejected: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def rank_key(head: PairHead) -> tuple:
@@ -101,6 +104,7 @@ class AtlasBuilder:
         self.confusion = Counter()
         self.soft_confusion = Counter()
         self.skipped: list[tuple[str, str]] = []
+        self.rejected: list[tuple[str, str, float]] = []
 
     def _pair(self, a: str, b: str) -> list[PairHeadStats]:
         if (a, b) not in self.pair_stats:
@@ -113,6 +117,9 @@ class AtlasBuilder:
             return
         name, predicted = record["class"], record["predicted"]
         if name not in self.head_stats:
+            return
+        if record.get("known") is False:
+            self.rejected.append((key, name, record["open_set_score"]))
             return
         self.counts[name] += 1
         self.correct[name] += predicted == name
@@ -174,7 +181,8 @@ class AtlasBuilder:
                               s.on_part_a(), s.top_a.best(), s.top_b.best()) for h, s in enumerate(stats)]
             pairs.append(PairSummary(a, b, stats[0].on_a.count, stats[0].on_b.count,
                                      self.confusion[(a, b)] + self.confusion[(b, a)], sorted(heads, key=rank_key)))
-        return Atlas(classes, pairs, sum(self.counts.values()), list(self.skipped), dict(self.confusion))
+        return Atlas(classes, pairs, sum(self.counts.values()), list(self.skipped), dict(self.confusion),
+                     list(self.rejected))
 
     @staticmethod
     def _head_summary(head: int, stats: HeadStats) -> HeadSummary:

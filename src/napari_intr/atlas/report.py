@@ -177,7 +177,7 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict, patches: 
     # the report's peak memory is the same from run to run (the worker's timing moved it by MBs).
     page = _page(atlas, meta, class_sections, pair_sections)
     write_bytes(out / ATLAS_HTML, page.encode("utf-8"))
-    document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped,
+    document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped, "rejected": atlas.rejected,
                 "classes": _plain(atlas.classes), "pairs": _plain(atlas.pairs), "montages": layouts}
     atlas_json = write_atlas_json(out, document, default=_json_default)
     return {"html": out / ATLAS_HTML, "heads": out / HEADS_CSV, "pairs": out / PAIRS_CSV,
@@ -211,6 +211,11 @@ def _page(atlas: Atlas, meta: dict, class_sections: list[str], pair_sections: li
     accuracy = f"{100 * correct / atlas.images:.1f} %" if atlas.images else "–"
     skipped = (f"<p class=muted>{len(atlas.skipped)} images could not be read and were left out "
                f"(see atlas.json).</p>" if atlas.skipped else "")
+    if atlas.rejected:  # counted and listed, never summarised as a species
+        listed = ", ".join(html.escape(Path(key).name) for key, _, _ in atlas.rejected[:20])
+        more = f", … ({len(atlas.rejected) - 20} more in atlas.json)" if len(atlas.rejected) > 20 else ""
+        skipped += (f"<p><b>{len(atlas.rejected)} images are none of the model's {len(atlas.classes)} species</b> "
+                    f"(below its calibrated open-set threshold) and are left out of every summary: {listed}{more}.</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>INTR trait atlas</title><style>{_STYLE}</style></head>
 <body><h1>INTR trait atlas</h1>

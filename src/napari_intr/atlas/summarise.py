@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_intr.calibration import judge
 from napari_intr.explanation import Explainer
 from napari_intr.image_files import read_image
 
@@ -115,6 +116,9 @@ class ImageSummariser:
             "others": [[model.class_names[i], float(probabilities[i])] for i in others[:RUNNER_UPS]],
             "shape": list(footprint.image_shape),
         }
+        verdict = judge(getattr(model, "calibration", None), output.logits[0].float().cpu().numpy(), model.class_names)
+        if verdict is not None:  # a calibrated model: rejected images are listed apart, not summarised
+            record.update(known=verdict.known, open_set_score=verdict.score)
         own_looks = looks(maps[:, true_index], footprint)
         record["true"] = pack([self._head(found, footprint, parts, features) for found in own_looks])
         if predicted != true_index:

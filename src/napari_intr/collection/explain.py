@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..calibration import SUBSET_NOTE
 from ..csv_output import write_csv
 from ..image_files import find_images, read_pixel_size, reason
 from ..large_images import BudgetedImage, read_within_budget
@@ -132,7 +133,9 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     decode each item's first-pass top K classes only (the CSV ranks those; the rest were not decoded).
     start_job(out_dir, task, keys, settings, is_done=, group=): shares and resumes the work (see
     napari_intr.collection.sharding). Unreadable images are skipped and reported. Returns a summary: total,
-    done, skipped [(item, reason)], notes, cancelled, resumed, seconds, predictions, attention_files;
+    done, skipped [(item, reason)], rejected [(item, open-set score)]: items a calibrated model
+    finds none of its species in, calibration (the model's, or None), notes, cancelled, resumed,
+    seconds, predictions, attention_files;
     on the processes other than the first of a torchrun job, predictions is None.
     """
     from ..explanation import Explainer
@@ -158,7 +161,7 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     report = (lambda done, total: progress(done, total, last)) if progress is not None else None
     summary = _summary(job.finish(report), by_key, settings, out_dir, boxes is not None)
     summary.update(total=len(items), cancelled=cancelled, resumed=len(job.done),
-                   seconds=time.perf_counter() - start)
+                   seconds=time.perf_counter() - start, calibration=model.calibration)
     return summary
 
 
@@ -192,7 +195,8 @@ def _summary(merged, by_key: dict, settings: Settings, out_dir: Path, regions: b
     """predictions.csv from the merged records (first process only: others get merged None) and
     the counts, skipped items and notes of the summary. The records are streamed (twice: once for
     the CSV, once for the counts); they are never all in memory."""
-    summary = {"predictions": None, "attention_files": [], "done": 0, "skipped": [], "notes": []}
+    summary = {"predictions": None, "attention_files": [], "done": 0, "skipped": [], "notes": [], "rejected": [],
+               "judged": 0}
     if merged is None:
         return summary
     summary["predictions"] = write_csv(out_dir / PREDICTIONS_FILE, csv_columns(settings.top_k, regions),
@@ -203,9 +207,12 @@ def _summary(merged, by_key: dict, settings: Settings, out_dir: Path, regions: b
             summary["skipped"].append((by_key[key].describe(), row["error"]))
             continue
         summary["done"] += 1
+        summary["judged"] += bool(row.get("known"))
+        if row.get("known") == "no":  # a calibrated model found none of its species: listed, not named
+            summary["rejected"].append((by_key[key].describe(), row["open_set_score"]))
         summary["attention_files"].append(out_dir / row["attention_file"])
         summary["notes"].extend((by_key[key].describe(), note) for note in record.get("notes", [])
-                                if not note.startswith("shortlist:"))  # said once, by the CLI
+                                if not note.startswith("shortlist:") and note != SUBSET_NOTE)  # said once, by the CLI
         summary["undecoded"] = max(summary.get("undecoded", 0), record.get("undecoded", 0))
     return summary
 

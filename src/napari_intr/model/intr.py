@@ -69,6 +69,9 @@ class INTR(nn.Module):
             raise ValueError(f"the model has {config.num_classes} classes but {len(self.class_names)} "
                              "class names were given; give one name per class")
         self._class_labels: list[str] | None = None
+        # The open-set threshold and conformal quantile (napari_intr.calibration.Calibration), from
+        # the checkpoint; None: not calibrated, every image is named as one of the classes.
+        self.calibration = None
 
     @property
     def class_labels(self) -> list[str]:

@@ -70,6 +70,13 @@ class BatchBox(QGroupBox):
         reduced = [note for _, note in summary["notes"] if READ_REDUCED in note]
         if reduced:  # too large to decode whole: the maps are right, but made from fewer pixels
             parts.append(f"{len(reduced)} too large to decode whole, explained from a reduced image, e.g. {reduced[0]}")
+        calibration = summary.get("calibration")
+        if calibration is not None and summary.get("judged"):  # counted and listed, never named as a species
+            from napari_intr.calibration import rejected_text
+            parts.append(rejected_text(calibration, [Path(item).name for item, _ in summary["rejected"]], done)
+                         + " (known = no in predictions.csv)")
+        elif calibration is None and done:
+            parts.append("model not calibrated: every image is named as one of its classes")
         parts.append(f"results in {summary['predictions'].parent}")
         text = "; ".join(parts)
         self.summary.setText(text)

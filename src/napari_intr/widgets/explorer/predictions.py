@@ -1,5 +1,6 @@
 """Results box: classes by probability (searchable, top-1 marked) and, for the selected class,
-the paper's question: does its query see itself, i.e. is it the prediction?
+the paper's question: does its query see itself, i.e. is it the prediction? A calibrated model
+may answer "none of the N species" (then no row is starred) and marks its prediction set.
 
 A model/view table, not one widget item per cell: with 10 000 classes the rows are made only
 when they scroll into view, and the filter is one pass of a proxy model, not 10 000 row hides."""
@@ -22,8 +23,9 @@ from qtpy.QtWidgets import (
 
 from ..qt_helpers import TextLabel, search_field, stack
 
-COLUMNS = ("Rank", "Class", "Probability", "Logit")
+COLUMNS = ("Rank", "Class", "Probability", "Logit", "Set")
 NAME_COLUMN = 1
+IN_SET = "✓"  # the Set column of a class in the calibrated prediction set
 
 
 class PredictionsModel(QAbstractTableModel):
@@ -31,14 +33,18 @@ class PredictionsModel(QAbstractTableModel):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._rows: list[tuple[str, str, str, str]] = []
+        self._rows: list[tuple[str, str, str, str, str]] = []
         self._bold = QFont()
         self._bold.setBold(True)
+        self.rejected = False
 
-    def set_entries(self, entries: list[dict]) -> None:
+    def set_entries(self, entries: list[dict], in_set: frozenset[str] = frozenset(), rejected: bool = False) -> None:
+        """rejected: a calibrated model found none of its species: the first row is only the nearest."""
         self.beginResetModel()
-        self._rows = [(f"★ {e['rank']}" if e["rank"] == 1 else str(e["rank"]), e["name"],
-                       f"{e['probability']:.4f}", f"{e['logit']:.3f}") for e in entries]
+        self.rejected = rejected
+        self._rows = [(f"★ {e['rank']}" if e["rank"] == 1 and not rejected else str(e["rank"]), e["name"],
+                       f"{e['probability']:.4f}", f"{e['logit']:.3f}", IN_SET if e["name"] in in_set else "")
+                      for e in entries]
         self.endResetModel()
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
@@ -55,9 +61,15 @@ class PredictionsModel(QAbstractTableModel):
             return self._rows[row][column]
         if role == Qt.TextAlignmentRole and column != NAME_COLUMN:
             return int(Qt.AlignRight | Qt.AlignVCenter)
+        if role == Qt.ToolTipRole and column == len(COLUMNS) - 1 and self._rows[row][column]:
+            return "in the calibrated prediction set"
         if role == Qt.ToolTipRole and column == NAME_COLUMN:  # the full name, however narrow the column
-            return self._rows[row][column] + (" — the model's prediction (top-1)" if row == 0 else "")
-        if row == 0 and role == Qt.FontRole:  # rank order: the first row is the top-1
+            note = ""
+            if row == 0:
+                note = (" — the nearest class; the image is none of the classes (below the open-set threshold)"
+                        if self.rejected else " — the model's prediction (top-1)")
+            return self._rows[row][column] + note
+        if row == 0 and role == Qt.FontRole and not self.rejected:  # rank order: the first row is the top-1
             return self._bold
         return None
 
@@ -66,7 +78,7 @@ class PredictionsModel(QAbstractTableModel):
             return COLUMNS[section]
         return None
 
-    def row_text(self, row: int) -> tuple[str, str, str, str]:
+    def row_text(self, row: int) -> tuple[str, str, str, str, str]:
         return self._rows[row]
 
     def row_of(self, name: str) -> int:
@@ -99,19 +111,26 @@ class PredictionsBox(QGroupBox):
         header.resizeSection(0, 56)
         header.resizeSection(2, 80)
         header.resizeSection(3, 64)
+        header.resizeSection(4, 36)
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
         self.not_decoded = TextLabel("")
         self.not_decoded.setVisible(False)
         self.answer = TextLabel("Explain an image to see its classes")
-        stack(self, self.filter, self.table, self.not_decoded, self.answer)
+        self.verdict = TextLabel("")  # the calibrated open-set verdict and prediction set
+        self.verdict.setVisible(False)
+        stack(self, self.verdict, self.filter, self.table, self.not_decoded, self.answer)
         self.explanation = None
 
     def show_explanation(self, explanation) -> None:
         """Fill the table (rank order) and select the top-1 row."""
         self.explanation = explanation
+        verdict = None if explanation is None else explanation.calibrated
         self.table.selectionModel().blockSignals(True)
-        self.model.set_entries([] if explanation is None else explanation.table())
+        self.model.set_entries([] if explanation is None else explanation.table(),
+                               frozenset(verdict.prediction_set) if verdict else frozenset(),
+                               explanation is not None and explanation.rejected)
         self.table.selectionModel().blockSignals(False)
+        self._show_verdict(explanation)
         undecoded = 0 if explanation is None else explanation.undecoded
         self.not_decoded.setVisible(bool(undecoded))
         if undecoded:
@@ -124,7 +143,24 @@ class PredictionsBox(QGroupBox):
         else:
             self.select_class(explanation.top_class())
 
-    def rows(self) -> list[tuple[str, str, str, str]]:
+    def _show_verdict(self, explanation) -> None:
+        from napari_intr.calibration import SUBSET_NOTE
+        verdict = None if explanation is None else explanation.calibrated
+        self.verdict.setVisible(explanation is not None)
+        if explanation is None:
+            return
+        font = self.verdict.font()
+        font.setBold(verdict is not None and not verdict.known)
+        self.verdict.setFont(font)
+        if verdict is None:
+            self.verdict.setText(_sentence(SUBSET_NOTE) if SUBSET_NOTE in explanation.notes else
+                                 "Model not calibrated: the image is named as one of its classes "
+                                 "(intr calibrate adds a 'none of these species' answer)")
+            return
+        self.verdict.setText(f"{'⚠ ' if not verdict.known else ''}{_sentence(verdict.describe())}\n"
+                             f"{_sentence(verdict.describe_set())} (marked {IN_SET} in the Set column)")
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
         """The table's text, row by row (what a user reads)."""
         return [self.model.row_text(row) for row in range(self.model.rowCount())]
 
@@ -155,8 +191,15 @@ class PredictionsBox(QGroupBox):
         explanation = self.explanation
         rank, total = explanation.rank_of(name), len(explanation.class_names)
         probability = explanation.probabilities[explanation.column(name)]
+        if rank == 1 and explanation.rejected:
+            return (f"Does '{name}' see itself? Not enough: it is only the nearest class (p = {probability:.3f}); "
+                    f"the image is {explanation.calibrated.describe()}.")
         if rank == 1:
             return (f"Does '{name}' see itself? Yes: it is the top-1 prediction "
                     f"(p = {probability:.3f}).")
         return (f"Does '{name}' see itself? No: rank {rank} of {total} (p = {probability:.3f}); "
                 f"the model picks '{explanation.top_class()}'.")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]

@@ -1,7 +1,9 @@
 """Regions box: many specimens in one photo. A Shapes layer's rectangles (or a Labels layer's
 objects) choose regions of the Explorer's image; "Explain regions" explains each as its own
 specimen from the full-resolution pixels (with a margin), lists them in one table, places each
-region's attention on the photo and outlines the regions in their top-1 class's colour."""
+region's attention on the photo and outlines the regions in their top-1 class's colour. A
+calibrated model's rejected regions ("none of the N species") are outlined grey, marked "no" in
+the Known column and counted and listed in the summary, never named as a species."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +24,8 @@ from ..workers import messages
 from ..workers.jobs import regions_job
 from ..workers.task_bar import TaskBar
 
-COLUMNS = ("Region", "Top class", "p", "2nd", "p")  # the saved CSV has the 3rd too: a dock has room for two
+COLUMNS = ("Region", "Top class", "p", "2nd", "p", "Known")  # the saved CSV has the 3rd too: a dock has room for two
+REJECTED_COLOUR = np.array([0.6, 0.6, 0.6, 1.0])
 MARGINS = ("0", "5%", "10%", "20%", "16")
 OUTLINE_WIDTH = 3
 LABEL_SIZE = 10  # napari draws text at this size on screen, whatever the zoom
@@ -113,6 +116,12 @@ class RegionsBox(QGroupBox):
         self._show_outlines(results, source)
         lines = [(f"{len(results)} regions explained; each region's attention (its top-1 class, mean of "
                   "the heads, last decoder layer) lies on the photo")]
+        calibration = getattr(model, "calibration", None)
+        rejected = [result.region.id for result in results if result.explanation.rejected]
+        if calibration is not None and any(result.explanation.calibrated for result in results):
+            from napari_intr.calibration import rejected_text
+            text = rejected_text(calibration, [f"region {name}" for name in rejected], len(results), "regions")
+            lines.append(f"{text[:1].upper()}{text[1:]}: outlined grey, Known = no")
         lines += [f"Region {region.id} skipped: {reason}" for region, reason in failures]
         self.summary.setText("\n".join(lines))
         self.explained.emit(f"{len(results)} regions of '{source.name}' explained: their classes are in "
@@ -129,7 +138,9 @@ class RegionsBox(QGroupBox):
             for entry in result.explanation.table()[:2]:
                 cells += [short_class_name(entry["name"]), f"{entry['probability']:.3f}"]
                 names.append(entry["name"])
-            rows.append(cells)
+            cells += [""] * (2 * (2 - len(names)))
+            verdict = result.explanation.calibrated
+            rows.append([*cells, "" if verdict is None else ("yes" if verdict.known else "no")])
             full_names.append(names)
         fill_table(self.table, rows)
         for row, names in enumerate(full_names):
@@ -157,6 +168,10 @@ class RegionsBox(QGroupBox):
             (row0, col0), (row1, col1) = corners * plane_scale + plane_translate
             rectangles.append(np.array([[row0, col0], [row0, col1], [row1, col1], [row1, col0]]))
             column = explanation.column(top)
+            if explanation.rejected:  # never named as a species
+                colours.append(REJECTED_COLOUR)
+                texts.append(f"{region.id}: none of the {explanation.calibrated.calibration.classes} species")
+                continue
             colours.append(class_colour(explanation.class_indices[column]))
             probability = float(explanation.probabilities[column])
             texts.append(f"{region.id}: {short_class_name(top)} ({probability:.2f})")

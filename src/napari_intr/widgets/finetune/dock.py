@@ -29,7 +29,7 @@ from ..workers.jobs import CollectionSummary
 from ..workers.training_process import TrainingProcess
 from .collection import CollectionBox
 from .plot import TrainingPlot, loss_trend_note
-from .results import RunResultsBox, accuracy_text
+from .results import RunResultsBox, accuracy_text, calibration_text
 from .settings import SettingsBox, default_runs_folder, new_run_folder
 
 WIDGET_NAME = "INTR Fine-tune"
@@ -238,7 +238,8 @@ class FineTuneWidget(QWidget):
         log = self.process.log_path
         if self._done is not None and exit_code == 0:
             best = accuracy_text(self._done.get("best_val_acc"), self.results.val_images)
-            text = f"Fine-tuning finished: best validation accuracy {best}; model in {self._done['model']}"
+            text = (f"Fine-tuning finished: best validation accuracy {best}; model in {self._done['model']}. "
+                    f"{calibration_text(self._done.get('calibration'))}")
             level, status = "info", "Finished"
             if log is not None and log.parent.parent == default_runs_folder():
                 self.settings.out.path = new_run_folder()  # Start again makes a new run

@@ -69,7 +69,8 @@ class RunResultsBox(QGroupBox):
             lines.append(f"Warning: only {self.val_images} validation images; with fewer than "
                          f"{FEW_VALIDATION_IMAGES} the accuracy can be far from the truth (see the interval). "
                          "Validate on more images (a val/ folder, or a larger split) before trusting it.")
-        self.summary.setText("\n".join([*lines, f"Model: {self.model_path}"]))
+        lines += [f"Model: {self.model_path}", calibration_text(event.get("calibration"))]
+        self.summary.setText("\n".join(lines))
         fill_table(self.table, [(name, _percent(accuracy)) for name, accuracy in sorted(per_class.items())],
                    numeric_columns=(1,))
         self.table.setVisible(bool(per_class))
@@ -90,3 +91,14 @@ class RunResultsBox(QGroupBox):
     def _publish(self, model, path: Path) -> None:
         self.state.publish_model(model, str(path))
         messages.notify(f"The Explorer now uses the fine-tuned model {path} ({len(model.class_names)} classes)")
+
+
+def calibration_text(calibration: dict | None) -> str:
+    """The run's calibration as the dock says it: what "none of these species" rests on, or why not."""
+    if not calibration:
+        return "Not calibrated: every image will be named as one of the classes"
+    if not calibration.get("calibrated"):
+        return f"Not calibrated ({calibration.get('reason', 'no reason given')}): every image will be named as one of the classes"
+    return (f"Calibrated on {calibration['images']:,} validation images: images scoring below {calibration['threshold']:.3g} "
+            f"are 'none of these species' (keeps {calibration['keep']:.0%} of known ones); "
+            f"{1 - calibration['alpha']:.0%} prediction sets")

@@ -101,8 +101,13 @@ class AtlasRunBox(QGroupBox):
             self.summary.setText(f"Stopped: {result.reused + result.summarised_now} of {result.total} images "
                                  "summarised and kept; Build atlas continues from there.")
             return
+        rejected = result.atlas.rejected
+        listed = "".join(f"\n  {Path(key).name} (folder {name})" for key, name, _ in rejected[:10])
+        more = f"\n  … {len(rejected) - 10} more in atlas.json" if len(rejected) > 10 else ""
+        none_of = (f"; {len(rejected)} are none of the {len(result.atlas.classes)} species (below the calibrated "
+                   f"open-set threshold) and left out of the summaries:{listed}{more}") if rejected else ""
         self.summary.setText(f"{result.summarised_now} images summarised now, {result.reused} reused, "
-                             f"{len(result.atlas.skipped)} unreadable; written to {out}")
+                             f"{len(result.atlas.skipped)} unreadable{none_of}; written to {out}")
         for warning in result.warnings:
             messages.notify(warning, "warning")
         self.atlas_ready.emit(out)

@@ -1,0 +1,209 @@
+"""Open-set rejection and conformal prediction sets (issue 25), measured on data nobody tuned on.
+
+    python benchmarks/open_set.py --work /tmp/open_set [--parts synthetic,lookalikes,cost]
+
+synthetic: the default tiny recipe trained on 6 `intr synth` species (the postman, tiger and
+  swallowtail rings); the whole morpho ring (3 species) is held out as unknown. The model is
+  calibrated (`intr calibrate`'s code) on 150 fresh images per known species (seed 1) and judged
+  on another 150 per known species plus 100 per morpho species (seed 2), never used to calibrate.
+  The four open-set scores are compared on a tuning split first (the calibration images against
+  100 morpho images per species of seed 1), then all reported on the test split.
+lookalikes: a benchmarks/lookalikes.py collection of a seed never used before (2025; test images
+  seed 2026): trained on two beetles (humeralis, media; 15 epochs of the tiny recipe), calibrated
+  by `intr train` itself on their validation images; unknown: the third beetle (apicalis, a
+  look-alike of the known ones: spots elsewhere on the same body) and all three fish (not look-alikes).
+cost: the calibration's share of the training run's wall time (from `intr train`'s done event),
+  and one explain of the bundled model with and without a calibration (median of interleaved runs).
+Training runs reuse a finished run in --work (its metrics.jsonl has every epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from timed_training import load, median_seconds
+
+KNOWN_RINGS = ["postman", "tiger", "swallowtail"]
+UNKNOWN_RING = "morpho"
+LOOKALIKE_KNOWN = ["Carabomorpha fictiva-humeralis", "Carabomorpha fictiva-media"]
+LOOKALIKE_UNKNOWN = ["Carabomorpha fictiva-apicalis"]
+OTHER_UNKNOWN = ["Pisciculus fictus-opercularis", "Pisciculus fictus-dorsalis", "Pisciculus fictus-caudalis"]
+
+
+def train(data: Path, out: Path, epochs: int | None = None) -> dict:
+    """`intr train --backbone tiny` (default recipe), unless a finished run is in `out`."""
+    done = out / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    finished = finished_run(out, epochs)
+    if finished is not None:
+        return finished
+    command = [sys.executable, "-m", "intr_training", "train", "--data", str(data), "--out", str(out),
+               "--backbone", "tiny", "--seed", "0", "--progress", "json", *(["--epochs", str(epochs)] if epochs else [])]
+    before, started = load(), time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
+    event = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")][-1]
+    result = {"wall_seconds": time.perf_counter() - started, "load": f"{before} -> {load()}", "done": event}
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def finished_run(out: Path, epochs: int | None) -> dict | None:
+    """A run finished by hand into `out` (e.g. started earlier with the same command): its epoch
+    times from metrics.jsonl, its done event from OUT/../train.jsonl when it wrote JSON progress."""
+    from napari_intr.recipes import TINY
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    if len(rows) != (epochs or TINY["epochs"]):
+        return None
+    log = out.parent / "train.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")] if log.is_file() else []
+    return {"wall_seconds": None, "epoch_seconds": sum(row["seconds"] for row in rows), "load": None,
+            "done": events[-1] if events and events[-1]["event"] == "done" else None,
+            "val_acc": [row["val_acc"] for row in rows]}
+
+
+def linked(folder: Path, sources: dict[str, Path]) -> Path:
+    """A class folder per species, linked to where it was drawn (one drawing serves several splits)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in sources.items():
+        if not (folder / name).exists():
+            (folder / name).symlink_to(source.resolve(), target_is_directory=True)
+    return folder
+
+
+def scores_table(known_logits, unknown_sets: dict[str, np.ndarray]) -> dict:
+    from napari_intr.calibration import SCORES, auroc, fpr_at_tpr, open_set_scores
+    table = {}
+    for score in SCORES:
+        known = open_set_scores(known_logits, score)
+        table[score] = {name: {"auroc": auroc(known, open_set_scores(logits, score)),
+                               "fpr_at_95_tpr": fpr_at_tpr(known, open_set_scores(logits, score))}
+                        for name, logits in unknown_sets.items()}
+    return table
+
+
+def samples_of(model, folder: Path, label=True) -> list:
+    from intr_training.data import Collection, class_images
+    classes = class_images(folder, Collection(folder, [], [], []))
+    return [(path, model.class_names.index(name) if label else -1) for name, paths in classes.items() for path in paths]
+
+
+def synthetic(work: Path) -> dict:
+    from intr_training import synth
+    from intr_training.calibrate import calibrate_samples, collect_logits
+    from napari_intr.calibration import coverage_table, open_set_scores, softmax
+    from napari_intr.loading import load_model
+    work.mkdir(parents=True, exist_ok=True)
+    known = [s.name for s in synth.SPECIES if s.ring in KNOWN_RINGS]
+    unknown = [s.name for s in synth.SPECIES if s.ring == UNKNOWN_RING]
+    drawn = {"drawn-train": (0, 60, 10, None), "drawn-calibration": (1, 150, 0, KNOWN_RINGS),
+             "drawn-tuning-unknown": (1, 100, 0, [UNKNOWN_RING]), "drawn-test": (2, 150, 0, KNOWN_RINGS),
+             "drawn-test-unknown": (2, 100, 0, [UNKNOWN_RING])}
+    for name, (seed, per_class, val, only) in drawn.items():
+        if not (work / name / "synth.json").is_file():
+            synth.write_collection(work / name, per_class, 128, seed, val_per_class=val, only=only)
+    for split in ("train", "val"):
+        linked(work / "known" / split, {n: work / "drawn-train" / split / n for n in known})
+    run = train(work / "known", work / "run")
+    model = load_model(work / "run" / "model.safetensors", device="cpu")
+    started = time.perf_counter()
+    calibration = calibrate_samples(model, samples_of(model, work / "drawn-calibration"), "calibration")
+    calibrate_seconds = time.perf_counter() - started
+    calibration_logits, _ = collect_logits(model, samples_of(model, work / "drawn-calibration"))
+    tuning_unknown, _ = collect_logits(model, samples_of(model, work / "drawn-tuning-unknown", label=False))
+    test_logits, test_labels = collect_logits(model, samples_of(model, work / "drawn-test"))
+    test_unknown, _ = collect_logits(model, samples_of(model, work / "drawn-test-unknown", label=False))
+    coverage = coverage_table(softmax(test_logits), test_labels, calibration.quantile, model.class_names)
+    return {"known": known, "unknown": unknown, "training": run, "calibration": calibration.describe(),
+            "calibration_images": calibration.images, "quantile": calibration.quantile,
+            "threshold": calibration.threshold, "calibrate_seconds": calibrate_seconds,
+            "tuning": scores_table(calibration_logits, {"morpho": tuning_unknown}),
+            "test": scores_table(test_logits, {"morpho": test_unknown}),
+            "coverage": coverage, "test_accuracy": float((test_logits.argmax(-1) == test_labels).mean()),
+            "score": calibration.score,
+            "known_kept": float((open_set_scores(test_logits, calibration.score) >= calibration.threshold).mean()),
+            "unknown_rejected": float((open_set_scores(test_unknown, calibration.score) < calibration.threshold).mean())}
+
+
+def lookalikes(work: Path) -> dict:
+    import lookalikes as generator
+    from intr_training.calibrate import calibrate_samples, collect_logits
+    from napari_intr.calibration import DEFAULT_SCORE, coverage_table, open_set_scores, softmax
+    from napari_intr.loading import load_model
+    work.mkdir(parents=True, exist_ok=True)
+    for name, seed, per_class, val in (("drawn-train", 2025, 150, 40), ("drawn-test", 2026, 100, 0)):
+        if not (work / name / "lookalikes.json").is_file():
+            generator.write(work / name, per_class, val, 128, seed)
+    for split in ("train", "val"):
+        linked(work / "known" / split, {n: work / "drawn-train" / split / n for n in LOOKALIKE_KNOWN})
+    run = train(work / "known", work / "run", epochs=15)
+    model = load_model(work / "run" / "model.safetensors", device="cpu")
+    test = work / "drawn-test" / "train"
+    known_logits, known_labels = collect_logits(model, [(p, model.class_names.index(n)) for n in LOOKALIKE_KNOWN
+                                                        for p in sorted((test / n).iterdir())])
+    unknowns = {group: collect_logits(model, [(p, -1) for n in names for p in sorted((test / n).iterdir())])[0]
+                for group, names in (("look-alike", LOOKALIKE_UNKNOWN), ("not look-alike", OTHER_UNKNOWN))}
+    trained_with = None if model.calibration is None else model.calibration.score
+    if trained_with != DEFAULT_SCORE:  # calibrated by an earlier default: the same validation images again
+        calibrate_samples(model, [(p, model.class_names.index(n)) for n in LOOKALIKE_KNOWN
+                                  for p in sorted((work / "known" / "val" / n).iterdir())], "val")
+    calibration = model.calibration
+    result = {"training": run, "calibration": None if calibration is None else calibration.describe(),
+              "calibrated_by_intr_train_with": trained_with,
+              "test": scores_table(known_logits, unknowns),
+              "test_accuracy": float((known_logits.argmax(-1) == known_labels).mean())}
+    if calibration is not None:
+        result["coverage"] = coverage_table(softmax(known_logits), known_labels, calibration.quantile, model.class_names)
+        score = calibration.score
+        result["rejected"] = {group: float((open_set_scores(logits, score) < calibration.threshold).mean())
+                              for group, logits in unknowns.items()}
+        result["known_kept"] = float((open_set_scores(known_logits, score) >= calibration.threshold).mean())
+    return result
+
+
+def cost() -> dict:
+    """One explain of the bundled model's specimen (all maps) with and without a calibration."""
+    import torch
+
+    from napari_intr.calibration import Calibration
+    from napari_intr.explanation import Explainer
+    from napari_intr.image_files import read_image
+    from napari_intr.loading import load_model, sample_data_dir
+    torch.set_num_threads(1)
+    plain, calibrated = load_model("sample"), load_model("sample")
+    calibrated.calibration = Calibration("max_logit", 1.0, 0.95, 0.1, 0.1, 100, len(calibrated.class_names))
+    image = read_image(sorted((sample_data_dir() / "specimens").glob("*.png"))[0])
+    before = load()
+    times = median_seconds({"plain": lambda: Explainer(plain).explain(image),
+                            "calibrated": lambda: Explainer(calibrated).explain(image)}, repeats=60)
+    return {"explain_seconds": times, "ratio": times["calibrated"] / times["plain"], "load": f"{before} -> {load()}"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--parts", default="synthetic,lookalikes,cost")
+    args = parser.parse_args(argv)
+    results = {}
+    for part in args.parts.split(","):
+        before = load()
+        results[part] = {"synthetic": lambda: synthetic(args.work / "synthetic"),
+                         "lookalikes": lambda: lookalikes(args.work / "lookalikes"), "cost": cost}[part]()
+        results[part]["part_load"] = f"{before} -> {load()}"
+        print(json.dumps({part: results[part]}, indent=1, default=str), flush=True)
+    (args.work / "open_set.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
