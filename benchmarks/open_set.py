@@ -94,14 +94,14 @@ def scores_table(known_logits, unknown_sets: dict[str, np.ndarray]) -> dict:
 
 
 def samples_of(model, folder: Path, label=True) -> list:
-    from intr_training.data import Collection, class_images
+    from napari_intr.collection.scan import Collection, class_images
     classes = class_images(folder, Collection(folder, [], [], []))
     return [(path, model.class_names.index(name) if label else -1) for name, paths in classes.items() for path in paths]
 
 
 def synthetic(work: Path) -> dict:
-    from intr_training import synth
     from intr_training.calibrate import calibrate_samples, collect_logits
+    from napari_intr import synth
     from napari_intr.calibration import coverage_table, open_set_scores, softmax
     from napari_intr.loading import load_model
     work.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from intr_training import synth
 from intr_training.cli import main
-from napari_intr import load_model
+from napari_intr import load_model, synth
 from napari_intr.checkpoints import read_metadata
 from napari_intr.loading import sample_model_path
 

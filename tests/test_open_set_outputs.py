@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from intr_training import synth
 from intr_training.cli import main
-from napari_intr import load_model
+from napari_intr import load_model, synth
 from napari_intr.atlas import AtlasOptions, build_atlas
 from napari_intr.calibration import Calibration, open_set_scores
 from napari_intr.checkpoints import save_model

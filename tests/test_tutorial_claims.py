@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from intr_training import cli, synth
-from napari_intr import load_model
+from intr_training import cli
+from napari_intr import load_model, synth
 from napari_intr.comparison import most_confused_with
 from napari_intr.editing import Transplant
 from napari_intr.explanation import Explainer, layer_name

@@ -21,9 +21,10 @@ from napari_intr.calibration import (
     open_set_scores,
 )
 from napari_intr.checkpoints import save_model
+from napari_intr.collection.scan import Collection, class_images
 from napari_intr.model import INTR
 
-from .data import Collection, ImageFolderDataset, class_images, collate
+from .data import ImageFolderDataset, collate
 from .engine import autocast, full_width, options_for, to_device
 from .transforms import eval_transform
 
