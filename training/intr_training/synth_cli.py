@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_values import SEED, parse_names, whole_number
+from napari_intr.class_names import parse_names
+
+from .cli_values import SEED, whole_number
 
 # Drawing holds a few float64 copies of one image: 2048 px is ~0.5 GB at most, and far more
 # detail than the synthetic specimens have.
