@@ -3,14 +3,13 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from intr_training.cli import main
 from napari_intr import load_model, synth
 from napari_intr.atlas import AtlasOptions, build_atlas
-from napari_intr.calibration import Calibration, open_set_scores
+from napari_intr.calibration import DEFAULT_SCORE, Calibration, open_set_scores
 from napari_intr.checkpoints import save_model
 from napari_intr.collection.explain import PREDICTIONS_FILE, explain_folder
 from napari_intr.explanation import Explainer
@@ -35,8 +34,9 @@ def calibrated(collection):
     explainer = Explainer(model)
     scores = {path: float(open_set_scores(explainer.explain(read_image(path)).logits[None])[0])
               for path in find_images([collection])}
-    threshold = float(np.median(list(scores.values())))
-    model.calibration = Calibration(score="max_logit", threshold=threshold, keep=0.95, alpha=0.1, quantile=0.3,
+    ordered = sorted(scores.values())  # halfway between two scores: no image sits on the threshold
+    threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    model.calibration = Calibration(score=DEFAULT_SCORE, threshold=threshold, keep=0.95, alpha=0.1, quantile=0.3,
                                     images=123, classes=len(model.class_names))
     rejected = sorted(str(path) for path, score in scores.items() if score < threshold)
     assert 0 < len(rejected) < len(scores)
