@@ -198,7 +198,8 @@ class TrainingRun:
         state.seed_everything(args.seed)
         if saved is None:
             start = initial_model(args.init, self.class_names, args.backbone, args.image_size,
-                                  torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None))
+                                  torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None),
+                                  getattr(args, "backbone_weights", None))
             model, self.init_description, init_warnings = start.model, start.description, start.warnings
             self.args = args = self.recipe_arguments(args, model.config.backbone)
             set_dropout(model, args.dropout)
@@ -262,6 +263,8 @@ class TrainingRun:
                                        "learning rate never drops")
         if args.schedule != "step" and args.lr_drop is not None and "lr_drop" not in recipe:
             self.setup_warnings.append(f"--lr-drop {args.lr_drop} ignored: it applies to --schedule step only")
+        if args.freeze == "none":
+            args.freeze = None
         frozen = args.freeze is not None
         if args.cache_features and not frozen:
             raise ValueError("--cache-features needs a frozen backbone: add --freeze backbone (or encoder)")
