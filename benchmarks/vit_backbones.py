@@ -2,6 +2,7 @@
 
     python benchmarks/vit_backbones.py                    # everything below (CPU)
     python benchmarks/vit_backbones.py --skip-train       # feature extraction only
+    python benchmarks/vit_backbones.py --skip-train --backbones bioclip2-vitl14 --sizes 224
     python benchmarks/vit_backbones.py --device cuda      # the same on a GPU
 
 (1) Feature extraction, images/s: the frozen backbone's forward (model/vit_backbone.py) on one
@@ -32,7 +33,7 @@ from pathlib import Path
 from timed_training import load, median_seconds, timed_train
 
 SIZES = (224, 448)
-BACKBONES = ("dinov2-vits14", "dinov2-vitb14")
+BACKBONES = "dinov2-vits14,dinov2-vitb14"
 
 
 def extraction(backbone, images, mask, precision: str):
@@ -45,7 +46,7 @@ def extraction(backbone, images, mask, precision: str):
     return run
 
 
-def feature_rates(device_name: str, repeats: int, batch: int) -> list[dict]:
+def feature_rates(device_name: str, repeats: int, batch: int, backbones: list[str], sizes: list[int]) -> list[dict]:
     import torch
 
     from intr_training.engine import native_bf16
@@ -53,9 +54,9 @@ def feature_rates(device_name: str, repeats: int, batch: int) -> list[dict]:
     device = torch.device(device_name)
     precisions = ["fp32", *(["bf16"] if native_bf16(device) else [])]
     rows = []
-    for name in BACKBONES:
+    for name in backbones:
         backbone = build_model(IntrConfig.for_backbone(name, 10)).backbone[0].to(device).eval()
-        for size in SIZES:
+        for size in sizes:
             images = torch.randn(batch, 3, size, size, device=device)
             mask = torch.zeros(batch, size, size, dtype=torch.bool, device=device)
 
@@ -136,6 +137,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--explain-images", type=int, default=20)
+    parser.add_argument("--backbones", default=BACKBONES, help=f"(1)'s backbones, comma-separated (default {BACKBONES})")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="(1)'s image sides in px, comma-separated")
     parser.add_argument("--skip-features", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--work", type=Path, help="keep the collection and runs here (default: a temporary folder)")
@@ -146,7 +149,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, load {load()}",
           flush=True)
     if not args.skip_features:
-        feature_rates(args.device, args.repeats, args.batch or (16 if args.device == "cuda" else 1))
+        feature_rates(args.device, args.repeats, args.batch or (16 if args.device == "cuda" else 1),
+                      args.backbones.split(","), [int(size) for size in args.sizes.split(",")])
     if args.skip_train:
         return
     with tempfile.TemporaryDirectory() as temporary:
