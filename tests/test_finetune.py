@@ -84,9 +84,23 @@ def test_the_freeze_choices_are_intr_trains(finetune):
     from napari_intr.recipes import FREEZE_CHOICES
     _, widget = finetune
     freeze = widget.settings.freeze
-    assert freeze.choices == (None, *FREEZE_CHOICES)  # None: freeze nothing
+    assert freeze.choices == (None, *FREEZE_CHOICES)  # None: the recipe's (a ViT's backbone, else nothing)
     labels = [freeze.native.itemText(i) for i in range(freeze.native.count())]
-    assert labels == ["nothing", "backbone", "backbone and encoder"]
+    assert labels == ["recipe (ViT: backbone, others: nothing)", "nothing", "backbone", "backbone and encoder"]
+
+
+def test_a_new_model_on_a_foundation_backbone_trains_with_its_recipe(finetune, tmp_path):
+    """The base-model list offers a new model per foundation backbone: the run gets --backbone
+    (its recipe: published weights, frozen, cached) instead of --init."""
+    from napari_intr.model.config import VIT_BACKBONES
+    _, widget = finetune
+    picker = widget.settings.base.source
+    offered = [picker.itemData(i) for i in range(picker.count())]
+    assert [f"new:{name}" for name in VIT_BACKBONES] == [item for item in offered if item.startswith("new:")]
+    picker.setCurrentIndex(offered.index("new:dinov2-vitb14-reg"))
+    arguments = widget.settings.train_arguments(str(tmp_path), 0.2, tmp_path / "run")
+    assert "--init" not in arguments
+    assert arguments[arguments.index("--backbone") + 1] == "dinov2-vitb14-reg"
 
 
 def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune, qtbot, messages, tmp_path):

@@ -49,6 +49,9 @@ def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR
             raise CheckpointError(f"the bundled sample model is missing from {path}; reinstall napari-intr")
         return load_checkpoint(path, class_names, device)
     if name in zoo.ZOO:
+        if zoo.ZOO[name].kind == "backbone":
+            raise CheckpointError(f"{name} holds a backbone's pretrained weights, not a classifier; train a "
+                                  f"model on it: intr train --backbone {name}")
         if zoo.ZOO[name].kind != "intr":
             raise CheckpointError(f"{name} holds DETR's COCO detection weights, not a classifier; use it "
                                   f"to initialise training: intr train --init {name}")

@@ -15,7 +15,7 @@ dropout: hidden 64 learned one look-alike group and stalled on the other; the lo
 """
 from __future__ import annotations
 
-from napari_intr.model.config import BACKBONES
+from napari_intr.model.config import BACKBONES, VIT_BACKBONES
 
 DEFAULT_BACKBONE = "resnet50"
 # The paper's recipe (AdamW, StepLR x0.1 at epoch 80 of 140, clip 0.1; DETR's augmentation).
@@ -30,7 +30,18 @@ TINY = {"epochs": 40, "batch_size": 32, "lr": 2.5e-4, "lr_backbone": 2.5e-4, "sc
 # species of both groups in 12 epochs where hidden 64 stalled at one group (benchmarks/RESULTS.md).
 # Older models keep their own shape: it is saved in every checkpoint.
 NEW_MODEL = {"tiny": {"hidden_dim": 128}}
-RECIPES = {backbone: TINY if backbone == "tiny" else RESNET for backbone in BACKBONES}
+# A foundation ViT (DINOv2, BioCLIP 2) stays frozen, as in Prompt-CAM: its features are computed
+# once per image and flip (the feature cache) and only INTR's projection, encoder and decoder
+# learn, at the tiny recipe's rate per image (AdamW, batch 32, peak 2.5e-4, cosine), for 20
+# epochs. The encoder and decoder are two layers each (the ViT's tokens have already attended
+# across the image; six and six took most of a CPU epoch). NOT tuned on real data: no
+# weights could be downloaded here; benchmarks/vit_backbones.py measured its time and memory
+# only. --freeze none trains the ViT too, at DETR's backbone rate.
+VIT = {"epochs": 20, "batch_size": 32, "lr": 2.5e-4, "lr_backbone": 1e-5, "schedule": "cosine", "warmup_epochs": 1.0,
+       "augment": "flip", "dropout": 0.0, "freeze": "backbone"}
+NEW_MODEL.update({name: {"enc_layers": 2, "dec_layers": 2, "dim_feedforward": 1024} for name in VIT_BACKBONES})
+RECIPES = {backbone: TINY if backbone == "tiny" else VIT if backbone in VIT_BACKBONES else RESNET
+           for backbone in BACKBONES}
 RECIPE_CHOICES = ("default", "paper")
 # --schedule step without --lr-drop: the paper's proportion (epoch 80 of 140) of --epochs.
 STEP_DROP_SHARE = 80 / 140
@@ -48,6 +59,7 @@ AMP_MIN_IMAGES, AMP_MIN_SIDE = 8, 512
 PRECISION_HELP = (f"auto: bf16 autocast for steps of at least {AMP_MIN_IMAGES} images of {AMP_MIN_SIDE}x{AMP_MIN_SIDE} "
                   "px (or as many pixels) on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 "
                   "otherwise; fp32; bf16: always bf16 autocast")
-FREEZE_CHOICES = ("backbone", "encoder")  # "encoder": backbone, projection and encoder
+# "encoder": backbone, projection and encoder; "none": nothing, where the recipe freezes the backbone
+FREEZE_CHOICES = ("none", "backbone", "encoder")
 # These may change when a run is resumed; everything else comes from the saved run.
 RUNTIME_ARGUMENTS = ("data", "out", "epochs", "device", "resume", "progress", "workers")

@@ -16,7 +16,9 @@ class ZooEntry:
     filename: str
     url: str
     num_classes: int | None
-    kind: str  # "intr": a classifier; "detr": DETR's COCO weights, an initialisation for training
+    # "intr": a classifier; "detr": DETR's COCO weights, an initialisation for training; "backbone":
+    # a foundation ViT's published weights (model/vit_backbone.py; napari_intr.backbone_weights)
+    kind: str
     sha256_prefix: str | None = None  # DETR's file name carries its hash prefix
     class_list: str | None = None  # a bundled list of its class names (napari_intr/class_lists/)
     class_names_hint: str = ""  # where to get its class names when none is bundled
@@ -40,6 +42,16 @@ ZOO = {
         f"github.com/Imageomics/INTR), {_IMAGEFOLDER_ORDER}"),
     "detr-r50": ZooEntry("detr-r50-e632da11.pth", "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
                          None, "detr", sha256_prefix="e632da11"),
+    # The backbones' published weights, under the backbone's name. No hash of them is published
+    # with them, and we have not downloaded them: each is checked against the sha256 recorded at
+    # first use, or against one the caller gives (fetch's `sha256`).
+    **{f"dinov2-vit{size}14{suffix}": ZooEntry(
+        f"dinov2_vit{size}14{tag}_pretrain.pth",
+        f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{size}14/dinov2_vit{size}14{tag}_pretrain.pth", None,
+        "backbone") for size in ("s", "b") for suffix, tag in (("", ""), ("-reg", "_reg4"))},
+    "bioclip2-vitl14": ZooEntry("bioclip-2_open_clip_model.safetensors",
+                                "https://huggingface.co/imageomics/bioclip-2/resolve/main/open_clip_model.safetensors",
+                                None, "backbone"),
 }
 
 
@@ -73,9 +85,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(name: str, path: Path) -> None:
-    """DETR: hash prefix from its name. Others: the hash recorded at first use must still hold."""
+def verify(name: str, path: Path, sha256: str | None = None) -> None:
+    """DETR: hash prefix from its name. Others: `sha256` when the caller knows it, else the hash
+    recorded at first use must still hold."""
     item, actual = entry(name), _sha256(path)
+    if sha256 is not None:
+        if actual != sha256.lower():
+            raise ZooError(f"{path} is not the file expected for {name}: its sha256 is {actual}, not {sha256}. "
+                           "Delete it and download again, or check the hash you gave")
+        if not _record(path).exists():
+            _record(path).write_text(actual + "\n")
+        return
     if item.sha256_prefix is not None:
         if not actual.startswith(item.sha256_prefix):
             raise ZooError(f"{path} is damaged: its sha256 does not start with {item.sha256_prefix}. "
@@ -95,11 +115,14 @@ def _record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def fetch(name: str, progressbar=True) -> Path:
-    """Path of zoo file `name`, downloading it (with progress) only if it is not in the cache."""
+def fetch(name: str, progressbar=True, sha256: str | None = None) -> Path:
+    """Path of zoo file `name`, downloading it (with progress) only if it is not in the cache.
+    sha256: the file's full hash, when the caller knows it (checked instead of the recorded one)."""
     item, target = entry(name), cached_path(name)
+    if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
+        raise ZooError(f"sha256 for {name} must be 64 hexadecimal digits, got {sha256!r}")
     if target.exists():
-        verify(name, target)
+        verify(name, target, sha256)
         return target
     import pooch
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -117,5 +140,9 @@ def fetch(name: str, progressbar=True) -> Path:
         raise ZooError(f"the download of {name} from {item.url} is damaged (its sha256 does not start "
                        f"with {item.sha256_prefix}) and was removed. Try again, or download that URL by "
                        f"other means and copy the file to {target}")
-    verify(name, target)
+    if sha256 is not None and _sha256(target) != sha256.lower():
+        target.unlink(missing_ok=True)
+        raise ZooError(f"the download of {name} from {item.url} does not have the sha256 {sha256} given, and "
+                       f"was removed. Try again, or download that URL by other means and copy the file to {target}")
+    verify(name, target, sha256)
     return target

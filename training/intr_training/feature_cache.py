@@ -57,11 +57,11 @@ def backbone_fingerprint(backbone: torch.nn.Module) -> str:
 
 
 def feature_shape(height: int, width: int, short_side: int, max_side: int, stride: int) -> tuple[int, int]:
-    """Feature-map size of an image resized to `short_side`: every stride-2 stage rounds up."""
+    """Feature-map size of an image resized to `short_side`: ceil(size / stride). A CNN's every
+    stride-2 stage rounds up (and ceil(ceil(n / 2) / 2) = ceil(n / 4)); a ViT's last partial
+    patch is a cell of its own (model/vit_backbone.py)."""
     h, w = resized_shape(height, width, short_side, max_side)
-    for _ in range(int(math.log2(stride))):
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return h, w
+    return math.ceil(h / stride), math.ceil(w / stride)
 
 
 def file_key(path: Path) -> list:

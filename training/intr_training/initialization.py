@@ -9,13 +9,14 @@ from torch import nn
 
 from napari_intr.checkpoints import load_state
 from napari_intr.model import INTR, IntrConfig, build_model
+from napari_intr.model.config import VIT_BACKBONES
 from napari_intr.recipes import DEFAULT_BACKBONE, FREEZE_CHOICES, NEW_MODEL
 
 NEW_QUERY_NOISE = 0.1  # new classes start near the mean old query, spread by this fraction of its std
 
 
 def default_init(backbone: str) -> str:
-    return "detr-r50" if backbone == "resnet50" else "none"
+    return "detr-r50" if backbone == "resnet50" else "pretrained" if backbone in VIT_BACKBONES else "none"
 
 
 def with_image_size(config: IntrConfig, short_side: int | None) -> IntrConfig:
@@ -24,6 +25,9 @@ def with_image_size(config: IntrConfig, short_side: int | None) -> IntrConfig:
         return config
     if short_side < 32:
         raise ValueError(f"--image-size must be at least 32 px, got {short_side}")
+    if config.backbone in VIT_BACKBONES and short_side % 14:
+        raise ValueError(f"--image-size must be a multiple of 14 px (the patch size) for {config.backbone}, got "
+                         f"{short_side}: try {max(1, round(short_side / 14)) * 14}")
     return config.replace(short_side=short_side,
                           max_side=max(short_side, round(short_side * config.max_side / config.short_side)))
 
@@ -73,12 +77,18 @@ def from_checkpoint(source: str, class_names: list[str], backbone: str | None, i
 
 
 def initial_model(init: str | None, class_names: list[str], backbone: str | None, image_size: int | None,
-                  generator: torch.Generator, dropout: float | None = None) -> Start:
-    """The model a run starts from. Call after seeding: fresh weights come from torch's RNG."""
+                  generator: torch.Generator, dropout: float | None = None,
+                  backbone_weights: str | None = None) -> Start:
+    """The model a run starts from. Call after seeding: fresh weights come from torch's RNG.
+    backbone_weights: with init "pretrained", the user's file of the backbone's published weights
+    (default: the model cache's, downloaded on first use)."""
     if dropout is not None and not 0 <= dropout < 1:
         raise ValueError(f"--dropout must be at least 0 and below 1, got {dropout}")
     init = init or default_init(backbone or DEFAULT_BACKBONE)
-    if init not in ("none", "detr-r50"):
+    if backbone_weights is not None and init != "pretrained":
+        raise ValueError(f"--backbone-weights is for --init pretrained (a foundation backbone's published weights), "
+                         f"not --init {init}")
+    if init not in ("none", "detr-r50", "pretrained"):
         return from_checkpoint(init, class_names, backbone, image_size, generator, dropout)
     backbone = backbone or DEFAULT_BACKBONE
     # New models get the shortlist head (a few hundred parameters): shortlist decoding works on them.
@@ -89,6 +99,15 @@ def initial_model(init: str | None, class_names: list[str], backbone: str | None
     model = build_model(config, class_names)
     if init == "none":
         return Start(model, f"{backbone} from random weights")
+    if init == "pretrained":
+        if backbone not in VIT_BACKBONES:
+            raise ValueError(f"--init pretrained fits the foundation backbones ({', '.join(VIT_BACKBONES)}), not "
+                             f"--backbone {backbone}")
+        from napari_intr.backbone_weights import load_backbone_weights, weights_file
+        from napari_intr.zoo import _sha256
+        path = weights_file(backbone, backbone_weights)
+        load_backbone_weights(model.backbone[0], path)
+        return Start(model, f"{backbone} from its published weights ({path.name}, sha256 {_sha256(path)})")
     if backbone != "resnet50":
         raise ValueError(f"--init detr-r50 fits only --backbone resnet50 (got {backbone}); use --init none "
                          "or a checkpoint of the same backbone")
@@ -102,7 +121,7 @@ def initial_model(init: str | None, class_names: list[str], backbone: str | None
 def freeze(model: INTR, what: str | None) -> tuple[nn.Module, ...]:
     """Stop training the backbone ("backbone") or everything up to the decoder ("encoder");
     returns the frozen modules, which the engine keeps in eval mode."""
-    if what is None:
+    if what in (None, "none"):
         return ()
     if what not in FREEZE_CHOICES:
         raise ValueError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, got {what!r}")

@@ -22,6 +22,7 @@ from napari_intr.recipes import (
     RECIPE_CHOICES,
     RESNET,
     TINY,
+    VIT,
 )
 
 from .cli_values import BATCH_SIZE, COUNT, SEED, WORKERS, number, whole_number
@@ -43,12 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", choices=BACKBONES,
                         help=f"network (default {DEFAULT_BACKBONE}; a --init checkpoint brings its own)")
     parser.add_argument("--init", help="detr-r50 (the paper's start, resnet50 only; the default for "
-                        "resnet50), none (random weights; the default otherwise), or a checkpoint to "
+                        "resnet50), pretrained (a foundation backbone's published weights, DINOv2 or BioCLIP 2; "
+                        "their default), none (random weights; the default otherwise), or a checkpoint to "
                         "fine-tune (.safetensors, official INTR .pth or a zoo name)")
+    parser.add_argument("--backbone-weights", metavar="FILE", help="--init pretrained: the backbone's published "
+                        "weights from this file (DINOv2's torch-hub .pth, timm's or open_clip's .safetensors/.bin; "
+                        "default: the model cache's file, downloaded on first use when online)")
     parser.add_argument("--recipe", choices=RECIPE_CHOICES, help="default: the backbone's recipe below; "
                         "paper: the paper's (resnet50 from DETR-R50 at 800 px, 140 epochs, batch 12, StepLR "
                         "10x down at epoch 80, DETR's multi-scale resize), for reproducing its Table 1")
-    parser.add_argument("--epochs", type=COUNT, help=f"epochs in total (resnet*: {RESNET['epochs']}, tiny: {TINY['epochs']})")
+    parser.add_argument("--epochs", type=COUNT, help=f"epochs in total (resnet*: {RESNET['epochs']}, tiny: {TINY['epochs']}, "
+                        f"dinov2-*/bioclip2-*: {VIT['epochs']})")
     parser.add_argument("--batch-size", type=BATCH_SIZE, help="images per step and process: under torchrun each "
                         f"process takes this many (resnet*: {RESNET['batch_size']}, tiny: {TINY['batch_size']})")
     parser.add_argument("--lr", type=LEARNING_RATE, help=f"peak learning rate (resnet*: {RESNET['lr']}, tiny: "
@@ -66,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "other --epochs)")
     parser.add_argument("--augment", choices=AUGMENTATIONS, help=AUGMENT_HELP + " (default: resnet* "
                         f"{RESNET['augment']}, tiny {TINY['augment']})")
-    parser.add_argument("--image-size", type=IMAGE_SIZE, help="short side in px (resnet*: 800, tiny: 128); the "
-                        "longest side limit scales in proportion")
+    parser.add_argument("--image-size", type=IMAGE_SIZE, help="short side in px (resnet*: 800, tiny: 128, "
+                        "dinov2-*/bioclip2-*: 224, any multiple of 14); the longest side limit scales in proportion")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--seed", type=SEED, help="seed for everything random (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -77,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-split", type=VAL_SPLIT, help="fraction of each class held out for "
                         "validation when DATA has no val/ folder (default 0.1)")
     parser.add_argument("--freeze", choices=FREEZE_CHOICES, help="keep the backbone (or the backbone, "
-                        "projection and encoder) as initialised")
+                        "projection and encoder) as initialised (default: backbone for dinov2-*/bioclip2-*, "
+                        "none otherwise)")
     parser.add_argument("--accumulate", type=COUNT, help="batches per optimizer step (default 1)")
     parser.add_argument("--workers", type=WORKERS, help="data-loading processes (default: none when the "
                         "resized images or cached features are read from memory or the cache, else up to 4)")

@@ -48,6 +48,7 @@ class TrainSettings:
     precision: str = "auto"
     dropout: float | None = None       # None: the model's own (a resumed model keeps its saved dropout)
     sampled_queries: int | None = None
+    backbone_weights: str | None = None  # a foundation backbone's published weights (--init pretrained)
 
     def __post_init__(self):
         check_ranges(vars(self))
@@ -115,6 +116,8 @@ def new_run(command_line: dict, backbone: str, world_size: int) -> tuple[TrainSe
                         "learning rate never drops")
     if values["schedule"] != "step" and values.get("lr_drop") is not None and "lr_drop" not in recipe:
         warnings.append(f"--lr-drop {values['lr_drop']} ignored: it applies to --schedule step only")
+    if values.get("freeze") == "none":  # --freeze none: train everything, whatever the recipe freezes
+        values["freeze"] = None
     frozen = values.get("freeze") is not None
     if values.get("cache_features") and not frozen:
         raise ValueError("--cache-features needs a frozen backbone: add --freeze backbone (or encoder)")

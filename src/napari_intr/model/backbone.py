@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .config import BACKBONE_FEATURES, IntrConfig
+from .config import BACKBONE_FEATURES, VIT_BACKBONES, IntrConfig
 from .position_encoding import PositionEmbeddingSine
+from .vit_backbone import ViTBackbone
 
 
 def _frozen_batch_norm():
@@ -73,7 +74,7 @@ class Backbone(nn.Module):
 class Joiner(nn.Sequential):
     """Backbone and positional encoding side by side, as DETR keeps them (keys `backbone.0.*`)."""
 
-    def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine):
+    def __init__(self, backbone: Backbone | ViTBackbone, position_embedding: PositionEmbeddingSine):
         super().__init__(backbone, position_embedding)
         self.num_channels = backbone.num_channels
         self.stride = backbone.stride
@@ -103,11 +104,15 @@ def _fold_children(module: nn.Module) -> None:
         _fold_children(child)
 
 
-def folded_batch_norm(backbone: Backbone) -> Backbone:
+def folded_batch_norm(backbone: Backbone | ViTBackbone) -> Backbone | ViTBackbone:
     """A copy of a FROZEN backbone (eval mode, weights fixed) with every batch norm folded into
     the convolution before it: the same function, but in bf16 autocast the frozen batch norm's
     separate float32 arithmetic (and the casts around it) was a large part of resnet50's forward
-    on the CPU (benchmarks/RESULTS.md). For computing features only: train and save `backbone`."""
+    on the CPU (benchmarks/RESULTS.md). For computing features only: train and save `backbone`.
+    A backbone without batch norm (a ViT) is returned itself: nothing to fold, and no copy of
+    its weights (a gigabyte for ViT-L)."""
+    if not any(_is_batch_norm(module) for module in backbone.modules()):
+        return backbone
     folded = copy.deepcopy(backbone).eval()
     with torch.no_grad():
         _fold_children(folded.body)
@@ -115,4 +120,5 @@ def folded_batch_norm(backbone: Backbone) -> Backbone:
 
 
 def build_backbone(config: IntrConfig) -> Joiner:
-    return Joiner(Backbone(config.backbone), PositionEmbeddingSine(config.hidden_dim // 2))
+    body = ViTBackbone(config.backbone) if config.backbone in VIT_BACKBONES else Backbone(config.backbone)
+    return Joiner(body, PositionEmbeddingSine(config.hidden_dim // 2))

@@ -6,10 +6,20 @@ import json
 import math
 from dataclasses import dataclass
 
-# The backbones (model/backbone.py builds them): the channels and stride (px per cell) of each
-# one's last feature map. The one table of them; `intr train --backbone` takes its names.
-BACKBONE_FEATURES = {"resnet50": (2048, 32), "resnet34": (512, 32), "resnet18": (512, 32), "tiny": (128, 8)}
+# The backbones (model/backbone.py and model/vit_backbone.py build them): the channels and stride
+# (px per cell) of each one's last feature map. The one table of them; `intr train --backbone`
+# takes its names.
+BACKBONE_FEATURES = {"resnet50": (2048, 32), "resnet34": (512, 32), "resnet18": (512, 32), "tiny": (128, 8),
+                     "dinov2-vits14": (384, 14), "dinov2-vits14-reg": (384, 14),
+                     "dinov2-vitb14": (768, 14), "dinov2-vitb14-reg": (768, 14),
+                     "bioclip2-vitl14": (1024, 14)}
 BACKBONES = tuple(BACKBONE_FEATURES)
+# The foundation ViTs (patch tokens as the feature map, stride = patch size), and the image size
+# (short side, longest side) each starts from: the size the CLIP weights were trained at, and the
+# same for DINOv2, whose 16x16 patch grid at 224 px is what a laptop CPU can cache in minutes
+# (benchmarks/vit_backbones.py). Any multiple of the patch size works.
+VIT_BACKBONES = tuple(name for name, (_, stride) in BACKBONE_FEATURES.items() if stride == 14)
+VIT_IMAGE_SIZE = {name: (224, 378) for name in VIT_BACKBONES}
 # How `INTR.decode` leaves the non-candidate classes out (see there). Here, not in intr.py, so
 # that command-line choices read it without importing torch.
 DECODE_MODES = ("drop", "zero")
@@ -73,6 +83,9 @@ class IntrConfig:
     def for_backbone(cls, backbone: str, num_classes: int, **overrides) -> "IntrConfig":
         if backbone == "tiny":
             return cls.tiny(num_classes, **overrides)
+        if backbone in VIT_IMAGE_SIZE:
+            short_side, max_side = VIT_IMAGE_SIZE[backbone]
+            overrides = {"short_side": short_side, "max_side": max_side, **overrides}
         return cls(num_classes=num_classes, backbone=backbone, **overrides)
 
     def replace(self, **changes) -> "IntrConfig":

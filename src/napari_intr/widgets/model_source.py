@@ -24,6 +24,7 @@ from .workers.task_bar import TaskBar
 SAMPLE = "sample"
 CHECKPOINT_FILE = "file"
 EXPLORER_MODEL = "explorer"  # Fine-tune only: start from the model the Explorer has loaded
+NEW_MODEL = "new:"  # Fine-tune only: "new:<backbone>", a new model on a foundation backbone's published weights
 
 
 class ModelSourcePicker(QWidget):
@@ -41,7 +42,11 @@ class ModelSourcePicker(QWidget):
                 self.source.addItem(f"Zoo: {name} ({item.num_classes} classes, {where})", name)
         self.source.addItem("Checkpoint file (.safetensors or official .pth)…", CHECKPOINT_FILE)
         if with_explorer_model:
+            from napari_intr.model.config import VIT_BACKBONES
             self.source.addItem("The Explorer's current model", EXPLORER_MODEL)
+            for name in VIT_BACKBONES:
+                where = "cached" if zoo.cached_path(name).exists() else "downloads on first use"
+                self.source.addItem(f"New model on {name} (published weights, {where})", NEW_MODEL + name)
         self.source.currentIndexChanged.connect(self._source_changed)
         self.source.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.source.setMinimumContentsLength(12)

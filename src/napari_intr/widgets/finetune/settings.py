@@ -10,12 +10,12 @@ from qtpy.QtWidgets import QGroupBox
 
 from ... import run_folder
 from ...devices import DEVICES
-from ..model_source import EXPLORER_MODEL, ModelSourcePicker
+from ..model_source import EXPLORER_MODEL, NEW_MODEL, ModelSourcePicker
 from ..qt_helpers import PathEdit, stack
 from ..state import ExplorerState
 
 # How the Freeze box names `intr train --freeze`'s choices (napari_intr.recipes.FREEZE_CHOICES).
-FREEZE_LABELS = {"encoder": "backbone and encoder"}
+FREEZE_LABELS = {"none": "nothing", "encoder": "backbone and encoder"}
 
 
 def default_runs_folder() -> Path:
@@ -30,9 +30,11 @@ def new_run_folder() -> Path:
 
 
 def _freeze_choices() -> list[tuple[str, str | None]]:
-    """Freeze nothing, or one of `intr train --freeze`'s choices."""
+    """The recipe's choice (a foundation ViT's backbone, nothing for the others), or one of
+    `intr train --freeze`'s choices."""
     from napari_intr.recipes import FREEZE_CHOICES
-    return [("nothing", None), *((FREEZE_LABELS.get(choice, choice), choice) for choice in FREEZE_CHOICES)]
+    return [("recipe (ViT: backbone, others: nothing)", None),
+            *((FREEZE_LABELS.get(choice, choice), choice) for choice in FREEZE_CHOICES)]
 
 
 def _rate_field(label: str, key: str, note: str = "") -> LineEdit:
@@ -40,7 +42,8 @@ def _rate_field(label: str, key: str, note: str = "") -> LineEdit:
     from napari_intr.recipes, which imports no torch)."""
     from napari_intr.recipes import RECIPES
     field = LineEdit(label=label, tooltip="Empty: the training recipe's value")
-    field.native.setPlaceholderText(f"recipe (tiny {RECIPES['tiny'][key]:g}, resnet {RECIPES['resnet50'][key]:g}{note})")
+    field.native.setPlaceholderText(f"recipe (tiny {RECIPES['tiny'][key]:g}, resnet {RECIPES['resnet50'][key]:g}, "
+                                    f"ViT {RECIPES['dinov2-vits14'][key]:g}{note})")
     return field
 
 
@@ -98,9 +101,17 @@ class SettingsBox(QGroupBox):
         out.mkdir(parents=True, exist_ok=True)
         return str(save_model(model, out / run_folder.BASE_MODEL_FILE, source=f"INTR Explorer model '{name}'"))
 
+    def start_arguments(self, out: Path) -> list[str]:
+        """--init of the base model, or --backbone of a new model on a foundation backbone (whose
+        recipe starts from its published weights, frozen)."""
+        choice = self.base.choice()
+        if choice.startswith(NEW_MODEL):
+            return ["--backbone", choice[len(NEW_MODEL):]]
+        return ["--init", self.init_argument(out)]
+
     def train_arguments(self, data: str, val_split: float, out: Path) -> list[str]:
         """Arguments of a new run (ValueError with a message for a bad field)."""
-        arguments = ["--data", data, "--out", str(out), "--init", self.init_argument(out),
+        arguments = ["--data", data, "--out", str(out), *self.start_arguments(out),
                      "--epochs", str(self.epochs.value), "--batch-size", str(self.batch_size.value),
                      "--device", self.device.value, "--seed", str(self.seed.value),
                      "--val-split", str(val_split)]
