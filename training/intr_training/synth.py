@@ -13,7 +13,6 @@ random draws, so callers can render the SAME specimen as each species of a ring.
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from dataclasses import dataclass
 from itertools import combinations
@@ -24,7 +23,10 @@ import numpy as np
 from PIL import Image
 from skimage.filters import gaussian
 
+from napari_intr.manifest import Manifest, write_json
+
 RGB = tuple[int, int, int]
+SUMMARY_FILE = "synth.json"
 BLACK, WHITE = (20, 18, 16), (245, 245, 240)
 
 
@@ -434,26 +436,20 @@ def load_mask(image_path: str | Path) -> np.ndarray | None:
 
 
 def _clear_previous_run(out: Path) -> None:
-    """Remove an earlier synth output; refuse if anything else lives in `out`."""
+    """Remove what an earlier synth run wrote into `out` (the files its manifest lists, unchanged);
+    refuse, before removing anything, if anything else lives there (napari_intr.manifest)."""
     entries = sorted(out.iterdir())
     if not entries:
         return
-    refuse = (f"{out} already contains files that are not from a previous synth run "
-              f"(e.g. {{}}); choose an empty or new folder so nothing of yours is overwritten")
     try:
-        previous = json.loads((out / "synth.json").read_text())
+        previous = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
         assert previous.get("synthetic") is True
-        known = {s["name"] for s in previous["species"]}
     except Exception:
-        raise ValueError(refuse.format(entries[0].name)) from None
-    for entry in entries:
-        ok = entry.name == "synth.json" or (
-            entry.is_dir() and entry.name in known | {".masks", ".specimens", "train", "val"}
-            and all(f.is_dir() or f.suffix == ".png" for f in entry.rglob("*")))
-        if not ok:
-            raise ValueError(refuse.format(entry.name))
-    for entry in entries:
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        raise ValueError(f"{out} already contains files that are not from a previous synth run "
+                         f"(e.g. {entries[0]}); choose an empty or new folder so nothing of yours is "
+                         "removed") from None
+    Manifest.from_json(out, previous.get("files"), out / SUMMARY_FILE).remove_written(keep={SUMMARY_FILE})
+    (out / SUMMARY_FILE).unlink()
 
 
 def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed: int = 0,
@@ -479,6 +475,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
     splits = [(out, range(per_class))] if not val_per_class else [
         (out / "train", range(per_class)), (out / "val", range(per_class, per_class + val_per_class))]
     total, done = (per_class + val_per_class) * len(catalogue), 0
+    written = Manifest(out)
     for species in catalogue:
         for folder, indices in splits:
             for index in indices:
@@ -490,6 +487,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
                                        (specimen_mask_path(path), (cover > 0.5).astype(np.uint8) * 255)):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(pixels).save(target)
+                    written.add(target)
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -500,6 +498,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
         "look_alike_pairs": [list(pair) for pair in look_alike_pairs(catalogue)],
         "masks": ".masks/<species name>/<image file name>",
         "specimen_masks": ".specimens/<species name>/<image file name>",
+        "files": written.to_json(),  # what a later run into `out` may remove (and nothing else)
     }
-    (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / SUMMARY_FILE, summary)
     return summary
