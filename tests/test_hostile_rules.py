@@ -88,3 +88,122 @@ def test_synth_refuses_a_symlink_it_did_not_write(synth_folder, tmp_path, capsys
     code, text = run_cli(["synth", "--out", out, "--per-class", "1", "--size", "32"], capsys)
     assert code == 2 and "link.png" in text
     assert precious.read_bytes() == b"data" and (out / synth.SPECIES[0].name / "link.png").is_symlink()
+
+
+# -- rule 1: resumable work is keyed by content, not by name -----------------------------------------
+
+TWO = synth.SHOWCASE_PAIR
+
+
+@pytest.fixture(scope="module")
+def small_collection(tmp_path_factory):
+    """Two look-alike species, two images each, 48 px (the sample model's classes)."""
+    root = tmp_path_factory.mktemp("collection") / "data"
+    synth.write_collection(root, per_class=2, size=48, seed=3)
+    for entry in root.iterdir():
+        if entry.is_dir() and entry.name not in TWO:
+            shutil.rmtree(entry)
+    return root
+
+
+def replace_image(path, seed):
+    """Another specimen under the same name (as a user re-exporting a photo would)."""
+    from PIL import Image
+    image, _ = synth.render(synth.SPECIES[-1].name, synth.sample_pose(synth.image_rng(seed, "x", 0), 48), 48)
+    Image.fromarray(image).save(path)
+
+
+def explain_rows(out):
+    import csv
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as stream:
+        return {row["file"]: row for row in csv.DictReader(stream)}
+
+
+RESUMABLE = {
+    "explain": lambda data, out: ["explain", data, "--out", out],
+    "atlas": lambda data, out: ["atlas", "--data", data, "--out", out, "--per-head", "1"],
+}
+
+
+@pytest.mark.parametrize("command", RESUMABLE)
+def test_a_rerun_redoes_changed_inputs_and_drops_vanished_ones(command, small_collection, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(small_collection, data)
+    out = tmp_path / "out"
+    argv = RESUMABLE[command](data, out)
+    code, first = run_cli(argv, capsys)
+    assert code == 0, first
+    images = sorted(p for p in data.rglob("*.png") if not any(part.startswith(".") for part in p.relative_to(data).parts))
+    replace_image(images[0], seed=11)
+    images[1].unlink()
+    code, second = run_cli(argv, capsys)
+    assert code == 0, second
+    assert "1 images changed since the last run: redone" in second and images[0].name in second
+    assert "1 images of the last run no longer there: dropped" in second and images[1].name in second
+    if command == "explain":
+        rows = explain_rows(out)
+        assert str(images[1]) not in rows and len(rows) == len(images) - 1
+        code, third = run_cli(RESUMABLE[command](data, tmp_path / "fresh"), capsys)
+        assert explain_rows(tmp_path / "fresh")[str(images[0])]["top1_class"] == rows[str(images[0])]["top1_class"]
+    else:
+        assert f"summarised 1 images now, {len(images) - 2} from an earlier run" in second
+    code, again = run_cli(argv, capsys)  # nothing changed: nothing redone, nothing said
+    assert code == 0 and "changed since" not in again and "no longer there" not in again
+
+
+@pytest.mark.parametrize("command", RESUMABLE)
+def test_a_jobs_outputs_inside_its_input_folder_are_never_read_back(command, small_collection, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(small_collection, data)
+    out = data / TWO[0] / "results"
+    argv = RESUMABLE[command](data, out)
+    counts = []
+    for _ in range(2):
+        code, text = run_cli(argv, capsys)
+        assert code == 0, text
+        counts.append(len(explain_rows(out)) if command == "explain" else
+                      int(__import__("re").search(r"(\d+) from an earlier run", text).group(1))
+                      + int(__import__("re").search(r"summarised (\d+) images now", text).group(1)))
+    assert counts[0] == counts[1] == 4
+    assert "inside the output folder" in text
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_collection, tmp_path_factory):
+    """A 1-epoch run of the tiny backbone on 2 classes × 5 images (val split 0.4)."""
+    from hostile_corpus import FAST, training_folder
+    root = tmp_path_factory.mktemp("train")
+    data = training_folder(root / "data", per_class=5)
+    assert cli.main(["train", "--data", str(data), "--out", str(root / "run"), "--epochs", "1",
+                     "--val-split", "0.4", *FAST]) == 0
+    return data, root / "run"
+
+
+def saved_split(run):
+    from intr_training import state
+    return state.load_state(run)["split"]
+
+
+@pytest.mark.parametrize("rescan", [False, True])
+def test_resume_keeps_the_saved_split_and_reports_added_and_removed_images(rescan, trained_run, tmp_path, capsys):
+    from hostile_corpus import FAST
+    source, source_run = trained_run
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(source, data)
+    shutil.copytree(source_run, run)
+    before = saved_split(run)
+    for index in range(4):  # four new images in one class: a redrawn split would move many
+        shutil.copy(data / "red" / "0.png", data / "red" / f"new{index}.png")
+    removed = before["train"][0][0]
+    (data / removed).unlink()
+    code, text = run_cli(["train", "--data", data, "--out", run, "--epochs", "2", "--resume", *FAST,
+                          *(["--rescan"] if rescan else [])], capsys)
+    assert code == 0, text
+    assert "4 images new since the last run" in text and "1 images of the last run no longer there" in text
+    assert ("join training (--rescan)" in text) == rescan and ("add --rescan" in text) != rescan
+    after = saved_split(run)
+    assert after["val"] == before["val"]  # not one validation image moved
+    expected = [entry for entry in before["train"] if entry[0] != removed]
+    assert after["train"][:len(expected)] == expected
+    assert sorted(name for name, _ in after["train"][len(expected):]) == (
+        [f"red/new{index}.png" for index in range(4)] if rescan else [])

@@ -20,6 +20,7 @@ from pathlib import Path
 from .csv_output import write_csv
 from .io import find_images, read_pixel_size, reason
 from .large_images import BudgetedImage, read_within_budget
+from .provenance import Changes, outputs_note, outside
 from .regions import REGION_COLUMNS, Margin, Region, crop_region
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -137,6 +138,10 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     from .explanation import Explainer
     start = time.perf_counter()
     files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
+    files, inside_out = outside(files, out_dir)  # never our own attention TIFFs of an earlier run
+    if not files:
+        raise ValueError(f"every image given lies inside the output folder {out_dir}; give an output "
+                         "folder outside the images")
     settings = _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist)
     items = plan_items(files, boxes, tiff_format)
     if not items:
@@ -151,13 +156,17 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
         job = _OneProcessJob(list(by_key))
     else:
         job = start_job(out_dir, TASK, list(by_key), settings.fingerprint(model, model_name, boxes is not None),
-                        is_done=is_done, group=lambda key: str(by_key[key].path))
+                        is_done=is_done, group=lambda key: str(by_key[key].path),
+                        inputs=lambda key: by_key[key].path)
     cancelled, last = _explain_share(job, by_key, Explainer(model, model_name), settings, out_dir, progress,
                                      should_stop)
     report = (lambda done, total: progress(done, total, last)) if progress is not None else None
     summary = _summary(job.finish(report), by_key, settings, out_dir, boxes is not None)
     summary.update(total=len(items), cancelled=cancelled, resumed=len(job.done),
-                   seconds=time.perf_counter() - start)
+                   seconds=time.perf_counter() - start,
+                   changes=getattr(job, "changes", Changes()).line("regions" if boxes is not None else "images"))
+    if inside_out:
+        summary["notes"].append((out_dir, outputs_note(inside_out, out_dir)))
     return summary
 
 

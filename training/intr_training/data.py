@@ -21,6 +21,7 @@ from napari_intr import io
 from napari_intr.class_names import clean_class_name
 from napari_intr.io import IMAGE_SUFFIXES
 from napari_intr.preprocess import MIN_IMAGE_SIZE, pad_batch, to_float_rgb
+from napari_intr.provenance import Changes, outputs_note, outside
 
 Sample = tuple[Path, int]  # (image path, class index)
 
@@ -33,6 +34,7 @@ class Collection:
     val: list[Sample]
     skipped: list[str] = field(default_factory=list)  # unreadable images, one message each
     warnings: list[str] = field(default_factory=list)
+    exclude: Path | None = None  # a job's output folder: never scanned as input (napari_intr.provenance)
 
 
 def is_visible(path: Path) -> bool:
@@ -67,13 +69,17 @@ def unreadable_reason(path: Path) -> str | None:
 def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
     """Class name -> readable images, for the class folders directly under `folder`."""
     classes: dict[str, list[Path]] = {}
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and is_visible(p)):
+    class_dirs, _ = outside(sorted(p for p in folder.iterdir() if p.is_dir() and is_visible(p)), collection.exclude)
+    for class_dir in class_dirs:
         name = clean_class_name(class_dir.name)
         if name in classes:
             raise ValueError(f"class folders {class_dir.name!r} and another one both give the class name "
                              f"{name!r} in {folder}; rename one of them")
         images = []
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+        candidates, inside_out = outside(sorted(p for p in class_dir.rglob("*") if p.is_file()), collection.exclude)
+        if inside_out:
+            collection.warnings.append(outputs_note(inside_out, collection.exclude))
+        for path in candidates:
             relative = path.relative_to(class_dir).parts
             if not all(part[0] != "." for part in relative) or path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -107,15 +113,17 @@ def stratified_split(classes: dict[str, list[Path]], fraction: float, seed: int
     return train, val
 
 
-def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0) -> Collection:
-    """Classes, train and validation samples of the collection at `root`."""
+def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0, exclude: Path | None = None
+                    ) -> Collection:
+    """Classes, train and validation samples of the collection at `root` (leaving out the files
+    under `exclude`, the output folder of the job, if it lies inside `root`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist; give a folder with one subfolder "
                                 "of images per class")
     if not 0 <= val_split < 1:
         raise ValueError(f"--val-split must be at least 0 and below 1, got {val_split}")
-    collection = Collection(root, [], [], [])
+    collection = Collection(root, [], [], [], exclude=exclude)
     if (root / "train").is_dir() and (root / "val").is_dir():
         train = class_images(root / "train", collection)
         val = class_images(root / "val", collection)
@@ -136,6 +144,30 @@ def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0) -> 
     collection.train = [(path, index) for index, name in enumerate(names) for path in train[name]]
     collection.val = [(path, index) for index, name in enumerate(names) for path in val.get(name, [])]
     return collection
+
+
+def split_record(collection: Collection) -> dict:
+    """The split as saved with a training run: image paths relative to the root, with class index."""
+    def relative(samples):
+        return [[path.relative_to(collection.root).as_posix(), label] for path, label in samples]
+    return {"train": relative(collection.train), "val": relative(collection.val)}
+
+
+def keep_split(collection: Collection, saved: dict, rescan: bool) -> str | None:
+    """Put the saved run's split back on a fresh scan (a resumed run never redraws it): its
+    images still there keep their side; images gone are dropped; images added since join
+    training only with `rescan`. Returns the one line that says what changed, or None."""
+    found = {path.relative_to(collection.root).as_posix(): (path, label)
+             for path, label in collection.train + collection.val}
+    saved_names = {name for side in ("train", "val") for name, _ in saved[side]}
+    changes = Changes(vanished=sorted(name for name in saved_names if name not in found),
+                      added=sorted(name for name in found if name not in saved_names))
+    collection.train = [found[name] for name, _ in saved["train"] if name in found]
+    collection.val = [found[name] for name, _ in saved["val"] if name in found]
+    if rescan:
+        collection.train += [found[name] for name in changes.added]
+    note = ": they join training (--rescan)" if rescan else ": not used (add --rescan to train on them)"
+    return changes.line("images", note)
 
 
 class ImageFolderDataset(Dataset):

@@ -134,6 +134,8 @@ def _explain(args, files, boxes, margin, info, device) -> int:
 
 def _print_summary(summary: dict, what: str) -> None:
     resumed = f" ({summary['resumed']} done by an earlier run)" if summary["resumed"] else ""
+    if summary.get("changes"):
+        print(summary["changes"])
     print(f"explained {summary['done']} of {summary['total']} {what}{resumed} in {summary['seconds']:.1f} s")
     print(f"predictions: {summary['predictions']}")
     if summary["attention_files"]:

@@ -50,4 +50,4 @@ PRECISION_HELP = (f"auto: bf16 autocast for steps of at least {AMP_MIN_IMAGES} i
                   "otherwise; fp32; bf16: always bf16 autocast")
 FREEZE_CHOICES = ("backbone", "encoder")  # "encoder": backbone, projection and encoder
 # These may change when a run is resumed; everything else comes from the saved run.
-RUNTIME_ARGUMENTS = ("data", "out", "epochs", "device", "resume", "progress", "workers")
+RUNTIME_ARGUMENTS = ("data", "out", "epochs", "device", "resume", "rescan", "progress", "workers")

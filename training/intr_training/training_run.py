@@ -27,7 +27,7 @@ from napari_intr.model import IntrConfig
 from napari_intr.model.backbone import folded_batch_norm
 
 from . import distributed, schedules, state
-from .data import ImageFolderDataset, VariantDataset, collate, scan_collection
+from .data import ImageFolderDataset, VariantDataset, collate, keep_split, scan_collection, split_record
 from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import (
     BackboneFeatures,
@@ -189,7 +189,13 @@ class TrainingRun:
             self.args = args = with_defaults(args, general_defaults())
             if args.recipe == "paper":
                 self.args = args = with_defaults(args, PAPER_START)
-        collection = scan_collection(args.data, args.val_split, args.seed)
+        collection = scan_collection(args.data, args.val_split, args.seed, exclude=self.out)
+        if saved is not None and "split" in saved:
+            changed = keep_split(collection, saved["split"], bool(getattr(args, "rescan", False)))
+            if changed:
+                self.setup_warnings.append(f"--resume: {changed}")
+        elif getattr(args, "rescan", False):
+            self.setup_warnings.append("--rescan has effect only with --resume (a new run scans DATA anyway)")
         self.class_names = collection.class_names
         if saved is not None and saved["class_names"] != self.class_names:
             raise ValueError(f"--resume: the classes in {args.data} differ from the saved run's "
@@ -445,7 +451,7 @@ class TrainingRun:
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "best_val_acc": self.best_val_acc,
             "best_per_class": self.best_per_class, "class_names": self.class_names,
-            "config": self.config.to_json(), "history": self.history,
+            "config": self.config.to_json(), "history": self.history, "split": split_record(self.collection),
             "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None)))},
         })
 

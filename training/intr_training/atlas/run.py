@@ -53,13 +53,15 @@ class AtlasRun:
     seconds: float = 0.0
 
 
-def collection_images(data: Path, model, classes: list[str] | None) -> tuple[dict[str, tuple[Path, int]], list[str]]:
+def collection_images(data: Path, model, classes: list[str] | None, out: Path | None = None
+                      ) -> tuple[dict[str, tuple[Path, int]], list[str]]:
     """key (path relative to DATA) -> (path, class index), for the class folders the model knows.
-    DATA/<class>/<image>; with DATA/train and DATA/val, both."""
+    DATA/<class>/<image>; with DATA/train and DATA/val, both. Files under `out` (the atlas's own
+    output folder, when it lies inside DATA) are left out, with a warning."""
     if not data.is_dir():
         raise FileNotFoundError(f"data folder {data} does not exist; give a folder with one subfolder "
                                 "of images per class")
-    found = Collection(data, [], [], [])
+    found = Collection(data, [], [], [], exclude=out)
     roots = [data / "train", data / "val"] if (data / "train").is_dir() and (data / "val").is_dir() else [data]
     by_class: dict[str, list[Path]] = {}
     for root in roots:
@@ -117,7 +119,7 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
     layer_index, classes, partners = _checked(model, options, out)
     layer = layer_number(layer_index)  # as people count it, in the settings and the report
     parts = PartSource(options.parts)
-    items, warnings = collection_images(data, model, classes)
+    items, warnings = collection_images(data, model, classes, out)
     settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
                 else str(Path(options.parts).expanduser().resolve()),
                 "pairs": None if options.pairs is None else [list(pair) for pair in options.pairs],
@@ -125,7 +127,10 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
     with run_lock.job_lock(out, COMMAND) as lock:  # a second run into OUT is refused, naming it
         if lock.stale_message():
             warnings.append(lock.stale_message())
-        run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart)
+        run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart,
+                                        inputs=lambda key: items[key][0])
+        if run.changes.line():
+            warnings.append(run.changes.line())
         result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
         present = sorted({index for _, index in items.values()})  # default partners: classes with images
         summariser = ImageSummariser(model, layer_index, present, partners, parts)
