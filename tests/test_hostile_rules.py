@@ -207,3 +207,64 @@ def test_resume_keeps_the_saved_split_and_reports_added_and_removed_images(resca
     assert after["train"][:len(expected)] == expected
     assert sorted(name for name, _ in after["train"][len(expected):]) == (
         [f"red/new{index}.png" for index in range(4)] if rescan else [])
+
+
+# -- rules 1 and 7 on the feature cache: keyed by content, checked, rebuilt when damaged --------------
+
+def damage_nan(cache):
+    import numpy as np
+    data = np.memmap(cache / "train.f32", np.float32, "r+")
+    data[:] = np.nan
+    data.flush()
+
+
+def damage_truncated_done(cache):
+    (cache / "train.done").write_bytes((cache / "train.done").read_bytes()[:1])
+
+
+def damage_layout_cut(cache):
+    import json
+    layout = json.loads((cache / "train.json").read_text())
+    layout["offsets"] = layout["offsets"][:1]
+    (cache / "train.json").write_text(json.dumps(layout))
+
+
+def damage_layout_garbage(cache):
+    (cache / "train.json").write_bytes(b"\x00garbage")
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory):
+    from hostile_corpus import FAST, training_folder
+    root = tmp_path_factory.mktemp("cached")
+    data = training_folder(root / "data", per_class=3)
+    assert cli.main(["train", "--data", str(data), "--out", str(root / "run"), "--epochs", "1", *FAST,
+                     "--freeze", "backbone", "--cache-features", "--val-split", "0.34", "--progress", "none"]) == 0
+    return data, root / "run"
+
+
+@pytest.mark.parametrize("damage", [damage_nan, damage_truncated_done, damage_layout_cut, damage_layout_garbage])
+def test_a_damaged_feature_cache_is_rebuilt_and_never_blamed_on_the_lr(damage, cached_run, tmp_path, capsys):
+    from hostile_corpus import FAST
+    data, source = cached_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    damage(run / "feature_cache")
+    code, text = run_cli(["train", "--data", data, "--out", run, "--epochs", "2", "--resume", *FAST,
+                          "--progress", "none"], capsys)
+    assert code == 0, text
+    assert "--lr" not in text and "diverged" not in text
+    if damage is damage_nan:
+        assert "feature cache" in text and "damaged" in text and "recomputed" in text
+
+
+def test_an_image_replaced_with_the_same_size_and_time_is_recomputed(tmp_path):
+    """The cache's key holds the image's content hash, not only its size and time."""
+    from intr_training.feature_cache import file_key
+    image = tmp_path / "a.png"
+    image.write_bytes(b"A" * 100)
+    key = file_key(image)
+    stamp = image.stat()
+    image.write_bytes(b"B" * 100)
+    os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert file_key(image) != key
