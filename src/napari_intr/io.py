@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import environment
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIXES)
 # Pillow refuses images over ~179 M pixels as a guard against decompression bombs; specimen
@@ -23,7 +25,8 @@ MAX_PIXELS = 2**31
 # ...as long as their decoded pixels fit this budget (INTR_MAX_DECODE_BYTES overrides it) and
 # the memory available at the time. Decoding holds the decoder's buffers (Pillow keeps RGB at 4
 # bytes a pixel) and our array at once: measured 3.3 times the array for a 12000×9000 JPEG.
-DECODE_BUDGET_BYTES = int(os.environ.get("INTR_MAX_DECODE_BYTES", str(8 * 2**30)))
+# Read when used (napari_intr.environment); tests may set a budget here instead.
+DECODE_BUDGET_BYTES: int | None = None
 DECODE_COPIES = 4
 _PILLOW_MODES_KEPT = ("1", "L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 _CHANNEL_AXES = "SC"  # tifffile: S = samples of a pixel (RGB), C = channels (ImageJ)
@@ -151,10 +154,11 @@ def vips_advice(path: Path, reduce: bool = False) -> str:
 def decode_limit() -> tuple[int, str]:
     """The bytes a decode may use now, and what sets that limit: the decode budget or, when
     less, the memory available now."""
+    budget = DECODE_BUDGET_BYTES or environment.value("INTR_MAX_DECODE_BYTES")
     available = available_memory()
-    if available < DECODE_BUDGET_BYTES:
+    if available < budget:
         return available, "the memory available now"
-    return DECODE_BUDGET_BYTES, "the decode budget (INTR_MAX_DECODE_BYTES)"
+    return budget, "the decode budget (INTR_MAX_DECODE_BYTES)"
 
 
 def available_memory() -> int:

@@ -20,6 +20,12 @@ ID_COLUMN = "id"
 REGION_COLUMNS = ["region", "x0", "y0", "x1", "y1"]  # how tables name a region and its box
 
 
+# Numbers are checked where they come in: no image we read is wider than 2^31 px (io.MAX_PIXELS),
+# and a margin of 10 times the box is already all of any sensible photograph.
+MAX_COORDINATE = float(2**31)
+MAX_MARGIN_PERCENT = 1000.0
+
+
 @dataclass(frozen=True)
 class Region:
     id: str
@@ -58,12 +64,13 @@ class Margin:
         raw = str(text).strip()
         percent = raw.endswith("%")
         try:
-            value = float(raw.rstrip("%").strip())
+            value = float((raw[:-1] if percent else raw).strip())
         except ValueError:
             raise ValueError(f"margin {text!r} is not a number: give pixels (e.g. 16) or a percentage "
                              "of each box's longer side (e.g. 10%)") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"margin {text!r} must be zero or more")
+        highest = MAX_MARGIN_PERCENT if percent else MAX_COORDINATE
+        if not math.isfinite(value) or not 0 <= value <= highest:
+            raise ValueError(f"margin {text!r} must be zero or more and at most {highest:g}{'%' if percent else ' px'}")
         return cls(value, percent)
 
     def pixels(self, box_width: float, box_height: float) -> float:
@@ -133,7 +140,10 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
         except ValueError:
             raise ValueError(f"{where}: x0, y0, x1, y1 must be numbers (pixels), got "
                              f"{', '.join(row[c] or '(empty)' for c in BOX_COLUMNS[1:])}") from None
-        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+        if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in (x0, y0, x1, y1)):
+            raise ValueError(f"{where}: x0, y0, x1, y1 must be pixel positions within ±{MAX_COORDINATE:g}, got "
+                             f"{', '.join(row[c] for c in BOX_COLUMNS[1:])}")
+        if x1 <= x0 or y1 <= y0:
             raise ValueError(f"{where}: a box needs x0 < x1 and y0 < y1 (top-left, then bottom-right "
                              f"corner), got x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}")
         regions = boxes.setdefault(image, [])
@@ -173,8 +183,14 @@ def regions_from_labels(labels: np.ndarray) -> list[Region]:
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"expected a 2-D integer label image, got {labels.dtype} of shape {labels.shape}")
-    return [Region(str(prop.label), prop.bbox[1], prop.bbox[0], prop.bbox[3], prop.bbox[2])
-            for prop in regionprops(labels)]
+    ids, compact = np.unique(labels, return_inverse=True)  # any integer type: uint64 ids ≥ 2^63 too
+    if ids.size and ids[0] < 0:
+        raise ValueError(f"the label image holds negative label ids (e.g. {ids[0]}); labels are 0 for "
+                         "background and positive ids for objects")
+    shift = 0 if ids.size and ids[0] == 0 else 1  # 0 stays background; without one, every id is an object
+    compact = compact.reshape(labels.shape).astype(np.int64) + shift
+    return [Region(str(ids[prop.label - shift]), prop.bbox[1], prop.bbox[0], prop.bbox[3], prop.bbox[2])
+            for prop in regionprops(compact)]
 
 
 def regions_from_rectangles(corners: list[np.ndarray], ids: list[str] | None = None) -> list[Region]:

@@ -12,6 +12,7 @@ from importlib import import_module
 from pathlib import Path
 
 import napari_intr
+from napari_intr import environment
 
 COMMANDS = {
     "train": ("intr_training.train", "train or fine-tune an INTR model on an image folder"),
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = functools.partial(_show_warning, args.command)
+            environment.check_all()  # a bad variable stops the command before any work
             return import_module(COMMANDS[args.command][0]).run(args) or 0
     except KeyboardInterrupt:
         print(f"intr {args.command}: interrupted", file=sys.stderr)

@@ -75,6 +75,6 @@ def parse_pairs(text: str | None, what: str = "pairs") -> list[tuple[str, str]] 
 
 
 SEED = whole_number(0, SEED_MAX)
-COUNT = whole_number(1)        # epochs, batch sizes, images per class, top-k
+COUNT = whole_number(1, 2**31 - 1)  # epochs, batch sizes, images per class, top-k (fit an int32 later)
 WORKERS = whole_number(0, 64)  # data-loading processes
 BATCH_SIZE = whole_number(1, 4096)

@@ -100,6 +100,7 @@ class INTR(nn.Module):
         """Backbone and encoder: images [B, 3, H, W] (normalised), mask [B, H, W] True on padding."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {list(images.shape)}")
+        images = self._checked_images(images)
         height, width = images.shape[-2:]
         if min(height, width) < MIN_IMAGE_SIZE:
             raise ValueError(f"image is {height}×{width} px; INTR needs at least "
@@ -111,6 +112,20 @@ class INTR(nn.Module):
                              f"got {mask.dtype} {list(mask.shape)}")
         features, feature_mask, pos = self.backbone(images, mask)
         return self.encode_features(features, feature_mask, (height, width), pos)
+
+    def _checked_images(self, images: Tensor) -> Tensor:
+        """Normalised images of any real floating type, in the model's type; anything else refused
+        with what encode needs (integers are pixels, not normalised values: converting them
+        silently would give a confident wrong answer)."""
+        if not torch.is_floating_point(images):
+            raise ValueError(f"encode takes normalised floating-point images (float32, float64, float16 or "
+                             f"bfloat16), got {images.dtype}; napari_intr.preprocess.to_model_input makes "
+                             "them from pixels of any type")
+        bad = (~torch.isfinite(images)).sum().item()
+        if bad:
+            raise ValueError(f"the images hold {bad} NaN or infinite values (of {images.numel()}); replace "
+                             "them (e.g. torch.nan_to_num) before encoding")
+        return images.to(next(self.parameters()).dtype)
 
     def encode_features(self, features: Tensor, feature_mask: Tensor,
                         input_size: tuple[int, int] | None = None, pos: Tensor | None = None) -> EncodedImages:
