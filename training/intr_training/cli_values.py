@@ -6,17 +6,22 @@ from __future__ import annotations
 import argparse
 import math
 
+from napari_intr.class_names import parse_names, parse_pairs  # noqa: F401 - the commands' lists
+
 # torch, numpy and Python's random all take seeds in [0, 2**32) without wrapping or overflowing.
 SEED_MAX = 2**32 - 1
 
 
-def whole_number(low: int | None = None, high: int | None = None, what: str = ""):
-    """An argparse type: an integer in [low, high] (either bound may be open)."""
+def whole_number(low: int | None = None, high: int | None = None, what: str = "", ceiling: int = 2**31 - 1):
+    """An argparse type: an integer in [low, high] (either bound may be open), and never above
+    `ceiling` where no `high` is given: the most the type it goes into later holds (an int32)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if high is None and value > ceiling:
+            raise argparse.ArgumentTypeError(f"must be at most {ceiling:,}{what}, got {text}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {_range(low, high)}{what}, got {text}")
         return value
@@ -49,32 +54,7 @@ def _range(low, high) -> str:
     return f"at least {low:g}" if low is not None else f"at most {high:g}"
 
 
-def parse_names(text: str | None, what: str) -> list[str] | None:
-    """"A, B" -> ["A", "B"]; None stays None (every class)."""
-    if text is None:
-        return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ValueError(f"{what} is empty; give names separated by commas")
-    return names
-
-
-def parse_pairs(text: str | None, what: str = "pairs") -> list[tuple[str, str]] | None:
-    """"A:B, C:D" -> [(A, B), (C, D)]: heads of A's query telling A from B. None: the most confused."""
-    if text is None or not text.strip():
-        return None
-    pairs = []
-    for item in parse_names(text, what):
-        sides = [side.strip() for side in item.split(":")]
-        if len(sides) != 2 or not all(sides):
-            raise ValueError(f"{what}: {item!r} is not a pair; write A:B (class names), pairs separated by commas")
-        if sides[0] == sides[1]:
-            raise ValueError(f"{what}: {item!r} pairs a class with itself; give two different classes")
-        pairs.append((sides[0], sides[1]))
-    return pairs
-
-
 SEED = whole_number(0, SEED_MAX)
-COUNT = whole_number(1, 2**31 - 1)  # epochs, batch sizes, images per class, top-k (fit an int32 later)
+COUNT = whole_number(1)        # epochs, batch sizes, images per class, top-k
 WORKERS = whole_number(0, 64)  # data-loading processes
 BATCH_SIZE = whole_number(1, 4096)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_intr import io
-from napari_intr.class_names import clean_class_name
+from napari_intr.class_names import clean_class_name, name_problem, normal_name
 from napari_intr.io import IMAGE_SUFFIXES
 from napari_intr.preprocess import MIN_IMAGE_SIZE, pad_batch, to_float_rgb
 from napari_intr.provenance import Changes, outputs_note, outside
@@ -69,8 +69,14 @@ def unreadable_reason(path: Path) -> str | None:
 def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
     """Class name -> readable images, for the class folders directly under `folder`."""
     classes: dict[str, list[Path]] = {}
-    class_dirs, _ = outside(sorted(p for p in folder.iterdir() if p.is_dir() and is_visible(p)), collection.exclude)
+    # in the order of the names' NFC form: a copy whose folders are written in NFD (macOS) keeps the order
+    class_dirs, _ = outside(sorted((p for p in folder.iterdir() if p.is_dir() and is_visible(p)),
+                                   key=lambda p: normal_name(p.name)), collection.exclude)
     for class_dir in class_dirs:
+        problem = name_problem(class_dir.name)
+        if problem:
+            raise ValueError(f"the class folder {str(class_dir)!r} has a name that {problem}; rename it "
+                             "(its name becomes the class name in every file the model writes)")
         name = clean_class_name(class_dir.name)
         if name in classes:
             raise ValueError(f"class folders {class_dir.name!r} and another one both give the class name "

@@ -66,7 +66,7 @@ class AtlasRunBox(QGroupBox):
         return self.out.path
 
     def options(self) -> dict:
-        from intr_training.cli_values import parse_pairs  # the CLI's rule
+        from napari_intr.class_names import parse_pairs  # the CLI's rule
         return {"layer": self.layer.value or None, "per_head": self.per_head.value,
                 "pairs": parse_pairs(self.pairs.value, "Look-alike pairs"), "parts": self.parts.path or None}
 
