@@ -605,3 +605,90 @@ def test_repeats_in_cli_lists_are_noted_once_and_rows_are_not_doubled(named_chec
     model = load_model(named_checkpoint["nfc"], device="cpu")
     with pytest.warns(UserWarning, match="more than once"):
         assert model.class_indices([0, name, 1]) == [0, 1]
+
+
+# -- rule 3: output names always fit; one failing item never aborts a batch ---------------------------
+
+def name_bytes(path):
+    return len(os.fsencode(path.name))
+
+
+LONG_STEMS = {"ascii-246": "s" * 246, "utf8-2byte-123": "é" * 123, "cjk-81": "蝶" * 81,
+              "shared-start-a": "p" * 240 + "a", "shared-start-b": "p" * 240 + "b"}
+
+
+def test_long_image_names_give_fitting_unique_outputs_and_reruns_work(tmp_path, capsys):
+    from PIL import Image
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for stem in LONG_STEMS.values():
+        Image.new("RGB", (64, 64), (len(stem) % 200, 40, 90)).save(folder / f"{stem}.png")
+    for _ in range(2):  # the re-run continues rather than fail the same way
+        code, text = run_cli(["explain", folder, "--out", tmp_path / "out"], capsys)
+        assert code == 0, text
+    rows = explain_rows(tmp_path / "out")
+    assert len(rows) == len(LONG_STEMS) and not [row for row in rows.values() if row["error"]]
+    files = {row["attention_file"] for row in rows.values()}
+    assert len(files) == len(LONG_STEMS)
+    assert all(name_bytes(tmp_path / "out" / name) <= 255 and (tmp_path / "out" / name).is_file() for name in files)
+
+
+def test_long_region_ids_fit(tmp_path, capsys):
+    from PIL import Image
+    Image.new("RGB", (96, 96)).save(tmp_path / "tray.png")
+    ids = ["r" * 245, "r" * 244 + "x", "id:with/slash" * 18]
+    (tmp_path / "boxes.csv").write_text("image,x0,y0,x1,y1,id\n" + "".join(
+        f"tray.png,0,0,64,64,{region}\n" for region in ids), encoding="utf-8")
+    code, text = run_cli(["explain", "--boxes", tmp_path / "boxes.csv", "--out", tmp_path / "out"], capsys)
+    assert code == 0, text
+    written = sorted((tmp_path / "out").glob("*.tif"))
+    assert len(written) == 3 and all(name_bytes(path) <= 255 for path in written)
+
+
+def test_long_stems_fit_every_export_of_the_docks(tmp_path, sample_model):
+    import numpy as np
+
+    from napari_intr.explanation import Explainer
+    from napari_intr.export import save_explanation, save_regions
+    from napari_intr.regions import Region, RegionResult
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+    explanation = Explainer(sample_model, "sample").explain(image, "x")
+    for stem in LONG_STEMS.values():
+        written = save_explanation(tmp_path, stem, explanation, image, explanation.top_class())
+        written += save_regions(tmp_path, stem, [RegionResult(Region("q" * 240, 0, 0, 64, 64), (0, 0), explanation)],
+                                image)
+        assert all(path.is_file() and name_bytes(path) <= 255 for path in written)
+    # 6 files a stem (the two saves share the image and overlay): no two stems wrote over each other
+    assert len(list(tmp_path.iterdir())) == len(LONG_STEMS) * 6
+
+
+def test_an_atlas_of_long_and_colliding_class_names_is_complete(tmp_path, capsys):
+    from PIL import Image
+
+    from hostile_corpus import write_ours
+    names = ["L" * 248, "L" * 247 + "M", "Foo", "foo", "蝶" * 82]
+    model = write_ours(tmp_path / "long.safetensors", names=names)
+    for index, name in enumerate(names):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        Image.new("RGB", (48, 48), (index * 50, 30, 30)).save(folder / "a.png")
+    code, text = run_cli(["atlas", "--model", model, "--data", tmp_path / "data", "--out", tmp_path / "atlas",
+                          "--per-head", "1", "--pairs", f'"{names[0]}":"{names[1]}",Foo:foo'], capsys)
+    assert code == 0, text
+    assert (tmp_path / "atlas" / "atlas.html").is_file()
+    montages = sorted((tmp_path / "atlas" / "montages").iterdir())
+    assert len(montages) == len(names) + 2 and all(name_bytes(path) <= 255 for path in montages)
+
+
+def test_one_item_whose_output_cannot_be_written_gets_a_row_and_the_rest_go_on(tmp_path, capsys):
+    from PIL import Image
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (64, 64)).save(folder / f"{name}.png")
+    (tmp_path / "out" / "b_attention.tif").mkdir(parents=True)  # its output name is taken by a folder
+    code, text = run_cli(["explain", folder, "--out", tmp_path / "out"], capsys)
+    assert code == 0 and "skipped" in text and "b.png" in text
+    rows = explain_rows(tmp_path / "out")
+    assert len(rows) == 3 and rows[str(folder / "b.png")]["error"] and not rows[str(folder / "a.png")]["error"]
+    assert (tmp_path / "out" / "c_attention.tif").is_file()

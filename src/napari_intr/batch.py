@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import DiskFullError
 from .csv_output import write_csv
+from .filenames import fitting_name
 from .io import find_images, read_pixel_size, reason
 from .large_images import BudgetedImage, read_within_budget
 from .provenance import Changes, outputs_note, outside
@@ -90,10 +92,10 @@ def _safe(text: str) -> str:
 
 def _unique_name(stem: str, suffix: str, used: set[str]) -> str:
     """Two inputs with the same stem (e.g. class folders) get `_2`, `_3`, ... rather than overwrite."""
-    name, count = f"{stem}{suffix}", 1
+    name, count = fitting_name(stem, suffix), 1
     while name.casefold() in used:
         count += 1
-        name = f"{stem}_{count}{suffix}"
+        name = fitting_name(stem, f"_{count}{suffix}")
     used.add(name.casefold())
     return name
 
@@ -286,7 +288,12 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
         explanation, offset = _on_file_grid(explanation, read, offset)
     row.update(prediction_cells(explanation, settings.top_k))
     shown = settings.class_for_maps or explanation.top_class()
-    _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
+    try:
+        _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
+    except DiskFullError:
+        raise  # every later item would fail the same way: stop, keeping the rows done
+    except (ValueError, OSError) as error:  # this item's file only (e.g. a name the disk refuses)
+        return {"row": {**row, "error": f"its attention file could not be written: {reason(error)}"}, "notes": []}
     row.update(map_class=shown, attention_file=item.attention_file)
     return {"row": row, "notes": list(explanation.notes), "undecoded": explanation.undecoded}
 

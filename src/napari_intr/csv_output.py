@@ -38,6 +38,8 @@ def escape_cell(value: object) -> str | int | float:
     if isinstance(value, numbers.Real):
         return float(value) if math.isfinite(value) or math.isinf(value) else ""  # NaN: no value
     text = str(value)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):  # an undecodable file name: its bytes, escaped
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return ESCAPE + text if text.startswith(FORMULA_STARTS) else text
 
 

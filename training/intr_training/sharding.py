@@ -169,7 +169,8 @@ class MergedRecords:
 
 
 def _json_line(key: str, record: dict) -> str:
-    return json.dumps({"key": key, "record": record}, ensure_ascii=False, sort_keys=True) + "\n"
+    # ASCII: a key or record holding an undecodable file name (lone surrogates) still writes
+    return json.dumps({"key": key, "record": record}, sort_keys=True) + "\n"
 
 
 @dataclass
