@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CUB-200-2011 parts/part_locs.txt (with images.txt two folders up) for consistency; "
                              "default: the masks `intr synth` writes in DIR/.masks, else feature cosine")
     parser.add_argument("--restart", action="store_true", help="forget the images summarised by an earlier run")
+    parser.add_argument("--strict", action="store_true", help="fail (exit 2) where a warning would do: a --parts "
+                        "file that matches no image")
     parser.add_argument("--class-names", help="text file with the model's class names (official checkpoints)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     per_head = DEFAULT_PER_HEAD if args.per_head is None else args.per_head
     options = AtlasOptions(layer=args.layer, classes=parse_names(args.classes, "--classes"),
                            pairs=parse_pairs(args.pairs, "--pairs"), per_head=per_head,
-                           parts=args.parts, restart=args.restart)
+                           parts=args.parts, restart=args.restart, strict=args.strict)
     model = load_model(args.model, args.class_names, args.device)
     info, device = distributed.setup(model.device)
     model = model.to(device)

@@ -36,6 +36,14 @@ class Collection:
     warnings: list[str] = field(default_factory=list)
     exclude: Path | None = None  # a job's output folder: never scanned as input (napari_intr.provenance)
 
+    def unusable_reasons(self, shown: int = 5) -> str:
+        """The images found but not usable, with their reasons, for a message that says none was."""
+        if not self.skipped:
+            return ""
+        more = f"\n  … and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return (f"; {len(self.skipped)} images were found but none could be used:\n  "
+                + "\n  ".join(self.skipped[:shown]) + more)
+
 
 def is_visible(path: Path) -> bool:
     return not path.name.startswith(".")
@@ -142,7 +150,7 @@ def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0, exc
     names = list(train)
     if not names:
         raise ValueError(f"{root} has no class folders with images; expected {root}/<class name>/<image> "
-                         "(PNG, JPEG or TIFF)")
+                         "(PNG, JPEG or TIFF)" + collection.unusable_reasons())
     if len(names) < 2:
         raise ValueError(f"{root} has only one class with images ({names[0]!r}); a classifier needs at "
                          "least two class folders")

@@ -24,6 +24,7 @@ from PIL import Image
 from skimage.filters import gaussian
 
 from napari_intr.manifest import Manifest, write_json
+from napari_intr.masks import read_mask
 
 RGB = tuple[int, int, int]
 SUMMARY_FILE = "synth.json"
@@ -430,9 +431,9 @@ def specimen_mask_path(image_path: str | Path) -> Path:
     return image_path.parent.parent / ".specimens" / image_path.parent.name / image_path.name
 
 
-def load_mask(image_path: str | Path) -> np.ndarray | None:
-    path = mask_path(image_path)
-    return np.asarray(Image.open(path).convert("L")) > 127 if path.is_file() else None
+def load_mask(image_path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The attribute mask of an image (None without one); see napari_intr.masks.read_mask."""
+    return read_mask(mask_path(image_path), shape, "attribute mask")
 
 
 def _clear_previous_run(out: Path) -> None:

@@ -16,19 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_intr.masks import read_mask
+
 from .geometry import Footprint, HeadLook
 
 ATTRIBUTE = "attribute"
 MASKS_FOLDER = ".masks"
 SPECIMENS_FOLDER = ".specimens"
-
-
-def _read_mask(path: Path) -> np.ndarray | None:
-    if not path.is_file():
-        return None
-    from PIL import Image
-    with Image.open(path) as opened:
-        return np.asarray(opened if opened.mode == "L" else opened.convert("L")) > 127
 
 
 def _mask_beside(image: Path, folder: str) -> Path:
@@ -127,17 +121,23 @@ class PartSource:
                 self._points.setdefault(paths[image_id], {})[names.get(part_id, f"part {part_id}")] = (y, x)
         self._boxes.update(_cub_boxes(root / "bounding_boxes.txt", paths))
 
-    def for_image(self, image: Path) -> ImageParts:
+    def matching(self, images) -> int:
+        """How many of `images` the --parts file has annotations for (0 without one)."""
+        known = set(self._points) | set(self._boxes)
+        return sum(_key_tail(Path(image).as_posix()) in known for image in images)
+
+    def for_image(self, image: Path, shape: tuple[int, int] | None = None) -> ImageParts:
+        """The annotations of `image` (shape: its H, W, which its masks must have)."""
         parts = ImageParts()
         if self.parts_file is not None:
             tail = _key_tail(image.as_posix())
             parts.points = dict(self._points.get(tail, {}))
             parts.specimen_box = self._boxes.get(tail)
         else:
-            mask = _read_mask(_mask_beside(image, MASKS_FOLDER))
+            mask = read_mask(_mask_beside(image, MASKS_FOLDER), shape, "attribute mask")
             if mask is not None:
                 parts.masks[ATTRIBUTE] = mask
-        parts.specimen_mask = _read_mask(_mask_beside(image, SPECIMENS_FOLDER))
+        parts.specimen_mask = read_mask(_mask_beside(image, SPECIMENS_FOLDER), shape, "specimen mask")
         return parts
 
 

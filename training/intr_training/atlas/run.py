@@ -39,6 +39,7 @@ class AtlasOptions:
     per_head: int = DEFAULT_PER_HEAD
     parts: str | os.PathLike | None = None  # CUB parts/part_locs.txt; None: synth masks if present
     restart: bool = False
+    strict: bool = False                   # a --parts file that matches no image is an error, not a warning
 
 
 @dataclass
@@ -68,7 +69,8 @@ def collection_images(data: Path, model, classes: list[str] | None, out: Path | 
         for name, paths in class_images(root, found).items():
             by_class.setdefault(name, []).extend(paths)
     if not by_class:
-        raise ValueError(f"{data} has no class folders with images; expected {data}/<class name>/<image>")
+        raise ValueError(f"{data} has no class folders with images; expected {data}/<class name>/<image>"
+                         + found.unusable_reasons())
     wanted = set(model.class_names) if classes is None else set(classes)
     unknown = sorted(name for name in by_class if name not in model.class_names)
     warnings = found.warnings + found.skipped
@@ -120,6 +122,13 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
     layer = layer_number(layer_index)  # as people count it, in the settings and the report
     parts = PartSource(options.parts)
     items, warnings = collection_images(data, model, classes, out)
+    if options.parts is not None and not parts.matching(path for path, _ in items.values()):
+        unmatched = (f"--parts {options.parts} has annotations for none of the {len(items)} images in {data} "
+                     "(they meet by <class folder>/<file name>, as in CUB's images.txt); consistency falls "
+                     "back to feature cosine")
+        if options.strict:
+            raise ValueError(unmatched + "; check that --data is the collection the parts file describes")
+        warnings.append(unmatched)
     settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
                 else str(Path(options.parts).expanduser().resolve()),
                 "pairs": None if options.pairs is None else [list(pair) for pair in options.pairs],

@@ -109,7 +109,8 @@ def look_alike_rings(info: dict | None) -> dict[str, list[str]]:
 def measure_image(model: INTR, path: Path, true_index: int, number: int, layer: int, settings: Settings,
                   ring_of: dict[str, list[str]], measured: Measurements) -> None:
     """Insertion/deletion and, where the image has an attribute mask, the pointing games."""
-    inputs = model.preprocess(read_image(path))
+    image = read_image(path)
+    inputs = model.preprocess(image)
     with torch.inference_mode():
         predicted = int(model(inputs, return_attention=False).logits[0].argmax())
     target = predicted if settings.explain_class == "predicted" else true_index
@@ -120,7 +121,7 @@ def measure_image(model: INTR, path: Path, true_index: int, number: int, layer: 
                             ("deletion", metrics.deletion_curve(score, inputs[0], saliency, settings.steps))):
             measured.curves[kind][method].append(curve)
             measured.values[method, kind].append(metrics.auc(curve))
-    mask = synth.load_mask(path)
+    mask = synth.load_mask(path, image.shape[:2])
     if mask is not None and mask.any():
         mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=inputs.shape[-2:],
                              mode="nearest")[0, 0].numpy() > 0.5
