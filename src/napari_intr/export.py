@@ -17,7 +17,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .explanation import Explanation
-from .filenames import fitting_name
+from .filenames import as_text, fitting_name
 from .io import PixelSize
 from .preprocess import is_colour
 from .regions import REGION_COLUMNS, RegionResult
@@ -79,7 +79,9 @@ def write_attention_tiff(path: str | os.PathLike, stack: np.ndarray, labels: Seq
         raise ValueError(f"expected a [classes, layers, heads, h, w] stack, got shape {stack.shape}")
     if len(labels) != int(np.prod(stack.shape[:3])):
         raise ValueError(f"{len(labels)} plane labels for {int(np.prod(stack.shape[:3]))} planes")
-    info = json.dumps(metadata, ensure_ascii=False, default=str)
+    labels = [as_text(label) for label in labels]  # TIFF tags hold text: names that are not, escaped
+    info = as_text(json.dumps(metadata, ensure_ascii=False, default=str))
+    metadata = {**metadata, "image": as_text(str(metadata.get("image", "attention")))}
 
     def write(temporary: str) -> None:
         if file_format == "imagej":

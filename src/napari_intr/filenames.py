@@ -20,12 +20,23 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")  # an undecodable file name keeps its bytes
 
 
+def as_text(name: str) -> str:
+    """A name as text that any writer accepts: an undecodable file name (lone surrogates, as
+    Python decodes its bytes) becomes its bytes escaped ("caf\\xe9.png"); other names unchanged."""
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
 def short_hash(text: str) -> str:
     return hashlib.sha1(_bytes(text)).hexdigest()[:8]
 
 
 def fitting_name(stem: str, suffix: str = "", limit: int = SAFE_NAME_BYTES) -> str:
-    """stem + suffix, or, when that is over `limit` bytes, the stem's start + "~" + its hash + suffix."""
+    """stem + suffix, or, when that is over `limit` bytes, the stem's start + "~" + its hash + suffix.
+    Bytes of an undecodable input name become "%FF" (an output name is always text, so the CSV
+    that names it names the file on disk)."""
+    stem = re.sub("[\udc80-\udcff]", lambda match: f"%{ord(match.group()) - 0xDC00:02X}", stem)
     if len(_bytes(stem + suffix)) <= limit:
         return stem + suffix
     room = max(limit - len(_bytes(suffix)) - 9, 1)

@@ -52,6 +52,9 @@ _PROJECT_ROOTS = tuple(str(Path(package).parent) for package in (napari_intr.__f
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not text prints as its escaped bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help, or a refused value (already printed): its exit code

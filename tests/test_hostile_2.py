@@ -1,0 +1,130 @@
+"""The second hostile corpus (hostile_corpus_2.py) through every entry point that reads an image:
+the Python API (what the docks read through), `intr explain` (all files in one batch, then a
+re-run), the training scan and the atlas's scan. No traceback, nothing silently wrong (every
+file is explained or refused with its name and reason), no file lost or written over."""
+import csv
+import os
+
+import pytest
+
+from hostile_corpus import write_ours
+from hostile_corpus_2 import FILES, kinds
+from intr_training import cli
+
+# inputs per kind that test_hostile_rules.py builds itself (synth folders, caches, names files, ...)
+BUILT_BY_THE_RULE_TESTS = {"foreign-file-in-a-synth-folder": 7, "damaged-feature-cache": 5,
+                           "replaced-or-vanished-input-on-rerun": 2, "outputs-inside-the-inputs": 2,
+                           "resume-with-added-and-removed-images": 2, "class-names-file-encoding": 12,
+                           "nfd-class-folders-and-names": 7, "undecodable-class-folder": 1,
+                           "long-region-id": 3, "long-or-colliding-class-names": 5, "parts-file-matching-nothing": 3,
+                           "all-images-unusable": 2, "output-name-taken-by-a-folder": 1}
+
+
+def test_the_corpus_holds_at_least_150_inputs_of_30_kinds():
+    counted = kinds(BUILT_BY_THE_RULE_TESTS)
+    assert sum(counted.values()) >= 150 and len(counted) >= 30, counted
+    assert len({item.name for item in FILES}) == len(FILES)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Every file of the corpus in DATA/hostile/, and one plain image in DATA/plain/."""
+    root = tmp_path_factory.mktemp("corpus2")
+    folder = root / "data" / "hostile"
+    folder.mkdir(parents=True)
+    paths = {item.id: item.write(folder) for item in FILES}
+    (root / "data" / "plain").mkdir()
+    FILES[-1].write(root / "data" / "plain")
+    return root, paths
+
+
+def snapshot(root):
+    return {path: path.stat().st_mtime_ns for path in root.rglob("*") if path.is_file()}
+
+
+def run_cli(argv, capsys):
+    try:
+        code = cli.main([str(arg) for arg in argv])
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    from napari_intr.explanation import Explainer
+    from napari_intr.loading import load_model
+    return Explainer(load_model("sample", device="cpu"), "sample")
+
+
+@pytest.mark.parametrize("item", FILES, ids=[item.id for item in FILES])
+def test_the_api_explains_or_refuses_each_file_naming_it(item, corpus, explainer):
+    """io.read_image then Explainer.explain: what the Explorer dock and a script do."""
+    from napari_intr.io import read_image
+    path = corpus[1][item.id]
+    if item.refused:
+        with pytest.raises(ValueError) as refused:
+            explainer.explain(read_image(path), path.stem)
+        assert item.refused in str(refused.value)
+        if "stack" in item.refused:  # refused while reading: the message names the file
+            assert path.name in str(refused.value)
+    else:
+        explanation = explainer.explain(read_image(path), path.stem)
+        assert explanation.image_shape == item.size and explanation.top_class()
+
+
+def csv_cell(path) -> str:
+    """How predictions.csv writes a file name (an undecodable one as its escaped bytes)."""
+    text = str(path)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def test_one_explain_batch_explains_or_refuses_every_file_then_resumes(corpus, tmp_path, capsys):
+    root, paths = corpus
+    folder = root / "data" / "hostile"
+    before = snapshot(root)
+    out = tmp_path / "out"
+    code, text = run_cli(["explain", folder, "--out", out], capsys)
+    assert code == 0 and "Traceback" not in text
+    from napari_intr.csv_output import unescape_cell  # "-dash.png" is written '-dash.png (not a formula)
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as stream:
+        rows = {unescape_cell(row["file"]): {key: unescape_cell(value) for key, value in row.items()}
+                for row in csv.DictReader(stream)}
+    assert len(rows) == len(FILES)
+    attention = set()
+    for item in FILES:
+        row = rows[csv_cell(paths[item.id])]
+        if item.refused:
+            assert item.refused in row["error"], (item.id, row["error"])
+            assert f"skipped {paths[item.id]}: " in text, item.id  # named, with its reason
+        else:
+            assert not row["error"] and row["top1_class"], (item.id, row)
+            written = out / row["attention_file"]
+            assert written.is_file() and len(os.fsencode(written.name)) <= 255
+            attention.add(row["attention_file"].casefold())
+    assert len(attention) == sum(not item.refused for item in FILES), sorted(attention)  # none written over another
+    assert snapshot(root) == before  # the inputs untouched
+    code, again = run_cli(["explain", folder, "--out", out], capsys)
+    assert code == 0 and f"({len(FILES) - sum(bool(i.refused) for i in FILES)} done by an earlier run)" in again
+    assert "changed since" not in again and "no longer there" not in again
+
+
+def test_the_training_and_atlas_scans_use_or_name_every_file(corpus, tmp_path):
+    from intr_training.atlas.run import collection_images
+    from intr_training.data import scan_collection
+    from napari_intr.loading import load_model
+    root, paths = corpus
+    collection = scan_collection(root / "data", 0.2)
+    used = {path for path, _ in collection.train + collection.val}
+    model = load_model(write_ours(tmp_path / "two.safetensors", names=("hostile", "plain")), device="cpu")
+    items, warnings = collection_images(root / "data", model, None)
+    in_atlas = {path for path, _ in items.values()}
+    for item in FILES:
+        path = paths[item.id]
+        if item.refused:
+            said = [line for line in collection.skipped if str(path) in line]
+            assert said and item.refused in said[0], item.id
+            assert path not in in_atlas and [line for line in warnings if str(path) in line]
+        else:
+            assert path in used and path in in_atlas, item.id
