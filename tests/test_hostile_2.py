@@ -4,24 +4,61 @@ re-run), the training scan and the atlas's scan. No traceback, nothing silently 
 file is explained or refused with its name and reason), no file lost or written over."""
 import csv
 import os
+from collections import Counter
 
 import pytest
 
 from hostile_corpus import write_ours
-from hostile_corpus_2 import FILES, kinds
+from hostile_corpus_2 import FILES, file_kinds
 from intr_training import cli
 
-# inputs per kind that test_hostile_rules.py builds itself (synth folders, caches, names files, ...)
-BUILT_BY_THE_RULE_TESTS = {"foreign-file-in-a-synth-folder": 7, "damaged-feature-cache": 5,
-                           "replaced-or-vanished-input-on-rerun": 2, "outputs-inside-the-inputs": 2,
-                           "resume-with-added-and-removed-images": 2, "class-names-file-encoding": 12,
-                           "nfd-class-folders-and-names": 7, "undecodable-class-folder": 1,
-                           "long-region-id": 3, "long-or-colliding-class-names": 5, "parts-file-matching-nothing": 3,
-                           "all-images-unusable": 2, "output-name-taken-by-a-folder": 1}
+# the kind of input each rule test meets (its cases are its parameters)
+RULE_TEST_KINDS = {
+    "synth_never_removes": "foreign-file-in-a-synth-folder", "synth_replaces_exactly": "synth-folder-rerun",
+    "synth_refuses_a_symlink": "symlink-in-a-synth-folder", "rerun_redoes_changed": "input-replaced-or-gone-on-rerun",
+    "outputs_inside_its_input": "output-folder-inside-the-inputs", "resume_keeps_the_saved_split":
+    "images-added-or-removed-before-resume", "damaged_feature_cache": "damaged-feature-cache",
+    "same_size_and_time": "content-changed-keeping-size-and-time", "bad_environment_value": "bad-decode-budget",
+    "importing_never_fails": "bad-environment-at-import", "documented_form": "decode-budget-forms",
+    "other_variables": "bad-torchrun-or-cache-variable", "margins_out_of_range": "margin-out-of-range",
+    "box_coordinates": "box-coordinate-out-of-range", "label_ids_of_any": "label-ids-of-any-integer-type",
+    "negative_label": "negative-label-ids", "encode_takes_any": "encode-floating-types",
+    "encode_names_what": "encode-refused-tensors", "counts_that_overflow": "count-overflowing-int32",
+    "either_normal_form": "nfd-or-nfc-class-names", "folder_scans_compare": "nfd-class-folders",
+    "nfc_and_nfd_folders": "nfc-and-nfd-twin-folders", "loose_matching": "loose-or-ambiguous-class-name",
+    "decoded_by_their_byte_order": "class-names-file-encodings", "not_clean_text":
+    "class-names-file-not-clean-text", "commas_or_colons": "names-holding-commas-or-colons",
+    "pairs_can_come_from_a_file": "names-and-pairs-from-a-file", "undecodable_or_control_folder":
+    "undecodable-class-folder", "repeated_pairs": "repeated-pairs", "repeated_names": "repeated-names",
+    "repeats_in_cli_lists": "repeated-candidates", "long_image_names": "long-image-names-in-a-batch",
+    "long_region_ids": "long-region-id", "every_export_of_the_docks": "long-stems-in-dock-exports",
+    "long_and_colliding_class": "long-or-colliding-class-names", "output_cannot_be_written":
+    "output-name-taken-by-a-folder", "bad_mask_is_named": "damaged-or-mis-sized-mask",
+    "atlas_names_a_bad_mask": "mis-sized-specimen-mask-in-an-atlas", "matches_no_image":
+    "parts-file-matching-no-image", "matches_runs_quietly": "parts-file-matching", "animated_images":
+    "animated-image-at-every-entry-point", "single_frame_files": "single-frame-animation-format",
+    "only_unusable_images": "folder-of-only-unusable-images",
+}
+
+
+def rule_test_kinds() -> Counter:
+    """Cases per kind among test_hostile_rules.py's tests (the product of their parameter lists)."""
+    import test_hostile_rules
+    counted = Counter()
+    for name, function in vars(test_hostile_rules).items():
+        if not name.startswith("test_"):
+            continue
+        kind = next(kind for part, kind in RULE_TEST_KINDS.items() if part in name)
+        cases = 1
+        for mark in getattr(function, "pytestmark", []):
+            if mark.name == "parametrize":
+                cases *= len(mark.args[1])
+        counted[kind] += cases
+    return counted
 
 
 def test_the_corpus_holds_at_least_150_inputs_of_30_kinds():
-    counted = kinds(BUILT_BY_THE_RULE_TESTS)
+    counted = file_kinds() + rule_test_kinds()
     assert sum(counted.values()) >= 150 and len(counted) >= 30, counted
     assert len({item.name for item in FILES}) == len(FILES)
 
