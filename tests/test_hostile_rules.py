@@ -823,3 +823,17 @@ def test_a_folder_of_only_unusable_images_shows_each_reason(command, tmp_path, c
     code, text = run_cli(argv, capsys)
     assert code == 2 and "none could be used" in text
     assert "it is 20×20 px" in text and "it is 31×64 px" in text and "at least 32 px" in text
+
+
+@pytest.mark.parametrize("stem", LONG_STEMS.values(), ids=list(LONG_STEMS))
+def test_the_edit_docks_export_names_fit(stem, tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from napari_intr.widgets.edit.dock import export_paths
+    session = SimpleNamespace(name=stem, original=np.zeros((40, 40, 3), np.uint8))
+    image, report = export_paths(session, SimpleNamespace(source=SimpleNamespace(path=None)), tmp_path)
+    for path in (image, report.with_name(report.name + ".json"), report.with_name(report.name + ".csv")):
+        assert len(os.fsencode(path.name)) <= 255
+        path.write_bytes(b"")  # the file system takes it
