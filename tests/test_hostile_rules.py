@@ -3,6 +3,7 @@ The corpus of hostile inputs that exercises them case by case is hostile_corpus_
 import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -215,16 +216,19 @@ def test_resume_keeps_the_saved_split_and_reports_added_and_removed_images(resca
         shutil.copy(data / "red" / "0.png", data / "red" / f"new{index}.png")
     removed = before["train"][0][0]
     (data / removed).unlink()
+    edited = before["val"][0][0]
+    replace_image(data / edited, seed=5)  # a validation image edited in place: said, not moved
     code, text = run_cli(["train", "--data", data, "--out", run, "--epochs", "2", "--resume", *FAST,
                           *(["--rescan"] if rescan else [])], capsys)
     assert code == 0, text
     assert "4 images new since the last run" in text and "1 images of the last run no longer there" in text
+    assert "1 images changed since the last run: trained on as they are now" in text and Path(edited).name in text
     assert ("join training (--rescan)" in text) == rescan and ("add --rescan" in text) != rescan
     after = saved_split(run)
-    assert after["val"] == before["val"]  # not one validation image moved
-    expected = [entry for entry in before["train"] if entry[0] != removed]
-    assert after["train"][:len(expected)] == expected
-    assert sorted(name for name, _ in after["train"][len(expected):]) == (
+    assert [entry[:2] for entry in after["val"]] == [entry[:2] for entry in before["val"]]  # none moved
+    expected = [entry[:2] for entry in before["train"] if entry[0] != removed]
+    assert [entry[:2] for entry in after["train"][:len(expected)]] == expected
+    assert sorted(entry[0] for entry in after["train"][len(expected):]) == (
         [f"red/new{index}.png" for index in range(4)] if rescan else [])
 
 

@@ -58,11 +58,12 @@ class Changes:
     vanished: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
 
-    def line(self, what: str = "images", added_note: str = "") -> str | None:
+    def line(self, what: str = "images", added_note: str = "", changed_note: str = "redone") -> str | None:
         """One line for the user, or None when nothing changed."""
         parts = []
         if self.changed:
-            parts.append(f"{len(self.changed)} {what} changed since the last run: redone ({_examples(self.changed)})")
+            parts.append(f"{len(self.changed)} {what} changed since the last run: {changed_note} "
+                         f"({_examples(self.changed)})")
         if self.vanished:
             parts.append(f"{len(self.vanished)} {what} of the last run no longer there: dropped "
                          f"({_examples(self.vanished)})")

@@ -161,9 +161,18 @@ def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0, exc
 
 
 def split_record(collection: Collection) -> dict:
-    """The split as saved with a training run: image paths relative to the root, with class index."""
+    """The split as saved with a training run: per image its path relative to the root, class
+    index, size and modification time (napari_intr.provenance: a resumed run says what changed)."""
     def relative(samples):
-        return [[path.relative_to(collection.root).as_posix(), label] for path, label in samples]
+        entries = []
+        for path, label in samples:
+            try:
+                status = path.stat()
+                stamp = [status.st_size, status.st_mtime_ns]
+            except OSError:  # gone since the scan: the next resume reports it
+                stamp = [None, None]
+            entries.append([path.relative_to(collection.root).as_posix(), label, *stamp])
+        return entries
     return {"train": relative(collection.train), "val": relative(collection.val)}
 
 
@@ -173,15 +182,21 @@ def keep_split(collection: Collection, saved: dict, rescan: bool) -> str | None:
     training only with `rescan`. Returns the one line that says what changed, or None."""
     found = {path.relative_to(collection.root).as_posix(): (path, label)
              for path, label in collection.train + collection.val}
-    saved_names = {name for side in ("train", "val") for name, _ in saved[side]}
+    saved_entries = [entry for side in ("train", "val") for entry in saved[side]]
+    saved_names = {entry[0] for entry in saved_entries}
     changes = Changes(vanished=sorted(name for name in saved_names if name not in found),
                       added=sorted(name for name in found if name not in saved_names))
-    collection.train = [found[name] for name, _ in saved["train"] if name in found]
-    collection.val = [found[name] for name, _ in saved["val"] if name in found]
+    for name, _, *stamp in saved_entries:
+        if name in found and len(stamp) == 2:
+            status = found[name][0].stat()
+            if [status.st_size, status.st_mtime_ns] != stamp:
+                changes.changed.append(name)
+    collection.train = [found[entry[0]] for entry in saved["train"] if entry[0] in found]
+    collection.val = [found[entry[0]] for entry in saved["val"] if entry[0] in found]
     if rescan:
         collection.train += [found[name] for name in changes.added]
     note = ": they join training (--rescan)" if rescan else ": not used (add --rescan to train on them)"
-    return changes.line("images", note)
+    return changes.line("images", note, "trained on as they are now")
 
 
 class ImageFolderDataset(Dataset):
