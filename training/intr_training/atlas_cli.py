@@ -18,9 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image folder: DIR/<class>/<image> (or DIR/train/… and DIR/val/…)")
     parser.add_argument("--out", required=True, metavar="OUT", help="output folder (a re-run continues in it)")
     parser.add_argument("--layer", type=int, help="decoder layer, 1-based (default: the last)")
-    parser.add_argument("--classes", metavar="A,B,...", help="only these classes (default: every class with images)")
+    parser.add_argument("--classes", metavar="A,B,...", help="only these classes (default: every class with images); quote a name holding a comma "
+                        '("Tit, great"), or give @FILE with one name per line')
     parser.add_argument("--pairs", metavar="A:B,...",
-                        help="look-alike pairs, heads of A's query telling A from B (default: the most "
+                        help="look-alike pairs, heads of A's query telling A from B (quote a name holding ':' "
+                             "or ',', or give @FILE with one pair A:B per line; default: the most "
                              "confused pairs; each image is then compared with its 2 likeliest other classes)")
     parser.add_argument("--per-head", type=COUNT, default=None, metavar="N",
                         help="top images (patches) per class and head (default 6)")

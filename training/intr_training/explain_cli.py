@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-names", metavar="FILE",
                         help="text file of class names, one per line (for checkpoints without names)")
     parser.add_argument("--classes", metavar="A,B,...",
-                        help="candidate classes, comma-separated (default: all the model's classes)")
+                        help="candidate classes, comma-separated (default: all the model's classes); quote a "
+                        'name holding a comma ("Tit, great"), or give @FILE with one name per line')
     parser.add_argument("--mode", choices=DECODE_MODES, default="drop",
                         help="how non-candidate queries are left out: drop them (default) or zero them (paper Fig. 6)")
     parser.add_argument("--top-k", type=COUNT, default=5, help="predictions per image in the CSV (default 5)")
