@@ -281,6 +281,19 @@ def test_a_damaged_feature_cache_is_rebuilt_and_never_blamed_on_the_lr(damage, c
         assert "feature cache" in text and "damaged" in text and "recomputed" in text
 
 
+def test_a_cached_image_replaced_under_its_name_is_recomputed_and_said(tmp_path, capsys):
+    from hostile_corpus import FAST, training_folder
+    data, run = training_folder(tmp_path / "data", per_class=3), tmp_path / "run"
+    common = ["--data", data, "--out", run, *FAST, "--freeze", "backbone", "--cache-features", "--val-split", "0.34",
+              "--progress", "none"]
+    assert run_cli(["train", *common, "--epochs", "1"], capsys)[0] == 0
+    replace_image(data / "red" / "0.png", seed=9)
+    code, text = run_cli(["train", *common, "--epochs", "2", "--resume"], capsys)
+    assert code == 0, text
+    assert re.search(r"feature cache \((train|val-rank0)\): 1 images changed since the last run: their "
+                     r"features are computed again \(0.png\)", text), text
+
+
 def test_an_image_replaced_with_the_same_size_and_time_is_recomputed(tmp_path):
     """The cache's key holds the image's content hash, not only its size and time."""
     from intr_training.feature_cache import file_key

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from napari_intr.atomic import atomic_write
 from napari_intr.preprocess import resized_shape
-from napari_intr.provenance import fingerprint
+from napari_intr.provenance import Changes, fingerprint
 
 from .data import Batch, Sample, VariantDataset, image_size
 from .engine import StepOptions, autocast, device_images
@@ -91,6 +91,7 @@ class FeatureCache:
     def __init__(self, folder: Path, split: str, layout: Layout):
         self.folder, self.split, self.layout = Path(folder), split, layout
         self._data = self._done = None
+        self.changes = Changes()  # images whose content changed since the cache was filled
 
     # -- creation (main process; rank 0 under torchrun, the others open what it wrote) ----------
 
@@ -171,6 +172,9 @@ class FeatureCache:
         reusable = {}
         if previous is not None and previous.layout.fingerprint == self.layout.fingerprint:
             reusable = {tuple(key): i for i, key in enumerate(previous.layout.images)}
+            earlier = {key[0] for key in previous.layout.images}  # (vanished ones: --resume says so)
+            self.changes = Changes(changed=[key[0] for key in self.layout.images
+                                            if key[0] in earlier and tuple(key) not in reusable])
         temporary = {name: self.folder / f".{self.split}.{name}.tmp" for name in (SUFFIX, "done")}
         data = np.memmap(temporary[SUFFIX], DTYPE, "w+", shape=(max(self.layout.total, 1),))
         done = np.memmap(temporary["done"], np.uint8, "w+", shape=(max(self.slot_count, 1),))

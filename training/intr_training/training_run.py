@@ -350,6 +350,9 @@ class TrainingRun:
             distributed.barrier()
             return FeatureCache.prepare(*arguments, create=False)[0]
         cache, _ = FeatureCache.prepare(*arguments)  # refuses a cache the disk cannot hold
+        changed = cache.changes.line("images", changed_note="their features are computed again")
+        if changed:
+            self.setup_warnings.append(f"feature cache ({name}): {changed}")
         if split == "train" and self.dist.active:
             distributed.barrier()
         return cache
