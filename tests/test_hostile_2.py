@@ -15,7 +15,8 @@ from intr_training import cli
 # the kind of input each rule test meets (its cases are its parameters)
 RULE_TEST_KINDS = {
     "synth_never_removes": "foreign-file-in-a-synth-folder", "synth_replaces_exactly": "synth-folder-rerun",
-    "synth_refuses_a_symlink": "symlink-in-a-synth-folder", "rerun_redoes_changed": "input-replaced-or-gone-on-rerun",
+    "synth_refuses_a_symlink": "symlink-in-a-synth-folder", "manifest_naming_files_outside":
+    "synth-manifest-naming-files-outside", "holding_the_inputs": "output-folder-holding-the-inputs", "rerun_redoes_changed": "input-replaced-or-gone-on-rerun",
     "outputs_inside_its_input": "output-folder-inside-the-inputs", "resume_keeps_the_saved_split":
     "images-added-or-removed-before-resume", "damaged_feature_cache": "damaged-feature-cache",
     "same_size_and_time": "content-changed-keeping-size-and-time", "bad_environment_value": "bad-decode-budget",

@@ -99,6 +99,24 @@ def test_synth_replaces_exactly_its_own_earlier_output(synth_folder, tmp_path, c
     assert files_of(out) == before
 
 
+@pytest.mark.parametrize("entry", ["../precious.png", "/abs/precious.png", "a/../../precious.png", "./x.png"])
+def test_a_manifest_naming_files_outside_its_folder_is_refused(entry, synth_folder, tmp_path, capsys):
+    import json
+
+    from napari_intr.manifest import file_digest
+    out = tmp_path / "synth"
+    shutil.copytree(synth_folder, out)
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"data")
+    summary = json.loads((out / "synth.json").read_text())
+    summary["files"][entry] = {"size": 4, "sha256": file_digest(precious)}
+    (out / "synth.json").write_text(json.dumps(summary))
+    before = files_of(tmp_path)
+    code, text = run_cli(["synth", "--out", out, "--per-class", "1", "--size", "32"], capsys)
+    assert code == 2 and "synth.json" in text and "nothing was removed" in text
+    assert files_of(tmp_path) == before
+
+
 def test_synth_refuses_a_symlink_it_did_not_write(synth_folder, tmp_path, capsys):
     out = tmp_path / "synth"
     shutil.copytree(synth_folder, out)
@@ -186,6 +204,18 @@ def test_a_jobs_outputs_inside_its_input_folder_are_never_read_back(command, sma
                       + int(re.search(r"summarised (\d+) images now", text).group(1)))
     assert counts[0] == counts[1] == 4
     assert "inside the output folder" in text
+
+
+@pytest.mark.parametrize("command", RESUMABLE)
+@pytest.mark.parametrize("where", ["same", "above"])
+def test_an_output_folder_holding_the_inputs_is_refused(command, where, small_collection, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(small_collection, data)
+    out = data if where == "same" else tmp_path
+    before = files_of(tmp_path)
+    code, text = run_cli(RESUMABLE[command](data, out), capsys)
+    assert code == 2 and "is, or holds, the input folder" in text
+    assert files_of(tmp_path) == before
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from .csv_output import write_csv
 from .filenames import fitting_name
 from .io import find_images, read_pixel_size, reason
 from .large_images import BudgetedImage, read_within_budget
-from .provenance import Changes, outputs_note, outside
+from .provenance import Changes, check_apart, outputs_note, outside
 from .regions import REGION_COLUMNS, Margin, Region, crop_region
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -139,6 +140,8 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     """
     from .explanation import Explainer
     start = time.perf_counter()
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    check_apart(inputs, out_dir)  # an output folder holding the images would be read back next time
     files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
     files, inside_out = outside(files, out_dir)  # never our own attention TIFFs of an earlier run
     if not files:

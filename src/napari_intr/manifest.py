@@ -45,7 +45,8 @@ class Manifest:
     @classmethod
     def from_json(cls, root: str | os.PathLike, files: object, source: Path) -> Manifest:
         if not isinstance(files, dict) or not all(
-                isinstance(entry, dict) and isinstance(entry.get("sha256"), str) for entry in files.values()):
+                isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _plain_relative(name)
+                for name, entry in files.items()):
             raise ValueError(f"{source} has no valid list of the files it wrote; nothing was removed. "
                              "Delete the folder yourself or choose an empty or new one")
         return cls(root, files)
@@ -75,10 +76,10 @@ class Manifest:
             raise ValueError(f"{self.root} holds {foreign[0]}{more}, which the earlier run did not write "
                              "(or which changed since); nothing was removed. Move your files out, or "
                              "choose an empty or new folder")
-        removed = 0
+        removed, root = 0, self.root.resolve()
         for relative in self.files:
             path = self.root / relative
-            if path.is_file():
+            if path.is_file() and root in path.resolve().parents:  # never through a link out of root
                 path.unlink()
                 removed += 1
         for folder in sorted({p for relative in self.files for p in (self.root / relative).parents
@@ -86,6 +87,12 @@ class Manifest:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         return removed
+
+
+def _plain_relative(name: object) -> bool:
+    """A path inside the root as the manifest writes one: relative, "/"-separated, no "..", "." or "\\"."""
+    return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
+            and "\x00" not in name and all(part not in ("", ".", "..") for part in name.split("/")))
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:

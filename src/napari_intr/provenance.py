@@ -87,6 +87,19 @@ def outside(paths: Iterable[Path], out: str | os.PathLike | None) -> tuple[list[
     return kept, len(paths) - len(kept)
 
 
+def check_apart(folders: Iterable[str | os.PathLike], out: str | os.PathLike) -> None:
+    """Refuse an output folder that is, or holds, an input folder: the job's results would be
+    scanned as inputs on the next run (an output folder inside an input folder is fine: `outside`
+    leaves it out)."""
+    target = Path(out).expanduser().resolve()
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        if folder.is_dir() and (folder.resolve() == target or target in folder.resolve().parents):
+            raise ValueError(f"the output folder {out} is, or holds, the input folder {folder}: its results "
+                             "would be read back as inputs by the next run; choose an output folder beside "
+                             f"the images or inside {folder}")
+
+
 def outputs_note(count: int, out: str | os.PathLike) -> str:
     return (f"left out {count} files inside the output folder {out} (a job's own outputs are never "
             "read back as its inputs)")

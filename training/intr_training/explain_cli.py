@@ -56,11 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from napari_intr.devices import resolve_device
     from napari_intr.io import find_images
+    from napari_intr.provenance import check_apart
     from napari_intr.regions import Margin, read_boxes
 
     from . import distributed
     if not args.inputs and not args.boxes:
         raise ValueError("give image files or folders to explain, or --boxes BOXES.csv")
+    check_apart(args.inputs, args.out)  # before any work: results inside would be read back as images
     boxes = read_boxes(args.boxes) if args.boxes else None
     files = find_images(args.inputs) if args.inputs else None  # before the model loads: typos fail at once
     if boxes is not None and files is not None:

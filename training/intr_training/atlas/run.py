@@ -16,6 +16,7 @@ from pathlib import Path
 
 from napari_intr import __version__
 from napari_intr.explanation import layer_from_number, layer_number
+from napari_intr.provenance import check_apart
 
 from .. import run_lock, sharding
 from ..data import Collection, class_images
@@ -121,6 +122,7 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
     layer_index, classes, partners = _checked(model, options, out)
     layer = layer_number(layer_index)  # as people count it, in the settings and the report
     parts = PartSource(options.parts)
+    check_apart([data], out)
     items, warnings = collection_images(data, model, classes, out)
     if options.parts is not None and not parts.matching(path for path, _ in items.values()):
         unmatched = (f"--parts {options.parts} has annotations for none of the {len(items)} images in {data} "
