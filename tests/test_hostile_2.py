@@ -38,7 +38,8 @@ RULE_TEST_KINDS = {
     "atlas_names_a_bad_mask": "mis-sized-specimen-mask-in-an-atlas", "matches_no_image":
     "parts-file-matching-no-image", "matches_runs_quietly": "parts-file-matching", "animated_images":
     "animated-image-at-every-entry-point", "single_frame_files": "single-frame-animation-format",
-    "cached_image_replaced": "cached-image-replaced-under-its-name",
+    "cached_image_replaced": "cached-image-replaced-under-its-name", "masks_changed": "mask-changed-before-rerun",
+    "parts_file_changed": "parts-file-changed-before-rerun",
     "only_unusable_images": "folder-of-only-unusable-images", "edit_docks_export": "long-layer-name-in-edit-exports",
 }
 

@@ -884,3 +884,36 @@ def test_the_edit_docks_export_names_fit(stem, tmp_path):
     for path in (image, report.with_name(report.name + ".json"), report.with_name(report.name + ".csv")):
         assert len(os.fsencode(path.name)) <= 255
         path.write_bytes(b"")  # the file system takes it
+
+
+@pytest.mark.parametrize("change", ["mask-replaced", "mask-added", "mask-removed"])
+def test_an_atlas_rerun_redoes_images_whose_masks_changed(change, small_collection, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    data = tmp_path / "data"
+    shutil.copytree(small_collection, data)
+    image = sorted((data / TWO[0]).glob("*.png"))[0]
+    mask = data / ".masks" / TWO[0] / image.name  # (the small collection keeps no masks)
+    if change != "mask-added":
+        mask.parent.mkdir(parents=True)
+        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(mask)
+    argv = RESUMABLE["atlas"](data, tmp_path / "out")
+    assert run_cli(argv, capsys)[0] == 0
+    if change == "mask-removed":
+        mask.unlink()
+    else:
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((48, 48), 255 if change == "mask-added" else 0, np.uint8)).save(mask)
+    code, text = run_cli(argv, capsys)
+    assert code == 0 and "1 images changed since the last run: redone" in text and "summarised 1 images now" in text
+
+
+def test_an_atlas_rerun_after_its_parts_file_changed_is_refused(small_collection, tmp_path, capsys):
+    images = sorted(p.relative_to(small_collection).as_posix() for p in small_collection.glob(f"{TWO[0]}/*.png"))
+    parts = cub_parts(tmp_path / "cub", images)
+    argv = RESUMABLE["atlas"](small_collection, tmp_path / "out") + ["--parts", parts]
+    assert run_cli(argv, capsys)[0] == 0
+    parts.write_text(parts.read_text().replace(" 10 10 ", " 20 20 "))
+    code, text = run_cli(argv, capsys)
+    assert code == 2 and "parts_sha256" in text and "--restart" in text
+    assert run_cli(argv + ["--restart"], capsys)[0] == 0

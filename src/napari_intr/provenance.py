@@ -51,6 +51,33 @@ def unchanged(recorded: object, path: str | os.PathLike) -> bool:
         return False
 
 
+def record(sources) -> dict:
+    """What a result keeps of its inputs: the main file's path and fingerprint, and, for the files
+    that come with it (its masks), their fingerprints or None where there is none."""
+    main, *others = sources if isinstance(sources, (list, tuple)) else [sources]
+    try:
+        kept = {"path": str(main), **fingerprint(main)}
+    except OSError:  # gone: the result cannot count for a later run
+        kept = {"path": str(main)}
+    if others:
+        kept["with"] = {str(other): fingerprint(other) if os.path.isfile(other) else None for other in others}
+    return kept
+
+
+def still_current(recorded: object, sources) -> bool:
+    """Whether every input of a result still holds what `record` saw (a mask added, changed or
+    removed since counts as a change)."""
+    main, *others = sources if isinstance(sources, (list, tuple)) else [sources]
+    if not isinstance(recorded, dict) or not unchanged(recorded, main):
+        return False
+    kept = recorded.get("with", {})
+    for other in others:
+        before, exists = kept.get(str(other)), os.path.isfile(other)
+        if (before is None) != (not exists) or (before is not None and not unchanged(before, other)):
+            return False
+    return True
+
+
 @dataclass
 class Changes:
     """What a re-run found changed since the run it continues (counts and a few example names)."""

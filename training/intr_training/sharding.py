@@ -121,7 +121,7 @@ class _Index:
                         vanished[key] = source
                     continue
                 keep = counts is None or counts(key, record)
-                if keep and inputs is not None and not provenance.unchanged(record.get("input"), inputs(key)):
+                if keep and inputs is not None and not provenance.still_current(record.get("input"), inputs(key)):
                     keep = False
                     changed.add(key)
                 elif keep:
@@ -201,7 +201,7 @@ class ShardedRun:
         other settings is refused unless restart=True, which forgets every earlier record.
         is_done(key, record): whether an earlier record still counts (e.g. its output file exists);
         items whose record does not count are done again. group: see `shard`. inputs(key): the
-        file an item is made from; each record then keeps its fingerprint, and an item whose file
+        file an item is made from (or a list: the file, then the files that come with it, e.g. masks); each record then keeps its fingerprint, and an item whose file
         changed since is done again (`changes` lists them, and vanished inputs, for the user)."""
         keys = [str(key) for key in keys]
         if len(set(keys)) != len(keys):
@@ -236,11 +236,7 @@ class ShardedRun:
     def record(self, key: str, record: dict) -> None:
         """Keep one finished item's result (write its output files first: a record means done)."""
         if self.inputs is not None:
-            source = self.inputs(key)
-            try:
-                record = {**record, "input": {"path": str(source), **provenance.fingerprint(source)}}
-            except OSError:  # the input is gone: the record cannot count for a later run
-                record = {**record, "input": {"path": str(source)}}
+            record = {**record, "input": provenance.record(self.inputs(key))}
         if self._stream is None:
             # open across records (closed by finish or close): one file handle per process
             self._stream = open(_part_file(self.folder, self.info.rank), "a", encoding="utf-8")  # noqa: SIM115
@@ -314,8 +310,11 @@ def _check_settings(folder: Path, settings: dict, task: str) -> None:
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         earlier = {}
-    if earlier != settings:
-        changed = sorted(key for key in {*settings, *earlier} if earlier.get(key) != settings.get(key))
+    if not isinstance(earlier, dict):
+        earlier = {}
+    # a setting absent from an earlier version's file counts as None (unset), not as a change
+    changed = sorted(key for key in {*settings, *earlier} if earlier.get(key) != settings.get(key))
+    if changed or not earlier:
         raise ValueError(f"{folder.parent} holds the results of an earlier `{task}` run with other "
                          f"settings ({', '.join(changed) or 'unreadable settings'} differ); give "
                          "another output folder, or --restart to redo every item")

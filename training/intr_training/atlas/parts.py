@@ -121,6 +121,12 @@ class PartSource:
                 self._points.setdefault(paths[image_id], {})[names.get(part_id, f"part {part_id}")] = (y, x)
         self._boxes.update(_cub_boxes(root / "bounding_boxes.txt", paths))
 
+    def files_beside(self, image: Path) -> list[Path]:
+        """The mask files an image's annotations come from (present or not): a summary of the
+        image is current only while they are unchanged."""
+        masks = [] if self.parts_file is not None else [_mask_beside(image, MASKS_FOLDER)]
+        return [*masks, _mask_beside(image, SPECIMENS_FOLDER)]
+
     def matching(self, images) -> int:
         """How many of `images` the --parts file has annotations for (0 without one)."""
         known = set(self._points) | set(self._boxes)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from napari_intr import __version__
 from napari_intr.explanation import layer_from_number, layer_number
+from napari_intr.manifest import file_digest
 from napari_intr.provenance import check_apart
 
 from .. import run_lock, sharding
@@ -133,13 +134,15 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
         warnings.append(unmatched)
     settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
                 else str(Path(options.parts).expanduser().resolve()),
+                # its content: a parts file edited since refuses the re-run (the summaries used it)
+                "parts_sha256": None if options.parts is None else file_digest(Path(options.parts).expanduser()),
                 "pairs": None if options.pairs is None else [list(pair) for pair in options.pairs],
                 "default_partners": DEFAULT_PARTNERS, "classes": classes}
     with run_lock.job_lock(out, COMMAND) as lock:  # a second run into OUT is refused, naming it
         if lock.stale_message():
             warnings.append(lock.stale_message())
         run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart,
-                                        inputs=lambda key: items[key][0])
+                                        inputs=lambda key: [items[key][0], *parts.files_beside(items[key][0])])
         if run.changes.line():
             warnings.append(run.changes.line())
         result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
