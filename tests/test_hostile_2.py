@@ -39,7 +39,8 @@ RULE_TEST_KINDS = {
     "parts-file-matching-no-image", "matches_runs_quietly": "parts-file-matching", "animated_images":
     "animated-image-at-every-entry-point", "single_frame_files": "single-frame-animation-format",
     "cached_image_replaced": "cached-image-replaced-under-its-name", "masks_changed": "mask-changed-before-rerun",
-    "parts_file_changed": "parts-file-changed-before-rerun",
+    "parts_file_changed": "parts-file-changed-before-rerun", "boxes_files_are_read": "boxes-file-encodings-and-nfd",
+    "cub_parts_file_meets": "nfd-parts-file",
     "only_unusable_images": "folder-of-only-unusable-images", "edit_docks_export": "long-layer-name-in-edit-exports",
 }
 

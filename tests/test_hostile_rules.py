@@ -917,3 +917,23 @@ def test_an_atlas_rerun_after_its_parts_file_changed_is_refused(small_collection
     code, text = run_cli(argv, capsys)
     assert code == 2 and "parts_sha256" in text and "--restart" in text
     assert run_cli(argv + ["--restart"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])
+@pytest.mark.parametrize("form", ["nfc", "nfd"])
+def test_boxes_files_are_read_by_their_bom_and_meet_images_after_nfc(encoding, form, tmp_path):
+    from PIL import Image
+
+    from napari_intr.regions import read_boxes
+    on_disk = nfd("Café tray.png") if form == "nfc" else "Café tray.png"  # the CSV names it the other way
+    Image.new("RGB", (64, 64)).save(tmp_path / on_disk)
+    named = unicodedata.normalize("NFC" if form == "nfc" else "NFD", "Café tray.png")
+    (tmp_path / "boxes.csv").write_text(f"image,x0,y0,x1,y1\n{named},0,0,40,40\n", encoding=encoding)
+    boxes = read_boxes(tmp_path / "boxes.csv")
+    assert list(boxes) == [tmp_path / on_disk]
+
+
+def test_a_cub_parts_file_meets_images_after_nfc(tmp_path):
+    from intr_training.atlas.parts import PartSource
+    parts = cub_parts(tmp_path / "cub", [nfd("001.Café/a.jpg")])
+    assert PartSource(parts).matching([tmp_path / "data" / "001.Café" / "a.jpg"]) == 1

@@ -8,12 +8,15 @@ one (exclusive, as numpy slicing), x along columns and y along rows. A margin wi
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .class_names import normal_name, read_text_file
 
 BOX_COLUMNS = ("image", "x0", "y0", "x1", "y1")
 ID_COLUMN = "id"
@@ -109,15 +112,14 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no boxes file at {path}")
+    text = read_text_file(path, "boxes file")  # by its byte-order mark (Excel writes UTF-16 too)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as stream:
-            delimiter = _delimiter(stream.readline())
-            stream.seek(0)
-            reader = csv.DictReader(stream, delimiter=delimiter)
-            header = [name.strip().lower() for name in (reader.fieldnames or [])]
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise ValueError(f"boxes file {path} is not UTF-8 text; save it as CSV (UTF-8)") from None
+        stream = io.StringIO(text, newline="")
+        delimiter = _delimiter(stream.readline())
+        stream.seek(0)
+        reader = csv.DictReader(stream, delimiter=delimiter)
+        header = [name.strip().lower() for name in (reader.fieldnames or [])]
+        rows = list(reader)
     except csv.Error as error:
         raise ValueError(f"boxes file {path} is not a readable CSV ({error})") from None
     missing = [column for column in BOX_COLUMNS if column not in header]
@@ -134,7 +136,7 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
         if not row["image"]:
             raise ValueError(f"{where}: the image column is empty")
         image = Path(row["image"]).expanduser()
-        image = image if image.is_absolute() else path.parent / image
+        image = same_name_on_disk(image if image.is_absolute() else path.parent / image)
         try:
             x0, y0, x1, y1 = (_number(row[column], delimiter) for column in BOX_COLUMNS[1:])
         except ValueError:
@@ -155,6 +157,16 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
     if not boxes:
         raise ValueError(f"boxes file {path} lists no boxes")
     return boxes
+
+
+def same_name_on_disk(path: Path) -> Path:
+    """`path`, or, when it does not exist, the file beside it whose name is the same after NFC
+    (a CSV typed on one system naming a file written in NFD by another)."""
+    if path.exists() or not path.parent.is_dir():
+        return path
+    wanted = normal_name(path.name)
+    matches = [entry for entry in path.parent.iterdir() if normal_name(entry.name) == wanted]
+    return matches[0] if len(matches) == 1 else path
 
 
 def _delimiter(header: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_intr.class_names import normal_name
 from napari_intr.masks import read_mask
 
 from .geometry import Footprint, HeadLook
@@ -148,8 +149,8 @@ class PartSource:
 
 
 def _key_tail(path: str) -> str:
-    """The class folder and file name: how CUB's images.txt and our image keys meet."""
-    pieces = Path(path).parts
+    """The class folder and file name (NFC): how CUB's images.txt and our image keys meet."""
+    pieces = Path(normal_name(path)).parts
     return "/".join(pieces[-2:])
 
 
