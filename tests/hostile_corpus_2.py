@@ -9,7 +9,7 @@ Two parts:
   a re-run), the training scan and the atlas's scan.
 - VALUES: hostile values of other inputs (environment variables, numbers, label images, tensors,
   name lists, class-name files, foreign files in a synth folder, damaged caches, masks, part
-  files). test_hostile_rules.py runs them through their entry points, one rule at a time.
+  files). test_rules_*.py runs them through their entry points, one rule at a time.
 
 test_hostile_2.py counts the inputs of each kind, here and in the rule tests' parameters, and
 holds the corpus to its size.
@@ -85,7 +85,7 @@ FILES: list[FileInput] = [
     *[FileInput("one-stem-several-formats", _name(f"wing{s}")) for s in (".png", ".jpg", ".tif")],
 ]
 
-# -- values for test_hostile_rules.py -----------------------------------------------------------------
+# -- values for test_rules_*.py -----------------------------------------------------------------
 
 BAD_DECODE_BUDGETS = ["abc", "8X", "-1", "1e308", "nan", "0", "12 bytes", "8G8", "0x10"]
 GOOD_DECODE_BUDGETS = {"8G": 8 * 10**9, "512M": 512 * 10**6, "8GiB": 8 * 2**30, "8589934592": 8589934592,

@@ -12,6 +12,8 @@ from hostile_corpus import write_ours
 from hostile_corpus_2 import FILES, file_kinds
 from intr_training import cli
 
+RULE_TEST_MODULES = ["test_rules_files", "test_rules_resume", "test_rules_values", "test_rules_names",
+                     "test_rules_formats"]
 # the kind of input each rule test meets (its cases are its parameters)
 RULE_TEST_KINDS = {
     "synth_never_removes": "foreign-file-in-a-synth-folder", "synth_replaces_exactly": "synth-folder-rerun",
@@ -46,12 +48,12 @@ RULE_TEST_KINDS = {
 
 
 def rule_test_kinds() -> Counter:
-    """Cases per kind among test_hostile_rules.py's tests (the product of their parameter lists)."""
-    import test_hostile_rules
+    """Cases per kind among the rule tests (the product of their parameter lists)."""
+    import importlib
     counted = Counter()
-    for name, function in vars(test_hostile_rules).items():
-        if not name.startswith("test_"):
-            continue
+    functions = [(name, function) for module in RULE_TEST_MODULES
+                 for name, function in vars(importlib.import_module(module)).items() if name.startswith("test_")]
+    for name, function in functions:
         kind = next(kind for part, kind in RULE_TEST_KINDS.items() if part in name)
         cases = 1
         for mark in getattr(function, "pytestmark", []):
