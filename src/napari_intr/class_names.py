@@ -19,12 +19,13 @@ import codecs
 import os
 import re
 import unicodedata
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import NamedTuple
+
+from .model.names import RepeatedNames, normal_name, without_repeats  # noqa: F401 - the rule's home
 
 # "001.Black_footed_Albatross" (CUB folder names) and "1 001.Black_footed_Albatross" (classes.txt)
 _LINE_NUMBER = re.compile(r"^\d+\s+(?=\d+\.)")
@@ -34,15 +35,6 @@ _INDEX_PREFIX = re.compile(r"^\d+\.")
 class ClassList(NamedTuple):
     names: list[str]   # shown to people
     labels: list[str]  # as the list writes them, index kept
-
-
-class RepeatedNames(UserWarning):
-    """A user's list named the same thing twice: the repeat was removed."""
-
-
-def normal_name(raw: str) -> str:
-    """A name as compared everywhere: NFC, surrounding blanks removed."""
-    return unicodedata.normalize("NFC", raw).strip()
 
 
 def name_problem(name: str) -> str | None:
@@ -98,16 +90,6 @@ def split_names(text: str, separator: str = ",") -> list[str]:
         raise ValueError(f"{text!r} has an opening quote without its closing one")
     parts.append(("".join(current), was_quoted))
     return [normal_name(part) for part, quoted_part in parts if quoted_part or part.strip()]
-
-
-def without_repeats(items: list, what: str, shown=str) -> list:
-    """The items in order with repeats removed; a note (RepeatedNames warning) names the repeats."""
-    kept = list(dict.fromkeys(items))
-    if len(kept) < len(items):
-        repeated = sorted({shown(item) for item in items if items.count(item) > 1})
-        warnings.warn(f"{what} names {', '.join(repeated)} more than once; the repeats were removed",
-                      RepeatedNames, stacklevel=2)
-    return kept
 
 
 def parse_names(text: str | None, what: str) -> list[str] | None:

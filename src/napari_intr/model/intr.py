@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..class_names import normal_name, without_repeats
 from ..preprocess import MIN_IMAGE_SIZE, to_model_input
 from .backbone import build_backbone
 from .config import DECODE_MODES, IntrConfig
+from .names import normal_name, without_repeats
 from .shortlist import ShortlistHead, first_pass_scores
 from .transformer import Transformer
 
