@@ -43,7 +43,8 @@ RULE_TEST_KINDS = {
     "cached_image_replaced": "cached-image-replaced-under-its-name", "masks_changed": "mask-changed-before-rerun",
     "parts_file_changed": "parts-file-changed-before-rerun", "boxes_files_are_read": "boxes-file-encodings-and-nfd",
     "cub_parts_file_meets": "nfd-parts-file",
-    "only_unusable_images": "folder-of-only-unusable-images", "edit_docks_export": "long-layer-name-in-edit-exports",
+    "only_unusable_images": "folder-of-only-unusable-images", "faithfulness_evaluation_names":
+    "mis-sized-masks-in-the-faithfulness-evaluation", "edit_docks_export": "long-layer-name-in-edit-exports",
 }
 
 

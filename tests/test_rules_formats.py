@@ -119,3 +119,17 @@ def test_a_folder_of_only_unusable_images_shows_each_reason(command, tmp_path, c
     code, text = run_cli(argv, capsys)
     assert code == 2 and "none could be used" in text
     assert "it is 20×20 px" in text and "it is 31×64 px" in text and "at least 32 px" in text
+
+
+def test_the_faithfulness_evaluation_names_mis_sized_masks_instead_of_stretching_them(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    data = tmp_path / "data"
+    synth.write_collection(data, per_class=1, size=48, seed=7)
+    for mask in (data / ".masks").rglob("*.png"):
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(mask)  # every mask of the wrong size
+    code, text = run_cli(["eval", "--model", "sample", "--data", data, "--explanations", "--out", tmp_path / "report",
+                          "--limit", "2", "--rise-masks", "8", "--steps", "4", "--workers", "0", "--device", "cpu"],
+                         capsys)
+    assert code == 2 and "none of the 2 images could be measured" in text
+    assert "attribute mask" in text and "is 30×20 px but its image is 48×48 px" in text
