@@ -106,7 +106,7 @@ class _OneProcessJob:
 
     def __init__(self, keys: list[str]):
         self.keys, self.share, self.done, self.records = keys, list(keys), set(), {}
-        self.is_main = True
+        self.is_main, self.changes = True, Changes()  # nothing earlier: nothing changed
 
     def record(self, key: str, record: dict) -> None:
         self.records[key] = record
@@ -169,7 +169,7 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     summary = _summary(job.finish(report), by_key, settings, out_dir, boxes is not None)
     summary.update(total=len(items), cancelled=cancelled, resumed=len(job.done),
                    seconds=time.perf_counter() - start,
-                   changes=getattr(job, "changes", Changes()).line("regions" if boxes is not None else "images"))
+                   changes=job.changes.line("regions" if boxes is not None else "images"))
     if inside_out:
         summary["notes"].append((out_dir, outputs_note(inside_out, out_dir)))
     return summary

@@ -99,7 +99,7 @@ def _parse(line: bytes) -> tuple[str, dict] | None:
 class _Index:
     """Where the last line of each item is, among the ledger and the partial files (later lines
     win): two numbers per item, never its record, so memory does not grow with the records.
-    With `inputs` (key -> input file), a record whose input changed since (napari_intr.provenance)
+    With `inputs` (key -> input files), a record whose inputs changed since (napari_intr.provenance)
     does not count; such keys are listed in `changes.changed`, and records of items no longer in
     the job whose input file is gone in `changes.vanished`."""
 
@@ -201,8 +201,9 @@ class ShardedRun:
         other settings is refused unless restart=True, which forgets every earlier record.
         is_done(key, record): whether an earlier record still counts (e.g. its output file exists);
         items whose record does not count are done again. group: see `shard`. inputs(key): the
-        file an item is made from (or a list: the file, then the files that come with it, e.g. masks); each record then keeps its fingerprint, and an item whose file
-        changed since is done again (`changes` lists them, and vanished inputs, for the user)."""
+        file an item is made from (or a list: the file, then the files that come with it, such as
+        masks); each record then keeps their fingerprints, and an item whose files changed since
+        is done again (`changes` lists them, and vanished inputs, for the user)."""
         keys = [str(key) for key in keys]
         if len(set(keys)) != len(keys):
             raise ValueError("the items of a sharded job must be unique")
