@@ -119,8 +119,8 @@ def test_bad_input_gets_clear_messages(explainer, encoded, everything):
         compare(explainer, encoded, PAIR[0], ["Heliconius eratto", PAIR[1]])
     with pytest.raises(ValueError, match="not among the candidates"):
         compare(explainer, encoded, "Morpho peleides", PAIR)
-    with pytest.raises(ValueError, match="repeat"):
-        compare(explainer, encoded, PAIR[0], [PAIR[0], PAIR[0]])
+    with pytest.warns(UserWarning, match="more than once"), pytest.raises(ValueError, match="at least two classes"):
+        compare(explainer, encoded, PAIR[0], [PAIR[0], PAIR[0]])  # the repeat is dropped, leaving one
     with pytest.raises(ValueError, match="mode must be one of"):
         compare(explainer, encoded, PAIR[0], PAIR, mode="mask")
     partial = explainer.decode(encoded, PAIR)

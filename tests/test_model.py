@@ -340,8 +340,8 @@ def test_class_selection_errors_are_clear(model):
     for index in (6, -1, 100):
         with pytest.raises(ValueError, match=rf"class index {index} is out of range.*6 classes \(0\.\.5\)"):
             model.class_indices([0, index])
-    with pytest.raises(ValueError, match=r"repeat: Heliconius erato"):
-        model.class_indices([1, "Heliconius erato"])
+    with pytest.warns(UserWarning, match=r"Heliconius erato more than once; the repeats were removed"):
+        assert model.class_indices([1, "Heliconius erato"]) == [1]  # a repeat is dropped, with a note
     with pytest.raises(ValueError, match=r"no candidate classes"):
         model.class_indices([])
     with pytest.raises(TypeError, match=r"names or indices"):

@@ -16,6 +16,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from .filenames import NAME_MAX_BYTES, fitting_name
+
 # Less free space than this after a failed write means the disk filled up (torch's zip writer
 # reports a full disk only as "unexpected pos …", safetensors as an IoError of kind StorageFull).
 NEARLY_FULL_BYTES = 1 << 20
@@ -31,7 +33,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(temporary_path), then rename over `path`: a failure leaves the old file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # the temporary name fits even when the target's name is at the file system's limit
+    temporary = path.with_name(f".{fitting_name(path.name, '', NAME_MAX_BYTES - 18)}.{secrets.token_hex(6)}.tmp")
     try:
         with open(temporary, "xb"):
             pass

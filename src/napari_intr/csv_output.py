@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import atomic_write
+from .filenames import as_text
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 ESCAPE = "'"
@@ -38,6 +39,7 @@ def escape_cell(value: object) -> str | int | float:
     if isinstance(value, numbers.Real):
         return float(value) if math.isfinite(value) or math.isinf(value) else ""  # NaN: no value
     text = str(value)
+    text = as_text(text)  # an undecodable file name: its bytes, escaped
     return ESCAPE + text if text.startswith(FORMULA_STARTS) else text
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from napari_intr import environment
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -27,10 +29,14 @@ class Distributed:
 
 def from_environment() -> Distributed:
     """The torchrun variables, or a single process when they are absent."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = environment.value("WORLD_SIZE")
     if world_size <= 1:
         return Distributed()
-    return Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    rank = environment.value("RANK")
+    if rank is None or rank >= world_size:
+        raise ValueError(f"the environment variable RANK={os.environ.get('RANK')!r} does not fit WORLD_SIZE="
+                         f"{world_size}; start several processes with torchrun, which sets both")
+    return Distributed(rank, world_size, environment.value("LOCAL_RANK"))
 
 
 def setup(device: torch.device) -> tuple[Distributed, torch.device]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .explanation import Explanation, head_number, min_max
+from .filenames import as_text, fitting_name
 from .image_files import PixelSize
 from .preprocess import is_colour
 from .regions import REGION_COLUMNS, RegionResult
@@ -91,7 +92,9 @@ def write_attention_tiff(path: str | os.PathLike, stack: np.ndarray, labels: Seq
         raise ValueError(f"expected a [classes, layers, heads, h, w] stack, got shape {stack.shape}")
     if len(labels) != int(np.prod(stack.shape[:3])):
         raise ValueError(f"{len(labels)} plane labels for {int(np.prod(stack.shape[:3]))} planes")
-    info = json.dumps(metadata, ensure_ascii=False, default=str)
+    labels = [as_text(label) for label in labels]  # TIFF tags hold text: names that are not, escaped
+    info = as_text(json.dumps(metadata, ensure_ascii=False, default=str))
+    metadata = {**metadata, "image": as_text(str(metadata.get("image", "attention")))}
 
     def write(temporary: str) -> None:
         if file_format == "imagej":
@@ -260,11 +263,11 @@ def save_explanation(folder: str | os.PathLike, stem: str, explanation: Explanat
     stack, labels = attention_stack(explanation, [class_name], list(range(explanation.num_layers)))
     metadata = explanation_metadata(explanation, class_name, layer, image_file)
     written = [
-        write_attention_tiff(folder / f"{stem}_attention{suffix}", stack, labels, metadata,
+        write_attention_tiff(folder / fitting_name(f"{stem}_attention", suffix), stack, labels, metadata,
                              map_pixel_size(explanation, pixel_size), file_format),
-        write_csv(folder / f"{stem}_classes.csv", CLASS_TABLE_COLUMNS, class_table_rows(explanation)),
-        write_image_tiff(folder / f"{stem}_image.tif", image, pixel_size),
-        write_overlay_png(folder / f"{stem}_overlay.png", image, min_max(explanation.upsample(
+        write_csv(folder / fitting_name(f"{stem}_classes", ".csv"), CLASS_TABLE_COLUMNS, class_table_rows(explanation)),
+        write_image_tiff(folder / fitting_name(f"{stem}_image", ".tif"), image, pixel_size),
+        write_overlay_png(folder / fitting_name(f"{stem}_overlay", ".png"), image, min_max(explanation.upsample(
             explanation.mean_map(class_name, layer)))),
     ]
     return written
@@ -282,7 +285,7 @@ def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     suffix = ".ome.tif" if file_format == "ome" else ".tif"
-    written = [write_csv(folder / f"{stem}_regions.csv", region_columns(top_k), region_rows(results, top_k))]
+    written = [write_csv(folder / fitting_name(f"{stem}_regions", ".csv"), region_columns(top_k), region_rows(results, top_k))]
     heat = np.zeros(np.asarray(photo).shape[:2], np.float32)
     outlines = []
     for result in results:
@@ -292,7 +295,8 @@ def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.
         metadata = explanation_metadata(explanation, top, layer, image_file, result.offset)
         metadata["region"] = {"id": region.id, "box": [region.x0, region.y0, region.x1, region.y1],
                               "crop_offset": list(result.offset)}
-        name = f"{stem}_{''.join(c if c.isalnum() or c in '-_.' else '-' for c in region.id)}_attention{suffix}"
+        safe_id = ''.join(c if c.isalnum() or c in '-_.' else '-' for c in region.id)
+        name = fitting_name(f"{stem}_{safe_id}_attention", suffix)
         written.append(write_attention_tiff(folder / name, stack, labels, metadata,
                                             map_pixel_size(explanation, pixel_size), file_format))
         row, column = result.offset
@@ -302,8 +306,8 @@ def save_regions(folder: str | os.PathLike, stem: str, results: list, photo: np.
                                                                       placed)
         colour = colormaps["tab10"](explanation.class_indices[explanation.column(top)] % 10)[:3]
         outlines.append((region, colour))
-    written.append(write_image_tiff(folder / f"{stem}_image.tif", photo, pixel_size))
-    written.append(write_overlay_png(folder / f"{stem}_overlay.png", photo, heat, outlines=outlines))
+    written.append(write_image_tiff(folder / fitting_name(f"{stem}_image", ".tif"), photo, pixel_size))
+    written.append(write_overlay_png(folder / fitting_name(f"{stem}_overlay", ".png"), photo, heat, outlines=outlines))
     return written
 
 

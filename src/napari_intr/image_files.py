@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import environment
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIXES)
 # Pillow refuses images over ~179 M pixels as a guard against decompression bombs; specimen
@@ -23,7 +25,8 @@ MAX_PIXELS = 2**31
 # ...as long as their decoded pixels fit this budget (INTR_MAX_DECODE_BYTES overrides it) and
 # the memory available at the time. Decoding holds the decoder's buffers (Pillow keeps RGB at 4
 # bytes a pixel) and our array at once: measured 3.3 times the array for a 12000×9000 JPEG.
-DECODE_BUDGET_BYTES = int(os.environ.get("INTR_MAX_DECODE_BYTES", str(8 * 2**30)))
+# Read when used (napari_intr.environment); tests may set a budget here instead.
+DECODE_BUDGET_BYTES: int | None = None
 DECODE_COPIES = 4
 _PILLOW_MODES_KEPT = ("1", "L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
 _CHANNEL_AXES = "SC"  # tifffile: S = samples of a pixel (RGB), C = channels (ImageJ)
@@ -151,10 +154,11 @@ def vips_advice(path: Path, reduce: bool = False) -> str:
 def decode_limit() -> tuple[int, str]:
     """The bytes a decode may use now, and what sets that limit: the decode budget or, when
     less, the memory available now."""
+    budget = DECODE_BUDGET_BYTES or environment.value("INTR_MAX_DECODE_BYTES")
     available = available_memory()
-    if available < DECODE_BUDGET_BYTES:
+    if available < budget:
         return available, "the memory available now"
-    return DECODE_BUDGET_BYTES, "the decode budget (INTR_MAX_DECODE_BYTES)"
+    return budget, "the decode budget (INTR_MAX_DECODE_BYTES)"
 
 
 def available_memory() -> int:
@@ -215,6 +219,17 @@ def _read_proc(path: str) -> str:
         return ""
 
 
+# Pillow formats whose extra frames are a stack (an animation); an MPO JPEG's are previews of its first
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
+
+
+def stack_error(name: str, length: int, along: str, detail: str, how: str) -> ValueError:
+    """The one rule for files that hold several images (multi-page TIFF, animated GIF/WebP/APNG):
+    refused, never explained from the first plane alone."""
+    return ValueError(f"{name} holds a stack of {length} planes along {along} ({detail}), not one 2-D image; "
+                      f"explain one plane at a time ({how})")
+
+
 def _tiff_plan(axes: str, shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     """(height, width, channels) of a TIFF series from its axes; ValueError for stacks."""
     kept = [(axis, length) for axis, length in zip(axes, shape) if length > 1 or axis in "YX"]
@@ -222,9 +237,8 @@ def _tiff_plan(axes: str, shape: tuple[int, ...], name: str) -> tuple[int, int, 
     sizes = dict(kept)
     if planes or "Y" not in sizes or "X" not in sizes:
         axis, length = planes[0] if planes else (axes[0], shape[0])
-        raise ValueError(f"{name} holds a stack of {length} planes along {_AXIS_NAMES.get(axis, axis)} "
-                         f"(axes {axes}, shape {tuple(shape)}), not one 2-D image; explain one plane at a time "
-                         "(save it as its own TIFF, e.g. from Fiji: Image > Duplicate)")
+        raise stack_error(name, length, _AXIS_NAMES.get(axis, axis), f"axes {axes}, shape {tuple(shape)}",
+                          "save it as its own TIFF, e.g. from Fiji: Image > Duplicate")
     channels = [length for axis, length in kept if axis in _CHANNEL_AXES]
     if len(channels) > 1 or (channels and channels[0] not in (3, 4)):
         raise ValueError(f"{name} has {' × '.join(map(str, channels))} channels (axes {axes}); INTR takes grey, "
@@ -280,6 +294,11 @@ def _pillow_header(path: Path) -> ImageHeader:
         with Image.open(path) as opened:
             mode, (width, height) = opened.mode, opened.size
             transparent = "transparency" in opened.info
+            frames = getattr(opened, "n_frames", 1) if opened.format in ANIMATED_FORMATS else 1
+            if frames > 1:
+                raise stack_error(path.name, frames, "time (the frames of an animated "
+                                  f"{'APNG' if opened.format == 'PNG' else opened.format})", f"{width}×{height} px",
+                                  "save the frame you want as a PNG, e.g. from Fiji: Image > Duplicate")
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if mode not in _PILLOW_MODES_KEPT:

@@ -62,4 +62,4 @@ PRECISION_HELP = (f"auto: bf16 autocast for steps of at least {AMP_MIN_IMAGES} i
 # "encoder": backbone, projection and encoder; "none": nothing, where the recipe freezes the backbone
 FREEZE_CHOICES = ("none", "backbone", "encoder")
 # These may change when a run is resumed; everything else comes from the saved run.
-RUNTIME_ARGUMENTS = ("data", "out", "epochs", "device", "resume", "progress", "workers")
+RUNTIME_ARGUMENTS = ("data", "out", "epochs", "device", "resume", "rescan", "progress", "workers")

@@ -8,6 +8,7 @@ one (exclusive, as numpy slicing), x along columns and y along rows. A margin wi
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -15,9 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .class_names import normal_name, read_text_file
+
 BOX_COLUMNS = ("image", "x0", "y0", "x1", "y1")
 ID_COLUMN = "id"
 REGION_COLUMNS = ["region", "x0", "y0", "x1", "y1"]  # how tables name a region and its box
+
+
+# Numbers are checked where they come in: no image we read is wider than 2^31 px (io.MAX_PIXELS),
+# and a margin of 10 times the box is already all of any sensible photograph.
+MAX_COORDINATE = float(2**31)
+MAX_MARGIN_PERCENT = 1000.0
 
 
 @dataclass(frozen=True)
@@ -58,12 +67,13 @@ class Margin:
         raw = str(text).strip()
         percent = raw.endswith("%")
         try:
-            value = float(raw.rstrip("%").strip())
+            value = float((raw[:-1] if percent else raw).strip())
         except ValueError:
             raise ValueError(f"margin {text!r} is not a number: give pixels (e.g. 16) or a percentage "
                              "of each box's longer side (e.g. 10%)") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"margin {text!r} must be zero or more")
+        highest = MAX_MARGIN_PERCENT if percent else MAX_COORDINATE
+        if not math.isfinite(value) or not 0 <= value <= highest:
+            raise ValueError(f"margin {text!r} must be zero or more and at most {highest:g}{'%' if percent else ' px'}")
         return cls(value, percent)
 
     def pixels(self, box_width: float, box_height: float) -> float:
@@ -102,15 +112,14 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no boxes file at {path}")
+    text = read_text_file(path, "boxes file")  # by its byte-order mark (Excel writes UTF-16 too)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as stream:
-            delimiter = _delimiter(stream.readline())
-            stream.seek(0)
-            reader = csv.DictReader(stream, delimiter=delimiter)
-            header = [name.strip().lower() for name in (reader.fieldnames or [])]
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise ValueError(f"boxes file {path} is not UTF-8 text; save it as CSV (UTF-8)") from None
+        stream = io.StringIO(text, newline="")
+        delimiter = _delimiter(stream.readline())
+        stream.seek(0)
+        reader = csv.DictReader(stream, delimiter=delimiter)
+        header = [name.strip().lower() for name in (reader.fieldnames or [])]
+        rows = list(reader)
     except csv.Error as error:
         raise ValueError(f"boxes file {path} is not a readable CSV ({error})") from None
     missing = [column for column in BOX_COLUMNS if column not in header]
@@ -127,13 +136,16 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
         if not row["image"]:
             raise ValueError(f"{where}: the image column is empty")
         image = Path(row["image"]).expanduser()
-        image = image if image.is_absolute() else path.parent / image
+        image = same_name_on_disk(image if image.is_absolute() else path.parent / image)
         try:
             x0, y0, x1, y1 = (_number(row[column], delimiter) for column in BOX_COLUMNS[1:])
         except ValueError:
             raise ValueError(f"{where}: x0, y0, x1, y1 must be numbers (pixels), got "
                              f"{', '.join(row[c] or '(empty)' for c in BOX_COLUMNS[1:])}") from None
-        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+        if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in (x0, y0, x1, y1)):
+            raise ValueError(f"{where}: x0, y0, x1, y1 must be pixel positions within ±{MAX_COORDINATE:g}, got "
+                             f"{', '.join(row[c] for c in BOX_COLUMNS[1:])}")
+        if x1 <= x0 or y1 <= y0:
             raise ValueError(f"{where}: a box needs x0 < x1 and y0 < y1 (top-left, then bottom-right "
                              f"corner), got x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}")
         regions = boxes.setdefault(image, [])
@@ -145,6 +157,16 @@ def read_boxes(path: str | os.PathLike) -> dict[Path, list[Region]]:
     if not boxes:
         raise ValueError(f"boxes file {path} lists no boxes")
     return boxes
+
+
+def same_name_on_disk(path: Path) -> Path:
+    """`path`, or, when it does not exist, the file beside it whose name is the same after NFC
+    (a CSV typed on one system naming a file written in NFD by another)."""
+    if path.exists() or not path.parent.is_dir():
+        return path
+    wanted = normal_name(path.name)
+    matches = [entry for entry in path.parent.iterdir() if normal_name(entry.name) == wanted]
+    return matches[0] if len(matches) == 1 else path
 
 
 def _delimiter(header: str) -> str:
@@ -173,8 +195,14 @@ def regions_from_labels(labels: np.ndarray) -> list[Region]:
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"expected a 2-D integer label image, got {labels.dtype} of shape {labels.shape}")
-    return [Region(str(prop.label), prop.bbox[1], prop.bbox[0], prop.bbox[3], prop.bbox[2])
-            for prop in regionprops(labels)]
+    ids, compact = np.unique(labels, return_inverse=True)  # any integer type: uint64 ids ≥ 2^63 too
+    if ids.size and ids[0] < 0:
+        raise ValueError(f"the label image holds negative label ids (e.g. {ids[0]}); labels are 0 for "
+                         "background and positive ids for objects")
+    shift = 0 if ids.size and ids[0] == 0 else 1  # 0 stays background; without one, every id is an object
+    compact = compact.reshape(labels.shape).astype(np.int64) + shift
+    return [Region(str(ids[prop.label - shift]), prop.bbox[1], prop.bbox[0], prop.bbox[3], prop.bbox[2])
+            for prop in regionprops(compact)]
 
 
 def regions_from_rectangles(corners: list[np.ndarray], ids: list[str] | None = None) -> list[Region]:

@@ -13,7 +13,6 @@ random draws, so callers can render the SAME specimen as each species of a ring.
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from dataclasses import dataclass
 from itertools import combinations
@@ -23,6 +22,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 from skimage.filters import gaussian
+
+from napari_intr.manifest import Manifest, write_json
+from napari_intr.masks import read_mask
 
 RGB = tuple[int, int, int]
 BLACK, WHITE = (20, 18, 16), (245, 245, 240)
@@ -464,32 +466,26 @@ def read_info(folder: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_mask(image_path: str | Path) -> np.ndarray | None:
-    path = mask_path(image_path)
-    return np.asarray(Image.open(path).convert("L")) > 127 if path.is_file() else None
+def load_mask(image_path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The attribute mask of an image (None without one); see napari_intr.masks.read_mask."""
+    return read_mask(mask_path(image_path), shape, "attribute mask")
 
 
 def _clear_previous_run(out: Path) -> None:
-    """Remove an earlier synth output; refuse if anything else lives in `out`."""
+    """Remove what an earlier synth run wrote into `out` (the files its manifest lists, unchanged);
+    refuse, before removing anything, if anything else lives there (napari_intr.manifest)."""
     entries = sorted(out.iterdir())
     if not entries:
         return
-    refuse = (f"{out} already contains files that are not from a previous synth run "
-              f"(e.g. {{}}); choose an empty or new folder so nothing of yours is overwritten")
     try:
-        previous = json.loads((out / SYNTH_JSON).read_text())
+        previous = json.loads((out / SYNTH_JSON).read_text(encoding="utf-8"))
         assert previous.get("synthetic") is True
-        known = {s["name"] for s in previous["species"]}
     except Exception:
-        raise ValueError(refuse.format(entries[0].name)) from None
-    for entry in entries:
-        ok = entry.name == SYNTH_JSON or (
-            entry.is_dir() and entry.name in known | {MASKS_FOLDER, SPECIMENS_FOLDER, "train", "val"}
-            and all(f.is_dir() or f.suffix == ".png" for f in entry.rglob("*")))
-        if not ok:
-            raise ValueError(refuse.format(entry.name))
-    for entry in entries:
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        raise ValueError(f"{out} already contains files that are not from a previous synth run "
+                         f"(e.g. {entries[0]}); choose an empty or new folder so nothing of yours is "
+                         "removed") from None
+    Manifest.from_json(out, previous.get("files"), out / SYNTH_JSON).remove_written(keep={SYNTH_JSON})
+    (out / SYNTH_JSON).unlink()
 
 
 def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed: int = 0,
@@ -519,6 +515,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
     splits = [(out, range(per_class))] if not val_per_class else [
         (out / "train", range(per_class)), (out / "val", range(per_class, per_class + val_per_class))]
     total, done = (per_class + val_per_class) * len(catalogue), 0
+    written = Manifest(out)
     for species in catalogue:
         for folder, indices in splits:
             for index in indices:
@@ -530,6 +527,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
                                        (specimen_mask_path(path), (cover > 0.5).astype(np.uint8) * 255)):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(pixels).save(target)
+                    written.add(target)
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -540,6 +538,7 @@ def write_collection(out: str | Path, per_class: int = 40, size: int = 128, seed
         "look_alike_pairs": [list(pair) for pair in look_alike_pairs(catalogue)],
         "masks": f"{MASKS_FOLDER}/<species name>/<image file name>",
         "specimen_masks": f"{SPECIMENS_FOLDER}/<species name>/<image file name>",
+        "files": written.to_json(),  # what a later run into `out` may remove (and nothing else)
     }
-    (out / SYNTH_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / SYNTH_JSON, summary)
     return summary

@@ -3,9 +3,10 @@ as it is (firewalls), and every file's sha256 is checked on each use."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import environment
 
 CACHE_ENV = "NAPARI_INTR_CACHE"
 _HF = "https://huggingface.co/imageomics/INTR/resolve/main/"
@@ -60,9 +61,9 @@ class ZooError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    configured = os.environ.get(CACHE_ENV)
+    configured = environment.value(CACHE_ENV)
     if configured:
-        return Path(configured).expanduser()
+        return configured
     import pooch
     return Path(pooch.os_cache("napari-intr"))
 

@@ -19,9 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image folder: DIR/<class>/<image> (or DIR/train/… and DIR/val/…)")
     parser.add_argument("--out", required=True, metavar="OUT", help="output folder (a re-run continues in it)")
     parser.add_argument("--layer", type=int, help="decoder layer, 1-based (default: the last)")
-    parser.add_argument("--classes", metavar="A,B,...", help="only these classes (default: every class with images)")
+    parser.add_argument("--classes", metavar="A,B,...", help="only these classes (default: every class with images); quote a name holding a comma "
+                        '("Tit, great"), or give @FILE with one name per line')
     parser.add_argument("--pairs", metavar="A:B,...",
-                        help="look-alike pairs, heads of A's query telling A from B (default: the most "
+                        help="look-alike pairs, heads of A's query telling A from B (quote a name holding ':' "
+                             "or ',', or give @FILE with one pair A:B per line; default: the most "
                              "confused pairs; each image is then compared with its 2 likeliest other classes)")
     parser.add_argument("--per-head", type=COUNT, default=None, metavar="N",
                         help="top images (patches) per class and head (default 6)")
@@ -29,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CUB-200-2011 parts/part_locs.txt (with images.txt two folders up) for consistency; "
                              "default: the masks `intr synth` writes in DIR/.masks, else feature cosine")
     parser.add_argument("--restart", action="store_true", help="forget the images summarised by an earlier run")
+    parser.add_argument("--strict", action="store_true", help="fail (exit 2) where a warning would do: a --parts "
+                        "file that matches no image")
     parser.add_argument("--class-names", help="text file with the model's class names (official checkpoints)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
 
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     per_head = DEFAULT_PER_HEAD if args.per_head is None else args.per_head
     options = AtlasOptions(layer=args.layer, classes=parse_names(args.classes, "--classes"),
                            pairs=parse_pairs(args.pairs, "--pairs"), per_head=per_head,
-                           parts=args.parts, restart=args.restart)
+                           parts=args.parts, restart=args.restart, strict=args.strict)
     model = load_model(args.model, args.class_names, args.device)
     info, device = distributed.setup(model.device)
     model = model.to(device)

@@ -12,6 +12,7 @@ from importlib import import_module
 from pathlib import Path
 
 import napari_intr
+from napari_intr import environment
 
 COMMANDS = {
     "train": ("intr_training.train_cli", "train or fine-tune an INTR model on an image folder"),
@@ -53,6 +54,9 @@ _PROJECT_ROOTS = tuple(str(Path(package).parent) for package in (napari_intr.__f
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not text prints as its escaped bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help, or a refused value (already printed): its exit code
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = functools.partial(_show_warning, args.command)
+            environment.check_all()  # a bad variable stops the command before any work
             return import_module(COMMANDS[args.command][0]).run(args) or 0
     except KeyboardInterrupt:
         print(f"intr {args.command}: interrupted", file=sys.stderr)

@@ -10,13 +10,16 @@ import math
 SEED_MAX = 2**32 - 1
 
 
-def whole_number(low: int | None = None, high: int | None = None, what: str = ""):
-    """An argparse type: an integer in [low, high] (either bound may be open)."""
+def whole_number(low: int | None = None, high: int | None = None, what: str = "", ceiling: int = 2**31 - 1):
+    """An argparse type: an integer in [low, high] (either bound may be open), and never above
+    `ceiling` where no `high` is given: the most the type it goes into later holds (an int32)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if high is None and value > ceiling:
+            raise argparse.ArgumentTypeError(f"must be at most {ceiling:,}{what}, got {text}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {_range(low, high)}{what}, got {text}")
         return value

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-names", metavar="FILE",
                         help="text file of class names, one per line (for checkpoints without names)")
     parser.add_argument("--classes", metavar="A,B,...",
-                        help="candidate classes, comma-separated (default: all the model's classes)")
+                        help="candidate classes, comma-separated (default: all the model's classes); quote a "
+                        'name holding a comma ("Tit, great"), or give @FILE with one name per line')
     parser.add_argument("--mode", choices=DECODE_MODES, default="drop",
                         help="how non-candidate queries are left out: drop them (default) or zero them (paper Fig. 6)")
     parser.add_argument("--top-k", type=COUNT, default=5, help="predictions per image in the CSV (default 5)")
@@ -58,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from napari_intr import distributed
     from napari_intr.devices import resolve_device
     from napari_intr.image_files import find_images
+    from napari_intr.provenance import check_apart
     from napari_intr.regions import Margin, read_boxes
     if not args.inputs and not args.boxes:
         raise ValueError("give image files or folders to explain, or --boxes BOXES.csv")
+    check_apart(args.inputs, args.out)  # before any work: results inside would be read back as images
     boxes = read_boxes(args.boxes) if args.boxes else None
     files = find_images(args.inputs) if args.inputs else None  # before the model loads: typos fail at once
     if boxes is not None and files is not None:
@@ -133,6 +136,8 @@ def _explain(args, files, boxes, margin, info, device) -> int:
 
 def _print_summary(summary: dict, what: str) -> None:
     resumed = f" ({summary['resumed']} done by an earlier run)" if summary["resumed"] else ""
+    if summary.get("changes"):
+        print(summary["changes"])
     print(f"explained {summary['done']} of {summary['total']} {what}{resumed} in {summary['seconds']:.1f} s")
     print(f"predictions: {summary['predictions']}")
     if summary["attention_files"]:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from torch.utils.data import Dataset
 from napari_intr.atomic import atomic_write
 from napari_intr.collection.scan import Sample, image_size
 from napari_intr.preprocess import resized_shape
+from napari_intr.provenance import Changes, fingerprint
 
 from .data import Batch, VariantDataset
 from .engine import StepOptions, autocast, device_images
@@ -65,14 +67,16 @@ def feature_shape(height: int, width: int, short_side: int, max_side: int, strid
 
 
 def file_key(path: Path) -> list:
-    status = os.stat(path)
-    return [str(path), status.st_size, status.st_mtime_ns]
+    """[path, size, mtime_ns, SHA-256 or None]: a slot is reused only for the same content
+    (napari_intr.provenance; an image replaced under its name is recomputed)."""
+    found = fingerprint(path)
+    return [str(path), found["size"], found["mtime_ns"], found.get("sha256")]
 
 
 @dataclass
 class Layout:
     fingerprint: str
-    images: list[list]        # per image: [path, size, mtime_ns]
+    images: list[list]        # per image: file_key
     shapes: list[list]        # per image and variant: [h, w]
     offsets: list[list[int]]  # per image and variant: first element of the slot
     channels: int
@@ -88,6 +92,7 @@ class FeatureCache:
     def __init__(self, folder: Path, split: str, layout: Layout):
         self.folder, self.split, self.layout = Path(folder), split, layout
         self._data = self._done = None
+        self.changes = Changes()  # images whose content changed since the cache was filled
 
     # -- creation (main process; rank 0 under torchrun, the others open what it wrote) ----------
 
@@ -139,11 +144,24 @@ class FeatureCache:
             if saved.pop("format") != CACHE_FORMAT:
                 return None
             previous = FeatureCache(folder, split, Layout(**saved))
-            if previous.data_path.stat().st_size != np.dtype(DTYPE).itemsize * max(previous.layout.total, 1):
-                return None
-            return previous
+            return previous if previous.intact() else None
         except (OSError, ValueError, TypeError, KeyError):
             return None
+
+    def intact(self) -> bool:
+        """Whether the layout is self-consistent and both files have the sizes it gives (a
+        truncated or edited cache is rebuilt rather than read out of bounds)."""
+        layout = self.layout
+        if not (len(layout.images) == len(layout.shapes) == len(layout.offsets)) or layout.channels < 1:
+            return False
+        for shapes, offsets in zip(layout.shapes, layout.offsets):
+            if len(shapes) != len(offsets) or len(shapes) != self.variants_per_image:
+                return False
+            for (h, w), start in zip(shapes, offsets):
+                if not 0 <= start <= start + layout.channels * h * w <= layout.total:
+                    return False
+        return (self.data_path.stat().st_size == np.dtype(DTYPE).itemsize * max(layout.total, 1)
+                and self.done_path.stat().st_size == max(self.slot_count, 1))
 
     def _build_from(self, previous: FeatureCache | None) -> int:
         """Write this layout's files, copying the slots of `previous` that are still valid."""
@@ -155,6 +173,9 @@ class FeatureCache:
         reusable = {}
         if previous is not None and previous.layout.fingerprint == self.layout.fingerprint:
             reusable = {tuple(key): i for i, key in enumerate(previous.layout.images)}
+            earlier = {key[0] for key in previous.layout.images}  # (vanished ones: --resume says so)
+            self.changes = Changes(changed=[key[0] for key in self.layout.images
+                                            if key[0] in earlier and tuple(key) not in reusable])
         temporary = {name: self.folder / f".{self.split}.{name}.tmp" for name in (SUFFIX, "done")}
         data = np.memmap(temporary[SUFFIX], DTYPE, "w+", shape=(max(self.layout.total, 1),))
         done = np.memmap(temporary["done"], np.uint8, "w+", shape=(max(self.slot_count, 1),))
@@ -226,10 +247,18 @@ class FeatureCache:
     def has(self, image: int, variant: int) -> bool:
         return bool(self.done[self.slot(image, variant)])
 
-    def read(self, image: int, variant: int) -> torch.Tensor:
+    def read(self, image: int, variant: int) -> torch.Tensor | None:
+        """A slot's features; None (and the slot marked to compute again) when they are not all
+        finite: the cache file was damaged, and the features are recomputed from the image
+        rather than reach training (where they would look like a diverged learning rate)."""
         h, w = self.layout.shapes[image][variant]
         start = self.layout.offsets[image][variant]
         values = np.array(self.data[start:start + self.layout.channels * h * w])
+        if not np.isfinite(values).all():
+            self.done[self.slot(image, variant)] = 0
+            print(f"warning: feature cache {self.data_path}: the features of {self.layout.images[image][0]} are "
+                  "damaged (NaN or infinite values); recomputed from the image", file=sys.stderr)
+            return None
         return torch.from_numpy(values).view(self.layout.channels, h, w)
 
     def write(self, image: int, variant: int, features: torch.Tensor) -> None:
@@ -271,7 +300,9 @@ class CachedVariants(Dataset):
         variant = self.images.variant_of(index)
         label = self.images.samples[index][1]
         if self.cache.has(index, variant):
-            return Pending(self.cache.read(index, variant), label, index, variant, True)
+            features = self.cache.read(index, variant)
+            if features is not None:
+                return Pending(features, label, index, variant, True)
         item = self.images[index]
         return None if item is None else Pending(item[0], label, index, variant, False)
 

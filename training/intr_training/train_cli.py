@@ -76,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "dinov2-*/bioclip2-*: 224, any multiple of 14); the longest side limit scales in proportion")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--seed", type=SEED, help="seed for everything random (default 0)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out, with its "
+                        "saved train/validation split (images added to DATA since are reported, not used)")
+    parser.add_argument("--rescan", action="store_true", help="with --resume: images added to DATA since the "
+                        "run started join training (the validation images stay those of the run)")
     parser.add_argument("--progress", choices=MODES, help="tty: a progress bar (default on a terminal); "
                         "plain: one line per epoch on stdout (default when stdout is not a terminal, e.g. "
                         "`> log`); json: one JSON object per line on stdout (see intr_training.progress); none")

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from napari_intr import distributed, run_folder
 from napari_intr.checkpoints import model_from_state, save_model
 from napari_intr.collection.run_lock import RunLock
-from napari_intr.collection.scan import scan_collection
+from napari_intr.collection.scan import keep_split, scan_collection, split_record
 from napari_intr.devices import resolve_device
 from napari_intr.image_files import is_out_of_memory
 from napari_intr.model import IntrConfig
@@ -168,7 +168,13 @@ class TrainingRun:
             start = self.settings.saved()
         else:
             start = train_settings.start_values(command_line)
-        collection = scan_collection(start["data"], start["val_split"], start["seed"])
+        collection = scan_collection(start["data"], start["val_split"], start["seed"], exclude=self.out)
+        if saved is not None and "split" in saved:
+            changed = keep_split(collection, saved["split"], bool(command_line.get("rescan")))
+            if changed:
+                self.setup_warnings.append(f"--resume: {changed}")
+        elif command_line.get("rescan"):
+            self.setup_warnings.append("--rescan has effect only with --resume (a new run scans DATA anyway)")
         self.class_names = collection.class_names
         if saved is not None and saved["class_names"] != self.class_names:
             raise ValueError(f"--resume: the classes in {start['data']} differ from the saved run's "
@@ -290,6 +296,9 @@ class TrainingRun:
             distributed.barrier()
             return FeatureCache.prepare(*arguments, create=False)[0]
         cache, _ = FeatureCache.prepare(*arguments)  # refuses a cache the disk cannot hold
+        changed = cache.changes.line("images", changed_note="their features are computed again")
+        if changed:
+            self.setup_warnings.append(f"feature cache ({name}): {changed}")
         if split == "train" and self.dist.active:
             distributed.barrier()
         return cache
@@ -405,7 +414,7 @@ class TrainingRun:
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "best_val_acc": self.best_val_acc,
             "best_per_class": self.best_per_class, "class_names": self.class_names,
-            "config": self.config.to_json(), "history": self.history,
+            "config": self.config.to_json(), "history": self.history, "split": split_record(self.collection),
             "args": self.settings.saved(),
         })
 

@@ -17,17 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import synth
+from ..class_names import normal_name
+from ..masks import read_mask
 from .geometry import Footprint, HeadLook
 
 ATTRIBUTE = "attribute"
-
-
-def _read_mask(path: Path) -> np.ndarray | None:
-    if not path.is_file():
-        return None
-    from PIL import Image
-    with Image.open(path) as opened:
-        return np.asarray(opened if opened.mode == "L" else opened.convert("L")) > 127
 
 
 @dataclass
@@ -121,23 +115,35 @@ class PartSource:
                 self._points.setdefault(paths[image_id], {})[names.get(part_id, f"part {part_id}")] = (y, x)
         self._boxes.update(_cub_boxes(root / "bounding_boxes.txt", paths))
 
-    def for_image(self, image: Path) -> ImageParts:
+    def files_beside(self, image: Path) -> list[Path]:
+        """The mask files an image's annotations come from (present or not): a summary of the
+        image is current only while they are unchanged."""
+        masks = [] if self.parts_file is not None else [synth.mask_path(image)]
+        return [*masks, synth.specimen_mask_path(image)]
+
+    def matching(self, images) -> int:
+        """How many of `images` the --parts file has annotations for (0 without one)."""
+        known = set(self._points) | set(self._boxes)
+        return sum(_key_tail(Path(image).as_posix()) in known for image in images)
+
+    def for_image(self, image: Path, shape: tuple[int, int] | None = None) -> ImageParts:
+        """The annotations of `image` (shape: its H, W, which its masks must have)."""
         parts = ImageParts()
         if self.parts_file is not None:
             tail = _key_tail(image.as_posix())
             parts.points = dict(self._points.get(tail, {}))
             parts.specimen_box = self._boxes.get(tail)
         else:
-            mask = _read_mask(synth.mask_path(image))
+            mask = read_mask(synth.mask_path(image), shape, "attribute mask")
             if mask is not None:
                 parts.masks[ATTRIBUTE] = mask
-        parts.specimen_mask = _read_mask(synth.specimen_mask_path(image))
+        parts.specimen_mask = read_mask(synth.specimen_mask_path(image), shape, "specimen mask")
         return parts
 
 
 def _key_tail(path: str) -> str:
-    """The class folder and file name: how CUB's images.txt and our image keys meet."""
-    pieces = Path(path).parts
+    """The class folder and file name (NFC): how CUB's images.txt and our image keys meet."""
+    pieces = Path(normal_name(path)).parts
     return "/".join(pieces[-2:])
 
 

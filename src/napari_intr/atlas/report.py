@@ -6,12 +6,12 @@ import base64
 import dataclasses
 import functools
 import html
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from napari_intr.csv_output import write_csv
 from napari_intr.explanation import head_number
+from napari_intr.filenames import Slugs
 
 from .aggregate import Atlas, ClassSummary, PairSummary
 from .folder import ATLAS_HTML, HEADS_CSV, MONTAGES, PAIRS_CSV, write_atlas_json, write_bytes
@@ -37,8 +37,6 @@ nav a{margin-right:10px}.gap{width:24px}td.patches{white-space:nowrap}
 """
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "class"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -67,8 +65,8 @@ class _MontageWriter:
     PENDING montages wait for it, so memory stays that of a few montages."""
     PENDING = 2
 
-    def __init__(self, folder: Path):
-        self.folder, self.jobs = folder, []
+    def __init__(self, folder: Path, slug: Slugs):
+        self.folder, self.jobs, self.slug = folder, [], slug
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="atlas-montages")
 
     def write(self, name: str, montage) -> None:
@@ -106,10 +104,10 @@ def _class_section(summary: ClassSummary, patches: dict, layer: int, montages: _
         consistency_text = "–" if head.consistency is None else f"{head.consistency:.2f}"
         montage_rows.append((f"H{head_number(head.head)}\nmean {_fmt(head.mean_peak)}\ncons. {consistency_text}", row_cells))
     columns = max([len(head.top) for head in summary.heads] + [1])
-    name = f"class-{slug(summary.name)}.png"
+    name = f"class-{montages.slug(summary.name)}.png"
     montages.write(name, draw_montage(montage_rows, columns))
     accuracy = _percent(summary.accuracy)
-    section = (f'<h3 id="class-{slug(summary.name)}">{html.escape(summary.name)}</h3>'
+    section = (f'<h3 id="class-{montages.slug(summary.name)}">{html.escape(summary.name)}</h3>'
                f"<p class=muted>{summary.images} images, {accuracy} predicted correctly; "
                f"patches: the {columns} images with the highest peak per head, centred on the peak</p>"
                f"<table>{''.join(rows)}</table>")
@@ -139,9 +137,9 @@ def _pair_section(pair: PairSummary, patches: dict, layer: int, montages: _Monta
                 cells.append(_cell_entry(cell, gap_after=columns - 1))
         label = f"#{rank} H{head_number(head.head)}\nd {_fmt(head.effect_size, 2)}\ndrop {_fmt(head.masking_drop)}"
         montage_rows.append((label, row_cells))
-    name = f"pair-{slug(pair.a)}--{slug(pair.b)}.png"
+    name = f"pair-{montages.slug(pair.a)}--{montages.slug(pair.b)}.png"
     montages.write(name, draw_montage(montage_rows, 2 * columns, gap_after=columns - 1))
-    section = (f'<h3 id="pair-{slug(pair.a)}--{slug(pair.b)}">{a} vs {b}</h3>'
+    section = (f'<h3 id="pair-{montages.slug(pair.a)}--{montages.slug(pair.b)}">{a} vs {b}</h3>'
                f"<p class=muted>Heads of the {a} query, decoding just {a} and {b}: "
                f"{pair.images_a} images of {a}, {pair.images_b} of {b}, {pair.confused} confused. "
                "Ranked by the masking drop (mean fall of logit A − logit B on A's images when the head's "
@@ -164,7 +162,8 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict, patches: 
     patches = patches_for(data_root, [e for summary in atlas.classes for head in summary.heads for e in head.top]
                           + [e for pair in atlas.pairs for head in pair.heads for e in head.top_a + head.top_b],
                           known=patches)
-    with _MontageWriter(montage_dir) as montages:
+    slug = Slugs()  # one per report: montage names and anchors agree and never collide
+    with _MontageWriter(montage_dir, slug) as montages:
         for summary in atlas.classes:
             section, layout = _class_section(summary, patches, layer, montages)
             class_sections.append(section)
@@ -175,7 +174,7 @@ def write_report(atlas: Atlas, out: Path, data_root: Path, meta: dict, patches: 
             layouts["pairs"][f"{pair.a}\t{pair.b}"] = layout
     # After the last montage is written: the page and atlas.json are built while no encoding runs, so
     # the report's peak memory is the same from run to run (the worker's timing moved it by MBs).
-    page = _page(atlas, meta, class_sections, pair_sections)
+    page = _page(atlas, meta, class_sections, pair_sections, slug)
     write_bytes(out / ATLAS_HTML, page.encode("utf-8"))
     document = {"meta": meta, "images": atlas.images, "skipped": atlas.skipped, "rejected": atlas.rejected,
                 "classes": _plain(atlas.classes), "pairs": _plain(atlas.pairs), "montages": layouts}
@@ -203,7 +202,7 @@ def _json_default(value):
     raise TypeError(f"not JSON-serialisable: {value!r}")
 
 
-def _page(atlas: Atlas, meta: dict, class_sections: list[str], pair_sections: list[str]) -> str:
+def _page(atlas: Atlas, meta: dict, class_sections: list[str], pair_sections: list[str], slug: Slugs) -> str:
     links = "".join(f'<a href="#class-{slug(c.name)}">{html.escape(c.name)}</a>' for c in atlas.classes)
     pair_links = "".join(f'<a href="#pair-{slug(p.a)}--{slug(p.b)}">{html.escape(p.a)} vs {html.escape(p.b)}</a>'
                          for p in atlas.pairs)

@@ -17,6 +17,8 @@ from pathlib import Path
 from napari_intr import __version__
 from napari_intr.collection.scan import Collection, class_images
 from napari_intr.explanation import layer_from_number, layer_number
+from napari_intr.manifest import file_digest
+from napari_intr.provenance import check_apart
 
 from ..collection import run_lock, sharding
 from .aggregate import DEFAULT_PAIR_COUNT, Atlas, AtlasBuilder
@@ -39,6 +41,7 @@ class AtlasOptions:
     per_head: int = DEFAULT_PER_HEAD
     parts: str | os.PathLike | None = None  # CUB parts/part_locs.txt; None: synth masks if present
     restart: bool = False
+    strict: bool = False                   # a --parts file that matches no image is an error, not a warning
 
 
 @dataclass
@@ -53,20 +56,23 @@ class AtlasRun:
     seconds: float = 0.0
 
 
-def collection_images(data: Path, model, classes: list[str] | None) -> tuple[dict[str, tuple[Path, int]], list[str]]:
+def collection_images(data: Path, model, classes: list[str] | None, out: Path | None = None
+                      ) -> tuple[dict[str, tuple[Path, int]], list[str]]:
     """key (path relative to DATA) -> (path, class index), for the class folders the model knows.
-    DATA/<class>/<image>; with DATA/train and DATA/val, both."""
+    DATA/<class>/<image>; with DATA/train and DATA/val, both. Files under `out` (the atlas's own
+    output folder, when it lies inside DATA) are left out, with a warning."""
     if not data.is_dir():
         raise FileNotFoundError(f"data folder {data} does not exist; give a folder with one subfolder "
                                 "of images per class")
-    found = Collection(data, [], [], [])
+    found = Collection(data, [], [], [], exclude=out)
     roots = [data / "train", data / "val"] if (data / "train").is_dir() and (data / "val").is_dir() else [data]
     by_class: dict[str, list[Path]] = {}
     for root in roots:
         for name, paths in class_images(root, found).items():
             by_class.setdefault(name, []).extend(paths)
     if not by_class:
-        raise ValueError(f"{data} has no class folders with images; expected {data}/<class name>/<image>")
+        raise ValueError(f"{data} has no class folders with images; expected {data}/<class name>/<image>"
+                         + found.unusable_reasons())
     wanted = set(model.class_names) if classes is None else set(classes)
     unknown = sorted(name for name in by_class if name not in model.class_names)
     warnings = found.warnings + found.skipped
@@ -117,15 +123,28 @@ def build_atlas(model, model_name: str, data: str | os.PathLike, out: str | os.P
     layer_index, classes, partners = _checked(model, options, out)
     layer = layer_number(layer_index)  # as people count it, in the settings and the report
     parts = PartSource(options.parts)
-    items, warnings = collection_images(data, model, classes)
+    check_apart([data], out)
+    items, warnings = collection_images(data, model, classes, out)
+    if options.parts is not None and not parts.matching(path for path, _ in items.values()):
+        unmatched = (f"--parts {options.parts} has annotations for none of the {len(items)} images in {data} "
+                     "(they meet by <class folder>/<file name>, as in CUB's images.txt); consistency falls "
+                     "back to feature cosine")
+        if options.strict:
+            raise ValueError(unmatched + "; check that --data is the collection the parts file describes")
+        warnings.append(unmatched)
     settings = {**model_identity(model_name), "layer": layer, "parts": None if options.parts is None
                 else str(Path(options.parts).expanduser().resolve()),
+                # its content: a parts file edited since refuses the re-run (the summaries used it)
+                "parts_sha256": None if options.parts is None else file_digest(Path(options.parts).expanduser()),
                 "pairs": None if options.pairs is None else [list(pair) for pair in options.pairs],
                 "default_partners": DEFAULT_PARTNERS, "classes": classes}
     with run_lock.job_lock(out, COMMAND) as lock:  # a second run into OUT is refused, naming it
         if lock.stale_message():
             warnings.append(lock.stale_message())
-        run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart)
+        run = sharding.ShardedRun.start(out, TASK, items, settings, restart=options.restart,
+                                        inputs=lambda key: [items[key][0], *parts.files_beside(items[key][0])])
+        if run.changes.line():
+            warnings.append(run.changes.line())
         result = AtlasRun(total=len(items), reused=len(run.done), warnings=warnings)
         present = sorted({index for _, index in items.values()})  # default partners: classes with images
         summariser = ImageSummariser(model, layer_index, present, partners, parts)

@@ -92,7 +92,8 @@ class ImageSummariser:
     def load(self, path: Path) -> tuple[np.ndarray, ImageParts]:
         """The file work of one image (its pixels and its annotations), apart from the model's, so
         that a worker thread can read the next image while the model runs on this one."""
-        return read_image(path), self.parts.for_image(path)
+        image = read_image(path)
+        return image, self.parts.for_image(path, image.shape[:2])
 
     def __call__(self, path: Path, true_index: int, loaded: tuple[np.ndarray, ImageParts] | None = None) -> dict:
         """One image's record; `loaded`: what `load(path)` returned, if it ran already."""

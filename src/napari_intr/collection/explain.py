@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import DiskFullError
 from ..calibration import SUBSET_NOTE
 from ..csv_output import write_csv
+from ..filenames import fitting_name
 from ..image_files import find_images, read_pixel_size, reason
 from ..large_images import BudgetedImage, read_within_budget
+from ..provenance import Changes, check_apart, outputs_note, outside
 from ..regions import REGION_COLUMNS, Margin, Region, crop_region
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -91,10 +95,10 @@ def _safe(text: str) -> str:
 
 def _unique_name(stem: str, suffix: str, used: set[str]) -> str:
     """Two inputs with the same stem (e.g. class folders) get `_2`, `_3`, ... rather than overwrite."""
-    name, count = f"{stem}{suffix}", 1
+    name, count = fitting_name(stem, suffix), 1
     while name.casefold() in used:
         count += 1
-        name = f"{stem}_{count}{suffix}"
+        name = fitting_name(stem, f"_{count}{suffix}")
     used.add(name.casefold())
     return name
 
@@ -104,7 +108,7 @@ class _OneProcessJob:
 
     def __init__(self, keys: list[str]):
         self.keys, self.share, self.done, self.records = keys, list(keys), set(), {}
-        self.is_main = True
+        self.is_main, self.changes = True, Changes()  # nothing earlier: nothing changed
 
     def record(self, key: str, record: dict) -> None:
         self.records[key] = record
@@ -140,7 +144,13 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     """
     from ..explanation import Explainer
     start = time.perf_counter()
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    check_apart(inputs, out_dir)  # an output folder holding the images would be read back next time
     files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
+    files, inside_out = outside(files, out_dir)  # never our own attention TIFFs of an earlier run
+    if not files:
+        raise ValueError(f"every image given lies inside the output folder {out_dir}; give an output "
+                         "folder outside the images")
     settings = _settings(model, classes, mode, top_k, layer, class_for_maps, margin, tiff_format, shortlist)
     items = plan_items(files, boxes, tiff_format)
     if not items:
@@ -155,13 +165,17 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
         job = _OneProcessJob(list(by_key))
     else:
         job = start_job(out_dir, TASK, list(by_key), settings.fingerprint(model, model_name, boxes is not None),
-                        is_done=is_done, group=lambda key: str(by_key[key].path))
+                        is_done=is_done, group=lambda key: str(by_key[key].path),
+                        inputs=lambda key: by_key[key].path)
     cancelled, last = _explain_share(job, by_key, Explainer(model, model_name), settings, out_dir, progress,
                                      should_stop)
     report = (lambda done, total: progress(done, total, last)) if progress is not None else None
     summary = _summary(job.finish(report), by_key, settings, out_dir, boxes is not None)
     summary.update(total=len(items), cancelled=cancelled, resumed=len(job.done),
-                   seconds=time.perf_counter() - start, calibration=model.calibration)
+                   seconds=time.perf_counter() - start, calibration=model.calibration,
+                   changes=job.changes.line("regions" if boxes is not None else "images"))
+    if inside_out:
+        summary["notes"].append((out_dir, outputs_note(inside_out, out_dir)))
     return summary
 
 
@@ -285,7 +299,12 @@ def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings
         explanation, offset = _on_file_grid(explanation, read, offset)
     row.update(prediction_cells(explanation, settings.top_k))
     shown = settings.class_for_maps or explanation.top_class()
-    _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
+    try:
+        _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
+    except DiskFullError:
+        raise  # every later item would fail the same way: stop, keeping the rows done
+    except (ValueError, OSError) as error:  # this item's file only (e.g. a name the disk refuses)
+        return {"row": {**row, "error": f"its attention file could not be written: {reason(error)}"}, "notes": []}
     row.update(map_class=shown, attention_file=item.attention_file)
     return {"row": row, "notes": list(explanation.notes), "undecoded": explanation.undecoded}
 

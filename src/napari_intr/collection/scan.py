@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import image_files
-from ..class_names import clean_class_name
+from ..class_names import clean_class_name, name_problem, normal_name
 from ..image_files import IMAGE_SUFFIXES
 from ..preprocess import MIN_IMAGE_SIZE, to_float_rgb
+from ..provenance import Changes, outputs_note, outside
 
 Sample = tuple[Path, int]  # (image path, class index)
 
@@ -30,6 +31,15 @@ class Collection:
     val: list[Sample]
     skipped: list[str] = field(default_factory=list)  # unreadable images, one message each
     warnings: list[str] = field(default_factory=list)
+    exclude: Path | None = None  # a job's output folder: never scanned as input (napari_intr.provenance)
+
+    def unusable_reasons(self, shown: int = 5) -> str:
+        """The images found but not usable, with their reasons, for a message that says none was."""
+        if not self.skipped:
+            return ""
+        more = f"\n  … and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return (f"; {len(self.skipped)} images were found but none could be used:\n  "
+                + "\n  ".join(self.skipped[:shown]) + more)
 
 
 def is_visible(path: Path) -> bool:
@@ -64,13 +74,23 @@ def unreadable_reason(path: Path) -> str | None:
 def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
     """Class name -> readable images, for the class folders directly under `folder`."""
     classes: dict[str, list[Path]] = {}
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and is_visible(p)):
+    # in the order of the names' NFC form: a copy whose folders are written in NFD (macOS) keeps the order
+    class_dirs, _ = outside(sorted((p for p in folder.iterdir() if p.is_dir() and is_visible(p)),
+                                   key=lambda p: normal_name(p.name)), collection.exclude)
+    for class_dir in class_dirs:
+        problem = name_problem(class_dir.name)
+        if problem:
+            raise ValueError(f"the class folder {str(class_dir)!r} has a name that {problem}; rename it "
+                             "(its name becomes the class name in every file the model writes)")
         name = clean_class_name(class_dir.name)
         if name in classes:
             raise ValueError(f"class folders {class_dir.name!r} and another one both give the class name "
                              f"{name!r} in {folder}; rename one of them")
         images = []
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+        candidates, inside_out = outside(sorted(p for p in class_dir.rglob("*") if p.is_file()), collection.exclude)
+        if inside_out:
+            collection.warnings.append(outputs_note(inside_out, collection.exclude))
+        for path in candidates:
             relative = path.relative_to(class_dir).parts
             if not all(part[0] != "." for part in relative) or path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -104,15 +124,17 @@ def stratified_split(classes: dict[str, list[Path]], fraction: float, seed: int
     return train, val
 
 
-def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0) -> Collection:
-    """Classes, train and validation samples of the collection at `root`."""
+def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0, exclude: Path | None = None
+                    ) -> Collection:
+    """Classes, train and validation samples of the collection at `root` (leaving out the files
+    under `exclude`, the output folder of the job, if it lies inside `root`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist; give a folder with one subfolder "
                                 "of images per class")
     if not 0 <= val_split < 1:
         raise ValueError(f"--val-split must be at least 0 and below 1, got {val_split}")
-    collection = Collection(root, [], [], [])
+    collection = Collection(root, [], [], [], exclude=exclude)
     if (root / "train").is_dir() and (root / "val").is_dir():
         train = class_images(root / "train", collection)
         val = class_images(root / "val", collection)
@@ -125,7 +147,7 @@ def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0) -> 
     names = list(train)
     if not names:
         raise ValueError(f"{root} has no class folders with images; expected {root}/<class name>/<image> "
-                         "(PNG, JPEG or TIFF)")
+                         "(PNG, JPEG or TIFF)" + collection.unusable_reasons())
     if len(names) < 2:
         raise ValueError(f"{root} has only one class with images ({names[0]!r}); a classifier needs at "
                          "least two class folders")
@@ -133,3 +155,42 @@ def scan_collection(root: str | Path, val_split: float = 0.1, seed: int = 0) -> 
     collection.train = [(path, index) for index, name in enumerate(names) for path in train[name]]
     collection.val = [(path, index) for index, name in enumerate(names) for path in val.get(name, [])]
     return collection
+
+
+def split_record(collection: Collection) -> dict:
+    """The split as saved with a training run: per image its path relative to the root, class
+    index, size and modification time (napari_intr.provenance: a resumed run says what changed)."""
+    def relative(samples):
+        entries = []
+        for path, label in samples:
+            try:
+                status = path.stat()
+                stamp = [status.st_size, status.st_mtime_ns]
+            except OSError:  # gone since the scan: the next resume reports it
+                stamp = [None, None]
+            entries.append([path.relative_to(collection.root).as_posix(), label, *stamp])
+        return entries
+    return {"train": relative(collection.train), "val": relative(collection.val)}
+
+
+def keep_split(collection: Collection, saved: dict, rescan: bool) -> str | None:
+    """Put the saved run's split back on a fresh scan (a resumed run never redraws it): its
+    images still there keep their side; images gone are dropped; images added since join
+    training only with `rescan`. Returns the one line that says what changed, or None."""
+    found = {path.relative_to(collection.root).as_posix(): (path, label)
+             for path, label in collection.train + collection.val}
+    saved_entries = [entry for side in ("train", "val") for entry in saved[side]]
+    saved_names = {entry[0] for entry in saved_entries}
+    changes = Changes(vanished=sorted(name for name in saved_names if name not in found),
+                      added=sorted(name for name in found if name not in saved_names))
+    for name, _, *stamp in saved_entries:
+        if name in found and len(stamp) == 2:
+            status = found[name][0].stat()
+            if [status.st_size, status.st_mtime_ns] != stamp:
+                changes.changed.append(name)
+    collection.train = [found[entry[0]] for entry in saved["train"] if entry[0] in found]
+    collection.val = [found[entry[0]] for entry in saved["val"] if entry[0] in found]
+    if rescan:
+        collection.train += [found[name] for name in changes.added]
+    note = ": they join training (--rescan)" if rescan else ": not used (add --rescan to train on them)"
+    return changes.line("images", note, "trained on as they are now")

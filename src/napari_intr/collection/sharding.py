@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from napari_intr import provenance
 from napari_intr.atomic import atomic_write
+from napari_intr.provenance import Changes
 
 from .. import distributed
 
@@ -96,21 +98,37 @@ def _parse(line: bytes) -> tuple[str, dict] | None:
 
 class _Index:
     """Where the last line of each item is, among the ledger and the partial files (later lines
-    win): two numbers per item, never its record, so memory does not grow with the records."""
+    win): two numbers per item, never its record, so memory does not grow with the records.
+    With `inputs` (key -> input files), a record whose inputs changed since (napari_intr.provenance)
+    does not count; such keys are listed in `changes.changed`, and records of items no longer in
+    the job whose input file is gone in `changes.vanished`."""
 
-    def __init__(self, folder: Path, keys: list[str], counts: Callable[[str, dict], bool] | None = None):
+    def __init__(self, folder: Path, keys: list[str], counts: Callable[[str, dict], bool] | None = None,
+                 inputs: Callable[[str], Path] | None = None):
         self.files = [folder / LEDGER_FILE, *sorted(folder.glob("rank-*.jsonl"))]
         self.keys = keys
+        self.changes = Changes()
         position = {key: index for index, key in enumerate(keys)}
         self.file = array("i", [-1]) * len(keys)    # which file holds the item's last line; -1: none
         self.offset = array("q", [0]) * len(keys)
+        changed, vanished = set(), {}
         for number, path in enumerate(self.files):
             for offset, key, record in _read_lines(path):
                 index = position.get(key)
-                if index is None:
-                    continue  # an item of an earlier, larger job
+                if index is None:  # an item of an earlier, larger job; or one whose input is gone
+                    source = record.get("input", {}).get("path") if isinstance(record.get("input"), dict) else None
+                    if inputs is not None and source and not os.path.exists(source):
+                        vanished[key] = source
+                    continue
                 keep = counts is None or counts(key, record)
+                if keep and inputs is not None and not provenance.still_current(record.get("input"), inputs(key)):
+                    keep = False
+                    changed.add(key)
+                elif keep:
+                    changed.discard(key)
                 self.file[index], self.offset[index] = (number, offset) if keep else (-1, 0)
+        self.changes.changed = [key for key in keys if key in changed]
+        self.changes.vanished = sorted(vanished.values())
 
     def present(self) -> Iterator[str]:
         """The keys that have a (counting) record, in item order."""
@@ -151,7 +169,8 @@ class MergedRecords:
 
 
 def _json_line(key: str, record: dict) -> str:
-    return json.dumps({"key": key, "record": record}, ensure_ascii=False, sort_keys=True) + "\n"
+    # ASCII: a key or record holding an undecodable file name (lone surrogates) still writes
+    return json.dumps({"key": key, "record": record}, sort_keys=True) + "\n"
 
 
 @dataclass
@@ -163,6 +182,8 @@ class ShardedRun:
     done: set[str]                  # items finished by earlier runs (their records stay on disk)
     share: list[str]                # the items this process does now
     pending_total: int              # items left for all processes together at the start
+    changes: Changes = field(default_factory=Changes)  # inputs changed or gone since the earlier run
+    inputs: Callable[[str], Path] | None = None
     _stream: object = field(default=None, repr=False)
     _offsets: dict[int, int] = field(default_factory=dict, repr=False)  # rank 0: bytes counted
     _counted: int = 0   # rank 0: records of all processes in this run
@@ -172,13 +193,17 @@ class ShardedRun:
     def start(cls, out_dir: str | os.PathLike, task: str, keys: Iterable[str], settings: dict,
               is_done: Callable[[str, dict], bool] | None = None, restart: bool = False,
               info: distributed.Distributed | None = None,
-              group: Callable[[str], str] | None = None) -> ShardedRun:
+              group: Callable[[str], str] | None = None,
+              inputs: Callable[[str], Path] | None = None) -> ShardedRun:
         """Read what earlier runs finished, agree on it with the other processes, take a share.
 
         settings: JSON-able values the records depend on (model, classes, options); a re-run with
         other settings is refused unless restart=True, which forgets every earlier record.
         is_done(key, record): whether an earlier record still counts (e.g. its output file exists);
-        items whose record does not count are done again. group: see `shard`."""
+        items whose record does not count are done again. group: see `shard`. inputs(key): the
+        file an item is made from (or a list: the file, then the files that come with it, such as
+        masks); each record then keeps their fingerprints, and an item whose files changed since
+        is done again (`changes` lists them, and vanished inputs, for the user)."""
         keys = [str(key) for key in keys]
         if len(set(keys)) != len(keys):
             raise ValueError("the items of a sharded job must be unique")
@@ -199,9 +224,11 @@ class ShardedRun:
         distributed.barrier()  # the folder exists, with the settings; a restart has cleared it
         _end_file(folder, info.rank).unlink(missing_ok=True)
         _finish_cut_line(_part_file(folder, info.rank))
-        done = set() if restart else set(_Index(folder, keys, is_done).present())
+        index = None if restart else _Index(folder, keys, is_done, inputs)
+        done = set() if index is None else set(index.present())
         todo = [key for key in keys if key not in done]
-        run = cls(folder, keys, info, done, shard(todo, info.rank, info.world_size, group), len(todo))
+        run = cls(folder, keys, info, done, shard(todo, info.rank, info.world_size, group), len(todo),
+                  changes=Changes() if index is None else index.changes, inputs=inputs)
         distributed.barrier()  # everybody has read the earlier records before anybody adds one
         if info.is_main:
             run._offsets = {rank: _size(_part_file(folder, rank)) for rank in range(info.world_size)}
@@ -209,6 +236,8 @@ class ShardedRun:
 
     def record(self, key: str, record: dict) -> None:
         """Keep one finished item's result (write its output files first: a record means done)."""
+        if self.inputs is not None:
+            record = {**record, "input": provenance.record(self.inputs(key))}
         if self._stream is None:
             # open across records (closed by finish or close): one file handle per process
             self._stream = open(_part_file(self.folder, self.info.rank), "a", encoding="utf-8")  # noqa: SIM115
@@ -282,8 +311,11 @@ def _check_settings(folder: Path, settings: dict, task: str) -> None:
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         earlier = {}
-    if earlier != settings:
-        changed = sorted(key for key in {*settings, *earlier} if earlier.get(key) != settings.get(key))
+    if not isinstance(earlier, dict):
+        earlier = {}
+    # a setting absent from an earlier version's file counts as None (unset), not as a change
+    changed = sorted(key for key in {*settings, *earlier} if earlier.get(key) != settings.get(key))
+    if changed or not earlier:
         raise ValueError(f"{folder.parent} holds the results of an earlier `{task}` run with other "
                          f"settings ({', '.join(changed) or 'unreadable settings'} differ); give "
                          "another output folder, or --restart to redo every item")

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from napari_intr.collection.scan import read_image
 from napari_intr.explanation import layer_from_number, layer_number
+from napari_intr.image_files import reason
 from napari_intr.model import INTR
 
 from .. import synth
@@ -88,12 +89,20 @@ def evaluate_explanations(model: INTR, samples: list[tuple[Path, int]], root: Pa
                      "and the manipulation flip rate are skipped")
     measured = Measurements()
     ring_of = look_alike_rings(info)
+    skipped = []
     for number, (path, true_index) in enumerate(tqdm(samples, desc="explanations", unit="image")):
-        measure_image(model, path, true_index, number, layer, settings, ring_of, measured)
-    notes += mask_notes(measured, info is not None, len(samples))
+        try:
+            measure_image(model, path, true_index, number, layer, settings, ring_of, measured)
+        except (ValueError, OSError) as error:  # one unreadable image or mask never ends the evaluation
+            skipped.append(f"skipped {path}: {reason(error)}")
+    if len(skipped) == len(samples):
+        raise ValueError(f"none of the {len(samples)} images could be measured:\n  " + "\n  ".join(skipped[:5]))
+    notes += skipped
+    measured_count = len(samples) - len(skipped)
+    notes += mask_notes(measured, info is not None, measured_count)
     sanity_check(model, layer, settings, measured)
     flip_summary = flip_rate(model, info, settings, notes) if info is not None else None
-    return write_report(model, folder, out, layer, settings, len(samples), measured, flip_summary, notes)
+    return write_report(model, folder, out, layer, settings, measured_count, measured, flip_summary, notes)
 
 
 def look_alike_rings(info: dict | None) -> dict[str, list[str]]:
@@ -107,7 +116,9 @@ def look_alike_rings(info: dict | None) -> dict[str, list[str]]:
 def measure_image(model: INTR, path: Path, true_index: int, number: int, layer: int, settings: Settings,
                   ring_of: dict[str, list[str]], measured: Measurements) -> None:
     """Insertion/deletion and, where the image has an attribute mask, the pointing games."""
-    inputs = model.preprocess(read_image(path))
+    image = read_image(path)
+    mask = synth.load_mask(path, image.shape[:2])  # a damaged or mis-sized mask: refused before any measure
+    inputs = model.preprocess(image)
     with torch.inference_mode():
         predicted = int(model(inputs, return_attention=False).logits[0].argmax())
     target = predicted if settings.explain_class == "predicted" else true_index
@@ -118,7 +129,6 @@ def measure_image(model: INTR, path: Path, true_index: int, number: int, layer: 
                             ("deletion", metrics.deletion_curve(score, inputs[0], saliency, settings.steps))):
             measured.curves[kind][method].append(curve)
             measured.values[method, kind].append(metrics.auc(curve))
-    mask = synth.load_mask(path)
     if mask is not None and mask.any():
         mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=inputs.shape[-2:],
                              mode="nearest")[0, 0].numpy() > 0.5

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..preprocess import MIN_IMAGE_SIZE, to_model_input
 from .backbone import build_backbone
 from .config import DECODE_MODES, IntrConfig
+from .names import normal_name, without_repeats
 from .shortlist import ShortlistHead, first_pass_scores
 from .transformer import Transformer
 
@@ -63,7 +64,7 @@ class INTR(nn.Module):
         self.query_embed = nn.Embedding(config.num_classes, config.hidden_dim)  # Z_in, one per class
         self.presence_vector = nn.Linear(config.hidden_dim, 1)  # w in Eq. 6
         self.shortlist_head = ShortlistHead(config.hidden_dim) if config.shortlist_head else None
-        self.class_names = list(class_names) if class_names is not None else [
+        self.class_names = [normal_name(str(name)) for name in class_names] if class_names is not None else [
             f"class {i}" for i in range(config.num_classes)]
         if len(self.class_names) != config.num_classes:
             raise ValueError(f"the model has {config.num_classes} classes but {len(self.class_names)} "
@@ -84,7 +85,7 @@ class INTR(nn.Module):
     def class_labels(self, labels: Sequence[str] | None) -> None:
         if labels is not None and len(labels) != len(self.class_names):
             raise ValueError(f"{len(labels)} class labels for {len(self.class_names)} classes")
-        self._class_labels = None if labels is None else list(labels)
+        self._class_labels = None if labels is None else [normal_name(str(label)) for label in labels]
 
     @property
     def device(self) -> torch.device:
@@ -103,6 +104,7 @@ class INTR(nn.Module):
         """Backbone and encoder: images [B, 3, H, W] (normalised), mask [B, H, W] True on padding."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {list(images.shape)}")
+        images = self._checked_images(images)
         height, width = images.shape[-2:]
         if min(height, width) < MIN_IMAGE_SIZE:
             raise ValueError(f"image is {height}×{width} px; INTR needs at least "
@@ -114,6 +116,20 @@ class INTR(nn.Module):
                              f"got {mask.dtype} {list(mask.shape)}")
         features, feature_mask, pos = self.backbone(images, mask)
         return self.encode_features(features, feature_mask, (height, width), pos)
+
+    def _checked_images(self, images: Tensor) -> Tensor:
+        """Normalised images of any real floating type, in the model's type; anything else refused
+        with what encode needs (integers are pixels, not normalised values: converting them
+        silently would give a confident wrong answer)."""
+        if not torch.is_floating_point(images):
+            raise ValueError(f"encode takes normalised floating-point images (float32, float64, float16 or "
+                             f"bfloat16), got {images.dtype}; napari_intr.preprocess.to_model_input makes "
+                             "them from pixels of any type")
+        bad = (~torch.isfinite(images)).sum().item()
+        if bad:
+            raise ValueError(f"the images hold {bad} NaN or infinite values (of {images.numel()}); replace "
+                             "them (e.g. torch.nan_to_num) before encoding")
+        return images.to(next(self.parameters()).dtype)
 
     def encode_features(self, features: Tensor, feature_mask: Tensor,
                         input_size: tuple[int, int] | None = None, pos: Tensor | None = None) -> EncodedImages:
@@ -305,21 +321,22 @@ class INTR(nn.Module):
                 raise TypeError(f"classes must be names or indices, got {item!r}")
         if not indices:
             raise ValueError("no candidate classes given: name at least one class")
-        if len(set(indices)) != len(indices):
-            repeated = sorted({self.class_names[i] for i in indices if indices.count(i) > 1})
-            raise ValueError(f"candidate classes repeat: {', '.join(repeated)}")
-        return indices
+        return without_repeats(indices, "the candidate classes", lambda index: self.class_names[index])
 
     def _index_of_name(self, name: str) -> int:
-        try:
-            return self.class_names.index(name)
-        except ValueError:
-            pass
-        # "black footed albatross", "Black_footed_Albatross" or its label "001.Black_footed_Albatross"
-        for known in (self.class_labels, self.class_names):
-            folded = [_loose(n) for n in known]
-            if _loose(name) in folded:
-                return folded.index(_loose(name))
+        """Exact (after NFC), then the label, then loose ("black footed albatross",
+        "Black_footed_Albatross"); a loose name that fits several classes is refused with them."""
+        name = normal_name(name)
+        for known in (self.class_names, self.class_labels):
+            if name in known:
+                return known.index(name)
+        loose = {index for known in (self.class_labels, self.class_names)
+                 for index, candidate in enumerate(known) if _loose(candidate) == _loose(name)}
+        if len(loose) > 1:
+            raise ValueError(f"class {name!r} is ambiguous: it matches {', '.join(repr(self.class_names[i]) for i in sorted(loose))} "
+                             "when case, spaces and underscores are ignored; give the name exactly")
+        if loose:
+            return loose.pop()
         close = difflib.get_close_matches(name, self.class_names, n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown class {name!r}: the model has no class of that name{hint}")

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_intr.editing import EditSession, check_region, compare_explanations, export, pillow_can_write
+from napari_intr.filenames import SAFE_NAME_BYTES, fitting_name
 
 from ..layers import LayerPicker, is_labels
 from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column, set_items, tabbed_dock
@@ -41,7 +42,8 @@ SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}  # what export's w
 def export_paths(session: EditSession, image_layer, folder: Path) -> tuple[Path, Path]:
     """(image file, report stem) named after the image, in the input file's format where the
     layer came from a file; otherwise PNG for 8-bit images and TIFF for the rest (lossless)."""
-    stem = re.sub(r'[\\/:*?"<>|]', "_", f"{session.name} (edited)")
+    # fitted: the report adds " report.json" and a long layer name must still make a file name
+    stem = fitting_name(re.sub(r'[\\/:*?"<>|]', "_", f"{session.name} (edited)"), "", SAFE_NAME_BYTES - 16)
     path = getattr(getattr(image_layer, "source", None), "path", None)
     suffix = Path(path).suffix.lower() if path else ""
     if suffix not in SUFFIXES:

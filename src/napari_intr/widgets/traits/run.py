@@ -2,6 +2,7 @@
 work in the background with progress and cancel (a cancelled run continues where it stopped)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from magicgui.widgets import Container, LineEdit, SpinBox
@@ -9,7 +10,6 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QPushButton
 
 from ...atlas.folder import holds_atlas
-from ...class_names import parse_pairs  # `intr atlas --pairs`'s rule
 from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
 from ..workers import messages
@@ -67,8 +67,14 @@ class AtlasRunBox(QGroupBox):
         return self.out.path
 
     def options(self) -> dict:
+        from napari_intr.class_names import RepeatedNames, parse_pairs  # the CLI's rule
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", RepeatedNames)
+            pairs = parse_pairs(self.pairs.value, "Look-alike pairs")
+        for note in notes:  # a repeated pair is dropped: say so, as the CLI does
+            messages.notify(str(note.message), "info")
         return {"layer": self.layer.value or None, "per_head": self.per_head.value,
-                "pairs": parse_pairs(self.pairs.value, "Look-alike pairs"), "parts": self.parts.path or None}
+                "pairs": pairs, "parts": self.parts.path or None}
 
     def run(self) -> None:
         if self.state.model is None:

@@ -1,0 +1,64 @@
+"""Output file names that always fit the file system (README "Limits").
+
+File names come from users' image names, region ids and class names, any of which may be long
+(most file systems allow 255 bytes per name, and `atomic_write` adds a temporary prefix and
+suffix). Every name the project composes from them goes through `fitting_name`: a name over the
+limit keeps its start and gets a short hash of the whole stem, so two long names that share
+their start stay apart and the same input always gives the same name.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+NAME_MAX_BYTES = 255
+# what a composed name may take: room left for atomic_write's ".<name>.<12 hex>.tmp" and a "_2"
+SAFE_NAME_BYTES = 200
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # an undecodable file name keeps its bytes
+
+
+def as_text(name: str) -> str:
+    """A name as text that any writer accepts: an undecodable file name (lone surrogates, as
+    Python decodes its bytes) becomes its bytes escaped ("caf\\xe9.png"); other names unchanged."""
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha1(_bytes(text)).hexdigest()[:8]
+
+
+def fitting_name(stem: str, suffix: str = "", limit: int = SAFE_NAME_BYTES) -> str:
+    """stem + suffix, or, when that is over `limit` bytes, the stem's start + "~" + its hash + suffix.
+    Bytes of an undecodable input name become "%FF" (an output name is always text, so the CSV
+    that names it names the file on disk)."""
+    stem = re.sub("[\udc80-\udcff]", lambda match: f"%{ord(match.group()) - 0xDC00:02X}", stem)
+    if len(_bytes(stem + suffix)) <= limit:
+        return stem + suffix
+    room = max(limit - len(_bytes(suffix)) - 9, 1)
+    start = _bytes(stem)[:room].decode("utf-8", "ignore")  # never half a character
+    return f"{start}~{short_hash(stem)}{suffix}"
+
+
+class Slugs:
+    """Short, file-safe, unique names for a set of texts (class names in the atlas's files and
+    anchors): lower case, runs of other characters as "-", fitted; when two texts give the same
+    slug (e.g. "Foo" and "foo", or names in a script that leaves nothing), each later one gets
+    its hash."""
+
+    def __init__(self, limit: int = 80):
+        self.limit, self.given, self.taken = limit, {}, set()
+
+    def __call__(self, text: str) -> str:
+        if text not in self.given:
+            base = re.sub(r"[^\w]+", "-", text.lower()).strip("-_") or "class"
+            slug = fitting_name(base, "", self.limit)
+            if slug in self.taken:
+                slug = fitting_name(f"{base[:self.limit - 9]}-{short_hash(text)}", "", self.limit)
+            self.given[text] = slug
+            self.taken.add(slug)
+        return self.given[text]
