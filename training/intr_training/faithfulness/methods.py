@@ -2,7 +2,8 @@
 
 Every method explains the same model, so insertion/deletion and the sanity checks compare the
 explanations, not the classifiers. INTR's own explanation is a class query's cross-attention
-(top head by peak, or the mean over heads); Grad-CAM and RISE are post-hoc.
+(the head shown first, by evidence: napari_intr.head_evidence; or the mean over heads); Grad-CAM
+and RISE are post-hoc.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def intr_maps(model: INTR, inputs: Tensor, class_index: int, layer: int = -1,
     size = tuple(inputs.shape[-2:])
     with torch.inference_mode():
         encoded = EncodedImage(model.encode(inputs), "image", size, size)
-    explanation = explainer.decode(encoded, classes, mode, layers=[layer])
+    explanation = explainer.decode(encoded, classes, mode, layers=[layer], evidence=[class_index])
     name = model.class_names[class_index]
     top = explanation.head_order(name, layer)[0]
     maps = np.stack([explanation.head_maps(name, layer, "none")[top], explanation.mean_map(name, layer)])
