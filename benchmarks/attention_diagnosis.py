@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from napari_intr.head_evidence import flags_of, masking_drops, rank_heads, rival_of
+from napari_intr.head_evidence import MASK_RADIUS, flags_of, masking_drops, rank_heads, rival_of
 from napari_intr.io import read_image
 from napari_intr.loading import load_model
 
@@ -77,7 +77,8 @@ def share_of(cells: np.ndarray, grid_mask: np.ndarray) -> float:
     return float(cells[grid_mask].sum() / total) if total > 0 else float("nan")
 
 
-def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specimen_path: Path) -> dict | None:
+def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specimen_path: Path,
+                   radius: int = MASK_RADIUS) -> dict | None:
     inputs = model.preprocess(read_image(path))
     shape, stride = tuple(inputs.shape[-2:]), model.feature_stride
     with torch.inference_mode():
@@ -107,7 +108,7 @@ def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specime
 
     rival = rival_of(logits, predicted)
     start = time.perf_counter()
-    drops = masking_drops(model, encoded, [(predicted, rival)], maps[None])[0]
+    drops = masking_drops(model, encoded, [(predicted, rival)], maps[None], radius)[0]
     evidence_seconds = time.perf_counter() - start
     on_specimen = [bool(specimen_cells[p]) for p in peaks]
     shown = {"peak": int(np.argmax(maps.reshape(heads, -1).max(axis=1))),
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--title", default=None)
+    parser.add_argument("--radius", type=int, default=MASK_RADIUS,
+                        help="cells hidden around a head's peak for its evidence (tuning the rule)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(args.model).eval()
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     start = time.perf_counter()
-    records = [r for r in (diagnose_image(model, *s) for s in samples) if r is not None]
+    records = [r for r in (diagnose_image(model, *s, radius=args.radius) for s in samples) if r is not None]
     summary = summarise(records)
     summary.update(seconds=time.perf_counter() - start, load_before=load,
                    load_after=Path("/proc/loadavg").read_text().split()[:3] if load else [])

@@ -50,3 +50,16 @@ def test_checkpoints_without_the_field_attend_globally():
     assert config.encoder_window == 0
     with pytest.raises(ValueError, match="encoder_window must be 0 or more"):
         IntrConfig.tiny(3, encoder_window=-2)
+
+
+def test_intr_train_shapes_new_models_only():
+    from intr_training.initialization import initial_model
+
+    generator = torch.Generator().manual_seed(0)
+    start = initial_model("none", ["a", "b"], "tiny", 64, generator, encoder_window=1)
+    assert start.model.config.encoder_window == 1
+    assert initial_model("none", ["a", "b"], "tiny", 64, generator).model.config.encoder_window == 0
+    with pytest.raises(ValueError, match="--encoder-window must be 0"):
+        initial_model("none", ["a", "b"], "tiny", 64, generator, encoder_window=-1)
+    with pytest.raises(ValueError, match="keeps its own encoder"):
+        initial_model("sample", ["a", "b"], None, None, generator, encoder_window=1)

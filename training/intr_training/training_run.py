@@ -198,7 +198,8 @@ class TrainingRun:
         state.seed_everything(args.seed)
         if saved is None:
             start = initial_model(args.init, self.class_names, args.backbone, args.image_size,
-                                  torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None))
+                                  torch.Generator().manual_seed(args.seed), getattr(args, "dropout", None),
+                                  getattr(args, "encoder_window", None))
             model, self.init_description, init_warnings = start.model, start.description, start.warnings
             self.args = args = self.recipe_arguments(args, model.config.backbone)
             set_dropout(model, args.dropout)
