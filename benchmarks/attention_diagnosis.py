@@ -213,6 +213,19 @@ def markdown(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def explain_cost(model, paths: list[Path], repeats: int) -> dict:
+    """Milliseconds per image of Explainer.explain without and with the evidence ranking (its
+    default), timed in turn (timed_training.median_seconds) so that load affects both alike."""
+    from napari_intr.explanation import EVIDENCE_CLASSES, Explainer
+    from timed_training import median_seconds
+
+    explainer, images = Explainer(model), [read_image(path) for path in paths]
+    seconds = median_seconds({"plain": lambda: [explainer.explain(i, evidence=0) for i in images],
+                              "evidence": lambda: [explainer.explain(i, evidence=EVIDENCE_CLASSES) for i in images]},
+                             repeats)
+    return {name: 1000 * value / len(images) for name, value in seconds.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sample")
@@ -220,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--title", default=None)
+    parser.add_argument("--cost", type=int, default=0, metavar="REPEATS",
+                        help="also time Explainer.explain per image with and without the evidence ranking "
+                             "(median of REPEATS alternating passes over up to 10 images)")
     parser.add_argument("--radius", type=int, default=MASK_RADIUS,
                         help="cells hidden around a head's peak for its evidence (tuning the rule)")
     args = parser.parse_args(argv)
@@ -236,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(records)
     summary.update(seconds=time.perf_counter() - start, load_before=load,
                    load_after=Path("/proc/loadavg").read_text().split()[:3] if load else [])
+    if args.cost:
+        summary["explain_ms"] = explain_cost(model, [s[0] for s in samples[:10]], args.cost)
     print(markdown(summary, args.title or f"{args.model} on {args.data}"))
+    if args.cost:
+        cost = summary["explain_ms"]
+        print(f"Explain per image (median of {args.cost}): {cost['plain']:.1f} ms without the evidence ranking, "
+              f"{cost['evidence']:.1f} ms with it ({cost['evidence'] / cost['plain']:.2f}x).")
     print(f"({summary['seconds']:.0f} s; load {' '.join(load)} -> {' '.join(summary['load_after'])})")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "records": records}, indent=1))

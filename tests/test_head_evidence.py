@@ -66,6 +66,7 @@ def test_explanations_rank_the_likeliest_classes_by_evidence(tiny):
     image = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     explanation = Explainer(tiny).explain(image, evidence=2)
     likeliest, third = explanation.order()[0], explanation.order()[2]
+    assert len(Explainer(tiny).explain(image).evidence) == 2  # by default the likeliest class, at both layers
     name = explanation.class_names[likeliest]
     for layer in (0, -1):
         found = explanation.head_evidence(name, layer)

@@ -20,8 +20,10 @@ NORMALIZATIONS = ("per_map", "shared", "none")
 # first: converting a 20 000 px RGB image to float32 in one go needs gigabytes.
 SHRINK_FACTOR_THRESHOLD = 2
 # Classes whose heads are ranked by evidence (head_evidence.py) at each layer held: the likeliest
-# this many decoded classes (the ones people look at first); the others by peak weight.
-EVIDENCE_CLASSES = 3
+# this many decoded classes (the one shown first); the others by peak weight. Each more class
+# costs about as much again (benchmarks/RESULTS.md, issue 21: 1.24x the explain time for 1 class,
+# 1.42x for 3, bundled model, loaded 2-core CPU); callers that show another class ask for it.
+EVIDENCE_CLASSES = 1
 _SHRINK_BAND_ROWS = 64  # output rows per block-averaging pass, bounds the temporary memory
 
 
