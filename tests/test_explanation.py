@@ -84,7 +84,8 @@ def test_order_rank_and_table(explanation):
         explanation.rank_of("Vanessa cardui")
 
 
-def test_head_order_is_by_peak_attention(explanation):
+def test_head_order_without_measured_evidence_is_by_peak_attention(model, image):
+    explanation = Explainer(model, "tiny").explain(image, "specimen", evidence=0)  # tests/test_head_evidence.py: with
     for layer in (0, -1):
         order = explanation.head_order("Morpho peleides", layer)
         peaks = explanation.head_maps("Morpho peleides", layer, "none").max(axis=(1, 2))

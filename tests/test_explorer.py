@@ -78,7 +78,7 @@ def test_explain_shows_one_layer_per_head_plus_mean(explorer, qtbot):
         layer_name(image.name, top, decoder_layers, head) for head in [None, *range(1, heads + 1)]}
     assert_aligned(viewer, image, layers, explanation)
     assert all(layer.blending == "additive" and layer.opacity == 0.5 for layer in layers)
-    # heads in the layer list are ordered by peak attention, strongest first (under the mean)
+    # heads in the layer list are in Explanation.head_order (by evidence), strongest first (under the mean)
     head_layers = [layer for layer in reversed(list(viewer.layers)) if layer in layers][1:]
     assert [layer.metadata["head"] - 1 for layer in head_layers] == explanation.head_order(top)
     assert widget.attention.ranking.count() == heads

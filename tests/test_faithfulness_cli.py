@@ -32,12 +32,14 @@ def test_explanations_on_synthetic_data(synthetic, tmp_path, capsys):
     table = rows(out / "faithfulness.csv")
     found = {(row["method"], row["metric"]) for row in table}
     for method in METHODS:
-        for metric in ("insertion", "deletion", "pointing", "sanity_decoder", "sanity_encoder", "sanity_backbone"):
+        for metric in ("insertion", "deletion", "pointing", "pointing_strict", "sanity_decoder", "sanity_encoder",
+                       "sanity_backbone"):
             assert (method, metric) in found
-    assert ("INTR top head", "pointing_look_alikes") in found and ("RISE", "pointing_look_alikes") not in found
+    for metric in ("pointing_look_alikes", "pointing_look_alikes_strict"):
+        assert ("INTR top head", metric) in found and ("RISE", metric) not in found
     assert {("INTR model", "flip_rate_attribute"), ("INTR model", "flip_rate_background")} <= found
     for row in table:
-        if row["metric"] in ("insertion", "deletion", "pointing", "pointing_look_alikes"):
+        if row["metric"].startswith("pointing") or row["metric"] in ("insertion", "deletion"):
             assert 0 <= float(row["value"]) <= 1 and int(row["images"]) == 2
         if row["metric"].startswith("sanity") and row["value"]:
             assert -1 <= float(row["value"]) <= 1
@@ -58,7 +60,7 @@ def test_without_masks_or_look_alike_information(synthetic, tmp_path, capsys):
     assert code == 0, captured.err
     metrics = {row["metric"] for row in rows(out / "faithfulness.csv")}
     assert {"insertion", "deletion", "sanity_backbone"} <= metrics
-    assert not metrics & {"pointing", "pointing_look_alikes", "flip_rate_attribute"}
+    assert not metrics & {"pointing", "pointing_strict", "pointing_look_alikes", "flip_rate_attribute"}
     markdown = (out / "faithfulness.md").read_text(encoding="utf-8")
     assert "pointing game is skipped" in markdown and "flip rate are skipped" in markdown
 

@@ -88,14 +88,83 @@ def test_pointing_game():
     assert metrics.pointing_hit(mask.astype(float), mask)  # all mass on the true region
     far = np.zeros((SIZE, SIZE))
     far[31, 0] = 1  # more than 15 px from the region
-    assert not metrics.pointing_hit(far, mask)
+    assert not metrics.pointing_hit(far, mask, tolerance=15)
     near = np.zeros((SIZE, SIZE))
-    near[REGION[0].stop - 1 + 10, 14] = 1  # 10 px below the region: inside TorchRay's tolerance
-    assert metrics.pointing_hit(near, mask) and not metrics.pointing_hit(near, mask, tolerance=5)
+    near[REGION[0].stop - 1 + 10, 14] = 1  # 10 px below the region: inside 15 px ...
+    assert metrics.pointing_hit(near, mask, tolerance=15) and not metrics.pointing_hit(near, mask, tolerance=5)
+    assert not metrics.pointing_hit(near, mask)  # ... but not inside TorchRay's 15 px scaled to 32 px
     with pytest.raises(ValueError, match="mask is empty"):
         metrics.pointing_hit(far, np.zeros_like(mask))
     with pytest.raises(ValueError, match="mask is"):
         metrics.pointing_hit(far[:10], mask)
+
+
+def test_torchray_tolerance_scales_with_the_input():
+    assert metrics.pointing_tolerance((224, 300)) == pytest.approx(15)
+    assert metrics.pointing_tolerance((128, 160)) == pytest.approx(15 * 128 / 224)
+    assert metrics.pointing_tolerance((448, 448)) == pytest.approx(30)
+    big, small = np.zeros((224, 224), bool), np.zeros((128, 128), bool)
+    big[100:110, 100:110] = small[60:70, 60:70] = True
+    for mask, default in ((big, 15), (small, 15 * 128 / 224)):
+        peak = np.zeros(mask.shape)
+        peak[int(np.nonzero(mask)[0].max()) + int(default), 105 if mask is big else 65] = 1  # just inside
+        assert metrics.pointing_hit(peak, mask)
+        peak = np.roll(peak, 2, axis=0)  # 2 px further: outside
+        assert not metrics.pointing_hit(peak, mask)
+
+
+def strict_case(stride=8, size=64):
+    """A 2×2-cell attribute at cells (3..4, 5..6) of an 8×8 grid of 8 px cells."""
+    mask = np.zeros((size, size), bool)
+    mask[3 * stride + 2: 5 * stride - 2, 5 * stride + 1: 7 * stride - 3] = True
+    return mask, np.zeros((size // stride, size // stride))
+
+
+def test_strict_pointing_hit_when_the_peak_cell_overlaps_the_mask():
+    mask, grid = strict_case()
+    grid[4, 6] = 1.0
+    assert metrics.strict_pointing_hit(grid, mask, stride=8)
+    edge = np.zeros((64, 64), bool)
+    edge[31, 47] = True  # one pixel in the corner of cell (3, 5) is enough
+    grid = np.zeros((8, 8))
+    grid[3, 5] = 0.3
+    assert metrics.strict_pointing_hit(grid, edge, stride=8)
+
+
+@pytest.mark.parametrize("cell", [(2, 5), (5, 5), (3, 4), (4, 7), (2, 7)])
+def test_strict_pointing_misses_by_one_cell(cell):
+    mask, grid = strict_case()
+    grid[cell] = 1.0
+    grid[0, 0] = 0.5  # a lower peak elsewhere changes nothing
+    assert not metrics.strict_pointing_hit(grid, mask, stride=8)
+    # the same peak is within TorchRay's tolerance: the strict game is the stricter one
+    assert metrics.pointing_hit(np.kron(grid, np.ones((8, 8))), mask, tolerance=15)
+
+
+def test_strict_pointing_on_grids_that_overhang_the_image():
+    mask = np.zeros((60, 70), bool)  # 60×70 px at stride 8: an 8×9 grid, the last cells partly outside
+    mask[57:, 65:] = True
+    grid = np.zeros((8, 9))
+    grid[7, 8] = 1
+    assert metrics.strict_pointing_hit(grid, mask, stride=8)
+    grid[7, 8], grid[7, 7] = 0, 1
+    assert not metrics.strict_pointing_hit(grid, mask, stride=8)
+    with pytest.raises(ValueError, match="does not cover"):
+        metrics.strict_pointing_hit(np.zeros((4, 4)), mask, stride=8)
+    with pytest.raises(ValueError, match="mask is empty"):
+        metrics.strict_pointing_hit(grid, np.zeros_like(mask), stride=8)
+    with pytest.raises(ValueError, match="stride must be at least 1"):
+        metrics.strict_pointing_hit(grid, mask, stride=0)
+    with pytest.raises(ValueError, match="finite"):
+        metrics.strict_pointing_hit(np.full((8, 9), np.nan), mask, stride=8)
+
+
+def test_pixel_maps_enter_the_strict_game_averaged_over_cells():
+    saliency = np.zeros((60, 70), np.float32)
+    saliency[56:, 64:] = 2.0  # the overhanging corner cell averages over its 4×6 pixels inside
+    pooled = metrics.on_grid(saliency, 8)
+    assert pooled.shape == (8, 9) and pooled[7, 8] == pytest.approx(2.0)
+    assert metrics.peak_cell(pooled) == (7, 8)
 
 
 def test_rank_correlation():

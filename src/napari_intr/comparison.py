@@ -101,7 +101,8 @@ def compare(explainer: Explainer, encoded: EncodedImage, selected: str, candidat
     elif all_classes.class_indices != list(range(len(model.class_names))):
         raise ValueError("all_classes must be an explanation of all the model's classes "
                          "(decode with classes=None)")
-    return Comparison(selected_name, all_classes, explainer.decode(encoded, names, mode))
+    # the Compare dock shows the selected class's strongest head: rank that class's heads by evidence
+    return Comparison(selected_name, all_classes, explainer.decode(encoded, names, mode, evidence=[selected_name]))
 
 
 def symmetric_limits(differences: np.ndarray) -> np.ndarray:

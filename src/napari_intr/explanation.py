@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .calibration import SUBSET_NOTE, CalibratedPrediction, judge
+from .head_evidence import HeadEvidence, head_evidence, rival_of
 from .model import INTR, EncodedImages
 from .preprocess import MIN_IMAGE_SIZE, TYPE_RANGES, dtype_problem, layout_problem, resized_shape
 
@@ -19,6 +20,11 @@ NORMALIZATIONS = ("per_map", "shared", "none")
 # Images this many times larger (per side) than the model input are block-averaged in numpy
 # first: converting a 20 000 px RGB image to float32 in one go needs gigabytes.
 SHRINK_FACTOR_THRESHOLD = 2
+# Classes whose heads are ranked by evidence (head_evidence.py) at each layer held: the likeliest
+# this many decoded classes (the one shown first); the others by peak weight. Each more class
+# costs about as much again (benchmarks/RESULTS.md, issue 21: 1.24x the explain time for 1 class,
+# 1.42x for 3, bundled model, loaded 2-core CPU); callers that show another class ask for it.
+EVIDENCE_CLASSES = 1
 _SHRINK_BAND_ROWS = 64  # output rows per block-averaging pass, bounds the temporary memory
 
 
@@ -83,6 +89,10 @@ class Explanation:
         """True when a calibrated model finds none of its species in the image."""
         return self.calibrated is not None and not self.calibrated.known
 
+    # The heads' evidence (head_evidence.py) per (0-based layer, class column), where it was
+    # measured (Explainer.decode: the likeliest classes at each layer held); head_order ranks by it.
+    evidence: dict = field(default_factory=dict)
+
     def labels(self) -> list[str]:
         """The decoded classes' labels for files (their names when the model has no labels)."""
         return list(self.class_labels) if self.class_labels is not None else list(self.class_names)
@@ -143,9 +153,31 @@ class Explanation:
         return self.layer_maps(layer)[:, self.column(class_name)].mean(axis=0)
 
     def head_order(self, class_name: str, layer: int = -1) -> list[int]:
-        """Heads by their peak attention weight, highest first (the paper's "top maps")."""
+        """Heads as they are shown, first to last ("strongest first"): by their evidence for the
+        class (head_evidence.rank_heads: what hiding each head's attended region costs the class
+        against its rival; flagged heads last). For a class whose evidence was not measured (not
+        among the likeliest decoded), by peak attention weight, highest first."""
+        found = self.head_evidence(class_name, layer)
+        if found is not None:
+            return found.order()
         peaks = self.layer_maps(layer)[:, self.column(class_name)].max(axis=(1, 2))
         return [int(i) for i in np.argsort(-peaks, kind="stable")]
+
+    def head_evidence(self, class_name: str, layer: int = -1) -> HeadEvidence | None:
+        """The evidence of a class's heads at a layer, or None where it was not measured."""
+        return self.evidence.get((self.layer_index(layer), self.column(class_name)))
+
+    def ranking_basis(self, class_name: str, layer: int = -1) -> str:
+        """How head_order ranked this class's heads, in words for tooltips and exports."""
+        found = self.head_evidence(class_name, layer)
+        if found is None:
+            return "peak attention weight (evidence not measured for this class)"
+        rival = "" if found.rival is None else f" against {self.model_class_name(found.rival)}"
+        return f"evidence: fall of the class's logit{rival} when the head's attended region is hidden"
+
+    def model_class_name(self, index: int) -> str:
+        """A model class index's name, where it was decoded; else 'class <index>'."""
+        return self.class_names[self.class_indices.index(index)] if index in self.class_indices else f"class {index}"
 
     def cell_size(self) -> tuple[float, float]:
         """Original-image pixels covered by one attention cell, per axis."""
@@ -303,11 +335,14 @@ class Explainer:
 
     def decode(self, encoded: EncodedImage, classes: Iterable[int | str] | None = None,
                mode: str = "drop", shortlist: int | None = None,
-               layers: Iterable[int] | None = None) -> Explanation:
+               layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES
+               ) -> Explanation:
         """Decoder only (no backbone pass): for class, layer and candidate-set switches.
         shortlist K: decode only the first pass's top K candidates (see INTR.decode).
         layers: the decoder layers (Python indices) whose maps are computed and kept, e.g. the
-        one shown or saved; the others run without materialising weights. None: every layer."""
+        one shown or saved; the others run without materialising weights. None: every layer.
+        evidence: rank the heads of the likeliest this many decoded classes by their evidence
+        (head_evidence.py; 0: none), or of the classes named."""
         with torch.inference_mode():
             output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True,
                                        shortlist=shortlist, attention_layers=layers)
@@ -319,7 +354,7 @@ class Explainer:
         calibrated = self.judge(output.classes, logits, output.candidates)
         if calibrated is None and getattr(self.model, "calibration", None) is not None:
             notes.append(SUBSET_NOTE)
-        return Explanation(
+        explanation = Explanation(
             image_name=encoded.image_name,
             class_names=[self.model.class_names[i] for i in output.classes],
             class_indices=list(output.classes),
@@ -338,6 +373,27 @@ class Explainer:
             decoder_layers=None if layers is None else self.model.config.dec_layers,
             calibrated=calibrated,
         )
+        explanation.evidence = self._evidence(encoded, explanation, evidence)
+        return explanation
+
+    def _evidence(self, encoded: EncodedImage, explanation: Explanation, wanted) -> dict:
+        """(layer, column) -> HeadEvidence for the classes `wanted` (a count of the likeliest, or names)."""
+        if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool):
+            columns = explanation.order()[:max(int(wanted), 0)]
+        else:
+            columns = [explanation.column(self.model.class_names[i]) for i in self.model.class_indices(wanted)]
+        columns = [c for c in columns if np.isfinite(explanation.logits[c])]  # a shortlist may leave some out
+        if not columns:
+            return {}
+        rivals = [rival_of(explanation.logits, column) for column in columns]
+        targets = [(explanation.class_indices[c], None if r is None else explanation.class_indices[r])
+                   for c, r in zip(columns, rivals)]
+        layers = explanation.computed_layers()
+        # every (layer, class) in one decoder call: [layers·K, heads, h, w]
+        maps = np.concatenate([explanation.layer_maps(layer)[:, columns].transpose(1, 0, 2, 3) for layer in layers])
+        measured = head_evidence(self.model, encoded.encoded, targets * len(layers), maps)
+        keys = [(layer, column) for layer in layers for column in columns]
+        return dict(zip(keys, measured))
 
     def judge(self, classes: list[int], logits: torch.Tensor, candidates: int | None) -> CalibratedPrediction | None:
         """The calibrated verdict when every class of the model was a candidate (a shortlist's
@@ -351,8 +407,9 @@ class Explainer:
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
                 mode: str = "drop", shortlist: int | None = None,
-                layers: Iterable[int] | None = None) -> Explanation:
-        return self.decode(self.encode(image, name), classes, mode, shortlist, layers)
+                layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES
+                ) -> Explanation:
+        return self.decode(self.encode(image, name), classes, mode, shortlist, layers, evidence)
 
 
 def shortlist_note(decoded: int, candidates: int) -> str:

@@ -217,6 +217,8 @@ def explanation_metadata(explanation: Explanation, class_name: str, layer: int, 
         "image": explanation.image_name, "class": class_name, "label": explanation.labels()[column],
         "layer": explanation.layer_number(layer), "heads": explanation.num_heads,
         "top_heads": [head_number(h) for h in explanation.head_order(class_name, layer)],
+        "top_heads_by": explanation.ranking_basis(class_name, layer),
+        "flagged_heads": _flagged(explanation, class_name, layer),
         "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
         "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
         "scored_by_first_pass_only": explanation.undecoded,  # shortlist decoding: classes not decoded
@@ -319,3 +321,11 @@ def region_rows(results: list[RegionResult], top_k: int = 3) -> list[dict]:
 
 def region_columns(top_k: int = 3) -> list[str]:
     return [*REGION_COLUMNS, *prediction_columns(top_k)]
+
+
+def _flagged(explanation: Explanation, class_name: str, layer: int) -> dict[str, str]:
+    """1-based head -> why it is never shown first (head_evidence.py), where evidence was measured."""
+    evidence = explanation.head_evidence(class_name, layer)
+    if evidence is None:
+        return {}
+    return {str(head_number(head)): flag for head, flag in enumerate(evidence.flags) if flag is not None}

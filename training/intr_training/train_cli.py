@@ -99,6 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=DROPOUT, help=f"transformer dropout (resnet*: {RESNET['dropout']}, "
                         f"the paper's; tiny: {TINY['dropout']}); 0 lets CPU attention use its fused kernel, several "
                         "times faster with hundreds of classes")
+    parser.add_argument("--encoder-window", type=int, metavar="K", help="a new model's encoder attends only "
+                        "within K feature cells of each token (local self-attention, so each token carries what "
+                        "is near it and the cross-attention maps stay on the evidence; benchmarks/RESULTS.md, "
+                        "issue 21). Default: 0, global, as the paper. Models started from a checkpoint keep its "
+                        "own")
     parser.add_argument("--sampled-queries", type=int, metavar="K", help="decode only K classes per step: the "
                         "batch's true classes, the first pass's hardest other classes and random ones, with "
                         "the sampled-softmax (logQ) correction; step time and memory then do not grow with "

@@ -48,6 +48,7 @@ class TrainSettings:
     precision: str = "auto"
     dropout: float | None = None       # None: the model's own (a resumed model keeps its saved dropout)
     sampled_queries: int | None = None
+    encoder_window: int | None = None   # a new model's local encoder attention (K cells; 0: global)
     backbone_weights: str | None = None  # a foundation backbone's published weights (--init pretrained)
 
     def __post_init__(self):

@@ -5,6 +5,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from napari_intr.head_evidence import flags_of, rank_heads
+
 from .statistics import Exemplar, HeadStats, PairHeadStats, covering_share, effect_size
 from .summarise import unpack
 
@@ -83,11 +85,12 @@ class Atlas:
     rejected: list[tuple[str, str, float]] = field(default_factory=list)
 
 
-def rank_key(head: PairHead) -> tuple:
-    """Heads whose masking costs A the most against B first; then by effect size; then by number."""
-    drop = head.masking_drop if head.masking_drop is not None else float("-inf")
-    effect = head.effect_size if head.effect_size is not None else float("-inf")
-    return (-drop, -effect, head.head)
+def rank_pair_heads(heads: list[PairHead]) -> list[PairHead]:
+    """The Explorer's rule (napari_intr.head_evidence.rank_heads) on the pair's mean masking drops:
+    heads whose masking costs A the most against B first; heads that cost nothing (or were never
+    measured) flagged, last."""
+    drops = [head.masking_drop if head.masking_drop is not None else float("nan") for head in heads]
+    return [heads[i] for i in rank_heads(drops, flags_of(drops))]
 
 
 class AtlasBuilder:
@@ -180,7 +183,7 @@ class AtlasBuilder:
             heads = [PairHead(h, effect_size(s.on_a, s.on_b), s.drop.mean, s.on_a.mean, s.on_b.mean, s.drop.count,
                               s.on_part_a(), s.top_a.best(), s.top_b.best()) for h, s in enumerate(stats)]
             pairs.append(PairSummary(a, b, stats[0].on_a.count, stats[0].on_b.count,
-                                     self.confusion[(a, b)] + self.confusion[(b, a)], sorted(heads, key=rank_key)))
+                                     self.confusion[(a, b)] + self.confusion[(b, a)], rank_pair_heads(heads)))
         return Atlas(classes, pairs, sum(self.counts.values()), list(self.skipped), dict(self.confusion),
                      list(self.rejected))
 

@@ -143,7 +143,8 @@ def _pair_section(pair: PairSummary, patches: dict, layer: int, montages: _Monta
                f"<p class=muted>Heads of the {a} query, decoding just {a} and {b}: "
                f"{pair.images_a} images of {a}, {pair.images_b} of {b}, {pair.confused} confused. "
                "Ranked by the masking drop (mean fall of logit A − logit B on A's images when the head's "
-               "region is hidden from the decoder), then by the effect size of its peak (A's images vs B's). "
+               "region is hidden from the decoder), as the Explorer ranks heads; a head whose masking costs "
+               "nothing is flagged and ranked last. "
                f"Left: {a}'s images; right: {b}'s images (same query).</p>"
                f"<table><tr><th></th><th></th><th>{a}</th><th></th><th>{b}</th></tr>{''.join(rows)}</table>")
     return section, {"file": f"{MONTAGES}/{name}", "cells": cells, "columns": 2 * columns}

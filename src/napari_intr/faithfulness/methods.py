@@ -2,7 +2,8 @@
 
 Every method explains the same model, so insertion/deletion and the sanity checks compare the
 explanations, not the classifiers. INTR's own explanation is a class query's cross-attention
-(top head by peak, or the mean over heads); Grad-CAM and RISE are post-hoc.
+(the head shown first, by evidence: napari_intr.head_evidence; or the mean over heads); Grad-CAM
+and RISE are post-hoc.
 """
 from __future__ import annotations
 
@@ -70,19 +71,21 @@ def as_images(images, score) -> Tensor:
 
 
 def intr_maps(model: INTR, inputs: Tensor, class_index: int, layer: int = -1,
-              classes: Sequence[int] | None = None, mode: str = "drop") -> dict[str, np.ndarray]:
-    """The class query's cross-attention at `layer`: the head with the highest peak, and the
-    mean over heads, each upsampled (bilinear, the plugin's cell geometry) to the input size."""
+              classes: Sequence[int] | None = None, mode: str = "drop",
+              on_grid: bool = False) -> dict[str, np.ndarray]:
+    """The class query's cross-attention at `layer`: the head shown first (Explanation.head_order),
+    and the mean over heads, each upsampled (bilinear, the plugin's cell geometry) to the input
+    size; on_grid: the raw weights, one per feature cell (what the strict pointing game reads)."""
     inputs = as_images(inputs, model)
     explainer = Explainer(model)
     size = tuple(inputs.shape[-2:])
     with torch.inference_mode():
         encoded = EncodedImage(model.encode(inputs), "image", size, size)
-    explanation = explainer.decode(encoded, classes, mode, layers=[layer])
+    explanation = explainer.decode(encoded, classes, mode, layers=[layer], evidence=[class_index])
     name = model.class_names[class_index]
     top = explanation.head_order(name, layer)[0]
     maps = np.stack([explanation.head_maps(name, layer, "none")[top], explanation.mean_map(name, layer)])
-    top_map, mean_map = explanation.upsample(maps)
+    top_map, mean_map = maps if on_grid else explanation.upsample(maps)
     return {INTR_TOP_HEAD: top_map, INTR_HEAD_MEAN: mean_map}
 
 

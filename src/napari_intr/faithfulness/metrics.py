@@ -4,8 +4,9 @@ image tensor [3, H, W] (normalised) and a saliency map [H, W] at the same size.
 Insertion/deletion follow Petsiuk et al. (2018): pixels are ranked by the map; deletion sets
 them to 0 (in normalised space: the mean colour), insertion pastes them onto a blurred copy;
 the score curve over the fraction of pixels changed is summarised by its area (trapezoid rule
-on [0, 1]). The pointing game follows TorchRay's benchmark: a hit when the map's maximum lies
-within `tolerance` pixels of the mask.
+on [0, 1]). Two pointing games: TorchRay's (a hit when the map's maximum lies within a tolerance
+of the mask: 15 px at 224 px, scaled with the input) and the strict one (a hit when the map's
+peak feature cell, the unit an attention map resolves, overlaps the mask).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from torch import Tensor
 from .methods import Score, as_images
 
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
-POINTING_TOLERANCE = 15  # px at the model input resolution, as TorchRay
+POINTING_TOLERANCE = 15  # px, TorchRay's, at ...
+TORCHRAY_SIZE = 224     # ... its input size: other inputs scale it (15 px would be 12 % of a 128 px image)
 
 
 def auc(curve) -> float:
@@ -73,15 +75,66 @@ def insertion_curve(score: Score, image, saliency, steps: int = 50, batch_size: 
     return _curve(score, blurred(image), image, saliency, steps, batch_size)
 
 
-def pointing_hit(saliency, mask, tolerance: float = POINTING_TOLERANCE) -> bool:
-    """Does the map's maximum (the first, row-major, if tied) lie within `tolerance` px of the mask?"""
-    saliency, mask = np.asarray(saliency), np.asarray(mask, dtype=bool)
-    if saliency.shape != mask.shape:
-        raise ValueError(f"the saliency map is {saliency.shape} but the mask is {mask.shape}")
+def pointing_tolerance(shape) -> float:
+    """TorchRay's tolerance for an input of `shape` (H, W): 15 px at a 224 px short side, in proportion."""
+    return POINTING_TOLERANCE * min(shape) / TORCHRAY_SIZE
+
+
+def _checked_mask(mask, shape, what: str) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or (shape is not None and mask.shape != tuple(shape)):
+        raise ValueError(f"the {what} is {tuple(shape) if shape is not None else '?'} but the mask is {mask.shape}")
     if not mask.any():
         raise ValueError("the mask is empty: the pointing game needs a region to point at")
+    return mask
+
+
+def pointing_hit(saliency, mask, tolerance: float | None = None) -> bool:
+    """Does the map's maximum (the first, row-major, if tied) lie within `tolerance` px of the
+    mask? None: TorchRay's, scaled to the map's size (`pointing_tolerance`)."""
+    saliency = np.asarray(saliency)
+    mask = _checked_mask(mask, saliency.shape, "saliency map")
+    tolerance = pointing_tolerance(saliency.shape) if tolerance is None else tolerance
     row, column = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
     return bool(distance_transform_edt(~mask)[row, column] <= tolerance)
+
+
+def peak_cell(grid_map) -> tuple[int, int]:
+    """(row, col) of a map's highest cell (the first, row-major, if tied)."""
+    grid_map = np.asarray(grid_map)
+    if grid_map.ndim != 2 or not np.isfinite(grid_map).all():
+        raise ValueError(f"a grid map must be a finite [h, w] array, got shape {grid_map.shape}")
+    row, column = np.unravel_index(int(np.argmax(grid_map)), grid_map.shape)
+    return int(row), int(column)
+
+
+def cell_pixels(cell: tuple[int, int], stride: int, shape) -> tuple[slice, slice]:
+    """The input pixels a feature cell covers: `stride` px per side, cut at the image's edge."""
+    row, column = cell
+    if not (0 <= row * stride < shape[0] and 0 <= column * stride < shape[1]):
+        raise ValueError(f"cell {cell} at stride {stride} lies outside an image of {tuple(shape)} px")
+    return slice(row * stride, (row + 1) * stride), slice(column * stride, (column + 1) * stride)
+
+
+def strict_pointing_hit(grid_map, mask, stride: int) -> bool:
+    """The strict pointing game: does the map's peak feature cell (`grid_map` [h, w], one value per
+    cell of `stride` px) overlap the mask (input pixels)? No tolerance: a peak one cell beside
+    the trait is a miss."""
+    grid_map = np.asarray(grid_map)
+    if stride < 1:
+        raise ValueError(f"the feature stride must be at least 1 px, got {stride}")
+    mask = _checked_mask(mask, None, "input")
+    if -(-mask.shape[0] // stride) != grid_map.shape[0] or -(-mask.shape[1] // stride) != grid_map.shape[1]:
+        raise ValueError(f"a {grid_map.shape} grid at stride {stride} does not cover a {mask.shape} mask")
+    return bool(mask[cell_pixels(peak_cell(grid_map), stride, mask.shape)].any())
+
+
+def on_grid(saliency, stride: int) -> np.ndarray:
+    """A pixel map [H, W] averaged over feature cells of `stride` px -> [ceil(H/s), ceil(W/s)]
+    (edge cells over their pixels inside the image): how post-hoc maps enter the strict game."""
+    tensor = torch.as_tensor(np.ascontiguousarray(saliency, dtype=np.float32))[None, None]
+    pooled = torch.nn.functional.avg_pool2d(tensor, stride, stride, ceil_mode=True, count_include_pad=False)
+    return pooled[0, 0].numpy()
 
 
 def rank_correlation(a, b) -> float:

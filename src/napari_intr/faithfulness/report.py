@@ -12,7 +12,9 @@ from napari_intr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 # (key, column heading); ↑ higher is more faithful, ↓ lower is.
 METRICS = (("insertion", "insertion AUC ↑"), ("deletion", "deletion AUC ↓"),
-           ("pointing", "pointing game ↑"), ("pointing_look_alikes", "pointing, look-alikes only ↑"),
+           ("pointing", "pointing game ↑"), ("pointing_strict", "pointing, peak cell on mask ↑"),
+           ("pointing_look_alikes", "pointing, look-alikes only ↑"),
+           ("pointing_look_alikes_strict", "… peak cell on mask ↑"),
            ("sanity_decoder", "rank corr., decoder random ↓"), ("sanity_encoder", "… + encoder ↓"),
            ("sanity_backbone", "… + backbone ↓"))
 

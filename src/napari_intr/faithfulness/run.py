@@ -132,14 +132,22 @@ def measure_image(model: INTR, path: Path, true_index: int, number: int, layer: 
     if mask is not None and mask.any():
         mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=inputs.shape[-2:],
                              mode="nearest")[0, 0].numpy() > 0.5
+        stride = model.feature_stride
+        grids = {**{m: metrics.on_grid(s, stride) for m, s in maps.items()},
+                 **intr_maps(model, inputs, target, layer, on_grid=True)}  # INTR: the raw weights
         for method, saliency in maps.items():
             measured.values[method, "pointing"].append(float(metrics.pointing_hit(saliency, mask)))
+            measured.values[method, "pointing_strict"].append(
+                float(metrics.strict_pointing_hit(grids[method], mask, stride)))
         name = model.class_names[true_index]
         ring = [model.class_names.index(n) for n in ring_of.get(name, []) if n in model.class_names]
         if len(ring) >= 2:
             ring_target = target if settings.explain_class == "true" else _top_among(model, inputs, ring)
             for method, saliency in intr_maps(model, inputs, ring_target, layer, ring, "drop").items():
                 measured.values[method, "pointing_look_alikes"].append(float(metrics.pointing_hit(saliency, mask)))
+            for method, grid in intr_maps(model, inputs, ring_target, layer, ring, "drop", on_grid=True).items():
+                measured.values[method, "pointing_look_alikes_strict"].append(
+                    float(metrics.strict_pointing_hit(grid, mask, stride)))
     else:
         measured.masks_missing += 1
     measured.trained_maps.append({m: _small(s) for m, s in maps.items()})

@@ -39,9 +39,11 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Tensor | None = None, need_weights: bool = False,
-                key_value: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+                key_value: tuple[Tensor, Tensor] | None = None,
+                attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """query [B, Nq, D], key/value [B, Nk, D], key_padding_mask [B, Nk] (True = ignore).
-        key_value: `project_key_value(key, value)` computed earlier, to reuse it."""
+        key_value: `project_key_value(key, value)` computed earlier, to reuse it.
+        attn_mask: [Nq, Nk] bool, True where a query may not attend a key (local attention)."""
         w_q, b_q = self.in_proj_weight.chunk(3)[0], self.in_proj_bias.chunk(3)[0]
         q = self._heads(F.linear(query, w_q, b_q))
         k, v = key_value if key_value is not None else self.project_key_value(key, value)
@@ -54,11 +56,15 @@ class MultiheadAttention(nn.Module):
             scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
             if key_padding_mask is not None:
                 scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            if attn_mask is not None:
+                scores = scores.masked_fill(attn_mask, float("-inf"))
             weights = scores.softmax(dim=-1)  # [B, heads, Nq, Nk]
             out = dropout(weights, dropout_p, self.training) @ v
             weights = weights if need_weights else None
         else:
             allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            if attn_mask is not None:
+                allowed = ~attn_mask if allowed is None else allowed & ~attn_mask
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
             weights = None
         out = out.transpose(1, 2).flatten(2)  # [B, Nq, D]

@@ -41,6 +41,9 @@ class IntrConfig:
     # A light score on decoder layer 1's read-out, trained jointly, that shortlists classes
     # before the full decode (model/shortlist.py). Checkpoints without the field have none.
     shortlist_head: bool = False
+    # Encoder self-attention within this many cells of each token (model/local_attention.py);
+    # 0: global, as the paper. Checkpoints without the field attend globally.
+    encoder_window: int = 0
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
@@ -58,8 +61,9 @@ class IntrConfig:
         for name in ("hidden_dim", "nheads", "dec_layers", "dim_feedforward"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name} must be at least 1, got {getattr(self, name)}")
-        if self.enc_layers < 0:
-            raise ValueError(f"config field enc_layers must be 0 or more, got {self.enc_layers}")
+        for name in ("enc_layers", "encoder_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config field {name} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"config field dropout must be at least 0 and below 1, got {self.dropout}")
         if self.backbone not in BACKBONES:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..preprocess import MIN_IMAGE_SIZE, to_model_input
 from .backbone import build_backbone
 from .config import DECODE_MODES, IntrConfig
+from .local_attention import local_attention_mask
 from .names import normal_name, without_repeats
 from .shortlist import ShortlistHead, first_pass_scores
 from .transformer import Transformer
@@ -142,7 +143,9 @@ class INTR(nn.Module):
         grid = tuple(src.shape[-2:])
         src, pos = src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2)  # [B, hw, D]
         padding_mask = feature_mask.flatten(1)
-        memory = self.transformer.encoder(src, _mask_if_padded(padding_mask), pos)
+        local = local_attention_mask(grid, self.config.encoder_window, src.device, padding_mask)
+        # a local mask holds the padding too (local_attention.py: no token is left without keys)
+        memory = self.transformer.encoder(src, _mask_if_padded(padding_mask) if local is None else None, pos, local)
         if input_size is None:
             input_size = (grid[0] * self.feature_stride, grid[1] * self.feature_stride)
         return EncodedImages(memory, padding_mask, grid, input_size)

@@ -27,9 +27,9 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = Dropout(dropout)
 
-    def forward(self, src: Tensor, padding_mask: Tensor, pos: Tensor) -> Tensor:
+    def forward(self, src: Tensor, padding_mask: Tensor, pos: Tensor, local_mask: Tensor | None = None) -> Tensor:
         q = k = src + pos
-        src = self.norm1(src + self.dropout(self.self_attn(q, k, src, padding_mask)[0]))
+        src = self.norm1(src + self.dropout(self.self_attn(q, k, src, padding_mask, attn_mask=local_mask)[0]))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
 
@@ -83,9 +83,10 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.layers = _clones(layer, num_layers)
 
-    def forward(self, src: Tensor, padding_mask: Tensor, pos: Tensor) -> Tensor:
+    def forward(self, src: Tensor, padding_mask: Tensor, pos: Tensor, local_mask: Tensor | None = None) -> Tensor:
+        """local_mask [hw, hw]: True where a token may not attend another (local_attention.py)."""
         for layer in self.layers:
-            src = layer(src, padding_mask, pos)
+            src = layer(src, padding_mask, pos, local_mask)
         return src
 
 

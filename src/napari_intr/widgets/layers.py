@@ -42,7 +42,7 @@ class LayerView:
 
 def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
                 options: DisplayOptions) -> list[LayerView]:
-    """Mean first, then heads from the strongest to the weakest peak (Explanation.head_order)."""
+    """Mean first, then heads in Explanation.head_order (by evidence, flagged heads last)."""
     image, layer_number = source.name, explanation.layer_number(layer)
     maps = explanation.head_maps(class_name, layer, options.normalization)
     mean = scaled_mean(explanation, class_name, layer, options.normalization)

@@ -43,8 +43,10 @@ class AttentionBox(QGroupBox):
         self.ranking = QListWidget()
         self.ranking.setMaximumHeight(110)
         self.ranking.setTextElideMode(Qt.ElideMiddle)
-        self.ranking.setToolTip("Heads by their peak attention weight: the strongest first")
-        stack(self, self.showing, self.display.native, QLabel("Heads ranked by peak attention:"), self.ranking, self.keep_button)
+        self.ranking.setToolTip("Heads by their evidence for the class, the strongest first: how much hiding "
+                                "the region a head attends lowers the class against its rival. Flagged heads "
+                                "(no evidence, on registers) come last")
+        stack(self, self.showing, self.display.native, QLabel("Heads ranked by evidence:"), self.ranking, self.keep_button)
         self.display.changed.connect(self.update_layers)
         follow(state.events.explanation, self._new_explanation, self)
         self._set_enabled(False)
@@ -75,8 +77,16 @@ class AttentionBox(QGroupBox):
                              f"{explanation.num_heads} head layers, strongest first (hidden: tick an eye to show one)")
         self.ranking.clear()
         heads = explanation.head_maps(self.class_name, layer, "none").max(axis=(1, 2))
+        evidence = explanation.head_evidence(self.class_name, layer)
+        self.ranking.setToolTip(f"Heads ranked by {explanation.ranking_basis(self.class_name, layer)}; "
+                                "flagged heads last")
         for position, head in enumerate(explanation.head_order(self.class_name, layer), start=1):
-            self.ranking.addItem(f"{position}. H{head_number(head)}   peak weight {heads[head]:.4f}")
+            text = f"{position}. H{head_number(head)}   peak weight {heads[head]:.4f}"
+            if evidence is not None:
+                text += f"   evidence {evidence.drops[head]:+.2f}"
+                if evidence.flags[head]:
+                    text += f"   ⚑ {evidence.flags[head]}"
+            self.ranking.addItem(text)
 
     def keep(self) -> None:
         source = self.state.source
