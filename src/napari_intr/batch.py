@@ -14,6 +14,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +173,7 @@ def _output_folder(out_dir) -> Path:
 def _explain_share(job, by_key: dict, explainer, settings: Settings, out_dir: Path, progress,
                    should_stop) -> tuple[bool, Path]:
     """Explain this process's share of the items, recording each; returns (cancelled, last path)."""
-    reader, last = _ImageReader(), next(iter(by_key.values())).path
+    reader, last = _ReadAhead([by_key[key].path for key in job.share]), next(iter(by_key.values())).path
     try:
         for key in job.share:
             if should_stop is not None and should_stop():
@@ -183,6 +184,7 @@ def _explain_share(job, by_key: dict, explainer, settings: Settings, out_dir: Pa
             if progress is not None:
                 progress(*job.progress(), last)
     finally:
+        reader.close()
         job.close()
     return False, last
 
@@ -248,6 +250,45 @@ class _ImageReader:
             self.image, self.pixel_size = read_within_budget(path), read_pixel_size(path)
             self.path = path
         return self.image
+
+    def close(self) -> None:
+        pass
+
+
+class _ReadAhead(_ImageReader):
+    """An _ImageReader that reads (and decodes) the next image of `paths` on a worker thread
+    while the model explains the current one: decoding a JPEG releases the GIL, so on a CPU the
+    reading hides behind the compute instead of adding to it."""
+
+    def __init__(self, paths: list[Path]):
+        super().__init__()
+        self.after = {}  # each path -> the next different path, in order
+        for current, following in zip(paths, paths[1:]):
+            if current != following:
+                self.after.setdefault(current, following)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="napari-intr-read-ahead")
+        self.ahead: tuple[Path, Future] | None = None
+
+    def read(self, path: Path) -> BudgetedImage:
+        if path != self.path:
+            self.path, self.image = None, BudgetedImage(None)  # a failed read is not kept
+            if self.ahead is not None and self.ahead[0] == path:
+                self.image, self.pixel_size = self.ahead[1].result()  # re-raises the read's error
+            else:
+                self.image, self.pixel_size = _read(path)
+            self.path = path
+            following = self.after.get(path)
+            self.ahead = None if following is None else (following, self.pool.submit(_read, following))
+        return self.image
+
+    def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead[1].cancel()
+        self.pool.shutdown(wait=True)
+
+
+def _read(path: Path) -> tuple[BudgetedImage, object]:
+    return read_within_budget(path), read_pixel_size(path)
 
 
 def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings, out_dir: Path) -> dict:

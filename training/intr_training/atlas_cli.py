@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_intr.devices import DEVICES
+from napari_intr.devices import DEVICES, PRECISION_HELP, PRECISIONS
 
 from .cli_values import COUNT, parse_names, parse_pairs
 
@@ -30,12 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true", help="forget the images summarised by an earlier run")
     parser.add_argument("--class-names", help="text file with the model's class names (official checkpoints)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_intr.loading import load_model
+    from napari_intr.threads import use_inference_threads
 
     from . import distributed
     from .atlas import DEFAULT_PER_HEAD, AtlasOptions, build_atlas
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     options = AtlasOptions(layer=args.layer, classes=parse_names(args.classes, "--classes"),
                            pairs=parse_pairs(args.pairs, "--pairs"), per_head=per_head,
                            parts=args.parts, restart=args.restart)
-    model = load_model(args.model, args.class_names, args.device)
+    use_inference_threads()  # the available cores (affinity, quota) unless OMP_NUM_THREADS says
+    model = load_model(args.model, args.class_names, args.device, args.precision)
     info, device = distributed.setup(model.device)
     model = model.to(device)
     bars = []

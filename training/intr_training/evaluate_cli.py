@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_intr.devices import DEVICES
+from napari_intr.devices import DEVICES, PRECISION_HELP, PRECISIONS
 
 from .cli_values import BATCH_SIZE, WORKERS
 from .faithfulness import options as faithfulness_options
@@ -28,18 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-full", action="store_true", help="with --shortlist: also decode every class "
                         "and report the shortlist's top-1 agreement with that and its recall@K")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     faithfulness_options.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_intr.threads import use_inference_threads
+
     from .evaluate import evaluate_folder, load_and_match
 
     if args.explanations:
         faithfulness_options.check_arguments(args)
         from .faithfulness.methods import require_captum
         require_captum()
+    use_inference_threads()  # the available cores (affinity, quota) unless OMP_NUM_THREADS says
     model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,
-                                          warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+                                          precision=args.precision, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     summary = evaluate_folder(model, args.model, matched, args.out, args.batch_size, args.workers,
                               args.shortlist, args.compare_full)
     if args.explanations:
