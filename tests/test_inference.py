@@ -160,3 +160,15 @@ def test_the_cli_takes_precision(tmp_path, images):
     assert main(["explain", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--precision", "fp32",
                  "--device", "cpu"]) == 0
     assert (tmp_path / "out" / "predictions.csv").is_file()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_model_panel_loads_in_the_precision_chosen(monkeypatch, precision):
+    """The Model panel's Precision reaches the model through its load job (Qt-free here)."""
+    import threading
+
+    from napari_intr.widgets.workers.jobs import Result, load_model_job
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the suite's thread count stays
+    loaded = [m.value for m in load_model_job("sample", None, "cpu", precision, threading.Event())
+              if isinstance(m, Result)]
+    assert loaded[0].inference.precision == precision
