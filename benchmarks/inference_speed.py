@@ -70,7 +70,7 @@ def child(args) -> dict:
     if args.path == "new":
         use_inference_threads(leave_for_gui=args.task == "explorer")
     else:
-        batch._ReadAhead = lambda paths: batch._ImageReader()  # today's reader: one image after the other
+        batch.ReadAhead = lambda paths, read: read  # today's reader: one image after the other
     if args.model == "tiny":
         model = load_model("sample", device=device)
     else:

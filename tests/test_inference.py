@@ -172,3 +172,29 @@ def test_the_model_panel_loads_in_the_precision_chosen(monkeypatch, precision):
     loaded = [m.value for m in load_model_job("sample", None, "cpu", precision, threading.Event())
               if isinstance(m, Result)]
     assert loaded[0].inference.precision == precision
+
+
+def test_the_next_image_is_read_while_this_one_is_explained(tmp_path):
+    """napari_intr.read_ahead: in order, on a worker thread, errors raised where the image is asked for."""
+    import threading
+
+    from napari_intr.read_ahead import ReadAhead
+    paths = [tmp_path / name for name in ("a", "b", "b", "bad", "c")]
+    threads, release = {}, threading.Event()
+
+    def read(path):
+        threads[path.name] = threading.current_thread().name
+        if path.name == "c":
+            release.wait(5)
+        if path.name == "bad":
+            raise OSError("bad is damaged")
+        return path.name.upper()
+
+    reader = ReadAhead(paths, read)
+    assert reader(paths[0]) == "A" and threads["a"] == threading.current_thread().name  # the first: at once
+    assert reader(paths[1]) == "B" and threads["b"].startswith("napari-intr-read-ahead")  # read ahead
+    with pytest.raises(OSError, match="bad is damaged"):
+        reader(paths[3])
+    release.set()
+    assert reader(paths[4]) == "C" and threads["c"].startswith("napari-intr-read-ahead")
+    reader.close()

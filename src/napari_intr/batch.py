@@ -14,13 +14,13 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .csv_output import write_csv
 from .io import find_images, read_pixel_size, reason
 from .large_images import BudgetedImage, read_within_budget
+from .read_ahead import ReadAhead
 from .regions import REGION_COLUMNS, Margin, Region, crop_region
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -173,7 +173,8 @@ def _output_folder(out_dir) -> Path:
 def _explain_share(job, by_key: dict, explainer, settings: Settings, out_dir: Path, progress,
                    should_stop) -> tuple[bool, Path]:
     """Explain this process's share of the items, recording each; returns (cancelled, last path)."""
-    reader, last = _ReadAhead([by_key[key].path for key in job.share]), next(iter(by_key.values())).path
+    reader = _ImageReader(ReadAhead([by_key[key].path for key in job.share], _read))
+    last = next(iter(by_key.values())).path
     try:
         for key in job.share:
             if should_stop is not None and should_stop():
@@ -241,50 +242,21 @@ class _ImageReader:
     """The last image read, kept for its next regions (a tray photo is read once, not per region).
     An image too large to decode whole comes reduced k-fold (napari_intr.large_images)."""
 
-    def __init__(self):
+    def __init__(self, read: ReadAhead | None = None):
         self.path, self.image, self.pixel_size = None, BudgetedImage(None), None
+        self.reads = read or _read  # ReadAhead: the next image is read while this one is explained
 
     def read(self, path: Path) -> BudgetedImage:
         if path != self.path:
             self.path, self.image = None, BudgetedImage(None)  # a failed read is not kept
-            self.image, self.pixel_size = read_within_budget(path), read_pixel_size(path)
+            self.image, self.pixel_size = self.reads(path)
             self.path = path
         return self.image
 
     def close(self) -> None:
-        pass
-
-
-class _ReadAhead(_ImageReader):
-    """An _ImageReader that reads (and decodes) the next image of `paths` on a worker thread
-    while the model explains the current one: decoding a JPEG releases the GIL, so on a CPU the
-    reading hides behind the compute instead of adding to it."""
-
-    def __init__(self, paths: list[Path]):
-        super().__init__()
-        self.after = {}  # each path -> the next different path, in order
-        for current, following in zip(paths, paths[1:]):
-            if current != following:
-                self.after.setdefault(current, following)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="napari-intr-read-ahead")
-        self.ahead: tuple[Path, Future] | None = None
-
-    def read(self, path: Path) -> BudgetedImage:
-        if path != self.path:
-            self.path, self.image = None, BudgetedImage(None)  # a failed read is not kept
-            if self.ahead is not None and self.ahead[0] == path:
-                self.image, self.pixel_size = self.ahead[1].result()  # re-raises the read's error
-            else:
-                self.image, self.pixel_size = _read(path)
-            self.path = path
-            following = self.after.get(path)
-            self.ahead = None if following is None else (following, self.pool.submit(_read, following))
-        return self.image
-
-    def close(self) -> None:
-        if self.ahead is not None:
-            self.ahead[1].cancel()
-        self.pool.shutdown(wait=True)
+        close = getattr(self.reads, "close", None)  # a ReadAhead's worker thread
+        if close is not None:
+            close()
 
 
 def _read(path: Path) -> tuple[BudgetedImage, object]:
