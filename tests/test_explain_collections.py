@@ -188,7 +188,7 @@ def test_a_rerun_skips_what_a_crashed_run_finished(monkeypatch, capsys, collecti
     assert not (out / PREDICTIONS_FILE).exists() and len(list(out.glob("*.tif"))) == 3
     before = {path.name: path.stat().st_mtime_ns for path in out.glob("*.tif")}
     explained = []
-    monkeypatch.setattr(Explainer, "explain", _counting(Explainer.explain, explained))
+    monkeypatch.setattr(Explainer, "decode", _counting(Explainer.decode, explained))  # once per image explained
     assert intr_explain(monkeypatch, "--model", checkpoint, images, "--out", out, "--device", "cpu") == 0
     assert "explained 6 of 7 images (3 done by an earlier run)" in capsys.readouterr().out
     assert len(explained) == 3  # the three images left (the damaged one is read again, and fails)

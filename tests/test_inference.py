@@ -198,3 +198,23 @@ def test_the_next_image_is_read_while_this_one_is_explained(tmp_path):
     release.set()
     assert reader(paths[4]) == "C" and threads["c"].startswith("napari-intr-read-ahead")
     reader.close()
+
+
+def test_images_of_one_size_are_encoded_as_one_batch(monkeypatch):
+    """Explainer.encode_many: same-size images in one backbone pass, each explanation equal to its
+    own (fp32); a bad image gets its error in its place and the others go on."""
+    model = load_model("sample", device="cpu", precision="fp32")
+    explainer = Explainer(model)
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+              [(128, 192, 3), (128, 192, 3), (4, 4, 3), (160, 128, 3), (128, 192, 3)]]
+    batches = []
+    encode = type(model).encode
+    monkeypatch.setattr(type(model), "encode", lambda self, x, *a: batches.append(len(x)) or encode(self, x, *a))
+    encoded = explainer.encode_many(images, [f"i{n}" for n in range(5)])
+    assert sorted(batches) == [1, 3]  # the three 128x192 images together, the 160x128 one alone
+    assert isinstance(encoded[2], ValueError) and "px" in str(encoded[2])
+    monkeypatch.undo()
+    for n in (0, 1, 3, 4):
+        assert encoded[n].image_name == f"i{n}"
+        assert _same(explainer.decode(encoded[n]), explainer.explain(images[n]))

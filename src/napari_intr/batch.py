@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 from .csv_output import write_csv
@@ -26,6 +27,7 @@ from .regions import REGION_COLUMNS, Margin, Region, crop_region
 PREDICTIONS_FILE = "predictions.csv"
 TASK = "explain"
 TIFF_FORMATS = {"imagej": ".tif", "ome": ".ome.tif"}
+BATCH_IMAGES = 4  # whole images encoded together where their input sizes match
 
 
 def csv_columns(top_k: int, regions: bool = False) -> list[str]:
@@ -172,18 +174,27 @@ def _output_folder(out_dir) -> Path:
 
 def _explain_share(job, by_key: dict, explainer, settings: Settings, out_dir: Path, progress,
                    should_stop) -> tuple[bool, Path]:
-    """Explain this process's share of the items, recording each; returns (cancelled, last path)."""
+    """Explain this process's share of the items, recording each; returns (cancelled, last path).
+    Whole images are encoded BATCH_IMAGES at a time where their sizes allow (Explainer.encode_many)."""
     reader = _ImageReader(ReadAhead([by_key[key].path for key in job.share], _read))
-    last = next(iter(by_key.values())).path
+    last, share = next(iter(by_key.values())).path, list(job.share)
     try:
-        for key in job.share:
+        start = 0
+        while start < len(share):
             if should_stop is not None and should_stop():
                 return True, last
-            item = by_key[key]
-            job.record(key, explain_item(explainer, item, reader, settings, out_dir))
-            last = item.path
-            if progress is not None:
-                progress(*job.progress(), last)
+            # a run of up to BATCH_IMAGES whole images, or one region
+            chunk = list(takewhile(lambda key: by_key[key].region is None, share[start:start + BATCH_IMAGES]))
+            chunk = chunk or share[start:start + 1]
+            start += len(chunk)
+            records = _explain_chunk(explainer, [by_key[key] for key in chunk], reader, settings, out_dir)
+            for number, key in enumerate(chunk):
+                if number and should_stop is not None and should_stop():
+                    return True, last
+                job.record(key, next(records))
+                last = by_key[key].path
+                if progress is not None:
+                    progress(*job.progress(), last)
     finally:
         reader.close()
         job.close()
@@ -263,34 +274,62 @@ def _read(path: Path) -> tuple[BudgetedImage, object]:
     return read_within_budget(path), read_pixel_size(path)
 
 
-def explain_item(explainer, item: Item, reader: _ImageReader, settings: Settings, out_dir: Path) -> dict:
-    """Explain one item, write its TIFF, and return its record: the CSV row and notes."""
-    from .export import prediction_cells
-    row: dict = {"file": str(item.path)}
-    if item.region is not None:
-        region = item.region
-        row.update(region=region.id, x0=region.x0, y0=region.y0, x1=region.x1, y1=region.y1)
-    try:
-        read = reader.read(item.path)
-        image, offset = read.pixels, (0, 0)
+_ITEM_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
+
+
+def _explain_chunk(explainer, items: list[Item], reader: _ImageReader, settings: Settings, out_dir: Path):
+    """Records of items (one region, or whole images encoded as one batch), in order: the CSV row
+    and notes. Each item is decoded and its TIFF written only when its record is asked for, so
+    a run stopped between two records leaves no TIFF without its record. One bad image (damaged
+    file, too small, out of memory) gets an error row and does not end the run."""
+    rows, inputs, errors = [], {}, {}
+    for index, item in enumerate(items):
+        row: dict = {"file": str(item.path)}
         if item.region is not None:
-            item.region.crop_bounds(read.file_shape)  # a box outside is named in the file's pixels
-            crop = crop_region(image, _reduced_region(item.region, read.factor),
-                               _reduced_margin(settings.margin, read.factor))
-            image, offset = crop.pixels, crop.offset
-        name = item.path.stem if item.region is None else f"{item.path.stem} · {item.region.id}"
-        # Only the saved layer's maps are computed (the others run without materialising weights).
-        explanation = explainer.explain(image, name, settings.candidates, settings.mode, settings.shortlist,
-                                        layers=[settings.layer])
-    except (ValueError, OSError, RuntimeError, MemoryError) as error:
-        # One bad image (damaged file, too small, out of memory) must not end the batch.
-        row["error"] = reason(error)
-        return {"row": row, "notes": []}
+            region = item.region
+            row.update(region=region.id, x0=region.x0, y0=region.y0, x1=region.x1, y1=region.y1)
+        rows.append(row)
+        try:
+            inputs[index] = _item_input(item, reader, settings)
+        except _ITEM_ERRORS as error:
+            errors[index] = error
+    encoded = dict(zip(inputs, explainer.encode_many([image for image, *_ in inputs.values()],
+                                                     [name for *_, name in inputs.values()])))
+    for index, (item, row) in enumerate(zip(items, rows)):
+        try:
+            if index in errors or isinstance(encoded[index], Exception):
+                raise errors.get(index) or encoded[index]
+            # Only the saved layer's maps are computed (the others run without materialising weights).
+            explanation = explainer.decode(encoded[index], settings.candidates, settings.mode, settings.shortlist,
+                                           layers=[settings.layer])
+        except _ITEM_ERRORS as error:
+            yield {"row": {**row, "error": reason(error)}, "notes": []}
+            continue
+        _, offset, read, pixel_size, _ = inputs[index]
+        yield _item_record(explanation, item, row, read, offset, pixel_size, settings, out_dir)
+
+
+def _item_input(item: Item, reader: _ImageReader, settings: Settings) -> tuple:
+    """(pixels, offset, read, pixel size, name) of an item: its image, or its region's crop."""
+    read = reader.read(item.path)
+    image, offset = read.pixels, (0, 0)
+    if item.region is not None:
+        item.region.crop_bounds(read.file_shape)  # a box outside is named in the file's pixels
+        crop = crop_region(image, _reduced_region(item.region, read.factor),
+                           _reduced_margin(settings.margin, read.factor))
+        image, offset = crop.pixels, crop.offset
+    name = item.path.stem if item.region is None else f"{item.path.stem} · {item.region.id}"
+    return image, offset, read, reader.pixel_size, name
+
+
+def _item_record(explanation, item: Item, row: dict, read, offset, pixel_size, settings: Settings,
+                 out_dir: Path) -> dict:
+    from .export import prediction_cells
     if read.factor > 1:
         explanation, offset = _on_file_grid(explanation, read, offset)
     row.update(prediction_cells(explanation, settings.top_k))
     shown = settings.class_for_maps or explanation.top_class()
-    _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, reader.pixel_size)
+    _write_maps(out_dir / item.attention_file, explanation, shown, settings, item, offset, pixel_size)
     row.update(map_class=shown, attention_file=item.attention_file)
     return {"row": row, "notes": list(explanation.notes), "undecoded": explanation.undecoded}
 
