@@ -218,3 +218,28 @@ def test_images_of_one_size_are_encoded_as_one_batch(monkeypatch):
     for n in (0, 1, 3, 4):
         assert encoded[n].image_name == f"i{n}"
         assert _same(explainer.decode(encoded[n]), explainer.explain(images[n]))
+
+
+def test_a_folder_explained_in_batches_equals_one_at_a_time(monkeypatch, tmp_path):
+    """explain_folder with batches of 3 (as on a GPU): the same rows as one at a time, a damaged
+    file among them reported alone, and a stop between records leaves no unrecorded TIFF."""
+    from PIL import Image
+
+    from napari_intr import batch
+    model = load_model("sample", device="cpu", precision="fp32")
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for n in range(5):
+        Image.fromarray(rng.integers(0, 256, (128, 160, 3), dtype=np.uint8)).save(folder / f"s{n}.png")
+    (folder / "s2b.png").write_bytes(b"not a png")
+    one = batch.explain_folder(model, [folder], tmp_path / "one")
+    monkeypatch.setitem(batch.BATCH_IMAGES, "cpu", 3)
+    three = batch.explain_folder(model, [folder], tmp_path / "three")
+    assert one["done"] == three["done"] == 5 and [s[0] for s in three["skipped"]] == [str(folder / "s2b.png")]
+    assert (tmp_path / "one" / "predictions.csv").read_text() == (tmp_path / "three" / "predictions.csv").read_text()
+    done = []
+    stopped = batch.explain_folder(model, [folder], tmp_path / "stop", progress=lambda *_: done.append(1),
+                                   should_stop=lambda: len(done) >= 2)
+    assert stopped["cancelled"] and stopped["done"] == 2
+    assert len(list((tmp_path / "stop").glob("*.tif"))) == 2

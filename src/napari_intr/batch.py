@@ -27,7 +27,11 @@ from .regions import REGION_COLUMNS, Margin, Region, crop_region
 PREDICTIONS_FILE = "predictions.csv"
 TASK = "explain"
 TIFF_FORMATS = {"imagej": ".tif", "ome": ".ome.tif"}
-BATCH_IMAGES = 4  # whole images encoded together where their input sizes match
+# Whole images encoded together where their input sizes match, on a GPU. On the CPU one at a
+# time: a batch of 4 was no faster there (resnet50 C=200, 800x1200 px, bf16, 2 threads: 0.39-0.40
+# against 0.40-0.44 images/s, issue 24) and needs 4 images' activations at once.
+BATCH_IMAGES = {"cpu": 1}
+BATCH_IMAGES_ELSEWHERE = 4
 
 
 def csv_columns(top_k: int, regions: bool = False) -> list[str]:
@@ -175,16 +179,18 @@ def _output_folder(out_dir) -> Path:
 def _explain_share(job, by_key: dict, explainer, settings: Settings, out_dir: Path, progress,
                    should_stop) -> tuple[bool, Path]:
     """Explain this process's share of the items, recording each; returns (cancelled, last path).
-    Whole images are encoded BATCH_IMAGES at a time where their sizes allow (Explainer.encode_many)."""
+    Whole images are encoded several at a time where their sizes allow (Explainer.encode_many;
+    BATCH_IMAGES)."""
     reader = _ImageReader(ReadAhead([by_key[key].path for key in job.share], _read))
     last, share = next(iter(by_key.values())).path, list(job.share)
+    batch_size = BATCH_IMAGES.get(explainer.model.device.type, BATCH_IMAGES_ELSEWHERE)
     try:
         start = 0
         while start < len(share):
             if should_stop is not None and should_stop():
                 return True, last
-            # a run of up to BATCH_IMAGES whole images, or one region
-            chunk = list(takewhile(lambda key: by_key[key].region is None, share[start:start + BATCH_IMAGES]))
+            # a run of up to batch_size whole images, or one region
+            chunk = list(takewhile(lambda key: by_key[key].region is None, share[start:start + batch_size]))
             chunk = chunk or share[start:start + 1]
             start += len(chunk)
             records = _explain_chunk(explainer, [by_key[key] for key in chunk], reader, settings, out_dir)

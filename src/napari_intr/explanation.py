@@ -266,9 +266,9 @@ class Explainer:
         return EncodedImage(encoded, name, tuple(image.shape[:2]), tuple(inputs.shape[-2:]), notes)
 
     def encode_many(self, images: list[np.ndarray], names: list[str]) -> list[EncodedImage | Exception]:
-        """`encode` for several images, those of the same model-input size as one batch (on two
-        CPU threads a batch of 4 cost 0.6x per image of one at a time, resnet50 at 800 px).
-        An image that cannot be explained gets its exception in its place; the others go on."""
+        """`encode` for several images, those of the same model-input size as one batch (what a
+        GPU wants; napari_intr.batch says what the CPU wants). An image that cannot be explained
+        gets its exception in its place; the others go on."""
         config, prepared, results = self.model.config, {}, [None] * len(images)
         with torch.inference_mode():
             for index, image in enumerate(images):
