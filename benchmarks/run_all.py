@@ -1,6 +1,6 @@
 """The benchmark suite: every ratio of issue 7 measured side by side in one run, one table.
 
-    python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--skip-napari] [--output PATH]
+    python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--skip-napari] [--skip-inference] [--output PATH]
 
 (a) full explain vs decoder-only re-runs (class switch, candidate set), resnet50 at 800x1200
     with C=200 and the tiny model at 128x192 with C=10 (explain_vs_switch.py);
@@ -11,6 +11,8 @@
 (e) past the class limit: resnet50 explain at C = 10 000 with shortlist=64 and the full C = 10 000
     decode vs the full C = 200 explain; the training step at C = 10 000 with --sampled-queries 256
     vs C = 200 (many_classes.py, subprocesses);
+(f) the inference path (folded batch norm, channels-last, bf16 where native, read-ahead, thread
+    policy) against today's path, quiet and under one busy process per core (inference_speed.py);
 (d) napari event-loop stalls (longest gap of a 10 ms QTimer) while the Explorer explains the
     bundled specimen (explain_event_loop.py) and while the Fine-tune widget trains
     (finetune_event_loop.py), each in a subprocess under $DISPLAY, else under `xvfb-run -a`.
@@ -319,6 +321,23 @@ def many_classes_rows(args) -> list[dict]:
     return [row(*cells) for cells in many_classes.rows(result)]
 
 
+# ---------------------------------------------------------------- (f)
+
+def inference_rows(args) -> tuple[list[dict], list[str]]:
+    """Issue 24: the inference path against today's, quiet and under one busy process per core
+    (inference_speed.py, subprocesses)."""
+    import inference_speed
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            return [row("(f) inference path", "cuda", "not measured", "-", "no CUDA device")], []
+    options = argparse.Namespace(images=2 if args.quick else 6, repeats=1 if args.quick else 3, device=args.device,
+                                 only=None, timeout=1800, conditions=["quiet", "loaded"],
+                                 event_loop=0 if args.skip_napari else (5 if args.quick else 10))
+    results = inference_speed.measure(options)
+    return [row(*cells) for cells in inference_speed.rows(results)], inference_speed.notes(results)
+
+
 # ---------------------------------------------------------------- (d)
 
 def display_prefix() -> tuple[list[str] | None, str]:
@@ -382,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--skip-napari", action="store_true", help="leave out (d)")
     parser.add_argument("--skip-many-classes", action="store_true", help="leave out (e)")
+    parser.add_argument("--skip-inference", action="store_true", help="leave out (f)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats in (a)/(b)")
     parser.add_argument("--gradcam-classes", type=int, default=2, help="classes timed for resnet50 Grad-CAM")
     parser.add_argument("--rise-batches", type=int, default=2, help="batches timed for resnet50 RISE")
@@ -419,6 +439,14 @@ def main(argv: list[str] | None = None) -> None:
         print("(e) many classes ...", flush=True)
         rows += many_classes_rows(args)
         loads.append(f"after (e) {load()}")
+    if args.skip_inference:
+        rows.append(row("(f) inference path", "skipped", "-", "-", "--skip-inference"))
+    else:
+        print("(f) inference path ...", flush=True)
+        new_rows, new_notes = inference_rows(args)
+        rows += new_rows
+        notes += new_notes
+        loads.append(f"after (f) {load()}")
     if args.skip_napari:
         rows.append(row("(d) napari event loop", "skipped", "-", "-", "--skip-napari"))
     else:

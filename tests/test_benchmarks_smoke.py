@@ -119,3 +119,24 @@ def test_open_set_reuses_a_finished_run_and_tabulates_every_score(tmp_path):
     table = open_set.scores_table(known, {"far": np.array([[0.0, 0.1], [0.2, 0.0]])})
     assert set(table) == {"max_logit", "energy", "presence_margin", "max_softmax"}
     assert table["max_logit"]["far"]["auroc"] == 1.0
+
+
+def test_inference_speed_rows_name_each_target():
+    """benchmarks/inference_speed.py's table (issue 24): the ratios and whether each target is met."""
+    import inference_speed
+
+    def run(condition, task, model, path, **values):
+        return {"condition": condition, "task": task, "model": model, "path": path, "threads": 2,
+                "precision": "bf16", "wait_policy": "PASSIVE", "images": 4, **values}
+    results = {"cores": 2, "device": "cpu", "loads": ["quiet start 1.0 1.0 1.0"], "runs": [
+        run("quiet", "folder", "resnet50", "today", images_per_second=0.1),
+        run("quiet", "folder", "resnet50", "new", images_per_second=0.3),
+        run("loaded", "folder", "resnet50", "new", images_per_second=0.1),
+        run("loaded", "explorer", "resnet50", "new", full_seconds=8.0, decode_seconds=0.4)],
+        "event_loop": {"loaded": {"max_ms": 120, "p99_ms": 50, "idle_max_ms": 20, "explains": 3}}}
+    text = "\n".join(" | ".join(cells) for cells in inference_speed.rows(results))
+    assert "0.100 -> 0.300 | 3.00x | 4 images, bf16; target >= 2.5x: met" in text
+    assert "8.00 s / 0.400 s | 20.0x | 2 threads, bf16; target >= 15x: met" in text
+    assert "0.300 / 0.100 | 3.00x | target <= 2x: NOT met" in text
+    assert "max 120 ms (p99 50); idle max 20 ms" in text and "target max < 100 ms: NOT met" in text
+    assert "OMP_WAIT_POLICY PASSIVE" in inference_speed.notes(results)[1]

@@ -5,6 +5,9 @@ Importing this package loads neither Qt nor napari (the plugin's widgets live in
 """
 from ._lazy import lazy_getattr
 from ._version import __version__
+from .threads import passive_openmp_waiting
+
+passive_openmp_waiting()  # before torch loads OpenMP (napari_intr/threads.py says why)
 
 _LAZY = {
     "load_model": "loading", "resolve_device": "devices", "sample_data_dir": "loading",

@@ -333,6 +333,41 @@ class Explainer:
             encoded = self.model.encode(inputs)
         return EncodedImage(encoded, name, tuple(image.shape[:2]), tuple(inputs.shape[-2:]), notes)
 
+    def encode_many(self, images: list[np.ndarray], names: list[str]) -> list[EncodedImage | Exception]:
+        """`encode` for several images, those of the same model-input size as one batch (what a
+        GPU wants; napari_intr.collection.explain says what the CPU wants). An image that cannot be explained
+        gets its exception in its place; the others go on."""
+        config, prepared, results = self.model.config, {}, [None] * len(images)
+        with torch.inference_mode():
+            for index, image in enumerate(images):
+                try:
+                    image = np.asarray(image)
+                    problem = layout_problem(image.shape, min_size=0)
+                    if problem:
+                        raise ValueError(problem)
+                    shrunk, note = shrink_huge_image(image, config.short_side, config.max_side)
+                    notes = [note] if note else []
+                    prepared[index] = (self.model.preprocess(shrunk, notes), tuple(image.shape[:2]), notes)
+                except (ValueError, RuntimeError, MemoryError) as error:
+                    results[index] = error
+            groups: dict[tuple, list[int]] = {}
+            for index, (inputs, _, _) in prepared.items():
+                groups.setdefault(tuple(inputs.shape), []).append(index)
+            for indices in groups.values():
+                try:
+                    encoded = self.model.encode(torch.cat([prepared[i][0] for i in indices]))
+                except (ValueError, RuntimeError, MemoryError) as error:
+                    for i in indices:  # one at a time: each image gets its own error, if any
+                        try:
+                            results[i] = self.encode(images[i], names[i]) if len(indices) > 1 else error
+                        except (ValueError, RuntimeError, MemoryError) as own:
+                            results[i] = own
+                    continue
+                for row, i in enumerate(indices):
+                    inputs, shape, notes = prepared[i]
+                    results[i] = EncodedImage(encoded.select([row]), names[i], shape, tuple(inputs.shape[-2:]), notes)
+        return results
+
     def decode(self, encoded: EncodedImage, classes: Iterable[int | str] | None = None,
                mode: str = "drop", shortlist: int | None = None,
                layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES

@@ -30,18 +30,25 @@ def sample_model_path() -> Path:
     return sample_data_dir() / "intr_tiny_synthetic.safetensors"
 
 
-def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR:
-    """Load an INTR model for inference (eval mode).
+def load_model(source: str | os.PathLike, class_names=None, device=None, precision: str | None = "auto") -> INTR:
+    """Load an INTR model for inference (eval mode, on the inference path: napari_intr.inference).
 
     source: "sample" (the bundled tiny model), a zoo name (intr-cub, intr-birds525,
     intr-butterfly; downloaded on first use), a napari-intr `.safetensors` checkpoint, or an
     official INTR `.pth` checkpoint. class_names: a list, or a text file with one name per line;
     intr-cub has its names bundled, intr-birds525 and intr-butterfly warn (MissingClassNames)
     without them.
-    device: "auto" (default), "cpu", "cuda", "mps".
+    device: "auto" (default), "cpu", "cuda", "mps". precision: "auto" (default: bf16 autocast
+    where the device computes bf16 natively), "fp32" or "bf16" (inference.PRECISIONS).
     """
-    from . import zoo
+    from .inference import prepare_for_inference, resolve_precision
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)  # a bad value fails before any loading
+    return prepare_for_inference(_load(source, class_names, device), precision)
+
+
+def _load(source, class_names, device) -> INTR:
+    from . import zoo
     name = os.fspath(source)
     if name == SAMPLE_MODEL:
         path = sample_model_path()
@@ -60,7 +67,7 @@ def load_model(source: str | os.PathLike, class_names=None, device=None) -> INTR
             class_names = bundled_class_list(item.class_list)
         elif class_names is None:
             warnings.warn(f"{name}: classes are shown as numbers; {item.class_names_hint}", MissingClassNames,
-                          stacklevel=2)
+                          stacklevel=3)
         model = load_official(zoo.fetch(name), class_names, device)
         expected = item.num_classes
         if expected is not None and model.config.num_classes != expected:

@@ -52,7 +52,6 @@ AUGMENT_HELP = ("multiscale: DETR's random short side (0.75-1x --image-size) and
 FROZEN_SCALES = (0.875, 1.0)  # "multiscale" with a frozen backbone: these fractions of the short side
 WEIGHT_DECAY = 1e-4
 CLIP_MAX_NORM = 0.1
-PRECISIONS = ("auto", "fp32", "bf16")
 # "auto" precision's threshold: bf16 autocast from steps of this many images of this side (or as many
 # pixels) on; engine.py says why.
 AMP_MIN_IMAGES, AMP_MIN_SIDE = 8, 512

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from napari_intr.class_names import parse_names, parse_pairs
-from napari_intr.devices import DEVICES
+from napari_intr.devices import DEVICES, PRECISION_HELP, PRECISIONS
 
 from .cli_values import COUNT
 
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "file that matches no image")
     parser.add_argument("--class-names", help="text file with the model's class names (official checkpoints)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,12 +44,14 @@ def run(args: argparse.Namespace) -> int:
     from napari_intr import distributed
     from napari_intr.atlas import DEFAULT_PER_HEAD, AtlasOptions, build_atlas
     from napari_intr.loading import load_model
+    from napari_intr.threads import use_inference_threads
 
     per_head = DEFAULT_PER_HEAD if args.per_head is None else args.per_head
     options = AtlasOptions(layer=args.layer, classes=parse_names(args.classes, "--classes"),
                            pairs=parse_pairs(args.pairs, "--pairs"), per_head=per_head,
                            parts=args.parts, restart=args.restart, strict=args.strict)
-    model = load_model(args.model, args.class_names, args.device)
+    use_inference_threads()  # the available cores (affinity, quota) unless OMP_NUM_THREADS says
+    model = load_model(args.model, args.class_names, args.device, args.precision)
     info, device = distributed.setup(model.device)
     model = model.to(device)
     bars = []

@@ -4,7 +4,6 @@ class logits (Eq. 6-7); training runs attention through scaled_dot_product_atten
 from __future__ import annotations
 
 import math
-import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -14,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from napari_intr.devices import PRECISIONS, native_bf16
 from napari_intr.distributed import sum_over_ranks
-from napari_intr.recipes import AMP_MIN_IMAGES, AMP_MIN_SIDE, PRECISIONS
+from napari_intr.recipes import AMP_MIN_IMAGES, AMP_MIN_SIDE
 
 from .data import Batch
 from .query_sampling import QuerySampler, sampled_cross_entropy
@@ -37,32 +37,6 @@ class StepOptions:
 # and its backbone 2.0x (with channels-last) faster in bf16; smaller CPU steps (the tiny recipe's)
 # keep the fp32 they were tuned in. (The threshold is recipes.py's, which `intr train --help` states.)
 AMP_MIN_PIXELS = AMP_MIN_IMAGES * AMP_MIN_SIDE ** 2
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes in bf16 natively (not emulated, which is slower than fp32). CUDA
-    counts as native, as before this check existed (training GPUs since Ampere are)."""
-    if device.type == "cuda":
-        return True
-    if device.type == "cpu":
-        return _cpu_bf16_instructions()
-    return False
-
-
-def _cpu_bf16_instructions() -> bool:
-    """x86: AVX512-BF16 or AMX-BF16. oneDNN's own check (torch.ops.mkldnn._is_mkldnn_bf16_supported)
-    also accepts AVX-512 CPUs without them (Skylake to Ice Lake), where it emulates bf16."""
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        capabilities = getattr(torch.cpu, "get_capabilities", None)
-        if capabilities is not None:
-            found = capabilities()
-            return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
-        check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # torch before get_capabilities
-        return bool(check is not None and check())
-    try:  # ARM: oneDNN checks the bf16 extension itself
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def options_for(device: torch.device, pixels_per_step: int | None = None, precision: str = "auto") -> StepOptions:

@@ -106,12 +106,12 @@ def evaluate_folder(model: INTR, model_source, matched: MatchedImages, out=None,
     return summary
 
 
-def load_and_match(model_source, data, class_names=None, device="auto",
+def load_and_match(model_source, data, class_names=None, device="auto", precision: str = "auto",
                    warn: Callable[[str], None] = lambda message: None) -> tuple[INTR, Path, MatchedImages]:
     """The model and the images of `data` it can be judged on; `warn` hears what is left out."""
     from napari_intr.loading import load_model
     root, folder = evaluation_folder(data)
-    model = load_model(model_source, class_names, resolve_device(device))
+    model = load_model(model_source, class_names, resolve_device(device), precision)
     matched = match_images(model, folder)
     for message in matched.found.warnings + matched.found.skipped:
         warn(message)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_intr.devices import DEVICES
+from napari_intr.devices import DEVICES, PRECISION_HELP, PRECISIONS
 
 from . import faithfulness_options
 from .cli_values import BATCH_SIZE, WORKERS
@@ -31,17 +31,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "reports AUROC and FPR at 95 %% TPR of known (--data) vs unknown images for each open-set "
                         "score; a calibrated model also reports its prediction sets' coverage and size on --data")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     faithfulness_options.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_intr.threads import use_inference_threads
+
     from .evaluate import evaluate_folder, load_and_match
 
     if args.explanations:
         faithfulness_options.check_arguments(args)
         from napari_intr.faithfulness.methods import require_captum
         require_captum()
+    use_inference_threads()  # the available cores (affinity, quota) unless OMP_NUM_THREADS says
     model, root, matched = load_and_match(args.model, args.data, args.class_names, args.device,
+                                          precision=args.precision,
                                           warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     extra = {}
     if args.unknown is not None or model.calibration is not None:

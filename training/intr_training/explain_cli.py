@@ -15,7 +15,7 @@ from pathlib import Path
 
 from napari_intr.calibration import SUBSET_NOTE
 from napari_intr.class_names import parse_names
-from napari_intr.devices import DEVICES
+from napari_intr.devices import DEVICES, PRECISION_HELP, PRECISIONS
 from napari_intr.model.config import DECODE_MODES
 
 from .cli_values import COUNT
@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "of a cheap first pass over all of them (for models with thousands of classes); the "
                         "CSV ranks those K, the others were not decoded")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,12 +91,14 @@ def _explain(args, files, boxes, margin, info, device) -> int:
     from napari_intr.collection.sharding import ShardedRun
     from napari_intr.explanation import layer_from_number
     from napari_intr.loading import load_model
+    from napari_intr.threads import use_inference_threads
     if info.active and args.model in zoo.ZOO:
         # one download for all processes (they share the cache), the others wait for it
         if info.is_main:
             zoo.fetch(args.model)
         distributed.barrier()
-    model = load_model(args.model, class_names=args.class_names, device=device)
+    use_inference_threads()  # the available cores (affinity, quota) unless OMP_NUM_THREADS says
+    model = load_model(args.model, class_names=args.class_names, device=device, precision=args.precision)
     classes = parse_names(args.classes, "--classes")
     model.class_indices(classes)  # unknown names fail here, before any warning or progress bar
     if classes is not None and len(classes) == 1 and info.is_main:

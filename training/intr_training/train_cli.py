@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_intr.devices import DEVICES
+from napari_intr.devices import DEVICES, PRECISIONS
 from napari_intr.model.config import BACKBONES
 from napari_intr.recipes import (
     AUGMENT_HELP,
@@ -18,7 +18,6 @@ from napari_intr.recipes import (
     FREEZE_CHOICES,
     PAPER,
     PRECISION_HELP,
-    PRECISIONS,
     RECIPE_CHOICES,
     RESNET,
     TINY,

@@ -153,7 +153,7 @@ class ImageSummariser:
         heads, count = len(own_looks), len(partners)
         hidden = np.stack([masked_cells(encoded.grid, found.cell, min(found.radius, MASK_RADIUS))
                            for found in own_looks])  # [heads, h·w]
-        with torch.inference_mode():
+        with torch.inference_mode(), model.inference_precision():  # as INTR.decode computes
             if encoded.cross_key_values is None:
                 encoded.cross_key_values = decoder.cross_key_values(encoded.memory)
             pairs = model.query_embed.weight[torch.tensor([[a, b] for b in partners], device=model.device)]
@@ -191,4 +191,4 @@ def _decode_rows(model, encoded, queries: torch.Tensor, padding: torch.Tensor, n
     key_values = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in encoded.cross_key_values]
     z_out, weights = model.transformer.decoder(queries, memory, padding, need_weights, key_values,
                                                weight_layers=weight_layers)
-    return model.presence_vector(z_out).squeeze(-1).float(), weights
+    return model.presence(z_out).float(), weights

@@ -4,6 +4,11 @@ On a deep copy, the decoder (with the class queries and the presence vector) is 
 then also the encoder (with the input projection), then also the backbone. An explanation that
 depends on what the model learned must change: its rank correlation with the trained model's
 map should fall towards 0.
+
+Models on the inference path (napari_intr.inference: batch norm folded into the convolutions)
+keep their unfolded weights; the fold is a cached copy. The copy made here drops that cache,
+so the randomised model is folded again from its randomised convolutions, the frozen batch-norm
+statistics kept as before: the check means what it meant (tests/test_inference.py).
 """
 from __future__ import annotations
 

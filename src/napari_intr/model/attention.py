@@ -58,6 +58,8 @@ class MultiheadAttention(nn.Module):
                 scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
             if attn_mask is not None:
                 scores = scores.masked_fill(attn_mask, float("-inf"))
+            if need_weights:  # the explanation in float32 even under bf16 autocast (CPU autocast keeps bf16)
+                scores = scores.float()
             weights = scores.softmax(dim=-1)  # [B, heads, Nq, Nk]
             out = dropout(weights, dropout_p, self.training) @ v
             weights = weights if need_weights else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -74,6 +75,20 @@ class INTR(nn.Module):
         # The open-set threshold and conformal quantile (napari_intr.calibration.Calibration), from
         # the checkpoint; None: not calibrated, every image is named as one of the classes.
         self.calibration = None
+        # napari_intr.inference.InferencePath (set by prepare_for_inference, as load_model does):
+        # batch norm folded, channels-last, bf16 autocast where native. None: the model as it is.
+        self.inference = None
+
+    def inference_path(self):
+        """The inference path when it applies (eval mode, no autograd), else None."""
+        if self.inference is None or self.training or torch.is_grad_enabled():
+            return None
+        return self.inference
+
+    def inference_precision(self):
+        """Autocast of the inference path (bf16 where chosen) when it applies, else a no-op."""
+        path = self.inference_path()
+        return nullcontext() if path is None else path.autocast(self.device)
 
     @property
     def class_labels(self) -> list[str]:
@@ -115,8 +130,15 @@ class INTR(nn.Module):
         elif mask.shape != (images.shape[0], height, width) or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor [B, H, W] = {[images.shape[0], height, width]}, "
                              f"got {mask.dtype} {list(mask.shape)}")
-        features, feature_mask, pos = self.backbone(images, mask)
-        return self.encode_features(features, feature_mask, (height, width), pos)
+        path = self.inference_path()
+        if path is None:
+            features, feature_mask, pos = self.backbone(images, mask)
+            return self.encode_features(features, feature_mask, (height, width), pos)
+        with path.autocast(self.device):
+            features, feature_mask = path.backbone(self.backbone[0])(path.images(images), mask)
+            encoded = self.encode_features(features, feature_mask, (height, width))
+        encoded.memory = encoded.memory.float()  # kept across decodes; callers may decode without autocast
+        return encoded
 
     def _checked_images(self, images: Tensor) -> Tensor:
         """Normalised images of any real floating type, in the model's type; anything else refused
@@ -176,10 +198,14 @@ class INTR(nn.Module):
             raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
         indices = self.class_indices(classes)
         layers = self.decoder_layers(attention_layers) if return_attention else None
-        if shortlist is not None:
-            output = self._decode_shortlist(encoded, indices, mode, layers, shortlist, shortlist_context)
-        else:
-            output = self._decode(encoded, indices, mode, layers)
+        with self.inference_precision():
+            if shortlist is not None:
+                output = self._decode_shortlist(encoded, indices, mode, layers, shortlist, shortlist_context)
+            else:
+                output = self._decode(encoded, indices, mode, layers)
+        if self.inference_path() is not None:  # bf16 autocast: the results in float32
+            output.logits = output.logits.float()
+            output.attention = None if output.attention is None else output.attention.float()
         if output.attention is not None:
             output.attention_layers = layers
         return output
@@ -216,12 +242,21 @@ class INTR(nn.Module):
         z_out, weights = self.transformer.decoder(
             queries.unsqueeze(0).expand(batch, -1, -1), encoded.memory, _mask_if_padded(encoded.padding_mask),
             layers is not None, key_values, context, layers)
-        logits = self.presence_vector(z_out).squeeze(-1)  # Eq. 6: w^T z_out per class
+        logits = self.presence(z_out)  # Eq. 6: w^T z_out per class
         if mode == "zero":
             logits = logits[:, index_tensor]
             weights = None if weights is None else weights[:, :, :, index_tensor]
         attention = None if weights is None else weights.unflatten(-1, encoded.grid)
         return IntrOutput(logits, attention, indices, encoded.input_size)
+
+    def presence(self, z_out: Tensor) -> Tensor:
+        """Eq. 6's logits [B, C'] from the decoder's output [B, C', D]. On the inference path in
+        float32 even under bf16 autocast: a dot product per class is cheap, and bf16's 8-bit
+        mantissa would round nearly tied logits together (a different top-1)."""
+        if self.inference_path() is None:
+            return self.presence_vector(z_out).squeeze(-1)
+        with torch.autocast(self.device.type, enabled=False):
+            return self.presence_vector(z_out.float()).squeeze(-1)
 
     def _cached_key_values(self, encoded: EncodedImages) -> list | None:
         if torch.is_grad_enabled():
@@ -235,10 +270,12 @@ class INTR(nn.Module):
         """The shortlist's cheap score of each class: [B, C'] for the classes given (default all).
         states: a list that receives every class's layer-1 output [B, C', D]."""
         index = torch.as_tensor(self.class_indices(classes), device=self.device)
-        key_values = self._cached_key_values(encoded)
-        return first_pass_scores(self.transformer.decoder, self.presence_vector, self.shortlist_head,
-                                 self.query_embed.weight[index], encoded.memory, encoded.padding_mask,
-                                 None if key_values is None else key_values[0], states=states)
+        with self.inference_precision():
+            key_values = self._cached_key_values(encoded)
+            scores = first_pass_scores(self.transformer.decoder, self.presence_vector, self.shortlist_head,
+                                       self.query_embed.weight[index], encoded.memory, encoded.padding_mask,
+                                       None if key_values is None else key_values[0], states=states)
+        return scores if self.inference_path() is None else scores.float()
 
     def _decode_shortlist(self, encoded: EncodedImages, indices: list[int], mode: str, layers: list[int] | None,
                           shortlist: int, with_context: bool = True) -> IntrOutput:

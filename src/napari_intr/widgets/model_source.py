@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..devices import DEVICES
+from ..devices import DEVICES, PRECISIONS
 from .qt_helpers import PathEdit, TextLabel, stack
 from .state import ExplorerState, follow
 from .workers import messages
@@ -101,7 +101,10 @@ class ModelSourceBox(QGroupBox):
         self.class_names = PathEdit("optional: text file, one class name per line", "Choose a class-names file",
                                     file_filter="Text (*.txt);;All files (*)", label="Class names")
         self.device = ComboBox(label="Device", choices=DEVICES, tooltip="auto: CUDA GPU, then Apple MPS, then CPU")
-        self.form = Container(widgets=[self.class_names, self.device])
+        self.precision = ComboBox(label="Precision", choices=PRECISIONS,
+                                  tooltip="auto: bf16 where the CPU (AVX512-BF16, AMX) or a CUDA GPU computes it "
+                                          "natively, else fp32; fp32: exact float32 (slower on such CPUs)")
+        self.form = Container(widgets=[self.class_names, self.device, self.precision])
         self.form.margins = (0, 0, 0, 0)
         self.load_button = QPushButton("Load model")
         self.load_button.clicked.connect(self.load)
@@ -121,7 +124,7 @@ class ModelSourceBox(QGroupBox):
             messages.notify(str(error), "warning")
             return
         self.task.start(load_model_job, source, self.class_names.path or None, self.device.value,
-                        doing=f"Loading model '{label}'", with_cancel_event=True,
+                        self.precision.value, doing=f"Loading model '{label}'", with_cancel_event=True,
                         show_in_activity=True, on_result=lambda model: self._publish(model, label))
 
     def ensure_loading(self) -> bool:

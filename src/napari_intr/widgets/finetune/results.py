@@ -85,7 +85,7 @@ class RunResultsBox(QGroupBox):
             messages.notify("No fine-tuned model yet: start a run and let it finish", "warning")
             return
         path = self.model_path
-        self.task.start(load_model_job, str(path), None, self.device, doing=f"Loading '{path.parent.name}'",
+        self.task.start(load_model_job, str(path), None, self.device, "auto", doing=f"Loading '{path.parent.name}'",
                         with_cancel_event=True, on_result=lambda model: self._publish(model, path))
 
     def _publish(self, model, path: Path) -> None:

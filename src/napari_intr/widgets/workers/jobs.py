@@ -93,10 +93,13 @@ def _run_polled(call: Callable[[], Any], snapshot: Callable[[], Progress]):
 
 
 @reports_runtime_errors
-def load_model_job(source: str, class_names: str | None, device: str, cancel: threading.Event):
-    """Download a zoo model if it is not cached yet (with progress), then load it once."""
+def load_model_job(source: str, class_names: str | None, device: str, precision: str, cancel: threading.Event):
+    """Download a zoo model if it is not cached yet (with progress), then load it once, on the
+    inference path in `precision` (napari_intr.inference), with torch's threads leaving napari's
+    GUI thread a core (napari_intr.threads)."""
     from napari_intr import zoo
     from napari_intr.loading import load_model
+    from napari_intr.threads import use_inference_threads
     if source in zoo.ZOO and not zoo.cached_path(source).exists():
         counter = DownloadCounter(cancel)
         try:
@@ -109,7 +112,8 @@ def load_model_job(source: str, class_names: str | None, device: str, cancel: th
     if cancel.is_set():
         raise Cancelled("cancelled before loading")
     yield Progress(0, 0, f"loading {source}")
-    model = load_model(source, class_names or None, device)
+    use_inference_threads(leave_for_gui=True)
+    model = load_model(source, class_names or None, device, precision)
     yield Result(model)
 
 

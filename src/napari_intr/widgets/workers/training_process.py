@@ -5,8 +5,10 @@ and the GUI thread just reads pipes when Qt says there is data (no thread of our
 JSON lines (see intr_training.progress) become plain dict messages (`message`); stderr and any
 other line become `log_line`; everything also goes to `<out>/train.log`.
 
-Threads: the child gets OMP_NUM_THREADS = CPU cores - 1 (at least 1) unless the environment
-sets it already, so napari keeps a core and stays responsive while torch computes.
+Threads: the child gets OMP_NUM_THREADS = available CPU cores - 1 (at least 1; the cores of the
+process's affinity and cgroup quota, napari_intr.threads) unless the environment sets it already,
+so napari keeps a core and stays responsive while torch computes. It inherits the passive OpenMP
+waiting set on importing napari_intr.
 
 No orphans: the QProcess is a child QObject of its owner (Qt kills it when the owner is
 destroyed), `stop()` terminates and waits, and an atexit handler terminates whatever still runs
@@ -34,7 +36,8 @@ _RUNNING: set[int] = set()  # pids of live children, for the atexit backstop
 
 
 def training_threads() -> int:
-    return max(1, (os.cpu_count() or 1) - 1)
+    from napari_intr.threads import child_threads
+    return child_threads()
 
 
 def child_environment() -> QProcessEnvironment:
