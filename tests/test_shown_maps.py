@@ -72,7 +72,7 @@ def test_bad_layers_are_refused_with_a_message(model, encoded, layers):
 
 def test_trained_models_predictions_are_unchanged():
     """A trained model (the bundled one) has clear winners: the same top classes, same maps."""
-    model = napari_intr.load_model("sample", device="cpu")
+    model = napari_intr.load_model("sample", device="cpu", precision="fp32")  # exact; bf16 agreement: test_inference
     explainer = Explainer(model)
     for index, species in enumerate(synth.SPECIES):
         image, _ = synth.render(species.name, synth.sample_pose(synth.image_rng(7, species.name, index)))
