@@ -1,11 +1,13 @@
 """TrainSettings: one frozen configuration per run, resolved from the defaults, the recipe, the
 saved run and the command line in that order; its ranges checked once; runs saved before it resume."""
+import argparse
 import dataclasses
+import math
 
 import pytest
 import torch
 
-from intr_training import cli, train_settings
+from intr_training import cli, train_cli, train_settings
 from napari_intr import run_folder
 from napari_intr.recipes import PAPER, PAPER_START, TINY
 from training_data import FAST, write_classes
@@ -71,6 +73,52 @@ def test_settings_are_frozen_and_check_their_ranges_once():
     assert command_line("--dropout", "0.995")["dropout"] == 0.995
     with pytest.raises(SystemExit):
         command_line("--dropout", "1")
+
+
+def boundary_values(allowed: train_settings.Range) -> list[tuple[float, bool]]:
+    """Each end of a range, and the nearest value beyond it, with whether the range admits it."""
+    def beyond(end, direction):
+        return end + direction if allowed.whole else math.nextafter(end, direction * math.inf)
+    cases = []
+    if allowed.low is not None:
+        cases += [(allowed.low, allowed.low_inclusive), (beyond(allowed.low, -1), False)]
+        if not allowed.low_inclusive:
+            cases.append((beyond(allowed.low, 1), True))
+    high = allowed.high if allowed.high is not None else train_settings.INT32_MAX if allowed.whole else None
+    if high is not None:
+        cases += [(high, allowed.high_inclusive), (beyond(high, 1), False)]
+        if not allowed.high_inclusive:
+            cases.append((beyond(high, -1), True))
+    return cases
+
+
+def test_the_command_line_and_the_settings_refuse_the_same_boundary_values(capsys):
+    """Every ranged setting (train_settings.RANGES, so a new one is covered) is refused alike by
+    `intr train`'s parser, naming its flag, and by TrainSettings: one definition of each range."""
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    typed = {action.dest for action in parser._actions if action.type is not None}
+    assert typed & set(train_settings.FIELDS) <= set(train_settings.RANGES)  # no setting parsed by its own range
+    settings, _ = train_settings.new_run(command_line(), "tiny", 1)
+    for name, allowed in train_settings.RANGES.items():
+        assert name in train_settings.FIELDS and name in typed, name
+        option = f"--{train_settings.flag(name)}"
+        for value, admitted in boundary_values(allowed):
+            try:
+                dataclasses.replace(settings, **{name: value})
+                settings_admit = True
+            except ValueError as refusal:
+                settings_admit = False
+                assert str(refusal).startswith(f"{option} must be"), refusal
+            try:
+                parsed = command_line(option, str(value))[name]
+                command_line_admits = True
+            except SystemExit:
+                command_line_admits = False
+                assert option in capsys.readouterr().err
+            assert settings_admit == command_line_admits == admitted, (name, value)
+            if admitted:
+                assert parsed == value
 
 
 # training_state.pt's "args" as napari-intr wrote it before TrainSettings (commit f09414f: the

@@ -6,22 +6,17 @@ from __future__ import annotations
 import argparse
 import math
 
-# torch, numpy and Python's random all take seeds in [0, 2**32) without wrapping or overflowing.
-SEED_MAX = 2**32 - 1
+from .train_settings import INT32_MAX, SEED_MAX, out_of_range
 
 
-def whole_number(low: int | None = None, high: int | None = None, what: str = "", ceiling: int = 2**31 - 1):
+def whole_number(low: int | None = None, high: int | None = None, what: str = "", ceiling: int = INT32_MAX):
     """An argparse type: an integer in [low, high] (either bound may be open), and never above
     `ceiling` where no `high` is given: the most the type it goes into later holds (an int32)."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-        if high is None and value > ceiling:
-            raise argparse.ArgumentTypeError(f"must be at most {ceiling:,}{what}, got {text}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {_range(low, high)}{what}, got {text}")
+        value = read_whole_number(text)
+        problem = out_of_range(value, low, high, what=what, ceiling=ceiling)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
         return value
     parse.__name__ = "whole number"  # argparse names the type in some messages
     return parse
@@ -32,28 +27,31 @@ def number(low: float | None = None, high: float | None = None, low_inclusive: b
     """An argparse type: a finite float in [low, high] (either end open without low_inclusive /
     high_inclusive)."""
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        below = low is not None and (value < low if low_inclusive else value <= low)
-        above = high is not None and (value > high if high_inclusive else value >= high)
-        if below or above:
-            lower = (f"at least {low:g}" if low_inclusive else f"above {low:g}") if low is not None else ""
-            upper = (f"at most {high:g}" if high_inclusive else f"below {high:g}") if high is not None else ""
-            bound = _range(low, high) if low_inclusive and high_inclusive else " and ".join(filter(None, (lower, upper)))
-            raise argparse.ArgumentTypeError(f"must be {bound}{what}, got {text}")
+        value = read_number(text)
+        problem = out_of_range(value, low, high, low_inclusive, high_inclusive, what)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
         return value
     parse.__name__ = "number"
     return parse
 
 
-def _range(low, high) -> str:
-    if low is not None and high is not None:
-        return f"between {low:g} and {high:g}"
-    return f"at least {low:g}" if low is not None else f"at most {high:g}"
+def read_whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def read_number(text: str) -> float:
+    """A finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 SEED = whole_number(0, SEED_MAX)

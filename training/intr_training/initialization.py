@@ -12,6 +12,8 @@ from napari_intr.model import INTR, IntrConfig, build_model
 from napari_intr.model.config import VIT_BACKBONES
 from napari_intr.recipes import DEFAULT_BACKBONE, FREEZE_CHOICES, NEW_MODEL
 
+from .train_settings import check_ranges
+
 NEW_QUERY_NOISE = 0.1  # new classes start near the mean old query, spread by this fraction of its std
 
 
@@ -23,8 +25,7 @@ def with_image_size(config: IntrConfig, short_side: int | None) -> IntrConfig:
     """Short side `short_side`, the max side scaled in proportion (800/1333 -> 400/666)."""
     if short_side is None:
         return config
-    if short_side < 32:
-        raise ValueError(f"--image-size must be at least 32 px, got {short_side}")
+    check_ranges({"image_size": short_side})
     if config.backbone in VIT_BACKBONES and short_side % 14:
         raise ValueError(f"--image-size must be a multiple of 14 px (the patch size) for {config.backbone}, got "
                          f"{short_side}: try {max(1, round(short_side / 14)) * 14}")
@@ -82,10 +83,7 @@ def initial_model(init: str | None, class_names: list[str], backbone: str | None
     """The model a run starts from. Call after seeding: fresh weights come from torch's RNG.
     backbone_weights: with init "pretrained", the user's file of the backbone's published weights
     (default: the model cache's, downloaded on first use)."""
-    if dropout is not None and not 0 <= dropout < 1:
-        raise ValueError(f"--dropout must be at least 0 and below 1, got {dropout}")
-    if encoder_window is not None and encoder_window < 0:
-        raise ValueError(f"--encoder-window must be 0 (global attention) or more cells, got {encoder_window}")
+    check_ranges({"dropout": dropout, "encoder_window": encoder_window})  # called without TrainSettings too
     init = init or default_init(backbone or DEFAULT_BACKBONE)
     if backbone_weights is not None and init != "pretrained":
         raise ValueError(f"--backbone-weights is for --init pretrained (a foundation backbone's published weights), "

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .train_settings import check_ranges
+
 HARD_FRACTION = 0.5  # of the negatives; the rest are random
 
 
@@ -34,8 +36,7 @@ class QuerySampler:
 
     def __init__(self, num_queries: int, num_classes: int, generator: torch.Generator,
                  hard_fraction: float = HARD_FRACTION):
-        if num_queries < 2:
-            raise ValueError(f"--sampled-queries must be at least 2, got {num_queries}")
+        check_ranges({"sampled_queries": num_queries})
         self.num_queries, self.num_classes = min(num_queries, num_classes), num_classes
         self.generator, self.hard_fraction = generator, hard_fraction
         self.labels: Tensor | None = None

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .train_settings import check_ranges
+
 SCHEDULES = ("cosine", "step")
 SCHEDULE_HELP = ("cosine: linear warm-up (--warmup-epochs), then cosine decay to the end of the run "
                  "(default); step: the paper's StepLR, 10x lower after --lr-drop epochs")
@@ -47,8 +49,7 @@ def plan(kind: str, epochs: int, updates_per_epoch: int, warmup_epochs: float = 
     """The schedule of a run of `epochs` epochs with `updates_per_epoch` optimizer updates each."""
     if kind not in SCHEDULES:
         raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
-    if warmup_epochs < 0:
-        raise ValueError(f"--warmup-epochs must be 0 or more, got {warmup_epochs}")
+    check_ranges({"warmup_epochs": warmup_epochs})
     total = max(epochs * updates_per_epoch, 1)
     warmup = min(round(warmup_epochs * updates_per_epoch), int(MAX_WARMUP_SHARE * total))
     if kind == "step":

@@ -7,8 +7,8 @@
 4. the command line: every value given (on --resume only `RUNTIME_ARGUMENTS`; the others are
    reported as ignored).
 
-`TrainSettings` is frozen and checks its ranges when it is made; `TrainingRun` and the loop see
-nothing else. The run folder stores `saved()` (training_state.pt's "args"), and `resumed` reads it
+`TrainSettings` is frozen and checks its ranges (`RANGES`, from which `intr train` also builds
+its argument types) when it is made; `TrainingRun` and the loop see nothing else. The run folder stores `saved()` (training_state.pt's "args"), and `resumed` reads it
 back, runs saved before this class included (their argument dicts hold the same names).
 """
 from __future__ import annotations
@@ -17,6 +17,48 @@ import dataclasses
 from dataclasses import dataclass
 
 from napari_intr.recipes import PAPER, PAPER_START, RECIPES, RUNTIME_ARGUMENTS, STEP_DROP_SHARE
+
+# torch, numpy and Python's random all take seeds in [0, 2**32) without wrapping or overflowing.
+SEED_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1  # the most an open-ended whole number may be (the int32 it goes into later)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one setting may take: [low, high], either end open (None) or exclusive."""
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    whole: bool = False        # an integer (an open high end then stops at INT32_MAX)
+    what: str = ""             # the unit, as " px"
+    below: str | None = None   # what a value below `low` is told to be, where the general words fall short
+
+    def problem(self, value) -> str | None:
+        """What `value` must be ("must be at least 1"), or None where it is in range."""
+        if self.below is not None and (value < self.low if self.low_inclusive else value <= self.low):
+            return f"must be {self.below}"
+        return out_of_range(value, self.low, self.high, self.low_inclusive, self.high_inclusive, self.what,
+                            INT32_MAX if self.whole else None)
+
+
+# The one definition of each setting's range: TrainSettings checks it, `intr train` parses by it.
+RANGES = {
+    "epochs": Range(1, whole=True),
+    "batch_size": Range(1, 4096, whole=True),
+    "lr": Range(0, 10, low_inclusive=False),  # below 0 climbs the loss
+    "lr_backbone": Range(0, 10),               # 0 keeps the backbone as initialised
+    "warmup_epochs": Range(0, 1000, below="0 or more"),
+    "lr_drop": Range(1, whole=True),
+    "image_size": Range(32, 4096, whole=True, what=" px"),  # preprocess.MIN_IMAGE_SIZE (imports torch)
+    "seed": Range(0, SEED_MAX, whole=True),
+    "val_split": Range(0, 0.9),
+    "accumulate": Range(1, whole=True),
+    "workers": Range(0, 64, whole=True),
+    "dropout": Range(0, 1, high_inclusive=False),  # the model config's range
+    "sampled_queries": Range(2, whole=True),
+    "encoder_window": Range(0, whole=True, below="0 (global attention) or more cells"),
+}
 
 
 @dataclass(frozen=True)
@@ -67,16 +109,36 @@ FROM_THE_RECIPE = tuple(name for name in FIELDS if name not in DEFAULTS and name
 
 
 def check_ranges(values: dict) -> None:
-    """The one check of the settings' ranges (of those present in `values`)."""
-    for name in ("epochs", "batch_size", "accumulate", "lr_drop"):
+    """The one check of the settings' ranges (of those present in `values` and not None)."""
+    for name, allowed in RANGES.items():
         value = values.get(name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag(name)} must be at least 1, got {value}")
-    dropout = values.get("dropout")
-    if dropout is not None and not 0 <= dropout < 1:  # the model config's range
-        raise ValueError(f"--dropout must be at least 0 and below 1, got {dropout}")
-    if values.get("warmup_epochs") is not None and values["warmup_epochs"] < 0:
-        raise ValueError(f"--warmup-epochs must be 0 or more, got {values['warmup_epochs']}")
+        problem = None if value is None else allowed.problem(value)
+        if problem:
+            raise ValueError(f"--{flag(name)} {problem}, got {value}")
+
+
+def out_of_range(value: float, low: float | None = None, high: float | None = None, low_inclusive: bool = True,
+                 high_inclusive: bool = True, what: str = "", ceiling: int | None = None) -> str | None:
+    """What `value` must be ("must be at least 1"), or None where it is in range: the one wording of
+    TrainSettings' ranges and of the `intr` commands' checked types (cli_values). `ceiling` caps an
+    open high end."""
+    if high is None and ceiling is not None and value > ceiling:
+        return f"must be at most {ceiling:,}{what}"
+    below = low is not None and (value < low if low_inclusive else value <= low)
+    above = high is not None and (value > high if high_inclusive else value >= high)
+    if not (below or above):
+        return None
+    if low_inclusive and high_inclusive:
+        return f"must be {_range(low, high)}{what}"
+    lower = (f"at least {low:g}" if low_inclusive else f"above {low:g}") if low is not None else ""
+    upper = (f"at most {high:g}" if high_inclusive else f"below {high:g}") if high is not None else ""
+    return f"must be {' and '.join(filter(None, (lower, upper)))}{what}"
+
+
+def _range(low, high) -> str:
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    return f"at least {low:g}" if low is not None else f"at most {high:g}"
 
 
 def flag(name: str) -> str:
