@@ -55,7 +55,7 @@ def test_write_is_deterministic_and_in_synth_layout(tmp_path):
     for rel in files:
         assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / rel)), np.asarray(Image.open(tmp_path / "b" / rel)))
     manifest = json.loads((tmp_path / "a" / draws.MANIFEST).read_text())
-    assert manifest == first and sum(len(v) for v in manifest["groups"].values()) == len(manifest["species"])
+    assert manifest == json.loads(json.dumps(first)) and sum(len(v) for v in manifest["groups"].values()) == len(manifest["species"])
     image = next((tmp_path / "a" / "val").glob("*/*.png"))
     assert synth.load_mask(image) is not None and synth.load_mask(image).shape == (96, 96)
     assert synth.specimen_mask_path(image).is_file()
