@@ -52,11 +52,22 @@ def run_to_end(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
 
 
-def test_flat_loss_note():
-    from napari_intr.widgets.finetune.plot import flat_loss_note
-    assert flat_loss_note([2.2, 2.19, 2.21]).startswith("The loss has not dropped in 3 epochs")
-    assert flat_loss_note([2.2, 1.5, 1.4]) == ""
-    assert flat_loss_note([2.2, 2.2]) == ""  # too early to tell
+def test_a_stall_reported_by_the_run_is_shown_under_the_plot_and_at_the_end(finetune, messages):
+    """intr train's diagnosis events (training/intr_training/diagnosis.py): shown when they come,
+    notified once, and the end says whether the run ended in it or recovered."""
+    _, widget = finetune
+    plateau = {"event": "diagnosis", "kind": "group_plateau", "epoch": 5, "groups": [["a", "b"]],
+               "message": "plateau at the level of look-alike groups (...): confuses the classes within {a, b}"}
+    widget._on_event(plateau)
+    assert widget.note.text().startswith("Epoch 5: plateau") and "{a, b}" in widget.note.text()
+    assert [level for level, text in messages if "{a, b}" in text] == ["warning"]
+    widget._on_event({"event": "done", "best_val_acc": 1.0, "model": "m.safetensors", "per_class_accuracy": {},
+                      "diagnosis": None})
+    assert widget.note.text().endswith("It recovered: the run did not end in it.")
+    widget._reset_run()
+    widget._on_event({"event": "done", "best_val_acc": 0.5, "model": "m.safetensors", "per_class_accuracy": {},
+                      "diagnosis": {key: plateau[key] for key in ("kind", "epoch", "groups", "message")}})
+    assert widget.note.text().startswith("The run ended in a group plateau (found at epoch 5)")
 
 
 def test_the_freeze_choices_are_intr_trains(finetune):

@@ -28,6 +28,7 @@ from napari_intr.model.backbone import folded_batch_norm
 
 from . import distributed, schedules, state
 from .data import ImageFolderDataset, VariantDataset, collate, scan_collection
+from .diagnosis import Watch
 from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import (
     BackboneFeatures,
@@ -165,6 +166,7 @@ class TrainingRun:
         self.history: list[dict] = []
         self.best_val_acc, self.best_per_class = None, {}
         self.saved_rng = None
+        self.watch = Watch()  # says when the run stalls (diagnosis.py)
         self.setup_warnings: list[str] = []  # reported after the start event
         self.setup()
 
@@ -399,8 +401,10 @@ class TrainingRun:
             epoch_seconds.append(seconds)
             self.end_epoch(epoch, result, evaluation, result.lr, seconds)
         distributed.barrier()
+        final = self.watch.final()
         self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / state.MODEL_FILE),
-                           per_class_accuracy=self.best_per_class)
+                           per_class_accuracy=self.best_per_class,
+                           diagnosis=None if final is None else final.as_event())
 
     def _step_reporter(self, epoch: int, started: float, epoch_seconds: list[float]):
         """on_step for train_one_epoch: stops at once on SIGTERM, else reports progress and the
@@ -431,6 +435,10 @@ class TrainingRun:
             self.save(epoch, improved)
         self.epoch = epoch
         self.progress.epoch(**record, best_val_acc=self.best_val_acc)
+        found = self.watch.update(self.history, None if evaluation is None else evaluation.confusion,
+                                  self.class_names)
+        if found is not None:
+            self.progress.diagnosis(**found.as_event())
 
     def save(self, epoch: int, improved: bool) -> None:
         """Metrics, weights, then the state that --resume reads: each file atomic, the state last."""

@@ -1,26 +1,13 @@
 """A live plot of a training run: loss (left axis), train/validation accuracy and the learning
-rate as a fraction of its peak (right axis) against epochs, on matplotlib's Qt canvas; and the
-"loss is flat" hint (INTR's tracker #11)."""
+rate as a fraction of its peak (right axis) against epochs, on matplotlib's Qt canvas. (When a
+run stalls, `intr train` says so itself: its "diagnosis" events, shown under the plot.)"""
 from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 
-FLAT_EPOCHS = 3       # look at the loss after this many epochs …
-FLAT_MARGIN = 0.05    # … and call it flat when its best is within 5 % of the first epoch's
 REDRAW_MS = 1_000     # a redraw costs tens of ms on the GUI thread: at most one a second
-
-
-def flat_loss_note(epoch_losses: list[float]) -> str:
-    """A hint when the loss has not dropped by FLAT_MARGIN since the first epoch; "" otherwise."""
-    losses = [loss for loss in epoch_losses if loss is not None]
-    if len(losses) < FLAT_EPOCHS or min(losses[1:]) < losses[0] * (1 - FLAT_MARGIN):
-        return ""
-    return (f"The loss has not dropped in {len(losses)} epochs ({losses[0]:.3f} → {losses[-1]:.3f}). "
-            "INTR often needs many epochs before its loss falls: be patient, or stop and start "
-            "again with a lower learning rate (e.g. a tenth).")
-
 
 EPOCH_SERIES = (("loss", "tab:blue", "loss (epoch)"), ("train_acc", "tab:orange", "train acc"),
                 ("val_acc", "tab:green", "val acc"))
@@ -74,9 +61,6 @@ class TrainingPlot(FigureCanvasQTAgg):
 
     def point_count(self) -> int:
         return len(self.steps) + len(self.epochs)
-
-    def epoch_losses(self) -> list[float]:
-        return [row.get("loss") for row in sorted(self.epochs, key=lambda row: row["epoch"])]
 
     def _schedule(self) -> None:
         if not self._redraw_timer.isActive():

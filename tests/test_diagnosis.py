@@ -1,0 +1,97 @@
+"""intr train says when it stalls (training/intr_training/diagnosis.py): a plateau at the level of
+look-alike groups, read from constructed confusion matrices; quiet on a healthy run."""
+import io
+import json
+
+import numpy as np
+
+from intr_training.diagnosis import Watch, confused_groups, diagnose, within_share
+from intr_training.progress import JsonProgress
+
+NAMES = ["beetle a", "beetle b", "beetle c", "fish a", "fish b"]
+
+
+def history(losses, accuracies, train=None):
+    return [{"epoch": e, "loss": loss, "train_acc": train or 0.5, "val_acc": acc}
+            for e, (loss, acc) in enumerate(zip(losses, accuracies), 1)]
+
+
+def group_confusion():
+    """Each group told apart from the other, the species within each guessed at random."""
+    confusion = np.zeros((5, 5))
+    confusion[:3, :3] = 10
+    confusion[3:, 3:] = 15
+    confusion[0, 3] = 1  # one stray error across the groups
+    return confusion
+
+
+STALLED = history([1.6, 1.2, 1.1, 1.08, 1.09, 1.07], [0.3, 0.45, 0.55, 0.56, 0.55, 0.56])
+HEALTHY = history([1.6, 1.2, 0.9, 0.6, 0.3, 0.1], [0.3, 0.45, 0.6, 0.8, 0.93, 0.99])
+
+
+def test_confused_groups_are_the_look_alike_sets():
+    confusion = group_confusion()
+    groups = confused_groups(confusion, NAMES)
+    assert groups == [["beetle a", "beetle b", "beetle c"], ["fish a", "fish b"]]  # most errors first
+    assert within_share(confusion, NAMES, groups) > 0.95
+    assert confused_groups(np.diag([10.0] * 5), NAMES) == []
+
+
+def test_a_group_plateau_is_named_with_its_groups():
+    found = diagnose(STALLED, group_confusion(), NAMES)
+    assert found.kind == "group_plateau" and found.epoch == 6
+    assert sorted(found.groups) == [["beetle a", "beetle b", "beetle c"], ["fish a", "fish b"]]
+    assert "{beetle a, beetle b, beetle c}" in found.message and "{fish a, fish b}" in found.message
+    assert "--epochs" in found.message  # the advice the benchmark supports
+
+
+def test_errors_spread_over_all_classes_are_a_plain_plateau():
+    confusion = np.full((5, 5), 6.0) + np.diag([10.0] * 5)
+    found = diagnose(STALLED, confusion, NAMES)
+    assert found.kind in ("plateau", "flat_loss") and found.groups == []
+
+
+def test_quiet_on_a_healthy_run_and_early_on():
+    confusion = np.diag([30.0] * 5)
+    confusion[0, 1] = 1
+    watch = Watch()
+    for epoch in range(1, len(HEALTHY) + 1):
+        assert watch.update(HEALTHY[:epoch], confusion, NAMES) is None
+    assert watch.final() is None
+    assert diagnose(STALLED[:3], group_confusion(), NAMES) is None  # too early to tell
+    # a slow but steady climb is no plateau
+    assert diagnose(history([1.6, 1.4, 1.2, 1.0, 0.9, 0.8], [0.3, 0.4, 0.5, 0.6, 0.65, 0.7]),
+                    group_confusion(), NAMES) is None
+
+
+def test_instability_is_told_apart_from_a_plateau():
+    rising = history([1.6, 1.2, 1.0, 1.1, 1.3, 1.5], [0.3, 0.45, 0.55, 0.5, 0.4, 0.35])
+    found = diagnose(rising, group_confusion(), NAMES)
+    assert found.kind == "unstable" and "rising" in found.message and "--lr" in found.message
+
+
+def test_without_validation_a_flat_training_loss_is_reported():
+    flat = [{**row, "val_acc": None, "train_acc": 0.55} for row in STALLED]
+    assert diagnose(flat, None, NAMES).kind == "flat_loss"
+
+
+def test_the_watch_reports_once_per_change_and_recovery_clears_it():
+    watch = Watch()
+    longer = STALLED + [{"epoch": 7, "loss": 1.08, "train_acc": 0.5, "val_acc": 0.55}]
+    reported = [watch.update(longer[:e], group_confusion(), NAMES) for e in range(1, 8)]
+    assert [r.epoch for r in reported if r is not None] == [6]  # not again at epoch 7: the same groups
+    assert watch.final().epoch == 7
+    recovered = longer + [{"epoch": 8, "loss": 0.5, "train_acc": 0.9, "val_acc": 0.97}]
+    assert watch.update(recovered, np.diag([30.0] * 5), NAMES) is None
+    assert watch.final() is None
+
+
+def test_the_json_protocol_carries_the_diagnosis():
+    stream = io.StringIO()
+    progress = JsonProgress(stream)
+    found = diagnose(STALLED, group_confusion(), NAMES)
+    progress.diagnosis(**found.as_event())
+    progress.done(best_val_acc=0.56, model="m", per_class_accuracy={}, diagnosis=found.as_event())
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert events[0]["event"] == "diagnosis" and events[0]["groups"] == found.groups
+    assert events[1]["diagnosis"]["kind"] == "group_plateau"
