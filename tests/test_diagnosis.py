@@ -95,3 +95,20 @@ def test_the_json_protocol_carries_the_diagnosis():
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert events[0]["event"] == "diagnosis" and events[0]["groups"] == found.groups
     assert events[1]["diagnosis"]["kind"] == "group_plateau"
+
+
+def test_intr_train_reports_a_stall_and_still_ends_normally(tmp_path, capsys):
+    """A run that cannot learn (a learning rate of 1e-9: the loss stays where it starts, no
+    validation images) gets a flat-loss note as it happens and in `done`, and exits 0."""
+    from intr_training import cli
+    from training_data import FAST, json_events, write_classes
+    data = write_classes(tmp_path / "data", {"a": 4, "b": 4}, size=32)
+    code = cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "4", "--progress",
+                     "json", "--val-split", "0", "--lr", "1e-9", "--lr-backbone", "0", *FAST, "--image-size", "32"])
+    captured = capsys.readouterr()
+    events = json_events(captured.out)
+    assert code == 0 and events[-1]["event"] == "done"
+    found = [e for e in events if e["event"] == "diagnosis"]
+    assert [e["kind"] for e in found] == ["flat_loss"] and found[0]["epoch"] == 4
+    assert events[-1]["diagnosis"]["kind"] == "flat_loss"
+    assert "note: epoch 4: flat loss" in captured.err
