@@ -17,9 +17,9 @@ there, so an interrupted benchmark loses nothing. The table at the end summarise
 the distribution of validation accuracy, the breakthrough epochs and the times, against the
 targets (issue 27: >= 0.85 on at least 9 of 10 draws, median >= 0.95, none below 0.7, <= 2.5 min).
 
-RECIPES: "default" is the current default (no options); "pre27" spells out the default before
-issue 27 as options, so it stays comparable whatever the default becomes; "batch16" is the
-candidate measured on a tune draw (see RECIPES).
+RECIPES: "default" is the current default (no options; since issue 27 batch 16 at 1.77e-4);
+"pre27" spells out the default before issue 27 (batch 32 at 2.5e-4) as options, so it stays
+comparable whatever the default becomes.
 """
 from __future__ import annotations
 
@@ -40,9 +40,6 @@ RECIPES = {
     "default": [],
     "pre27": ["--batch-size", "32", "--lr", "2.5e-4", "--lr-backbone", "2.5e-4", "--schedule", "cosine",
               "--warmup-epochs", "1", "--augment", "flip", "--dropout", "0"],
-    # the candidate from tune seed 100 (benchmarks/RESULTS.md, issue 27): twice the updates in 12
-    # epochs, the learning rate scaled by the recipe's square-root rule (1.77e-4)
-    "batch16": ["--batch-size", "16"],
 }
 
 
