@@ -101,7 +101,7 @@ def summary(rows: list[dict], recipe: str, kind: str) -> str:
     if not chosen:
         return ""
     best = sorted(max(a for a in r["val_acc"] if a is not None) for r in chosen)
-    quartiles = statistics.quantiles(best, n=4) if len(best) > 1 else [best[0]] * 3
+    quartiles = statistics.quantiles(best, n=4, method="inclusive") if len(best) > 1 else [best[0]] * 3
     epochs = [breakthrough(r["val_acc"]) for r in chosen]
     times = sorted(r["seconds"] / 60 for r in chosen)
     reached = sum(b >= BREAKTHROUGH for b in best)
