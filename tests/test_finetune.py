@@ -52,21 +52,22 @@ def run_to_end(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.running, timeout=TRAIN_TIMEOUT_MS)
 
 
-def test_the_loss_note_tells_a_plateau_from_instability():
-    from napari_intr.widgets.finetune.plot import loss_trend, loss_trend_note
-    assert loss_trend([2.2, 2.19, 2.21]) == "flat" and "plateau" in loss_trend_note([2.2, 2.19, 2.21])
-    assert "be patient" in loss_trend_note([2.2, 2.19, 2.21])
-    assert loss_trend([2.2, 1.5, 1.4]) == "" == loss_trend_note([2.2, 1.5, 1.4])
-    assert loss_trend([2.2, 2.2]) == ""  # too early to tell
-    # the run of the issue: 0.015 -> 0.106 is not "be patient", it is a diverging run
-    diverging = [0.9, 0.2, 0.015, 0.05, 0.106]
-    assert loss_trend(diverging) == "unstable"
-    note = loss_trend_note(diverging)
-    assert "unstable" in note and "0.015 (epoch 3) to 0.106 (epoch 5, ×7.1)" in note and "lower learning rate" in note
-    assert "be patient" not in note
-    assert loss_trend([2.2, 2.2, 6.0, 2.1]) == "unstable"  # a spike, even if it comes back down
-    assert "from 2.200 (epoch 2) to 6.000 (epoch 3, ×2.7)" in loss_trend_note([2.2, 2.2, 6.0, 2.1])
-    assert loss_trend([None, 1.0, 0.5]) == ""  # a diverged (null) epoch is left out
+def test_a_stall_reported_by_the_run_is_shown_under_the_plot_and_at_the_end(finetune, messages):
+    """intr train's diagnosis events (training/intr_training/diagnosis.py): shown when they come,
+    notified once, and the end says whether the run ended in it or recovered."""
+    _, widget = finetune
+    plateau = {"event": "diagnosis", "kind": "group_plateau", "epoch": 5, "groups": [["a", "b"]],
+               "message": "plateau at the level of look-alike groups (...): confuses the classes within {a, b}"}
+    widget._on_event(plateau)
+    assert widget.note.text().startswith("Epoch 5: plateau") and "{a, b}" in widget.note.text()
+    assert [level for level, text in messages if "{a, b}" in text] == ["warning"]
+    widget._on_event({"event": "done", "best_val_acc": 1.0, "model": "m.safetensors", "per_class_accuracy": {},
+                      "diagnosis": None})
+    assert widget.note.text().endswith("It recovered: the run did not end in it.")
+    widget._reset_run()
+    widget._on_event({"event": "done", "best_val_acc": 0.5, "model": "m.safetensors", "per_class_accuracy": {},
+                      "diagnosis": {key: plateau[key] for key in ("kind", "epoch", "groups", "message")}})
+    assert widget.note.text().startswith("The run ended in a group plateau (found at epoch 5)")
 
 
 def test_accuracy_comes_with_its_count_and_exact_interval():

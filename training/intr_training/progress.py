@@ -18,12 +18,18 @@ Every object has an "event" key:
    "lr": float, "seconds": float, "best_val_acc": float|null}
       after the epoch's files are on disk; val_acc is null without validation images.
   {"event": "warning", "message": str}
+  {"event": "diagnosis", "kind": str, "epoch": int, "message": str, "groups": [[str]]}
+      when the run stalls (diagnosis.py), as it happens: kind "group_plateau" (groups: the
+      look-alike classes confused with each other), "plateau", "flat_loss" or "unstable"
+      (rising loss); sent again only when the kind or the groups change. The run goes on.
   {"event": "done", "best_val_acc": float|null, "model": str, "calibration": object,
-   "train_seconds": float, "per_class_accuracy": {str: float|null}}
+   "train_seconds": float, "per_class_accuracy": {str: float|null},
+   "diagnosis": {"kind", "epoch", "message", "groups"}|null}
       calibration: the kept model calibrated on the validation images (napari_intr.calibration):
       "calibrated": true with "score", "threshold", "keep", "alpha", "quantile", "images",
       "known_kept", "coverage", "mean_set_size", "text" and "seconds"; or false with "reason".
       train_seconds: the epochs' wall time, without the calibration.
+      diagnosis: the state the run ended in (null: no plateau, flat loss or instability).
   {"event": "error", "message": str}          then the process exits with code 2
   {"event": "interrupted", "epoch": int, "state": str|null, "message": str}
       on SIGINT/SIGTERM; epoch is the last completed epoch, state the training_state.pt that
@@ -64,6 +70,9 @@ class Progress:
     def epoch(self, **summary): ...
     def done(self, **summary): ...
 
+    def diagnosis(self, **found):
+        print(f"note: epoch {found['epoch']}: {found['message']}", file=sys.stderr, flush=True)
+
     def warning(self, message: str):
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -103,6 +112,10 @@ class JsonProgress(Progress):
     def warning(self, message: str):
         super().warning(message)
         self.emit("warning", message=message)
+
+    def diagnosis(self, **found):
+        super().diagnosis(**found)
+        self.emit("diagnosis", **found)
 
     def error(self, message: str):
         self.emit("error", message=message)
@@ -146,6 +159,10 @@ class TtyProgress(Progress):
                   f"{summary['train_acc']:.3f}, val acc {val}, lr {summary['lr']:.2e}, "
                   f"{summary['seconds']:.0f} s")
 
+    def diagnosis(self, **found):
+        self.close()
+        super().diagnosis(**found)
+
     def done(self, **summary):
         best = summary["best_val_acc"]
         self.line(f"done: best validation accuracy {'n/a' if best is None else f'{best:.3f}'}; "
@@ -153,6 +170,9 @@ class TtyProgress(Progress):
         calibration = summary.get("calibration") or {}
         if calibration.get("calibrated"):
             self.line(f"{calibration['text']} ({calibration['seconds']:.1f} s)")
+        if summary.get("diagnosis"):
+            self.line(f"the run ended in a {summary['diagnosis']['kind'].replace('_', ' ')}: "
+                      f"{summary['diagnosis']['message']}")
 
     def interrupted(self, epoch: int, state, message: str):
         self.close()
@@ -179,6 +199,7 @@ class OtherRankProgress(Progress):
     """Ranks other than 0 under torchrun: rank 0 speaks for all."""
 
     def warning(self, message: str): ...
+    def diagnosis(self, **found): ...
     def interrupted(self, epoch: int, state, message: str): ...
 
 

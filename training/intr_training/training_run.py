@@ -36,6 +36,7 @@ from napari_intr.recipes import (
 from . import schedules, train_settings
 from .calibrate import calibrate_training_run
 from .data import ImageFolderDataset, VariantDataset, collate
+from .diagnosis import Watch
 from .engine import evaluate, options_for, precision_name, train_one_epoch
 from .feature_cache import (
     BackboneFeatures,
@@ -144,6 +145,7 @@ class TrainingRun:
         self.history: list[dict] = []
         self.best_val_acc, self.best_per_class = None, {}
         self.saved_rng = None
+        self.watch = Watch()  # says when the run stalls (diagnosis.py)
         self.setup_warnings: list[str] = []  # reported after the start event
         self.setup()
 
@@ -355,10 +357,12 @@ class TrainingRun:
             epoch_seconds.append(seconds)
             self.end_epoch(epoch, result, evaluation, result.lr, seconds)
         distributed.barrier()
+        final = self.watch.final()
         calibration = self.calibrate() if self.dist.is_main else None
         self.progress.done(best_val_acc=self.best_val_acc, model=str(self.out / run_folder.MODEL_FILE),
                            per_class_accuracy=self.best_per_class, calibration=calibration,
-                           train_seconds=round(sum(epoch_seconds), 3))
+                           train_seconds=round(sum(epoch_seconds), 3),
+                           diagnosis=None if final is None else final.as_event())
 
     def calibrate(self) -> dict:
         """The open-set threshold and prediction sets of the kept model, from the validation
@@ -401,6 +405,10 @@ class TrainingRun:
             self.save(epoch, improved)
         self.epoch = epoch
         self.progress.epoch(**record, best_val_acc=self.best_val_acc)
+        found = self.watch.update(self.history, None if evaluation is None else evaluation.confusion,
+                                  self.class_names)
+        if found is not None:
+            self.progress.diagnosis(**found.as_event())
 
     def save(self, epoch: int, improved: bool) -> None:
         """Metrics, weights, then the state that --resume reads: each file atomic, the state last."""

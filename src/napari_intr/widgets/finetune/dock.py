@@ -28,7 +28,7 @@ from ..workers import messages
 from ..workers.jobs import CollectionSummary
 from ..workers.training_process import TrainingProcess
 from .collection import CollectionBox
-from .plot import TrainingPlot, loss_trend_note
+from .plot import TrainingPlot
 from .results import RunResultsBox, accuracy_text, calibration_text
 from .settings import SettingsBox, default_runs_folder, new_run_folder
 
@@ -209,7 +209,6 @@ class FineTuneWidget(QWidget):
 
     def _on_epoch_event(self, event: dict) -> None:
         self.plot.add_epoch({key: event.get(key) for key in ("epoch", "loss", "train_acc", "val_acc", "lr")})
-        self.note.setText(loss_trend_note(self.plot.epoch_losses()))
         val = "n/a" if event.get("val_acc") is None else f"{event['val_acc']:.1%}"
         loss = "n/a" if event.get("loss") is None else f"{event['loss']:.4f}"
         self.log.appendPlainText(f"epoch {event['epoch']}/{self._epochs}: loss {loss}, train accuracy "
@@ -218,8 +217,20 @@ class FineTuneWidget(QWidget):
     def _on_warning_event(self, event: dict) -> None:
         messages.notify(f"Fine-tuning: {event['message']}", "warning")
 
+    def _on_diagnosis_event(self, event: dict) -> None:
+        """The run stalls (a group plateau, a flat or a rising loss): said under the plot and once
+        as a notification; the run goes on."""
+        self.note.setText(f"Epoch {event['epoch']}: {event['message']}")
+        messages.notify(f"Fine-tuning, epoch {event['epoch']}: {event['message']}", "warning")
+
     def _on_done_event(self, event: dict) -> None:
         self._done = event
+        final = event.get("diagnosis")
+        if final:
+            self.note.setText(f"The run ended in a {final['kind'].replace('_', ' ')} (found at epoch "
+                              f"{final['epoch']}): {final['message']}")
+        elif self.note.text():
+            self.note.setText(f"{self.note.text()}\nIt recovered: the run did not end in it.")
         self.results.device = self.settings.device.value
         self.results.show_done(event)
 

@@ -1,47 +1,13 @@
 """A live plot of a training run: loss (left axis), train/validation accuracy and the learning
-rate as a fraction of its peak (right axis) against epochs, on matplotlib's Qt canvas; and what the
-loss curve says: a plateau (flat: be patient, INTR's tracker #11) or instability (rising or spiking:
-lower the learning rate)."""
+rate as a fraction of its peak (right axis) against epochs, on matplotlib's Qt canvas. (When a
+run stalls, `intr train` says so itself: its "diagnosis" events, shown under the plot.)"""
 from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 
-FLAT_EPOCHS = 3       # look at the loss after this many epochs …
-FLAT_MARGIN = 0.05    # … and call it flat when its best is within 5 % of the first epoch's
-RISE_FACTOR = 2.0     # unstable: an epoch's loss above this many times the best epoch before it
 REDRAW_MS = 1_000     # a redraw costs tens of ms on the GUI thread: at most one a second
-
-
-def loss_trend(epoch_losses: list[float]) -> str:
-    """How the epoch losses move: "unstable" when one rose above RISE_FACTOR × the best before it
-    (a spike, or a climb: training is diverging), "flat" when after FLAT_EPOCHS none fell FLAT_MARGIN
-    below the first (a plateau), "" otherwise (falling, or too early to tell)."""
-    losses = [loss for loss in epoch_losses if loss is not None]
-    if any(loss > RISE_FACTOR * min(losses[:index]) for index, loss in enumerate(losses) if index):
-        return "unstable"
-    if len(losses) >= FLAT_EPOCHS and min(losses[1:]) >= losses[0] * (1 - FLAT_MARGIN):
-        return "flat"
-    return ""
-
-
-def loss_trend_note(epoch_losses: list[float]) -> str:
-    """What the dock says about the loss curve, and what to do: "" while it falls."""
-    trend, losses = loss_trend(epoch_losses), [loss for loss in epoch_losses if loss is not None]
-    if trend == "unstable":
-        # the steepest rise: an epoch against the best epoch before it
-        ratio, best, rose = max((losses[j] / max(losses[i], 1e-12), i, j)
-                                for j in range(1, len(losses)) for i in range(j))
-        return (f"The loss is unstable: it rose from {losses[best]:.3f} (epoch {best + 1}) to {losses[rose]:.3f} "
-                f"(epoch {rose + 1}, ×{ratio:.1f}). This is not a plateau and waiting will not help: Cancel, "
-                "and start again with a lower learning rate (e.g. a tenth) or a larger batch.")
-    if trend == "flat":
-        return (f"The loss is on a plateau: flat for {len(losses)} epochs ({losses[0]:.3f} → {losses[-1]:.3f}). "
-                "INTR often needs many epochs before its loss falls: be patient (more epochs; Resume "
-                "continues); if it stays flat much longer, start again with a lower learning rate (a tenth).")
-    return ""
-
 
 EPOCH_SERIES = (("loss", "tab:blue", "loss (epoch)"), ("train_acc", "tab:orange", "train acc"),
                 ("val_acc", "tab:green", "val acc"))
@@ -95,9 +61,6 @@ class TrainingPlot(FigureCanvasQTAgg):
 
     def point_count(self) -> int:
         return len(self.steps) + len(self.epochs)
-
-    def epoch_losses(self) -> list[float]:
-        return [row.get("loss") for row in sorted(self.epochs, key=lambda row: row["epoch"])]
 
     def _schedule(self) -> None:
         if not self._redraw_timer.isActive():
