@@ -16,7 +16,7 @@ from intr_training import cli
 from napari_intr import load_model, synth
 from napari_intr.comparison import most_confused_with
 from napari_intr.editing import Transplant
-from napari_intr.explanation import Explainer, layer_name
+from napari_intr.explanation import Explainer, head_number, layer_name
 
 TUTORIAL = " ".join((Path(__file__).resolve().parents[1] / "docs" / "tutorial.md").read_text().split())
 RUBRA, ALBA = synth.SHOWCASE_PAIR
@@ -69,6 +69,8 @@ def test_step_1_where_albas_heads_look(pair):
     assert explanation.top_class() == ALBA
     shown_first = explanation.head_order(ALBA, -1)[0]  # the Attention box's order (by evidence)
     assert alba["spot"][peak(explanation, ALBA, shown_first)]
+    says("on the bundled alba specimen the Explorer shows H3 first")  # step 5's comparison with the atlas
+    assert head_number(shown_first) == 3
     highest = int(np.argmax(explanation.head_maps(ALBA, -1, "none").max(axis=(1, 2))))
     y, x = peak(explanation, ALBA, highest)
     spot = np.argwhere(alba["spot"])
