@@ -39,11 +39,10 @@ import numpy as np
 from PIL import Image
 from skimage.filters import gaussian
 
-from lookalikes import _ellipse, _muted, _segment
+from lookalikes import SUPERSAMPLE, _ellipse, _segment, backdrop
 
 JUDGE_SEEDS = tuple(range(0, 10))
 TUNE_SEEDS = tuple(range(100, 120))
-SUPERSAMPLE = 2
 MANIFEST = "lookalike_draws.json"
 
 # where spots may sit along the body axis (-1 head .. 1 tail end), per body plan
@@ -109,14 +108,7 @@ def _spots(species: Species, x, y, width):
 def render(species: Species, rng: np.random.Generator, size: int, palette, trait: bool = True):
     """Image (uint8 size×size×3), trait mask (bool) and specimen mask (bool); all randomness from `rng`.
     trait=False paints the spots in the body colour (same draw otherwise): the mask test's reference."""
-    n = size * SUPERSAMPLE
-    grid = (np.arange(n) + 0.5) / n - 0.5
-    py, px = np.meshgrid(grid, grid, indexing="ij")
-    c0, c1, g = _muted(rng), _muted(rng), rng.uniform(0, 2 * np.pi)
-    ramp = np.clip(px * np.cos(g) + py * np.sin(g) + 0.5, 0, 1)[..., None]
-    coarse = rng.normal(size=(5, 5)).astype(np.float32)
-    texture = np.asarray(Image.fromarray(coarse).resize((n, n), Image.BICUBIC))[..., None]
-    image = c0 + (c1 - c0) * ramp + rng.uniform(0.02, 0.1) * texture
+    image, px, py = backdrop(rng, size)
     for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.3, 0.3, 0.25, 0.15]))):
         colour = palette[int(rng.integers(len(palette)))]
         cx, cy, r = rng.uniform(-0.45, 0.45), rng.uniform(-0.45, 0.45), rng.uniform(0.015, 0.035)
@@ -134,7 +126,7 @@ def render(species: Species, rng: np.random.Generator, size: int, palette, trait
     spot_gain = rng.uniform(0.9, 1.1, 3)
     ground = np.asarray(species.ground, float)
     edge, light = ground * 0.45, np.minimum(ground * 1.3 + 30, 255)
-    cover = np.zeros((n, n), bool)
+    cover = np.zeros(px.shape, bool)
 
     def paint(region, rgb, factor=gain):
         image[region] = np.clip(np.asarray(rgb) / 255 * factor, 0, 1)

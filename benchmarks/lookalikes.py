@@ -66,17 +66,23 @@ def _muted(rng):
     return val * (1 - sat * np.clip(np.minimum(k, 4 - k), 0, 1))
 
 
-def render(species: Species, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One specimen, uint8 size×size×3; all randomness from `rng`."""
+def backdrop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A muted gradient with a coarse texture (float RGB at SUPERSAMPLE × size) and the pixel
+    centres' coordinates (px, py in -0.5..0.5); the discs and the specimen are painted on it."""
     n = size * SUPERSAMPLE
     grid = (np.arange(n) + 0.5) / n - 0.5
     py, px = np.meshgrid(grid, grid, indexing="ij")
-    # background: gradient, coarse texture, distractor discs in the attribute colours
     c0, c1, g = _muted(rng), _muted(rng), rng.uniform(0, 2 * np.pi)
     ramp = np.clip(px * np.cos(g) + py * np.sin(g) + 0.5, 0, 1)[..., None]
     coarse = rng.normal(size=(5, 5)).astype(np.float32)
     texture = np.asarray(Image.fromarray(coarse).resize((n, n), Image.BICUBIC))[..., None]
-    image = c0 + (c1 - c0) * ramp + rng.uniform(0.02, 0.1) * texture
+    return c0 + (c1 - c0) * ramp + rng.uniform(0.02, 0.1) * texture, px, py
+
+
+def render(species: Species, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One specimen, uint8 size×size×3; all randomness from `rng`."""
+    # background: gradient, coarse texture, distractor discs in the attribute colours
+    image, px, py = backdrop(rng, size)
     for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.35, 0.3, 0.25, 0.1]))):
         group = ("beetle", "fish")[int(rng.integers(2))]
         cx, cy, r = rng.uniform(-0.45, 0.45), rng.uniform(-0.45, 0.45), rng.uniform(0.02, 0.035)

@@ -29,11 +29,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lookalike_draws
-from timed_training import load
+from timed_training import timed_train
 
 BREAKTHROUGH = 0.85
 RECIPES = {
@@ -73,18 +72,12 @@ def make_collections(work: Path, draw_seeds: list[int], synth_species: list[int]
 
 def train(data: Path, out: Path, options: list[str], epochs: int) -> dict:
     """One `intr train` run with JSON progress: its epochs, the diagnosis it ended in, the wall time."""
-    command = [sys.executable, "-m", "intr_training", "train", "--data", str(data), "--out", str(out),
-               "--backbone", "tiny", "--epochs", str(epochs), "--image-size", "128", "--progress", "json", *options]
     shutil.rmtree(out, ignore_errors=True)  # a run interrupted earlier: start it again
-    before = load()
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
-    events = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    run = timed_train(["--data", str(data), "--backbone", "tiny", "--epochs", str(epochs), "--image-size", "128",
+                       "--progress", "json", *options], out)
+    events = [json.loads(line) for line in run["stdout"].splitlines() if line.startswith("{")]
     done = next(e for e in events if e["event"] == "done")
-    return {"seconds": round(seconds, 1), "load": f"{before} -> {load()}",
+    return {"seconds": round(run["seconds"], 1), "load": run["load"],
             "val_acc": [e["val_acc"] for e in events if e["event"] == "epoch"],
             "loss": [round(e["loss"], 4) for e in events if e["event"] == "epoch"],
             "diagnoses": [e for e in events if e["event"] == "diagnosis"], "ended_in": done.get("diagnosis")}

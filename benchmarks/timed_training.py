@@ -18,7 +18,8 @@ def load() -> str:
 
 
 def timed_train(arguments: list[str], out: Path) -> dict:
-    """`intr train --out OUT ARGUMENTS…`: wall seconds, metrics.jsonl's rows and the load before -> after."""
+    """`intr train --out OUT ARGUMENTS…`: wall seconds, metrics.jsonl's rows, the load before -> after
+    and what the run printed on stdout (its JSON events under --progress json)."""
     command = [sys.executable, "-m", "intr_training", "train", "--out", str(out), *arguments]
     before = load()
     started = time.perf_counter()
@@ -27,7 +28,7 @@ def timed_train(arguments: list[str], out: Path) -> dict:
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"seconds": seconds, "metrics": metrics, "load": f"{before} -> {load()}"}
+    return {"seconds": seconds, "metrics": metrics, "load": f"{before} -> {load()}", "stdout": completed.stdout}
 
 
 def median_seconds(functions: dict, repeats: int, device=None) -> dict:
