@@ -423,12 +423,14 @@ class Explainer:
         rivals = [rival_of(explanation.logits, column) for column in columns]
         targets = [(explanation.class_indices[c], None if r is None else explanation.class_indices[r])
                    for c, r in zip(columns, rivals)]
-        layers = explanation.computed_layers()
-        # every (layer, class) in one decoder call: [layers·K, heads, h, w]
-        maps = np.concatenate([explanation.layer_maps(layer)[:, columns].transpose(1, 0, 2, 3) for layer in layers])
-        measured = head_evidence(self.model, encoded.encoded, targets * len(layers), maps)
-        keys = [(layer, column) for layer in layers for column in columns]
-        return dict(zip(keys, measured))
+        evidence = {}
+        # one decoder call per layer, [K, heads, h, w] each: a layer's evidence (and so its order)
+        # never depends on which other layers were computed (a batch's size changes the last bits)
+        for layer in explanation.computed_layers():
+            maps = explanation.layer_maps(layer)[:, columns].transpose(1, 0, 2, 3)
+            measured = head_evidence(self.model, encoded.encoded, targets, maps)
+            evidence.update(((layer, column), found) for column, found in zip(columns, measured))
+        return evidence
 
     def judge(self, classes: list[int], logits: torch.Tensor, candidates: int | None) -> CalibratedPrediction | None:
         """The calibrated verdict when every class of the model was a candidate (a shortlist's
