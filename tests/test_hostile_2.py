@@ -10,7 +10,7 @@ import pytest
 
 from hostile_corpus import write_ours
 from hostile_corpus_2 import FILES, file_kinds
-from intr_training import cli
+from hostile_rules_support import run_cli
 
 RULE_TEST_MODULES = ["test_rules_files", "test_rules_resume", "test_rules_values", "test_rules_names",
                      "test_rules_formats"]
@@ -84,15 +84,6 @@ def corpus(tmp_path_factory):
 
 def snapshot(root):
     return {path: path.stat().st_mtime_ns for path in root.rglob("*") if path.is_file()}
-
-
-def run_cli(argv, capsys):
-    try:
-        code = cli.main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 @pytest.fixture(scope="module")
