@@ -29,3 +29,10 @@ def pair_with_explorer(make_napari_viewer, qtbot, messages):
     qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
                     timeout=MODEL_TIMEOUT_MS)
     return viewer, explorer
+
+
+@pytest.fixture(scope="module")
+def sample_model():
+    """The bundled model, loaded once per test module (imported here, after any viewer exists)."""
+    from napari_intr.loading import load_model
+    return load_model("sample", device="cpu")

@@ -28,11 +28,6 @@ def make_named_checkpoints(root):
             "case": write_ours(root / "case.safetensors", names=["Foo", "foo", "Bar"])}
 
 
-def load_sample_model():
-    from napari_intr.loading import load_model
-    return load_model("sample", device="cpu")
-
-
 def run_cli(argv, capsys):
     try:
         code = cli.main([str(arg) for arg in argv])

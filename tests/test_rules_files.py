@@ -11,17 +11,10 @@ from hostile_corpus_2 import (
 from hostile_rules_support import (
     explain_rows,
     files_of,
-    load_sample_model,
     name_bytes,
     run_cli,
 )
 from napari_intr import synth
-
-
-@pytest.fixture(scope="module")
-def sample_model():
-    return load_sample_model()
-
 
 FOREIGN = {
     "png-added-to-species": lambda out: (out / synth.SPECIES[0].name / "mine.png", b"\x89PNG user"),

@@ -14,7 +14,6 @@ from hostile_rules_support import (
     TWO,
     animated,
     cub_parts,
-    load_sample_model,
     make_small_collection,
     run_cli,
     write_bad_mask,
@@ -25,11 +24,6 @@ from napari_intr import synth
 @pytest.fixture(scope="module")
 def small_collection(tmp_path_factory):
     return make_small_collection(tmp_path_factory.mktemp("collection"))
-
-
-@pytest.fixture(scope="module")
-def sample_model():
-    return load_sample_model()
 
 
 @pytest.mark.parametrize("which", ["masks", "specimens"])

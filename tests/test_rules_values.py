@@ -15,14 +15,8 @@ from hostile_corpus_2 import (
     LABEL_IDS,
 )
 from hostile_rules_support import (
-    load_sample_model,
     run_cli,
 )
-
-
-@pytest.fixture(scope="module")
-def sample_model():
-    return load_sample_model()
 
 
 @pytest.mark.parametrize("text", BAD_DECODE_BUDGETS)
