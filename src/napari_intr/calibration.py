@@ -124,10 +124,6 @@ class Calibration:
     mean_set_size: float | None = None
     extra: dict = field(default_factory=dict)
 
-    @property
-    def coverage_level(self) -> float:
-        return 1 - self.alpha
-
     def to_json(self) -> str:
         return json.dumps({"format_version": FORMAT_VERSION, **asdict(self)})
 
