@@ -113,5 +113,7 @@ def test_five_docks_fit_a_1550_by_980_window_and_the_view_follows_the_work(make_
     assert np.all(centre >= low - 0.5) and np.all(centre <= high + 0.5)
     # ... and its layers say whose query looks at which image
     top = explorer.state.explanation.top_class()
-    assert any(layer.name.startswith(f"{alba.name} ◂ query ") for layer in viewer.layers)
+    # (the image by the part that tells it from rubra; its full name is in the layer's metadata)
+    assert any(layer.name.startswith("alba ◂ query ") and layer.metadata.get("image") == alba.name
+               for layer in viewer.layers)
     assert explorer.results.model.data(explorer.results.model.index(0, 1), Qt.ToolTipRole).startswith(top)

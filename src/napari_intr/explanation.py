@@ -5,6 +5,7 @@ so switching the class shown, the layer, or the candidate set never repeats the 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -46,6 +47,46 @@ def layer_name(image: str, class_name: str, layer: int, head: int | None) -> str
     as a map of the rubra image; the class is shortened so the end that differs stays in view."""
     what = "mean" if head is None else f"H{head}"
     return f"{image} ◂ query {short_class_name(class_name)} · L{layer} {what}"
+
+
+_WORD = re.compile(r"[^\W_]+")  # letters and digits; spaces, "-", "_", "." and brackets separate
+
+
+def image_tags(names) -> dict[str, str]:
+    """For each image name, the part that tells it from the other names, for layer names that
+    napari's narrow layer list elides: the words it shares at its start and at its end with a
+    related image are dropped ("Heliconia synthetica-alba (synthetic)" beside "... -rubra
+    (synthetic)" is "alba"; "heliconia-synthetica-alba_0004" beside "..._0005" and "...-rubra_0002"
+    is "alba_0004"). An image that shares no first (last) word with any other keeps its start
+    (end); one whose part would be the same as another's keeps its whole name."""
+    names = list(dict.fromkeys(names))
+    spans = {name: [match.span() for match in _WORD.finditer(name)] for name in names}
+    tags = {}
+    for name in names:
+        words = [name[a:b].casefold() for a, b in spans[name]]
+        starts, ends = [], []
+        for other in names:
+            if other == name:
+                continue
+            others = [other[a:b].casefold() for a, b in spans[other]]
+            shortest = min(len(words), len(others))
+            lead = next((i for i in range(shortest) if words[i] != others[i]), None)
+            if lead is None:  # one name extends the other ("x", "x copy"): nothing shared to drop
+                continue
+            trail = next((i for i in range(shortest - lead) if words[-1 - i] != others[-1 - i]), shortest - lead)
+            if lead:
+                starts.append(lead)
+            if trail:
+                ends.append(len(words) - trail)
+        start, end = min(starts, default=0), max(ends, default=len(words))
+        if start >= end:
+            tags[name] = name
+            continue
+        begin = 0 if start == 0 else spans[name][start][0]
+        finish = len(name) if end == len(words) else spans[name][end - 1][1]
+        tags[name] = name[begin:finish]
+    repeated = {tag for tag in tags.values() if list(tags.values()).count(tag) > 1}
+    return {name: name if tag in repeated else tag for name, tag in tags.items()}
 
 
 @dataclass(eq=False)  # holds tensors: identity, not element-wise, comparison

@@ -197,26 +197,26 @@ class CompareWidget(QWidget):
     def _show_layers(self, comparison: Comparison, source) -> None:
         among, layer = comparison.candidates, -1
         scale, translate = grid_placement(among, source.plane_scale, source.plane_translate)
-        number, image, selected = among.layer_number(layer), source.name, comparison.selected
+        number, image, selected = among.layer_number(layer), source.label, comparison.selected
         maps = comparison.candidate_maps(layer)                        # [heads, C', h, w]
         with_all, with_candidates = comparison.selected_maps_all(layer), comparison.selected_maps_candidates(layer)
         difference = comparison.difference(layer)
         limits = symmetric_limits(difference)
         strongest = among.head_order(selected, layer)[0]
-        common = {"image": image, "decoder_layer": number, "mode": comparison.mode,
+        common = {"image": source.name, "decoder_layer": number, "mode": comparison.mode,
                   "candidates": list(comparison.candidate_names), "selected": selected}
         for head in range(among.num_heads):
             visible = head == strongest
             base = f"{image} ◂ candidate queries · L{number} H{head_number(head)}"  # the slider picks the candidate
-            self.layers.show(("candidates", image, head), base, maps[head], scale, translate,
+            self.layers.show(("candidates", source.name, head), base, maps[head], scale, translate,
                              colormap="inferno", limits=(0, maps[head].max()), visible=visible,
                              metadata={**common, "head": head_number(head), "axis 0": "candidate"})
             peak = max(with_all[head].max(), with_candidates[head].max())
             for kind, data in (("all classes", with_all[head]), ("candidates only", with_candidates[head])):
-                self.layers.show((kind, image, head), f"{layer_name(image, selected, number, head_number(head))} · {kind}",
+                self.layers.show((kind, source.name, head), f"{layer_name(image, selected, number, head_number(head))} · {kind}",
                                  data, scale, translate, colormap="inferno", limits=(0, peak),
                                  visible=False, metadata={**common, "head": head_number(head), "decoded": kind})
-            self.layers.show(("difference", image, head),
+            self.layers.show(("difference", source.name, head),
                              f"{layer_name(image, selected, number, head_number(head))} · candidates − all",
                              difference[head], scale, translate, colormap=DIFFERENCE_COLORMAP,
                              limits=(-limits[head], limits[head]), visible=visible, diverging=True,

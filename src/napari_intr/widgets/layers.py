@@ -14,8 +14,9 @@ import numpy as np
 from magicgui.widgets import ComboBox
 from qtpy.QtWidgets import QComboBox
 
-from napari_intr.explanation import head_number, layer_name, min_max
+from napari_intr.explanation import head_number, image_tags, layer_name, min_max
 
+from .qt_helpers import fit_layer_list
 from .state import ImageSource
 
 OPACITY = 0.5
@@ -43,7 +44,7 @@ class LayerView:
 def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
                 options: DisplayOptions) -> list[LayerView]:
     """Mean first, then heads in Explanation.head_order (by evidence, flagged heads last)."""
-    image, layer_number = source.name, explanation.layer_number(layer)
+    image, layer_number = source.label, explanation.layer_number(layer)
     maps = explanation.head_maps(class_name, layer, options.normalization)
     mean = scaled_mean(explanation, class_name, layer, options.normalization)
     order = explanation.head_order(class_name, layer)
@@ -52,7 +53,7 @@ def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
         scale, translate = tuple(map(float, source.plane_scale)), tuple(map(float, source.plane_translate))
     else:
         scale, translate = grid_placement(explanation, source.plane_scale, source.plane_translate)
-    common = {ATTENTION_TAG: True, "image": image, "class": class_name, "decoder_layer": layer_number,
+    common = {ATTENTION_TAG: True, "image": source.name, "class": class_name, "decoder_layer": layer_number,
               "model": explanation.model_name, "normalization": options.normalization,
               "probability": float(explanation.probabilities[explanation.column(class_name)]),
               "rank": explanation.rank_of(class_name)}
@@ -63,6 +64,11 @@ def layer_views(explanation, source: ImageSource, class_name: str, layer: int,
                                maps[head].astype(np.float32), scale, translate, False,
                                {**common, "head": head_number(head), "head_rank": rank}))
     return views
+
+
+def image_label(viewer, name: str) -> str:
+    """`name`'s tag among the viewer's image layers (image_tags)."""
+    return image_tags([*(layer.name for layer in viewer.layers if is_image(layer)), name])[name]
 
 
 def scaled_mean(explanation, class_name: str, layer: int, normalization: str) -> np.ndarray:
@@ -93,7 +99,9 @@ class LiveLayerSet:
             # added weakest first, so the mean and the strongest head top the layer list
             layers = [self._add(view, colormap) for view in reversed(views)][::-1]
             self._live[image] = layers
+            fit_layer_list(self.viewer, [view.name for view in views])
             return layers
+        renamed = False
         for layer, view in zip(layers, views):
             # Everything here runs on the GUI thread: set only what changed. Replacing `data`
             # costs napari a full reset (dims, extent, thumbnail: ~16 ms a layer, most of an
@@ -113,10 +121,13 @@ class LiveLayerSet:
                 layer.contrast_limits = (0.0, 1.0)
             if layer.name != view.name:
                 layer.name = view.name
+                renamed = True
             if layer.metadata != view.metadata:
                 layer.metadata = dict(view.metadata)
             if in_place:
                 layer.refresh()
+        if renamed:
+            fit_layer_list(self.viewer, [view.name for view in views])
         return layers
 
     def keep(self, image: str) -> list:
@@ -194,6 +205,7 @@ class KeyedLayers:
                 blending="translucent" if diverging else "additive",
                 opacity=DIFFERENCE_OPACITY if diverging else OPACITY)
             self._layers[key] = layer
+            fit_layer_list(self.viewer, [name])
             return layer
         layer.data = data
         layer.scale, layer.translate = scale, translate

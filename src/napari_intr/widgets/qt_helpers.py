@@ -1,6 +1,6 @@
 """The small Qt pieces every dock uses: a wrapping status label, a path field with Browse…,
 a read-only table and its rows, a drop-down's items, a search field over a list of classes, the
-scrolling column of boxes."""
+scrolling column of boxes, the docks' tabs and napari's layer list's width."""
 from __future__ import annotations
 
 import textwrap
@@ -19,6 +19,8 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QScrollArea,
     QSizePolicy,
+    QStyle,
+    QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -229,3 +231,45 @@ def stack(owner: QWidget, *parts) -> QVBoxLayout:
         else:
             column.addWidget(part)
     return column
+
+
+LAYER_LIST_SHARE = 0.25  # of the window's width, at most, for napari's layer list
+
+
+def _layer_list_item(view, row: int):
+    """(style option, text width) of napari's layer list's `row`: the width its name gets beside
+    the eye, thumbnail and type icon, as the list's delegate paints it."""
+    index = view.model().index(row, 0)
+    option = QStyleOptionViewItem()
+    view.initViewItemOption(option)
+    option.rect = view.visualRect(index)
+    delegate = view.itemDelegate()
+    delegate.initStyleOption(option, index)
+    if hasattr(delegate, "get_layer_icon"):  # napari's delegate puts the type icon on the right
+        delegate.get_layer_icon(option, index)
+    style = view.style()
+    margin = style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, view) + 1
+    return option, style.subElementRect(QStyle.SubElement.SE_ItemViewItemText, option, view).width() - 2 * margin
+
+
+def layer_list_text(view, row: int) -> tuple[str, str]:
+    """(name, what napari's layer list shows of it): the name of the list's `row` as its delegate
+    elides it (in the middle) to the width it gets."""
+    option, width = _layer_list_item(view, row)
+    return option.text, option.fontMetrics.elidedText(option.text, Qt.TextElideMode.ElideMiddle, width)
+
+
+def fit_layer_list(viewer, names) -> None:
+    """Widen napari's layer list (to at most LAYER_LIST_SHARE of the window) so that the layer
+    `names` show whole: at its default width (~30 characters) a map's name lost its middle, the
+    query that tells a look-alike's map apart. Only ever widens, and only a docked list."""
+    qt_viewer = getattr(getattr(viewer, "__wrapped__", viewer).window, "_qt_viewer", None)
+    view, dock = getattr(qt_viewer, "layers", None), getattr(qt_viewer, "dockLayerList", None)
+    if view is None or dock is None or dock.isFloating() or not dock.isVisible() or not view.model().rowCount():
+        return
+    window = dock.parentWidget()
+    option, width = _layer_list_item(view, 0)
+    missing = max(option.fontMetrics.horizontalAdvance(name) for name in names) - width
+    target = min(dock.width() + missing + 2, int(window.width() * LAYER_LIST_SHARE))
+    if missing > 0 and target > dock.width() and hasattr(window, "resizeDocks"):
+        window.resizeDocks([dock], [target], Qt.Orientation.Horizontal)

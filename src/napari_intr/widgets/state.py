@@ -23,6 +23,13 @@ class ImageSource:
     plane_scale: tuple[float, float]   # world units per pixel of the explained plane
     plane_translate: tuple[float, float]
     notes: tuple[str, ...] = ()
+    # what layer names call it: the part of `name` that tells it from the other open images
+    # ("alba" for "Heliconia synthetica-alba (synthetic)" beside rubra; see layers.image_tags)
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 @evented(equality_operators={"model": operator.is_, "encoded": operator.is_,

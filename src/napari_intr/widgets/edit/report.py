@@ -8,7 +8,7 @@ from qtpy.QtWidgets import QGroupBox
 
 from napari_intr.explanation import head_number, layer_name, layer_number
 
-from ..layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement
+from ..layers import DIFFERENCE_COLORMAP, KeyedLayers, grid_placement, image_label
 from ..qt_helpers import TextLabel, fill_table, read_only_table, stack
 
 CLASS_COLUMNS = ("Class", "p before", "p after", "Δp", "Δlogit")
@@ -60,9 +60,10 @@ class EditReport(QGroupBox):
                           f"'… · H<n> · after − before': green where the edit drew attention, pink "
                           "where it took it away.")
         scale, translate = grid_placement(after, tuple(image_layer.scale[-2:]), tuple(image_layer.translate[-2:]))
+        label = image_label(self.layers.viewer, edited_name)
         for head, (difference, limit) in enumerate(zip(effect.difference, effect.limits)):
             self.layers.show(("edit difference", edited_name, head),
-                             f"{layer_name(edited_name, effect.class_name, number, head_number(head))} · after − before",
+                             f"{layer_name(label, effect.class_name, number, head_number(head))} · after − before",
                              difference, scale, translate, colormap=DIFFERENCE_COLORMAP,
                              limits=(-limit, limit), diverging=True, visible=head == 0,
                              metadata={"image": edited_name, "class": effect.class_name, "head": head_number(head),

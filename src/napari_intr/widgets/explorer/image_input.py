@@ -6,6 +6,7 @@ from napari.layers import Image, Labels
 
 from napari_intr.preprocess import layout_problem
 
+from ..layers import image_label
 from ..state import ImageSource
 
 
@@ -52,7 +53,8 @@ def explainable_plane(layer, viewer) -> tuple[np.ndarray, ImageSource]:
         raise InputError(f"{problem}: choose a {'larger' if only_too_small else 'grey or RGB'} image")
     scale = np.asarray(layer.scale[-2:], dtype=float) * level_factor
     translate = np.asarray(layer.translate[-2:], dtype=float)
-    source = ImageSource(layer, name, tuple(scale), tuple(translate), tuple(notes))
+    label = image_label(viewer, layer.name) + name[len(layer.name):]  # with the slice, if any
+    source = ImageSource(layer, name, tuple(scale), tuple(translate), tuple(notes), label)
     return plane, source
 
 

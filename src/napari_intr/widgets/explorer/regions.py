@@ -152,7 +152,7 @@ class RegionsBox(QGroupBox):
         top = explanation.top_class()
         mean = scaled_mean(explanation, top, -1, "per_map")
         scale, translate = region_placement(explanation, result.offset, source)
-        name = layer_name(f"{source.name} · {region.id}", top, explanation.num_layers, None)
+        name = layer_name(f"{source.label} · {region.id}", top, explanation.num_layers, None)
         metadata = {"image": source.name, "region": region.id, "class": top, "decoder_layer": explanation.num_layers,
                     "head": "mean", "probability": float(explanation.probabilities[explanation.column(top)])}
         self.maps.show((source.name, region.id), name, mean, scale, translate, colormap="inferno",
@@ -256,7 +256,7 @@ def full_resolution_plane(layer, viewer):
     leading = layer.ndim - 2  # napari's ndim leaves out an RGB(A) layer's channels
     index = current_index(layer, viewer, leading, base.shape) if leading else ()
     full = ImageSource(layer, source.name, tuple(float(s) for s in layer.scale[-2:]),
-                       tuple(float(t) for t in layer.translate[-2:]), source.notes)
+                       tuple(float(t) for t in layer.translate[-2:]), source.notes, source.label)
     return (base[index] if index else base), full
 
 

@@ -74,7 +74,7 @@ class TraitsWidget(QWidget):
             return
         explorer.results.select_class(choice.class_name)
         explorer.attention.decoder_layer.value = choice.layer
-        head_layer = layer_name(source.name, choice.class_name, choice.layer, choice.head)
+        head_layer = layer_name(source.label, choice.class_name, choice.layer, choice.head)
         for layer in self.viewer.layers:
             if layer.metadata.get("image") == source.name and layer.metadata.get("head") not in (None, "mean"):
                 layer.visible = layer.name == head_layer

@@ -1,0 +1,89 @@
+"""Map layers stay apart in napari's layer list as it is drawn at the desk (1550×980, all five docks
+open): the list's delegate elides names in the middle to the width it has, so the test reads the
+text as the delegate draws it, not the layer's name. Each map must show which image, whose query,
+which decoder layer and which head, and no two maps may read the same, for the look-alike pair's
+queries (alba, rubra) on the pair's images (alba, rubra).
+
+As in real use the viewer exists before torch: model code is imported inside the test."""
+import re
+
+from qtpy.QtWidgets import QApplication
+
+from napari_intr.explanation import image_tags
+
+TIMEOUT_MS = 60_000
+WINDOW = (1550, 980)
+DOCKS = ("INTR Explorer", "INTR Compare", "INTR Edit", "INTR Fine-tune", "INTR Traits")
+PAIR = ("Heliconia synthetica-alba", "Heliconia synthetica-rubra")
+
+
+def distinguishing_word(name: str) -> str:
+    """'alba' for 'Heliconia synthetica-alba' and 'Heliconia synthetica-alba (synthetic)'."""
+    return next(word for word in ("alba", "rubra") if word in name)
+
+
+def test_image_tags_keep_the_part_that_differs():
+    assert image_tags([f"{PAIR[0]} (synthetic)", f"{PAIR[1]} (synthetic)"]) == {
+        f"{PAIR[0]} (synthetic)": "alba", f"{PAIR[1]} (synthetic)": "rubra"}
+    stems = ["heliconia-synthetica-alba_0004", "heliconia-synthetica-alba_0005", "heliconia-synthetica-rubra_0002"]
+    assert list(image_tags(stems).values()) == ["alba_0004", "alba_0005", "rubra_0002"]
+    # an unrelated image keeps its name and does not lengthen the others'
+    assert image_tags([*stems, "drawer"])["heliconia-synthetica-rubra_0002"] == "rubra_0002"
+    assert image_tags([*stems, "drawer"])["drawer"] == "drawer"
+    # alone, or only extended by another ("x", "x copy"), or the same words: the whole name
+    assert image_tags(["IMG_1"]) == {"IMG_1": "IMG_1"}
+    assert image_tags(["x", "x copy"]) == {"x": "x", "x copy": "x copy"}
+    assert image_tags(["a b", "a-b"]) == {"a b": "a b", "a-b": "a-b"}
+
+
+def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    window = viewer.window._qt_window
+    window.resize(*WINDOW)
+    window.show()
+    viewer.open_sample("napari-intr", "look-alike-pair")
+    import torch
+    torch.set_num_threads(1)
+    from napari_intr.widgets.qt_helpers import layer_list_text
+    from napari_intr.widgets.state import shared_state
+    shared_state(viewer).model = None
+    widgets = {name: viewer.window.add_plugin_dock_widget("napari-intr", name)[1] for name in DOCKS}
+    explorer = widgets["INTR Explorer"]
+    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
+                    timeout=TIMEOUT_MS)
+    view = viewer.window._qt_viewer.layers
+    shown: dict[tuple, str] = {}  # (image, query, decoder layer, head) -> the list's text
+    for image in PAIR:
+        explorer.explain_box.image.choose(f"{image} (synthetic)")
+        explorer.explain()
+        qtbot.waitUntil(lambda image=image: explorer.state.explanation is not None
+                        and explorer.state.source.name == f"{image} (synthetic)"
+                        and not explorer.explain_box.task.busy, timeout=TIMEOUT_MS)
+        for query in PAIR:
+            explorer.results.select_class(query)
+            qtbot.waitUntil(lambda image=image, query=query: any(
+                layer.metadata.get("image") == f"{image} (synthetic)" and layer.metadata.get("class") == query
+                for layer in viewer.layers), timeout=TIMEOUT_MS)
+            QApplication.processEvents()
+            assert window.width() <= WINDOW[0] + 1
+            for row in range(view.model().rowCount()):
+                name, text = layer_list_text(view, row)
+                metadata = viewer.layers[name].metadata
+                if "class" not in metadata:
+                    continue  # the specimens themselves
+                head = metadata["head"]
+                key = (metadata["image"], metadata["class"], metadata["decoder_layer"], head)
+                what = f"{text!r} (of {name!r})"
+                image_part, marker, query_part = text.partition(" ◂ query ")
+                assert marker, f"the list shows {what}: the query marker is cut off"
+                assert distinguishing_word(metadata["image"]) in image_part, f"{what} does not say which image"
+                assert distinguishing_word(metadata["class"]) in query_part, f"{what} does not say whose query"
+                suffix = f"L{metadata['decoder_layer']} {'mean' if head == 'mean' else f'H{head}'}"
+                assert re.search(rf"· {suffix}$", query_part), f"{what} does not end in '· {suffix}'"
+                shown[key] = text
+    assert {(image, query) for image, query, *_ in shown} == {(i, q) for i in (f"{p} (synthetic)" for p in PAIR)
+                                                             for q in PAIR}
+    repeated = {text for text in shown.values() if list(shown.values()).count(text) > 1}
+    assert not repeated, f"maps of different images, queries or heads read the same: {sorted(repeated)}"
+    # the full names are kept with each layer
+    assert all(len(key[0]) > len(text.partition(" ◂ ")[0]) for key, text in shown.items())
