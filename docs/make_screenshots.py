@@ -234,6 +234,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
     import napari
     viewer = napari.Viewer(title="napari-intr tutorial")  # before torch, as napari loads the plugin
+    viewer.window.resize(*WINDOW)  # from the start, as the user's window: the docks lay out in it
     import torch
     torch.set_num_threads(max(1, (torch.get_num_threads() or 2) - 1))
     with tempfile.TemporaryDirectory() as scratch:

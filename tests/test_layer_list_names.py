@@ -2,7 +2,8 @@
 open): the list's delegate elides names in the middle to the width it has, so the test reads the
 text as the delegate draws it, not the layer's name. Each map must show which image, whose query,
 which decoder layer and which head, and no two maps may read the same, for the look-alike pair's
-queries (alba, rubra) on the pair's images (alba, rubra).
+queries (alba, rubra) on the pair's images (alba, rubra), and the Compare dock's maps of one
+query with all classes, with the candidates only, and their difference.
 
 As in real use the viewer exists before torch: model code is imported inside the test."""
 import re
@@ -87,3 +88,27 @@ def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_view
     assert not repeated, f"maps of different images, queries or heads read the same: {sorted(repeated)}"
     # the full names are kept with each layer
     assert all(len(key[0]) > len(text.partition(" ◂ ")[0]) for key, text in shown.items())
+
+    # Compare on the image explained last (rubra), alba's query: which decode each map shows
+    compare = widgets["INTR Compare"]
+    compare.selected.setCurrentText(PAIR[0])
+    compare.k.setValue(2)
+    compare.tick_most_confused()
+    compare.compare()
+    qtbot.waitUntil(lambda: not compare.task.busy and compare.comparison is not None, timeout=TIMEOUT_MS)
+    QApplication.processEvents()
+    compared = {}
+    for row in range(view.model().rowCount()):
+        name, text = layer_list_text(view, row)
+        metadata = viewer.layers[name].metadata
+        if "decoded" not in metadata:
+            continue
+        what = f"{text!r} (of {name!r})"
+        image_part, marker, query_part = text.partition(" ◂ query ")
+        assert marker and distinguishing_word(metadata["image"]) in image_part, what
+        assert distinguishing_word(metadata["selected"]) in query_part, what
+        assert f" · L{metadata['decoder_layer']} H{metadata['head']} · " in query_part, what
+        assert query_part.endswith(f" · {metadata['decoded']}"), what
+        compared[(metadata["head"], metadata["decoded"])] = text
+    assert len(compared) == 3 * len({head for head, _ in compared}) >= 3
+    assert len(set(compared.values())) == len(compared)

@@ -233,7 +233,7 @@ def stack(owner: QWidget, *parts) -> QVBoxLayout:
     return column
 
 
-LAYER_LIST_SHARE = 0.25  # of the window's width, at most, for napari's layer list
+LAYER_LIST_SHARE = 1 / 3  # of the window's width, at most, for napari's layer list (the canvas keeps more)
 
 
 def _layer_list_item(view, row: int):
