@@ -236,6 +236,8 @@ def test_hand_placed_file_is_used_and_checked_against_a_given_hash(cache, backbo
     placed = cache / zoo.entry("dinov2-vits14").filename
     torch.save(to_dinov2_hub(backbones["dinov2-vits14"].body, torch.Generator().manual_seed(6)), placed)
     assert weights_file("dinov2-vits14") == placed  # no download: pooch.retrieve would raise
+    assert not (cache / (placed.name + ".sha256")).exists()  # trusted once it loads (intr train)
+    zoo.trust(placed)
     assert (cache / (placed.name + ".sha256")).read_text().strip() == hashlib.sha256(placed.read_bytes()).hexdigest()
     with pytest.raises(zoo.ZooError, match="is not the file expected for dinov2-vits14"):
         weights_file("dinov2-vits14", sha256="0" * 64)

@@ -65,8 +65,10 @@ def test_a_hand_placed_file_is_used_without_download(cache, no_download):
     placed.parent.mkdir(parents=True)
     placed.write_bytes(b"copied by hand behind a firewall")
     assert zoo.fetch("intr-cub") == placed
-    # its hash is recorded at first use ...
+    # its hash is recorded once it has loaded ...
     record = cache / "intr_checkpoint_cub_detr_r50.pth.sha256"
+    assert not record.exists()
+    zoo.trust(placed)
     assert record.read_text().strip() == sha256(placed)
     assert zoo.fetch("intr-cub") == placed
     # ... and a later change is caught
@@ -74,6 +76,25 @@ def test_a_hand_placed_file_is_used_without_download(cache, no_download):
     with pytest.raises(ZooError, match=r"changed since it was first used.*Delete it and "
                                        r"intr_checkpoint_cub_detr_r50\.pth\.sha256"):
         zoo.fetch("intr-cub")
+
+
+def test_a_wrong_copy_placed_by_hand_does_not_block_the_right_one(cache, no_download):
+    """Behind a firewall a user copies the file by hand, as the offline message says; a first copy
+    that is cut or is another file fails to load and must not be trusted (its hash recorded):
+    the right file copied over it then loads."""
+    placed = cache / "intr_checkpoint_butterfly_detr_r50.pth"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(b"<html>proxy login</html>")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_model("intr-butterfly", device="cpu")
+    butterfly_checkpoint(cache / "other" / "checkpoint.pth", num_classes=10).replace(placed)
+    with pytest.raises(CheckpointError, match="has 10 classes, but intr-butterfly has 65"):
+        load_model("intr-butterfly", device="cpu")
+    assert not (cache / (placed.name + ".sha256")).exists()
+    butterfly_checkpoint(placed)
+    with pytest.warns(MissingClassNames):
+        assert load_model("intr-butterfly", device="cpu").config.num_classes == 65
+    assert (cache / (placed.name + ".sha256")).read_text().strip() == sha256(placed)
 
 
 def test_detr_file_must_match_the_hash_in_its_name(cache, no_download, monkeypatch):
@@ -136,14 +157,15 @@ def test_fetch_downloads_stores_and_verifies(cache, server, monkeypatch):
     path = zoo.fetch("intr-butterfly", progressbar=False)
     assert path == cache / entry.filename
     assert path.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == [entry.filename]  # trusted once it loads
+    zoo.trust(path)
     assert (cache / (entry.filename + ".sha256")).read_text().strip() == sha256(source)
-    assert sorted(p.name for p in cache.iterdir()) == [entry.filename, entry.filename + ".sha256"]
 
-    # a hash record left from a file since deleted describes nothing: a new download replaces it
+    # a hash record left from a file since deleted describes nothing: a new download drops it
     path.unlink()
     (served / source.name).write_bytes(source.read_bytes() + b"new release")
     assert zoo.fetch("intr-butterfly", progressbar=False).read_bytes().endswith(b"new release")
-    assert (cache / (entry.filename + ".sha256")).read_text().strip() == sha256(served / source.name)
+    assert not (cache / (entry.filename + ".sha256")).exists()
     (served / source.name).write_bytes(source.read_bytes())
     path.unlink()
     zoo.fetch("intr-butterfly", progressbar=False)

@@ -68,12 +68,13 @@ def _load(source, class_names, device) -> INTR:
         elif class_names is None:
             warnings.warn(f"{name}: classes are shown as numbers; {item.class_names_hint}", MissingClassNames,
                           stacklevel=3)
-        model = load_official(zoo.fetch(name), class_names, device)
+        path = zoo.fetch(name)
+        model = load_official(path, class_names, device)
         expected = item.num_classes
         if expected is not None and model.config.num_classes != expected:
-            raise CheckpointError(f"{zoo.cached_path(name)} has {model.config.num_classes} classes, but "
-                                  f"{name} has {expected}: it is another model's file. Delete it (and its "
-                                  ".sha256 record) and download again")
+            raise CheckpointError(f"{path} has {model.config.num_classes} classes, but {name} has {expected}: "
+                                  "it is another model's file. Delete it and download again")
+        zoo.trust(path)
         return model
     path = Path(name).expanduser()
     if not path.exists():

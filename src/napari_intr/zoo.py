@@ -44,8 +44,8 @@ ZOO = {
     "detr-r50": ZooEntry("detr-r50-e632da11.pth", "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
                          None, "detr", sha256_prefix="e632da11"),
     # The backbones' published weights, under the backbone's name. No hash of them is published
-    # with them, and we have not downloaded them: each is checked against the sha256 recorded at
-    # first use, or against one the caller gives (fetch's `sha256`).
+    # with them, and we have not downloaded them: each is checked against the sha256 recorded when
+    # it first loaded (`trust`), or against one the caller gives (fetch's `sha256`).
     **{f"dinov2-vit{size}14{suffix}": ZooEntry(
         f"dinov2_vit{size}14{tag}_pretrain.pth",
         f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{size}14/dinov2_vit{size}14{tag}_pretrain.pth", None,
@@ -88,7 +88,7 @@ def _sha256(path: Path) -> str:
 
 def verify(name: str, path: Path, sha256: str | None = None) -> None:
     """DETR: hash prefix from its name. Others: `sha256` when the caller knows it, else the hash
-    recorded at first use must still hold."""
+    recorded when the file first loaded (`trust`) must still hold."""
     item, actual = entry(name), _sha256(path)
     if sha256 is not None:
         if actual != sha256.lower():
@@ -108,8 +108,15 @@ def verify(name: str, path: Path, sha256: str | None = None) -> None:
         if actual != expected:
             raise ZooError(f"{path} changed since it was first used (sha256 {actual[:12]}… ≠ recorded "
                            f"{expected[:12]}…). Delete it and {record.name}, then download again")
-    else:
-        record.write_text(actual + "\n")
+
+
+def trust(path: Path) -> None:
+    """Record the hash of a zoo file that has just loaded, for `verify` to check on every later
+    use. Only a file that loaded is trusted: a damaged or wrong file copied by hand (behind a
+    firewall) is refused when it fails to load and does not block the right one copied after it."""
+    record = _record(path)
+    if not record.exists():
+        record.write_text(_sha256(path) + "\n")
 
 
 def _record(path: Path) -> Path:

@@ -109,9 +109,11 @@ def initial_model(init: str | None, class_names: list[str], backbone: str | None
             raise ValueError(f"--init pretrained fits the foundation backbones ({', '.join(VIT_BACKBONES)}), not "
                              f"--backbone {backbone}")
         from napari_intr.backbone_weights import load_backbone_weights, weights_file
-        from napari_intr.zoo import _sha256
+        from napari_intr.zoo import _sha256, trust
         path = weights_file(backbone, backbone_weights)
         load_backbone_weights(model.backbone[0], path)
+        if backbone_weights is None:  # the zoo's file, now known to load
+            trust(path)
         return Start(model, f"{backbone} from its published weights ({path.name}, sha256 {_sha256(path)})")
     if backbone != "resnet50":
         raise ValueError(f"--init detr-r50 fits only --backbone resnet50 (got {backbone}); use --init none "
