@@ -31,6 +31,9 @@ def test_image_tags_keep_the_part_that_differs():
     # an unrelated image keeps its name and does not lengthen the others'
     assert image_tags([*stems, "drawer"])["heliconia-synthetica-rubra_0002"] == "rubra_0002"
     assert image_tags([*stems, "drawer"])["drawer"] == "drawer"
+    # an edited copy: the original's part and what was added
+    edited = image_tags([f"{PAIR[0]} (synthetic)", f"{PAIR[1]} (synthetic)", f"{PAIR[1]} (synthetic) (edited)"])
+    assert edited[f"{PAIR[1]} (synthetic) (edited)"] == "rubra (edited)"
     # alone, or only extended by another ("x", "x copy"), or the same words: the whole name
     assert image_tags(["IMG_1"]) == {"IMG_1": "IMG_1"}
     assert image_tags(["x", "x copy"]) == {"x": "x", "x copy": "x copy"}

@@ -57,8 +57,9 @@ def image_tags(names) -> dict[str, str]:
     napari's narrow layer list elides: the words it shares at its start and at its end with a
     related image are dropped ("Heliconia synthetica-alba (synthetic)" beside "... -rubra
     (synthetic)" is "alba"; "heliconia-synthetica-alba_0004" beside "..._0005" and "...-rubra_0002"
-    is "alba_0004"). An image that shares no first (last) word with any other keeps its start
-    (end); one whose part would be the same as another's keeps its whole name."""
+    is "alba_0004"; "... -rubra (synthetic) (edited)" is "rubra (edited)"). An image that shares
+    no first (last) word with any other keeps its start (end); one whose part would be the same
+    as another's keeps its whole name."""
     names = list(dict.fromkeys(names))
     spans = {name: [match.span() for match in _WORD.finditer(name)] for name in names}
     tags = {}
@@ -85,6 +86,10 @@ def image_tags(names) -> dict[str, str]:
         begin = 0 if start == 0 else spans[name][start][0]
         finish = len(name) if end == len(words) else spans[name][end - 1][1]
         tags[name] = name[begin:finish]
+    for name in sorted(names, key=len):  # "X (edited)" beside X: X's part and what was added ("rubra (edited)")
+        base = max((other for other in names if other != name and name.startswith(other)), key=len, default=None)
+        if base is not None and tags[base] != base:
+            tags[name] = tags[base] + name[len(base):]
     repeated = {tag for tag in tags.values() if list(tags.values()).count(tag) > 1}
     return {name: name if tag in repeated else tag for name, tag in tags.items()}
 
