@@ -33,6 +33,9 @@ def test_two_processes_write_one_consistent_run(tmp_path, extra):
     start = events[0]
     # Each rank sees half the batches of a 12-image training set.
     assert start["train_images"] == 12 and start["steps_per_epoch"] == (3 if extra else 2)
+    # ... and the run says it is shared, with the images a step sees (README: --batch-size per process)
+    batch = start["batch_size"]
+    assert start["processes"] == 2 and batch == (2 if extra else int(FAST[FAST.index("--batch-size") + 1]))
     epoch = next(e for e in events if e["event"] == "epoch")
     assert epoch["val_acc"] is not None and 3 * epoch["val_acc"] == round(3 * epoch["val_acc"])  # 3 val images
 
@@ -42,3 +45,13 @@ def test_two_processes_write_one_consistent_run(tmp_path, extra):
     assert [json.loads(line)["epoch"] for line in lines] == [1]
     assert load_model(out, device="cpu").class_names == ["diamond", "disc", "third"]
     assert read_metadata(out / "model.safetensors")["provenance"]["best_val_acc"] == epoch["val_acc"]
+
+
+def test_the_plain_start_line_says_the_run_is_shared(capsys):
+    from intr_training.progress import PlainProgress
+    info = dict(epochs=1, train_images=45, val_images=9, classes=["a", "b", "c"], precision="fp32", out="run",
+                batch_size=8, accumulate=2)
+    PlainProgress().start(**info, processes=2)
+    assert "of 3 classes in fp32 in 2 processes (batch 8 each: 32 images a step); writing to run" in capsys.readouterr().out
+    PlainProgress().start(**info, processes=1)
+    assert "processes" not in capsys.readouterr().out

@@ -321,7 +321,8 @@ class TrainingRun:
             epochs=settings.epochs, steps_per_epoch=len(self.train_loader), classes=self.class_names,
             train_images=len(self.collection.train), val_images=len(self.collection.val),
             skipped_images=len(self.collection.skipped), out=str(self.out), first_epoch=self.epoch + 1,
-            init=self.init_description, precision=precision_name(self.options))
+            init=self.init_description, precision=precision_name(self.options),
+            processes=self.dist.world_size, batch_size=settings.batch_size, accumulate=settings.accumulate)
         for message in self.setup_warnings:
             self.progress.warning(message)
         if self.dist.is_main:
