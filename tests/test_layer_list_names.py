@@ -3,7 +3,8 @@ open): the list's delegate elides names in the middle to the width it has, so th
 text as the delegate draws it, not the layer's name. Each map must show which image, whose query,
 which decoder layer and which head, and no two maps may read the same, for the look-alike pair's
 queries (alba, rubra) on the pair's images (alba, rubra), and the Compare dock's maps of one
-query with all classes, with the candidates only, and their difference.
+query with all classes, with the candidates only, and their difference, and the Edit dock's
+after − before maps.
 
 As in real use the viewer exists before torch: model code is imported inside the test."""
 import re
@@ -115,3 +116,29 @@ def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_view
         compared[(metadata["head"], metadata["decoded"])] = text
     assert len(compared) == 3 * len({head for head, _ in compared}) >= 3
     assert len(set(compared.values())) == len(compared)
+
+    # Edit: alba's spot region transplanted onto rubra; the effect's maps name the edited image
+    edit = widgets["INTR Edit"]
+    edit.image.choose(f"{PAIR[1]} (synthetic)")
+    edit.start()
+    region = edit.region_layer.data.copy()
+    region[20:50, 20:50] = 1
+    edit.region_layer.data = region
+    edit.options.operation.value = "transplant"
+    edit.options.source.choose(f"{PAIR[0]} (synthetic)")
+    edit.apply()
+    qtbot.waitUntil(lambda: not edit.task.busy and edit.report.effect is not None, timeout=TIMEOUT_MS)
+    QApplication.processEvents()
+    effects = []
+    for row in range(view.model().rowCount()):
+        name, text = layer_list_text(view, row)
+        metadata = viewer.layers[name].metadata
+        if "difference" not in metadata:
+            continue
+        what = f"{text!r} (of {name!r})"
+        image_part, marker, query_part = text.partition(" ◂ query ")
+        assert marker and "rubra" in image_part, what
+        assert distinguishing_word(metadata["class"]) in query_part, what
+        assert query_part.endswith(f" · L{metadata['decoder_layer']} H{metadata['head']} · after − before"), what
+        effects.append(text)
+    assert effects and len(set(effects)) == len(effects)

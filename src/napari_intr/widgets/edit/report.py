@@ -60,7 +60,9 @@ class EditReport(QGroupBox):
                           f"'… · H<n> · after − before': green where the edit drew attention, pink "
                           "where it took it away.")
         scale, translate = grid_placement(after, tuple(image_layer.scale[-2:]), tuple(image_layer.translate[-2:]))
-        label = image_label(self.layers.viewer, edited_name)
+        # named for the image that was edited (its edited copy is "… (edited)"): the suffix says
+        # it is the edit's effect, and the shorter name keeps the query in the layer list
+        label = image_label(self.layers.viewer, image_layer.name)
         for head, (difference, limit) in enumerate(zip(effect.difference, effect.limits)):
             self.layers.show(("edit difference", edited_name, head),
                              f"{layer_name(label, effect.class_name, number, head_number(head))} · after − before",
