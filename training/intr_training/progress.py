@@ -7,9 +7,10 @@ Every object has an "event" key:
 
   {"event": "start", "epochs": int, "steps_per_epoch": int, "classes": [str],
    "train_images": int, "val_images": int, "skipped_images": int, "out": str,
-   "first_epoch": int, "init": str, "precision": str}
+   "first_epoch": int, "init": str, "precision": str, "feature_precision": str|null}
       first_epoch is 1, or the next epoch when --resume continues a run; precision is what
-      the steps compute in: "bf16" (autocast) or "fp32" (intr train --precision).
+      the steps compute in: "bf16" (autocast) or "fp32" (intr train --precision);
+      feature_precision what a frozen backbone's features are computed in (null: not frozen).
   {"event": "step", "epoch": int, "step": int, "steps": int, "loss": float,
    "accuracy": float, "lr": float, "eta_seconds": float}
       loss and accuracy are running means over the epoch so far; at most about four per
@@ -43,6 +44,8 @@ import json
 import math
 import sys
 import time
+
+from napari_intr.devices import training_precision_text
 
 MODES = ("tty", "plain", "json", "none")
 STEP_INTERVAL_SECONDS = 0.25
@@ -140,7 +143,7 @@ class TtyProgress(Progress):
     def start(self, **info):
         self.epochs = info["epochs"]
         self.line(f"training on {info['train_images']} images ({info['val_images']} for validation) of "
-                  f"{len(info['classes'])} classes in {info['precision']}; writing to {info['out']}")
+                  f"{len(info['classes'])} classes in {training_precision_text(info)}; writing to {info['out']}")
 
     def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds):
         if not self.show_bar:
