@@ -85,6 +85,23 @@ def test_cpu_steps_use_bf16_only_when_large_and_native(monkeypatch, native):
     assert engine.options_for(cpu, 16, "bf16").amp
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_frozen_backbone_computes_its_features_as_explain_does(monkeypatch, native):
+    """The frozen forward is inference: "auto" is bf16 wherever native, whatever the step's size;
+    a forced precision holds for the features too."""
+    from intr_training import engine
+    from napari_intr import inference
+    monkeypatch.setattr(inference, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    small = engine.options_for(cpu, 32 * 224 * 224)  # the ViT recipe's step: trained in fp32
+    assert not small.amp
+    features = engine.feature_options(small)
+    assert features.amp is native and features.channels_last is native
+    assert engine.precision_name(features) == ("bf16" if native else "fp32")
+    assert not engine.feature_options(engine.options_for(cpu, 16, "fp32"), "fp32").amp
+    assert engine.feature_options(engine.options_for(cpu, 16, "bf16"), "bf16").amp
+
+
 def test_an_unknown_precision_is_refused():
     from intr_training.engine import options_for
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):

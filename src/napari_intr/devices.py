@@ -13,6 +13,15 @@ PRECISION_HELP = ("auto (default): bf16 autocast on CPUs with native bf16 (AVX51
                   "fp32 elsewhere; fp32: always float32 (exact); bf16: always bf16 autocast")
 
 
+def training_precision_text(start: dict) -> str:
+    """What a training run computes in, from its "start" progress event: "fp32", or "fp32
+    (frozen backbone's features in bf16)" where the two differ."""
+    features = start.get("feature_precision")
+    if features and features != start["precision"]:
+        return f"{start['precision']} (frozen backbone's features in {features})"
+    return start["precision"]
+
+
 def resolve_device(device=None):
     """"auto" (or None) picks CUDA, then Apple's MPS, then the CPU. Returns a torch.device."""
     import torch

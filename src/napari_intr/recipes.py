@@ -65,7 +65,8 @@ CLIP_MAX_NORM = 0.1
 AMP_MIN_IMAGES, AMP_MIN_SIDE = 8, 512
 PRECISION_HELP = (f"auto: bf16 autocast for steps of at least {AMP_MIN_IMAGES} images of {AMP_MIN_SIDE}x{AMP_MIN_SIDE} "
                   "px (or as many pixels) on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 "
-                  "otherwise; fp32; bf16: always bf16 autocast")
+                  "otherwise, and a frozen backbone's features in bf16 wherever native (as explain computes them); "
+                  "fp32; bf16: always bf16 autocast")
 # "encoder": backbone, projection and encoder; "none": nothing, where the recipe freezes the backbone
 FREEZE_CHOICES = ("none", "backbone", "encoder")
 # These may change when a run is resumed; everything else comes from the saved run.

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from napari_intr.devices import PRECISIONS, native_bf16
 from napari_intr.distributed import sum_over_ranks
+from napari_intr.inference import resolve_precision
 from napari_intr.recipes import AMP_MIN_IMAGES, AMP_MIN_SIDE
 
 from .data import Batch
@@ -54,6 +55,16 @@ def options_for(device: torch.device, pixels_per_step: int | None = None, precis
     if on_cuda and not amp:
         torch.backends.cuda.matmul.allow_tf32 = True
     return StepOptions(device, amp=amp, channels_last=on_cuda or amp)
+
+
+def feature_options(options: StepOptions, precision: str = "auto") -> StepOptions:
+    """Options for a frozen backbone's forward (filling the feature cache, or each step without
+    it). That forward is inference, one image at a time on a CPU, so "auto" follows explain's rule
+    (`inference.resolve_precision`: bf16 wherever it is native), not the training step's size
+    threshold: DINOv2 ViT-S/14 at 224 px extracted 1.3-1.8x faster in bf16 on this project's
+    AVX512-BF16 CPU (benchmarks/RESULTS.md, issue 26)."""
+    amp = resolve_precision(precision, options.device) == "bf16"
+    return StepOptions(options.device, amp=amp, channels_last=options.device.type == "cuda" or amp)
 
 
 def precision_name(options: StepOptions) -> str:

@@ -7,12 +7,13 @@ Every object has an "event" key:
 
   {"event": "start", "epochs": int, "steps_per_epoch": int, "classes": [str],
    "train_images": int, "val_images": int, "skipped_images": int, "out": str,
-   "first_epoch": int, "init": str, "precision": str, "processes": int, "batch_size": int,
-   "accumulate": int}
+   "first_epoch": int, "init": str, "precision": str, "feature_precision": str|null,
+   "processes": int, "batch_size": int, "accumulate": int}
       first_epoch is 1, or the next epoch when --resume continues a run; precision is what
-      the steps compute in: "bf16" (autocast) or "fp32" (intr train --precision); processes:
-      torchrun's world size (1 without it); batch_size is per process, so a step sees
-      processes × batch_size × accumulate images.
+      the steps compute in: "bf16" (autocast) or "fp32" (intr train --precision);
+      feature_precision what a frozen backbone's features are computed in (null: not frozen);
+      processes: torchrun's world size (1 without it); batch_size is per process, so a step
+      sees processes × batch_size × accumulate images.
   {"event": "step", "epoch": int, "step": int, "steps": int, "loss": float,
    "accuracy": float, "lr": float, "eta_seconds": float}
       loss and accuracy are running means over the epoch so far; at most about four per
@@ -46,6 +47,8 @@ import json
 import math
 import sys
 import time
+
+from napari_intr.devices import training_precision_text
 
 MODES = ("tty", "plain", "json", "none")
 STEP_INTERVAL_SECONDS = 0.25
@@ -146,7 +149,7 @@ class TtyProgress(Progress):
         shared = (f" in {processes} processes (batch {info['batch_size']} each: "
                   f"{processes * info['batch_size'] * info.get('accumulate', 1)} images a step)" if processes > 1 else "")
         self.line(f"training on {info['train_images']} images ({info['val_images']} for validation) of "
-                  f"{len(info['classes'])} classes in {info['precision']}{shared}; writing to {info['out']}")
+                  f"{len(info['classes'])} classes in {training_precision_text(info)}{shared}; writing to {info['out']}")
 
     def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds):
         if not self.show_bar:

@@ -37,7 +37,7 @@ from . import schedules, train_settings
 from .calibrate import calibrate_training_run
 from .data import ImageFolderDataset, VariantDataset, collate
 from .diagnosis import Watch
-from .engine import evaluate, options_for, precision_name, train_one_epoch
+from .engine import evaluate, feature_options, options_for, precision_name, train_one_epoch
 from .feature_cache import (
     BackboneFeatures,
     CachedVariants,
@@ -202,6 +202,7 @@ class TrainingRun:
         self.config = model.config
         self.frozen = freeze(model, settings.freeze)
         self.options = options_for(self.device, settings.batch_size * model.config.short_side ** 2, settings.precision)
+        self.feature_options = feature_options(self.options, settings.precision)  # a frozen backbone's forward
         model.to(self.device)
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -282,8 +283,8 @@ class TrainingRun:
 
             def features(loader, dataset):
                 if settings.cache_features:
-                    return FeatureLoader(loader, dataset.cache, backbone, self.options)
-                return BackboneFeatures(loader, backbone, self.options)
+                    return FeatureLoader(loader, dataset.cache, backbone, self.feature_options)
+                return BackboneFeatures(loader, backbone, self.feature_options)
             self.train_loader = features(self.train_loader, train_set)
             if self.val_loader is not None:
                 self.val_loader = features(self.val_loader, val_set)
@@ -294,7 +295,7 @@ class TrainingRun:
         name = split if split == "train" else f"{split}-rank{self.dist.rank}"
         backbone = self.model.backbone
         arguments = (self.out, name, samples, variants, self.config.max_side, backbone[0], backbone.stride,
-                     backbone.num_channels, precision_name(self.options), fingerprint)
+                     backbone.num_channels, precision_name(self.feature_options), fingerprint)
         if split == "train" and not self.dist.is_main:
             distributed.barrier()
             return FeatureCache.prepare(*arguments, create=False)[0]
@@ -322,6 +323,7 @@ class TrainingRun:
             train_images=len(self.collection.train), val_images=len(self.collection.val),
             skipped_images=len(self.collection.skipped), out=str(self.out), first_epoch=self.epoch + 1,
             init=self.init_description, precision=precision_name(self.options),
+            feature_precision=precision_name(self.feature_options) if settings.freeze is not None else None,
             processes=self.dist.world_size, batch_size=settings.batch_size, accumulate=settings.accumulate)
         for message in self.setup_warnings:
             self.progress.warning(message)

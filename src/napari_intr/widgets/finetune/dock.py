@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from ... import run_folder
+from ...devices import training_precision_text
 from ..qt_helpers import TextLabel, group_box, scroll_column, tabbed_dock
 from ..state import shared_state
 from ..workers import messages
@@ -190,7 +191,7 @@ class FineTuneWidget(QWidget):
             self._activity.total = total
             self._activity.set_description(f"{WIDGET_NAME}: epoch {self._first_epoch}/{self._epochs}")
         self.status.setText(f"Training on {event['train_images']} images ({event['val_images']} for "
-                            f"validation) of {len(event['classes'])} classes in {event['precision']}; "
+                            f"validation) of {len(event['classes'])} classes in {training_precision_text(event)}; "
                             f"{event['init']}")
 
     def _on_step_event(self, event: dict) -> None:
