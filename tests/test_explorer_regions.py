@@ -80,11 +80,11 @@ def test_rectangles_choose_regions_explained_and_placed_on_the_photo(drawer, qtb
     # the labels name the epithet (look-alikes differ there) and never run into each other
     assert [label.split(": ")[1].split(" (")[0] for label in outlines.features["full"]] == [
         name.split(" ", 1)[1] for name in expected]
-    from napari_intr.widgets.explorer.regions import CHARACTER_WIDTH, LABEL_SIZE, LINE_HEIGHT
+    from napari_intr.widgets.explorer.regions import CHARACTER_WIDTH, LINE_HEIGHT, label_text_size
     from napari_intr.widgets.layers import camera_of
     for zoom, all_full in ((0.2, False), (40.0, True)):
         camera_of(viewer).zoom = zoom
-        labels, size = list(outlines.features["label"]), LABEL_SIZE / zoom
+        labels, size = list(outlines.features["label"]), label_text_size(viewer)
         assert (labels == list(outlines.features["full"])) == all_full
         rects = [(np.min(shape[:, 0]) - LINE_HEIGHT * size, np.min(shape[:, 1]), np.min(shape[:, 0]),
                   np.min(shape[:, 1]) + CHARACTER_WIDTH * size * len(label))
@@ -190,3 +190,27 @@ def test_saved_maps_carry_the_layers_physical_scale(make_napari_viewer, qtbot, t
         x_resolution = tiff.pages[0].tags["XResolution"].value
     cell = widget.state.explanation.cell_size()[1]
     assert x_resolution[1] / x_resolution[0] == pytest.approx(0.02 * cell, rel=1e-4)  # mm per map pixel
+
+
+def test_the_label_width_the_placement_assumes_covers_the_drawn_text(make_napari_viewer):
+    """Labels are kept apart by their estimated width (label_texts); the estimate must cover the
+    text as napari draws it. Taking the size in points as pixels made it a quarter too narrow, and
+    neighbouring labels ran together at fit-to-view zoom (the tutorial's drawer screenshot)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_intr.widgets.explorer.regions import CHARACTER_WIDTH, LABEL_SIZE, label_text_size
+    from napari_intr.widgets.layers import camera_of
+    viewer = make_napari_viewer(show=True)
+    text = "1: synthetica-alba (1.00)"
+    viewer.add_shapes([np.array([[0, 0], [40, 400]])], shape_type="rectangle", edge_width=0,
+                      face_color="transparent", edge_color="transparent", features={"label": [text]},
+                      text={"string": "{label}", "anchor": "upper_left", "size": LABEL_SIZE, "color": "white"})
+    camera_of(viewer).zoom = 1.0
+    camera_of(viewer).center = (0, 200)
+    for _ in range(5):  # the text is laid out on the canvas's first draws
+        QApplication.processEvents()
+    picture = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    columns = np.flatnonzero((picture[..., :3].min(axis=-1) > 128).any(axis=0))
+    drawn = columns.max() - columns.min() + 1
+    estimated = CHARACTER_WIDTH * label_text_size(viewer) * camera_of(viewer).zoom * len(text)
+    assert 0.9 * drawn <= estimated <= 1.35 * drawn, (drawn, estimated)

@@ -28,7 +28,7 @@ COLUMNS = ("Region", "Top class", "p", "2nd", "p", "Known")  # the saved CSV has
 REJECTED_COLOUR = np.array([0.6, 0.6, 0.6, 1.0])
 MARGINS = ("0", "5%", "10%", "20%", "16")
 OUTLINE_WIDTH = 3
-LABEL_SIZE = 10  # napari draws text at this size on screen, whatever the zoom
+LABEL_SIZE = 10  # points (napari draws text at this size on screen, whatever the zoom; label_text_size)
 CHARACTER_WIDTH, LINE_HEIGHT = 0.62, 1.4  # of LABEL_SIZE: DejaVu Sans, as napari draws it
 
 
@@ -194,7 +194,7 @@ class RegionsBox(QGroupBox):
         if self.outlines is None or self.outlines not in self.viewer.layers or not self._labels:
             return
         boxes, texts, ids = self._labels
-        shown = label_texts(boxes, texts, ids, LABEL_SIZE / max(float(camera_of(self.viewer).zoom), 1e-9))
+        shown = label_texts(boxes, texts, ids, label_text_size(self.viewer))
         if list(self.outlines.features["label"]) != shown:
             features = self.outlines.features.copy()
             features["label"] = shown
@@ -213,6 +213,16 @@ class RegionsBox(QGroupBox):
         self.table.setRowCount(0)
         if note:
             self.summary.setText(note)
+
+
+def label_text_size(viewer) -> float:
+    """The labels' font size in world units at the viewer's zoom. Napari's text size is in points:
+    vispy draws LABEL_SIZE points as LABEL_SIZE × dpi / 72 screen pixels (13.3 at 96 dpi), so
+    sizes taken as pixels made labels a third wider than their room and neighbours ran together."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands plugins a proxy of the viewer
+    canvas = getattr(getattr(viewer.window, "_qt_viewer", None), "canvas", None)
+    dpi = getattr(getattr(canvas, "_scene_canvas", canvas), "dpi", None) or 96.0
+    return LABEL_SIZE * float(dpi) / 72 / max(float(camera_of(viewer).zoom), 1e-9)
 
 
 def label_texts(boxes, texts, short_texts, text_size: float) -> list[str]:
