@@ -214,3 +214,19 @@ def test_the_label_width_the_placement_assumes_covers_the_drawn_text(make_napari
     drawn = columns.max() - columns.min() + 1
     estimated = CHARACTER_WIDTH * label_text_size(viewer) * camera_of(viewer).zoom * len(text)
     assert 0.9 * drawn <= estimated <= 1.35 * drawn, (drawn, estimated)
+
+
+def test_a_long_label_never_leaves_a_neighbour_unlabelled():
+    """At the drawer's fit-to-view zoom region 1's full label reaches over region 2's corner:
+    region 2 (and 4, beside 3) still gets its id, and no two labels overlap."""
+    from napari_intr.widgets.explorer.regions import CHARACTER_WIDTH, LINE_HEIGHT, label_texts
+    boxes = [np.array([[row, column], [row + 160, column + 160]]) for row, column in PLACES.values()]
+    full = [f"{i}: {stem.split('-', 1)[1]} (1.00)" for i, stem in enumerate(PLACES, start=1)]
+    ids = [str(i) for i in range(1, len(full) + 1)]
+    size = 15.0  # world units: 13.9 px text at 0.9 px per photo pixel, as in the tutorial's picture
+    shown = label_texts(boxes, full, ids, size)
+    assert all(shown) and shown != ids and set(shown) <= set(full) | set(ids), shown
+    rects = [(b[0][0] - LINE_HEIGHT * size, b[0][1], b[0][0], b[0][1] + CHARACTER_WIDTH * size * len(t))
+             for b, t in zip(boxes, shown, strict=True)]
+    assert not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+                   for i, a in enumerate(rects) for b in rects[i + 1:])

@@ -226,23 +226,27 @@ def label_text_size(viewer) -> float:
 
 
 def label_texts(boxes, texts, short_texts, text_size: float) -> list[str]:
-    """What each region's label says so that no two labels overlap: its full text, else its short
-    text (the region id: the Regions table names its class), else nothing. `boxes`: per region
-    [[row0, col0], [row1, col1]] in world units; `text_size`: the labels' size in world units at
-    the current zoom. A label sits on its box's top edge, starting at the box's left."""
-    placed, shown = [], []
-    for box, candidates in zip(boxes, zip(texts, short_texts, strict=True), strict=True):
+    """What each region's label says so that no two labels overlap: first every region's short
+    text (the region id: the Regions table names its class) where it has room, then its full text
+    where that has room beside the others, so a long label never leaves a neighbour unlabelled.
+    `boxes`: per region [[row0, col0], [row1, col1]] in world units; `text_size`: the labels' size
+    in world units at the current zoom. A label sits on its box's top edge, starting at its left."""
+    def rect(box, text):
         (row0, col0), _ = np.asarray(box, dtype=float)
-        chosen = ""
-        for text in candidates:
-            text = str(text)
-            rect = (row0 - LINE_HEIGHT * text_size, col0, row0, col0 + CHARACTER_WIDTH * text_size * len(text))
-            if not any(rect[0] < other[2] and other[0] < rect[2] and rect[1] < other[3] and other[1] < rect[3]
-                       for other in placed):
-                chosen = text
-                placed.append(rect)
-                break
-        shown.append(chosen)
+        return row0 - LINE_HEIGHT * text_size, col0, row0, col0 + CHARACTER_WIDTH * text_size * len(text)
+
+    def free(candidate, placed, index):
+        return not any(candidate[0] < other[2] and other[0] < candidate[2] and candidate[1] < other[3]
+                       and other[1] < candidate[3] for j, other in placed.items() if j != index)
+
+    texts, short_texts = [str(t) for t in texts], [str(t) for t in short_texts]
+    placed, shown = {}, [""] * len(texts)
+    for index, (box, text) in enumerate(zip(boxes, short_texts, strict=True)):
+        if free(rect(box, text), placed, index):
+            placed[index], shown[index] = rect(box, text), text
+    for index, (box, text) in enumerate(zip(boxes, texts, strict=True)):
+        if free(rect(box, text), placed, index):
+            placed[index], shown[index] = rect(box, text), text
     return shown
 
 
