@@ -100,7 +100,7 @@ def run(seconds: float, model: str = "sample", task: str = "explain") -> dict:
     result = {"idle": idle, "explaining": explaining, "explains": len(done), **causes, "task": task,
               "model": widget.state.model_name, "device": str(widget.state.model.device),
               "input": list(explanation.input_shape), "classes": len(explanation.class_names),
-              "layers_in_viewer": len(viewer.layers)}
+              "layers_in_viewer": len(viewer.layers), "batch_summary": widget.batch.summary.full_text}
     viewer.close()
     scratch.cleanup()
     return result

@@ -8,6 +8,7 @@ KeyedLayers: the Compare and Edit docks' attention grids, keyed by what they sho
 place. Nothing here ever touches an input image layer or removes a layer."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,10 +147,10 @@ class LiveLayerSet:
         layer = _image_layer(view, build.colormap)
         # final order: the mean on top, then the heads strongest first (the list's end is its top)
         anchor = build.layers[-1] if build.layers else None
-        if anchor is not None and anchor in self.viewer.layers:
-            self.viewer.layers.insert(self.viewer.layers.index(anchor), layer)
-        else:
-            self.viewer.layers.append(layer)
+        layers = self.viewer.layers
+        position = layers.index(anchor) if anchor is not None and anchor in layers else len(layers)
+        with _selection_kept(layers):
+            layers.insert(position, layer)
         build.layers.append(layer)
         if len(build.layers) == len(build.views):
             del self._building[image]
@@ -195,6 +196,22 @@ class _Build:
     views: list[LayerView]
     colormap: str
     layers: list = field(default_factory=list)
+
+
+@contextmanager
+def _selection_kept(layer_list):
+    """napari makes an inserted layer the selected one, which also rebuilds the layer-controls
+    panel: about a third of an attention layer's cost to add. Our layers come in without taking
+    the user's selection (`_activate_on_insert` is napari's own switch; where it is missing,
+    napari's default stays)."""
+    if not hasattr(layer_list, "_activate_on_insert"):
+        yield
+        return
+    before, layer_list._activate_on_insert = layer_list._activate_on_insert, False
+    try:
+        yield
+    finally:
+        layer_list._activate_on_insert = before
 
 
 def _image_layer(view: LayerView, colormap: str):
