@@ -42,6 +42,8 @@ class TaskBar(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.status)
         self.worker = None
+        self._alive = [True]
+        self.destroyed.connect(lambda *_, alive=self._alive: alive.__setitem__(0, False))
         self._cancel_event = threading.Event()
         self._napari_bar = None
         self._errored = self._cancelled = False
@@ -122,8 +124,10 @@ class TaskBar(QWidget):
         self._errored = True
 
     def _on_finished(self) -> None:
-        # what the result queued for later turns (gui_turns: new layers) is part of the task
-        turns().after_steps(self._finish)
+        # what the result queued for later turns (gui_turns: new layers) is part of the task;
+        # a bar closed meanwhile (its dock or viewer) has nothing left to show
+        alive = self._alive
+        turns().after_steps(lambda: self._finish() if alive[0] else None)
 
     def _finish(self) -> None:
         self.worker = None
