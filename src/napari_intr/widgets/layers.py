@@ -80,7 +80,7 @@ class LiveLayerSet:
     """Live attention layers per image name, in a viewer.
 
     A new set (a new image, another head count, after Keep) is added one layer per turn of the
-    event loop (gui_turns: each napari layer costs 40-400 ms to add), the visible mean first;
+    event loop (gui_turns: each napari layer costs 100-400 ms to add here), the visible mean first;
     `show` during that build rewrites the layers added so far and hands the rest the newest maps.
     Existing sets are rewritten in place within one turn."""
 
