@@ -1,20 +1,30 @@
-"""How long napari's event loop stalls while the INTR Explorer explains, against the same time
-without explaining, side by side.
+"""How long napari's event loop stalls while the INTR Explorer works, against the same time
+without it, side by side.
 
-    xvfb-run -a python benchmarks/explain_event_loop.py [--seconds 15] [--json]
+    xvfb-run -a python benchmarks/explain_event_loop.py [--seconds 15] [--model sample|resnet50]
+        [--task explain|redecode|folder|new-layers] [--worker-nice N] [--json]
 
-A QTimer ticks every 10 ms in a real napari viewer with the bundled specimen (heliconia-alba) and
-the Explorer dock widget, which loads the bundled sample model itself. "idle" measures the viewer
-with the model loaded; "explaining" measures while the Explorer's Explain runs again and again
-(the encode + decode in a napari thread worker, then the results table and one attention layer
-per head published on the GUI thread). The gaps between ticks are the stalls the user feels.
-Target: the longest stall while explaining < 100 ms.
+A QTimer ticks every 10 ms in a real napari viewer with the Explorer dock widget; the gaps between
+ticks are the stalls the user feels. "idle" measures the viewer with the model loaded; the task
+runs again and again while the other is measured:
+- explain: the Explorer's Explain (encode + all-class decode in a napari thread worker, then the
+  results table and the attention layers rewritten on the GUI thread);
+- redecode: every class decoded again on the cached encoding (what a class-set change costs),
+  published as Explain publishes;
+- folder: the Batch box explaining a folder of 6 images (predictions.csv, a TIFF per image);
+- new-layers: Explain, then Keep, so that each Explain adds a new set of attention layers
+  (a new image's first explanation).
+--model sample: the bundled model on its specimen (128 px); resnet50: INTR with C = 200, random
+weights, on 800x1200 px specimens (loaded as the Model box loads a model). Target: the longest
+stall while the task runs < 100 ms.
 
 It also times the causes of stalls, each against its alternative in the same run: the GUI-thread
 work of publishing one explanation; rewriting the live attention layers in place (the plugin's
 way) against replacing their data arrays; and a full garbage collection with the objects that
 exist once the model is loaded frozen (gc.freeze, the plugin's way) against not frozen. Stalls
 on a machine busy with other work also contain time this process waits for a CPU core.
+--worker-nice sets napari_intr.threads.WORKER_NICE (0: jobs at the GUI thread's priority, as
+before issue 24's session 7).
 """
 from __future__ import annotations
 
@@ -23,25 +33,34 @@ import gc
 import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from finetune_event_loop import TICK_MS, measure_gaps, row, summary
 
 
-def run(seconds: float) -> dict:
+def run(seconds: float, model: str = "sample", task: str = "explain") -> dict:
     import napari
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(show=True)
-    viewer.open_sample("napari-intr", "heliconia-alba")
     _, widget = viewer.window.add_plugin_dock_widget("napari-intr", "INTR Explorer")
     app = napari.qt.get_qapp()
-    deadline = time.perf_counter() + 120
-    while widget.state.model is None or widget.model_source.task.busy:  # loading: not measured
-        if time.perf_counter() > deadline:
-            raise RuntimeError("the Explorer did not load the bundled model within 120 s")
-        app.processEvents()
-        time.sleep(0.005)
+    wait_until(app, lambda: widget.state.model is not None and not widget.model_source.task.busy,
+               "the Explorer did not load the bundled model")  # loading: not measured
+    scratch = tempfile.TemporaryDirectory()
+    folder = Path(scratch.name) / "images"
+    if model == "resnet50":
+        load_resnet50(widget)
+        from inference_speed import make_folder
+        make_folder(folder, FOLDER_IMAGES)
+        viewer.open(sorted(folder.glob("*.jpg"))[0])
+    else:
+        viewer.open_sample("napari-intr", "heliconia-alba")
+        if task == "folder":
+            from inference_speed import make_folder
+            make_folder(folder, FOLDER_IMAGES, height=256, width=384)
     panel = widget.explain_box
     done, state = [], {"running": False}
     publish_ms = []
@@ -53,39 +72,99 @@ def run(seconds: float) -> dict:
         publish_ms.append((time.perf_counter() - started) * 1000)
 
     panel._publish = timed_publish
+    widget.explain()  # warm-up explain: first calls allocate and pick kernels; not measured
+    wait_until(app, lambda: not panel.task.busy, "the warm-up Explain did not end")
+    if widget.state.explanation is None:
+        raise RuntimeError("the warm-up Explain produced no explanation")
+    start, task_bar = starter(widget, task, folder, Path(scratch.name) / "out")
 
     def again(busy: bool) -> None:
         if not busy:
             done.append(time.perf_counter())
             if state["running"]:
-                QTimer.singleShot(0, widget.explain)  # the next Explain, as a click would
+                QTimer.singleShot(0, start)  # the next run, as a click would
 
-    panel.task.busy_changed.connect(again)
-    widget.explain()  # warm-up explain: first calls allocate and pick kernels; not measured
-    while panel.task.busy:
-        app.processEvents()
-        time.sleep(0.005)
-    if widget.state.explanation is None:
-        raise RuntimeError("the warm-up Explain produced no explanation")
+    task_bar.busy_changed.connect(again)
     idle = measure_gaps(app, seconds)
     publish_ms.clear()
     done.clear()
     state["running"] = True
-    widget.explain()
+    QTimer.singleShot(0, start)  # the click, inside the measured event loop
     with StallCauses() as causes_of_stalls:
         explaining = measure_gaps(app, seconds)
     state["running"] = False
-    while panel.task.busy:
+    wait_until(app, lambda: not task_bar.busy, "the task did not end")
+    explanation = widget.state.explanation
+    causes = {"publish_ms": summary(publish_ms or [0.0]), "long_gaps": causes_of_stalls.summary(),
+              **layer_update_ms(widget, app), **full_collection_ms()}
+    result = {"idle": idle, "explaining": explaining, "explains": len(done), **causes, "task": task,
+              "model": widget.state.model_name, "device": str(widget.state.model.device),
+              "input": list(explanation.input_shape), "classes": len(explanation.class_names),
+              "layers_in_viewer": len(viewer.layers), "batch_summary": widget.batch.summary.full_text}
+    viewer.close()
+    scratch.cleanup()
+    return result
+
+
+FOLDER_IMAGES = 6
+
+
+def wait_until(app, condition, what: str, seconds: float = 600) -> None:
+    deadline = time.perf_counter() + seconds
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{what} within {seconds:.0f} s")
         app.processEvents()
         time.sleep(0.005)
-    explanation = widget.state.explanation
-    causes = {"publish_ms": summary(publish_ms), "long_gaps": causes_of_stalls.summary(),
-              **layer_update_ms(widget, app), **full_collection_ms()}
-    result = {"idle": idle, "explaining": explaining, "explains": len(done), **causes,
-              "model": widget.state.model_name, "device": str(widget.state.model.device),
-              "input": list(explanation.input_shape), "classes": len(explanation.class_names)}
-    viewer.close()
-    return result
+
+
+def load_resnet50(widget) -> None:
+    """resnet50 INTR, C = 200, random weights, published as the Model box publishes a loaded model
+    (inference path, threads leaving the GUI a core, objects frozen)."""
+    import torch
+
+    from napari_intr.inference import prepare_for_inference
+    from napari_intr.model import IntrConfig, build_model
+    from napari_intr.threads import use_inference_threads
+    use_inference_threads(leave_for_gui=True)
+    torch.manual_seed(0)
+    widget.model_source._publish(prepare_for_inference(build_model(IntrConfig(num_classes=200))),
+                                 "resnet50 C=200 (random weights)")
+
+
+def starter(widget, task: str, folder: Path, out: Path):
+    """(a callable that starts one run of `task`, the TaskBar that runs it)."""
+    panel = widget.explain_box
+    if task == "explain":
+        return widget.explain, panel.task
+    if task == "new-layers":
+        def explain_anew():
+            widget.attention.keep()  # the next Explain makes a new set, as for a new image
+            widget.explain()
+        return explain_anew, panel.task
+    if task == "redecode":
+        def redecode():
+            state = widget.state
+            panel._pending = (state.source, state.model)
+            panel.task.start(redecode_job, state.model, state.encoded, doing="Decoding every class again",
+                             on_result=panel._publish)
+        return redecode, panel.task
+    if task == "folder":
+        runs = []
+
+        def explain_folder():
+            runs.append(out / f"run{len(runs)}")
+            widget.batch.inputs.path, widget.batch.output.path = str(folder), str(runs[-1])
+            widget.batch.run()
+        return explain_folder, widget.batch.task
+    raise ValueError(f"unknown task {task!r}")
+
+
+def redecode_job(model, encoded):
+    from napari_intr.explanation import Explainer
+    from napari_intr.widgets.workers.jobs import Progress, Result
+    yield Progress(0, 1, "decoding every class")
+    yield Result((encoded, Explainer(model, "benchmark").decode(encoded)))
 
 
 class StallCauses:
@@ -179,19 +258,25 @@ def full_collection_ms(repeats: int = 3) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--model", choices=("sample", "resnet50"), default="sample")
+    parser.add_argument("--task", choices=("explain", "redecode", "folder", "new-layers"), default="explain")
+    parser.add_argument("--worker-nice", type=int, help="napari_intr.threads.WORKER_NICE for this run")
     parser.add_argument("--json", action="store_true", help="print one JSON line of summaries instead")
     args = parser.parse_args()
-    result = run(args.seconds)
+    if args.worker_nice is not None:
+        import napari_intr.threads
+        napari_intr.threads.WORKER_NICE = args.worker_nice
+    result = run(args.seconds, args.model, args.task)
     idle, explaining = result.pop("idle"), result.pop("explaining")
     if args.json:
         print(json.dumps({"idle": summary(idle), "explaining": summary(explaining),
                           "seconds": args.seconds, **result}))
         return
-    print(f"napari event loop, {TICK_MS} ms timer, {args.seconds:.0f} s each; model {result['model']} "
+    print(f"napari event loop, {TICK_MS} ms timer, {args.seconds:.0f} s each, task {args.task}; model {result['model']} "
           f"on {result['device']}, input {result['input']}, {result['classes']} classes")
     print(f"{'':<10} {'ticks':>6} {'median':>8} {'p99':>8} {'max':>8}  (gaps in ms)")
     print(row("idle", idle))
-    print(row("explaining", explaining, f"{result['explains']} explains finished"))
+    print(row(args.task[:10], explaining, f"{result['explains']} runs finished"))
     print(f"target: max while explaining < 100 ms -> {'met' if max(explaining) < 100 else 'NOT met'}")
     long = result["long_gaps"]
     print(f"gaps over {StallCauses.LONG_MS} ms while explaining: {long['count']}, {long['total_ms']:.0f} ms in all = "

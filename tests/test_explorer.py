@@ -121,6 +121,8 @@ def test_keep_freezes_the_set_and_the_next_switch_makes_new_layers(explorer, qtb
     widget.attention.keep()
     assert all(layer.name.endswith(" (kept 1)") for layer in live)
     widget.results.select_class(widget.results.rows()[1][1])
+    # a new set is added one layer per turn of the event loop (LiveLayerSet, gui_turns)
+    qtbot.waitUntil(lambda: not widget.attention.layers.building(), timeout=TIMEOUT_MS)
     new = attention_layers(viewer)
     assert len(new) == len(live) and not set(map(id, new)) & set(map(id, live))
     assert all(np.array_equal(layer.data, data) for layer, data in zip(live, kept_data))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 # GNU OpenMP (torch's wheels) and Intel OpenMP (some conda builds) name the policy differently;
@@ -84,3 +85,29 @@ def use_inference_threads(leave_for_gui: bool = False, environment=os.environ) -
     except RuntimeError:
         pass
     return threads
+
+
+# In napari, jobs (explain, batch, regions, compare, edit, atlas) compute on worker threads of
+# the GUI's own process. Linux gives each thread its own nice value: a worker `WORKER_NICE`
+# steps below the GUI thread yields the core to it whenever the GUI thread has work (painting,
+# showing a result), instead of sharing the core equally (issue 24: benchmarks/RESULTS.md).
+# Threads the worker starts (OpenMP's, a polled helper) inherit its value.
+WORKER_NICE = 5
+
+
+def lower_thread_priority(steps: int | None = None) -> bool:
+    """Set the calling thread's nice value `steps` (default WORKER_NICE) above the process's own,
+    once (a reused pool thread is not lowered twice). Linux only (elsewhere nice is per process):
+    returns whether the thread now runs below the process's priority."""
+    steps = WORKER_NICE if steps is None else steps
+    if not sys.platform.startswith("linux") or steps <= 0:
+        return False
+    import threading
+    thread = threading.get_native_id()
+    try:
+        wanted = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + steps)
+        if os.getpriority(os.PRIO_PROCESS, thread) != wanted:
+            os.setpriority(os.PRIO_PROCESS, thread, wanted)
+    except OSError:  # not permitted (seccomp, an odd container): the thread runs as it was
+        return False
+    return True

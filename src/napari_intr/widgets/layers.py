@@ -8,7 +8,8 @@ KeyedLayers: the Compare and Edit docks' attention grids, keyed by what they sho
 place. Nothing here ever touches an input image layer or removes a layer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 from magicgui.widgets import ComboBox
@@ -16,6 +17,7 @@ from qtpy.QtWidgets import QComboBox
 
 from napari_intr.explanation import head_number, image_tags, layer_name, min_max
 
+from .gui_turns import turns
 from .qt_helpers import fit_layer_list
 from .state import ImageSource
 
@@ -81,62 +83,114 @@ def scaled_mean(explanation, class_name: str, layer: int, normalization: str) ->
 
 
 class LiveLayerSet:
-    """Live attention layers per image name, in a viewer."""
+    """Live attention layers per image name, in a viewer.
+
+    A new set (a new image, another head count, after Keep) is added one layer per turn of the
+    event loop (gui_turns: each napari layer costs 100-400 ms to add here), the visible mean first;
+    `show` during that build rewrites the layers added so far and hands the rest the newest maps.
+    Existing sets are rewritten in place within one turn."""
 
     def __init__(self, viewer):
-        self.viewer = viewer
+        # napari hands plugins a proxy that checks every attribute access (~0.2 ms each, ~120 per
+        # update): the layers are driven through the viewer itself
+        self.viewer = getattr(viewer, "__wrapped__", viewer)
         self._live: dict[str, list] = {}
+        self._building: dict[str, _Build] = {}
         self._kept = 0
 
     def live_layers(self, image: str) -> list:
         return [layer for layer in self._live.get(image, []) if layer in self.viewer.layers]
 
+    def building(self, image: str | None = None) -> bool:
+        """Whether layers of `image` (of any image: None) are still being added."""
+        return bool(self._building) if image is None else image in self._building
+
     def show(self, views: list[LayerView], image: str, colormap: str) -> list:
+        """Show `views` as the live set of `image`; returns the layers that exist so far."""
+        build = self._building.get(image)
+        if build is not None and len(build.views) != len(views):  # another head count: start again
+            del self._building[image]
+            self._freeze(build.layers)
+        elif build is not None:  # still adding: rewrite the added ones, the rest are added with these maps
+            build.views, build.colormap = views, colormap
+            for layer, view in zip(build.layers, views):
+                self._rewrite(layer, view, colormap)
+            fit_layer_list(self.viewer, [view.name for view in views])
+            return list(build.layers)
         layers = self._live.get(image, [])
         if len(layers) != len(views) or any(layer not in self.viewer.layers for layer in layers):
             if layers:  # another head count (new model) or a layer deleted by hand: keep the rest
                 self._freeze(layers)
-            # added weakest first, so the mean and the strongest head top the layer list
-            layers = [self._add(view, colormap) for view in reversed(views)][::-1]
-            self._live[image] = layers
+            self._live.pop(image, None)
+            self._building[image] = build = _Build(views, colormap)
             fit_layer_list(self.viewer, [view.name for view in views])
-            return layers
-        renamed = False
-        for layer, view in zip(layers, views):
-            # Everything here runs on the GUI thread: set only what changed. Replacing `data`
-            # costs napari a full reset (dims, extent, thumbnail: ~16 ms a layer, most of an
-            # Explain's stall); maps of the same shape are copied into the layer's own array
-            # (created by `astype` in layer_views, shared with nothing) and refreshed once.
-            in_place = (layer.data.shape == view.data.shape and layer.data.dtype == view.data.dtype
-                        and layer.data.flags.writeable)
-            if in_place:
-                layer.data[...] = view.data
-            else:
-                layer.data = view.data
-            if not (np.allclose(layer.scale, view.scale) and np.allclose(layer.translate, view.translate)):
-                layer.scale, layer.translate = view.scale, view.translate
-            if layer.colormap.name != colormap:
-                layer.colormap = colormap
-            if tuple(layer.contrast_limits) != (0.0, 1.0):
-                layer.contrast_limits = (0.0, 1.0)
-            if layer.name != view.name:
-                layer.name = view.name
-                renamed = True
-            if layer.metadata != view.metadata:
-                layer.metadata = dict(view.metadata)
-            if in_place:
-                layer.refresh()
-        if renamed:
+            queue = turns()
+            for _ in views:
+                queue.queue(lambda: self._add_next(image, build))
+            return []
+        renamed = [self._rewrite(layer, view, colormap) for layer, view in zip(layers, views)]
+        if any(renamed):
             fit_layer_list(self.viewer, [view.name for view in views])
         return layers
 
+    def finish(self) -> None:
+        """Add every layer still waiting for its turn now (e.g. before Keep freezes the set)."""
+        if self._building:
+            turns().run_all()
+
     def keep(self, image: str) -> list:
         """Freeze the live set of `image`; returns the kept layers (empty if none)."""
+        self.finish()
         layers = self.live_layers(image)
         self._live.pop(image, None)
         if layers:
             self._freeze(layers)
         return layers
+
+    def _add_next(self, image: str, build: _Build) -> None:
+        """One turn's work: add the next layer of a set (at most LAYERS_PER_TURN)."""
+        if self._building.get(image) is not build:  # superseded or finished
+            return
+        index = len(build.layers)
+        view = build.views[index]
+        layer = _image_layer(view, build.colormap)
+        # final order: the mean on top, then the heads strongest first (the list's end is its top)
+        anchor = build.layers[-1] if build.layers else None
+        layers = self.viewer.layers
+        position = layers.index(anchor) if anchor is not None and anchor in layers else len(layers)
+        with _selection_kept(layers):
+            layers.insert(position, layer)
+        build.layers.append(layer)
+        if len(build.layers) == len(build.views):
+            del self._building[image]
+            self._live[image] = build.layers
+
+    def _rewrite(self, layer, view: LayerView, colormap: str) -> bool:
+        """Show `view` in `layer`; returns whether its name changed."""
+        # Everything here runs on the GUI thread: set only what changed. Replacing `data`
+        # costs napari a full reset (dims, extent, thumbnail: ~16 ms a layer, most of an
+        # Explain's stall); maps of the same shape are copied into the layer's own array
+        # (created by `astype` in layer_views, shared with nothing) and refreshed once.
+        in_place = (layer.data.shape == view.data.shape and layer.data.dtype == view.data.dtype
+                    and layer.data.flags.writeable)
+        if in_place:
+            layer.data[...] = view.data
+        else:
+            layer.data = view.data
+        if not (np.allclose(layer.scale, view.scale) and np.allclose(layer.translate, view.translate)):
+            layer.scale, layer.translate = view.scale, view.translate
+        if layer.colormap.name != colormap:
+            layer.colormap = colormap
+        if tuple(layer.contrast_limits) != (0.0, 1.0):
+            layer.contrast_limits = (0.0, 1.0)
+        renamed = layer.name != view.name
+        if renamed:
+            layer.name = view.name
+        if layer.metadata != view.metadata:
+            layer.metadata = dict(view.metadata)
+        if in_place:
+            layer.refresh()
+        return renamed
 
     def _freeze(self, layers) -> None:
         self._kept += 1
@@ -144,11 +198,40 @@ class LiveLayerSet:
             if layer in self.viewer.layers:
                 layer.name = f"{layer.name} (kept {self._kept})"
 
-    def _add(self, view: LayerView, colormap: str):
-        return self.viewer.add_image(
-            view.data, name=view.name, scale=view.scale, translate=view.translate,
-            colormap=colormap, blending="additive", opacity=OPACITY, contrast_limits=(0.0, 1.0),
-            visible=view.visible_by_default, metadata=dict(view.metadata))
+
+LAYERS_PER_TURN = 1  # LiveLayerSet adds one layer per turn of the event loop (tested)
+
+
+@dataclass
+class _Build:
+    """A live set being added: the newest maps, and the layers added so far."""
+    views: list[LayerView]
+    colormap: str
+    layers: list = field(default_factory=list)
+
+
+@contextmanager
+def _selection_kept(layer_list):
+    """napari makes an inserted layer the selected one, which also rebuilds the layer-controls
+    panel: about a third of an attention layer's cost to add. Our layers come in without taking
+    the user's selection (`_activate_on_insert` is napari's own switch; where it is missing,
+    napari's default stays)."""
+    if not hasattr(layer_list, "_activate_on_insert"):
+        yield
+        return
+    before, layer_list._activate_on_insert = layer_list._activate_on_insert, False
+    try:
+        yield
+    finally:
+        layer_list._activate_on_insert = before
+
+
+def _image_layer(view: LayerView, colormap: str):
+    """An attention layer: contrast limits given (napari would otherwise scan the data for them)."""
+    from napari.layers import Image
+    return Image(view.data, name=view.name, scale=view.scale, translate=view.translate, colormap=colormap,
+                 blending="additive", opacity=OPACITY, contrast_limits=(0.0, 1.0),
+                 visible=view.visible_by_default, metadata=dict(view.metadata))
 
 
 DIFFERENCE_OPACITY = 0.9

@@ -9,6 +9,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_intr.explanation import layer_name
 
+from ..gui_turns import turns
 from ..model_source import ModelSourceBox
 from ..qt_helpers import scroll_column, tabbed_dock
 from ..state import follow, shared_state
@@ -58,8 +59,9 @@ class TraitsWidget(QWidget):
         self.explorer.explain()
 
     def _explained(self, explanation) -> None:
-        # After the Explorer's own listeners (it was docked after us): its table holds the classes.
-        QTimer.singleShot(0, lambda: self._show_choice(explanation))
+        # After the Explorer's own listeners (it was docked after us): its table holds the classes;
+        # and after the new image's layers, added one per turn (gui_turns), are all in.
+        QTimer.singleShot(0, lambda: turns().after_steps(lambda: self._show_choice(explanation)))
 
     def _show_choice(self, explanation) -> None:
         source = self.state.source

@@ -1,6 +1,7 @@
 """A progress bar, a Cancel button and a status line that run one worker job at a time."""
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Callable
 
@@ -9,6 +10,7 @@ from napari.utils import progress as napari_progress
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from ..gui_turns import turns
 from ..qt_helpers import TextLabel
 from . import messages
 from .jobs import Cancelled, JobFailed, Progress, Result
@@ -18,7 +20,8 @@ class TaskBar(QWidget):
     """`start(job, *args)` runs a generator job (see jobs.py) on a napari thread worker.
 
     Results and errors arrive on the GUI thread; `busy_changed` fires on start and on every
-    end (success, error or cancel), so owners re-enable their buttons in one place.
+    end (success, error or cancel), so owners re-enable their buttons in one place. A task ends
+    once the steps its result queued for later turns of the event loop (gui_turns) have run.
     """
     busy_changed = Signal(bool)
 
@@ -39,6 +42,8 @@ class TaskBar(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.status)
         self.worker = None
+        self._alive = [True]
+        self.destroyed.connect(lambda *_, alive=self._alive: alive.__setitem__(0, False))
         self._cancel_event = threading.Event()
         self._napari_bar = None
         self._errored = self._cancelled = False
@@ -60,7 +65,7 @@ class TaskBar(QWidget):
             args = (*args, self._cancel_event)
         self._doing, self._on_result = doing, on_result
         self._cancelled = self._errored = False
-        self.worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
+        self.worker = create_worker(below_gui(job), *args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_message)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
@@ -119,6 +124,12 @@ class TaskBar(QWidget):
         self._errored = True
 
     def _on_finished(self) -> None:
+        # what the result queued for later turns (gui_turns: new layers) is part of the task;
+        # a bar closed meanwhile (its dock or viewer) has nothing left to show
+        alive = self._alive
+        turns().after_steps(lambda: self._finish() if alive[0] else None)
+
+    def _finish(self) -> None:
         self.worker = None
         if self._napari_bar is not None:
             self._napari_bar.close()
@@ -136,3 +147,14 @@ class TaskBar(QWidget):
         self.bar.setVisible(self.busy)
         self.cancel_button.setVisible(self.busy)
         self.setVisible(self.busy or bool(self.status.full_text))
+
+
+def below_gui(job: Callable) -> Callable:
+    """`job` (a generator function) run on a thread below the GUI thread's priority
+    (napari_intr.threads.lower_thread_priority), so that napari stays responsive while it computes."""
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        from napari_intr.threads import lower_thread_priority
+        lower_thread_priority()
+        return (yield from job(*args, **kwargs))
+    return run
