@@ -287,6 +287,19 @@ def _channels_last(image: np.ndarray, axes: str) -> np.ndarray:
     return image
 
 
+def animation_frames(path: str | os.PathLike) -> tuple[int, str]:
+    """(frames, format) of an animated GIF, WebP or APNG; (1, "") for any other or unreadable file.
+    napari's reader opens some animations (WebP) as their first frame alone: the docks ask here."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as opened:
+            if opened.format not in ANIMATED_FORMATS:
+                return 1, ""
+            return getattr(opened, "n_frames", 1), "APNG" if opened.format == "PNG" else opened.format
+    except (OSError, UnidentifiedImageError, ValueError):
+        return 1, ""
+
+
 def _pillow_header(path: Path) -> ImageHeader:
     from PIL import Image
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # sized here, checked by check_decodable
