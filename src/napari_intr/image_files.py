@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import environment
+from .provenance import EarlierOutputs, earlier_outputs, earlier_outputs_note
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIXES)
@@ -351,9 +353,12 @@ def find_images(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file()
-                                and p.suffix.lower() in IMAGE_SUFFIXES
-                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            kept, earlier = earlier_outputs(images, [path])  # an earlier batch's maps, an atlas's montages
+            if earlier:
+                warnings.warn(earlier_outputs_note(len(images) - len(kept), earlier), EarlierOutputs, stacklevel=2)
+            found.extend(kept)
         elif path.is_file():
             found.append(path)
         else:

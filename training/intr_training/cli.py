@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = functools.partial(_show_warning, args.command)
+            # our notes (repeats removed, files left out) are said every time, whatever -W or earlier calls did
+            warnings.filterwarnings("always", category=UserWarning, module=r"(napari_intr|intr_training)\.")
             environment.check_all()  # a bad variable stops the command before any work
             return import_module(COMMANDS[args.command][0]).run(args) or 0
     except KeyboardInterrupt:
