@@ -49,10 +49,11 @@ UNSAFE_CHARACTERS = r'[\x00-\x1f\x7f\\/:*?"<>|\udc80-\udcff]+'  # refused by som
 
 def safe_stem(name: str, unsafe: str = UNSAFE_CHARACTERS, fallback: str = "image") -> str:
     """`name` with each run of `unsafe` characters as "_" (and "_" or "." at its ends dropped).
-    A name that had to change gets a short hash of itself, so two names never share their files
-    ("a,b" and "a:b", two undecodable names); fitting_name still shortens a long one."""
+    A name that had to change more than its spaces becoming "_" gets a short hash of itself, so two
+    names never share their files ("a,b" and "a:b", two undecodable names); fitting_name still
+    shortens a long one."""
     stem = re.sub(unsafe, "_", name).strip("_.") or fallback
-    return stem if stem == name else f"{stem}~{short_hash(name)}"
+    return stem if stem in (name, re.sub(r" +", "_", name)) else f"{stem}~{short_hash(name)}"
 
 
 class Slugs:
