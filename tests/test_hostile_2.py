@@ -19,7 +19,8 @@ RULE_TEST_KINDS = {
     "synth_never_removes": "foreign-file-in-a-synth-folder", "synth_replaces_exactly": "synth-folder-rerun",
     "synth_refuses_a_symlink": "symlink-in-a-synth-folder", "manifest_naming_files_outside":
     "synth-manifest-naming-files-outside", "holding_the_inputs": "output-folder-holding-the-inputs", "rerun_redoes_changed": "input-replaced-or-gone-on-rerun",
-    "outputs_inside_its_input": "output-folder-inside-the-inputs", "resume_keeps_the_saved_split":
+    "outputs_inside_its_input": "output-folder-inside-the-inputs", "of_an_earlier_run_into_another_folder":
+    "earlier-output-folder-inside-the-inputs", "resume_keeps_the_saved_split":
     "images-added-or-removed-before-resume", "damaged_feature_cache": "damaged-feature-cache",
     "same_size_and_time": "content-changed-keeping-size-and-time", "bad_environment_value": "bad-decode-budget",
     "importing_never_fails": "bad-environment-at-import", "documented_form": "decode-budget-forms",

@@ -65,7 +65,25 @@ def test_a_jobs_outputs_inside_its_input_folder_are_never_read_back(command, sma
                       int(re.search(r"(\d+) from an earlier run", text).group(1))
                       + int(re.search(r"summarised (\d+) images now", text).group(1)))
     assert counts[0] == counts[1] == 4
-    assert "inside the output folder" in text
+    assert "inside the output folder" in text or "output folder(s) of earlier runs (results)" in text
+
+
+@pytest.mark.parametrize("earlier", RESUMABLE)
+@pytest.mark.parametrize("command", RESUMABLE)
+def test_outputs_inside_the_input_folder_of_an_earlier_run_into_another_folder_are_never_read(
+        earlier, command, small_collection, tmp_path, capsys):
+    """An explain or an atlas written inside the images, then a job into another folder: the
+    earlier maps and montages are left out, with a note (they were explained or counted as specimens)."""
+    data = tmp_path / "data"
+    shutil.copytree(small_collection, data)
+    code, text = run_cli(RESUMABLE[earlier](data, data / TWO[0] / "earlier"), capsys)
+    assert code == 0, text
+    out = tmp_path / "out"
+    code, text = run_cli(RESUMABLE[command](data, out), capsys)
+    assert code == 0, text
+    count = (len(explain_rows(out)) if command == "explain" else
+             int(re.search(r"summarised (\d+) images now", text).group(1)))
+    assert count == 4 and "output folder(s) of earlier runs (earlier)" in text, text
 
 
 @pytest.mark.parametrize("command", RESUMABLE)

@@ -27,6 +27,7 @@ from skimage.restoration import inpaint_biharmonic
 from .comparison import symmetric_limits
 from .csv_output import write_csv
 from .explanation import Explanation, head_number, layer_number
+from .filenames import as_text
 from .preprocess import fractions, intensity_range, is_colour, layout_problem
 
 # rgb2gray's weights: an RGB colour painted into a grey image becomes its luminance.
@@ -374,7 +375,8 @@ def export(session: EditSession, effects: Sequence[EditEffect | None], image_pat
         edits.append({"step": number, "edit": type(step.edit).__name__, "description": step.description,
                       "painted_pixels": int(step.region.sum()),
                       "effect": None if effect is None else effect.to_dict()})
-    report = {"image": session.name, "edited_image": str(image_path), "shape": list(session.current.shape),
+    # names as text any writer takes (an undecodable file name's bytes escaped)
+    report = {"image": as_text(session.name), "edited_image": as_text(str(image_path)), "shape": list(session.current.shape),
               "dtype": str(session.current.dtype), "edits": edits}
     paths = {"image": image_path, "json": stem.with_name(stem.name + ".json"),
              "csv": stem.with_name(stem.name + ".csv")}

@@ -44,6 +44,18 @@ def fitting_name(stem: str, suffix: str = "", limit: int = SAFE_NAME_BYTES) -> s
     return f"{start}~{short_hash(stem)}{suffix}"
 
 
+UNSAFE_CHARACTERS = r'[\x00-\x1f\x7f\\/:*?"<>|\udc80-\udcff]+'  # refused by some file system, or undecodable
+
+
+def safe_stem(name: str, unsafe: str = UNSAFE_CHARACTERS, fallback: str = "image") -> str:
+    """`name` with each run of `unsafe` characters as "_" (and "_" or "." at its ends dropped).
+    A name that had to change more than its spaces becoming "_" gets a short hash of itself, so two
+    names never share their files ("a,b" and "a:b", two undecodable names); fitting_name still
+    shortens a long one."""
+    stem = re.sub(unsafe, "_", name).strip("_.") or fallback
+    return stem if stem in (name, re.sub(r" +", "_", name)) else f"{stem}~{short_hash(name)}"
+
+
 class Slugs:
     """Short, file-safe, unique names for a set of texts (class names in the atlas's files and
     anchors): lower case, runs of other characters as "-", fitted; when two texts give the same

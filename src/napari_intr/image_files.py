@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import environment
+from .provenance import EarlierOutputs, earlier_outputs, earlier_outputs_note
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", *TIFF_SUFFIXES)
@@ -287,6 +289,19 @@ def _channels_last(image: np.ndarray, axes: str) -> np.ndarray:
     return image
 
 
+def animation_frames(path: str | os.PathLike) -> tuple[int, str]:
+    """(frames, format) of an animated GIF, WebP or APNG; (1, "") for any other or unreadable file.
+    napari's reader opens some animations (WebP) as their first frame alone: the docks ask here."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as opened:
+            if opened.format not in ANIMATED_FORMATS:
+                return 1, ""
+            return getattr(opened, "n_frames", 1), "APNG" if opened.format == "PNG" else opened.format
+    except (OSError, UnidentifiedImageError, ValueError):
+        return 1, ""
+
+
 def _pillow_header(path: Path) -> ImageHeader:
     from PIL import Image
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # sized here, checked by check_decodable
@@ -338,9 +353,12 @@ def find_images(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file()
-                                and p.suffix.lower() in IMAGE_SUFFIXES
-                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            kept, earlier = earlier_outputs(images, [path])  # an earlier batch's maps, an atlas's montages
+            if earlier:
+                warnings.warn(earlier_outputs_note(len(images) - len(kept), earlier), EarlierOutputs, stacklevel=2)
+            found.extend(kept)
         elif path.is_file():
             found.append(path)
         else:

@@ -127,6 +127,56 @@ def check_apart(folders: Iterable[str | os.PathLike], out: str | os.PathLike) ->
                              f"the images or inside {folder}")
 
 
+WORK_PREFIX = ".intr-"  # OUT/.intr-<task>/: a resumable job's records (batch explain, atlas: collection.sharding)
+PREDICTIONS_FILE = "predictions.csv"  # a batch explain's table (collection.explain names its files by it)
+ATLAS_FILE = "atlas.json"  # an atlas's index (atlas.folder)
+
+
+def holds_job_output(folder: Path) -> bool:
+    """Whether `folder` is the output folder of one of our jobs: a batch explain's (its table, or
+    its .intr-explain/ records), an atlas's (atlas.json, .intr-atlas/) or a training run's (its state)."""
+    from .run_folder import holds_run
+    return ((folder / PREDICTIONS_FILE).is_file() or (folder / ATLAS_FILE).is_file() or holds_run(folder)
+            or any(entry.is_dir() for entry in folder.glob(f"{WORK_PREFIX}*")))
+
+
+def earlier_outputs(paths: Iterable[Path], roots: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """(the paths that lie in no output folder of an earlier job, those folders). Only folders inside
+    the input folders `roots` are looked at: a batch explain, an atlas or a training run written
+    there, whichever run wrote it and wherever this job writes, is never read back as input."""
+    roots = {Path(root).expanduser().resolve() for root in roots}
+    roots = {root for root in roots if root.is_dir()}
+    verdict: dict[Path, bool] = {}
+
+    def job_folder(path: Path) -> Path | None:
+        for folder in ([path] if path.is_dir() else []) + list(path.parents):
+            if folder in roots or not any(root in folder.parents for root in roots):
+                return None  # at (or above) the input folder: the user chose it
+            if folder not in verdict:
+                verdict[folder] = holds_job_output(folder)
+            if verdict[folder]:
+                return folder
+        return None
+
+    kept, folders = [], []
+    for path in paths:
+        folder = job_folder(Path(path).resolve()) if roots else None
+        if folder is None:
+            kept.append(path)
+        elif folder not in folders:
+            folders.append(folder)
+    return kept, folders
+
+
+class EarlierOutputs(UserWarning):
+    """Files of an earlier job's output folder inside an input folder were left out (the note says which)."""
+
+
+def earlier_outputs_note(count: int, folders: list[Path]) -> str:
+    return (f"left out {count} files in {len(folders)} output folder(s) of earlier runs ({_examples([str(f) for f in folders])}): "
+            "a job's outputs are never read back as its inputs")
+
+
 def outputs_note(count: int, out: str | os.PathLike) -> str:
     return (f"left out {count} files inside the output folder {out} (a job's own outputs are never "
             "read back as its inputs)")

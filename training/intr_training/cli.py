@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return exit.code
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = functools.partial(_show_warning, args.command)
+            warnings.showwarning = functools.partial(_show_warning, args.command, set())
+            # our notes (repeats removed, files left out) are said once per command, whatever -W or earlier calls did
+            warnings.filterwarnings("always", category=UserWarning, module=r"(napari_intr|intr_training)\.")
             environment.check_all()  # a bad variable stops the command before any work
             return import_module(COMMANDS[args.command][0]).run(args) or 0
     except KeyboardInterrupt:
@@ -78,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _show_warning(command, message, category, filename, lineno, file=None, line=None) -> None:
-    """Our warnings (e.g. a zoo model without class names) as one line for people; others as Python shows them."""
+def _show_warning(command, shown, message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings (e.g. a zoo model without class names) as one line for people, each once (`shown`:
+    the lines said so far); others as Python shows them."""
     if issubclass(category, UserWarning) and filename.startswith(_PROJECT_ROOTS):
+        if str(message) in shown:
+            return
+        shown.add(str(message))
         from napari_intr.loading import MissingClassNames
         how = "; pass it with --class-names FILE" if issubclass(category, MissingClassNames) else ""
         print(f"intr {command}: warning: {message}{how}", file=file or sys.stderr)

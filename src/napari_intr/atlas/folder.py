@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write
+from ..provenance import ATLAS_FILE
 
-ATLAS_JSON, ATLAS_HTML = "atlas.json", "atlas.html"
+ATLAS_JSON, ATLAS_HTML = ATLAS_FILE, "atlas.html"
 HEADS_CSV, PAIRS_CSV = "heads.csv", "pairs.csv"
 MONTAGES = "montages"
 

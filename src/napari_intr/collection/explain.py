@@ -15,22 +15,24 @@ import hashlib
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
 
+from .. import provenance
 from ..atomic import DiskFullError
 from ..calibration import SUBSET_NOTE
 from ..csv_output import write_csv
 from ..filenames import fitting_name
 from ..image_files import find_images, read_pixel_size, reason
 from ..large_images import BudgetedImage, read_within_budget
-from ..provenance import Changes, check_apart, outputs_note, outside
+from ..provenance import Changes, EarlierOutputs, check_apart, outputs_note, outside
 from ..read_ahead import ReadAhead
 from ..regions import REGION_COLUMNS, Margin, Region, crop_region
 
-PREDICTIONS_FILE = "predictions.csv"
+PREDICTIONS_FILE = provenance.PREDICTIONS_FILE
 TASK = "explain"
 TIFF_FORMATS = {"imagej": ".tif", "ome": ".ome.tif"}
 # Whole images encoded together where their input sizes match, on a GPU. On the CPU one at a
@@ -153,7 +155,9 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     start = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     check_apart(inputs, out_dir)  # an output folder holding the images would be read back next time
-    files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
+    with warnings.catch_warnings(record=True) as earlier:  # nor an earlier run's, wherever it wrote
+        warnings.simplefilter("always", EarlierOutputs)
+        files = list(boxes) if boxes is not None and not inputs else find_images(inputs)
     files, inside_out = outside(files, out_dir)  # never our own attention TIFFs of an earlier run
     if not files:
         raise ValueError(f"every image given lies inside the output folder {out_dir}; give an output "
@@ -181,8 +185,10 @@ def explain_folder(model, inputs, out_dir, classes=None, mode: str = "drop", top
     summary.update(total=len(items), cancelled=cancelled, resumed=len(job.done),
                    seconds=time.perf_counter() - start, calibration=model.calibration,
                    changes=job.changes.line("regions" if boxes is not None else "images"))
-    if inside_out:
-        summary["notes"].append((out_dir, outputs_note(inside_out, out_dir)))
+    # files a job wrote, never read back as images: said by the CLI (notes) and the Batch box (left_out)
+    summary["left_out"] = ([outputs_note(inside_out, out_dir)] if inside_out else []) + [
+        str(warning.message) for warning in earlier if issubclass(warning.category, EarlierOutputs)]
+    summary["notes"] += [(out_dir, line) for line in summary["left_out"]]
     return summary
 
 

@@ -18,7 +18,7 @@ from .. import image_files
 from ..class_names import clean_class_name, name_problem, normal_name
 from ..image_files import IMAGE_SUFFIXES
 from ..preprocess import MIN_IMAGE_SIZE, to_float_rgb
-from ..provenance import Changes, outputs_note, outside
+from ..provenance import Changes, earlier_outputs, earlier_outputs_note, outputs_note, outside
 
 Sample = tuple[Path, int]  # (image path, class index)
 
@@ -77,6 +77,10 @@ def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
     # in the order of the names' NFC form: a copy whose folders are written in NFD (macOS) keeps the order
     class_dirs, _ = outside(sorted((p for p in folder.iterdir() if p.is_dir() and is_visible(p)),
                                    key=lambda p: normal_name(p.name)), collection.exclude)
+    class_dirs, earlier = earlier_outputs(class_dirs, [folder])  # e.g. DATA/results of an intr explain
+    if earlier:
+        collection.warnings.append(earlier_outputs_note(sum(1 for d in earlier for p in d.rglob("*") if p.is_file()),
+                                                        earlier))
     for class_dir in class_dirs:
         problem = name_problem(class_dir.name)
         if problem:
@@ -90,6 +94,10 @@ def class_images(folder: Path, collection: Collection) -> dict[str, list[Path]]:
         candidates, inside_out = outside(sorted(p for p in class_dir.rglob("*") if p.is_file()), collection.exclude)
         if inside_out:
             collection.warnings.append(outputs_note(inside_out, collection.exclude))
+        found = len(candidates)
+        candidates, earlier = earlier_outputs(candidates, [folder])
+        if earlier:
+            collection.warnings.append(earlier_outputs_note(found - len(candidates), earlier))
         for path in candidates:
             relative = path.relative_to(class_dir).parts
             if not all(part[0] != "." for part in relative) or path.suffix.lower() not in IMAGE_SUFFIXES:

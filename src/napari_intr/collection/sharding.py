@@ -47,7 +47,7 @@ POLL_SECONDS = 0.5
 
 
 def state_dir(out_dir: str | os.PathLike, task: str) -> Path:
-    return Path(out_dir) / f".intr-{task}"
+    return Path(out_dir) / f"{provenance.WORK_PREFIX}{task}"
 
 
 def shard(items: Iterable[str], rank: int, world_size: int,

@@ -3,6 +3,7 @@ a read-only table and its rows, a drop-down's items, a search field over a list 
 scrolling column of boxes, the docks' tabs and napari's layer list's width."""
 from __future__ import annotations
 
+import functools
 import textwrap
 from pathlib import Path
 
@@ -132,17 +133,40 @@ def fit_combo(combo: QComboBox, characters: int = 12) -> QComboBox:
     return combo
 
 
+class _NameFilter(QSortFilterProxyModel):
+    """Shows the rows whose key column contains the typed text, names compared as everywhere
+    (NFC, any case: README "Limits", rule 2), so "Café" finds a class a Mac wrote as "Cafe\u0301"."""
+
+    def __init__(self, model, key_column: int):
+        super().__init__(model)
+        self.setSourceModel(model)
+        self.key_column, self.wanted = key_column, ""
+
+    def set_text(self, text: str) -> None:
+        self.wanted = _search_key(text)
+        self.invalidateFilter()
+
+    def filterAcceptsRow(self, row: int, parent) -> bool:  # noqa: N802 (Qt's name)
+        if not self.wanted:
+            return True
+        cell = self.sourceModel().index(row, self.key_column, parent).data()
+        return self.wanted in _search_key(str(cell or ""))
+
+
+@functools.lru_cache(maxsize=100_000)
+def _search_key(text: str) -> str:
+    from napari_intr.model.names import normal_name
+    return normal_name(text).casefold()
+
+
 def search_field(model, placeholder: str, key_column: int = 0) -> tuple[QLineEdit, QSortFilterProxyModel]:
     """A search field and the proxy of `model` that shows only the rows whose `key_column` contains
-    the typed text (any case; spaces around it ignored). Views show the proxy."""
-    proxy = QSortFilterProxyModel(model)
-    proxy.setSourceModel(model)
-    proxy.setFilterKeyColumn(key_column)
-    proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
+    the typed text (any case, any Unicode normal form; spaces around it ignored). Views show the proxy."""
+    proxy = _NameFilter(model, key_column)
     field = QLineEdit()
     field.setPlaceholderText(placeholder)
     field.setClearButtonEnabled(True)
-    field.textChanged.connect(lambda text: proxy.setFilterFixedString(text.strip()))
+    field.textChanged.connect(proxy.set_text)
     return field, proxy
 
 

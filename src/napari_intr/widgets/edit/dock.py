@@ -10,7 +10,6 @@ A separate dock widget sharing the Explorer's state (the loaded model): editing 
 workflow and needs the room of its own dock."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_intr.editing import EditSession, check_region, compare_explanations, export, pillow_can_write
-from napari_intr.filenames import SAFE_NAME_BYTES, fitting_name
+from napari_intr.filenames import SAFE_NAME_BYTES, fitting_name, safe_stem
 
 from ..layers import LayerPicker, is_labels
 from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column, set_items, tabbed_dock
@@ -43,7 +42,7 @@ def export_paths(session: EditSession, image_layer, folder: Path) -> tuple[Path,
     """(image file, report stem) named after the image, in the input file's format where the
     layer came from a file; otherwise PNG for 8-bit images and TIFF for the rest (lossless)."""
     # fitted: the report adds " report.json" and a long layer name must still make a file name
-    stem = fitting_name(re.sub(r'[\\/:*?"<>|]', "_", f"{session.name} (edited)"), "", SAFE_NAME_BYTES - 16)
+    stem = fitting_name(f"{safe_stem(session.name)} (edited)", "", SAFE_NAME_BYTES - 16)
     path = getattr(getattr(image_layer, "source", None), "path", None)
     suffix = Path(path).suffix.lower() if path else ""
     if suffix not in SUFFIXES:

@@ -70,6 +70,7 @@ class BatchBox(QGroupBox):
         reduced = [note for _, note in summary["notes"] if READ_REDUCED in note]
         if reduced:  # too large to decode whole: the maps are right, but made from fewer pixels
             parts.append(f"{len(reduced)} too large to decode whole, explained from a reduced image, e.g. {reduced[0]}")
+        parts += summary.get("left_out", [])  # outputs of a job inside the folder: never explained as images
         calibration = summary.get("calibration")
         if calibration is not None and summary.get("judged"):  # counted and listed, never named as a species
             from napari_intr.calibration import rejected_text

@@ -47,6 +47,8 @@ def explainable_plane(layer, viewer) -> tuple[np.ndarray, ImageSource]:
         raise InputError(f"'{layer.name}' has shape {tuple(data.shape)}; choose a 2-D image")
     else:
         plane = np.asarray(data)
+    if not layer.multiscale:
+        _frames_left_out(layer, sliders, notes)
     problem = layout_problem(plane.shape, f"'{layer.name}'")
     if problem:
         only_too_small = layout_problem(plane.shape, min_size=0) is None
@@ -56,6 +58,23 @@ def explainable_plane(layer, viewer) -> tuple[np.ndarray, ImageSource]:
     label = image_label(viewer, layer.name) + name[len(layer.name):]  # with the slice, if any
     source = ImageSource(layer, name, tuple(scale), tuple(translate), tuple(notes), label)
     return plane, source
+
+
+def _frames_left_out(layer, sliders: int, notes: list[str]) -> None:
+    """The stack rule for a layer opened from an animation that napari read as fewer frames
+    (an animated WebP as its first frame): say that one frame is explained, never only part silently."""
+    from pathlib import Path
+
+    from napari_intr.image_files import IMAGE_SUFFIXES, animation_frames
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or Path(path).suffix.lower() not in IMAGE_SUFFIXES or not Path(path).is_file():
+        return
+    frames, shown = animation_frames(path)
+    in_layer = int(np.prod(layer.data.shape[:sliders])) if sliders else 1
+    if frames > in_layer:
+        notes.append(f"'{layer.name}' holds {in_layer} of the {frames} frames of the animated {shown} "
+                     f"'{Path(path).name}' (napari's reader opened only {'the first' if in_layer == 1 else 'those'}): "
+                     "explained the frame shown; to explain another, save it as its own PNG and open that")
 
 
 def _pick_level(layer, notes: list[str]):

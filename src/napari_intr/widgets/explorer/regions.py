@@ -290,7 +290,10 @@ def regions_of(regions_layer, image_layer, viewer) -> list:
     if labels.ndim > 2:  # a stack of label planes: the one at the viewer's current slice
         step = viewer.dims.current_step[: labels.ndim - 2]
         labels = labels[tuple(round(v) for v in step)]
-    found = regions_from_labels(np.asarray(labels))
+    try:
+        found = regions_from_labels(np.asarray(labels))
+    except ValueError as error:  # the layer is the user's name for these labels
+        raise ValueError(f"'{regions_layer.name}': {error}") from error
     if not found:
         raise ValueError(f"'{regions_layer.name}' has no labelled objects: paint one label per specimen")
     regions = []

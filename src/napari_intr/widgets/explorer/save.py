@@ -3,13 +3,13 @@ as an ImageJ hyperstack or OME-TIFF, the class table as CSV, the image as TIFF, 
 over the image as a PNG; with explained regions, their table, maps and an outlined overlay too."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container
 from qtpy.QtWidgets import QGroupBox, QPushButton
 
 from napari_intr.explanation import layer_from_number
+from napari_intr.filenames import safe_stem
 
 from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
@@ -89,7 +89,7 @@ class SaveBox(QGroupBox):
 
 def file_stem(image_name: str) -> str:
     """The start of every saved file's name: the image's (layer) name, safe on every file system."""
-    return re.sub(r"[^\w.-]+", "_", image_name).strip("_.") or "explanation"
+    return safe_stem(image_name, r"[^\w.-]+", "explanation")
 
 
 def _file_of(layer) -> str | None:

@@ -12,6 +12,8 @@ from ..qt_helpers import PathEdit, TextLabel, fill_table, read_only_table, stack
 from ..workers.jobs import FEW_IMAGES, CollectionSummary, scan_job
 from ..workers.task_bar import TaskBar
 
+SKIPPED_SHOWN = 5
+
 
 class CollectionBox(QGroupBox):
     def __init__(self, parent=None):
@@ -66,7 +68,13 @@ class CollectionBox(QGroupBox):
         if total_val == 0:
             notes.append("No validation images: the best epoch cannot be chosen, the last one is kept.")
         notes += summary.notes[:5]
+        skipped = summary.skipped
+        if skipped:  # counted always, listed in part here and whole in the tooltip
+            notes.append(f"{len(skipped)} images skipped, each for its reason"
+                         + (f" (the first {SKIPPED_SHOWN} here, all on hover):" if len(skipped) > SKIPPED_SHOWN else ":"))
+            notes += skipped[:SKIPPED_SHOWN]
         self.notes.setText("\n".join(notes))
+        self.notes.setToolTip("\n".join(skipped))
         if then is not None:
             then(summary)
 

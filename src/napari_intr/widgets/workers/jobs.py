@@ -213,7 +213,8 @@ class CollectionSummary:
     val_split: float
     counts: tuple[tuple[str, int, int], ...]  # (class, training images, validation images)
     val_folder: bool                          # ROOT/train + ROOT/val rather than a split
-    notes: tuple[str, ...]                    # the scan's warnings and skipped images
+    notes: tuple[str, ...]                    # the scan's warnings
+    skipped: tuple[str, ...] = ()             # "<file> skipped: <reason>", one per image left out
 
     @property
     def class_names(self) -> list[str]:
@@ -235,7 +236,7 @@ def scan_job(root: str, val_split: float, seed: int):
     counts = tuple((name, train.get(i, 0), val.get(i, 0)) for i, name in enumerate(collection.class_names))
     is_split = (collection.root / "train").is_dir() and (collection.root / "val").is_dir()
     yield Result(CollectionSummary(str(collection.root), val_split, counts, is_split,
-                                   (*collection.warnings, *collection.skipped)))
+                                   tuple(collection.warnings), tuple(collection.skipped)))
 
 
 @reports_runtime_errors
