@@ -124,7 +124,7 @@ def synthetic(work: Path) -> dict:
     tuning_unknown, _ = collect_logits(model, samples_of(model, work / "drawn-tuning-unknown", label=False))
     test_logits, test_labels = collect_logits(model, samples_of(model, work / "drawn-test"))
     test_unknown, _ = collect_logits(model, samples_of(model, work / "drawn-test-unknown", label=False))
-    coverage = coverage_table(softmax(test_logits), test_labels, calibration.quantile, model.class_names)
+    coverage = coverage_table(softmax(test_logits), test_labels, calibration.set_quantiles, model.class_names)
     return {"known": known, "unknown": unknown, "training": run, "calibration": calibration.describe(),
             "calibration_images": calibration.images, "quantile": calibration.quantile,
             "threshold": calibration.threshold, "calibrate_seconds": calibrate_seconds,
@@ -164,12 +164,149 @@ def lookalikes(work: Path) -> dict:
               "test": scores_table(known_logits, unknowns),
               "test_accuracy": float((known_logits.argmax(-1) == known_labels).mean())}
     if calibration is not None:
-        result["coverage"] = coverage_table(softmax(known_logits), known_labels, calibration.quantile, model.class_names)
+        result["coverage"] = coverage_table(softmax(known_logits), known_labels, calibration.set_quantiles, model.class_names)
         score = calibration.score
         result["rejected"] = {group: float((open_set_scores(logits, score) < calibration.threshold).mean())
                               for group, logits in unknowns.items()}
         result["known_kept"] = float((open_set_scores(known_logits, score) >= calibration.threshold).mean())
     return result
+
+
+DRAW_TRAIN, DRAW_TEST, DRAW_VAL = 80, 60, 40  # images per species of a draw: training, known test, calibration
+DRAW_EPOCHS = 20
+
+
+def held_out_species(manifest: dict) -> str:
+    """The look-alike unknown of a draw, fixed before any score is seen: the last species of the
+    largest group (its relatives stay known)."""
+    largest = max(manifest["groups"].values(), key=len)
+    return largest[-1]
+
+
+def draw_collection(work: Path, seed: int) -> tuple[Path, str, list[str]]:
+    """A lookalike_draws collection with one species of a group held out: the known species' first
+    DRAW_TRAIN training images and their DRAW_VAL validation images (calibrated on by intr train)
+    make `known`; their other DRAW_TEST images are the known test images, and every image of the
+    held-out species is the unknown one. Returns (work/known, unknown species, known species)."""
+    import lookalike_draws
+    drawn = work / "drawn"
+    if not (drawn / lookalike_draws.MANIFEST).is_file():
+        lookalike_draws.write(drawn, seed, DRAW_TRAIN + DRAW_TEST, DRAW_VAL, 128)
+    manifest = json.loads((drawn / lookalike_draws.MANIFEST).read_text())
+    unknown = held_out_species(manifest)
+    known = [s["name"] for s in manifest["species"] if s["name"] != unknown]
+    for name in known:
+        for split, first, last in (("train", 0, DRAW_TRAIN), ("val", 0, DRAW_VAL), ("test", DRAW_TRAIN, None)):
+            folder = work / ("known" if split != "test" else "") / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            source = drawn / ("val" if split == "val" else "train") / name
+            for path in sorted(source.glob("*.png"))[first:last]:
+                if not (folder / path.name).exists():
+                    (folder / path.name).symlink_to(path.resolve())
+    return work / "known", unknown, known
+
+
+def candidate_scores(calibration, images: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Every candidate open-set score (higher: more like a known species) of `images` (name ->
+    intr_training.calibrate.Outputs), the feature statistics fitted on `calibration` (Outputs of
+    known images with labels). Candidates: the logit scores; minus the squared Mahalanobis
+    distance of the top class's decoder output (and the smaller of the top two classes'
+    distances); the same relative to one Gaussian of all outputs (Ren et al., 2021); minus the
+    cosine distance to the nearest calibration output of the top class; the energy plus the
+    distance, each standardised on the calibration images' cross-fitted values."""
+    from napari_intr import class_features
+    from napari_intr.calibration import open_set_scores
+    classes = calibration.logits.shape[1]
+    fitted = class_features.fit(calibration.true_features, calibration.labels, classes)
+    pooled = class_features.fit(calibration.true_features, np.zeros(len(calibration.labels), int), 1)
+    unit = calibration.true_features / np.linalg.norm(calibration.true_features, axis=1, keepdims=True)
+
+    def nearest(features, top):
+        features = features / np.linalg.norm(features, axis=1, keepdims=True)
+        out = np.empty(len(features))
+        for c in np.unique(top):
+            similarity = features[top == c] @ unit[calibration.labels == c].T
+            out[top == c] = 1 - similarity.max(1)
+        return out
+
+    def raw(outputs, stats=fitted):
+        top = np.argsort(-outputs.logits, axis=1)[:, :2]
+        first = stats.distance(outputs.top_features[:, 0], top[:, 0])
+        second = stats.distance(outputs.top_features[:, 1], top[:, 1])
+        background = pooled.distance(outputs.top_features[:, 0], np.zeros(len(top), int))
+        return {"energy": open_set_scores(outputs.logits, "energy"), "mahalanobis": -first,
+                "mahalanobis_top2": -np.minimum(first, second), "relative_mahalanobis": background - first,
+                "nearest_cosine": -nearest(outputs.top_features[:, 0], top[:, 0])}
+
+    # standardisation of the combined score on cross-fitted calibration values (5 folds)
+    folds = np.arange(len(calibration.labels)) % 5
+    crossed = {"energy": open_set_scores(calibration.logits, "energy"), "log_distance": np.empty(len(folds))}
+    for fold in range(5):
+        part = class_features.fit(calibration.true_features[folds != fold], calibration.labels[folds != fold], classes)
+        held = folds == fold
+        crossed["log_distance"][held] = np.log(part.distance(calibration.top_features[held, 0],
+                                                             calibration.logits[held].argmax(1)))
+    centre = {k: np.median(v) for k, v in crossed.items()}
+    scale = {k: np.subtract(*np.percentile(v, [75, 25])) for k, v in crossed.items()}
+    predicted = calibration.logits.argmax(1)
+    # per predicted class: each class's own median and interquartile range (classes differ in spread)
+    per_class = {k: {c: (np.median(v[predicted == c]), np.subtract(*np.percentile(v[predicted == c], [75, 25])))
+                     for c in np.unique(predicted)} for k, v in crossed.items()}
+
+    def by_class(values, top, key):
+        out = np.empty(len(values))
+        for i, (value, c) in enumerate(zip(values, top)):
+            median, spread = per_class[key].get(c, (centre[key], scale[key]))
+            out[i] = (value - median) / spread
+        return out
+    table = {}
+    for name, outputs in images.items():
+        scores = {score: open_set_scores(outputs.logits, score) for score in ("max_softmax", "max_logit")}
+        scores.update(raw(outputs))
+        energy = (scores["energy"] - centre["energy"]) / scale["energy"]
+        distance = (np.log(-scores["mahalanobis"]) - centre["log_distance"]) / scale["log_distance"]
+        scores["energy_plus_mahalanobis"] = energy - distance
+        top = outputs.logits.argmax(1)
+        class_distance = by_class(np.log(-scores["mahalanobis"]), top, "log_distance")
+        scores["mahalanobis_per_class"] = -class_distance
+        scores["energy_plus_mahalanobis_per_class"] = by_class(scores["energy"], top, "energy") - class_distance
+        table[name] = scores
+    return table
+
+
+def candidate_table(calibration, known, unknowns: dict) -> dict:
+    """AUROC and FPR@95TPR of every candidate score for each unknown set against `known`."""
+    from napari_intr.calibration import auroc, fpr_at_tpr
+    scores = candidate_scores(calibration, {"known": known, **unknowns})
+    return {score: {name: {"auroc": round(auroc(scores["known"][score], scores[name][score]), 4),
+                           "fpr_at_95_tpr": round(fpr_at_tpr(scores["known"][score], scores[name][score]), 4)}
+                    for name in unknowns}
+            for score in scores["known"]}
+
+
+def labelled(model, folder: Path, names: list[str]) -> list[tuple[Path, int]]:
+    return [(path, model.class_names.index(name)) for name in names for path in sorted((folder / name).iterdir())]
+
+
+def draws(work: Path, seeds: list[int]) -> dict:
+    """Look-alike draws with one species of a group held out (see draw_collection): trained
+    DRAW_EPOCHS epochs of the tiny recipe, calibrated by intr train on the known validation
+    images, every candidate score judged on the known test images against the held-out species."""
+    from intr_training.calibrate import collect_outputs
+    from napari_intr.loading import load_model
+    results = {}
+    for seed in seeds:
+        folder = work / f"draw{seed}"
+        known_folder, unknown, known = draw_collection(folder, seed)
+        run = train(known_folder, folder / "run", epochs=DRAW_EPOCHS)
+        model = load_model(folder / "run" / "model.safetensors", device="cpu", precision="fp32")
+        calibration, test = (collect_outputs(model, labelled(model, folder / split, known)) for split in ("known/val", "test"))
+        unknown_outputs = collect_outputs(model, [(path, -1) for split in ("train", "val")
+                                                  for path in sorted((folder / "drawn" / split / unknown).glob("*.png"))])
+        results[seed] = {"known": known, "unknown": unknown, "training": run,
+                         "test_accuracy": float((test.logits.argmax(1) == test.labels).mean()),
+                         "scores": candidate_table(calibration, test, {"look-alike": unknown_outputs})}
+    return results
 
 
 def cost() -> dict:

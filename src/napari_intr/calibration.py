@@ -21,16 +21,24 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-SCORES = ("max_logit", "energy", "presence_margin", "max_softmax")
+from .class_features import ClassFeatures, FeatureStatisticsError
+from .class_features import fit as fit_class_features
+
+SCORES = ("max_logit", "energy", "presence_margin", "max_softmax", "mahalanobis", "energy_mahalanobis")
+FEATURE_SCORES = ("mahalanobis", "energy_mahalanobis")  # they read the decoder output z_out, not only the logits
 DEFAULT_SCORE = "energy"
+FOLDS = 20  # cross-fitting of the feature statistics on the calibration images (see calibrate)
 DEFAULT_KEEP = 0.95   # share of known-species images kept as known
 DEFAULT_ALPHA = 0.10  # prediction sets miss the true species of at most this share of images
 METHOD = "lac"
-FORMAT_VERSION = 1
+MONDRIAN = "lac-mondrian"  # per-class quantiles, when every class has enough calibration images
+FORMAT_VERSION = 2  # 2: class-feature statistics or per-class quantiles; 1 is still read and written
+# for a calibration that needs neither (older napari-intr versions read it)
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "calibration"  # the checkpoint metadata entry (napari_intr.checkpoints)
 SUBSET_NOTE = ("not judged against the calibration: its threshold and prediction sets hold for all the "
                "model's classes, not a chosen subset")
@@ -40,9 +48,20 @@ class CalibrationError(ValueError):
     """Calibration that cannot be done or read; the message says why and what to do."""
 
 
-def open_set_scores(logits: np.ndarray, score: str = DEFAULT_SCORE) -> np.ndarray:
-    """[N] scores of [N, C] logits; higher means more like one of the known species."""
+def open_set_scores(logits: np.ndarray, score: str = DEFAULT_SCORE, top_features: np.ndarray | None = None,
+                    statistics: FeatureScale | None = None) -> np.ndarray:
+    """[N] scores of [N, C] logits; higher means more like one of the known species. The feature
+    scores also read [N, D] top_features, the decoder output of each image's top class, and the
+    calibration's `statistics`."""
     logits = np.asarray(logits, dtype=np.float64)
+    if score in FEATURE_SCORES:
+        if top_features is None or statistics is None:
+            raise CalibrationError(f"the {score.replace('_', ' ')} score needs the decoder outputs of the top "
+                                   "classes and the calibration's class-feature statistics")
+        distance = statistics.log_distance(top_features, logits.argmax(-1))
+        if score == "mahalanobis":
+            return -distance
+        return statistics.combine(open_set_scores(logits, "energy"), distance)
     if score == "max_logit":
         return logits.max(-1)
     if score == "energy":  # minus the free energy: log-sum-exp of the logits (Liu et al., 2020)
@@ -102,9 +121,75 @@ def conformal_quantile(probabilities: np.ndarray, labels: np.ndarray, alpha: flo
     return float(scores[rank - 1])
 
 
-def prediction_sets(probabilities: np.ndarray, quantile: float) -> np.ndarray:
-    """[N, C] boolean: class y is in image i's set when p_y >= 1 - q."""
+def class_quantiles(probabilities: np.ndarray, labels: np.ndarray, alpha: float = DEFAULT_ALPHA) -> list[float] | None:
+    """Class-conditional (Mondrian) LAC quantiles q_y, one per class, each from that class's
+    calibration images only (Vovk, 2003; Sadinle et al., 2019): a set then holds the true species
+    with probability >= 1 - alpha for EVERY species, not only on average over images. None when a
+    class has too few images for its own rank to exist (then one pooled quantile serves all)."""
+    labels = np.asarray(labels)
+    classes = np.asarray(probabilities).shape[-1]
+    if np.bincount(labels, minlength=classes).min() < minimum_images(alpha=alpha):
+        return None
+    return [conformal_quantile(probabilities[labels == c], labels[labels == c], alpha) for c in range(classes)]
+
+
+def prediction_sets(probabilities: np.ndarray, quantile) -> np.ndarray:
+    """[N, C] boolean: class y is in image i's set when p_y >= 1 - q_y (one q, or [C] per class)."""
     return np.asarray(probabilities) >= 1 - quantile - 1e-12
+
+
+@dataclass(frozen=True)
+class FeatureScale:
+    """The feature scores' statistics: where each class query's output lies (class_features),
+    and the median and interquartile range of the energy and of the log distance on the
+    calibration images (cross-fitted), which put the two on one scale."""
+    classes: ClassFeatures
+    energy: tuple[float, float]        # median, interquartile range
+    distance: tuple[float, float]      # median, interquartile range of the log distance
+
+    def log_distance(self, top_features: np.ndarray, top: np.ndarray) -> np.ndarray:
+        """[N] log squared Mahalanobis distance of each image's top-class output to that class's mean."""
+        return np.log(np.maximum(self.classes.distance(top_features, top), 1e-12))
+
+    def combine(self, energy: np.ndarray, log_distance: np.ndarray) -> np.ndarray:
+        """The energy minus the distance, each in interquartile ranges from its calibration median."""
+        return ((np.asarray(energy) - self.energy[0]) / self.energy[1]
+                - (np.asarray(log_distance) - self.distance[0]) / self.distance[1])
+
+    def to_dict(self) -> dict:
+        return {"classes": self.classes.to_dict(), "energy": list(self.energy), "distance": list(self.distance)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FeatureScale:
+        try:
+            return cls(ClassFeatures.from_dict(values["classes"]), tuple(float(v) for v in values["energy"]),
+                       tuple(float(v) for v in values["distance"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CalibrationError(f"damaged class-feature statistics ({error}); calibrate the model again "
+                                   "with intr calibrate") from error
+
+
+def median_and_spread(values: np.ndarray) -> tuple[float, float]:
+    low, median, high = np.percentile(values, [25, 50, 75])
+    return float(median), float(max(high - low, 1e-6))
+
+
+def fit_feature_scale(logits: np.ndarray, labels: np.ndarray, top_features: np.ndarray,
+                      true_features: np.ndarray) -> tuple[FeatureScale, np.ndarray]:
+    """The statistics from every calibration image, and each image's log distance cross-fitted:
+    computed with statistics fitted on the other folds (FOLDS), so that the threshold rests on
+    distances of images the statistics never saw, as a new image's will be."""
+    classes = logits.shape[-1]
+    top = logits.argmax(-1)
+    folds = np.arange(len(labels)) % FOLDS
+    crossed = np.empty(len(labels))
+    for fold in range(FOLDS):
+        held = folds == fold
+        part = FeatureScale(fit_class_features(true_features[~held], labels[~held], classes), (0.0, 1.0), (0.0, 1.0))
+        crossed[held] = part.log_distance(top_features[held], top[held])
+    scale = FeatureScale(fit_class_features(true_features, labels, classes),
+                         median_and_spread(open_set_scores(logits, "energy")), median_and_spread(crossed))
+    return scale, crossed
 
 
 @dataclass(frozen=True)
@@ -123,18 +208,37 @@ class Calibration:
     coverage: float | None = None        # share whose prediction set holds the true species
     mean_set_size: float | None = None
     extra: dict = field(default_factory=dict)
+    features: FeatureScale | None = None  # the feature scores' statistics (None for the logit scores)
+    class_quantiles: list[float] | None = None  # Mondrian: one quantile per class (None: `quantile` for all)
+
+    @property
+    def set_quantiles(self):
+        """What prediction_sets compares with: the per-class quantiles [C], else the pooled one."""
+        return self.quantile if self.class_quantiles is None else np.asarray(self.class_quantiles)
 
     def to_json(self) -> str:
-        return json.dumps({"format_version": FORMAT_VERSION, **asdict(self)})
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
+        if self.features is not None:
+            values["features"] = self.features.to_dict()
+        # a logit score's calibration stays readable by versions before the feature scores
+        newer = self.features is not None or self.class_quantiles is not None
+        return json.dumps({"format_version": FORMAT_VERSION if newer else 1, **values})
+
+    def scores(self, logits: np.ndarray, top_features: np.ndarray | None = None) -> np.ndarray:
+        """[N] open-set scores of [N, C] logits (and [N, D] top-class decoder outputs) by this calibration."""
+        return open_set_scores(logits, self.score, top_features, self.features)
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         try:
             values = json.loads(text)
             version = values.pop("format_version", None)
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise CalibrationError(f"calibration format {version!r} is not one this napari-intr reads "
-                                       f"({FORMAT_VERSION}); calibrate the model again with intr calibrate")
+                                       f"({', '.join(map(str, READABLE_VERSIONS))}); calibrate the model again with "
+                                       "intr calibrate")
+            if values.get("features") is not None:
+                values["features"] = FeatureScale.from_dict(values["features"])
             calibration = cls(**values)
         except (TypeError, ValueError, AttributeError) as error:
             if isinstance(error, CalibrationError):
@@ -143,17 +247,22 @@ class Calibration:
                                    "with intr calibrate") from error
         if calibration.score not in SCORES:
             raise CalibrationError(f"the calibration uses an unknown score {calibration.score!r}; calibrate again")
+        if (calibration.score in FEATURE_SCORES) != (calibration.features is not None):
+            raise CalibrationError(f"the calibration's {calibration.score.replace('_', ' ')} score and its "
+                                   "class-feature statistics do not go together; calibrate the model again")
         return calibration
 
     def describe(self) -> str:
         return (f"calibrated on {self.images:,} images: {self.score.replace('_', ' ')} threshold "
                 f"{self.threshold:.3g} keeps {self.keep:.0%} of known species; {1 - self.alpha:.0%} "
-                f"prediction sets ({self.method.upper()})")
+                f"prediction sets ({'LAC, per species' if self.method == MONDRIAN else self.method.upper()})")
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, score: str = DEFAULT_SCORE, keep: float = DEFAULT_KEEP,
-              alpha: float = DEFAULT_ALPHA, data: str | None = None) -> Calibration:
-    """Calibration from [N, C] logits of N images of known species with their true class indices."""
+              alpha: float = DEFAULT_ALPHA, data: str | None = None, top_features: np.ndarray | None = None,
+              true_features: np.ndarray | None = None) -> Calibration:
+    """Calibration from [N, C] logits of N images of known species with their true class indices;
+    the feature scores also need [N, D] decoder outputs of each image's top and true class."""
     keep, alpha = check_share(keep, "keep"), check_share(alpha, "alpha")
     if score not in SCORES:
         raise CalibrationError(f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}")
@@ -163,16 +272,31 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, score: str = DEFAULT_SCORE
         raise CalibrationError(f"only {len(labels)} calibration images of known species{f' in {data}' if data else ''}; "
                                f"keep {keep:.0%} and alpha {alpha:g} need at least {needed} (a few hundred give "
                                "stable thresholds): add validation images")
-    scores = open_set_scores(logits, score)
+    features = None
+    if score in FEATURE_SCORES:
+        if top_features is None or true_features is None:
+            raise CalibrationError(f"the {score.replace('_', ' ')} score needs the decoder outputs of the "
+                                   "calibration images")
+        try:
+            features, crossed = fit_feature_scale(logits, labels, np.asarray(top_features, dtype=np.float64),
+                                                  np.asarray(true_features, dtype=np.float64))
+        except FeatureStatisticsError as error:
+            raise CalibrationError(str(error)) from error
+        # the threshold rests on cross-fitted distances (distances of images the statistics never saw)
+        scores = -crossed if score == "mahalanobis" else features.combine(open_set_scores(logits, "energy"), crossed)
+    else:
+        scores = open_set_scores(logits, score)
     threshold = known_threshold(scores, keep)
     probabilities = softmax(logits)
     quantile = conformal_quantile(probabilities, labels, alpha)
-    sets = prediction_sets(probabilities, quantile)
+    per_class = class_quantiles(probabilities, labels, alpha)
+    sets = prediction_sets(probabilities, quantile if per_class is None else np.asarray(per_class))
     return Calibration(score=score, threshold=threshold, keep=keep, alpha=alpha, quantile=quantile,
                        images=len(labels), classes=logits.shape[-1], data=data,
+                       method=METHOD if per_class is None else MONDRIAN, class_quantiles=per_class,
                        known_kept=float((scores >= threshold).mean()),
                        coverage=float(sets[np.arange(len(labels)), labels].mean()),
-                       mean_set_size=float(sets.sum(-1).mean()))
+                       mean_set_size=float(sets.sum(-1).mean()), features=features)
 
 
 @dataclass(frozen=True)
@@ -193,19 +317,24 @@ class CalibratedPrediction:
     def describe_set(self) -> str:
         level = f"{1 - self.calibration.alpha:.0%}"
         if not self.prediction_set:
-            return f"{level} prediction set: empty (no species is likely enough)"
+            return (f"{level} prediction set: empty: no species is likely enough to be in it (an image "
+                    "unlike the calibration images, or a hard one: look at the probabilities)")
         return f"{level} prediction set: {', '.join(self.prediction_set)}"
 
 
-def judge(calibration: Calibration | None, logits: np.ndarray, class_names: list[str]) -> CalibratedPrediction | None:
+def judge(calibration: Calibration | None, logits: np.ndarray, class_names: list[str],
+          features: np.ndarray | None = None) -> CalibratedPrediction | None:
     """One image's [C] logits over ALL the model's classes (in model order, or any order with
-    `class_names` alike); None without a calibration or when the classes are not the calibrated ones."""
+    `class_names` alike) and, for a feature score, the [C, D] decoder outputs in that order (NaN
+    where a class was not decoded); None without a calibration or when the classes are not the
+    calibrated ones."""
     if calibration is None or len(class_names) != calibration.classes:
         return None
     logits = np.asarray(logits, dtype=np.float64)
-    score = float(open_set_scores(logits[None], calibration.score)[0])
+    top = None if features is None else np.asarray(features, dtype=np.float64)[int(logits.argmax())][None]
+    score = float(calibration.scores(logits[None], top)[0])
     probabilities = softmax(logits)
-    members = np.flatnonzero(prediction_sets(probabilities, calibration.quantile))
+    members = np.flatnonzero(prediction_sets(probabilities, calibration.set_quantiles))
     members = members[np.argsort(-probabilities[members], kind="stable")]
     return CalibratedPrediction(score, bool(score >= calibration.threshold),
                                 [class_names[i] for i in members], calibration)
