@@ -46,6 +46,28 @@ def test_an_output_unlike_its_class_is_farther_and_scores_lower():
         assert unknown.describe().startswith("none of the 4 species")
 
 
+def test_class_energy_judges_an_image_against_its_own_class():
+    """Class alpha's images are confidently recognised (energy about 10), beta's are not (about 3,
+    widely spread). An image called alpha with energy 7 is far below alpha's usual and is
+    rejected by the class-conditional score, while the energy alone, one threshold for all
+    classes, keeps it (it is above most beta images)."""
+    rng = np.random.default_rng(6)
+    labels = np.repeat([0, 1], 100)
+    logits = np.full((200, 4), -5.0)
+    logits[labels == 0, 0] = rng.normal(10, 0.5, 100)
+    logits[labels == 1, 1] = rng.normal(3, 2, 100)
+    by_class = calibrate(logits, labels, "class_energy")
+    pooled = calibrate(logits, labels, "energy")
+    odd = np.array([7.0, -5, -5, -5])
+    assert pooled.scores(odd[None])[0] >= pooled.threshold and judge(pooled, odd, NAMES).known
+    assert not judge(by_class, odd, NAMES).known
+    usual = np.array([10.0, -5, -5, -5])
+    assert judge(by_class, usual, NAMES).known
+    medians, spreads = by_class.scale.energy
+    assert medians[0] > medians[1] and spreads[0] < spreads[1]
+    assert medians[2] == medians[3]  # classes nobody was called: the pooled median
+
+
 def test_shrunk_covariance_is_invertible_with_fewer_images_than_dimensions():
     rng = np.random.default_rng(1)
     centred = rng.normal(size=(20, 64))  # 20 images, hidden size 64: the sample covariance is singular
@@ -113,10 +135,10 @@ def test_metadata_round_trip_and_the_explainer_judges_with_the_features(tmp_path
     path = save_model(model, tmp_path / "calibrated.safetensors")
     again = load_model(path, device="cpu", precision="fp32")
     assert again.calibration == model.calibration
-    stored = again.calibration.features
+    stored = again.calibration.scale
     assert stored.classes.means.shape == (4, model.config.hidden_dim)
     assert stored.classes.precision.shape == (model.config.hidden_dim,) * 2
-    np.testing.assert_array_equal(stored.classes.precision, model.calibration.features.classes.precision)
+    np.testing.assert_array_equal(stored.classes.precision, model.calibration.scale.classes.precision)
     assert read_metadata(path)["calibration"].score == "energy_mahalanobis"
     # the Explainer's verdict is the calibration's score of the top class's decoder output
     explanation = Explainer(again).explain(images[0])
@@ -138,10 +160,10 @@ def test_an_old_energy_only_calibration_still_loads_and_scores(tmp_path):
     rng = np.random.default_rng(4)
     logits = rng.normal(size=(60, 4))
     labels = logits.argmax(1)
-    energy = calibrate(logits, labels)  # the logit score: no feature statistics
-    assert energy.features is None
+    energy = calibrate(logits, labels, "energy")  # a logit score: no statistics
+    assert energy.scale is None
     # a logit-score calibration is written as before the feature scores: format 1, no "features"
-    assert json.loads(energy.to_json())["format_version"] == 1 and "features" not in energy.to_json()
+    assert json.loads(energy.to_json())["format_version"] == 1 and "scale" not in energy.to_json()
     old = {"format_version": 1, "score": "energy", "threshold": energy.threshold, "keep": 0.95, "alpha": 0.1,
            "quantile": energy.quantile, "images": 60, "classes": 4, "method": "lac", "data": None,
            "known_kept": energy.known_kept, "coverage": energy.coverage, "mean_set_size": energy.mean_set_size,
@@ -167,11 +189,11 @@ def test_bad_feature_statistics_are_refused_with_a_message(tmp_path):
     with pytest.raises(class_features.FeatureStatisticsError, match="hidden size 8"):
         calibration.scores(logits[:2], features[:2, :4])
     damaged = json.loads(calibration.to_json())
-    damaged["features"]["classes"]["precision"]["float32"] = "not base64!"
-    with pytest.raises(CalibrationError, match="damaged class-feature statistics"):
+    damaged["scale"]["classes"]["precision"]["float32"] = "not base64!"
+    with pytest.raises(CalibrationError, match="damaged class-scale statistics"):
         Calibration.from_json(json.dumps(damaged))
     without = json.loads(calibration.to_json())
-    without["features"] = None
+    without["scale"] = None
     with pytest.raises(CalibrationError, match="do not go together"):
         Calibration.from_json(json.dumps(without))
     model = tiny_model()  # hidden size 64, the statistics are of hidden size 8

@@ -28,9 +28,13 @@ import numpy as np
 from .class_features import ClassFeatures, FeatureStatisticsError
 from .class_features import fit as fit_class_features
 
-SCORES = ("max_logit", "energy", "presence_margin", "max_softmax", "mahalanobis", "energy_mahalanobis")
+SCORES = ("max_logit", "energy", "presence_margin", "max_softmax", "class_energy", "mahalanobis",
+          "energy_mahalanobis")
+# standardised per predicted class with the calibration's statistics (ClassScale)
+CLASS_SCORES = ("class_energy", "mahalanobis", "energy_mahalanobis")
 FEATURE_SCORES = ("mahalanobis", "energy_mahalanobis")  # they read the decoder output z_out, not only the logits
-DEFAULT_SCORE = "energy"
+DEFAULT_SCORE = "class_energy"
+UNCALIBRATED_SCORE = "energy"  # the best score that needs no calibration statistics (intr eval of a plain model)
 FOLDS = 20  # cross-fitting of the feature statistics on the calibration images (see calibrate)
 DEFAULT_KEEP = 0.95   # share of known-species images kept as known
 DEFAULT_ALPHA = 0.10  # prediction sets miss the true species of at most this share of images
@@ -49,19 +53,15 @@ class CalibrationError(ValueError):
 
 
 def open_set_scores(logits: np.ndarray, score: str = DEFAULT_SCORE, top_features: np.ndarray | None = None,
-                    statistics: FeatureScale | None = None) -> np.ndarray:
-    """[N] scores of [N, C] logits; higher means more like one of the known species. The feature
-    scores also read [N, D] top_features, the decoder output of each image's top class, and the
-    calibration's `statistics`."""
+                    scale: ClassScale | None = None) -> np.ndarray:
+    """[N] scores of [N, C] logits; higher means more like one of the known species. The
+    class-conditional scores also read the calibration's `scale`, the feature scores [N, D]
+    top_features, the decoder output z_out of each image's top class."""
     logits = np.asarray(logits, dtype=np.float64)
-    if score in FEATURE_SCORES:
-        if top_features is None or statistics is None:
-            raise CalibrationError(f"the {score.replace('_', ' ')} score needs the decoder outputs of the top "
-                                   "classes and the calibration's class-feature statistics")
-        distance = statistics.log_distance(top_features, logits.argmax(-1))
-        if score == "mahalanobis":
-            return -distance
-        return statistics.combine(open_set_scores(logits, "energy"), distance)
+    if score in CLASS_SCORES:
+        if scale is None:
+            raise CalibrationError(f"the {score.replace('_', ' ')} score needs the calibration's statistics")
+        return scale.scores(score, logits, top_features)
     if score == "max_logit":
         return logits.max(-1)
     if score == "energy":  # minus the free energy: log-sum-exp of the logits (Liu et al., 2020)
@@ -138,58 +138,87 @@ def prediction_sets(probabilities: np.ndarray, quantile) -> np.ndarray:
     return np.asarray(probabilities) >= 1 - quantile - 1e-12
 
 
-@dataclass(frozen=True)
-class FeatureScale:
-    """The feature scores' statistics: where each class query's output lies (class_features),
-    and the median and interquartile range of the energy and of the log distance on the
-    calibration images (cross-fitted), which put the two on one scale."""
-    classes: ClassFeatures
-    energy: tuple[float, float]        # median, interquartile range
-    distance: tuple[float, float]      # median, interquartile range of the log distance
-
-    def log_distance(self, top_features: np.ndarray, top: np.ndarray) -> np.ndarray:
-        """[N] log squared Mahalanobis distance of each image's top-class output to that class's mean."""
-        return np.log(np.maximum(self.classes.distance(top_features, top), 1e-12))
-
-    def combine(self, energy: np.ndarray, log_distance: np.ndarray) -> np.ndarray:
-        """The energy minus the distance, each in interquartile ranges from its calibration median."""
-        return ((np.asarray(energy) - self.energy[0]) / self.energy[1]
-                - (np.asarray(log_distance) - self.distance[0]) / self.distance[1])
-
-    def to_dict(self) -> dict:
-        return {"classes": self.classes.to_dict(), "energy": list(self.energy), "distance": list(self.distance)}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> FeatureScale:
-        try:
-            return cls(ClassFeatures.from_dict(values["classes"]), tuple(float(v) for v in values["energy"]),
-                       tuple(float(v) for v in values["distance"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise CalibrationError(f"damaged class-feature statistics ({error}); calibrate the model again "
-                                   "with intr calibrate") from error
-
-
 def median_and_spread(values: np.ndarray) -> tuple[float, float]:
     low, median, high = np.percentile(values, [25, 50, 75])
     return float(median), float(max(high - low, 1e-6))
 
 
-def fit_feature_scale(logits: np.ndarray, labels: np.ndarray, top_features: np.ndarray,
-                      true_features: np.ndarray) -> tuple[FeatureScale, np.ndarray]:
-    """The statistics from every calibration image, and each image's log distance cross-fitted:
-    computed with statistics fitted on the other folds (FOLDS), so that the threshold rests on
-    distances of images the statistics never saw, as a new image's will be."""
-    classes = logits.shape[-1]
-    top = logits.argmax(-1)
+def per_class_median_and_spread(values: np.ndarray, top: np.ndarray, classes: int,
+                                minimum: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Median and interquartile range of `values` over the images predicted as each class; the
+    pooled ones for a class predicted for fewer than `minimum` images."""
+    pooled = median_and_spread(values)
+    own = [median_and_spread(values[top == c]) if (top == c).sum() >= minimum else pooled for c in range(classes)]
+    return tuple(m for m, _ in own), tuple(r for _, r in own)
+
+
+@dataclass(frozen=True)
+class ClassScale:
+    """The class-conditional scores' statistics. Classes differ in how confident the model is on
+    their images (a tight, easy species; a variable one): an image is judged against the images
+    predicted as ITS top class, its energy (and its top-class output's log Mahalanobis distance,
+    class_features) in interquartile ranges from that class's median on the calibration images."""
+    energy: tuple[tuple[float, ...], tuple[float, ...]]            # medians [C], interquartile ranges [C]
+    distance: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the same of the log distance
+    classes: ClassFeatures | None = None                          # where each class query's output lies
+
+    def log_distance(self, top_features: np.ndarray, top: np.ndarray) -> np.ndarray:
+        """[N] log squared Mahalanobis distance of each image's top-class output to that class's mean."""
+        return np.log(np.maximum(self.classes.distance(top_features, top), 1e-12))
+
+    def scores(self, score: str, logits: np.ndarray, top_features: np.ndarray | None) -> np.ndarray:
+        top = logits.argmax(-1)
+        medians, spreads = (np.asarray(v) for v in self.energy)
+        energy = (open_set_scores(logits, "energy") - medians[top]) / spreads[top]
+        if score == "class_energy":
+            return energy
+        if top_features is None or self.classes is None:
+            raise CalibrationError(f"the {score.replace('_', ' ')} score needs the decoder outputs of the top "
+                                   "classes and the calibration's class-feature statistics")
+        medians, spreads = (np.asarray(v) for v in self.distance)
+        distance = (self.log_distance(top_features, top) - medians[top]) / spreads[top]
+        return -distance if score == "mahalanobis" else energy - distance
+
+    def to_dict(self) -> dict:
+        return {"energy": self.energy, "distance": self.distance,
+                "classes": None if self.classes is None else self.classes.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClassScale:
+        try:
+            pair = (lambda v: None if v is None else (tuple(map(float, v[0])), tuple(map(float, v[1]))))
+            classes = None if values["classes"] is None else ClassFeatures.from_dict(values["classes"])
+            return cls(pair(values["energy"]), pair(values["distance"]), classes)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise CalibrationError(f"damaged class-scale statistics ({error}); calibrate the model again "
+                                   "with intr calibrate") from error
+
+
+def fit_class_scale(score: str, logits: np.ndarray, labels: np.ndarray, top_features, true_features,
+                    minimum: int) -> ClassScale:
+    classes, top = logits.shape[-1], logits.argmax(-1)
+    energy = per_class_median_and_spread(open_set_scores(logits, "energy"), top, classes, minimum)
+    if score not in FEATURE_SCORES:
+        return ClassScale(energy)
+    features = fit_class_features(true_features, labels, classes)
+    partial = ClassScale(energy, classes=features)
+    distance = per_class_median_and_spread(partial.log_distance(top_features, top), top, classes, minimum)
+    return ClassScale(energy, distance, features)
+
+
+def cross_fitted_scores(score: str, logits: np.ndarray, labels: np.ndarray, top_features, true_features,
+                        minimum: int) -> np.ndarray:
+    """Each calibration image's score by statistics fitted on the other folds (FOLDS): the
+    threshold rests on scores of images the statistics never saw, as a new image's will be
+    (fitted and judged on the same images, the statistics would flatter them)."""
     folds = np.arange(len(labels)) % FOLDS
-    crossed = np.empty(len(labels))
+    scores = np.empty(len(labels))
     for fold in range(FOLDS):
         held = folds == fold
-        part = FeatureScale(fit_class_features(true_features[~held], labels[~held], classes), (0.0, 1.0), (0.0, 1.0))
-        crossed[held] = part.log_distance(top_features[held], top[held])
-    scale = FeatureScale(fit_class_features(true_features, labels, classes),
-                         median_and_spread(open_set_scores(logits, "energy")), median_and_spread(crossed))
-    return scale, crossed
+        fitted = fit_class_scale(score, logits[~held], labels[~held], None if top_features is None else
+                                 top_features[~held], None if true_features is None else true_features[~held], minimum)
+        scores[held] = fitted.scores(score, logits[held], None if top_features is None else top_features[held])
+    return scores
 
 
 @dataclass(frozen=True)
@@ -208,7 +237,7 @@ class Calibration:
     coverage: float | None = None        # share whose prediction set holds the true species
     mean_set_size: float | None = None
     extra: dict = field(default_factory=dict)
-    features: FeatureScale | None = None  # the feature scores' statistics (None for the logit scores)
+    scale: ClassScale | None = None  # the class-conditional scores' statistics (None for the others)
     class_quantiles: list[float] | None = None  # Mondrian: one quantile per class (None: `quantile` for all)
 
     @property
@@ -217,16 +246,16 @@ class Calibration:
         return self.quantile if self.class_quantiles is None else np.asarray(self.class_quantiles)
 
     def to_json(self) -> str:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
-        if self.features is not None:
-            values["features"] = self.features.to_dict()
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scale"}
+        if self.scale is not None:
+            values["scale"] = self.scale.to_dict()
         # a logit score's calibration stays readable by versions before the feature scores
-        newer = self.features is not None or self.class_quantiles is not None
+        newer = self.scale is not None or self.class_quantiles is not None
         return json.dumps({"format_version": FORMAT_VERSION if newer else 1, **values})
 
     def scores(self, logits: np.ndarray, top_features: np.ndarray | None = None) -> np.ndarray:
         """[N] open-set scores of [N, C] logits (and [N, D] top-class decoder outputs) by this calibration."""
-        return open_set_scores(logits, self.score, top_features, self.features)
+        return open_set_scores(logits, self.score, top_features, self.scale)
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
@@ -237,8 +266,8 @@ class Calibration:
                 raise CalibrationError(f"calibration format {version!r} is not one this napari-intr reads "
                                        f"({', '.join(map(str, READABLE_VERSIONS))}); calibrate the model again with "
                                        "intr calibrate")
-            if values.get("features") is not None:
-                values["features"] = FeatureScale.from_dict(values["features"])
+            if values.get("scale") is not None:
+                values["scale"] = ClassScale.from_dict(values["scale"])
             calibration = cls(**values)
         except (TypeError, ValueError, AttributeError) as error:
             if isinstance(error, CalibrationError):
@@ -247,9 +276,12 @@ class Calibration:
                                    "with intr calibrate") from error
         if calibration.score not in SCORES:
             raise CalibrationError(f"the calibration uses an unknown score {calibration.score!r}; calibrate again")
-        if (calibration.score in FEATURE_SCORES) != (calibration.features is not None):
+        scale = calibration.scale
+        if (calibration.score in CLASS_SCORES) != (scale is not None) or (scale is not None and (
+                (calibration.score in FEATURE_SCORES) != (scale.classes is not None)
+                or len(scale.energy[0]) != calibration.classes)):
             raise CalibrationError(f"the calibration's {calibration.score.replace('_', ' ')} score and its "
-                                   "class-feature statistics do not go together; calibrate the model again")
+                                   "statistics do not go together; calibrate the model again")
         return calibration
 
     def describe(self) -> str:
@@ -272,18 +304,19 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, score: str = DEFAULT_SCORE
         raise CalibrationError(f"only {len(labels)} calibration images of known species{f' in {data}' if data else ''}; "
                                f"keep {keep:.0%} and alpha {alpha:g} need at least {needed} (a few hundred give "
                                "stable thresholds): add validation images")
-    features = None
-    if score in FEATURE_SCORES:
-        if top_features is None or true_features is None:
+    scale = None
+    if score in CLASS_SCORES:
+        if score in FEATURE_SCORES and (top_features is None or true_features is None):
             raise CalibrationError(f"the {score.replace('_', ' ')} score needs the decoder outputs of the "
                                    "calibration images")
+        if score in FEATURE_SCORES:
+            top_features, true_features = (np.asarray(f, dtype=np.float64) for f in (top_features, true_features))
+        minimum = minimum_images(keep=keep)  # a class's own scale needs as many images as a threshold
         try:
-            features, crossed = fit_feature_scale(logits, labels, np.asarray(top_features, dtype=np.float64),
-                                                  np.asarray(true_features, dtype=np.float64))
+            scale = fit_class_scale(score, logits, labels, top_features, true_features, minimum)
+            scores = cross_fitted_scores(score, logits, labels, top_features, true_features, minimum)
         except FeatureStatisticsError as error:
             raise CalibrationError(str(error)) from error
-        # the threshold rests on cross-fitted distances (distances of images the statistics never saw)
-        scores = -crossed if score == "mahalanobis" else features.combine(open_set_scores(logits, "energy"), crossed)
     else:
         scores = open_set_scores(logits, score)
     threshold = known_threshold(scores, keep)
@@ -296,7 +329,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, score: str = DEFAULT_SCORE
                        method=METHOD if per_class is None else MONDRIAN, class_quantiles=per_class,
                        known_kept=float((scores >= threshold).mean()),
                        coverage=float(sets[np.arange(len(labels)), labels].mean()),
-                       mean_set_size=float(sets.sum(-1).mean()), features=features)
+                       mean_set_size=float(sets.sum(-1).mean()), scale=scale)
 
 
 @dataclass(frozen=True)

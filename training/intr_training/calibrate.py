@@ -161,18 +161,20 @@ def unknown_samples(model: INTR, folder) -> list[tuple[Path, int]]:
 
 def scores_of(model: INTR, outputs: Outputs, score: str) -> np.ndarray:
     """[N] open-set scores by `score` (a feature score with the model's calibration statistics)."""
-    statistics = None if model.calibration is None else model.calibration.features
-    return open_set_scores(outputs.logits, score, outputs.top_features[:, 0], statistics)
+    scale = None if model.calibration is None else model.calibration.scale
+    return open_set_scores(outputs.logits, score, outputs.top_features[:, 0], scale)
 
 
 def open_set_report(model: INTR, known: Outputs, unknown: Outputs) -> dict:
     """AUROC and FPR at 95 % TPR of every open-set score the model's calibration allows (the
     calibrated one first; the feature scores need its statistics), and how the stored threshold
     splits known and unknown images."""
-    from napari_intr.calibration import FEATURE_SCORES, SCORES, auroc, fpr_at_tpr
+    from napari_intr.calibration import CLASS_SCORES, FEATURE_SCORES, SCORES, UNCALIBRATED_SCORE, auroc, fpr_at_tpr
     calibration = model.calibration
-    chosen = calibration.score if calibration is not None else DEFAULT_SCORE
-    usable = [s for s in SCORES if s not in FEATURE_SCORES or (calibration is not None and calibration.features)]
+    scale = None if calibration is None else calibration.scale
+    usable = [s for s in SCORES if s not in CLASS_SCORES
+              or (scale is not None and (s not in FEATURE_SCORES or scale.classes is not None))]
+    chosen = calibration.score if calibration is not None else UNCALIBRATED_SCORE
     scores = {}
     for name in sorted(usable, key=lambda s: s != chosen):
         known_scores, unknown_scores = scores_of(model, known, name), scores_of(model, unknown, name)
