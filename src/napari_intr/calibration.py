@@ -350,8 +350,9 @@ class CalibratedPrediction:
     def describe_set(self) -> str:
         level = f"{1 - self.calibration.alpha:.0%}"
         if not self.prediction_set:
-            return (f"{level} prediction set: empty: no species is likely enough to be in it (an image "
-                    "unlike the calibration images, or a hard one: look at the probabilities)")
+            return (f"{level} prediction set: empty: no species is as probable as the calibration asks for "
+                    "its set; the model is torn between species or sees none of them well, so treat the "
+                    "top name as a guess")
         return f"{level} prediction set: {', '.join(self.prediction_set)}"
 
 
