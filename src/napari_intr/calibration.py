@@ -1,19 +1,30 @@
 """"None of these species": an open-set threshold and split-conformal prediction sets, calibrated
 on images of known species and stored with the model (this module owns that metadata's format).
 
-- Open-set score: the energy, log sum_c exp(w^T z_out,c), of the presence scores of every class
-  query (Eq. 6: "how much does any class see itself?"; Liu et al., NeurIPS 2020). It is close to
-  the maximum logit, a strong open-set score for a good closed-set classifier (Vaze et al., ICLR
-  2022), and was chosen over it, the presence margin and the maximum softmax by
-  benchmarks/open_set.py on a synthetic tuning split (benchmarks/RESULTS.md, issue 25).
+- Open-set score (default `class_energy`): the energy, log sum_c exp(w^T z_out,c), of the
+  presence scores of every class query (Eq. 6: "how much does any class see itself?"; Liu et
+  al., NeurIPS 2020), judged against the calibration images predicted as the same class: in
+  interquartile ranges from their median (ClassScale). Species differ in how confidently the
+  model recognises their images; one threshold for all lets an unknown called a confident
+  species pass with an energy that is low for THAT species. Chosen by benchmarks/open_set.py
+  on tuning data (benchmarks/RESULTS.md, issue 25, session 7) over the plain energy (the
+  earlier default, close to the maximum logit: Vaze et al., ICLR 2022), the presence margin,
+  the maximum softmax, and the feature scores: `mahalanobis`, how unlike its class's
+  calibration images the top class query's decoder output z_out is (class_features; Lee et
+  al., NeurIPS 2018), and `energy_mahalanobis`, both. A class predicted for fewer calibration
+  images than a threshold needs gets the pooled median and range.
 - Threshold: the k-th lowest score of n calibration images, k = floor((n + 1)(1 - keep)), so
   that a new image exchangeable with them scores at least the threshold with probability at
-  least `keep` (default 95 %); below it the image is "none of the N species".
+  least `keep` (default 95 %); below it the image is "none of the N species". For the
+  class-conditional scores each calibration image is scored by statistics fitted on the other
+  images (20-fold cross-fitting), as a new image is.
 - Prediction sets: split conformal with the LAC score 1 - p_true (Sadinle et al., 2019): the
-  set is every class with softmax probability at least 1 - q, q the ceil((n + 1)(1 - alpha))-th
-  lowest score of the calibration images. It contains the true species with probability at
-  least 1 - alpha (default 90 %) for images exchangeable with the calibration images; LAC gives
-  the smallest sets on average, APS larger ones with better per-class balance.
+  set is every class y with softmax probability at least 1 - q_y. With enough calibration
+  images of every class (as many as the rank needs) q_y is that class's own quantile
+  (class-conditional, "Mondrian"; Vovk, 2003): the set contains the true species with
+  probability at least 1 - alpha (default 90 %) for EVERY species; otherwise one pooled q, and
+  the promise is an average over images. LAC gives the smallest sets; a set can be empty (no
+  species probable enough).
 Neither promise holds for images unlike the calibration images (another camera, another
 collection, species the model never saw).
 """
