@@ -12,6 +12,9 @@ lookalikes: a benchmarks/lookalikes.py collection of a seed never used before (2
   seed 2026): trained on two beetles (humeralis, media; 15 epochs of the tiny recipe), calibrated
   by `intr train` itself on their validation images; unknown: the third beetle (apicalis, a
   look-alike of the known ones: spots elsewhere on the same body) and all three fish (not look-alikes).
+draws: lookalike_draws collections with one species of a look-alike group held out (draw_collection),
+  every candidate score (candidate_scores) and the shipped calibration on each (session 7).
+The scores are computed from each model's logits and decoder outputs, collected once (outputs.pickle).
 cost: the calibration's share of the training run's wall time (from `intr train`'s done event),
   and one explain of the bundled model with and without a calibration (median of interleaved runs).
 Training runs reuse a finished run in --work (its metrics.jsonl has every epoch).
@@ -361,13 +364,18 @@ def cost() -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--parts", default="synthetic,lookalikes,cost")
+    parser.add_argument("--parts", default="synthetic,lookalikes,cost", help="any of synthetic, lookalikes, "
+                        "draws, cost")
+    parser.add_argument("--seeds", default="103", help="lookalike_draws seeds for --parts draws (tune seeds "
+                        "100-119; 'judge' for the judge draw, chosen by judge_seed, run once)")
     args = parser.parse_args(argv)
     results = {}
     for part in args.parts.split(","):
         before = load()
         results[part] = {"synthetic": lambda: synthetic(args.work / "synthetic"),
-                         "lookalikes": lambda: lookalikes(args.work / "lookalikes"), "cost": cost}[part]()
+                         "lookalikes": lambda: lookalikes(args.work / "lookalikes"), "cost": cost,
+                         "draws": lambda: draws(args.work, [judge_seed()] if args.seeds == "judge" else
+                                                [int(seed) for seed in args.seeds.split(",")])}[part]()
         results[part]["part_load"] = f"{before} -> {load()}"
         print(json.dumps({part: results[part]}, indent=1, default=str), flush=True)
     (args.work / "open_set.json").write_text(json.dumps(results, indent=1, default=str))
