@@ -1,16 +1,17 @@
 """Open-set rejection and conformal prediction sets (issue 25), measured on data nobody tuned on.
 
-    python benchmarks/open_set.py --work /tmp/open_set [--parts synthetic,lookalikes,cost]
+    python benchmarks/open_set.py --work /tmp/open_set [--parts synthetic,lookalikes,draws,cost] [--seeds 103]
 
 synthetic: the default tiny recipe trained on 6 `intr synth` species (the postman, tiger and
   swallowtail rings); the whole morpho ring (3 species) is held out as unknown. The model is
   calibrated (`intr calibrate`'s code) on 150 fresh images per known species (seed 1) and judged
   on another 150 per known species plus 100 per morpho species (seed 2), never used to calibrate.
-  The four open-set scores are compared on a tuning split first (the calibration images against
-  100 morpho images per species of seed 1), then all reported on the test split.
+  Every candidate score is compared on a tuning split first (statistics from half the
+  calibration images, the other half as known, against 100 morpho images per species of seed 1),
+  then all reported on the test split.
 lookalikes: a benchmarks/lookalikes.py collection of a seed never used before (2025; test images
   seed 2026): trained on two beetles (humeralis, media; 15 epochs of the tiny recipe), calibrated
-  by `intr train` itself on their validation images; unknown: the third beetle (apicalis, a
+  on their validation images; unknown: the third beetle (apicalis, a
   look-alike of the known ones: spots elsewhere on the same body) and all three fish (not look-alikes).
 draws: lookalike_draws collections with one species of a look-alike group held out (draw_collection),
   every candidate score (candidate_scores) and the shipped calibration on each (session 7).
