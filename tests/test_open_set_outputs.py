@@ -9,7 +9,7 @@ import torch
 from intr_training.cli import main
 from napari_intr import load_model, synth
 from napari_intr.atlas import AtlasOptions, build_atlas
-from napari_intr.calibration import DEFAULT_SCORE, Calibration, open_set_scores
+from napari_intr.calibration import Calibration, open_set_scores
 from napari_intr.checkpoints import save_model
 from napari_intr.collection.explain import PREDICTIONS_FILE, explain_folder
 from napari_intr.explanation import Explainer
@@ -32,11 +32,11 @@ def calibrated(collection):
     torch.set_num_threads(1)
     model = load_model("sample", device="cpu")
     explainer = Explainer(model)
-    scores = {path: float(open_set_scores(explainer.explain(read_image(path)).logits[None])[0])
+    scores = {path: float(open_set_scores(explainer.explain(read_image(path)).logits[None], "energy")[0])
               for path in find_images([collection])}
     ordered = sorted(scores.values())  # halfway between two scores: no image sits on the threshold
     threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    model.calibration = Calibration(score=DEFAULT_SCORE, threshold=threshold, keep=0.95, alpha=0.1, quantile=0.3,
+    model.calibration = Calibration(score="energy", threshold=threshold, keep=0.95, alpha=0.1, quantile=0.3,
                                     images=123, classes=len(model.class_names))
     rejected = sorted(str(path) for path, score in scores.items() if score < threshold)
     assert 0 < len(rejected) < len(scores)

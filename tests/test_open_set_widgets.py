@@ -55,6 +55,14 @@ def test_explorer_states_known_rejected_and_not_calibrated(explorer, qtbot, tmp_
     assert marked and sorted(marked) == sorted(verdict.prediction_set)
     assert "Does" in results.answer.full_text and "Yes" in results.answer.full_text
 
+    calibrate(model, threshold=float("-inf"), quantile=1e-9)  # no species probable enough: an empty set
+    explain(qtbot, widget)
+    assert widget.state.explanation.calibrated.prediction_set == []
+    text = results.verdict.full_text
+    assert "prediction set: empty: no species is as probable as the calibration asks" in text
+    assert "treat the top name as a guess" in text and "Set column" not in text
+    assert all(row[4] == "" for row in results.rows())
+
 
 def test_batch_panel_and_regions_count_rejected_images(explorer, qtbot, tmp_path):
     viewer, widget = explorer

@@ -74,6 +74,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
         if info["calibration"].classes != info["config"].num_classes:
             raise CheckpointError(f"{path}: its calibration is for {info['calibration'].classes} classes, the model "
                                   f"has {info['config'].num_classes}; calibrate it again with intr calibrate")
+        scale = info["calibration"].scale
+        features = None if scale is None else scale.classes
+        if features is not None and features.means.shape[1] != info["config"].hidden_dim:
+            raise CheckpointError(f"{path}: its calibration's class-feature statistics are of hidden size "
+                                  f"{features.means.shape[1]}, the model's is {info['config'].hidden_dim}; "
+                                  "calibrate it again with intr calibrate")
     return info
 
 

@@ -432,7 +432,7 @@ class Explainer:
         notes = list(encoded.notes)
         if output.candidates is not None and output.candidates > len(output.classes):
             notes.append(shortlist_note(len(output.classes), output.candidates))
-        calibrated = self.judge(output.classes, logits, output.candidates)
+        calibrated = self.judge(output.classes, logits, output.candidates, output.features[0])
         if calibrated is None and getattr(self.model, "calibration", None) is not None:
             notes.append(SUBSET_NOTE)
         explanation = Explanation(
@@ -478,15 +478,19 @@ class Explainer:
             evidence.update(((layer, column), found) for column, found in zip(columns, measured))
         return evidence
 
-    def judge(self, classes: list[int], logits: torch.Tensor, candidates: int | None) -> CalibratedPrediction | None:
+    def judge(self, classes: list[int], logits: torch.Tensor, candidates: int | None,
+              features: torch.Tensor) -> CalibratedPrediction | None:
         """The calibrated verdict when every class of the model was a candidate (a shortlist's
-        undecoded classes count with no probability)."""
+        undecoded classes count with no probability). features: [C', D] decoder outputs."""
         names = self.model.class_names
         if len(classes) != len(names) and candidates != len(names):
             return None
+        index = torch.as_tensor(classes)
         full = torch.full((len(names),), float("-inf"))
-        full[torch.as_tensor(classes)] = logits.cpu()
-        return judge(getattr(self.model, "calibration", None), full.numpy(), names)
+        full[index] = logits.cpu()
+        full_features = torch.full((len(names), features.shape[-1]), float("nan"))
+        full_features[index] = features.float().cpu()
+        return judge(getattr(self.model, "calibration", None), full.numpy(), names, full_features.numpy())
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
                 mode: str = "drop", shortlist: int | None = None,

@@ -5,6 +5,7 @@ written into a checkpoint."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,34 +32,60 @@ from .transforms import eval_transform
 CALIBRATED_SUFFIX = ".calibrated.safetensors"
 
 
+@dataclass
+class Outputs:
+    """What calibration reads off the model for N images (all classes decoded)."""
+    logits: np.ndarray        # [N, C] over all the model's classes
+    labels: np.ndarray        # [N] class indices (-1: unknown)
+    top_features: np.ndarray  # [N, 2, D] decoder outputs z_out of each image's top two classes
+    true_features: np.ndarray  # [N, D] z_out of each image's true class (NaN for unknown images)
+
+
 @torch.no_grad()
-def collect_logits(model: INTR, samples: list[tuple[Path, int]], batch_size: int = 16,
-                   workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """[N, C] logits over all the model's classes and the [N] labels of the readable images."""
+def collect_outputs(model: INTR, samples: list[tuple[Path, int]], batch_size: int = 16,
+                    workers: int = 0) -> Outputs:
+    """The logits and decoder outputs of the readable images of (path, class index) samples."""
     model.eval()
     options = options_for(model.device)
     loader = DataLoader(ImageFolderDataset(samples, eval_transform(model.config)), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate)
-    logits, labels = [], []
+    parts = []
     for batch in loader:
         if not len(batch.labels):
             continue
         images, mask, _ = to_device(batch, options)
         with autocast(options):
             output = model.decode(model.encode(images, mask), return_attention=False)
-        logits.append(full_width(output, len(model.class_names)).numpy())
-        labels.append(batch.labels.numpy())
-    if not logits:
-        return np.zeros((0, len(model.class_names))), np.zeros(0, dtype=np.int64)
-    return np.concatenate(logits).astype(np.float64), np.concatenate(labels)
+        logits = full_width(output, len(model.class_names))
+        features = output.features.float().cpu()  # [B, C, D]: every class decoded, in model order
+        top = logits.topk(min(2, logits.shape[1]), dim=1).indices
+        rows = torch.arange(len(logits))
+        labels = batch.labels.cpu()
+        true = features[rows, labels.clamp(min=0)]
+        true[labels < 0] = float("nan")
+        parts.append((logits.numpy(), labels.numpy(), features[rows[:, None], top].numpy(), true.numpy()))
+    if not parts:
+        width, hidden = len(model.class_names), model.config.hidden_dim
+        return Outputs(np.zeros((0, width)), np.zeros(0, dtype=np.int64), np.zeros((0, min(2, width), hidden)),
+                       np.zeros((0, hidden)))
+    logits, labels, top, true = (np.concatenate(arrays) for arrays in zip(*parts))
+    return Outputs(logits.astype(np.float64), labels, top.astype(np.float64), true.astype(np.float64))
+
+
+def collect_logits(model: INTR, samples: list[tuple[Path, int]], batch_size: int = 16,
+                   workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """[N, C] logits over all the model's classes and the [N] labels of the readable images."""
+    outputs = collect_outputs(model, samples, batch_size, workers)
+    return outputs.logits, outputs.labels
 
 
 def calibrate_samples(model: INTR, samples, data: str, score: str = DEFAULT_SCORE, keep: float = DEFAULT_KEEP,
                       alpha: float = DEFAULT_ALPHA, batch_size: int = 16, workers: int = 0) -> Calibration:
     """Calibrate `model` on (path, class index) samples of its known species; sets model.calibration."""
     keep, alpha = check_share(keep, "--keep"), check_share(alpha, "--alpha")
-    logits, labels = collect_logits(model, samples, batch_size, workers)
-    model.calibration = calibrate(logits, labels, score, keep, alpha, data)
+    outputs = collect_outputs(model, samples, batch_size, workers)
+    model.calibration = calibrate(outputs.logits, outputs.labels, score, keep, alpha, data,
+                                  outputs.top_features[:, 0], outputs.true_features)
     return model.calibration
 
 
@@ -107,7 +134,8 @@ def calibrate_training_run(model_file: Path, collection: Collection, device, sco
 
 def summary_of(calibration: Calibration) -> dict:
     return {"score": calibration.score, "threshold": calibration.threshold, "keep": calibration.keep,
-            "alpha": calibration.alpha, "quantile": calibration.quantile, "images": calibration.images,
+            "alpha": calibration.alpha, "quantile": calibration.quantile, "method": calibration.method,
+            "images": calibration.images,
             "known_kept": calibration.known_kept, "coverage": calibration.coverage,
             "mean_set_size": calibration.mean_set_size, "text": calibration.describe()}
 
@@ -131,23 +159,34 @@ def unknown_samples(model: INTR, folder) -> list[tuple[Path, int]]:
     return [(path, -1) for path in paths]
 
 
-def open_set_report(model: INTR, known_logits: np.ndarray, known_labels: np.ndarray,
-                    unknown_logits: np.ndarray) -> dict:
-    """AUROC and FPR at 95 % TPR of every open-set score (the calibrated one first), and how the
-    stored threshold splits known and unknown images."""
-    from napari_intr.calibration import SCORES, auroc, fpr_at_tpr
+def scores_of(model: INTR, outputs: Outputs, score: str) -> np.ndarray:
+    """[N] open-set scores by `score` (a feature score with the model's calibration statistics)."""
+    scale = None if model.calibration is None else model.calibration.scale
+    return open_set_scores(outputs.logits, score, outputs.top_features[:, 0], scale)
+
+
+def open_set_report(model: INTR, known: Outputs, unknown: Outputs) -> dict:
+    """AUROC and FPR at 95 % TPR of every open-set score the model's calibration allows (the
+    calibrated one first; the feature scores need its statistics), and how the stored threshold
+    splits known and unknown images."""
+    from napari_intr.calibration import CLASS_SCORES, FEATURE_SCORES, SCORES, UNCALIBRATED_SCORE, auroc, fpr_at_tpr
     calibration = model.calibration
-    chosen = calibration.score if calibration is not None else DEFAULT_SCORE
+    scale = None if calibration is None else calibration.scale
+    usable = [s for s in SCORES if s not in CLASS_SCORES
+              or (scale is not None and (s not in FEATURE_SCORES or scale.classes is not None))]
+    chosen = calibration.score if calibration is not None else UNCALIBRATED_SCORE
     scores = {}
-    for name in sorted(SCORES, key=lambda s: s != chosen):
-        known, unknown = open_set_scores(known_logits, name), open_set_scores(unknown_logits, name)
-        scores[name] = {"auroc": auroc(known, unknown), "fpr_at_95_tpr": fpr_at_tpr(known, unknown)}
-    report = {"score": chosen, "known_images": len(known_logits), "unknown_images": len(unknown_logits),
+    for name in sorted(usable, key=lambda s: s != chosen):
+        known_scores, unknown_scores = scores_of(model, known, name), scores_of(model, unknown, name)
+        scores[name] = {"auroc": auroc(known_scores, unknown_scores),
+                        "fpr_at_95_tpr": fpr_at_tpr(known_scores, unknown_scores)}
+    report = {"score": chosen, "known_images": len(known.logits), "unknown_images": len(unknown.logits),
               "auroc": scores[chosen]["auroc"], "fpr_at_95_tpr": scores[chosen]["fpr_at_95_tpr"], "scores": scores}
     if calibration is not None:
-        known, unknown = open_set_scores(known_logits, chosen), open_set_scores(unknown_logits, chosen)
-        report.update(threshold=calibration.threshold, known_kept=float((known >= calibration.threshold).mean()),
-                      unknown_rejected=float((unknown < calibration.threshold).mean()))
+        known_scores, unknown_scores = scores_of(model, known, chosen), scores_of(model, unknown, chosen)
+        report.update(threshold=calibration.threshold,
+                      known_kept=float((known_scores >= calibration.threshold).mean()),
+                      unknown_rejected=float((unknown_scores < calibration.threshold).mean()))
     return report
 
 
@@ -160,18 +199,19 @@ def evaluate_open_set(model: INTR, samples: list[tuple[Path, int]], folder: Path
     from napari_intr.calibration import coverage_table
     report: dict = {"calibrated": model.calibration is not None}
     unknown_set = unknown_samples(model, unknown) if unknown is not None else None  # refused before any work
-    known_logits, known_labels = collect_logits(model, samples, batch_size, workers)
+    known = collect_outputs(model, samples, batch_size, workers)
+    known_logits, known_labels = known.logits, known.labels
     if unknown_set is not None:
-        unknown_logits, _ = collect_logits(model, unknown_set, batch_size, workers)
-        report["open_set"] = {"unknown": str(unknown), **open_set_report(model, known_logits, known_labels,
-                                                                        unknown_logits)}
-        report["_scores"] = (known_logits, unknown_logits)
+        unknown_outputs = collect_outputs(model, unknown_set, batch_size, workers)
+        report["open_set"] = {"unknown": str(unknown), **open_set_report(model, known, unknown_outputs)}
+        chosen = report["open_set"]["score"]
+        report["_scores"] = (scores_of(model, known, chosen), scores_of(model, unknown_outputs, chosen))
     calibration = model.calibration
     if calibration is not None:
         from napari_intr.calibration import softmax
         report["coverage"] = {"nominal": 1 - calibration.alpha, "method": calibration.method,
                               "calibration_images": calibration.images,
-                              **coverage_table(softmax(known_logits), known_labels, calibration.quantile,
+                              **coverage_table(softmax(known_logits), known_labels, calibration.set_quantiles,
                                                model.class_names)}
         used = calibration.data is not None and Path(calibration.data).resolve() == Path(folder).resolve()
         report["coverage"]["same_as_calibration_data"] = used
@@ -208,9 +248,7 @@ def write_open_set_outputs(out: Path, model: INTR, report: dict) -> list[Path]:
         axis.barh(names, [coverage["per_class"][n]["mean_set_size"] for n in names], color="tab:orange")
         axis.set(xlabel="mean prediction-set size", title=f"mean set size {coverage['mean_set_size']:.2f}")
     if open_set is not None:
-        known_logits, unknown_logits = report["_scores"]
-        known = open_set_scores(known_logits, open_set["score"])
-        unknown = open_set_scores(unknown_logits, open_set["score"])
+        known, unknown = report["_scores"]
         axis = axes.pop(0)
         bins = np.linspace(min(known.min(), unknown.min()), max(known.max(), unknown.max()), 40)
         axis.hist(known, bins, alpha=0.6, label="known species")

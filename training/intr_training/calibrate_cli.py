@@ -26,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write the calibration into the model's own "
                         ".safetensors file (or replace an existing --out)")
     parser.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE, help="open-set score (default "
-                        f"{DEFAULT_SCORE}: the log-sum-exp of every class query's presence score; max_logit: the "
-                        "highest one)")
+                        f"{DEFAULT_SCORE}: the energy, log-sum-exp of every class query's presence score, against "
+                        "the calibration images predicted as the same class; energy: the same against all "
+                        "images; mahalanobis: how unlike its class's images the top class query's decoder "
+                        "output is; energy_mahalanobis: both)")
     parser.add_argument("--keep", type=float, default=DEFAULT_KEEP, help="share of known-species images kept as "
                         f"known; the rest fall below the threshold (default {DEFAULT_KEEP})")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="prediction sets miss the true species "

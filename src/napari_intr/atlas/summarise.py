@@ -117,7 +117,8 @@ class ImageSummariser:
             "others": [[model.class_names[i], float(probabilities[i])] for i in others[:RUNNER_UPS]],
             "shape": list(footprint.image_shape),
         }
-        verdict = judge(getattr(model, "calibration", None), output.logits[0].float().cpu().numpy(), model.class_names)
+        verdict = judge(getattr(model, "calibration", None), output.logits[0].float().cpu().numpy(), model.class_names,
+                        output.features[0].float().cpu().numpy())
         if verdict is not None:  # a calibrated model: rejected images are listed apart, not summarised
             record.update(known=verdict.known, open_set_score=verdict.score)
         own_looks = looks(maps[:, true_index], footprint)

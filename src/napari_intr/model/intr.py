@@ -51,6 +51,9 @@ class IntrOutput:
     first_pass_logits: Tensor | None = None
     # The 0-based decoder layers whose maps `attention` holds, in order along its first axis.
     attention_layers: list[int] | None = None
+    # [B, C', D] the decoder's output z_out per class (what the presence vector scores, Eq. 6),
+    # float32; NaN where an image's decoder did not run (shortlist). The open-set score's feature.
+    features: Tensor | None = None
 
     def probabilities(self) -> Tensor:
         return self.logits.softmax(dim=-1)
@@ -205,6 +208,7 @@ class INTR(nn.Module):
                 output = self._decode(encoded, indices, mode, layers)
         if self.inference_path() is not None:  # bf16 autocast: the results in float32
             output.logits = output.logits.float()
+            output.features = None if output.features is None else output.features.float()
             output.attention = None if output.attention is None else output.attention.float()
         if output.attention is not None:
             output.attention_layers = layers
@@ -245,9 +249,10 @@ class INTR(nn.Module):
         logits = self.presence(z_out)  # Eq. 6: w^T z_out per class
         if mode == "zero":
             logits = logits[:, index_tensor]
+            z_out = z_out[:, index_tensor]
             weights = None if weights is None else weights[:, :, :, index_tensor]
         attention = None if weights is None else weights.unflatten(-1, encoded.grid)
-        return IntrOutput(logits, attention, indices, encoded.input_size)
+        return IntrOutput(logits, attention, indices, encoded.input_size, features=z_out)
 
     def presence(self, z_out: Tensor) -> Tensor:
         """Eq. 6's logits [B, C'] from the decoder's output [B, C', D]. On the inference path in
@@ -312,6 +317,7 @@ class INTR(nn.Module):
         column = {p: c for c, p in enumerate(union)}
         batch = encoded.memory.shape[0]
         logits = encoded.memory.new_full((batch, len(union)), float("-inf"))
+        features = encoded.memory.new_full((batch, len(union), encoded.memory.shape[-1]), float("nan"))
         attention = None
         for positions, rows in groups.items():
             part = self._decode(encoded.select(rows), [indices[p] for p in positions], mode, layers,
@@ -319,6 +325,7 @@ class INTR(nn.Module):
             rows_t = torch.as_tensor(rows, device=logits.device)
             columns = torch.as_tensor([column[p] for p in positions], device=logits.device)
             logits[rows_t[:, None], columns] = part.logits
+            features[rows_t[:, None], columns] = part.features.to(features.dtype)
             if part.attention is not None:
                 if attention is None:
                     shape = list(part.attention.shape)
@@ -326,7 +333,8 @@ class INTR(nn.Module):
                     attention = part.attention.new_zeros(shape)
                 # advanced indices on dims 1 and 3 move to the front: [rows, columns, layers, heads, h, w]
                 attention[:, rows_t[:, None], :, columns] = part.attention.permute(1, 3, 0, 2, 4, 5)
-        return IntrOutput(logits, attention, [indices[p] for p in union], encoded.input_size, len(indices))
+        return IntrOutput(logits, attention, [indices[p] for p in union], encoded.input_size, len(indices),
+                          features=features)
 
     def forward(self, images: Tensor, mask: Tensor | None = None, return_attention: bool = True,
                 choose_classes: Callable[[INTR, EncodedImages], list[int]] | None = None,

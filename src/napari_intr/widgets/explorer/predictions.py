@@ -157,8 +157,9 @@ class PredictionsBox(QGroupBox):
                                  "Model not calibrated: the image is named as one of its classes "
                                  "(intr calibrate adds a 'none of these species' answer)")
             return
+        marked = f" (marked {IN_SET} in the Set column)" if verdict.prediction_set else ""
         self.verdict.setText(f"{'⚠ ' if not verdict.known else ''}{_sentence(verdict.describe())}\n"
-                             f"{_sentence(verdict.describe_set())} (marked {IN_SET} in the Set column)")
+                             f"{_sentence(verdict.describe_set())}{marked}")
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
         """The table's text, row by row (what a user reads)."""
