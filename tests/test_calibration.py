@@ -147,7 +147,7 @@ def test_rejection_reads_as_none_of_the_species():
     calibration = calibrate(logits, labels)
     low = judge(calibration, np.full(len(NAMES), calibration.threshold - 5.0), NAMES)
     assert not low.known
-    assert low.describe().startswith(f"none of the {len(NAMES)} species (class energy")
+    assert low.describe().startswith(f"none of the {len(NAMES)} species (energy")
     assert "calibrated on 100 images" in low.describe()
     high = judge(calibration, torch.tensor([calibration.threshold + 5.0, 0, 0, 0]).numpy(), NAMES)
     assert high.known and high.prediction_set[0] == "alpha"

@@ -97,7 +97,7 @@ def test_a_run_ends_calibrated_on_its_validation_images(tmp_path, capsys):
     calibration = load_model(out, device="cpu").calibration
     assert done["calibration"]["calibrated"] and calibration is not None
     assert calibration.images == done["calibration"]["images"] == 24 and calibration.classes == 2
-    assert (calibration.keep, calibration.alpha, calibration.score) == (0.95, 0.1, "class_energy")
+    assert (calibration.keep, calibration.alpha, calibration.score) == (0.95, 0.1, "energy")
     assert 0 <= done["calibration"]["seconds"] and done["train_seconds"] > 0
 
 

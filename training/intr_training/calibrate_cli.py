@@ -26,9 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write the calibration into the model's own "
                         ".safetensors file (or replace an existing --out)")
     parser.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE, help="open-set score (default "
-                        f"{DEFAULT_SCORE}: the energy, log-sum-exp of every class query's presence score, against "
-                        "the calibration images predicted as the same class; energy: the same against all "
-                        "images; mahalanobis: how unlike its class's images the top class query's decoder "
+                        f"{DEFAULT_SCORE}: log-sum-exp of every class query's presence score; class_energy: the "
+                        "energy against the calibration images predicted as the same class; mahalanobis: how unlike its class's images the top class query's decoder "
                         "output is; energy_mahalanobis: both)")
     parser.add_argument("--keep", type=float, default=DEFAULT_KEEP, help="share of known-species images kept as "
                         f"known; the rest fall below the threshold (default {DEFAULT_KEEP})")
