@@ -197,8 +197,10 @@ def test_explain_regions_takes_label_ids_of_any_type_and_refuses_bad_margins_and
         if low >= 160 or high < 0:
             assert regions.table.rowCount() == 1 and any(text.startswith("Region 2") and "outside the image" in text
                                                          for text in new), (low, high, new)
-        else:
+        else:  # explained within the photo, and said so by the region's id
             assert regions.table.rowCount() == 2, (low, high, new)
+            summary = " ".join(regions.summary.text().split())  # the label wraps its lines
+            assert "Region 2 (" in summary and "runs off the image" in summary, summary
     regions.regions_layer.choose(viewer.layers[f"{LABEL_IDS[0][0]} {LABEL_IDS[0][1]}"].name)
     for margin in BAD_MARGINS:  # refused before any work, naming the margin
         regions.margin.setCurrentText(margin)

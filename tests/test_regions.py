@@ -127,3 +127,40 @@ def test_explain_regions_places_each_and_reports_what_fails(tmp_path):
                                          "drawer_right_attention.tif", "drawer_image.tif", "drawer_overlay.png"]
     metadata = read_attention_tiff(written[1])[1]
     assert metadata["region"]["crop_offset"] == [16, 6] and metadata["translate"] == pytest.approx(list(translate))
+
+
+def test_a_box_that_runs_off_the_photo_is_explained_within_it_and_said(tmp_path):
+    """Rule: nothing silently partial. A box partly outside the photo is cropped to it (its margin
+    may always be), and the API, the folder run and the Explorer say so by the region's id."""
+    import torch
+
+    from napari_intr.explanation import Explainer
+    from napari_intr.model import IntrConfig, build_model
+    from napari_intr.regions import explain_regions
+    assert Region("in", 0, 0, 240, 200).off_image_note((200, 240)) is None
+    torch.manual_seed(0)
+    explainer = Explainer(build_model(IntrConfig.tiny(3), ["a", "b", "c"]).eval())
+    photo = np.random.default_rng(2).integers(0, 256, (200, 240, 3), dtype=np.uint8)
+    regions = [Region("inside", 10, 20, 90, 120), Region("edge", 150, -30, 300, 120)]
+    results, failures = explain_regions(explainer, photo, regions, Margin.parse("20"))
+    assert not failures
+    inside, edge = results
+    assert not any("runs off" in note for note in inside.explanation.notes)  # only its margin is cut
+    assert edge.explanation.notes[0] == ("region edge (x 150–300, y -30–120) runs off the image, which spans "
+                                         "x 0–240 and y 0–200: only its part on the image was explained")
+    assert edge.explanation.image_shape == (140, 110)  # rows 0-140 (120 + margin 20), columns 130-240
+
+
+def test_a_folder_run_notes_a_box_that_runs_off_its_image(tmp_path, capsys):
+    from PIL import Image
+
+    from intr_training.cli import main
+    photo = tmp_path / "drawer.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (160, 200, 3), dtype=np.uint8)).save(photo)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,x0,y0,x1,y1,id\ndrawer.png,10,10,90,90,inside\ndrawer.png,120,60,260,150,edge\n")
+    assert main(["explain", "--boxes", str(boxes), "--out", str(tmp_path / "out"), "--model", "sample"]) == 0
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "region edge (x 120–260, y 60–150) runs off the image, which spans x 0–200 and y 0–160" in text
+    assert "region inside" not in text

@@ -8,6 +8,7 @@ one (exclusive, as numpy slicing), x along columns and y along rows. A margin wi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -51,6 +52,15 @@ class Region:
 
     def describe(self) -> str:
         return f"x {self.x0:g}–{self.x1:g}, y {self.y0:g}–{self.y1:g}"
+
+    def off_image_note(self, image_shape: tuple[int, int]) -> str | None:
+        """What the user must know when the box itself (not its margin) runs off the image: only
+        its part on the image is explained. None when the box lies within the image."""
+        height, width = image_shape[:2]
+        if self.x0 >= 0 and self.y0 >= 0 and self.x1 <= width and self.y1 <= height:
+            return None
+        return (f"region {self.id} ({self.describe()}) runs off the image, which spans x 0–{width} and "
+                f"y 0–{height}: only its part on the image was explained")
 
 
 @dataclass(frozen=True)
@@ -249,6 +259,9 @@ def explain_regions(explainer, image: np.ndarray, regions: list[Region], margin:
         except ValueError as error:
             failures.append((region, str(error)))
         else:
+            note = region.off_image_note(image.shape)
+            if note is not None:
+                explanation = dataclasses.replace(explanation, notes=[note, *explanation.notes])
             results.append(RegionResult(region, crop.offset, explanation))
         if progress is not None:
             progress(number, len(regions))

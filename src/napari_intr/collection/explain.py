@@ -370,7 +370,9 @@ def _item_record(explanation, item: Item, row: dict, read, offset, pixel_size, s
     except (ValueError, OSError) as error:  # this item's file only (e.g. a name the disk refuses)
         return {"row": {**row, "error": f"its attention file could not be written: {reason(error)}"}, "notes": []}
     row.update(map_class=shown, attention_file=item.attention_file)
-    return {"row": row, "notes": list(explanation.notes), "undecoded": explanation.undecoded}
+    off_image = item.region.off_image_note(read.file_shape) if item.region is not None else None
+    notes = ([off_image] if off_image else []) + list(explanation.notes)
+    return {"row": row, "notes": notes, "undecoded": explanation.undecoded}
 
 
 def _reduced_region(region: Region, factor: int) -> Region:

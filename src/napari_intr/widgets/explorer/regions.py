@@ -122,6 +122,8 @@ class RegionsBox(QGroupBox):
             from napari_intr.calibration import rejected_text
             text = rejected_text(calibration, [f"region {name}" for name in rejected], len(results), "regions")
             lines.append(f"{text[:1].upper()}{text[1:]}: outlined grey, Known = no")
+        lines += [note[:1].upper() + note[1:] for result in results
+                  if (note := result.region.off_image_note(plane.shape[:2])) is not None]
         lines += [f"Region {region.id} skipped: {reason}" for region, reason in failures]
         self.summary.setText("\n".join(lines))
         self.explained.emit(f"{len(results)} regions of '{source.name}' explained: their classes are in "
