@@ -115,10 +115,18 @@ def test_open_set_reuses_a_finished_run_and_tabulates_every_score(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"event": "done", "train_seconds": 4.0}) + "\n")
     finished = open_set.finished_run(run, epochs=2)
     assert finished["epoch_seconds"] == 4.0 and finished["done"]["train_seconds"] == 4.0
-    known = np.array([[5.0, 0.0], [4.0, 1.0], [6.0, 0.0]])
-    table = open_set.scores_table(known, {"far": np.array([[0.0, 0.1], [0.2, 0.0]])})
-    assert set(table) == {"max_logit", "energy", "presence_margin", "max_softmax"}
-    assert table["max_logit"]["far"]["auroc"] == 1.0
+    from intr_training.calibrate import Outputs
+    rng = np.random.default_rng(0)
+
+    def outputs(count, centre, logit):
+        """images of class 0 (centre and logit as the calibration's) or of an unknown (elsewhere)"""
+        features = rng.normal(centre, 0.3, (count, 4))
+        logits = np.stack([np.full(count, logit), np.zeros(count)], axis=1) + rng.normal(0, 0.1, (count, 2))
+        return Outputs(logits, np.zeros(count, int), np.stack([features, features], axis=1), features)
+    calibration, known, far = outputs(40, 0.0, 6.0), outputs(20, 0.0, 6.0), outputs(20, 5.0, 1.0)
+    table = open_set.candidate_table(calibration, known, {"far": far})
+    assert {"max_logit", "energy", "max_softmax", "mahalanobis", "energy_plus_mahalanobis"} <= set(table)
+    assert table["max_logit"]["far"]["auroc"] == 1.0 and table["mahalanobis"]["far"]["auroc"] == 1.0
 
 
 def test_inference_speed_rows_name_each_target():
