@@ -92,7 +92,8 @@ def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specime
     specimen_cells, _ = cells_of(np.asarray(Image.open(specimen_path).convert("L")) > 127, shape, stride, grid)
     logits = output.logits[0].float().cpu().numpy()
     predicted = int(np.argmax(logits))
-    maps = output.attention[0, 0, :, predicted].float().cpu().numpy()  # [heads, h, w]
+    maps = output.attention[0, 0, :, predicted].float().cpu().numpy()  # [heads, h, w], pixels only
+    nothing = None if output.null_attention is None else output.null_attention[0, 0, :, predicted].tolist()
     heads = len(maps)
     peaks = [np.unravel_index(int(m.argmax()), grid) for m in maps]
     neighbour = binary_dilation(trait_cells, np.ones((3, 3), bool)) & ~trait_cells
@@ -142,7 +143,7 @@ def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specime
         "change_away_memory": share_of(delta_memory, away), "change_away_features": share_of(delta_features, away),
         "shown_peak_change_memory": float(delta_memory[shown_cell] / max(norm_memory[shown_cell], 1e-9)),
         "shown_peak_change_features": float(delta_features[shown_cell] / max(norm_features[shown_cell], 1e-9)),
-        "shown_hit": bool(trait_cells[shown_cell]),
+        "shown_hit": bool(trait_cells[shown_cell]), "nothing": nothing,
     }
 
 
@@ -181,6 +182,9 @@ def summarise(records: list[dict]) -> dict:
         summary["missed_peak_change_memory"] = float(np.median([r["shown_peak_change_memory"] for r in missed]))
         summary["missed_peak_change_features"] = float(np.median([r["shown_peak_change_features"] for r in missed]))
     summary["evidence_ms_per_image"] = 1000 * float(np.mean([r["evidence_seconds"] for r in records]))
+    if records[0]["nothing"] is not None:  # learned null keys: the share of each head that looks at nothing
+        summary["nothing_per_head"] = [float(np.mean([r["nothing"][h] for r in records])) for h in range(heads)]
+        summary["nothing_shown_first"] = float(np.mean([r["nothing"][r["shown"]["evidence"]] for r in records]))
     return summary
 
 
@@ -210,6 +214,10 @@ def markdown(summary: dict, title: str) -> str:
                      f"{summary['missed_peak_change_memory']:.3f}, backbone feature "
                      f"{summary['missed_peak_change_features']:.3f}.")
     lines.append(f"Evidence ranking cost: {summary['evidence_ms_per_image']:.1f} ms per image.")
+    if "nothing_per_head" in summary:
+        lines.append("Looks at nothing (mean weight on the null keys) per head: "
+                     + ", ".join(f"H{h + 1} {share:.3f}" for h, share in enumerate(summary["nothing_per_head"]))
+                     + f"; the head shown first {summary['nothing_shown_first']:.3f}.")
     return "\n".join(lines) + "\n"
 
 
