@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_intr.explanation import Explainer
+from napari_intr.export import explanation_metadata
 from napari_intr.head_evidence import ON_REGISTERS
 from napari_intr.model import IntrConfig, build_model
 
@@ -59,6 +60,14 @@ def test_heads_that_look_at_nothing_are_flagged_never_shown_first():
     explanation = Explainer(model).explain(image[0].permute(1, 2, 0).numpy(), classes=[0, 1, 2], evidence=[0])
     found = explanation.evidence[(0, explanation.column(model.class_names[0]))]
     assert all(flag == ON_REGISTERS for flag in found.flags)
+    name = model.class_names[0]
+    assert (explanation.nothing_share(name) > 0.99).all()
+    written = explanation_metadata(explanation, name, -1)["looks_at_nothing"]  # the TIFF's description
+    assert len(written) == CONFIG.nheads and min(written) > 0.99
+    plain = Explainer(build_model(IntrConfig.tiny(3, short_side=64, max_side=64)).eval()).explain(
+        image[0].permute(1, 2, 0).numpy())
+    assert plain.nothing_share(plain.class_names[0]) is None
+    assert explanation_metadata(plain, plain.class_names[0], -1)["looks_at_nothing"] is None
 
 
 def test_no_null_keys_leaves_the_papers_shape_and_state():

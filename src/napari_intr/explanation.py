@@ -171,6 +171,15 @@ class Explanation:
         """The evidence of a class's heads at a layer, or None where it was not measured."""
         return self.evidence.get((self.layer_index(layer), self.column(class_name)))
 
+    def nothing_share(self, class_name: str, layer: int = -1) -> np.ndarray | None:
+        """[heads]: the share of each head's attention on the null keys ("looks at nothing here"),
+        for a model with null keys; None otherwise. Never part of the maps."""
+        if self.looks_at_nothing is None:
+            return None
+        self.layer_maps(layer)  # refuses a layer that was not computed
+        held = self.computed_layers().index(self.layer_index(layer))
+        return self.looks_at_nothing[held][:, self.column(class_name)]
+
     def ranking_basis(self, class_name: str, layer: int = -1) -> str:
         """How head_order ranked this class's heads, in words for tooltips and exports."""
         found = self.head_evidence(class_name, layer)
