@@ -59,7 +59,7 @@ RANGES = {
     "sampled_queries": Range(2, whole=True),
     "encoder_window": Range(0, whole=True, below="0 (global attention) or more cells"),
     "enc_layers": Range(0, 12, whole=True, what=" layers"),
-    "null_keys": Range(0, 64, whole=True, what=" slots"),
+    "null_keys": Range(0, 64, whole=True, what=" keys"),
 }
 
 
