@@ -64,11 +64,19 @@ def spread(samples: list, limit: int | None) -> list:
     return mixed[:limit] if limit else mixed
 
 
-def cells_of(mask: np.ndarray, shape: tuple[int, int], stride: int, grid: tuple[int, int]) -> np.ndarray:
-    """A pixel mask -> [h, w] bool, True where a feature cell holds any masked pixel at the input size."""
+def cells_of(mask: np.ndarray, shape: tuple[int, int], stride: int, grid: tuple[int, int],
+             shift: int = 0) -> np.ndarray:
+    """A pixel mask -> [h, w] bool, True where a feature cell holds any masked pixel at the input size.
+    Cell (i, j) covers input pixels [stride*i - shift, stride*(i+1) - shift) each way: shift 0 is the
+    product's placement (Explanation.grid_to_image), stride // 2 centres cells where a stack of
+    padded stride-2 convolutions centres their receptive field (tuning the placement)."""
     resized = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[::-1], Image.NEAREST)) > 127
-    padded = np.zeros((grid[0] * stride, grid[1] * stride), bool)
-    padded[: shape[0], : shape[1]] = resized
+    padded = np.zeros((grid[0] * stride + abs(shift), grid[1] * stride + abs(shift)), bool)
+    if shift >= 0:
+        padded[shift: shift + shape[0], shift: shift + shape[1]] = resized
+    else:
+        padded[: shape[0] + shift, : shape[1] + shift] = resized[-shift:, -shift:]
+    padded = padded[: grid[0] * stride, : grid[1] * stride]
     return padded.reshape(grid[0], stride, grid[1], stride).any(axis=(1, 3)), resized
 
 
@@ -78,7 +86,7 @@ def share_of(cells: np.ndarray, grid_mask: np.ndarray) -> float:
 
 
 def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specimen_path: Path,
-                   radius: int = MASK_RADIUS) -> dict | None:
+                   radius: int = MASK_RADIUS, shift: int = 0) -> dict | None:
     inputs = model.preprocess(read_image(path))
     shape, stride = tuple(inputs.shape[-2:]), model.feature_stride
     with torch.inference_mode():
@@ -86,13 +94,16 @@ def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specime
         encoded = model.encode_features(features, feature_mask, shape, pos)
         output = model.decode(encoded, None, return_attention=True, attention_layers=[-1])
     grid = encoded.grid
-    trait_cells, trait_pixels = cells_of(np.asarray(Image.open(trait_path).convert("L")) > 127, shape, stride, grid)
+    trait_cells, trait_pixels = cells_of(np.asarray(Image.open(trait_path).convert("L")) > 127, shape, stride, grid,
+                                         shift)
     if not trait_cells.any():
         return None
-    specimen_cells, _ = cells_of(np.asarray(Image.open(specimen_path).convert("L")) > 127, shape, stride, grid)
+    specimen_cells, _ = cells_of(np.asarray(Image.open(specimen_path).convert("L")) > 127, shape, stride,
+                                  grid, shift)
     logits = output.logits[0].float().cpu().numpy()
     predicted = int(np.argmax(logits))
-    maps = output.attention[0, 0, :, predicted].float().cpu().numpy()  # [heads, h, w]
+    maps = output.attention[0, 0, :, predicted].float().cpu().numpy()  # [heads, h, w], pixels only
+    nothing = None if output.null_attention is None else output.null_attention[0, 0, :, predicted].tolist()
     heads = len(maps)
     peaks = [np.unravel_index(int(m.argmax()), grid) for m in maps]
     neighbour = binary_dilation(trait_cells, np.ones((3, 3), bool)) & ~trait_cells
@@ -142,7 +153,7 @@ def diagnose_image(model, path: Path, true_index: int, trait_path: Path, specime
         "change_away_memory": share_of(delta_memory, away), "change_away_features": share_of(delta_features, away),
         "shown_peak_change_memory": float(delta_memory[shown_cell] / max(norm_memory[shown_cell], 1e-9)),
         "shown_peak_change_features": float(delta_features[shown_cell] / max(norm_features[shown_cell], 1e-9)),
-        "shown_hit": bool(trait_cells[shown_cell]),
+        "shown_hit": bool(trait_cells[shown_cell]), "nothing": nothing,
     }
 
 
@@ -152,9 +163,12 @@ def summarise(records: list[dict]) -> dict:
                "trait_cell_share": float(np.mean([r["trait_cells"] / np.prod(r["grid"]) for r in records]))}
     for rule in ("peak", "evidence"):
         summary[f"strict_{rule}"] = float(np.mean([r["hits"][r["shown"][rule]] for r in records]))
+        summary[f"within_one_cell_{rule}"] = float(np.mean([r["hits"][r["shown"][rule]] or r["where"][r["shown"][rule]]
+                                                            == "beside the trait" for r in records]))
     summary["strict_mean"] = float(np.mean([r["mean_hit"] for r in records]))
     summary["strict_per_head"] = [float(np.mean([r["hits"][h] for r in records])) for h in range(heads)]
     summary["strict_best_head"] = max(summary["strict_per_head"])
+    summary["strict_mean_over_heads"] = float(np.mean(summary["strict_per_head"]))
     per_head = []
     for h in range(heads):
         misses = [r for r in records if not r["hits"][h]]
@@ -181,6 +195,9 @@ def summarise(records: list[dict]) -> dict:
         summary["missed_peak_change_memory"] = float(np.median([r["shown_peak_change_memory"] for r in missed]))
         summary["missed_peak_change_features"] = float(np.median([r["shown_peak_change_features"] for r in missed]))
     summary["evidence_ms_per_image"] = 1000 * float(np.mean([r["evidence_seconds"] for r in records]))
+    if records[0]["nothing"] is not None:  # learned null keys: the share of each head that looks at nothing
+        summary["nothing_per_head"] = [float(np.mean([r["nothing"][h] for r in records])) for h in range(heads)]
+        summary["nothing_shown_first"] = float(np.mean([r["nothing"][r["shown"]["evidence"]] for r in records]))
     return summary
 
 
@@ -189,7 +206,9 @@ def markdown(summary: dict, title: str) -> str:
              f"{100 * summary['trait_cell_share']:.1f} % of the feature cells (chance level of the strict game).", "",
              f"Grid-strict pointing of the map shown first: by peak weight {summary['strict_peak']:.3f}, "
              f"by evidence {summary['strict_evidence']:.3f}; head mean {summary['strict_mean']:.3f}; "
-             f"best single head {summary['strict_best_head']:.3f}.", "",
+             f"best single head {summary['strict_best_head']:.3f}, mean over heads "
+             f"{summary['strict_mean_over_heads']:.3f}. Within one cell of the trait (on it or beside it): "
+             f"{summary['within_one_cell_peak']:.3f} by peak, {summary['within_one_cell_evidence']:.3f} by evidence.", "",
              "| head | strict | shown first (peak / evidence) | mean peak | mean drop | mass on trait | "
              "misses: beside / specimen / background | misses on border | same cell |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -210,6 +229,10 @@ def markdown(summary: dict, title: str) -> str:
                      f"{summary['missed_peak_change_memory']:.3f}, backbone feature "
                      f"{summary['missed_peak_change_features']:.3f}.")
     lines.append(f"Evidence ranking cost: {summary['evidence_ms_per_image']:.1f} ms per image.")
+    if "nothing_per_head" in summary:
+        lines.append("Looks at nothing (mean weight on the null keys) per head: "
+                     + ", ".join(f"H{h + 1} {share:.3f}" for h, share in enumerate(summary["nothing_per_head"]))
+                     + f"; the head shown first {summary['nothing_shown_first']:.3f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -238,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(median of REPEATS alternating passes over up to 10 images)")
     parser.add_argument("--radius", type=int, default=MASK_RADIUS,
                         help="cells hidden around a head's peak for its evidence (tuning the rule)")
+    parser.add_argument("--shift", type=int, default=0, metavar="PX",
+                        help="place cell i at input pixels [s*i - PX, s*(i+1) - PX) in the pointing game "
+                             "(tuning the map's placement; 0: the product's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(args.model).eval()
@@ -248,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     start = time.perf_counter()
-    records = [r for r in (diagnose_image(model, *s, radius=args.radius) for s in samples) if r is not None]
+    records = [r for r in (diagnose_image(model, *s, radius=args.radius, shift=args.shift) for s in samples) if r is not None]
     summary = summarise(records)
     summary.update(seconds=time.perf_counter() - start, load_before=load,
                    load_after=Path("/proc/loadavg").read_text().split()[:3] if load else [])

@@ -111,7 +111,7 @@ class Explanation:
     class_indices: list[int]   # their indices in model.class_names
     logits: np.ndarray         # [C'] float32
     probabilities: np.ndarray  # [C'] softmax over the decoded classes
-    attention: np.ndarray      # [layers, heads, C', h, w] float32, each map sums to 1 (see attention_layers)
+    attention: np.ndarray      # [layers, heads, C', h, w] float32, pixels only (see attention_layers, looks_at_nothing)
     image_shape: tuple[int, int]
     input_shape: tuple[int, int]
     feature_stride: int
@@ -129,6 +129,10 @@ class Explanation:
     # Known species or "none of the N species", and the conformal prediction set, when the model
     # is calibrated and every class was a candidate (napari_intr.calibration); None otherwise.
     calibrated: CalibratedPrediction | None = None
+    # [layers, heads, C'] (the layers of `attention`): each map's weight on the model's learned null
+    # keys, the share of the head that "looks at nothing" in this image; a map then sums to 1 minus
+    # it. Never drawn as a pixel. None: the model has no null keys (every map sums to 1).
+    looks_at_nothing: np.ndarray | None = None
 
     @property
     def rejected(self) -> bool:
@@ -212,6 +216,15 @@ class Explanation:
     def head_evidence(self, class_name: str, layer: int = -1) -> HeadEvidence | None:
         """The evidence of a class's heads at a layer, or None where it was not measured."""
         return self.evidence.get((self.layer_index(layer), self.column(class_name)))
+
+    def nothing_share(self, class_name: str, layer: int = -1) -> np.ndarray | None:
+        """[heads]: the share of each head's attention on the null keys ("looks at nothing here"),
+        for a model with null keys; None otherwise. Never part of the maps."""
+        if self.looks_at_nothing is None:
+            return None
+        self.layer_maps(layer)  # refuses a layer that was not computed
+        held = self.computed_layers().index(self.layer_index(layer))
+        return self.looks_at_nothing[held][:, self.column(class_name)]
 
     def ranking_basis(self, class_name: str, layer: int = -1) -> str:
         """How head_order ranked this class's heads, in words for tooltips and exports."""
@@ -453,6 +466,7 @@ class Explainer:
             attention_layers=None if layers is None else list(output.attention_layers),
             decoder_layers=None if layers is None else self.model.config.dec_layers,
             calibrated=calibrated,
+            looks_at_nothing=None if output.null_attention is None else output.null_attention[:, 0].float().cpu().numpy(),
         )
         explanation.evidence = self._evidence(encoded, explanation, evidence)
         return explanation
@@ -472,9 +486,12 @@ class Explainer:
         evidence = {}
         # one decoder call per layer, [K, heads, h, w] each: a layer's evidence (and so its order)
         # never depends on which other layers were computed (a batch's size changes the last bits)
-        for layer in explanation.computed_layers():
+        nothing = explanation.looks_at_nothing
+        for held, layer in enumerate(explanation.computed_layers()):
             maps = explanation.layer_maps(layer)[:, columns].transpose(1, 0, 2, 3)
-            measured = head_evidence(self.model, encoded.encoded, targets, maps)
+            # heads that mostly look at nothing (null keys) are flagged, never shown first
+            shares = None if nothing is None else nothing[held][:, columns].T  # [K, heads]
+            measured = head_evidence(self.model, encoded.encoded, targets, maps, register_share=shares)
             evidence.update(((layer, column), found) for column, found in zip(columns, measured))
         return evidence
 

@@ -219,6 +219,8 @@ def explanation_metadata(explanation: Explanation, class_name: str, layer: int, 
         "top_heads": [head_number(h) for h in explanation.head_order(class_name, layer)],
         "top_heads_by": explanation.ranking_basis(class_name, layer),
         "flagged_heads": _flagged(explanation, class_name, layer),
+        # per head (H1 first), the share on the model's null keys, which the maps leave out; None: no null keys
+        "looks_at_nothing": _nothing(explanation, class_name, layer),
         "rank": explanation.rank_of(class_name), "probability": float(explanation.probabilities[column]),
         "model": explanation.model_name, "mode": explanation.mode, "candidates": explanation.class_names,
         "scored_by_first_pass_only": explanation.undecoded,  # shortlist decoding: classes not decoded
@@ -227,6 +229,11 @@ def explanation_metadata(explanation: Explanation, class_name: str, layer: int, 
         "scale": list(scale), "translate": [t + o for t, o in zip(translate, offset, strict=True)],
         "notes": explanation.notes,
     }
+
+
+def _nothing(explanation: Explanation, class_name: str, layer: int) -> list[float] | None:
+    shares = explanation.nothing_share(class_name, layer)
+    return None if shares is None else [round(float(share), 4) for share in shares]
 
 
 def class_table_rows(explanation: Explanation) -> list[dict]:

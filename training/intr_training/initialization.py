@@ -79,18 +79,22 @@ def from_checkpoint(source: str, class_names: list[str], backbone: str | None, i
 
 def initial_model(init: str | None, class_names: list[str], backbone: str | None, image_size: int | None,
                   generator: torch.Generator, dropout: float | None = None,
-                  backbone_weights: str | None = None, encoder_window: int | None = None) -> Start:
+                  backbone_weights: str | None = None, encoder_window: int | None = None,
+                  enc_layers: int | None = None, null_keys: int | None = None) -> Start:
     """The model a run starts from. Call after seeding: fresh weights come from torch's RNG.
     backbone_weights: with init "pretrained", the user's file of the backbone's published weights
     (default: the model cache's, downloaded on first use)."""
-    check_ranges({"dropout": dropout, "encoder_window": encoder_window})  # called without TrainSettings too
+    shape = {"encoder_window": encoder_window, "enc_layers": enc_layers, "null_keys": null_keys}
+    check_ranges({"dropout": dropout, **shape})  # called without TrainSettings too
+    shape = {name: value for name, value in shape.items() if value is not None}
     init = init or default_init(backbone or DEFAULT_BACKBONE)
     if backbone_weights is not None and init != "pretrained":
         raise ValueError(f"--backbone-weights is for --init pretrained (a foundation backbone's published weights), "
                          f"not --init {init}")
     if init not in ("none", "detr-r50", "pretrained"):
-        if encoder_window is not None:
-            raise ValueError(f"--encoder-window shapes a new model; {init} keeps its own encoder: leave the "
+        if shape:
+            option = "--" + next(iter(shape)).replace("_", "-")
+            raise ValueError(f"{option} shapes a new model; {init} keeps its own encoder and decoder: leave the "
                              "option out, or start from --init none")
         return from_checkpoint(init, class_names, backbone, image_size, generator, dropout)
     backbone = backbone or DEFAULT_BACKBONE
@@ -98,8 +102,7 @@ def initial_model(init: str | None, class_names: list[str], backbone: str | None
     overrides = {"shortlist_head": True, **NEW_MODEL.get(backbone, {})}
     if dropout is not None:
         overrides["dropout"] = dropout
-    if encoder_window is not None:
-        overrides["encoder_window"] = encoder_window
+    overrides.update(shape)
     config = with_image_size(IntrConfig.for_backbone(backbone, len(class_names), **overrides), image_size)
     model = build_model(config, class_names)
     if init == "none":

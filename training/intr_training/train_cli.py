@@ -113,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "is near it and the cross-attention maps stay on the evidence; benchmarks/RESULTS.md, "
                         "issue 21). Default: 0, global, as the paper. Models started from a checkpoint keep its "
                         "own")
+    parser.add_argument("--enc-layers", type=ranged("enc_layers"), metavar="N", help="a new model's encoder "
+                        "layers (default: the backbone's new-model shape; 0 lets the decoder read the backbone's "
+                        "features, local by construction). Models started from a checkpoint keep their own")
+    parser.add_argument("--null-keys", type=ranged("null_keys"), metavar="N", help="a new model's learned null "
+                        "keys in each cross-attention: a place for a head's attention that is not a pixel (shown "
+                        "as the share that 'looks at nothing', never as a pixel). Default: the backbone's "
+                        "new-model shape. Models started from a checkpoint keep their own")
     parser.add_argument("--sampled-queries", type=ranged("sampled_queries"), metavar="K", help="decode only K classes per step: the "
                         "batch's true classes, the first pass's hardest other classes and random ones, with "
                         "the sampled-softmax (logQ) correction; step time and memory then do not grow with "

@@ -58,6 +58,8 @@ RANGES = {
     "dropout": Range(0, 1, high_inclusive=False),  # the model config's range
     "sampled_queries": Range(2, whole=True),
     "encoder_window": Range(0, whole=True, below="0 (global attention) or more cells"),
+    "enc_layers": Range(0, 12, whole=True, what=" layers"),
+    "null_keys": Range(0, 64, whole=True, what=" keys"),
 }
 
 
@@ -91,6 +93,8 @@ class TrainSettings:
     dropout: float | None = None       # None: the model's own (a resumed model keeps its saved dropout)
     sampled_queries: int | None = None
     encoder_window: int | None = None   # a new model's local encoder attention (K cells; 0: global)
+    enc_layers: int | None = None       # a new model's encoder depth (None: the backbone's NEW_MODEL / config default)
+    null_keys: int | None = None        # a new model's learned null keys per cross-attention (None: NEW_MODEL's)
     backbone_weights: str | None = None  # a foundation backbone's published weights (--init pretrained)
 
     def __post_init__(self):

@@ -187,7 +187,8 @@ class TrainingRun:
             first = initial_model(start.get("init"), self.class_names, start.get("backbone"), start.get("image_size"),
                                   torch.Generator().manual_seed(start["seed"]), start.get("dropout"),
                                   start.get("backbone_weights"),
-                                  start.get("encoder_window"))
+                                  start.get("encoder_window"), start.get("enc_layers"),
+                                  start.get("null_keys"))
             model, self.init_description, init_warnings = first.model, first.description, first.warnings
             self.settings, warnings = train_settings.new_run(command_line, model.config.backbone,
                                                              self.dist.world_size)

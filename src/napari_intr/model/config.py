@@ -44,6 +44,10 @@ class IntrConfig:
     # Encoder self-attention within this many cells of each token (model/local_attention.py);
     # 0: global, as the paper. Checkpoints without the field attend globally.
     encoder_window: int = 0
+    # Learned null keys appended to each decoder cross-attention's memory (transformer.py): a
+    # place for a head's attention that is not a pixel, reported as the share that "looks at
+    # nothing" and never shown as a pixel. 0: none, as the paper; checkpoints without the field have none.
+    null_keys: int = 0
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
@@ -61,7 +65,7 @@ class IntrConfig:
         for name in ("hidden_dim", "nheads", "dec_layers", "dim_feedforward"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("enc_layers", "encoder_window"):
+        for name in ("enc_layers", "encoder_window", "null_keys"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config field {name} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:

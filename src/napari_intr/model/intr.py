@@ -41,7 +41,7 @@ class EncodedImages:
 @dataclass
 class IntrOutput:
     logits: Tensor            # [B, C'] for the classes asked for, in that order
-    attention: Tensor | None  # [layers, B, heads, C', h, w], each map sums to 1 over h*w
+    attention: Tensor | None  # [layers, B, heads, C', h, w], the weights on pixels (sum 1 - null_attention)
     classes: list[int]        # indices into model.class_names of the C' columns
     input_size: tuple[int, int]
     # Shortlist decoding: how many candidate classes the first pass scored (the decoder saw
@@ -54,6 +54,9 @@ class IntrOutput:
     # [B, C', D] the decoder's output z_out per class (what the presence vector scores, Eq. 6),
     # float32; NaN where an image's decoder did not run (shortlist). The open-set score's feature.
     features: Tensor | None = None
+    # [layers, B, heads, C']: each map's weight on the learned null keys (IntrConfig.null_keys), the
+    # share of the head that "looks at nothing" here; never part of `attention`. None without null keys.
+    null_attention: Tensor | None = None
 
     def probabilities(self) -> Tensor:
         return self.logits.softmax(dim=-1)
@@ -210,6 +213,7 @@ class INTR(nn.Module):
             output.logits = output.logits.float()
             output.features = None if output.features is None else output.features.float()
             output.attention = None if output.attention is None else output.attention.float()
+            output.null_attention = None if output.null_attention is None else output.null_attention.float()
         if output.attention is not None:
             output.attention_layers = layers
         return output
@@ -251,8 +255,13 @@ class INTR(nn.Module):
             logits = logits[:, index_tensor]
             z_out = z_out[:, index_tensor]
             weights = None if weights is None else weights[:, :, :, index_tensor]
-        attention = None if weights is None else weights.unflatten(-1, encoded.grid)
-        return IntrOutput(logits, attention, indices, encoded.input_size, features=z_out)
+        attention = nothing = None
+        if weights is not None:
+            pixels = encoded.grid[0] * encoded.grid[1]
+            attention = weights[..., :pixels].unflatten(-1, encoded.grid)
+            if self.config.null_keys:
+                nothing = weights[..., pixels:].sum(dim=-1)
+        return IntrOutput(logits, attention, indices, encoded.input_size, features=z_out, null_attention=nothing)
 
     def presence(self, z_out: Tensor) -> Tensor:
         """Eq. 6's logits [B, C'] from the decoder's output [B, C', D]. On the inference path in
@@ -318,7 +327,7 @@ class INTR(nn.Module):
         batch = encoded.memory.shape[0]
         logits = encoded.memory.new_full((batch, len(union)), float("-inf"))
         features = encoded.memory.new_full((batch, len(union), encoded.memory.shape[-1]), float("nan"))
-        attention = None
+        attention = nothing = None
         for positions, rows in groups.items():
             part = self._decode(encoded.select(rows), [indices[p] for p in positions], mode, layers,
                                 context(positions, rows))
@@ -333,8 +342,12 @@ class INTR(nn.Module):
                     attention = part.attention.new_zeros(shape)
                 # advanced indices on dims 1 and 3 move to the front: [rows, columns, layers, heads, h, w]
                 attention[:, rows_t[:, None], :, columns] = part.attention.permute(1, 3, 0, 2, 4, 5)
+            if part.null_attention is not None:
+                if nothing is None:
+                    nothing = part.null_attention.new_zeros(attention.shape[:4])
+                nothing[:, rows_t[:, None], :, columns] = part.null_attention.permute(1, 3, 0, 2)
         return IntrOutput(logits, attention, [indices[p] for p in union], encoded.input_size, len(indices),
-                          features=features)
+                          features=features, null_attention=nothing)
 
     def forward(self, images: Tensor, mask: Tensor | None = None, return_attention: bool = True,
                 choose_classes: Callable[[INTR, EncodedImages], list[int]] | None = None,

@@ -35,10 +35,14 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerDecoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, null_keys: int = 0):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout)
+        # Learned tokens appended to the memory the classes look at (IntrConfig.null_keys): the same
+        # in every image, so attention on them carries nothing from it. Registered only when used,
+        # so the paper's state dicts load unchanged.
+        self.null_memory = nn.Parameter(torch.empty(null_keys, d_model)) if null_keys else None  # Transformer initialises it
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
@@ -56,9 +60,25 @@ class TransformerDecoderLayer(nn.Module):
             v = torch.cat((v, context[0]), dim=1)
         return self.norm1(tgt + self.dropout(self.self_attn(q, k, v)[0]))
 
+    def with_null_keys(self, memory: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """memory [B, hw, D] -> [B, hw + N, D] with the N null tokens last (never padding)."""
+        if self.null_memory is None:
+            return memory, padding_mask
+        nulls = self.null_memory.to(memory.dtype).unsqueeze(0).expand(memory.shape[0], -1, -1)
+        if padding_mask is not None:
+            padding_mask = torch.cat((padding_mask, padding_mask.new_zeros(padding_mask.shape[0], len(nulls[0]))), 1)
+        return torch.cat((memory, nulls), dim=1), padding_mask
+
+    def cross_key_value(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """This layer's cross-attention keys and values of `memory` (and its null tokens)."""
+        memory, _ = self.with_null_keys(memory, None)
+        return self.multihead_attn.project_key_value(memory, memory)
+
     def look(self, tgt: Tensor, memory: Tensor, padding_mask: Tensor, query_pos: Tensor, need_weights: bool,
              key_value: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        """Each class looks for itself in the image (Eq. 5); keys without position."""
+        """Each class looks for itself in the image (Eq. 5); keys without position. With null
+        keys the weights' last axis holds the hw pixels, then the N null keys."""
+        memory, padding_mask = self.with_null_keys(memory, padding_mask)
         found, weights = self.multihead_attn(tgt + query_pos, memory, memory, padding_mask, need_weights,
                                              key_value)
         return self.norm2(tgt + self.dropout(found)), weights
@@ -98,14 +118,14 @@ class TransformerDecoder(nn.Module):
 
     def cross_key_values(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Each layer's cross-attention keys and values of `memory` (no positions: §4)."""
-        return [layer.multihead_attn.project_key_value(memory, memory) for layer in self.layers]
+        return [layer.cross_key_value(memory) for layer in self.layers]
 
     def forward(self, query_pos: Tensor, memory: Tensor, padding_mask: Tensor, need_weights: bool,
                 key_values: list[tuple[Tensor, Tensor]] | None = None,
                 context: tuple[Tensor, Tensor] | None = None,
                 weight_layers: Collection[int] | None = None) -> tuple[Tensor, Tensor | None]:
         """query_pos [B, Q, D] class queries, memory [B, hw, D] -> Z_out [B, Q, D], weights
-        [layers, B, heads, Q, hw] (or None). key_values: cached `cross_key_values(memory)`.
+        [layers, B, heads, Q, hw + null keys] (or None). key_values: cached `cross_key_values(memory)`.
         context: (layer-1 outputs [B, M, D], queries [B, M, D]) of M classes left out of the
         decode, attended to by layer 2's self-attention, whose full-decode inputs they are
         (shortlist decoding; later layers would need those classes' later states).
@@ -131,7 +151,7 @@ class Transformer(nn.Module):
         super().__init__()
         d, h, ff, p = config.hidden_dim, config.nheads, config.dim_feedforward, config.dropout
         self.encoder = TransformerEncoder(TransformerEncoderLayer(d, h, ff, p), config.enc_layers)
-        self.decoder = TransformerDecoder(TransformerDecoderLayer(d, h, ff, p), config.dec_layers, d)
+        self.decoder = TransformerDecoder(TransformerDecoderLayer(d, h, ff, p, config.null_keys), config.dec_layers, d)
         for parameter in self.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)

@@ -78,10 +78,13 @@ class AttentionBox(QGroupBox):
         self.ranking.clear()
         heads = explanation.head_maps(self.class_name, layer, "none").max(axis=(1, 2))
         evidence = explanation.head_evidence(self.class_name, layer)
+        nothing = explanation.nothing_share(self.class_name, layer)
         self.ranking.setToolTip(f"Heads ranked by {explanation.ranking_basis(self.class_name, layer)}; "
                                 "flagged heads last")
         for position, head in enumerate(explanation.head_order(self.class_name, layer), start=1):
             text = f"{position}. H{head_number(head)}   peak weight {heads[head]:.4f}"
+            if nothing is not None:  # null keys: attention that is on no pixel
+                text += f"   looks at nothing {100 * nothing[head]:.0f} %"
             if evidence is not None:
                 text += f"   evidence {evidence.drops[head]:+.2f}"
                 if evidence.flags[head]:
