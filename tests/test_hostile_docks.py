@@ -396,3 +396,26 @@ def test_traits_builds_an_atlas_of_the_corpus_once_and_names_what_it_left_out(ma
     assert (data / "hostile" / "atlas" / "atlas.html").is_file()
     no_python_errors(messages)
     assert not [text for level, text in messages if level == "error"]
+
+
+def test_save_keeps_apart_images_whose_names_differ_only_in_case(make_napari_viewer, qtbot, messages, tmp_path):
+    """Rule 3 on case-insensitive file systems (macOS, Windows): 'Moth' saved after 'moth' would
+    overwrite its files there. Their names stay apart by case alone on no system."""
+    from napari_intr.filenames import apart_from_case_twins
+    viewer = make_napari_viewer()
+    explorer = explorer_with_model(viewer, qtbot)
+    out = tmp_path / "saved"
+    explorer.save_box.folder.path = str(out)
+    for name in ("moth", "Moth", "MOTH"):
+        viewer.add_image(specimen_photo(), name=name, rgb=True)
+        explorer.explain_box.image.choose(name)
+        explorer.explain()
+        wait(qtbot, explorer.explain_box.task)
+        explorer.save_box.save()
+        wait(qtbot, explorer.save_box.task)
+    names = os.listdir(out)
+    assert len(names) == 12 and len({name.casefold() for name in names}) == 12, sorted(names)
+    assert any(name.startswith("moth_") for name in names)  # the first keeps its plain name
+    no_python_errors(messages)
+    assert apart_from_case_twins(out, "moth", "moth") == "moth"  # its own earlier files: the same name again
+    assert apart_from_case_twins(tmp_path / "none", "Moth", "Moth") == "Moth"

@@ -9,6 +9,7 @@ their start stay apart and the same input always gives the same name.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 NAME_MAX_BYTES = 255
@@ -54,6 +55,23 @@ def safe_stem(name: str, unsafe: str = UNSAFE_CHARACTERS, fallback: str = "image
     shortens a long one."""
     stem = re.sub(unsafe, "_", name).strip("_.") or fallback
     return stem if stem in (name, re.sub(r" +", "_", name)) else f"{stem}~{short_hash(name)}"
+
+
+def apart_from_case_twins(folder, stem: str, name: str) -> str:
+    """`stem`, or `stem~<hash of name>` when `folder` holds files of a stem that differs from it
+    only in letter case ("Moth_attention.tif" beside the "moth" about to be saved): on a
+    case-insensitive file system (macOS, Windows) the two would be one file, and saving would
+    overwrite the other image's files. The same rule on every system, so folders move safely."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:  # not there yet: nothing to collide with
+        return stem
+    folded = stem.casefold()
+    for entry in entries:
+        head, rest = entry[:len(stem)], entry[len(stem):]
+        if head != stem and head.casefold() == folded and rest[:1] in ("_", ".", " "):
+            return f"{stem}~{short_hash(name)}"
+    return stem
 
 
 class Slugs:

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_intr.editing import EditSession, check_region, compare_explanations, export, pillow_can_write
-from napari_intr.filenames import SAFE_NAME_BYTES, fitting_name, safe_stem
+from napari_intr.filenames import SAFE_NAME_BYTES, apart_from_case_twins, fitting_name, safe_stem
 
 from ..layers import LayerPicker, is_labels
 from ..qt_helpers import PathEdit, TextLabel, group_box, scroll_column, set_items, tabbed_dock
@@ -43,6 +43,7 @@ def export_paths(session: EditSession, image_layer, folder: Path) -> tuple[Path,
     layer came from a file; otherwise PNG for 8-bit images and TIFF for the rest (lossless)."""
     # fitted: the report adds " report.json" and a long layer name must still make a file name
     stem = fitting_name(f"{safe_stem(session.name)} (edited)", "", SAFE_NAME_BYTES - 16)
+    stem = apart_from_case_twins(folder, stem, session.name)  # "Moth" and "moth" would be one file on macOS
     path = getattr(getattr(image_layer, "source", None), "path", None)
     suffix = Path(path).suffix.lower() if path else ""
     if suffix not in SUFFIXES:

@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container
 from qtpy.QtWidgets import QGroupBox, QPushButton
 
 from napari_intr.explanation import layer_from_number
-from napari_intr.filenames import safe_stem
+from napari_intr.filenames import apart_from_case_twins, safe_stem
 
 from ..qt_helpers import PathEdit, TextLabel, stack
 from ..state import ExplorerState
@@ -66,7 +66,7 @@ class SaveBox(QGroupBox):
         layer = layer_from_number(self.attention_box.decoder_layer.value, explanation.num_layers) if explanation else -1
         class_name = (self.attention_box.class_name or explanation.top_class()) if explanation else None
         self.summary.setText("")
-        self.task.start(save_job, self.folder.path, file_stem(source.name), explanation, image, class_name, layer,
+        self.task.start(save_job, self.folder.path, file_stem(source.name, self.folder.path), explanation, image, class_name, layer,
                         regions, photo, pixel_size, self.file_format.value, image_file,
                         doing=f"Saving the explanation of '{source.name}'", on_result=self._report)
 
@@ -87,9 +87,11 @@ class SaveBox(QGroupBox):
         messages.notify(f"Saved {len(written)} files in {folder}")
 
 
-def file_stem(image_name: str) -> str:
-    """The start of every saved file's name: the image's (layer) name, safe on every file system."""
-    return safe_stem(image_name, r"[^\w.-]+", "explanation")
+def file_stem(image_name: str, folder=None) -> str:
+    """The start of every saved file's name: the image's (layer) name, safe on every file system,
+    and apart from another image's files in `folder` whose name differs only in case."""
+    stem = safe_stem(image_name, r"[^\w.-]+", "explanation")
+    return stem if folder is None else apart_from_case_twins(folder, stem, image_name)
 
 
 def _file_of(layer) -> str | None:
