@@ -19,9 +19,8 @@ from qtpy.QtWidgets import (
     QTableView,
 )
 
-TIMEOUT_MS = 60_000
-WINDOW = (1550, 980)
-DOCKS = ("INTR Explorer", "INTR Compare", "INTR Edit", "INTR Fine-tune", "INTR Traits")
+from desk_support import TIMEOUT_MS, WINDOW, open_desk
+
 RUBRA, ALBA = "Heliconia synthetica-rubra", "Heliconia synthetica-alba"
 CONTROLS = (QAbstractButton, QComboBox, QLineEdit, QAbstractSpinBox, QAbstractItemView)
 
@@ -59,19 +58,9 @@ def QWidget_types():  # noqa: N802 (a tuple of Qt classes, as findChildren takes
 
 
 def test_five_docks_fit_a_1550_by_980_window_and_the_view_follows_the_work(make_napari_viewer, qtbot, messages):
-    viewer = make_napari_viewer()
+    viewer, widgets = open_desk(make_napari_viewer, qtbot)
     window = viewer.window._qt_window
-    window.resize(*WINDOW)
-    window.show()
-    viewer.open_sample("napari-intr", "look-alike-pair")
-    import torch
-    torch.set_num_threads(1)
-    from napari_intr.widgets.state import shared_state
-    shared_state(viewer).model = None
-    widgets = {name: viewer.window.add_plugin_dock_widget("napari-intr", name)[1] for name in DOCKS}
     explorer = widgets["INTR Explorer"]
-    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
-                    timeout=TIMEOUT_MS)
     QApplication.processEvents()
 
     # one dock area, five tabs: each dock gets the whole height, not one row of it

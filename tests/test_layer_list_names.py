@@ -11,11 +11,8 @@ import re
 
 from qtpy.QtWidgets import QApplication
 
-from napari_intr.explanation import image_tags
+from desk_support import TIMEOUT_MS, WINDOW, open_desk
 
-TIMEOUT_MS = 60_000
-WINDOW = (1550, 980)
-DOCKS = ("INTR Explorer", "INTR Compare", "INTR Edit", "INTR Fine-tune", "INTR Traits")
 PAIR = ("Heliconia synthetica-alba", "Heliconia synthetica-rubra")
 
 
@@ -25,6 +22,7 @@ def distinguishing_word(name: str) -> str:
 
 
 def test_image_tags_keep_the_part_that_differs():
+    from napari_intr.explanation import image_tags
     assert image_tags([f"{PAIR[0]} (synthetic)", f"{PAIR[1]} (synthetic)"]) == {
         f"{PAIR[0]} (synthetic)": "alba", f"{PAIR[1]} (synthetic)": "rubra"}
     stems = ["heliconia-synthetica-alba_0004", "heliconia-synthetica-alba_0005", "heliconia-synthetica-rubra_0002"]
@@ -42,20 +40,10 @@ def test_image_tags_keep_the_part_that_differs():
 
 
 def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
+    viewer, widgets = open_desk(make_napari_viewer, qtbot)
     window = viewer.window._qt_window
-    window.resize(*WINDOW)
-    window.show()
-    viewer.open_sample("napari-intr", "look-alike-pair")
-    import torch
-    torch.set_num_threads(1)
     from napari_intr.widgets.qt_helpers import layer_list_text
-    from napari_intr.widgets.state import shared_state
-    shared_state(viewer).model = None
-    widgets = {name: viewer.window.add_plugin_dock_widget("napari-intr", name)[1] for name in DOCKS}
     explorer = widgets["INTR Explorer"]
-    qtbot.waitUntil(lambda: explorer.state.model is not None and not explorer.model_source.task.busy,
-                    timeout=TIMEOUT_MS)
     view = viewer.window._qt_viewer.layers
     shown: dict[tuple, str] = {}  # (image, query, decoder layer, head) -> the list's text
     for image in PAIR:
