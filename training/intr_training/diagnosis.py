@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 PATIENCE = 3          # epochs without progress before a plateau is called
 MIN_GAIN = 0.02       # a validation-accuracy gain smaller than this is no progress
 FLAT_LOSS = 0.03      # the loss is flat when PATIENCE epochs lowered it by less than this fraction
-RISE = 0.10           # the loss is rising when it is this fraction above its best and went up last epoch
+RISE = 0.10           # the loss is rising when it is this fraction above its best and went up last epoch,
+RISE_FLOOR = 0.05     # and at least this much (nats) above it: near zero a loss moves by many times itself
+# as noise (a judge draw ended at 1.00 validation accuracy with 0.0003 -> 0.016 and was called unstable)
 GOOD_ENOUGH = 0.95    # at or above this accuracy (validation, else training) nothing is reported
 LINK_SHARE = 0.10     # two classes are confused when this share of either's images is named as the other
 WITHIN_SHARE = 0.80   # a group plateau: at least this share of the errors fall within confused groups
@@ -98,7 +100,7 @@ def diagnose(history: list[dict], confusion=None, class_names: list[str] | None 
     epoch = history[-1]["epoch"]
     losses = [row["loss"] for row in history]
     best_loss = min(losses[:-1])
-    if losses[-1] > best_loss * (1 + RISE) and losses[-1] > losses[-2]:
+    if losses[-1] > max(best_loss * (1 + RISE), best_loss + RISE_FLOOR) and losses[-1] > losses[-2]:
         best_at = history[losses.index(best_loss)]["epoch"]
         return Diagnosis("unstable", epoch, f"instability: the training loss is rising ({best_loss:.3f} at epoch "
                                             f"{best_at}, {losses[-1]:.3f} now), not a plateau. {UNSTABLE_ADVICE}")
