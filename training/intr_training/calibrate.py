@@ -72,13 +72,6 @@ def collect_outputs(model: INTR, samples: list[tuple[Path, int]], batch_size: in
     return Outputs(logits.astype(np.float64), labels, top.astype(np.float64), true.astype(np.float64))
 
 
-def collect_logits(model: INTR, samples: list[tuple[Path, int]], batch_size: int = 16,
-                   workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """[N, C] logits over all the model's classes and the [N] labels of the readable images."""
-    outputs = collect_outputs(model, samples, batch_size, workers)
-    return outputs.logits, outputs.labels
-
-
 def calibrate_samples(model: INTR, samples, data: str, score: str = DEFAULT_SCORE, keep: float = DEFAULT_KEEP,
                       alpha: float = DEFAULT_ALPHA, batch_size: int = 16, workers: int = 0) -> Calibration:
     """Calibrate `model` on (path, class index) samples of its known species; sets model.calibration."""
@@ -175,15 +168,14 @@ def open_set_report(model: INTR, known: Outputs, unknown: Outputs) -> dict:
     usable = [s for s in SCORES if s not in CLASS_SCORES
               or (scale is not None and (s not in FEATURE_SCORES or scale.classes is not None))]
     chosen = calibration.score if calibration is not None else UNCALIBRATED_SCORE
-    scores = {}
+    scores, values = {}, {}
     for name in sorted(usable, key=lambda s: s != chosen):
-        known_scores, unknown_scores = scores_of(model, known, name), scores_of(model, unknown, name)
-        scores[name] = {"auroc": auroc(known_scores, unknown_scores),
-                        "fpr_at_95_tpr": fpr_at_tpr(known_scores, unknown_scores)}
+        values[name] = scores_of(model, known, name), scores_of(model, unknown, name)
+        scores[name] = {"auroc": auroc(*values[name]), "fpr_at_95_tpr": fpr_at_tpr(*values[name])}
     report = {"score": chosen, "known_images": len(known.logits), "unknown_images": len(unknown.logits),
               "auroc": scores[chosen]["auroc"], "fpr_at_95_tpr": scores[chosen]["fpr_at_95_tpr"], "scores": scores}
     if calibration is not None:
-        known_scores, unknown_scores = scores_of(model, known, chosen), scores_of(model, unknown, chosen)
+        known_scores, unknown_scores = values[chosen]
         report.update(threshold=calibration.threshold,
                       known_kept=float((known_scores >= calibration.threshold).mean()),
                       unknown_rejected=float((unknown_scores < calibration.threshold).mean()))
