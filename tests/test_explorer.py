@@ -107,10 +107,17 @@ def test_class_and_layer_switches_update_layers_in_place(explorer, qtbot):
         assert np.array_equal(layer._data_view, layer.data)
     assert "No: rank 2" in widget.results.answer.full_text
     before = [(layer.name, np.array(layer.data)) for layer in layers]
+    explanation = widget.state.explanation
+    last = explanation.num_layers - 1
+    assert {layer for layer, _ in explanation.evidence} == {last}  # the heads' evidence of the layer shown only
     widget.attention.decoder_layer.value = 1
     assert attention_layers(viewer) == layers and len(viewer.layers) == count
     assert all(" · L1 " in layer.name for layer in layers)
     assert any(not np.array_equal(layer.data, data) for layer, (_, data) in zip(layers, before))
+    assert {layer for layer, _ in explanation.evidence} == {last}  # the second class is ranked by peak weight
+    widget.results.select_class(explanation.top_class())  # the top class at L1: its evidence measured now
+    assert {layer for layer, _ in explanation.evidence} == {0, last}
+    assert "evidence" in widget.attention.ranking.item(0).text()
 
 
 def test_keep_freezes_the_set_and_the_next_switch_makes_new_layers(explorer, qtbot, messages):

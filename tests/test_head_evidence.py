@@ -107,3 +107,73 @@ def test_the_tutorials_head_shown_first_lands_on_the_white_forewing_spot(monkeyp
     assert explanation.head_evidence(species).flags[first] is None
     by_peak = int(np.argmax(maps.max(axis=(1, 2))))
     assert not strict_pointing_hit(maps[by_peak], spot, model.feature_stride)  # what the old rule showed
+
+
+def _counting(monkeypatch):
+    """Count the masked decoder calls (one per layer measured) LayerEvidence makes."""
+    calls = []
+    measure = he.head_evidence
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return measure(*args, **kwargs)
+    monkeypatch.setattr(he, "head_evidence", counted)
+    return calls
+
+
+def test_evidence_measured_when_asked_for_is_the_eager_evidence_at_every_layer(tiny):
+    image = np.random.default_rng(6).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    explainer = Explainer(tiny)
+    encoded = explainer.encode(image)
+    eager = explainer.decode(encoded, evidence=2)
+    lazy = explainer.decode(encoded, evidence=2, evidence_layers=())
+    assert lazy.evidence == {} and eager.unmeasured is None
+    for layer in reversed(range(tiny.config.dec_layers)):  # another order than the eager one
+        for name in (eager.class_names[c] for c in eager.order()[:3]):
+            ours, theirs = lazy.head_evidence(name, layer), eager.head_evidence(name, layer)
+            assert (ours is None) == (theirs is None)
+            if ours is not None:
+                assert np.array_equal(ours.drops, theirs.drops) and ours.flags == theirs.flags
+                assert ours.rival == theirs.rival
+            assert lazy.head_order(name, layer) == eager.head_order(name, layer)
+            assert lazy.ranking_basis(name, layer) == eager.ranking_basis(name, layer)
+    assert sorted(lazy.evidence) == sorted(eager.evidence) and lazy.unmeasured is None  # all measured, let go
+
+
+def test_a_layer_switch_measures_the_missing_layer_once(tiny, monkeypatch):
+    image = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    explainer = Explainer(tiny)
+    encoded = explainer.encode(image)
+    calls = _counting(monkeypatch)
+    shown = explainer.decode(encoded, evidence_layers=[-1])  # the Explorer's decode: the layer it shows
+    assert len(calls) == 1 and list(shown.evidence) == [(1, shown.order()[0])]
+    top, other = shown.top_class(), shown.class_names[shown.order()[1]]
+    shown.head_order(top, -1)
+    shown.head_order(other, 0)  # a class not ranked by evidence measures nothing
+    assert len(calls) == 1
+    shown.head_order(top, 0)  # switched to L1: measured now
+    assert len(calls) == 2 and (0, shown.order()[0]) in shown.evidence
+    for layer in (-1, 0, -1, 0):  # switching back and forth is free
+        shown.head_order(top, layer)
+        shown.ranking_basis(top, layer)
+    assert len(calls) == 2
+    shown.measure_evidence()  # every layer held is measured: nothing left
+    assert len(calls) == 2 and shown.unmeasured is None
+
+
+def test_a_new_class_set_or_image_measures_its_own_evidence(tiny, monkeypatch):
+    explainer = Explainer(tiny)
+    images = [np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8) for seed in (8, 9)]
+    encoded = explainer.encode(images[0])
+    calls = _counting(monkeypatch)
+    every = explainer.decode(encoded, evidence=["a"], evidence_layers=[-1])
+    every.head_order("a", 0)
+    assert len(calls) == 2
+    fewer = explainer.decode(encoded, ["a", "d"], evidence=["a"], evidence_layers=[-1])
+    assert len(calls) == 3  # the new set's shown layer: its own, not the cached one
+    fewer.head_order("a", 0)
+    assert len(calls) == 4
+    assert fewer.head_evidence("a", 0).rival == 3  # the rival is within the new set
+    assert every.head_evidence("a", 0).rival == every.class_indices[every.order()[0 if every.order()[0] != 0 else 1]]
+    again = explainer.decode(explainer.encode(images[1]), evidence=["a"], evidence_layers=())
+    assert again.evidence == {} and again.head_evidence("a", 0) is not None and len(calls) == 5

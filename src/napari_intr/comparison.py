@@ -96,13 +96,15 @@ def compare(explainer: Explainer, encoded: EncodedImage, selected: str, candidat
     if selected_name not in names:
         raise ValueError(f"the selected class {selected_name!r} is not among the candidates "
                          f"({', '.join(names)}); add it to the candidates or select one of them")
-    if all_classes is None:
-        all_classes = explainer.decode(encoded)
+    if all_classes is None:  # its heads' evidence is measured only if someone asks (head_evidence)
+        all_classes = explainer.decode(encoded, evidence_layers=())
     elif all_classes.class_indices != list(range(len(model.class_names))):
         raise ValueError("all_classes must be an explanation of all the model's classes "
                          "(decode with classes=None)")
-    # the Compare dock shows the selected class's strongest head: rank that class's heads by evidence
-    return Comparison(selected_name, all_classes, explainer.decode(encoded, names, mode, evidence=[selected_name]))
+    # the Compare dock shows the selected class's strongest head at the last layer: rank that
+    # class's heads by evidence there now, at other layers when asked for
+    return Comparison(selected_name, all_classes,
+                      explainer.decode(encoded, names, mode, evidence=[selected_name], evidence_layers=[-1]))
 
 
 def symmetric_limits(differences: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .calibration import SUBSET_NOTE, CalibratedPrediction, judge
-from .head_evidence import HeadEvidence, head_evidence, rival_of
+from .head_evidence import HeadEvidence, LayerEvidence, rival_of
 from .model import INTR, EncodedImages
 from .preprocess import MIN_IMAGE_SIZE, TYPE_RANGES, dtype_problem, layout_problem, resized_shape
 
@@ -142,6 +142,8 @@ class Explanation:
     # The heads' evidence (head_evidence.py) per (0-based layer, class column), where it was
     # measured (Explainer.decode: the likeliest classes at each layer held); head_order ranks by it.
     evidence: dict = field(default_factory=dict)
+    # The layers whose evidence is measured when first asked for (head_evidence); None: none left.
+    unmeasured: LayerEvidence | None = field(default=None, repr=False)
 
     def labels(self) -> list[str]:
         """The decoded classes' labels for files (their names when the model has no labels)."""
@@ -214,8 +216,22 @@ class Explanation:
         return [int(i) for i in np.argsort(-peaks, kind="stable")]
 
     def head_evidence(self, class_name: str, layer: int = -1) -> HeadEvidence | None:
-        """The evidence of a class's heads at a layer, or None where it was not measured."""
-        return self.evidence.get((self.layer_index(layer), self.column(class_name)))
+        """The evidence of a class's heads at a layer, or None where it is not measured (a class
+        not ranked by evidence); a layer Explainer.decode left for later is measured now, once."""
+        column, unmeasured = self.column(class_name), self.unmeasured
+        if unmeasured is not None and column in unmeasured.columns:
+            self.measure_evidence([layer])
+        return self.evidence.get((self.layer_index(layer), column))
+
+    def measure_evidence(self, layers: Iterable[int] | None = None) -> None:
+        """Measure the evidence of these decoder layers (Python indices; None: every layer held)
+        where Explainer.decode left it for later. Each layer is measured once."""
+        unmeasured = self.unmeasured  # another thread (a save job) may finish it meanwhile
+        if unmeasured is not None:
+            wanted = self.computed_layers() if layers is None else [self.layer_index(layer) for layer in layers]
+            unmeasured.measure(self, wanted)
+            if not unmeasured.pending:
+                self.unmeasured = None  # lets the model and the encoder memory go
 
     def nothing_share(self, class_name: str, layer: int = -1) -> np.ndarray | None:
         """[heads]: the share of each head's attention on the null keys ("looks at nothing here"),
@@ -429,14 +445,17 @@ class Explainer:
 
     def decode(self, encoded: EncodedImage, classes: Iterable[int | str] | None = None,
                mode: str = "drop", shortlist: int | None = None,
-               layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES
-               ) -> Explanation:
+               layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES,
+               evidence_layers: Iterable[int] | None = None) -> Explanation:
         """Decoder only (no backbone pass): for class, layer and candidate-set switches.
         shortlist K: decode only the first pass's top K candidates (see INTR.decode).
         layers: the decoder layers (Python indices) whose maps are computed and kept, e.g. the
         one shown or saved; the others run without materialising weights. None: every layer.
         evidence: rank the heads of the likeliest this many decoded classes by their evidence
-        (head_evidence.py; 0: none), or of the classes named."""
+        (head_evidence.py; 0: none), or of the classes named.
+        evidence_layers: the layers whose evidence is measured now, e.g. the one shown (a masked
+        decoder call each); the other layers' when first asked for (Explanation.head_evidence),
+        the same numbers. None: every layer held, now."""
         with torch.inference_mode():
             output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True,
                                        shortlist=shortlist, attention_layers=layers)
@@ -468,32 +487,26 @@ class Explainer:
             calibrated=calibrated,
             looks_at_nothing=None if output.null_attention is None else output.null_attention[:, 0].float().cpu().numpy(),
         )
-        explanation.evidence = self._evidence(encoded, explanation, evidence)
+        explanation.unmeasured = self._evidence(encoded, explanation, evidence)
+        explanation.measure_evidence(evidence_layers)
         return explanation
 
-    def _evidence(self, encoded: EncodedImage, explanation: Explanation, wanted) -> dict:
-        """(layer, column) -> HeadEvidence for the classes `wanted` (a count of the likeliest, or names)."""
+    def _evidence(self, encoded: EncodedImage, explanation: Explanation, wanted) -> LayerEvidence | None:
+        """The evidence to measure, layer by layer, for the classes `wanted` (a count of the
+        likeliest, or names); None when no class is ranked by evidence."""
         if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool):
             columns = explanation.order()[:max(int(wanted), 0)]
         else:
             columns = [explanation.column(self.model.class_names[i]) for i in self.model.class_indices(wanted)]
         columns = [c for c in columns if np.isfinite(explanation.logits[c])]  # a shortlist may leave some out
         if not columns:
-            return {}
+            return None
         rivals = [rival_of(explanation.logits, column) for column in columns]
         targets = [(explanation.class_indices[c], None if r is None else explanation.class_indices[r])
                    for c, r in zip(columns, rivals)]
-        evidence = {}
         # one decoder call per layer, [K, heads, h, w] each: a layer's evidence (and so its order)
-        # never depends on which other layers were computed (a batch's size changes the last bits)
-        nothing = explanation.looks_at_nothing
-        for held, layer in enumerate(explanation.computed_layers()):
-            maps = explanation.layer_maps(layer)[:, columns].transpose(1, 0, 2, 3)
-            # heads that mostly look at nothing (null keys) are flagged, never shown first
-            shares = None if nothing is None else nothing[held][:, columns].T  # [K, heads]
-            measured = head_evidence(self.model, encoded.encoded, targets, maps, register_share=shares)
-            evidence.update(((layer, column), found) for column, found in zip(columns, measured))
-        return evidence
+        # never depends on which other layers were computed, nor when (a batch's size changes the last bits)
+        return LayerEvidence(self.model, encoded.encoded, columns, targets, explanation.computed_layers())
 
     def judge(self, classes: list[int], logits: torch.Tensor, candidates: int | None,
               features: torch.Tensor) -> CalibratedPrediction | None:
@@ -511,9 +524,9 @@ class Explainer:
 
     def explain(self, image: np.ndarray, name: str = "image", classes: Iterable[int | str] | None = None,
                 mode: str = "drop", shortlist: int | None = None,
-                layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES
-                ) -> Explanation:
-        return self.decode(self.encode(image, name), classes, mode, shortlist, layers, evidence)
+                layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES,
+                evidence_layers: Iterable[int] | None = None) -> Explanation:
+        return self.decode(self.encode(image, name), classes, mode, shortlist, layers, evidence, evidence_layers)
 
 
 def shortlist_note(decoded: int, candidates: int) -> str:

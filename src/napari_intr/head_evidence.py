@@ -11,9 +11,15 @@ that put their mass on registers rather than pixels, are flagged and never ranke
 
 `rank_heads` is the one ordering rule: the Explorer, the Compare dock, the TIFF's `top_heads`,
 `intr eval --explanations` and the atlas all use it.
+
+Each decoder layer's evidence costs a masked decoder call (as much as the decode itself, or
+more), so an explanation measures a layer's evidence when it is first asked for
+(`LayerEvidence`): the Explorer measures the layer it shows, the others when the user switches to
+them; files get the layers they write.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,3 +132,33 @@ def head_evidence(model: INTR, encoded: EncodedImages, targets: list[tuple[int, 
     return [HeadEvidence(d, rival, flags_of(d, None if register_share is None else register_share[k],
                                             None if on_specimen is None else on_specimen[k]))
             for k, (d, (_, rival)) in enumerate(zip(drops, targets))]
+
+
+class LayerEvidence:
+    """The evidence of an explanation's ranked classes, measured one decoder layer at a time, the
+    first time a layer is asked for (Explanation.head_evidence), then kept in the explanation's
+    `evidence`. Each layer is its own decoder call, so a layer's evidence is the same whether it
+    was measured first, last or alone. Thread-safe: a save job and the GUI may ask at once. Lives
+    as long as its explanation: a new image or a new class set is a new explanation."""
+
+    def __init__(self, model: INTR, encoded: EncodedImages, columns: list[int],
+                 targets: list[tuple[int, int | None]], layers: list[int]):
+        self.model, self.encoded = model, encoded
+        self.columns, self.targets = columns, targets  # class columns of the explanation; (class, rival) indices
+        self.pending = set(layers)  # 0-based decoder layers held but not measured yet
+        self._lock = threading.Lock()
+
+    def measure(self, explanation, layers) -> None:
+        """Measure these 0-based layers of `explanation` (an Explanation) where still pending."""
+        with self._lock:
+            for layer in layers:
+                if layer not in self.pending:
+                    continue
+                held = explanation.computed_layers().index(layer)
+                maps = explanation.layer_maps(layer)[:, self.columns].transpose(1, 0, 2, 3)  # [K, heads, h, w]
+                nothing = explanation.looks_at_nothing
+                # heads that mostly look at nothing (null keys) are flagged, never shown first
+                shares = None if nothing is None else nothing[held][:, self.columns].T  # [K, heads]
+                measured = head_evidence(self.model, self.encoded, self.targets, maps, register_share=shares)
+                explanation.evidence.update(((layer, column), found) for column, found in zip(self.columns, measured))
+                self.pending.discard(layer)

@@ -255,7 +255,9 @@ def explain_regions(explainer, image: np.ndarray, regions: list[Region], margin:
             break
         try:
             crop = crop_region(image, region, margin)
-            explanation = explainer.explain(crop.pixels, f"{name} · {region.id}", classes, mode, shortlist)
+            # the heads' evidence waits until it is asked for (the saved layer's `top_heads`)
+            explanation = explainer.explain(crop.pixels, f"{name} · {region.id}", classes, mode, shortlist,
+                                            evidence_layers=())
         except ValueError as error:
             failures.append((region, str(error)))
         else:

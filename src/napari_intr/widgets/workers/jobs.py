@@ -127,7 +127,8 @@ def explain_job(model, model_name: str, image: np.ndarray, name: str, shortlist:
     encoded = explainer.encode(image, name)
     yield Progress(1, 2, "decoding every class query" if shortlist is None
                    else f"shortlisting {shortlist} classes, decoding them")
-    explanation = explainer.decode(encoded, shortlist=shortlist)
+    # the heads' evidence of the layer shown first (the last); the others' when the user shows them
+    explanation = explainer.decode(encoded, shortlist=shortlist, evidence_layers=[-1])
     yield Progress(2, 2, "done")
     yield Result((encoded, explanation))
 
@@ -196,11 +197,12 @@ def edit_job(explainer, session: EditSession, edit, region: np.ndarray, before):
     total, done = 2 + (before is None), 0
     if before is None:
         yield Progress(0, total, f"explaining '{session.name}' before the edit")
-        before, done = explainer.explain(session.current, session.name), 1
+        before, done = explainer.explain(session.current, session.name, evidence_layers=()), 1
     yield Progress(done, total, edit.describe())
     step = session.prepare(edit, region)
     yield Progress(done + 1, total, "explaining the edited image")
-    after = explainer.explain(step.image, f"{session.name} (edited)")
+    # the Edit dock ranks no heads: their evidence is measured only if something asks for it
+    after = explainer.explain(step.image, f"{session.name} (edited)", evidence_layers=())
     yield Result(replace(step, before=before, after=after, explained_by=explainer.model))
 
 
