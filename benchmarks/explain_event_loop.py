@@ -164,7 +164,7 @@ def redecode_job(model, encoded):
     from napari_intr.explanation import Explainer
     from napari_intr.widgets.workers.jobs import Progress, Result
     yield Progress(0, 1, "decoding every class")
-    yield Result((encoded, Explainer(model, "benchmark").decode(encoded)))
+    yield Result((encoded, Explainer(model, "benchmark").decode(encoded, evidence_layers=[-1])))  # as explain_job
 
 
 class StallCauses:

@@ -177,3 +177,14 @@ def test_a_new_class_set_or_image_measures_its_own_evidence(tiny, monkeypatch):
     assert every.head_evidence("a", 0).rival == every.class_indices[every.order()[0 if every.order()[0] != 0 else 1]]
     again = explainer.decode(explainer.encode(images[1]), evidence=["a"], evidence_layers=())
     assert again.evidence == {} and again.head_evidence("a", 0) is not None and len(calls) == 5
+
+
+def test_files_written_from_a_lazy_explanation_are_the_eager_ones(tiny):
+    from napari_intr.export import explanation_metadata
+    image = np.random.default_rng(10).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    explainer = Explainer(tiny)
+    encoded = explainer.encode(image)
+    eager, lazy = explainer.decode(encoded), explainer.decode(encoded, evidence_layers=())
+    for layer in (0, -1):
+        for name in eager.class_names:  # the TIFF's top_heads, top_heads_by and flagged_heads
+            assert explanation_metadata(lazy, name, layer) == explanation_metadata(eager, name, layer)
