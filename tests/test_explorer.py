@@ -38,9 +38,11 @@ def explain(qtbot, widget, layer_name=None):
 
 
 def reference(image, name="image"):
+    """The model's explanation as the Explorer decodes it: the maps of the layer shown (the last),
+    the other layers run fused (under bf16 their rounding differs from an all-layer decode's)."""
     from napari_intr import load_model
     from napari_intr.explanation import Explainer
-    return Explainer(load_model("sample"), "sample").explain(image, name)
+    return Explainer(load_model("sample"), "sample").explain(image, name, layers=[-1])
 
 
 def attention_layers(viewer, live_only=True):
@@ -110,14 +112,93 @@ def test_class_and_layer_switches_update_layers_in_place(explorer, qtbot):
     explanation = widget.state.explanation
     last = explanation.num_layers - 1
     assert {layer for layer, _ in explanation.evidence} == {last}  # the heads' evidence of the layer shown only
-    widget.attention.decoder_layer.value = 1
+    widget.attention.decoder_layer.value = 1  # not decoded yet: decoded on a worker, then shown
+    qtbot.waitUntil(lambda: not widget.attention.task.busy, timeout=TIMEOUT_MS)
     assert attention_layers(viewer) == layers and len(viewer.layers) == count
     assert all(" · L1 " in layer.name for layer in layers)
     assert any(not np.array_equal(layer.data, data) for layer, (_, data) in zip(layers, before))
-    assert {layer for layer, _ in explanation.evidence} == {last}  # the second class is ranked by peak weight
+    every = explanation.every_layer()
+    assert {layer for layer, _ in every.evidence} == set()  # the second class is ranked by peak weight
     widget.results.select_class(explanation.top_class())  # the top class at L1: its evidence measured now
-    assert {layer for layer, _ in explanation.evidence} == {0, last}
+    qtbot.waitUntil(lambda: not widget.attention.task.busy, timeout=TIMEOUT_MS)
+    assert {layer for layer, _ in every.evidence} == {0} and {layer for layer, _ in explanation.evidence} == {last}
     assert "evidence" in widget.attention.ranking.item(0).text()
+
+
+def test_a_layer_switch_decodes_every_layer_once_on_a_worker(explorer, qtbot, monkeypatch, tmp_path):
+    """Explain decodes the maps of the layer shown only; a switch to another layer decodes every
+    layer once, off the GUI thread, and shows exactly an all-layer decode's maps; switching back
+    or on decodes nothing; Save writes the files it wrote from an all-layer decode, byte for byte;
+    a new class set (a shortlist) is a new explanation that decodes its own layers."""
+    import threading
+    from pathlib import Path
+
+    from napari_intr.explanation import Explainer
+    from napari_intr.widgets.layers import layer_views
+    viewer, widget = explorer
+    explain(qtbot, widget)
+    state, attention = widget.state, widget.attention
+    explanation, model = state.explanation, state.model
+    last = explanation.num_layers - 1
+    assert explanation.computed_layers() == [last] and explanation.holding(0) is None
+    reference = Explainer(model, state.model_name).decode(state.encoded, evidence_layers=[-1])  # every layer
+    decodes = []  # decoder calls with maps (the heads' evidence runs the decoder without them)
+    decode = model.decode
+
+    def counted(*args, **kwargs):
+        if kwargs.get("return_attention", True):
+            decodes.append(threading.current_thread())
+        return decode(*args, **kwargs)
+    monkeypatch.setattr(model, "decode", counted)
+
+    def shown_as(expected, layer):
+        views = layer_views(expected, state.source, attention.class_name, layer, attention.options())
+        live = attention.layers.live_layers(state.source.name)
+        return ([layer.name for layer in live] == [view.name for view in views]
+                and all(np.array_equal(layer.data, view.data) for layer, view in zip(live, views)))
+
+    assert shown_as(explanation, last) and last >= 1
+    attention.decoder_layer.value = 1
+    assert attention.task.busy  # the switch returned at once: the decode runs on a worker
+    qtbot.waitUntil(lambda: not attention.task.busy, timeout=TIMEOUT_MS)
+    assert len(decodes) == 1 and decodes[0] is not threading.main_thread()
+    every = explanation.holding(0)
+    assert every is explanation.every_layer() and every.computed_layers() == list(range(last + 1))
+    assert np.array_equal(every.attention, reference.attention) and np.array_equal(every.logits, reference.logits)
+    assert shown_as(reference, 0)
+    attention.decoder_layer.value = last + 1  # back: the maps Explain decoded, nothing decoded
+    assert not attention.task.busy and shown_as(explanation, last)
+    attention.decoder_layer.value = 1  # and again: kept
+    assert not attention.task.busy and shown_as(reference, 0) and len(decodes) == 1
+
+    import napari_intr.export as export
+    written, save = [], export.save_explanation
+    monkeypatch.setattr(export, "save_explanation", lambda *args: written.append(args) or save(*args))
+
+    def saved_as(expected, folder):
+        widget.save_box.folder.path = str(folder)
+        widget.save_box.save()
+        qtbot.waitUntil(lambda: not widget.save_box.task.busy, timeout=TIMEOUT_MS)
+        _, stem, explained, *rest = written.pop()
+        assert explained.computed_layers() == list(range(last + 1))  # the file holds every layer
+        files = save(tmp_path / "reference", stem, expected, *rest)
+        return all((folder / Path(path).name).read_bytes() == Path(path).read_bytes() for path in files)
+
+    assert saved_as(reference, tmp_path / "saved") and len(decodes) == 1  # the switch's layers are written
+
+    widget.explain_box.shortlist.setValue(3)  # a new class set: a new explanation, its own layers
+    explain(qtbot, widget)
+    shortlisted = state.explanation
+    assert len(shortlisted.class_names) == 3 and shortlisted.holding(0) is None and len(decodes) == 2
+    assert attention.decoder_layer.value == last + 1
+    with monkeypatch.context() as uncounted:  # the test's own all-layer decode is not the dock's
+        uncounted.setattr(model, "decode", decode)
+        reference = Explainer(model, state.model_name).decode(state.encoded, shortlist=3, evidence_layers=[-1])
+    assert saved_as(reference, tmp_path / "shortlisted") and len(decodes) == 3  # decoded for the file, on the worker
+    assert threading.main_thread() not in decodes
+    attention.decoder_layer.value = 1  # decoded already for the file: shown without a decode
+    qtbot.waitUntil(lambda: not attention.task.busy, timeout=TIMEOUT_MS)  # (its heads' evidence: a worker)
+    assert len(decodes) == 3 and shown_as(reference, 0)
 
 
 def test_keep_freezes_the_set_and_the_next_switch_makes_new_layers(explorer, qtbot, messages):

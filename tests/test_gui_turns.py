@@ -81,10 +81,11 @@ def test_a_switch_while_the_set_is_being_added_shows_the_newest_maps(explorer, q
     widget.attention.keep()
     widget.results.select_class(widget.results.rows()[1][1])
     assert widget.attention.layers.building()
-    widget.attention.decoder_layer.value = 1  # switched before every layer is in
-    qtbot.waitUntil(lambda: not widget.attention.layers.building(), timeout=TIMEOUT_MS)
+    widget.attention.decoder_layer.value = 1  # switched before every layer is in (L1 is decoded on a worker)
+    qtbot.waitUntil(lambda: not widget.attention.layers.building() and not widget.attention.task.busy,
+                    timeout=TIMEOUT_MS)
     live = widget.attention.layers.live_layers(widget.state.source.name)
-    explanation = widget.state.explanation
+    explanation = widget.state.explanation.every_layer()
     from napari_intr.explanation import layer_from_number
     from napari_intr.widgets.layers import layer_views
     layer = layer_from_number(1, explanation.num_layers)

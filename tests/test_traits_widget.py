@@ -37,6 +37,7 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     viewer, widget, tmp_path = traits
     from napari_intr import synth
     widget.run_box.pairs.value = f"{synth.SHOWCASE_PAIR[1]}:{synth.SHOWCASE_PAIR[0]}"
+    widget.run_box.layer.value = 1  # not the last: the Explorer decodes that layer when the patch opens
     widget.run_box.run()
     assert widget.run_box.task.busy and not widget.run_box.run_button.isEnabled()
     qtbot.waitUntil(lambda: not widget.run_box.task.busy, timeout=TIMEOUT_MS)
@@ -85,7 +86,10 @@ def test_build_browse_and_open_a_patch_in_the_explorer(traits, qtbot, messages):
     qtbot.waitUntil(lambda: widget.explorer is not None and widget.state.explanation is not None
                     and not widget.explorer.explain_box.task.busy, timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: widget._pending is None, timeout=TIMEOUT_MS)
+    # the Explorer decodes layer 1 on a worker, then the dock shows the patch's head
+    qtbot.waitUntil(lambda: any("shown in the Explorer" in text for _, text in messages), timeout=TIMEOUT_MS)
     explorer = widget.explorer
+    assert choice.layer == 1 and explorer.state.explanation.holding(0) is not None
     assert widget.state.source.name == choice.path.stem
     assert explorer.results.selected_class() == choice.class_name
     assert explorer.attention.decoder_layer.value == choice.layer

@@ -9,7 +9,7 @@ all classes, with the candidates, and their difference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -77,12 +77,15 @@ class Comparison:
 
 
 def compare(explainer: Explainer, encoded: EncodedImage, selected: str, candidates: Sequence[int | str],
-            mode: str = "drop", all_classes: Explanation | None = None) -> Comparison:
+            mode: str = "drop", all_classes: Explanation | None = None,
+            layers: Iterable[int] | None = None) -> Comparison:
     """Decode the candidates (and, unless given, all classes) on the cached encoder memory.
 
     mode "drop" (default): only the candidates' queries enter the decoder; "zero": all queries
     enter, the others zeroed, as the paper describes. Pass `all_classes` when the all-classes
-    explanation of this image is already at hand, to skip that decode.
+    explanation of this image is already at hand, to skip that decode (it must hold `layers`).
+    layers: the decoder layers whose maps are decoded (Python indices), e.g. the one shown;
+    None: every layer.
     """
     model = explainer.model
     if isinstance(candidates, (str, int, np.integer)):
@@ -97,14 +100,15 @@ def compare(explainer: Explainer, encoded: EncodedImage, selected: str, candidat
         raise ValueError(f"the selected class {selected_name!r} is not among the candidates "
                          f"({', '.join(names)}); add it to the candidates or select one of them")
     if all_classes is None:  # its heads' evidence is measured only if someone asks (head_evidence)
-        all_classes = explainer.decode(encoded, evidence_layers=())
+        all_classes = explainer.decode(encoded, layers=layers, evidence_layers=())
     elif all_classes.class_indices != list(range(len(model.class_names))):
         raise ValueError("all_classes must be an explanation of all the model's classes "
                          "(decode with classes=None)")
     # the Compare dock shows the selected class's strongest head at the last layer: rank that
     # class's heads by evidence there now, at other layers when asked for
     return Comparison(selected_name, all_classes,
-                      explainer.decode(encoded, names, mode, evidence=[selected_name], evidence_layers=[-1]))
+                      explainer.decode(encoded, names, mode, layers=layers, evidence=[selected_name],
+                                       evidence_layers=[-1]))
 
 
 def symmetric_limits(differences: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ so switching the class shown, the layer, or the candidate set never repeats the 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -144,6 +145,9 @@ class Explanation:
     evidence: dict = field(default_factory=dict)
     # The layers whose evidence is measured when first asked for (head_evidence); None: none left.
     unmeasured: LayerEvidence | None = field(default=None, repr=False)
+    # The decoder layers left out (Explainer.decode(layers=[…])): decoded when first asked for
+    # (every_layer); None: every layer is held, or nothing is left to decode them from.
+    other_layers: OtherLayers | None = field(default=None, repr=False)
 
     def labels(self) -> list[str]:
         """The decoded classes' labels for files (their names when the model has no labels)."""
@@ -172,6 +176,32 @@ class Explanation:
             raise ValueError(f"the maps of decoder layer L{layer_number(index)} were not computed for this explanation "
                              f"(it holds {kept}); explain again asking for that layer")
         return self.attention[held.index(index)]
+
+    def holding(self, layer: int = -1) -> Explanation | None:
+        """An explanation of this image and class set that holds `layer`'s maps, without decoding:
+        this one, or its every_layer() once that was decoded; None otherwise."""
+        if self.layer_index(layer) in self.computed_layers():
+            return self
+        other = self.other_layers
+        return None if other is None else other.decoded
+
+    def every_layer(self) -> Explanation:
+        """This image and class set with every decoder layer's maps: this explanation when it
+        holds them all, else one decode of every layer on the same encoder memory (the numbers
+        Explainer.decode(layers=None) gives), run the first time it is asked for, then kept.
+        A decoder call: run it on a worker, never on the GUI thread."""
+        if self.attention_layers is None:
+            return self
+        if self.other_layers is None:
+            raise ValueError("this explanation holds only some decoder layers and nothing to decode the others "
+                             "from; explain the image again with every layer")
+        return self.other_layers.decode()
+
+    def evidence_pending(self, class_name: str, layer: int = -1) -> bool:
+        """Whether head_evidence(class_name, layer) would run a decoder call (not measured yet)."""
+        unmeasured = self.unmeasured
+        return (unmeasured is not None and self.column(class_name) in unmeasured.columns
+                and self.layer_index(layer) in unmeasured.pending)
 
     @property
     def num_heads(self) -> int:
@@ -456,6 +486,9 @@ class Explainer:
         evidence_layers: the layers whose evidence is measured now, e.g. the one shown (a masked
         decoder call each); the other layers' when first asked for (Explanation.head_evidence),
         the same numbers. None: every layer held, now."""
+        classes = None if classes is None else list(classes)  # iterated again for the other layers
+        if not isinstance(evidence, (int, np.integer)):
+            evidence = list(evidence)
         with torch.inference_mode():
             output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True,
                                        shortlist=shortlist, attention_layers=layers)
@@ -488,6 +521,9 @@ class Explainer:
             looks_at_nothing=None if output.null_attention is None else output.null_attention[:, 0].float().cpu().numpy(),
         )
         explanation.unmeasured = self._evidence(encoded, explanation, evidence)
+        if layers is not None and explanation.attention_layers != list(range(explanation.num_layers)):
+            explanation.other_layers = OtherLayers(lambda: self.decode(encoded, classes, mode, shortlist, None,
+                                                                       evidence, evidence_layers=()))
         explanation.measure_evidence(evidence_layers)
         return explanation
 
@@ -527,6 +563,24 @@ class Explainer:
                 layers: Iterable[int] | None = None, evidence: int | Iterable[int | str] = EVIDENCE_CLASSES,
                 evidence_layers: Iterable[int] | None = None) -> Explanation:
         return self.decode(self.encode(image, name), classes, mode, shortlist, layers, evidence, evidence_layers)
+
+
+class OtherLayers:
+    """The maps of the decoder layers an explanation left out: one decode of every layer on the
+    same encoder memory and class set (its evidence measured when asked for, as always), the first
+    time they are asked for, then kept. Thread-safe: a layer switch's job and a save job may ask
+    at once; the second waits for the first's decode. Lives as long as its explanation."""
+
+    def __init__(self, decode):
+        self._decode = decode  # () -> Explanation of every layer; dropped once run
+        self._lock = threading.Lock()
+        self.decoded: Explanation | None = None
+
+    def decode(self) -> Explanation:
+        with self._lock:
+            if self.decoded is None:
+                self.decoded, self._decode = self._decode(), None
+            return self.decoded
 
 
 def shortlist_note(decoded: int, candidates: int) -> str:

@@ -1,7 +1,10 @@
 """Attention box: decoder layer, normalisation, placement, colour map, Keep; the heads' ranking.
 
-Class and layer switches only index the cached explanation (every class was decoded once on
-the cached encoder memory), so they are instant and run on the GUI thread."""
+Class switches only index the cached explanation (every class was decoded once on the cached
+encoder memory), so they are instant and run on the GUI thread. Explain decodes the maps of the
+layer shown first (the last); a switch to another decoder layer decodes every layer once, on a
+worker from the cached encoder memory, and keeps them, so every later switch is instant too. A
+new image or class set is a new explanation, with its own layers."""
 from __future__ import annotations
 
 from magicgui.widgets import ComboBox, Container, SpinBox
@@ -10,10 +13,13 @@ from qtpy.QtWidgets import QGroupBox, QLabel, QListWidget, QPushButton
 
 from napari_intr.explanation import head_number, layer_from_number
 
+from ..gui_turns import turns
 from ..layers import DisplayOptions, LiveLayerSet, layer_views
 from ..qt_helpers import TextLabel, stack
 from ..state import ExplorerState, follow
 from ..workers import messages
+from ..workers.jobs import layer_job
+from ..workers.task_bar import TaskBar
 
 NORMALIZATIONS = {"per map (each head 0–1)": "per_map", "shared across heads": "shared"}
 PLACEMENTS = {"feature grid, placed on the image": False, "upsampled to the image grid": True}
@@ -46,7 +52,13 @@ class AttentionBox(QGroupBox):
         self.ranking.setToolTip("Heads by their evidence for the class, the strongest first: how much hiding "
                                 "the region a head attends lowers the class against its rival. Flagged heads "
                                 "(no evidence, on registers) come last")
-        stack(self, self.showing, self.display.native, QLabel("Heads ranked by evidence:"), self.ranking, self.keep_button)
+        # decodes a decoder layer not decoded yet (and measures its heads' evidence) on a worker
+        self.task = TaskBar()
+        self.task.busy_changed.connect(self._job_ended)
+        self._decoded = False
+        self._waiting: list = []  # after_shown callbacks
+        stack(self, self.showing, self.display.native, QLabel("Heads ranked by evidence:"), self.ranking,
+              self.keep_button, self.task)
         self.display.changed.connect(self.update_layers)
         follow(state.events.explanation, self._new_explanation, self)
         self._set_enabled(False)
@@ -64,8 +76,13 @@ class AttentionBox(QGroupBox):
         explanation, source = self.state.explanation, self.state.source
         if explanation is None or source is None or self.class_name is None:
             return
+        layer = layer_from_number(self.decoder_layer.value, explanation.num_layers)
+        shown = explanation.holding(layer)
+        if shown is None or shown.evidence_pending(self.class_name, layer):
+            self._decode(explanation, layer)
+            return
+        explanation = shown
         try:
-            layer = layer_from_number(self.decoder_layer.value, explanation.num_layers)
             views = layer_views(explanation, source, self.class_name, layer, self.options())
             self.layers.show(views, source.name, self.options().colormap)
         except (ValueError, MemoryError) as error:
@@ -90,6 +107,38 @@ class AttentionBox(QGroupBox):
                 if evidence.flags[head]:
                     text += f"   ⚑ {evidence.flags[head]}"
             self.ranking.addItem(text)
+
+    def after_shown(self, callback) -> None:
+        """Call `callback` once the layers of the current class and decoder layer are in the
+        viewer (a decoder layer not decoded yet is decoded first, on a worker)."""
+        if self.task.busy:
+            self._waiting.append(callback)
+        else:
+            turns().after_steps(callback)
+
+    def _decode(self, explanation, layer: int) -> None:
+        """Decode `layer` (and its heads' evidence) on a worker; the layers are shown when it ends.
+        A switch meanwhile is shown after it (the job's result then serves it, or another starts)."""
+        number = explanation.layer_number(layer)
+        self.showing.setText(f"Decoding decoder layer {number} of {explanation.num_layers} on the cached encoder "
+                             "memory (once per image and class set)…")
+        if not self.task.busy:
+            self.task.start(layer_job, explanation, layer, self.class_name,
+                            doing=f"Decoding decoder layer {number}", on_result=self._layer_decoded)
+
+    def _layer_decoded(self, _shown) -> None:
+        self._decoded = True  # kept in the explanation; shown once the task has ended (_job_ended)
+
+    def _job_ended(self, busy: bool) -> None:
+        if busy:
+            return
+        if self._decoded:  # a failed job is not retried by itself: the next switch tries again
+            self._decoded = False
+            self.update_layers()
+        if not self.task.busy:
+            waiting, self._waiting = self._waiting, []
+            for callback in waiting:
+                turns().after_steps(callback)
 
     def keep(self) -> None:
         source = self.state.source

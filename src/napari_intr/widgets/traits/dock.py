@@ -75,7 +75,10 @@ class TraitsWidget(QWidget):
             messages.notify(f"'{choice.class_name}' is not among the decoded classes", "warning")
             return
         explorer.results.select_class(choice.class_name)
-        explorer.attention.decoder_layer.value = choice.layer
+        explorer.attention.decoder_layer.value = choice.layer  # another layer is decoded on a worker first
+        explorer.attention.after_shown(lambda: self._show_head(choice, source))
+
+    def _show_head(self, choice: PatchChoice, source) -> None:
         head_layer = layer_name(source.label, choice.class_name, choice.layer, choice.head)
         for layer in self.viewer.layers:
             if layer.metadata.get("image") == source.name and layer.metadata.get("head") not in (None, "mean"):

@@ -127,10 +127,22 @@ def explain_job(model, model_name: str, image: np.ndarray, name: str, shortlist:
     encoded = explainer.encode(image, name)
     yield Progress(1, 2, "decoding every class query" if shortlist is None
                    else f"shortlisting {shortlist} classes, decoding them")
-    # the heads' evidence of the layer shown first (the last); the others' when the user shows them
-    explanation = explainer.decode(encoded, shortlist=shortlist, evidence_layers=[-1])
+    # the maps and the heads' evidence of the layer shown first (the last); the other layers' when
+    # the user shows one (layer_job) or saves (save_job)
+    explanation = explainer.decode(encoded, shortlist=shortlist, layers=[-1], evidence_layers=[-1])
     yield Progress(2, 2, "done")
     yield Result((encoded, explanation))
+
+
+@reports_runtime_errors
+def layer_job(explanation, layer: int, class_name: str):
+    """The explanation that shows decoder `layer` (Python index) of `explanation`'s image and
+    class set: itself when it holds that layer, else every layer decoded once on the cached encoder
+    memory (Explanation.every_layer, then kept); the heads' evidence of `class_name` there measured."""
+    yield Progress(0, 1, f"decoding decoder layer {explanation.layer_number(layer)} on the cached encoder memory")
+    shown = explanation.holding(layer) or explanation.every_layer()
+    shown.head_evidence(class_name, layer)
+    yield Result(shown)
 
 
 @reports_runtime_errors
@@ -173,6 +185,7 @@ def save_job(folder: str, stem: str, explanation, image, class_name: str | None,
     written = []
     if explanation is not None and class_name is not None:
         yield Progress(0, 2, "saving the explanation")
+        explanation = explanation.every_layer()  # the file holds every decoder layer's maps
         written += save_explanation(folder, stem, explanation, np.asarray(image), class_name, layer,
                                     pixel_size, file_format, image_file)
     if regions:
@@ -186,7 +199,8 @@ def save_job(folder: str, stem: str, explanation, image, class_name: str | None,
 def compare_job(explainer, encoded, selected: str, candidates: list[str], mode: str, all_classes):
     yield Progress(0, 1, f"decoding {len(candidates)} candidates on the cached encoder memory")
     from napari_intr.comparison import compare
-    yield Result(compare(explainer, encoded, selected, candidates, mode, all_classes))
+    # the Compare dock shows the last decoder layer: only its maps are decoded
+    yield Result(compare(explainer, encoded, selected, candidates, mode, all_classes, layers=[-1]))
 
 
 @reports_runtime_errors
