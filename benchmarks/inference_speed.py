@@ -219,7 +219,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                           if condition == "loaded" and path == "new" else "")
                 out.append((section, f"Explorer resnet50 C=200, {path}, {condition}: full explain / all-class "
                             "re-decode", f"{r['full_seconds']:.2f} s / {r['decode_seconds']:.3f} s", f"{ratio:.1f}x",
-                            f"{r['threads']} threads, {r['precision']}, maps and evidence of {r['layers']}; {target}"))
+                            f"{r['threads']} threads, {r['precision']}"
+                            + (f", maps and evidence of {r['layers']}" if "layers" in r else "") + f"; {target}"))
                 for key, what in (("decode_every_layer_maps_seconds", "every layer's maps, the shown layer's "
                                    "evidence (session 8, first part)"),
                                   ("decode_every_layer_seconds", "every layer's maps and evidence (before session 8)")):
