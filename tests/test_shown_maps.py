@@ -100,3 +100,46 @@ def test_explanation_of_one_layer(model):
     np.testing.assert_allclose(shown.layer_maps(-1), full.layer_maps(3), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="decoder layer L2 were not computed .*holds L4"):
         shown.head_maps(full.class_names[0], 1)
+
+
+def test_the_other_layers_are_decoded_once_when_asked_for_as_an_all_layer_decode(model, monkeypatch):
+    """Explanation.every_layer: one decode of every layer on the same encoder memory and class set
+    (classes given as a generator are used again), the numbers of decode(layers=None); kept, and
+    decoded once when two threads ask at once; holding() never decodes."""
+    import threading
+    image = np.random.default_rng(6).integers(0, 256, (70, 110, 3), dtype=np.uint8)
+    explainer = Explainer(model)
+    encoded = explainer.encode(image, "specimen")
+    decode, decodes = model.decode, []
+
+    def counted(*args, **kwargs):
+        decodes.append(kwargs.get("attention_layers"))
+        return decode(*args, **kwargs)
+
+    five = model.class_names[:5]
+    for full_options, options in (({"classes": five}, {"classes": (name for name in five)}),
+                                  ({"shortlist": 3}, {"shortlist": 3})):
+        full = explainer.decode(encoded, **full_options)
+        shown = explainer.decode(encoded, layers=[-1], **options)
+        assert shown.computed_layers() == [3] and shown.holding(-1) is shown and shown.holding(0) is None
+        decodes.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(model, "decode", counted)
+            threads = [threading.Thread(target=shown.every_layer) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            every = shown.every_layer()
+        assert decodes == [None] and shown.holding(0) is every and every.computed_layers() == [0, 1, 2, 3]
+        assert every.class_names == full.class_names == shown.class_names
+        assert np.array_equal(every.attention, full.attention) and np.array_equal(every.logits, full.logits)
+        assert every.every_layer() is every and full.every_layer() is full
+
+
+def test_an_explanation_of_some_layers_with_nothing_to_decode_from_says_so(model):
+    image = np.random.default_rng(7).integers(0, 256, (70, 110, 3), dtype=np.uint8)
+    shown = Explainer(model).explain(image, "specimen", layers=[-1])
+    shown.other_layers = None  # e.g. rebuilt from a file that holds one layer
+    with pytest.raises(ValueError, match="holds only some decoder layers"):
+        shown.every_layer()

@@ -486,8 +486,10 @@ class Explainer:
         evidence_layers: the layers whose evidence is measured now, e.g. the one shown (a masked
         decoder call each); the other layers' when first asked for (Explanation.head_evidence),
         the same numbers. None: every layer held, now."""
-        classes = None if classes is None else list(classes)  # iterated again for the other layers
-        if not isinstance(evidence, (int, np.integer)):
+        # iterated again for the other layers (OtherLayers); one name or index stays as it is
+        if classes is not None and not isinstance(classes, (str, int, np.integer)):
+            classes = list(classes)
+        if not isinstance(evidence, (str, int, np.integer)):
             evidence = list(evidence)
         with torch.inference_mode():
             output = self.model.decode(encoded.encoded, classes, mode=mode, return_attention=True,
