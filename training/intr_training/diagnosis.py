@@ -92,9 +92,12 @@ def _named(groups: list[list[str]]) -> str:
     return shown + (f" and {len(groups) - SHOWN_GROUPS} more" if len(groups) > SHOWN_GROUPS else "")
 
 
-def diagnose(history: list[dict], confusion=None, class_names: list[str] | None = None) -> Diagnosis | None:
+def diagnose(history: list[dict], confusion=None, class_names: list[str] | None = None,
+             at_end: bool = False) -> Diagnosis | None:
     """The state of a run after the epochs in `history` (rows with "epoch", "loss", "train_acc",
-    "val_acc"); confusion: the last epoch's validation confusion matrix (None without validation)."""
+    "val_acc"); confusion: the last epoch's validation confusion matrix (None without validation).
+    at_end: the run is over, so a slow climb that ends with the errors within look-alike groups is
+    reported too (it did not find the trait in this run, plateau or not)."""
     if len(history) <= PATIENCE:
         return None
     epoch = history[-1]["epoch"]
@@ -111,22 +114,39 @@ def diagnose(history: list[dict], confusion=None, class_names: list[str] | None 
         return None
     flat = losses[-1] > losses[-1 - PATIENCE] * (1 - FLAT_LOSS)
     stalled = max(accuracies[-PATIENCE:]) < max(accuracies[:-PATIENCE]) + MIN_GAIN if validated else flat
-    if not stalled:
-        return None
     since = history[-1 - PATIENCE]["epoch"]
     what = "validation" if validated else "training"
+    groups = group_level(confusion, class_names) if validated else []
+    if not stalled:
+        if not (at_end and groups):
+            return None
+        # still climbing when the run ended, but too slowly to reach the species in it (issue 27:
+        # a tune draw went 0.70 -> 0.74 over its last 3 epochs, its errors all within one group)
+        trend = (f"{what} accuracy {accuracy:.2f} at the end, {accuracy - accuracies[-1 - PATIENCE]:+.2f} since "
+                 f"epoch {since}; loss {losses[-1 - PATIENCE]:.3f} → {losses[-1]:.3f}")
+        return Diagnosis("group_plateau", epoch, f"the run ended at the level of look-alike groups ({trend}): the "
+                                                 f"model tells the groups apart but confuses the classes within "
+                                                 f"{_named(groups)}. {GROUP_ADVICE}", groups)
     trend = (f"{what} accuracy {accuracy:.2f}, no gain since epoch {since}; loss "
              f"{losses[-1 - PATIENCE]:.3f} → {losses[-1]:.3f}{' (flat)' if flat else ''}")
-    if validated and confusion is not None and class_names:
-        groups = confused_groups(confusion, class_names)
-        # a "group" of every class is no group level: the model then tells nothing apart
-        if groups and max(map(len, groups)) < len(class_names) \
-                and within_share(confusion, class_names, groups) >= WITHIN_SHARE:
-            return Diagnosis("group_plateau", epoch, f"plateau at the level of look-alike groups ({trend}): the model "
-                                                     f"tells the groups apart but confuses the classes within "
-                                                     f"{_named(groups)}. {GROUP_ADVICE}", groups)
+    if groups:
+        return Diagnosis("group_plateau", epoch, f"plateau at the level of look-alike groups ({trend}): the model "
+                                                 f"tells the groups apart but confuses the classes within "
+                                                 f"{_named(groups)}. {GROUP_ADVICE}", groups)
     kind = "flat_loss" if flat else "plateau"
     return Diagnosis(kind, epoch, f"{'flat loss' if flat else 'plateau'} ({trend}). {FLAT_ADVICE}")
+
+
+def group_level(confusion, class_names: list[str] | None) -> list[list[str]]:
+    """The confused look-alike groups when the errors lie within them (WITHIN_SHARE), else []."""
+    if confusion is None or not class_names:
+        return []
+    groups = confused_groups(confusion, class_names)
+    # a "group" of every class is no group level: the model then tells nothing apart
+    if groups and max(map(len, groups)) < len(class_names) \
+            and within_share(confusion, class_names, groups) >= WITHIN_SHARE:
+        return groups
+    return []
 
 
 class Watch:
@@ -135,8 +155,10 @@ class Watch:
 
     def __init__(self):
         self.current: Diagnosis | None = None
+        self.last: tuple = ()  # what the last update saw, for `final`
 
     def update(self, history: list[dict], confusion=None, class_names: list[str] | None = None) -> Diagnosis | None:
+        self.last = (list(history), confusion, class_names)
         found = diagnose(history, confusion, class_names)
         previous, self.current = self.current, found
         if found is None or (previous is not None and (previous.kind, previous.groups) == (found.kind, found.groups)):
@@ -144,4 +166,8 @@ class Watch:
         return found
 
     def final(self) -> Diagnosis | None:
+        """The state the run ended in: the current diagnosis, or a slow climb that ended at the
+        level of look-alike groups (`diagnose(at_end=True)`)."""
+        if self.current is None and self.last:
+            return diagnose(*self.last, at_end=True)
         return self.current
