@@ -33,7 +33,9 @@ Every object has an "event" key:
       "calibrated": true with "score", "threshold", "keep", "alpha", "quantile", "images",
       "known_kept", "coverage", "mean_set_size", "text" and "seconds"; or false with "reason".
       train_seconds: the epochs' wall time, without the calibration.
-      diagnosis: the state the run ended in (null: no plateau, flat loss or instability).
+      diagnosis: the state the run ended in (null: no plateau, flat loss or instability); also
+      "group_plateau" for a run that ends still climbing slowly with its errors within
+      look-alike groups, which is said at the end only.
   {"event": "error", "message": str}          then the process exits with code 2
   {"event": "interrupted", "epoch": int, "state": str|null, "message": str}
       on SIGINT/SIGTERM; epoch is the last completed epoch, state the training_state.pt that
