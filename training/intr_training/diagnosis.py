@@ -29,7 +29,10 @@ SHOWN_GROUPS = 4      # groups named in a message; the event carries all of them
 # the updates took it from 0.88 to 0.97). A run that plateaus early did not move for anything tried
 # on tune draw 111 (0.73-0.78 whatever was changed: 24 epochs, twice the rate, half the batch, 160 px
 # instead of 128, twice the images, bf16, shift-and-scale augmentation).
-SLOW_GROUP_ADVICE = ("The classes of a group differ in a small trait the model has not found. Where runs stalled like "
+SLOW_GROUP_ADVICE = ("The classes of a group differ in a small trait the model was still learning. Give it more "
+                     "updates: continue the run with the same command plus --resume --epochs 24 (the learning "
+                     "rate is planned anew over the longer run).")
+GROUP_ADVICE = ("The classes of a group differ in a small trait the model has not found. Where runs stalled like "
                 "this in our tests, neither more epochs (24), another learning rate or batch size, a larger "
                 "--image-size (160 for 128 px) nor twice the training images found it: look at a few training "
                 "images at --image-size to see whether the trait is visible there; a trait that is not cannot "
