@@ -21,6 +21,21 @@ def distinguishing_word(name: str) -> str:
     return next(word for word in ("alba", "rubra") if word in name)
 
 
+def map_rows(viewer, view, key: str):
+    """(list text, metadata, image part, query part, what) of every layer-list row whose layer's
+    metadata has `key`; the text split at the " ◂ query " marker (asserted present)."""
+    from napari_intr.widgets.qt_helpers import layer_list_text
+    for row in range(view.model().rowCount()):
+        name, text = layer_list_text(view, row)
+        metadata = viewer.layers[name].metadata
+        if key not in metadata:
+            continue
+        what = f"{text!r} (of {name!r})"
+        image_part, marker, query_part = text.partition(" ◂ query ")
+        assert marker, f"the list shows {what}: the query marker is cut off"
+        yield text, metadata, image_part, query_part, what
+
+
 def test_image_tags_keep_the_part_that_differs():
     from napari_intr.explanation import image_tags
     assert image_tags([f"{PAIR[0]} (synthetic)", f"{PAIR[1]} (synthetic)"]) == {
@@ -42,7 +57,6 @@ def test_image_tags_keep_the_part_that_differs():
 def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_viewer, qtbot):
     viewer, widgets = open_desk(make_napari_viewer, qtbot)
     window = viewer.window._qt_window
-    from napari_intr.widgets.qt_helpers import layer_list_text
     explorer = widgets["INTR Explorer"]
     view = viewer.window._qt_viewer.layers
     shown: dict[tuple, str] = {}  # (image, query, decoder layer, head) -> the list's text
@@ -59,16 +73,9 @@ def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_view
                 for layer in viewer.layers), timeout=TIMEOUT_MS)
             QApplication.processEvents()
             assert window.width() <= WINDOW[0] + 1
-            for row in range(view.model().rowCount()):
-                name, text = layer_list_text(view, row)
-                metadata = viewer.layers[name].metadata
-                if "class" not in metadata:
-                    continue  # the specimens themselves
+            for text, metadata, image_part, query_part, what in map_rows(viewer, view, "class"):  # not the specimens
                 head = metadata["head"]
                 key = (metadata["image"], metadata["class"], metadata["decoder_layer"], head)
-                what = f"{text!r} (of {name!r})"
-                image_part, marker, query_part = text.partition(" ◂ query ")
-                assert marker, f"the list shows {what}: the query marker is cut off"
                 assert distinguishing_word(metadata["image"]) in image_part, f"{what} does not say which image"
                 assert distinguishing_word(metadata["class"]) in query_part, f"{what} does not say whose query"
                 suffix = f"L{metadata['decoder_layer']} {'mean' if head == 'mean' else f'H{head}'}"
@@ -90,14 +97,8 @@ def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_view
     qtbot.waitUntil(lambda: not compare.task.busy and compare.comparison is not None, timeout=TIMEOUT_MS)
     QApplication.processEvents()
     compared = {}
-    for row in range(view.model().rowCount()):
-        name, text = layer_list_text(view, row)
-        metadata = viewer.layers[name].metadata
-        if "decoded" not in metadata:
-            continue
-        what = f"{text!r} (of {name!r})"
-        image_part, marker, query_part = text.partition(" ◂ query ")
-        assert marker and distinguishing_word(metadata["image"]) in image_part, what
+    for text, metadata, image_part, query_part, what in map_rows(viewer, view, "decoded"):
+        assert distinguishing_word(metadata["image"]) in image_part, what
         assert distinguishing_word(metadata["selected"]) in query_part, what
         assert f" · L{metadata['decoder_layer']} H{metadata['head']} · " in query_part, what
         assert query_part.endswith(f" · {metadata['decoded']}"), what
@@ -118,14 +119,8 @@ def test_map_layers_of_look_alikes_read_apart_in_the_layer_list(make_napari_view
     qtbot.waitUntil(lambda: not edit.task.busy and edit.report.effect is not None, timeout=TIMEOUT_MS)
     QApplication.processEvents()
     effects = []
-    for row in range(view.model().rowCount()):
-        name, text = layer_list_text(view, row)
-        metadata = viewer.layers[name].metadata
-        if "difference" not in metadata:
-            continue
-        what = f"{text!r} (of {name!r})"
-        image_part, marker, query_part = text.partition(" ◂ query ")
-        assert marker and "rubra" in image_part, what
+    for text, metadata, image_part, query_part, what in map_rows(viewer, view, "difference"):
+        assert "rubra" in image_part, what
         assert distinguishing_word(metadata["class"]) in query_part, what
         assert query_part.endswith(f" · L{metadata['decoder_layer']} H{metadata['head']} · after − before"), what
         effects.append(text)
