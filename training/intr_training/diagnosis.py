@@ -121,27 +121,31 @@ def diagnose(history: list[dict], confusion=None, class_names: list[str] | None 
         return None
     flat = losses[-1] > losses[-1 - PATIENCE] * (1 - FLAT_LOSS)
     stalled = max(accuracies[-PATIENCE:]) < max(accuracies[:-PATIENCE]) + MIN_GAIN if validated else flat
+    if not (stalled or at_end):
+        return None
     since = history[-1 - PATIENCE]["epoch"]
     what = "validation" if validated else "training"
     groups = group_level(confusion, class_names) if validated else []
     if not stalled:
-        if not (at_end and groups):
+        if not groups:
             return None
         # still climbing when the run ended, but too slowly to reach the species in it (issue 27:
         # a tune draw went 0.70 -> 0.74 over its last 3 epochs, its errors all within one group)
         trend = (f"{what} accuracy {accuracy:.2f} at the end, {accuracy - accuracies[-1 - PATIENCE]:+.2f} since "
                  f"epoch {since}; loss {losses[-1 - PATIENCE]:.3f} → {losses[-1]:.3f}")
-        return Diagnosis("group_plateau", epoch, f"a slow climb, ended at the level of look-alike groups ({trend}): the "
-                                                 f"model tells the groups apart but confuses the classes within "
-                                                 f"{_named(groups)}. {SLOW_GROUP_ADVICE}", groups)
+        return _group_level(epoch, f"a slow climb, ended at the level of look-alike groups ({trend})", groups,
+                            SLOW_GROUP_ADVICE)
     trend = (f"{what} accuracy {accuracy:.2f}, no gain since epoch {since}; loss "
              f"{losses[-1 - PATIENCE]:.3f} → {losses[-1]:.3f}{' (flat)' if flat else ''}")
     if groups:
-        return Diagnosis("group_plateau", epoch, f"plateau at the level of look-alike groups ({trend}): the model "
-                                                 f"tells the groups apart but confuses the classes within "
-                                                 f"{_named(groups)}. {GROUP_ADVICE}", groups)
+        return _group_level(epoch, f"plateau at the level of look-alike groups ({trend})", groups, GROUP_ADVICE)
     kind = "flat_loss" if flat else "plateau"
     return Diagnosis(kind, epoch, f"{'flat loss' if flat else 'plateau'} ({trend}). {FLAT_ADVICE}")
+
+
+def _group_level(epoch: int, state: str, groups: list[list[str]], advice: str) -> Diagnosis:
+    return Diagnosis("group_plateau", epoch, f"{state}: the model tells the groups apart but confuses the classes "
+                                             f"within {_named(groups)}. {advice}", groups)
 
 
 def group_level(confusion, class_names: list[str] | None) -> list[list[str]]:
