@@ -70,6 +70,15 @@ def test_a_stall_reported_by_the_run_is_shown_under_the_plot_and_at_the_end(fine
     assert widget.note.text().startswith("The run ended in a group plateau (found at epoch 5)")
 
 
+def test_the_backbone_epochs_are_logged_before_the_first_epoch(finetune):
+    _, widget = finetune
+    widget._on_event({"event": "backbone_epoch", "epoch": 3, "epochs": 12, "loss": 0.4, "train_acc": 0.8,
+                      "val_acc": 0.75, "seconds": 2.0})
+    assert widget.log.toPlainText().splitlines()[-1] == ("backbone alone, epoch 3/12: train accuracy 80.0%, "
+                                                         "validation accuracy 75.0%")
+    assert widget.status.text().startswith("Training the backbone alone before INTR's epochs")
+
+
 def test_accuracy_comes_with_its_count_and_exact_interval():
     from scipy.stats import binomtest
 

@@ -39,7 +39,8 @@ def stop_after_first_epoch(monkeypatch):
     ["--schedule", "step", "--lr-drop", "1", "--augment", "multiscale", "--dropout", "0.1", "--warmup-epochs", "0.5"],
     ["--freeze", "backbone"],  # cosine from the frozen backbone's feature cache
     ["--freeze", "backbone", "--precision", "bf16"],  # ... in bf16 autocast, as large CPU steps run
-], ids=["cosine", "step-multiscale", "cached-features", "cached-bf16"])
+    ["--augment", "flip", "--dropout", "0", "--backbone-epochs", "2"],  # the backbone alone first, then INTR
+], ids=["cosine", "step-multiscale", "cached-features", "cached-bf16", "backbone-alone-first"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, capsys, recipe):
     data = write_classes(tmp_path / "data", {"disc": 5, "diamond": 5})
     json = ["--progress", "json", "--epochs", "3"]

@@ -67,6 +67,11 @@ PRECISION_HELP = (f"auto: bf16 autocast for steps of at least {AMP_MIN_IMAGES} i
                   "px (or as many pixels) on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 "
                   "otherwise, and a frozen backbone's features in bf16 wherever native (as explain computes them); "
                   "fp32; bf16: always bf16 autocast")
+# `intr train --backbone-epochs N` (training/intr_training/backbone_stage.py): the backbone alone, as a
+# pooled classifier, at this peak rate for this batch (scaled by the square root of the effective
+# batch, like the recipes' rates). Measured on the tiny backbone (benchmarks/backbone_alone.py,
+# tune draw 111): 1e-3 found the trait, 3e-3 did not, 1.77e-4 (the tiny recipe's) overfitted.
+BACKBONE_ALONE_LR, BACKBONE_ALONE_BATCH = 1e-3, 16
 # "encoder": backbone, projection and encoder; "none": nothing, where the recipe freezes the backbone
 FREEZE_CHOICES = ("none", "backbone", "encoder")
 # These may change when a run is resumed; everything else comes from the saved run.

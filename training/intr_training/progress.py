@@ -21,6 +21,10 @@ Every object has an "event" key:
   {"event": "epoch", "epoch": int, "loss": float, "train_acc": float, "val_acc": float|null,
    "lr": float, "seconds": float, "best_val_acc": float|null}
       after the epoch's files are on disk; val_acc is null without validation images.
+  {"event": "backbone_epoch", "epoch": int, "epochs": int, "loss": float, "train_acc": float,
+   "val_acc": float|null, "seconds": float}
+      --backbone-epochs N: after each of the N epochs in which the backbone learns alone, as a
+      pooled classifier (backbone_stage.py), before INTR's epoch 1; val_acc is that classifier's.
   {"event": "warning", "message": str}
   {"event": "diagnosis", "kind": str, "epoch": int, "message": str, "groups": [[str]]}
       when the run stalls (diagnosis.py), as it happens: kind "group_plateau" (groups: the
@@ -76,6 +80,7 @@ class Progress:
     def start(self, **info): ...
     def step(self, epoch, step, steps, loss, accuracy, lr, eta_seconds): ...
     def epoch(self, **summary): ...
+    def backbone_epoch(self, **summary): ...
     def done(self, **summary): ...
 
     def diagnosis(self, **found):
@@ -113,6 +118,9 @@ class JsonProgress(Progress):
 
     def epoch(self, **summary):
         self.emit("epoch", **summary)
+
+    def backbone_epoch(self, **summary):
+        self.emit("backbone_epoch", **summary)
 
     def done(self, **summary):
         self.emit("done", **summary)
@@ -169,6 +177,12 @@ class TtyProgress(Progress):
         self.line(f"epoch {summary['epoch']}/{self.epochs}: loss {loss}, train acc "
                   f"{summary['train_acc']:.3f}, val acc {val}, lr {summary['lr']:.2e}, "
                   f"{summary['seconds']:.0f} s")
+
+    def backbone_epoch(self, **summary):
+        val = "n/a" if summary["val_acc"] is None else f"{summary['val_acc']:.3f}"
+        loss = "n/a" if summary["loss"] is None else f"{summary['loss']:.4f}"
+        self.line(f"backbone alone, epoch {summary['epoch']}/{summary['epochs']}: loss {loss}, train acc "
+                  f"{summary['train_acc']:.3f}, val acc {val}, {summary['seconds']:.0f} s")
 
     def diagnosis(self, **found):
         self.close()

@@ -14,6 +14,8 @@ from napari_intr.model.config import BACKBONES
 from napari_intr.recipes import (
     AUGMENT_HELP,
     AUGMENTATIONS,
+    BACKBONE_ALONE_BATCH,
+    BACKBONE_ALONE_LR,
     DEFAULT_BACKBONE,
     FREEZE_CHOICES,
     PAPER,
@@ -120,6 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "keys in each cross-attention: a place for a head's attention that is not a pixel (shown "
                         "as the share that 'looks at nothing', never as a pixel). Default: the backbone's "
                         "new-model shape. Models started from a checkpoint keep their own")
+    parser.add_argument("--backbone-epochs", type=ranged("backbone_epochs"), metavar="N", help="before INTR's "
+                        "epochs, train the backbone alone for N epochs as a plain classifier (its cells pooled, "
+                        f"one linear layer, peak rate {BACKBONE_ALONE_LR:g} at batch {BACKBONE_ALONE_BATCH}): where a run "
+                        "stalled at the level of look-alike groups, this found the trait (default 0: none)")
     parser.add_argument("--sampled-queries", type=ranged("sampled_queries"), metavar="K", help="decode only K classes per step: the "
                         "batch's true classes, the first pass's hardest other classes and random ones, with "
                         "the sampled-softmax (logQ) correction; step time and memory then do not grow with "

@@ -60,6 +60,7 @@ RANGES = {
     "encoder_window": Range(0, whole=True, below="0 (global attention) or more cells"),
     "enc_layers": Range(0, 12, whole=True, what=" layers"),
     "null_keys": Range(0, 64, whole=True, what=" keys"),
+    "backbone_epochs": Range(0, 1000, whole=True, what=" epochs"),
 }
 
 
@@ -96,6 +97,7 @@ class TrainSettings:
     enc_layers: int | None = None       # a new model's encoder depth (None: the backbone's NEW_MODEL / config default)
     null_keys: int | None = None        # a new model's learned null keys per cross-attention (None: NEW_MODEL's)
     backbone_weights: str | None = None  # a foundation backbone's published weights (--init pretrained)
+    backbone_epochs: int = 0            # epochs of the backbone alone before INTR's (backbone_stage.py)
 
     def __post_init__(self):
         check_ranges(vars(self))
@@ -189,6 +191,10 @@ def new_run(command_line: dict, backbone: str, world_size: int) -> tuple[TrainSe
     if values.get("cache_features") and not frozen:
         raise ValueError("--cache-features needs a frozen backbone: add --freeze backbone (or encoder)")
     values["cache_features"] = frozen if values.get("cache_features") is None else values["cache_features"]
+    if values["backbone_epochs"] and frozen:
+        raise ValueError(f"--backbone-epochs trains the backbone, but this run keeps it frozen (--freeze "
+                         f"{values['freeze']}{'' if 'freeze' in chosen else ', the recipe of ' + backbone}): "
+                         "add --freeze none, or leave --backbone-epochs out")
     return TrainSettings(**values), warnings
 
 

@@ -29,11 +29,14 @@ from napari_intr.image_files import is_out_of_memory
 from napari_intr.model import IntrConfig
 from napari_intr.model.backbone import folded_batch_norm
 from napari_intr.recipes import (
+    BACKBONE_ALONE_BATCH,
+    BACKBONE_ALONE_LR,
     CLIP_MAX_NORM,
     WEIGHT_DECAY,
 )
 
 from . import schedules, train_settings
+from .backbone_stage import train_backbone_alone
 from .calibrate import calibrate_training_run
 from .data import ImageFolderDataset, VariantDataset, collate
 from .diagnosis import Watch
@@ -334,6 +337,8 @@ class TrainingRun:
         if self.saved_rng is not None:
             run_folder.restore_rng_state(self.saved_rng)
         epoch_seconds = []
+        if self.epoch == 0 and settings.backbone_epochs:
+            epoch_seconds.append(self.backbone_alone())
         for epoch in range(self.epoch + 1, settings.epochs + 1):
             started = time.monotonic()
             self.sampler.set_epoch(epoch)
@@ -367,6 +372,29 @@ class TrainingRun:
                            per_class_accuracy=self.best_per_class, calibration=calibration,
                            train_seconds=round(sum(epoch_seconds), 3),
                            diagnosis=None if final is None else final.as_event())
+
+    def backbone_alone(self) -> float:
+        """A new run's first stage (--backbone-epochs): the backbone alone as a pooled classifier
+        (backbone_stage.py). Its loader epochs are keyed apart from INTR's, so that INTR's epochs
+        shuffle as in a run without it. Returns its seconds."""
+        settings, started = self.settings, time.monotonic()
+        effective = self.dist.world_size * settings.batch_size
+        lr = BACKBONE_ALONE_LR * (effective / BACKBONE_ALONE_BATCH) ** 0.5
+
+        def before_epoch(epoch: int) -> None:
+            key = BACKBONE_EPOCH_KEY + epoch
+            self.sampler.set_epoch(key)
+            for dataset in self.variant_sets:
+                dataset.set_epoch(key)
+            self.loader_generator.manual_seed(settings.seed + key)
+
+        backbone = self.model.backbone[0]
+        train_backbone_alone(backbone, self.model.backbone.num_channels, len(self.class_names), self.train_loader,
+                             self.val_loader, settings.backbone_epochs, lr, self.options,
+                             torch.Generator().manual_seed(settings.seed + BACKBONE_EPOCH_KEY),
+                             distributed=self.dist.active, before_epoch=before_epoch,
+                             on_epoch=self.progress.backbone_epoch)
+        return time.monotonic() - started
 
     def calibrate(self) -> dict:
         """The open-set threshold and prediction sets of the kept model, from the validation
@@ -439,6 +467,9 @@ class TrainingRun:
             self.progress.interrupted(self.epoch, str(path), message)
         else:
             self.progress.interrupted(0, None, "interrupted before the first epoch finished; nothing to resume")
+
+
+BACKBONE_EPOCH_KEY = 1_000_000  # the backbone stage's epochs seed the loader as epochs 1_000_001, …
 
 
 def seed_worker(worker_id: int) -> None:

@@ -215,6 +215,14 @@ class FineTuneWidget(QWidget):
         self.log.appendPlainText(f"epoch {event['epoch']}/{self._epochs}: loss {loss}, train accuracy "
                                  f"{event['train_acc']:.1%}, validation accuracy {val}")
 
+    def _on_backbone_epoch_event(self, event: dict) -> None:
+        """--backbone-epochs: the backbone learns alone before INTR's epoch 1 (no steps reported)."""
+        val = "n/a" if event.get("val_acc") is None else f"{event['val_acc']:.1%}"
+        text = (f"backbone alone, epoch {event['epoch']}/{event['epochs']}: train accuracy "
+                f"{event['train_acc']:.1%}, validation accuracy {val}")
+        self.log.appendPlainText(text)
+        self.status.setText(f"Training the backbone alone before INTR's epochs: {text}")
+
     def _on_warning_event(self, event: dict) -> None:
         messages.notify(f"Fine-tuning: {event['message']}", "warning")
 
