@@ -113,6 +113,18 @@ def test_a_new_model_on_a_foundation_backbone_trains_with_its_recipe(finetune, t
     assert arguments[arguments.index("--backbone") + 1] == "dinov2-vitb14-reg"
 
 
+def test_backbone_alone_first_is_passed_on_and_refused_with_a_frozen_backbone(finetune, tmp_path):
+    _, widget = finetune
+    settings = widget.settings
+    assert "--backbone-epochs" not in settings.train_arguments(str(tmp_path), 0.2, tmp_path / "run")
+    settings.backbone_epochs.value = 12
+    arguments = settings.train_arguments(str(tmp_path), 0.2, tmp_path / "run")
+    assert arguments[arguments.index("--backbone-epochs") + 1] == "12"
+    settings.freeze.value = "backbone"
+    with pytest.raises(ValueError, match="Backbone alone first trains the backbone.*Freeze to nothing"):
+        settings.train_arguments(str(tmp_path), 0.2, tmp_path / "run")
+
+
 def test_finetune_learns_a_new_class_and_the_explorer_explains_with_it(finetune, qtbot, messages, tmp_path):
     viewer, widget = finetune
     data, out = write_novel_collection(tmp_path / "collection"), tmp_path / "run"

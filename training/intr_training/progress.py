@@ -36,7 +36,7 @@ Every object has an "event" key:
       calibration: the kept model calibrated on the validation images (napari_intr.calibration):
       "calibrated": true with "score", "threshold", "keep", "alpha", "quantile", "images",
       "known_kept", "coverage", "mean_set_size", "text" and "seconds"; or false with "reason".
-      train_seconds: the epochs' wall time, without the calibration.
+      train_seconds: the epochs' wall time (with --backbone-epochs, the backbone's too), without the calibration.
       diagnosis: the state the run ended in (null: no plateau, flat loss or instability); also
       "group_plateau" for a run that ends still climbing slowly with its errors within
       look-alike groups, which is said at the end only.

@@ -64,6 +64,10 @@ class SettingsBox(QGroupBox):
         # magicgui's SpinBox (superqt's) shows no special text for 0, so the label says what 0 means
         self.image_size = SpinBox(label="Image size (0: model's)", min=0, max=4096, value=0,
                                   tooltip="Short side in px, 0 for the model's own; lower it when memory runs out")
+        self.backbone_epochs = SpinBox(label="Backbone alone first (epochs)", min=0, max=1000, value=0, tooltip=(
+            "Before the epochs above, train the backbone alone for this many epochs as a plain classifier "
+            "(intr train --backbone-epochs). Where a run stalled at the level of look-alike groups, 12 of "
+            "them found the trait. 0: none. Needs Freeze: nothing"))
         self.freeze = ComboBox(label="Freeze", choices=_freeze_choices(), tooltip=(
             "Keep parts of the base model as they are: faster, and safer on few images. A frozen backbone's "
             "features are computed once per image and kept in the run folder (feature_cache), so later "
@@ -74,7 +78,7 @@ class SettingsBox(QGroupBox):
         self.out = PathEdit("output folder", "Choose the run's output folder", folder=True, label="Output folder")
         self.out.path = new_run_folder()
         self.form = Container(widgets=[self.epochs, self.batch_size, self.lr, self.lr_backbone, self.image_size,
-                                       self.freeze, self.device, self.seed, self.out])
+                                       self.backbone_epochs, self.freeze, self.device, self.seed, self.out])
         self.form.margins = (0, 0, 0, 0)
         stack(self, self.base, self.form.native)
 
@@ -123,6 +127,11 @@ class SettingsBox(QGroupBox):
             arguments += ["--image-size", str(self.image_size.value)]
         if self.freeze.value:
             arguments += ["--freeze", self.freeze.value]
+        if self.backbone_epochs.value:
+            if self.freeze.value not in (None, "none"):
+                raise ValueError("Backbone alone first trains the backbone, but Freeze keeps it as it is: set "
+                                 "Freeze to nothing, or Backbone alone first to 0")
+            arguments += ["--backbone-epochs", str(self.backbone_epochs.value)]
         return arguments
 
     def resume_arguments(self, data: str, out: Path) -> list[str]:
